@@ -1,0 +1,161 @@
+import { Metadata, credentials, status, type CallOptions, type ServiceError } from '@grpc/grpc-js';
+import {
+  LedgerServiceClient,
+  type Account,
+  type AccountBalance,
+  type AccountFilter,
+  type CreateAccountResult,
+  type CreateTransferResult,
+  type Transfer,
+} from '../proto/gen/ledger/v1/ledger.js';
+import { MAX_BATCH_EVENTS } from './model.js';
+
+export interface LedgerClientOptions {
+  /** Merge concurrent createTransfers calls into shared requests (as TigerBeetle's clients do). */
+  autoBatch?: boolean;
+  /** Requests in flight at once when auto-batching; later calls wait and ride along in the next request. */
+  maxInFlight?: number;
+  deadlineMs?: number;
+}
+
+type UnaryMethod<Req, Res> = (
+  request: Req,
+  metadata: Metadata,
+  options: Partial<CallOptions>,
+  callback: (error: ServiceError | null, response: Res) => void,
+) => unknown;
+
+interface QueuedCall {
+  transfers: Transfer[];
+  resolve: (results: CreateTransferResult[]) => void;
+  reject: (error: unknown) => void;
+}
+
+/**
+ * Promise client for ledger.v1.LedgerService. With auto-batching, many callers each sending a few transfers
+ * share requests of up to 8,190 events, so small callers get the throughput of the batched API. A call whose
+ * last event opens a linked chain is never merged (the chain would swallow the next caller's events), and
+ * when a merged request is refused as malformed each call is retried alone, so one bad caller fails alone.
+ */
+export class LedgerClient {
+  readonly raw: LedgerServiceClient;
+  private readonly queue: QueuedCall[] = [];
+  private inFlight = 0;
+  private scheduled = false;
+  private readonly autoBatch: boolean;
+  private readonly maxInFlight: number;
+  private readonly deadlineMs: number;
+
+  constructor(target: string, options: LedgerClientOptions = {}) {
+    this.raw = new LedgerServiceClient(target, credentials.createInsecure(), {
+      'grpc.max_receive_message_length': 32 * 1024 * 1024,
+      'grpc.max_send_message_length': 32 * 1024 * 1024,
+    });
+    this.autoBatch = options.autoBatch ?? true;
+    this.maxInFlight = options.maxInFlight ?? 4;
+    this.deadlineMs = options.deadlineMs ?? 30_000;
+  }
+
+  close(): void {
+    this.raw.close();
+  }
+
+  private call<Req, Res>(method: UnaryMethod<Req, Res>, request: Req): Promise<Res> {
+    return new Promise((resolve, reject) => {
+      method.call(this.raw, request, new Metadata(), { deadline: Date.now() + this.deadlineMs }, (error, response) => (error ? reject(error) : resolve(response)));
+    });
+  }
+
+  async createAccounts(accounts: Account[]): Promise<CreateAccountResult[]> {
+    return (await this.call(this.raw.createAccounts, { accounts })).results;
+  }
+
+  createTransfers(transfers: Transfer[]): Promise<CreateTransferResult[]> {
+    if (!this.autoBatch) return this.sendTransfers(transfers);
+    return new Promise((resolve, reject) => {
+      this.queue.push({ transfers, resolve, reject });
+      this.schedule();
+    });
+  }
+
+  async lookupAccounts(ids: string[]): Promise<Account[]> {
+    return (await this.call(this.raw.lookupAccounts, { ids })).accounts;
+  }
+
+  async lookupTransfers(ids: string[]): Promise<Transfer[]> {
+    return (await this.call(this.raw.lookupTransfers, { ids })).transfers;
+  }
+
+  async getAccountTransfers(filter: Partial<AccountFilter> & { accountId: string }): Promise<{ transfers: Transfer[]; nextCursor: string }> {
+    return this.call(this.raw.getAccountTransfers, { filter: fullFilter(filter) });
+  }
+
+  async getAccountBalances(filter: Partial<AccountFilter> & { accountId: string }): Promise<{ balances: AccountBalance[]; nextCursor: string }> {
+    return this.call(this.raw.getAccountBalances, { filter: fullFilter(filter) });
+  }
+
+  async getAccountBalanceAt(accountId: string, timestamp: bigint): Promise<AccountBalance | undefined> {
+    return (await this.call(this.raw.getAccountBalanceAt, { accountId, timestamp })).balance;
+  }
+
+  private async sendTransfers(transfers: Transfer[]): Promise<CreateTransferResult[]> {
+    return (await this.call(this.raw.createTransfers, { transfers })).results;
+  }
+
+  private schedule(): void {
+    if (this.scheduled || this.inFlight >= this.maxInFlight || this.queue.length === 0) return;
+    this.scheduled = true;
+    // setImmediate lets every caller of this turn of the event loop join the request.
+    setImmediate(() => {
+      this.scheduled = false;
+      this.flush();
+    });
+  }
+
+  private flush(): void {
+    while (this.inFlight < this.maxInFlight && this.queue.length > 0) {
+      const calls: QueuedCall[] = [];
+      let size = 0;
+      while (this.queue.length > 0) {
+        const next = this.queue[0]!;
+        const opensChain = next.transfers[next.transfers.length - 1]?.flags?.linked === true;
+        if (calls.length > 0 && (size + next.transfers.length > MAX_BATCH_EVENTS || opensChain)) break;
+        calls.push(this.queue.shift()!);
+        size += next.transfers.length;
+        if (opensChain) break;
+      }
+      this.inFlight++;
+      void this.sendMerged(calls).finally(() => {
+        this.inFlight--;
+        this.schedule();
+      });
+    }
+  }
+
+  private async sendMerged(calls: QueuedCall[]): Promise<void> {
+    if (calls.length === 1) {
+      const only = calls[0]!;
+      await this.sendTransfers(only.transfers).then(only.resolve, only.reject);
+      return;
+    }
+    try {
+      const results = await this.sendTransfers(calls.flatMap((c) => c.transfers));
+      let offset = 0;
+      for (const c of calls) {
+        const mine = results.slice(offset, offset + c.transfers.length).map((r) => ({ ...r, index: r.index - offset }));
+        offset += c.transfers.length;
+        c.resolve(mine);
+      }
+    } catch (error) {
+      if ((error as ServiceError).code === status.INVALID_ARGUMENT) {
+        await Promise.all(calls.map((c) => this.sendTransfers(c.transfers).then(c.resolve, c.reject)));
+      } else {
+        for (const c of calls) c.reject(error);
+      }
+    }
+  }
+}
+
+function fullFilter(f: Partial<AccountFilter> & { accountId: string }): AccountFilter {
+  return { timestampMin: 0n, timestampMax: 0n, debits: false, credits: false, reversed: false, limit: 0, cursor: '', ...f };
+}

@@ -1,0 +1,91 @@
+-- Ledger core. CockroachDB-compatible: UUID keys, no sequences, triggers, advisory locks or LISTEN/NOTIFY
+-- (lib/sql-dialect.ts checks). Amounts and balances are INT8 minor units; the ledger refuses (OVERFLOW) any
+-- value that would not fit. Timestamps are INT8 nanoseconds since the Unix epoch, assigned by the ledger.
+-- Flag bitmasks: accounts linked=1 debits_must_not_exceed_credits=2 credits_must_not_exceed_debits=4
+-- history=8 closed=16; transfers linked=1 pending=2 post_pending_transfer=4 void_pending_transfer=8.
+
+-- One row per virtual shard: its batch clock and outbox sequence. Every batch locks its shard's row first,
+-- which also fences two instances that both believe they own the shard.
+CREATE TABLE ledger_shards (
+  shard INT4 PRIMARY KEY,
+  last_timestamp INT8 NOT NULL DEFAULT 0,
+  last_sequence INT8 NOT NULL DEFAULT 0
+);
+
+CREATE TABLE accounts (
+  id UUID PRIMARY KEY,
+  ledger INT8 NOT NULL CHECK (ledger > 0 AND ledger <= 4294967295),
+  code INT8 NOT NULL CHECK (code > 0 AND code <= 4294967295),
+  flags INT4 NOT NULL,
+  debits_pending INT8 NOT NULL DEFAULT 0 CHECK (debits_pending >= 0),
+  debits_posted INT8 NOT NULL DEFAULT 0 CHECK (debits_posted >= 0),
+  credits_pending INT8 NOT NULL DEFAULT 0 CHECK (credits_pending >= 0),
+  credits_posted INT8 NOT NULL DEFAULT 0 CHECK (credits_posted >= 0),
+  metadata JSONB NOT NULL DEFAULT '{}',
+  "timestamp" INT8 NOT NULL,
+  -- The balance limits are invariants of the books, asserted by the database as well as by the ledger.
+  CONSTRAINT debits_must_not_exceed_credits
+    CHECK (flags & 2 = 0 OR debits_pending + debits_posted <= credits_posted),
+  CONSTRAINT credits_must_not_exceed_debits
+    CHECK (flags & 4 = 0 OR credits_pending + credits_posted <= debits_posted)
+);
+
+CREATE TABLE transfers (
+  id UUID PRIMARY KEY,
+  debit_account_id UUID NOT NULL,
+  credit_account_id UUID NOT NULL,
+  amount INT8 NOT NULL CHECK (amount >= 0),
+  pending_id UUID,
+  ledger INT8 NOT NULL,
+  code INT8 NOT NULL,
+  flags INT4 NOT NULL,
+  timeout INT8 NOT NULL DEFAULT 0,
+  metadata JSONB NOT NULL DEFAULT '{}',
+  "timestamp" INT8 NOT NULL,
+  shard INT4 NOT NULL,
+  CHECK (debit_account_id <> credit_account_id)
+);
+CREATE INDEX transfers_by_debit_account ON transfers (debit_account_id, "timestamp", id);
+CREATE INDEX transfers_by_credit_account ON transfers (credit_account_id, "timestamp", id);
+
+-- The state of every pending transfer: 1 pending, 2 posted, 3 voided, 4 expired. A pending amount moves out
+-- of state 1 at most once.
+CREATE TABLE pending_transfers (
+  id UUID PRIMARY KEY,
+  debit_account_id UUID NOT NULL,
+  credit_account_id UUID NOT NULL,
+  amount INT8 NOT NULL CHECK (amount > 0),
+  ledger INT8 NOT NULL,
+  code INT8 NOT NULL,
+  expires_at INT8 NOT NULL DEFAULT 0,
+  state INT2 NOT NULL CHECK (state IN (1, 2, 3, 4)),
+  shard INT4 NOT NULL,
+  resolved_by UUID,
+  resolved_at INT8
+);
+CREATE INDEX pending_transfers_expiry ON pending_transfers (shard, expires_at) WHERE state = 1 AND expires_at > 0;
+
+-- Balance after every change, for accounts with the history flag. transfer_id is the pending transfer's id
+-- for an expiry.
+CREATE TABLE account_balances (
+  account_id UUID NOT NULL,
+  "timestamp" INT8 NOT NULL,
+  transfer_id UUID NOT NULL,
+  debits_pending INT8 NOT NULL,
+  debits_posted INT8 NOT NULL,
+  credits_pending INT8 NOT NULL,
+  credits_posted INT8 NOT NULL,
+  PRIMARY KEY (account_id, "timestamp", transfer_id)
+);
+
+-- Transactional outbox: one row per committed ledger batch, written in the batch transaction, holding the
+-- batch's events (an events.v1.EventBatch). The relay publishes rows per shard in sequence order.
+CREATE TABLE outbox (
+  shard INT4 NOT NULL,
+  sequence INT8 NOT NULL,
+  batch_id UUID NOT NULL UNIQUE,
+  event_count INT4 NOT NULL,
+  payload BYTEA NOT NULL,
+  created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+  PRIMARY KEY (shard, sequence)
+);

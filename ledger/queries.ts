@@ -1,0 +1,141 @@
+import { withTransaction, type Pool } from '../lib/db.js';
+import { AppError, ValidationError } from '../lib/errors.js';
+import type { HistoryRow } from './engine.js';
+import { AccountFlag, MAX_BATCH_EVENTS, hasFlag, type AccountRow, type TransferRow } from './model.js';
+import { ACCOUNT_COLUMNS, TRANSFER_COLUMNS, accountFromRow, transferFromRow } from './store.js';
+
+/**
+ * Read paths. They read committed state directly (no batch): each is one read-only SERIALIZABLE transaction,
+ * so a page never mixes two states of the books.
+ */
+
+export interface AccountFilter {
+  accountId: string;
+  timestampMin: bigint;
+  timestampMax: bigint;
+  debits: boolean;
+  credits: boolean;
+  reversed: boolean;
+  limit: number;
+  cursor: string;
+}
+
+export interface Page<T> {
+  items: T[];
+  nextCursor: string;
+}
+
+const DEFAULT_PAGE = 100;
+const INT8_MAX = 2n ** 63n - 1n;
+
+export function encodeCursor(timestamp: bigint, id: string): string {
+  return Buffer.from(`${timestamp}:${id}`).toString('base64url');
+}
+
+export function decodeCursor(cursor: string): { timestamp: bigint; id: string } {
+  const match = /^(\d{1,19}):([0-9a-f-]{36})$/.exec(Buffer.from(cursor, 'base64url').toString());
+  if (!match) throw new ValidationError('filter.cursor', 'not a cursor returned by this API');
+  return { timestamp: BigInt(match[1]!), id: match[2]! };
+}
+
+function pageBounds(filter: AccountFilter) {
+  if (filter.limit > MAX_BATCH_EVENTS) throw new ValidationError('filter.limit', `at most ${MAX_BATCH_EVENTS}`);
+  if (filter.timestampMax !== 0n && filter.timestampMin > filter.timestampMax) throw new ValidationError('filter.timestamp_min', 'must not exceed timestamp_max');
+  const limit = filter.limit === 0 ? DEFAULT_PAGE : filter.limit;
+  const cursor = filter.cursor === '' ? null : decodeCursor(filter.cursor);
+  const min = filter.timestampMin;
+  const max = filter.timestampMax === 0n || filter.timestampMax > INT8_MAX ? INT8_MAX : filter.timestampMax;
+  // Keyset pagination on (timestamp, id): the cursor is the last row of the previous page.
+  const after = cursor ?? (filter.reversed ? { timestamp: max + (max === INT8_MAX ? 0n : 1n), id: 'ffffffff-ffff-ffff-ffff-ffffffffffff' } : { timestamp: min, id: '00000000-0000-0000-0000-000000000000' });
+  return { limit, min, max, after };
+}
+
+export async function lookupAccounts(pool: Pool, ids: readonly string[]): Promise<AccountRow[]> {
+  const r = await pool.query({ name: 'lookup-accounts', text: `SELECT ${ACCOUNT_COLUMNS} FROM accounts WHERE id = ANY($1::uuid[])`, values: [ids] });
+  const byId = new Map(r.rows.map((row) => [row.id as string, accountFromRow(row)]));
+  return ids.flatMap((id) => byId.get(id) ?? []);
+}
+
+export async function lookupTransfers(pool: Pool, ids: readonly string[]): Promise<TransferRow[]> {
+  const r = await pool.query({ name: 'lookup-transfers', text: `SELECT ${TRANSFER_COLUMNS} FROM transfers WHERE id = ANY($1::uuid[])`, values: [ids] });
+  const byId = new Map(r.rows.map((row) => [row.id as string, transferFromRow(row)]));
+  return ids.flatMap((id) => byId.get(id) ?? []);
+}
+
+/** Debit accounts of pending transfers, for routing post/void events to the shard of that account. */
+export async function pendingDebitAccounts(pool: Pool, pendingIds: readonly string[]): Promise<Map<string, string>> {
+  if (pendingIds.length === 0) return new Map();
+  const r = await pool.query({ name: 'pending-debits', text: 'SELECT id, debit_account_id FROM pending_transfers WHERE id = ANY($1::uuid[])', values: [pendingIds] });
+  return new Map(r.rows.map((row) => [row.id as string, row.debit_account_id as string]));
+}
+
+export async function getAccountTransfers(pool: Pool, filter: AccountFilter): Promise<Page<TransferRow>> {
+  const { limit, min, max, after } = pageBounds(filter);
+  const both = filter.debits === filter.credits;
+  const cmp = filter.reversed ? '<' : '>';
+  const order = filter.reversed ? 'DESC' : 'ASC';
+  // One ordered index range scan per side, merged: cheaper than an OR over two indexes on both databases.
+  const side = (column: string) =>
+    `(SELECT ${TRANSFER_COLUMNS} FROM transfers
+      WHERE ${column} = $1 AND "timestamp" BETWEEN $2 AND $3 AND ("timestamp", id) ${cmp} ($4, $5::uuid)
+      ORDER BY "timestamp" ${order}, id ${order} LIMIT $6)`;
+  const parts = [...(both || filter.debits ? [side('debit_account_id')] : []), ...(both || filter.credits ? [side('credit_account_id')] : [])];
+  const text = `SELECT * FROM (${parts.join(' UNION ALL ')}) AS t ORDER BY "timestamp" ${order}, id ${order} LIMIT $6`;
+  const rows = await withTransaction(pool, (c) => c.query(text, [filter.accountId, min, max, after.timestamp, after.id, limit + 1]), { readOnly: true });
+  const items = rows.rows.slice(0, limit).map(transferFromRow);
+  const last = items[items.length - 1];
+  return { items, nextCursor: rows.rows.length > limit && last ? encodeCursor(last.timestamp, last.id) : '' };
+}
+
+async function requireHistoryAccount(pool: Pool, accountId: string): Promise<void> {
+  const [account] = await lookupAccounts(pool, [accountId]);
+  if (!account) throw new AppError('not_found', 'account_not_found', `account ${accountId} not found`, { field: 'account_id' });
+  if (!hasFlag(account.flags, AccountFlag.history)) {
+    throw new AppError('conflict', 'history_not_enabled', `account ${accountId} was not created with the history flag`, { field: 'account_id' });
+  }
+}
+
+export async function getAccountBalances(pool: Pool, filter: AccountFilter): Promise<Page<HistoryRow>> {
+  await requireHistoryAccount(pool, filter.accountId);
+  const { limit, min, max, after } = pageBounds(filter);
+  const cmp = filter.reversed ? '<' : '>';
+  const order = filter.reversed ? 'DESC' : 'ASC';
+  const r = await withTransaction(
+    pool,
+    (c) =>
+      c.query(
+        `SELECT account_id, "timestamp", transfer_id, debits_pending, debits_posted, credits_pending, credits_posted
+         FROM account_balances
+         WHERE account_id = $1 AND "timestamp" BETWEEN $2 AND $3 AND ("timestamp", transfer_id) ${cmp} ($4, $5::uuid)
+         ORDER BY "timestamp" ${order}, transfer_id ${order} LIMIT $6`,
+        [filter.accountId, min, max, after.timestamp, after.id, limit + 1],
+      ),
+    { readOnly: true },
+  );
+  const items = r.rows.slice(0, limit).map(historyFromRow);
+  const last = items[items.length - 1];
+  return { items, nextCursor: r.rows.length > limit && last ? encodeCursor(last.timestamp, last.transferId) : '' };
+}
+
+export async function getAccountBalanceAt(pool: Pool, accountId: string, timestamp: bigint): Promise<HistoryRow | null> {
+  await requireHistoryAccount(pool, accountId);
+  const r = await pool.query(
+    `SELECT account_id, "timestamp", transfer_id, debits_pending, debits_posted, credits_pending, credits_posted
+     FROM account_balances WHERE account_id = $1 AND "timestamp" <= $2
+     ORDER BY "timestamp" DESC, transfer_id DESC LIMIT 1`,
+    [accountId, timestamp > INT8_MAX ? INT8_MAX : timestamp],
+  );
+  return r.rows[0] ? historyFromRow(r.rows[0]) : null;
+}
+
+function historyFromRow(r: Record<string, unknown>): HistoryRow {
+  return {
+    accountId: r['account_id'] as string,
+    timestamp: r['timestamp'] as bigint,
+    transferId: r['transfer_id'] as string,
+    debitsPending: r['debits_pending'] as bigint,
+    debitsPosted: r['debits_posted'] as bigint,
+    creditsPending: r['credits_pending'] as bigint,
+    creditsPosted: r['credits_posted'] as bigint,
+  };
+}

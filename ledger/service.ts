@@ -1,0 +1,79 @@
+import type { Pool } from '../lib/db.js';
+import { unary } from '../lib/grpc.js';
+import type { Logger } from '../lib/logger.js';
+import type { LedgerServiceServer } from '../proto/gen/ledger/v1/ledger.js';
+import { accountResultToProto, accountToProto, balanceToProto, transferResultToProto, transferToProto } from './convert.js';
+import { TransferFlag, hasFlag, type TransferInput } from './model.js';
+import * as queries from './queries.js';
+import type { LedgerRouter } from './router.js';
+import { checkBatchSize, parseAccounts, parseId, parseTransfers } from './validation.js';
+import type { AccountFilter as ProtoAccountFilter } from '../proto/gen/ledger/v1/ledger.js';
+
+/** ledger.v1.LedgerService: validation, routing to shard batchers for writes, direct reads for queries. */
+export function createLedgerService(router: LedgerRouter, pool: Pool, logger: Logger): LedgerServiceServer {
+  const parseIds = (ids: readonly string[]) => {
+    checkBatchSize(ids.length, 'ids');
+    return ids.map((id, i) => parseId(id, `ids.${i}`));
+  };
+  const parseFilter = (f: ProtoAccountFilter | undefined): queries.AccountFilter => ({
+    accountId: parseId(f?.accountId ?? '', 'filter.account_id'),
+    timestampMin: f?.timestampMin ?? 0n,
+    timestampMax: f?.timestampMax ?? 0n,
+    debits: f?.debits ?? false,
+    credits: f?.credits ?? false,
+    reversed: f?.reversed ?? false,
+    limit: f?.limit ?? 0,
+    cursor: f?.cursor ?? '',
+  });
+
+  return {
+    createAccounts: unary(logger, 'CreateAccounts', async (request) => {
+      const results = await router.createAccounts(parseAccounts(request.accounts));
+      return { results: results.map(accountResultToProto) };
+    }),
+
+    createTransfers: unary(logger, 'CreateTransfers', async (request) => {
+      const transfers = parseTransfers(request.transfers);
+      const debitOfPending = await queries.pendingDebitAccounts(pool, unresolvedPendingIds(transfers));
+      const routingKey = (t: TransferInput) => t.debitAccountId || debitOfPending.get(t.pendingId) || t.id;
+      const results = await router.createTransfers(transfers, routingKey);
+      return { results: results.map(transferResultToProto) };
+    }),
+
+    lookupAccounts: unary(logger, 'LookupAccounts', async (request) => ({
+      accounts: (await queries.lookupAccounts(pool, parseIds(request.ids))).map(accountToProto),
+    })),
+
+    lookupTransfers: unary(logger, 'LookupTransfers', async (request) => ({
+      transfers: (await queries.lookupTransfers(pool, parseIds(request.ids))).map(transferToProto),
+    })),
+
+    getAccountTransfers: unary(logger, 'GetAccountTransfers', async (request) => {
+      const page = await queries.getAccountTransfers(pool, parseFilter(request.filter));
+      return { transfers: page.items.map(transferToProto), nextCursor: page.nextCursor };
+    }),
+
+    getAccountBalances: unary(logger, 'GetAccountBalances', async (request) => {
+      const page = await queries.getAccountBalances(pool, parseFilter(request.filter));
+      return { balances: page.items.map(balanceToProto), nextCursor: page.nextCursor };
+    }),
+
+    getAccountBalanceAt: unary(logger, 'GetAccountBalanceAt', async (request) => {
+      const row = await queries.getAccountBalanceAt(pool, parseId(request.accountId, 'account_id'), request.timestamp);
+      return {
+        balance: row
+          ? balanceToProto(row)
+          : { transferId: '', timestamp: 0n, debitsPending: 0n, debitsPosted: 0n, creditsPending: 0n, creditsPosted: 0n },
+      };
+    }),
+  };
+}
+
+/** Post/void events that do not name their debit account: their shard is that of the pending's debit account. */
+function unresolvedPendingIds(transfers: readonly TransferInput[]): string[] {
+  const ids = new Set<string>();
+  for (const t of transfers) {
+    if (t.debitAccountId === '' && t.pendingId !== '' && hasFlag(t.flags, TransferFlag.postPendingTransfer | TransferFlag.voidPendingTransfer)) ids.add(t.pendingId);
+  }
+  return [...ids];
+}

@@ -1,0 +1,57 @@
+import type { Pool } from '../lib/db.js';
+import type { Logger } from '../lib/logger.js';
+import { MAX_BATCH_EVENTS } from './model.js';
+import type { LedgerRouter } from './router.js';
+
+/**
+ * Releases expired pending transfers. It only finds candidates; the release itself goes through the batcher
+ * of the shard that created the pending transfer (its debit account's shard), so it serializes with every
+ * post and void on it, and the batch re-checks that the transfer is still pending and past its timeout.
+ */
+export class ExpirySweeper {
+  private timer: NodeJS.Timeout | undefined;
+  private running: Promise<void> | undefined;
+
+  constructor(
+    private readonly pool: Pool,
+    private readonly router: LedgerRouter,
+    private readonly logger: Logger,
+    private readonly intervalMs: number,
+  ) {}
+
+  start(): void {
+    this.timer = setInterval(() => {
+      this.running ??= this.sweep()
+        .catch((err: unknown) => this.logger.warn({ err }, 'expiry sweep failed; will retry'))
+        .then(() => undefined)
+        .finally(() => (this.running = undefined));
+    }, this.intervalMs);
+    this.timer.unref();
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.timer);
+    await this.running;
+  }
+
+  /** One pass over the owned shards; returns how many pending transfers expired. */
+  async sweep(): Promise<number> {
+    const now = BigInt(Date.now()) * 1_000_000n;
+    const r = await this.pool.query(
+      `SELECT id, shard FROM pending_transfers
+       WHERE shard = ANY($1::int4[]) AND state = 1 AND expires_at > 0 AND expires_at <= $2
+       ORDER BY expires_at LIMIT $3`,
+      [this.router.ownedShards, now, MAX_BATCH_EVENTS],
+    );
+    const perShard = new Map<number, string[]>();
+    for (const row of r.rows) {
+      const ids = perShard.get(row.shard) ?? [];
+      ids.push(row.id);
+      perShard.set(row.shard, ids);
+    }
+    const counts = await Promise.all([...perShard].map(([shard, ids]) => this.router.expire(shard, ids)));
+    const expired = counts.reduce((a, b) => a + b, 0);
+    if (expired > 0) this.logger.info({ expired }, 'expired pending transfers released');
+    return expired;
+  }
+}

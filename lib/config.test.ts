@@ -1,0 +1,47 @@
+import { strict as assert } from 'node:assert';
+import { loadConfig, ownedShards } from './config.js';
+import { ConfigError } from './errors.js';
+
+describe('config', () => {
+  it('has working defaults for a developer machine', () => {
+    const config = loadConfig({});
+    assert.equal(config.DATABASE_URL, 'postgres://postgres@127.0.0.1:5432/ledgerline');
+    assert.equal(config.NATS_URL, 'nats://127.0.0.1:4222');
+    assert.equal(config.LEDGER_SHARDS, 64);
+    assert.equal(config.GATEWAY_PORT, 8080);
+  });
+
+  it('parses numbers and treats empty strings as unset', () => {
+    const config = loadConfig({ LEDGER_SHARDS: '8', GATEWAY_PORT: '', LEDGER_BATCH_MAX: '100' });
+    assert.equal(config.LEDGER_SHARDS, 8);
+    assert.equal(config.GATEWAY_PORT, 8080);
+    assert.equal(config.LEDGER_BATCH_MAX, 100);
+  });
+
+  it('rejects bad values naming every variable and value', () => {
+    assert.throws(
+      () => loadConfig({ LEDGER_SHARDS: 'many', GATEWAY_PORT: '70000', DATABASE_URL: 'mysql://x', LEDGER_BATCH_MAX: '8191' }),
+      (error: unknown) => {
+        assert.ok(error instanceof ConfigError);
+        const text = error.message;
+        for (const expected of ['LEDGER_SHARDS="many"', 'GATEWAY_PORT="70000"', 'DATABASE_URL="mysql://x"', 'LEDGER_BATCH_MAX="8191"']) {
+          assert.ok(text.includes(expected), `${expected} missing from: ${text}`);
+        }
+        assert.equal(error.problems.length, 4);
+        return true;
+      },
+    );
+  });
+
+  it('rejects an unknown log level and a malformed shard list', () => {
+    assert.throws(() => loadConfig({ LOG_LEVEL: 'loud' }), /LOG_LEVEL="loud"/);
+    assert.throws(() => loadConfig({ LEDGER_OWNED_SHARDS: '1-' }), /LEDGER_OWNED_SHARDS/);
+  });
+
+  it('expands shard ownership and checks it against the shard count', () => {
+    assert.deepEqual(ownedShards('all', 4), [0, 1, 2, 3]);
+    assert.deepEqual(ownedShards('5,0-2,2', 8), [0, 1, 2, 5]);
+    assert.throws(() => ownedShards('0-8', 8), /outside 0-7/);
+    assert.throws(() => ownedShards('3-1', 8), ConfigError);
+  });
+});

@@ -1,0 +1,84 @@
+import { z } from 'zod';
+import { ConfigError } from './errors.js';
+
+/**
+ * The one configuration loader. Every setting is an environment variable with a default that works on a
+ * developer machine; `loadConfig` validates all of them at start-up and fails with every problem listed,
+ * naming the variable, so a bad deployment stops before it serves anything.
+ */
+
+const port = z.coerce.number().int().min(0).max(65535);
+const positiveInt = z.coerce.number().int().positive();
+const nonNegativeInt = z.coerce.number().int().nonnegative();
+const hostPort = z.string().regex(/^[^\s:]+:\d{1,5}$/, 'expected host:port');
+const bool = z
+  .enum(['true', 'false', '1', '0', 'yes', 'no'])
+  .transform((v) => v === 'true' || v === '1' || v === 'yes');
+
+/** Shard ownership: `all`, or a comma-separated list of shard numbers and inclusive ranges (`0-15,32`). */
+const shardList = z.string().regex(/^(all|\d+(-\d+)?(,\d+(-\d+)?)*)$/, 'expected "all" or a list like 0-15,32');
+
+const schema = z.object({
+  NODE_ENV: z.enum(['development', 'test', 'production']).default('development'),
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  SERVICE_INSTANCE_ID: z.string().min(1).optional(),
+
+  DATABASE_URL: z
+    .string()
+    .regex(/^postgres(ql)?:\/\//, 'expected a postgres:// URL')
+    .default('postgres://postgres@127.0.0.1:5432/ledgerline'),
+  DATABASE_POOL_MAX: positiveInt.default(10),
+  DATABASE_STATEMENT_TIMEOUT_MS: positiveInt.default(30_000),
+
+  NATS_URL: z.string().regex(/^(nats|tls):\/\//, 'expected a nats:// URL').default('nats://127.0.0.1:4222'),
+  NATS_STREAM_REPLICAS: z.coerce.number().int().min(1).max(5).default(1),
+
+  LEDGER_GRPC_LISTEN: hostPort.default('0.0.0.0:50051'),
+  LEDGER_GRPC_TARGET: hostPort.default('127.0.0.1:50051'),
+  LEDGER_SHARDS: z.coerce.number().int().min(1).max(4096).default(64),
+  LEDGER_OWNED_SHARDS: shardList.default('all'),
+  LEDGER_BATCH_MAX: z.coerce.number().int().min(1).max(8190).default(8190),
+  LEDGER_BATCH_WINDOW_MS: nonNegativeInt.max(1000).default(1),
+  LEDGER_WORKERS: positiveInt.max(64).default(2),
+  LEDGER_WORKER_CONCURRENCY: positiveInt.max(32).default(4),
+  LEDGER_MAX_QUEUED_EVENTS: positiveInt.default(200_000),
+  LEDGER_EXPIRY_SWEEP_MS: positiveInt.default(1000),
+
+  GATEWAY_PORT: port.default(8080),
+
+  OTEL_EXPORTER_OTLP_ENDPOINT: z.string().url().optional(),
+  OTEL_TRACES_SAMPLER_RATIO: z.coerce.number().min(0).max(1).default(1),
+  METRICS_ENABLED: bool.default(true),
+});
+
+export type Config = z.infer<typeof schema>;
+
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  // Empty strings mean "unset": `FOO= make dev` must not become an invalid value.
+  const present = Object.fromEntries(Object.entries(env).filter(([, v]) => v !== undefined && v !== ''));
+  const parsed = schema.safeParse(present);
+  if (!parsed.success) {
+    throw new ConfigError(
+      parsed.error.issues.map((issue) => {
+        const name = issue.path.join('.');
+        const value = present[name];
+        return `${name}=${JSON.stringify(value ?? null)}: ${issue.message}`;
+      }),
+    );
+  }
+  return parsed.data;
+}
+
+/** Expands LEDGER_OWNED_SHARDS into the sorted shard numbers this instance owns, validated against the count. */
+export function ownedShards(spec: string, shardCount: number): number[] {
+  if (spec === 'all') return Array.from({ length: shardCount }, (_, i) => i);
+  const owned = new Set<number>();
+  for (const part of spec.split(',')) {
+    const [lo, hi = lo] = part.split('-').map(Number) as [number, number?];
+    if (hi < lo || hi >= shardCount) {
+      throw new ConfigError([`LEDGER_OWNED_SHARDS=${JSON.stringify(spec)}: range ${part} outside 0-${shardCount - 1}`]);
+    }
+    for (let s = lo; s <= hi; s++) owned.add(s);
+  }
+  return [...owned].sort((a, b) => a - b);
+}

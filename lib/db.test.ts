@@ -1,0 +1,58 @@
+import { strict as assert } from 'node:assert';
+import { randomUUID } from 'node:crypto';
+import { testPool } from '../test/support.js';
+import { isSerializationFailure, withTransaction, type Pool } from './db.js';
+
+describe('database (PostgreSQL at SERIALIZABLE)', () => {
+  let pool: Pool;
+  before(async () => {
+    pool = testPool();
+    await pool.query('CREATE TABLE IF NOT EXISTS db_test_oncall (shift UUID NOT NULL, doctor TEXT NOT NULL, on_call BOOL NOT NULL, PRIMARY KEY (shift, doctor))');
+  });
+  after(async () => {
+    await pool.query('DROP TABLE IF EXISTS db_test_oncall');
+    await pool.end();
+  });
+
+  it('runs every session and transaction at SERIALIZABLE', async () => {
+    const r = await pool.query('SHOW default_transaction_isolation');
+    assert.equal(r.rows[0].default_transaction_isolation, 'serializable');
+    const inTx = await withTransaction(pool, async (c) => (await c.query('SHOW transaction_isolation')).rows[0].transaction_isolation);
+    assert.equal(inTx, 'serializable');
+  });
+
+  it('returns int8 as bigint, exactly, above 2^53', async () => {
+    const r = await pool.query('SELECT 9223372036854775807::int8 AS max, 9007199254740993::int8 AS odd');
+    assert.equal(r.rows[0].max, 9223372036854775807n);
+    assert.equal(r.rows[0].odd, 9007199254740993n);
+  });
+
+  // The classic write skew: two doctors each go off call after checking that the other is on call. Under
+  // SERIALIZABLE one of the two must fail with 40001; withTransaction retries it and the retry sees the truth.
+  it('detects write skew with 40001 and retries the loser', async () => {
+    const shift = randomUUID();
+    await pool.query("INSERT INTO db_test_oncall VALUES ($1, 'alice', true), ($1, 'bob', true)", [shift]);
+    let release!: () => void;
+    const bothRead = new Promise<void>((resolve) => (release = resolve));
+    let readers = 0;
+    const failures: unknown[] = [];
+    const goOffCall = (doctor: string) =>
+      withTransaction(
+        pool,
+        async (c) => {
+          const r = await c.query('SELECT count(*)::int AS n FROM db_test_oncall WHERE shift = $1 AND on_call', [shift]);
+          if (++readers === 2) release();
+          await Promise.race([bothRead, new Promise((res) => setTimeout(res, 200))]);
+          if (r.rows[0].n < 2) return false;
+          await c.query('UPDATE db_test_oncall SET on_call = false WHERE shift = $1 AND doctor = $2', [shift, doctor]);
+          return true;
+        },
+        { retry: { onRetry: (e) => failures.push(e) } },
+      );
+    const outcomes = await Promise.all([goOffCall('alice'), goOffCall('bob')]);
+    assert.deepEqual(outcomes.sort(), [false, true]);
+    assert.ok(failures.length >= 1 && failures.every(isSerializationFailure), 'expected at least one 40001 retry');
+    const onCall = await pool.query('SELECT count(*)::int AS n FROM db_test_oncall WHERE shift = $1 AND on_call', [shift]);
+    assert.equal(onCall.rows[0].n, 1);
+  });
+});

@@ -1,0 +1,122 @@
+import pg from 'pg';
+import type { Config } from './config.js';
+import { UnavailableError } from './errors.js';
+import { retry, type RetryOptions } from './retry.js';
+
+/**
+ * The one database access layer: a `pg` pool that speaks to PostgreSQL locally and CockroachDB in production,
+ * and a transaction helper that retries serialization failures, the normal outcome of contention at
+ * SERIALIZABLE isolation on both databases.
+ */
+
+// int8 (bigint) columns come back as strings by default; money is never a JS number, so parse to bigint.
+pg.types.setTypeParser(pg.types.builtins.INT8, (value: string) => BigInt(value));
+
+export type Pool = pg.Pool;
+export type PoolClient = pg.PoolClient;
+export type Queryable = pg.Pool | pg.PoolClient;
+
+export interface PoolOptions {
+  max?: number;
+  applicationName?: string;
+}
+
+export function createPool(config: Pick<Config, 'DATABASE_URL' | 'DATABASE_POOL_MAX' | 'DATABASE_STATEMENT_TIMEOUT_MS'>, options: PoolOptions = {}): pg.Pool {
+  const pool = new pg.Pool({
+    connectionString: config.DATABASE_URL,
+    max: options.max ?? config.DATABASE_POOL_MAX,
+    application_name: options.applicationName ?? 'ledgerline',
+    statement_timeout: config.DATABASE_STATEMENT_TIMEOUT_MS,
+    connectionTimeoutMillis: 5_000,
+    // Every session runs at SERIALIZABLE, whatever the server default, so local behaviour matches CockroachDB.
+    options: '-c default_transaction_isolation=serializable',
+  });
+  // An idle client losing its connection (database restart) must not crash the process; the next query fails
+  // and is handled by its caller.
+  pool.on('error', () => undefined);
+  return pool;
+}
+
+/** SQLSTATEs after which re-running the whole transaction is correct. */
+const RETRYABLE_SQLSTATES = new Set([
+  '40001', // serialization_failure (CockroachDB: restart transaction)
+  '40P01', // deadlock_detected
+]);
+
+/** SQLSTATE classes / codes meaning the database cannot be reached or is going away. */
+const CONNECTION_SQLSTATES = new Set(['57P01', '57P02', '57P03', '08000', '08001', '08003', '08006']);
+const CONNECTION_ERRNOS = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ENOTFOUND', 'EHOSTUNREACH']);
+
+export function sqlState(error: unknown): string | undefined {
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === 'string' ? code : undefined;
+}
+
+export function isSerializationFailure(error: unknown): boolean {
+  const code = sqlState(error);
+  return code !== undefined && RETRYABLE_SQLSTATES.has(code);
+}
+
+export function isConnectionError(error: unknown): boolean {
+  const code = sqlState(error);
+  if (code !== undefined && (CONNECTION_SQLSTATES.has(code) || CONNECTION_ERRNOS.has(code))) return true;
+  const message = error instanceof Error ? error.message : '';
+  return /Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error/.test(message);
+}
+
+export interface TransactionOptions {
+  retry?: Partial<Omit<RetryOptions, 'isRetryable'>>;
+  readOnly?: boolean;
+  /** Further errors after which re-running the transaction is correct (besides serialization failures). */
+  retryIf?: (error: unknown) => boolean;
+}
+
+export function isUniqueViolation(error: unknown): boolean {
+  return sqlState(error) === '23505';
+}
+
+/**
+ * Runs `work` in one SERIALIZABLE transaction, retrying the whole of it on serialization failure or deadlock.
+ * `work` must therefore be free of side effects outside the transaction. A lost connection becomes an
+ * UnavailableError: whether a COMMIT that lost its connection took effect is unknown, and only idempotent
+ * callers (ids chosen by the client) may retry it.
+ */
+export async function withTransaction<T>(pool: pg.Pool, work: (client: pg.PoolClient) => Promise<T>, options: TransactionOptions = {}): Promise<T> {
+  return retry(
+    async () => {
+      let client: pg.PoolClient;
+      try {
+        client = await pool.connect();
+      } catch (error) {
+        throw new UnavailableError('database_unavailable', 'database unavailable', 1, { cause: error });
+      }
+      let broken = false;
+      try {
+        await client.query(options.readOnly ? 'BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY' : 'BEGIN ISOLATION LEVEL SERIALIZABLE');
+        const result = await work(client);
+        await client.query('COMMIT');
+        return result;
+      } catch (error) {
+        try {
+          await client.query('ROLLBACK');
+        } catch {
+          broken = true;
+        }
+        if (isConnectionError(error)) {
+          broken = true;
+          throw new UnavailableError('database_unavailable', 'database unavailable', 1, { cause: error });
+        }
+        throw error;
+      } finally {
+        client.release(broken);
+      }
+    },
+    {
+      attempts: 50,
+      baseDelayMs: 2,
+      maxDelayMs: 200,
+      ...options.retry,
+      isRetryable: (error) => isSerializationFailure(error) || (options.retryIf?.(error) ?? false),
+    },
+  );
+}

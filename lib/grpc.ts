@@ -1,0 +1,47 @@
+import { Metadata, status, type ServiceError, type ServerUnaryCall, type sendUnaryData } from '@grpc/grpc-js';
+import { AppError, type ErrorKind } from './errors.js';
+import type { Logger } from './logger.js';
+
+/** AppError kinds to gRPC status codes: the one mapping used by every gRPC server of the project. */
+const STATUS_OF: Record<ErrorKind, status> = {
+  invalid_argument: status.INVALID_ARGUMENT,
+  not_found: status.NOT_FOUND,
+  conflict: status.FAILED_PRECONDITION,
+  unauthenticated: status.UNAUTHENTICATED,
+  permission_denied: status.PERMISSION_DENIED,
+  resource_exhausted: status.RESOURCE_EXHAUSTED,
+  unavailable: status.UNAVAILABLE,
+  internal: status.INTERNAL,
+};
+
+/** Error metadata keys: the problem code, the offending field and Retry-After, for the gateway to relay. */
+export const ERROR_CODE_KEY = 'x-error-code';
+export const ERROR_FIELD_KEY = 'x-error-field';
+export const RETRY_AFTER_KEY = 'retry-after';
+
+export function toServiceError(error: unknown): Partial<ServiceError> {
+  const metadata = new Metadata();
+  if (error instanceof AppError) {
+    metadata.set(ERROR_CODE_KEY, error.code);
+    if (error.details.field) metadata.set(ERROR_FIELD_KEY, error.details.field);
+    if (error.details.retryAfterSeconds !== undefined) metadata.set(RETRY_AFTER_KEY, String(error.details.retryAfterSeconds));
+    // Internal messages can carry SQL or ids of other tenants: never sent to the caller.
+    const details = error.kind === 'internal' ? 'internal error' : error.message;
+    return { code: STATUS_OF[error.kind], details, metadata };
+  }
+  metadata.set(ERROR_CODE_KEY, 'internal');
+  return { code: status.INTERNAL, details: 'internal error', metadata };
+}
+
+/** Wraps an async handler: AppErrors become statuses, anything else INTERNAL, logged once with the method. */
+export function unary<Req, Res>(logger: Logger, method: string, handler: (request: Req, call: ServerUnaryCall<Req, Res>) => Promise<Res>) {
+  return (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>): void => {
+    handler(call.request, call).then(
+      (response) => callback(null, response),
+      (error: unknown) => {
+        if (!(error instanceof AppError) || error.kind === 'internal') logger.error({ err: error, method }, 'request failed');
+        callback(toServiceError(error));
+      },
+    );
+  };
+}

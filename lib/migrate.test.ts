@@ -1,0 +1,65 @@
+import { strict as assert } from 'node:assert';
+import { mkdtemp, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { testConfig, scratchDatabaseUrl } from '../test/support.js';
+import { createPool, type Pool } from './db.js';
+import { ensureDatabase, loadMigrations, migrate } from './migrate.js';
+
+describe('migration runner', () => {
+  const url = scratchDatabaseUrl('ledgerline_migrate_test');
+  let pool: Pool;
+  let dir: string;
+
+  beforeEach(async () => {
+    await ensureDatabase(url, { fresh: true });
+    pool = createPool({ ...testConfig(), DATABASE_URL: url }, { max: 2 });
+    dir = await mkdtemp(path.join(os.tmpdir(), 'migrations-'));
+    await writeFile(path.join(dir, '0001_first.sql'), 'CREATE TABLE first (id UUID PRIMARY KEY);');
+    await writeFile(path.join(dir, '0002_second.sql'), 'CREATE TABLE second (id UUID PRIMARY KEY);\nINSERT INTO second VALUES (gen_random_uuid());');
+  });
+
+  afterEach(async () => {
+    await pool.end();
+  });
+
+  async function tables(): Promise<string[]> {
+    const r = await pool.query<{ table_name: string }>("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1");
+    return r.rows.map((row) => row.table_name);
+  }
+
+  it('applies in order once; a second run is a no-op', async () => {
+    const first = await migrate(pool, await loadMigrations([dir]));
+    assert.deepEqual(first, { applied: ['0001_first.sql', '0002_second.sql'], alreadyApplied: [] });
+    const second = await migrate(pool, await loadMigrations([dir]));
+    assert.deepEqual(second, { applied: [], alreadyApplied: ['0001_first.sql', '0002_second.sql'] });
+    assert.deepEqual(await tables(), ['first', 'schema_migrations', 'second']);
+    assert.equal((await pool.query('SELECT count(*)::int AS n FROM second')).rows[0].n, 1);
+  });
+
+  it('rolls a broken migration back entirely and records nothing for it', async () => {
+    await writeFile(path.join(dir, '0003_broken.sql'), 'CREATE TABLE third (id UUID PRIMARY KEY);\nINSERT INTO third VALUES (42);');
+    await assert.rejects(migrate(pool, await loadMigrations([dir])), /uuid/i);
+    assert.deepEqual(await tables(), ['first', 'schema_migrations', 'second']);
+    const names = (await pool.query('SELECT name FROM schema_migrations ORDER BY name')).rows.map((r) => r.name);
+    assert.deepEqual(names, ['0001_first.sql', '0002_second.sql']);
+  });
+
+  it('refuses a migration edited after it was applied', async () => {
+    await migrate(pool, await loadMigrations([dir]));
+    await writeFile(path.join(dir, '0001_first.sql'), 'CREATE TABLE first (id UUID PRIMARY KEY, x INT);');
+    await assert.rejects(migrate(pool, await loadMigrations([dir])), /0001_first.sql was changed after it was applied/);
+  });
+
+  it('refuses a migration that is not CockroachDB-compatible before running anything', async () => {
+    await writeFile(path.join(dir, '0003_serial.sql'), 'CREATE TABLE bad (id SERIAL PRIMARY KEY);');
+    await assert.rejects(migrate(pool, await loadMigrations([dir])), /0003_serial.sql:1 serial/);
+    assert.deepEqual(await tables(), []);
+  });
+
+  it('the project migrations apply cleanly to an empty database', async () => {
+    const result = await migrate(pool, await loadMigrations());
+    assert.ok(result.applied.length >= 1);
+    assert.ok((await tables()).includes('transfers'));
+  });
+});

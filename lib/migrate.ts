@@ -1,0 +1,113 @@
+import { createHash } from 'node:crypto';
+import { readdir, readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import pg from 'pg';
+import { withTransaction, sqlState, type Pool } from './db.js';
+import { InternalError } from './errors.js';
+import { findDialectViolations } from './sql-dialect.js';
+
+/**
+ * Plain-SQL migrations, applied in file-name order, each in its own transaction together with its record in
+ * `schema_migrations`; running twice is a no-op, and a migration that fails leaves nothing behind. Each
+ * service keeps its files in its own `migrations/` folder; names carry a global number (`0001_ledger.sql`)
+ * so the order across services is explicit.
+ */
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+export const MIGRATION_DIRS = ['ledger', 'gateway', 'risk', 'settlement'].map((service) => path.join(ROOT, service, 'migrations'));
+
+export interface Migration {
+  name: string;
+  file: string;
+  sql: string;
+  checksum: string;
+}
+
+export async function loadMigrations(dirs: readonly string[] = MIGRATION_DIRS): Promise<Migration[]> {
+  const migrations: Migration[] = [];
+  for (const dir of dirs) {
+    let names: string[];
+    try {
+      names = await readdir(dir);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') continue;
+      throw error;
+    }
+    for (const name of names.filter((n) => n.endsWith('.sql'))) {
+      const file = path.join(dir, name);
+      const sql = await readFile(file, 'utf8');
+      migrations.push({ name, file, sql, checksum: createHash('sha256').update(sql).digest('hex') });
+    }
+  }
+  migrations.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  for (let i = 1; i < migrations.length; i++) {
+    if (migrations[i]!.name === migrations[i - 1]!.name) throw new InternalError(`duplicate migration name ${migrations[i]!.name}`);
+  }
+  return migrations;
+}
+
+export interface MigrateResult {
+  applied: string[];
+  alreadyApplied: string[];
+}
+
+export async function migrate(pool: Pool, migrations: readonly Migration[]): Promise<MigrateResult> {
+  for (const m of migrations) {
+    const violations = findDialectViolations(m.sql);
+    if (violations.length > 0) {
+      const list = violations.map((v) => `${m.name}:${v.line} ${v.rule} (${v.why})`).join('; ');
+      throw new InternalError(`migration not CockroachDB-compatible: ${list}`);
+    }
+  }
+  await pool.query(
+    `CREATE TABLE IF NOT EXISTS schema_migrations (
+       name TEXT PRIMARY KEY,
+       checksum TEXT NOT NULL,
+       applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+     )`,
+  );
+  const result: MigrateResult = { applied: [], alreadyApplied: [] };
+  for (const m of migrations) {
+    const outcome = await withTransaction(pool, async (client) => {
+      const existing = await client.query<{ checksum: string }>('SELECT checksum FROM schema_migrations WHERE name = $1', [m.name]);
+      const row = existing.rows[0];
+      if (row) {
+        if (row.checksum !== m.checksum) {
+          throw new InternalError(`migration ${m.name} was changed after it was applied (checksum ${row.checksum} != ${m.checksum}); add a new migration instead`);
+        }
+        return 'already' as const;
+      }
+      await client.query(m.sql);
+      await client.query('INSERT INTO schema_migrations (name, checksum) VALUES ($1, $2)', [m.name, m.checksum]);
+      return 'applied' as const;
+    });
+    (outcome === 'applied' ? result.applied : result.alreadyApplied).push(m.name);
+  }
+  return result;
+}
+
+/** Creates the database named in `url` if it does not exist, and makes SERIALIZABLE its default isolation. */
+export async function ensureDatabase(url: string, options: { fresh?: boolean } = {}): Promise<void> {
+  const target = new URL(url);
+  const database = decodeURIComponent(target.pathname.replace(/^\//, ''));
+  if (!/^[a-z_][a-z0-9_]*$/.test(database)) throw new InternalError(`unsupported database name ${JSON.stringify(database)}`);
+  const admin = new URL(url);
+  admin.pathname = '/postgres';
+  const client = new pg.Client({ connectionString: admin.toString() });
+  await client.connect();
+  try {
+    if (options.fresh) await client.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`);
+    const found = await client.query('SELECT 1 FROM pg_database WHERE datname = $1', [database]);
+    if (found.rowCount === 0) {
+      try {
+        await client.query(`CREATE DATABASE ${database}`);
+      } catch (error) {
+        if (sqlState(error) !== '42P04') throw error; // created concurrently by another runner
+      }
+    }
+    await client.query(`ALTER DATABASE ${database} SET default_transaction_isolation = 'serializable'`);
+  } finally {
+    await client.end();
+  }
+}

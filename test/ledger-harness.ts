@@ -1,0 +1,65 @@
+import { randomUUID } from 'node:crypto';
+import { createLogger } from '../lib/logger.js';
+import { startLedger, type LedgerApp } from '../ledger/app.js';
+import { LedgerClient, type LedgerClientOptions } from '../ledger/client.js';
+import type { Account, Transfer, TransferFlags, AccountFlags } from '../proto/gen/ledger/v1/ledger.js';
+import { testConfig } from './support.js';
+
+export interface TestLedger {
+  app: LedgerApp;
+  client: LedgerClient;
+  close(): Promise<void>;
+}
+
+/** An in-process ledger on an ephemeral port against the test database, with its own client. */
+export async function startTestLedger(env: Record<string, string> = {}, clientOptions: LedgerClientOptions = {}): Promise<TestLedger> {
+  const config = testConfig({ LEDGER_GRPC_LISTEN: '127.0.0.1:0', LEDGER_SHARDS: '8', LEDGER_EXPIRY_SWEEP_MS: '100', LEDGER_WORKERS: '2', ...env });
+  const app = await startLedger(config, createLogger('ledger-test', 'silent'));
+  const client = new LedgerClient(app.address, clientOptions);
+  return {
+    app,
+    client,
+    async close() {
+      client.close();
+      await app.close();
+    },
+  };
+}
+
+export const id = (): string => randomUUID();
+
+const NO_ACCOUNT_FLAGS: AccountFlags = { linked: false, debitsMustNotExceedCredits: false, creditsMustNotExceedDebits: false, history: false, closed: false };
+const NO_TRANSFER_FLAGS: TransferFlags = { linked: false, pending: false, postPendingTransfer: false, voidPendingTransfer: false };
+
+export function account(fields: Partial<Omit<Account, 'flags'>> & { flags?: Partial<AccountFlags> } = {}): Account {
+  return {
+    id: id(),
+    ledger: 978,
+    code: 1,
+    debitsPending: 0n,
+    debitsPosted: 0n,
+    creditsPending: 0n,
+    creditsPosted: 0n,
+    metadata: {},
+    timestamp: 0n,
+    ...fields,
+    flags: { ...NO_ACCOUNT_FLAGS, ...fields.flags },
+  };
+}
+
+export function transfer(fields: Partial<Omit<Transfer, 'flags'>> & { flags?: Partial<TransferFlags> } = {}): Transfer {
+  return {
+    id: id(),
+    debitAccountId: '',
+    creditAccountId: '',
+    amount: 0n,
+    pendingId: '',
+    ledger: 978,
+    code: 1,
+    timeout: 0,
+    metadata: {},
+    timestamp: 0n,
+    ...fields,
+    flags: { ...NO_TRANSFER_FLAGS, ...fields.flags },
+  };
+}

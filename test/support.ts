@@ -1,0 +1,23 @@
+import { loadConfig, type Config } from '../lib/config.js';
+import { createPool, type Pool } from '../lib/db.js';
+
+/** Configuration for tests: the environment, but never the developer's own database by accident. */
+export function testConfig(overrides: Record<string, string> = {}): Config {
+  return loadConfig({
+    ...process.env,
+    DATABASE_URL: process.env['DATABASE_URL'] ?? 'postgres://postgres@127.0.0.1:5432/ledgerline_test',
+    LOG_LEVEL: process.env['LOG_LEVEL'] ?? 'silent',
+    ...overrides,
+  });
+}
+
+export function testPool(config = testConfig()): Pool {
+  return createPool(config, { max: 4, applicationName: 'test' });
+}
+
+/** A URL for a scratch database beside the test database, for tests that create and drop their own. */
+export function scratchDatabaseUrl(name: string): string {
+  const url = new URL(testConfig().DATABASE_URL);
+  url.pathname = `/${name}`;
+  return url.toString();
+}
