@@ -1,9 +1,10 @@
 import { randomUUID } from 'node:crypto';
 import { isUniqueViolation, withTransaction, type Pool } from '../lib/db.js';
+import { InternalError } from '../lib/errors.js';
 import { BatchEvaluator } from './engine.js';
 import type { Submission, SubmissionResult } from './model.js';
 import { encodeEventBatch } from './outbox.js';
-import { loadBatchState, lockShard, writeBatchEffects } from './store.js';
+import { BatchNeedsRerun, NO_HINTS, findExistingTransferIds, loadBatchState, lockShard, writeBatchEffects, type BatchHints } from './store.js';
 
 export interface BatchTask {
   shard: number;
@@ -17,27 +18,62 @@ export interface BatchOutcome {
   attempts: number;
 }
 
+/** A batch reruns at most this often for facts it learned (existing ids, wide accounts); each adds facts. */
+const MAX_RERUNS = 8;
+
 /**
  * One shard batch as ONE database transaction. Retried whole on serialization failure or deadlock, and on a
- * unique violation: the same transfer id committed meanwhile by another shard's batch, which the retry then
- * finds and answers `exists` (or `exists_with_different_fields`) instead of failing every caller.
+ * unique violation. Rerun with more facts when the optimistic first guess was wrong: a transfer id that
+ * already exists (committed earlier, or meanwhile by another shard's batch: the rerun answers `exists` or
+ * `exists_with_different_fields` instead of failing every caller), or an account that must be read in full.
  */
 export async function executeBatch(pool: Pool, task: BatchTask): Promise<BatchOutcome> {
   let attempts = 0;
-  return withTransaction(
-    pool,
-    async (client) => {
-      attempts++;
-      const clock = await lockShard(client, task.shard);
-      const state = await loadBatchState(client, task.submissions);
-      const now = BigInt(Date.now()) * 1_000_000n;
-      const base = now > clock.lastTimestamp ? now : clock.lastTimestamp + 1n;
-      const effects = new BatchEvaluator(state, base, task.shard).evaluate(task.submissions);
-      const batchId = randomUUID();
-      const outbox = effects.events.length > 0 ? { batchId, payload: encodeEventBatch(batchId, task.shard, effects.events) } : null;
-      await writeBatchEffects(client, task.shard, effects, clock, outbox);
-      return { results: effects.results, events: effects.events.length, attempts };
-    },
-    { retryIf: isUniqueViolation },
-  );
+  let hints: BatchHints = NO_HINTS;
+  for (let rerun = 0; ; rerun++) {
+    try {
+      return await withTransaction(
+        pool,
+        async (client) => {
+          attempts++;
+          const clock = await lockShard(client, task.shard);
+          const state = await loadBatchState(client, task.submissions, hints);
+          const loadedTransferIds = new Set(state.transfers.keys());
+          const now = BigInt(Date.now()) * 1_000_000n;
+          const base = now > clock.lastTimestamp ? now : clock.lastTimestamp + 1n;
+          const effects = new BatchEvaluator(state, base, task.shard).evaluate(task.submissions);
+
+          // A failed event whose id exists must be answered `exists...`; ask only about those (rare).
+          const existing = await findExistingTransferIds(client, failedTransferIds(task.submissions, effects.results, loadedTransferIds));
+          if (existing.length > 0) throw new BatchNeedsRerun(existing, []);
+
+          const batchId = randomUUID();
+          const outbox = effects.events.length > 0 ? { batchId, payload: encodeEventBatch(batchId, task.shard, effects.events) } : null;
+          await writeBatchEffects(client, task.shard, effects, state, clock, outbox);
+          return { results: effects.results, events: effects.events.length, attempts };
+        },
+        { retryIf: isUniqueViolation },
+      );
+    } catch (error) {
+      if (!(error instanceof BatchNeedsRerun)) throw error;
+      if (rerun >= MAX_RERUNS) throw new InternalError(`shard ${task.shard} batch did not settle after ${MAX_RERUNS} reruns`, { cause: error });
+      hints = {
+        existingTransferIds: new Set([...hints.existingTransferIds, ...error.existingTransferIds]),
+        fullAccountIds: new Set([...hints.fullAccountIds, ...error.fullAccountIds]),
+      };
+    }
+  }
+}
+
+function failedTransferIds(submissions: readonly Submission[], results: readonly SubmissionResult[], known: ReadonlySet<string>): string[] {
+  const ids = new Set<string>();
+  submissions.forEach((s, i) => {
+    const r = results[i];
+    if (s.kind !== 'transfers' || r?.kind !== 'transfers') return;
+    s.events.forEach((e, j) => {
+      const code = r.results[j]?.code;
+      if (code !== 'ok' && code !== 'exists' && !known.has(e.id)) ids.add(e.id);
+    });
+  });
+  return [...ids];
 }

@@ -51,7 +51,7 @@ function pageBounds(filter: AccountFilter) {
 }
 
 export async function lookupAccounts(pool: Pool, ids: readonly string[]): Promise<AccountRow[]> {
-  const r = await pool.query({ name: 'lookup-accounts', text: `SELECT ${ACCOUNT_COLUMNS} FROM accounts WHERE id = ANY($1::uuid[])`, values: [ids] });
+  const r = await pool.query({ name: 'lookup-accounts', text: `SELECT ${ACCOUNT_COLUMNS} FROM account_balances_current WHERE id = ANY($1::uuid[])`, values: [ids] });
   const byId = new Map(r.rows.map((row) => [row.id as string, accountFromRow(row)]));
   return ids.flatMap((id) => byId.get(id) ?? []);
 }

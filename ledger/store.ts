@@ -1,12 +1,13 @@
 import type { PoolClient, Queryable } from '../lib/db.js';
 import { invariant } from '../lib/errors.js';
 import type { BatchEffects, BatchState } from './engine.js';
-import { TransferFlag, hasFlag, type AccountRow, type PendingRow, type PendingState, type Submission, type TransferRow } from './model.js';
+import { AccountFlag, MAX_BALANCE, TransferFlag, hasFlag, type AccountRow, type PendingRow, type PendingState, type Submission, type TransferRow } from './model.js';
 
 /**
- * The ledger's SQL, in one place. A batch transaction: lock the shard row, read the transfers the batch names,
- * lock pending transfers then accounts in id order (one statement each), evaluate in memory, write with one
- * multi-row statement per table (`unnest`), advance the shard clock. Runs on PostgreSQL and CockroachDB.
+ * The ledger's SQL, in one place. A batch transaction: lock the shard row, lock the pending transfers it
+ * resolves (id order, one statement), read accounts and the balances its rules need, evaluate in memory,
+ * write with one multi-row statement per table (`unnest`), advance the shard clock. Balances live in per-shard
+ * slots, so concurrent batches of different shards never write the same row. Runs on PostgreSQL and CockroachDB.
  */
 
 export interface ShardClock {
@@ -29,9 +30,45 @@ const TRANSFER_COLUMNS = 'id, debit_account_id, credit_account_id, amount, pendi
 const ACCOUNT_COLUMNS = 'id, ledger, code, flags, debits_pending, debits_posted, credits_pending, credits_posted, metadata, "timestamp"';
 const PENDING_COLUMNS = 'id, debit_account_id, credit_account_id, amount, ledger, code, expires_at, state, shard, resolved_by, resolved_at';
 
-/** Reads and locks everything a batch can touch. Lock order everywhere: shard row, pending rows, accounts. */
-export async function loadBatchState(db: PoolClient, submissions: readonly Submission[]): Promise<BatchState> {
-  const transferIds = new Set<string>();
+/**
+ * Largest value a balance slot may reach without the account being read in full: with at most 4,096 shards
+ * (lib/config.ts) the sum of all slots then stays below 2^62, so no total, nor debits_pending + debits_posted,
+ * can overflow 2^63-1 while nobody looks. Beyond it the account becomes "wide" and is always read in full.
+ */
+export const SLOT_SOFT_LIMIT = MAX_BALANCE / 8192n;
+const FULL_BALANCE_FLAGS = AccountFlag.debitsMustNotExceedCredits | AccountFlag.creditsMustNotExceedDebits | AccountFlag.history;
+
+/**
+ * What an earlier attempt of the same batch learned: a rerun with these facts is correct where the first
+ * guess was not. Thrown from inside the transaction (which rolls back) and caught by executeBatch.
+ */
+export class BatchNeedsRerun extends Error {
+  constructor(
+    readonly existingTransferIds: readonly string[],
+    readonly fullAccountIds: readonly string[],
+  ) {
+    super(`batch rerun: ${existingTransferIds.length} existing transfer ids, ${fullAccountIds.length} accounts to read in full`);
+  }
+}
+
+export interface BatchHints {
+  /** Transfer ids known to exist: read them so that the engine answers `exists`. */
+  existingTransferIds: ReadonlySet<string>;
+  /** Accounts to read in full (and mark wide) although no flag asks for it. */
+  fullAccountIds: ReadonlySet<string>;
+}
+
+export const NO_HINTS: BatchHints = { existingTransferIds: new Set(), fullAccountIds: new Set() };
+
+/**
+ * Reads what a batch needs, taking as few read dependencies as possible: under SERIALIZABLE every read of a
+ * row another shard writes is a chance of 40001. Pending transfers are locked (their shard owns them);
+ * accounts are immutable identity rows; balances are read only for accounts whose rules depend on them
+ * (limit or history flags, or wide), the others are changed blind through their own slot. Transfer ids of the
+ * batch are not looked up at all: the insert detects existing ones (ON CONFLICT) and the batch reruns.
+ */
+export async function loadBatchState(db: PoolClient, submissions: readonly Submission[], hints: BatchHints = NO_HINTS): Promise<BatchState> {
+  const transferIds = new Set<string>(hints.existingTransferIds);
   const pendingIds = new Set<string>();
   const accountIds = new Set<string>();
   for (const s of submissions) {
@@ -39,7 +76,6 @@ export async function loadBatchState(db: PoolClient, submissions: readonly Submi
       for (const a of s.events) accountIds.add(a.id);
     } else if (s.kind === 'transfers') {
       for (const t of s.events) {
-        transferIds.add(t.id);
         if (t.pendingId !== '') {
           transferIds.add(t.pendingId);
           if (hasFlag(t.flags, TransferFlag.postPendingTransfer | TransferFlag.voidPendingTransfer)) pendingIds.add(t.pendingId);
@@ -76,50 +112,82 @@ export async function loadBatchState(db: PoolClient, submissions: readonly Submi
     for (const row of r.rows) transfers.set(row.id, transferFromRow(row));
   }
 
+  const markWide = [...hints.fullAccountIds];
+  if (markWide.length > 0) {
+    await db.query({ name: 'mark-wide', text: 'UPDATE accounts SET wide = true WHERE id = ANY($1::uuid[]) AND NOT wide', values: [markWide] });
+  }
+
   const accounts = new Map<string, AccountRow>();
+  const partialAccounts = new Set<string>();
   if (accountIds.size > 0) {
     const r = await db.query({
-      name: 'lock-accounts',
-      text: `SELECT ${ACCOUNT_COLUMNS} FROM accounts WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE`,
+      name: 'find-accounts',
+      text: 'SELECT id, ledger, code, flags, metadata, "timestamp", wide FROM accounts WHERE id = ANY($1::uuid[])',
       values: [[...accountIds]],
     });
-    for (const row of r.rows) accounts.set(row.id, accountFromRow(row));
+    const full: string[] = [];
+    for (const row of r.rows) {
+      const account = accountFromRow({ ...row, debits_pending: 0n, debits_posted: 0n, credits_pending: 0n, credits_posted: 0n });
+      accounts.set(account.id, account);
+      if (row.wide || hasFlag(account.flags, FULL_BALANCE_FLAGS) || hints.fullAccountIds.has(account.id)) full.push(account.id);
+      else partialAccounts.add(account.id);
+    }
+    if (full.length > 0) {
+      const totals = await db.query({
+        name: 'account-totals',
+        text: `SELECT account_id, sum(debits_pending)::INT8 AS dp, sum(debits_posted)::INT8 AS dpo, sum(credits_pending)::INT8 AS cp, sum(credits_posted)::INT8 AS cpo
+               FROM account_balance_slots WHERE account_id = ANY($1::uuid[]) GROUP BY account_id`,
+        values: [full],
+      });
+      for (const t of totals.rows) {
+        const a = accounts.get(t.account_id)!;
+        a.debitsPending = t.dp;
+        a.debitsPosted = t.dpo;
+        a.creditsPending = t.cp;
+        a.creditsPosted = t.cpo;
+      }
+    }
   }
-  return { accounts, transfers, pendings };
+  return { accounts, transfers, pendings, partialAccounts };
+}
+
+/** Transfer ids among `ids` that exist: asked only for events that failed, whose answer might be `exists`. */
+export async function findExistingTransferIds(db: Queryable, ids: readonly string[]): Promise<string[]> {
+  if (ids.length === 0) return [];
+  const r = await db.query({ name: 'existing-transfer-ids', text: 'SELECT id FROM transfers WHERE id = ANY($1::uuid[])', values: [ids] });
+  return r.rows.map((row) => row.id as string);
 }
 
 export async function writeBatchEffects(
   db: PoolClient,
   shard: number,
   effects: BatchEffects,
+  state: BatchState,
   clock: ShardClock,
   outbox: { batchId: string; payload: Uint8Array } | null,
 ): Promise<void> {
-  const { newAccounts, newTransfers, updatedAccounts, newPendings, resolvedPendings, history } = effects;
+  const { newAccounts, newTransfers, balanceDeltas, newPendings, resolvedPendings, history } = effects;
   if (newAccounts.length > 0) {
     await db.query({
       name: 'insert-accounts',
-      text: `INSERT INTO accounts (${ACCOUNT_COLUMNS})
-             SELECT * FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::int4[], $5::int8[], $6::int8[], $7::int8[], $8::int8[], $9::jsonb[], $10::int8[])`,
+      text: `INSERT INTO accounts (id, ledger, code, flags, metadata, "timestamp")
+             SELECT * FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::int4[], $5::jsonb[], $6::int8[])`,
       values: [
         newAccounts.map((a) => a.id),
         newAccounts.map((a) => a.ledger),
         newAccounts.map((a) => a.code),
         newAccounts.map((a) => a.flags),
-        newAccounts.map((a) => a.debitsPending),
-        newAccounts.map((a) => a.debitsPosted),
-        newAccounts.map((a) => a.creditsPending),
-        newAccounts.map((a) => a.creditsPosted),
         newAccounts.map((a) => jsonOrEmpty(a.metadata)),
         newAccounts.map((a) => a.timestamp),
       ],
     });
   }
   if (newTransfers.length > 0) {
-    await db.query({
+    const inserted = await db.query({
       name: 'insert-transfers',
       text: `INSERT INTO transfers (${TRANSFER_COLUMNS}, shard)
-             SELECT *, $12::int4 FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::int8[], $5::uuid[], $6::int8[], $7::int8[], $8::int4[], $9::int8[], $10::jsonb[], $11::int8[])`,
+             SELECT *, $12::int4 FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::int8[], $5::uuid[], $6::int8[], $7::int8[], $8::int4[], $9::int8[], $10::jsonb[], $11::int8[])
+             ON CONFLICT (id) DO NOTHING RETURNING id`,
       values: [
         newTransfers.map((t) => t.id),
         newTransfers.map((t) => t.debitAccountId),
@@ -135,22 +203,36 @@ export async function writeBatchEffects(
         shard,
       ],
     });
+    if (inserted.rowCount !== newTransfers.length) {
+      const fresh = new Set(inserted.rows.map((row) => row.id as string));
+      throw new BatchNeedsRerun(newTransfers.filter((t) => !fresh.has(t.id)).map((t) => t.id), []);
+    }
   }
-  if (updatedAccounts.length > 0) {
-    await db.query({
-      name: 'update-balances',
-      text: `UPDATE accounts AS a
-             SET debits_pending = v.dp, debits_posted = v.dpo, credits_pending = v.cp, credits_posted = v.cpo
-             FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::int8[], $5::int8[]) AS v(id, dp, dpo, cp, cpo)
-             WHERE a.id = v.id`,
+  if (balanceDeltas.length > 0) {
+    const slots = await db.query({
+      name: 'add-to-slots',
+      text: `INSERT INTO account_balance_slots AS s (account_id, shard, debits_pending, debits_posted, credits_pending, credits_posted)
+             SELECT v.id, $6::int4, v.dp, v.dpo, v.cp, v.cpo FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::int8[], $5::int8[]) AS v(id, dp, dpo, cp, cpo)
+             ON CONFLICT (account_id, shard) DO UPDATE SET
+               debits_pending = s.debits_pending + excluded.debits_pending,
+               debits_posted = s.debits_posted + excluded.debits_posted,
+               credits_pending = s.credits_pending + excluded.credits_pending,
+               credits_posted = s.credits_posted + excluded.credits_posted
+             RETURNING account_id, debits_pending, debits_posted, credits_pending, credits_posted`,
       values: [
-        updatedAccounts.map((a) => a.id),
-        updatedAccounts.map((a) => a.debitsPending),
-        updatedAccounts.map((a) => a.debitsPosted),
-        updatedAccounts.map((a) => a.creditsPending),
-        updatedAccounts.map((a) => a.creditsPosted),
+        balanceDeltas.map((d) => d.accountId),
+        balanceDeltas.map((d) => d.debitsPending),
+        balanceDeltas.map((d) => d.debitsPosted),
+        balanceDeltas.map((d) => d.creditsPending),
+        balanceDeltas.map((d) => d.creditsPosted),
+        shard,
       ],
     });
+    // Accounts changed blind must stay within the soft limit; past it, rerun reading them in full.
+    const tooLarge = slots.rows
+      .filter((r) => state.partialAccounts?.has(r.account_id) && [r.debits_pending, r.debits_posted, r.credits_pending, r.credits_posted].some((v: bigint) => v > SLOT_SOFT_LIMIT || v < -SLOT_SOFT_LIMIT))
+      .map((r) => r.account_id as string);
+    if (tooLarge.length > 0) throw new BatchNeedsRerun([], tooLarge);
   }
   if (newPendings.length > 0) {
     await db.query({

@@ -12,23 +12,45 @@ CREATE TABLE ledger_shards (
   last_sequence INT8 NOT NULL DEFAULT 0
 );
 
+-- Identity and flags of an account; never updated by transfers (no hot rows here).
 CREATE TABLE accounts (
   id UUID PRIMARY KEY,
   ledger INT8 NOT NULL CHECK (ledger > 0 AND ledger <= 4294967295),
   code INT8 NOT NULL CHECK (code > 0 AND code <= 4294967295),
   flags INT4 NOT NULL,
-  debits_pending INT8 NOT NULL DEFAULT 0 CHECK (debits_pending >= 0),
-  debits_posted INT8 NOT NULL DEFAULT 0 CHECK (debits_posted >= 0),
-  credits_pending INT8 NOT NULL DEFAULT 0 CHECK (credits_pending >= 0),
-  credits_posted INT8 NOT NULL DEFAULT 0 CHECK (credits_posted >= 0),
   metadata JSONB NOT NULL DEFAULT '{}',
   "timestamp" INT8 NOT NULL,
-  -- The balance limits are invariants of the books, asserted by the database as well as by the ledger.
-  CONSTRAINT debits_must_not_exceed_credits
-    CHECK (flags & 2 = 0 OR debits_pending + debits_posted <= credits_posted),
-  CONSTRAINT credits_must_not_exceed_debits
-    CHECK (flags & 4 = 0 OR credits_pending + credits_posted <= debits_posted)
+  -- Set once any balance slot of the account may exceed the per-slot soft limit: from then on every batch
+  -- reads its full balances (ledger/store.ts).
+  wide BOOL NOT NULL DEFAULT false
 );
+
+-- Balances as per-shard slots (a sharded counter): a shard's batches only ever add to their own slot of an
+-- account, so batches of different shards crediting one hot account never write the same row. An account's
+-- balance is the sum of its slots. Slots hold deltas and may be negative when a pending transfer is resolved
+-- on another shard than the one that created it (after a change of LEDGER_SHARDS); sums never are.
+CREATE TABLE account_balance_slots (
+  account_id UUID NOT NULL,
+  shard INT4 NOT NULL,
+  debits_pending INT8 NOT NULL,
+  debits_posted INT8 NOT NULL,
+  credits_pending INT8 NOT NULL,
+  credits_posted INT8 NOT NULL,
+  PRIMARY KEY (account_id, shard)
+);
+
+-- Current balances: one row per account (filters on id reach the slots through the lateral join).
+CREATE VIEW account_balances_current AS
+SELECT a.id, a.ledger, a.code, a.flags, a.metadata, a."timestamp",
+       s.debits_pending, s.debits_posted, s.credits_pending, s.credits_posted
+FROM accounts a,
+LATERAL (
+  SELECT COALESCE(sum(debits_pending), 0)::INT8 AS debits_pending,
+         COALESCE(sum(debits_posted), 0)::INT8 AS debits_posted,
+         COALESCE(sum(credits_pending), 0)::INT8 AS credits_pending,
+         COALESCE(sum(credits_posted), 0)::INT8 AS credits_posted
+  FROM account_balance_slots WHERE account_id = a.id
+) s;
 
 CREATE TABLE transfers (
   id UUID PRIMARY KEY,

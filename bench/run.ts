@@ -1,0 +1,198 @@
+/**
+ * `make bench`: ledger throughput through gRPC beside two references measured in the same run on the same
+ * database (the machine is shared and noisy, so only ratios within one run mean anything):
+ *   - naive: one SERIALIZABLE transaction per transfer, SELECT ... FOR UPDATE of both accounts, 32 clients;
+ *   - raw: the same transfer rows inserted with multi-row unnest INSERTs and no ledger logic, 2 connections.
+ * BENCH_SECONDS (default 6) sets the length of each timed run.
+ */
+import { randomUUID } from 'node:crypto';
+import { mkdir, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import { loadConfig } from '../lib/config.js';
+import { createPool, isSerializationFailure, type Pool } from '../lib/db.js';
+import { LedgerClient } from '../ledger/client.js';
+import type { Transfer } from '../proto/gen/ledger/v1/ledger.js';
+import { spawnLedger } from './ledger-process.js';
+
+const SECONDS = Number(process.env['BENCH_SECONDS'] ?? 6);
+const ACCOUNTS = 10_000;
+const LEDGER = 978;
+const config = loadConfig();
+const pool = createPool(config, { max: 40, applicationName: 'bench' });
+
+interface Row {
+  scenario: string;
+  workload: 'uniform' | 'hot';
+  transfersPerSecond: number;
+  note: string;
+}
+const rows: Row[] = [];
+
+function report(row: Row): void {
+  rows.push(row);
+  console.log(`${row.scenario.padEnd(34)} ${row.workload.padEnd(8)} ${Math.round(row.transfersPerSecond).toString().padStart(9)} transfers/s  ${row.note}`);
+}
+
+const accounts = Array.from({ length: ACCOUNTS }, () => randomUUID());
+const hot = randomUUID();
+
+function pick(): string {
+  return accounts[Math.floor(Math.random() * ACCOUNTS)]!;
+}
+
+/** A transfer between two random accounts, or from a random account into the hot one. */
+function pair(workload: 'uniform' | 'hot'): [string, string] {
+  const debit = pick();
+  if (workload === 'hot') return [debit, hot];
+  let credit = pick();
+  while (credit === debit) credit = pick();
+  return [debit, credit];
+}
+
+function transfer(workload: 'uniform' | 'hot'): Transfer {
+  const [debitAccountId, creditAccountId] = pair(workload);
+  return {
+    id: randomUUID(),
+    debitAccountId,
+    creditAccountId,
+    amount: 1n + BigInt(Math.floor(Math.random() * 1000)),
+    pendingId: '',
+    ledger: LEDGER,
+    code: 1,
+    flags: { linked: false, pending: false, postPendingTransfer: false, voidPendingTransfer: false },
+    timeout: 0,
+    metadata: {},
+    timestamp: 0n,
+  };
+}
+
+/** Runs `workers` loops of `step` for SECONDS; returns the number of transfers they completed per second. */
+async function timed(workers: number, step: () => Promise<number>): Promise<number> {
+  const deadline = performance.now() + SECONDS * 1000;
+  const started = performance.now();
+  let done = 0;
+  await Promise.all(
+    Array.from({ length: workers }, async () => {
+      while (performance.now() < deadline) done += await step();
+    }),
+  );
+  return done / ((performance.now() - started) / 1000);
+}
+
+// ---- reference 1: the naive ledger ----
+async function naive(workload: 'uniform' | 'hot'): Promise<void> {
+  let retries = 0;
+  const once = async (): Promise<number> => {
+    const [debit, credit] = pair(workload);
+    const ids = [debit, credit].sort();
+    for (;;) {
+      const client = await pool.connect();
+      try {
+        await client.query('BEGIN ISOLATION LEVEL SERIALIZABLE');
+        const locked = await client.query('SELECT id, debits_posted, credits_posted FROM accounts WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE', [ids]);
+        if (locked.rowCount !== 2) throw new Error('accounts missing');
+        const amount = 1n + BigInt(Math.floor(Math.random() * 1000));
+        await client.query(
+          `INSERT INTO transfers (id, debit_account_id, credit_account_id, amount, ledger, code, flags, "timestamp", shard)
+           VALUES ($1, $2, $3, $4, $5, 1, 0, $6, 0)`,
+          [randomUUID(), debit, credit, amount, LEDGER, BigInt(Date.now()) * 1_000_000n],
+        );
+        await client.query('UPDATE accounts SET debits_posted = debits_posted + $2 WHERE id = $1', [debit, amount]);
+        await client.query('UPDATE accounts SET credits_posted = credits_posted + $2 WHERE id = $1', [credit, amount]);
+        await client.query('COMMIT');
+        return 1;
+      } catch (error) {
+        await client.query('ROLLBACK').catch(() => undefined);
+        if (!isSerializationFailure(error)) throw error;
+        retries++;
+      } finally {
+        client.release();
+      }
+    }
+  };
+  const tps = await timed(32, once);
+  report({ scenario: 'naive: 1 txn/transfer, 32 clients', workload, transfersPerSecond: tps, note: `${retries} serialization retries` });
+}
+
+// ---- reference 2: the raw write limit ----
+async function raw(): Promise<void> {
+  const BATCH = 8190;
+  const once = async (): Promise<number> => {
+    const rowsToWrite = Array.from({ length: BATCH }, () => transfer('uniform'));
+    await pool.query(
+      `INSERT INTO transfers (id, debit_account_id, credit_account_id, amount, ledger, code, flags, "timestamp", shard)
+       SELECT id, d, c, a, $5, 1, 0, $6, 0 FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::int8[]) AS v(id, d, c, a)`,
+      [rowsToWrite.map((t) => t.id), rowsToWrite.map((t) => t.debitAccountId), rowsToWrite.map((t) => t.creditAccountId), rowsToWrite.map((t) => t.amount), LEDGER, BigInt(Date.now()) * 1_000_000n],
+    );
+    return BATCH;
+  };
+  const tps = await timed(2, once);
+  report({ scenario: 'raw: unnest INSERT, 2 connections', workload: 'uniform', transfersPerSecond: tps, note: 'rows/s, no ledger logic' });
+}
+
+// ---- the ledger ----
+async function ledgerBatches(client: LedgerClient, batchSize: number, concurrency: number, workload: 'uniform' | 'hot'): Promise<void> {
+  let failures = 0;
+  const tps = await timed(concurrency, async () => {
+    const results = await client.createTransfers(Array.from({ length: batchSize }, () => transfer(workload)));
+    failures += results.filter((r) => r.code !== 1).length;
+    return results.length;
+  });
+  if (failures > 0) throw new Error(`${failures} transfers failed in the ledger benchmark`);
+  report({ scenario: `ledger: batches of ${batchSize}, ${concurrency} callers`, workload, transfersPerSecond: tps, note: '' });
+}
+
+async function main(): Promise<void> {
+  console.log(`bench: ${os.cpus().length} cores, ${SECONDS} s per run, ${ACCOUNTS} accounts, database ${new URL(config.DATABASE_URL).pathname}`);
+  const ledger = await spawnLedger({ DATABASE_URL: config.DATABASE_URL, LOG_LEVEL: 'warn' });
+  const direct = new LedgerClient(ledger.target, { autoBatch: false });
+  const batching = new LedgerClient(ledger.target, { autoBatch: true });
+  try {
+    const all = [...accounts, hot];
+    for (let i = 0; i < all.length; i += 8190) {
+      const chunk = all.slice(i, i + 8190).map((id) => ({
+        id,
+        ledger: LEDGER,
+        code: 1,
+        flags: { linked: false, debitsMustNotExceedCredits: false, creditsMustNotExceedDebits: false, history: false, closed: false },
+        debitsPending: 0n,
+        debitsPosted: 0n,
+        creditsPending: 0n,
+        creditsPosted: 0n,
+        metadata: {},
+        timestamp: 0n,
+      }));
+      const results = await direct.createAccounts(chunk);
+      if (results.some((r) => r.code !== 1)) throw new Error('account creation failed');
+    }
+
+    for (const workload of ['uniform', 'hot'] as const) {
+      await naive(workload);
+      await ledgerBatches(direct, 1, 32, workload);
+      await ledgerBatches(direct, 100, 16, workload);
+      await ledgerBatches(direct, 8190, 4, workload);
+      await ledgerBatches(batching, 1, 256, workload);
+    }
+    await raw();
+  } finally {
+    direct.close();
+    batching.close();
+    await ledger.stop();
+    await pool.end();
+  }
+
+  const naiveOf = (w: string) => rows.find((r) => r.scenario.startsWith('naive') && r.workload === w)!.transfersPerSecond;
+  const rawRate = rows.find((r) => r.scenario.startsWith('raw'))!.transfersPerSecond;
+  const table = [
+    '| scenario | workload | transfers/s | x naive (same workload) | of raw write limit |',
+    '|---|---|---:|---:|---:|',
+    ...rows.map(
+      (r) => `| ${r.scenario} | ${r.workload} | ${Math.round(r.transfersPerSecond).toLocaleString('en-US')} | ${(r.transfersPerSecond / naiveOf(r.workload)).toFixed(1)}x | ${((100 * r.transfersPerSecond) / rawRate).toFixed(0)}% |`,
+    ),
+  ].join('\n');
+  console.log(`\n${table}\n`);
+  await mkdir('bench/results', { recursive: true });
+  await writeFile('bench/results/ledger.md', `${new Date().toISOString()} ${os.cpus().length} cores, BENCH_SECONDS=${SECONDS}\n\n${table}\n`);
+}
+
+await main();
