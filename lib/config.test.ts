@@ -7,13 +7,13 @@ describe('config', () => {
     const config = loadConfig({});
     assert.equal(config.DATABASE_URL, 'postgres://postgres@127.0.0.1:5432/ledgerline');
     assert.equal(config.NATS_URL, 'nats://127.0.0.1:4222');
-    assert.equal(config.LEDGER_SHARDS, 64);
+    assert.equal(config.LEDGER_SHARDS, 8);
     assert.equal(config.GATEWAY_PORT, 8080);
   });
 
   it('parses numbers and treats empty strings as unset', () => {
-    const config = loadConfig({ LEDGER_SHARDS: '8', GATEWAY_PORT: '', LEDGER_BATCH_MAX: '100' });
-    assert.equal(config.LEDGER_SHARDS, 8);
+    const config = loadConfig({ LEDGER_SHARDS: '16', GATEWAY_PORT: '', LEDGER_BATCH_MAX: '100' });
+    assert.equal(config.LEDGER_SHARDS, 16);
     assert.equal(config.GATEWAY_PORT, 8080);
     assert.equal(config.LEDGER_BATCH_MAX, 100);
   });

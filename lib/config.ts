@@ -35,7 +35,7 @@ const schema = z.object({
 
   LEDGER_GRPC_LISTEN: hostPort.default('0.0.0.0:50051'),
   LEDGER_GRPC_TARGET: hostPort.default('127.0.0.1:50051'),
-  LEDGER_SHARDS: z.coerce.number().int().min(1).max(4096).default(64),
+  LEDGER_SHARDS: z.coerce.number().int().min(1).max(4096).default(8),
   LEDGER_OWNED_SHARDS: shardList.default('all'),
   LEDGER_BATCH_MAX: z.coerce.number().int().min(1).max(8190).default(8190),
   LEDGER_BATCH_WINDOW_MS: nonNegativeInt.max(1000).default(1),
