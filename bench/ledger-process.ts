@@ -22,9 +22,9 @@ export interface LedgerProcess {
 }
 
 /** Starts `ledger/main.ts` as its own process (as in production) and waits until its port accepts connections. */
-export async function spawnLedger(env: Record<string, string>): Promise<LedgerProcess> {
+export async function spawnLedger(env: Record<string, string>, nodeArgs: string[] = []): Promise<LedgerProcess> {
   const port = await freePort();
-  const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'ledger/main.ts')], {
+  const child = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', path.join(ROOT, 'ledger/main.ts')], {
     cwd: ROOT,
     env: { ...process.env, LEDGER_GRPC_LISTEN: `127.0.0.1:${port}`, LOG_LEVEL: 'info', ...env },
     stdio: ['ignore', 'inherit', 'inherit'],
