@@ -61,8 +61,11 @@ for (const service of SERVICES) {
 console.log(`
 dev: database ${new URL(config.DATABASE_URL).host}${new URL(config.DATABASE_URL).pathname}, NATS ${config.NATS_URL}
 dev: try it (in another terminal):
-  npm run ledger -- create-account --ledger 978 --code 1
-  npm run ledger -- lookup-accounts <id>
+  A=11111111-1111-4111-8111-111111111111 B=22222222-2222-4222-8222-222222222222
+  npm run -s ledger -- create-account --id $A && npm run -s ledger -- create-account --id $B --history
+  npm run -s ledger -- transfer --debit $A --credit $B --amount 1250
+  npm run -s ledger -- lookup-accounts $A $B
+  npm run -s ledger -- account-transfers $B
 dev: Ctrl-C stops every service.`);
 
 function stop(): void {
