@@ -1,0 +1,52 @@
+import { strict as assert } from 'node:assert';
+import { spawnSync } from 'node:child_process';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { loadConfig } from '../lib/config.js';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+
+function compose(...args: string[]) {
+  const result = spawnSync('docker-compose', ['-f', 'docker-compose.yml', ...args], { cwd: ROOT, encoding: 'utf8' });
+  if (result.error) {
+    throw new Error(`docker-compose could not run (${result.error.message}); run scripts/ensure-tools.sh`);
+  }
+  return result;
+}
+
+describe('docker-compose.yml', () => {
+  it('is valid for docker-compose v1 (older schema)', () => {
+    const result = compose('config', '-q');
+    assert.equal(result.status, 0, result.stderr);
+  });
+
+  it('runs the clusters, the telemetry stack and the project services', () => {
+    const result = compose('config', '--services');
+    assert.equal(result.status, 0, result.stderr);
+    const services = new Set(result.stdout.trim().split('\n'));
+    for (const expected of ['crdb1', 'crdb2', 'crdb3', 'crdb-init', 'nats1', 'nats2', 'nats3', 'otel-collector', 'jaeger', 'prometheus', 'migrate', 'ledger']) {
+      assert.ok(services.has(expected), `service ${expected} missing from ${[...services].join(', ')}`);
+    }
+  });
+
+  it('builds every project service from the one Dockerfile and points it at the clusters', () => {
+    const result = compose('config');
+    assert.equal(result.status, 0, result.stderr);
+    const text = result.stdout;
+    // Each project service appears with the same build section and the cluster endpoints.
+    const projectServices = ['migrate', 'ledger'];
+    for (const name of projectServices) {
+      const block = new RegExp(`\\n  ${name}:\\n([\\s\\S]*?)(?=\\n  [a-z0-9-]+:\\n|\\nvolumes:)`).exec(text)?.[1] ?? '';
+      assert.match(block, /dockerfile: Dockerfile/, `${name} is not built from ./Dockerfile`);
+      assert.match(block, /DATABASE_URL: postgres:\/\/root@crdb1:26257\/ledgerline/, `${name} lacks DATABASE_URL`);
+      assert.match(block, /NATS_URL: nats:\/\/nats1:4222,nats:\/\/nats2:4222,nats:\/\/nats3:4222/, `${name} lacks NATS_URL`);
+      assert.match(block, /NATS_STREAM_REPLICAS: '3'/, `${name} lacks NATS_STREAM_REPLICAS=3`);
+      // The services' configuration must pass the same validation as at start-up.
+      const env = Object.fromEntries(
+        [...(/\n    environment:\n((?:      .*\n)+)/.exec(block)?.[1] ?? '').matchAll(/^      ([A-Z_]+): '?(.*?)'?$/gm)].map((m) => [m[1]!, m[2]!]),
+      );
+      assert.ok(Object.keys(env).length >= 5, `${name}: no environment found`);
+      assert.doesNotThrow(() => loadConfig(env), `${name}: environment rejected by lib/config.ts`);
+    }
+  });
+});
