@@ -199,7 +199,10 @@ export class BatchEvaluator {
         }
         results[i] = result;
       }
-      if (!linked) chainStart = -1;
+      if (!linked) {
+        chainStart = -1;
+        chainFailed = false;
+      }
     }
     return results;
   }
