@@ -12,7 +12,7 @@ import { loadConfig } from '../lib/config.js';
 import { createPool, isSerializationFailure, type Pool } from '../lib/db.js';
 import { LedgerClient } from '../ledger/client.js';
 import type { Transfer } from '../proto/gen/ledger/v1/ledger.js';
-import { spawnLedger } from './ledger-process.js';
+import { spawnLedger } from '../test/ledger-process.js';
 
 const SECONDS = Number(process.env['BENCH_SECONDS'] ?? 6);
 const ACCOUNTS = 10_000;

@@ -1,0 +1,179 @@
+import { strict as assert } from 'node:assert';
+import { createServer, connect, type Server, type Socket } from 'node:net';
+import { status, type ServiceError } from '@grpc/grpc-js';
+import { account, startTestLedger, transfer, type TestLedger } from '../test/ledger-harness.js';
+import { spawnLedger, freePort } from '../test/ledger-process.js';
+import { testConfig, testPool } from '../test/support.js';
+import type { Pool } from '../lib/db.js';
+import type { Transfer } from '../proto/gen/ledger/v1/ledger.js';
+import { LedgerClient } from './client.js';
+import { transferCodeName } from './convert.js';
+
+/** DESIGN.md "Failure behaviour": retries never double-charge across crashes; a dead database fails fast. */
+describe('ledger failure behaviour', function () {
+  this.timeout(120_000);
+  let pool: Pool;
+  before(() => {
+    pool = testPool();
+  });
+  after(async () => {
+    await pool.end();
+  });
+
+  async function createAccounts(client: LedgerClient, n: number): Promise<string[]> {
+    const list = Array.from({ length: n }, () => account());
+    const results = await client.createAccounts(list);
+    assert.ok(results.every((r) => r.code === 1));
+    return list.map((a) => a.id);
+  }
+
+  function randomTransfers(accounts: readonly string[], n: number): Transfer[] {
+    return Array.from({ length: n }, (_, i) => {
+      const d = accounts[Math.floor(Math.random() * accounts.length)]!;
+      let c = accounts[Math.floor(Math.random() * accounts.length)]!;
+      while (c === d) c = accounts[Math.floor(Math.random() * accounts.length)]!;
+      return transfer({ debitAccountId: d, creditAccountId: c, amount: BigInt(1 + (i % 97)) });
+    });
+  }
+
+  /** Every transfer recorded exactly once, and the accounts' posted balances equal the transfers' sums. */
+  async function assertAppliedExactlyOnce(transfers: readonly Transfer[], accounts: readonly string[]): Promise<void> {
+    const ids = transfers.map((t) => t.id);
+    const counts = await pool.query('SELECT id, count(*)::int AS n FROM transfers WHERE id = ANY($1::uuid[]) GROUP BY id', [ids]);
+    assert.equal(counts.rows.length, ids.length, 'some transfers were lost');
+    assert.ok(counts.rows.every((r) => r.n === 1), 'some transfers were applied twice');
+    const expected = new Map<string, { d: bigint; c: bigint }>(accounts.map((a) => [a, { d: 0n, c: 0n }]));
+    for (const t of transfers) {
+      expected.get(t.debitAccountId)!.d += t.amount;
+      expected.get(t.creditAccountId)!.c += t.amount;
+    }
+    const rows = await pool.query('SELECT id, debits_posted, credits_posted FROM account_balances_current WHERE id = ANY($1::uuid[])', [accounts]);
+    for (const r of rows.rows) {
+      assert.equal(r.debits_posted, expected.get(r.id)!.d, `debits of ${r.id}`);
+      assert.equal(r.credits_posted, expected.get(r.id)!.c, `credits of ${r.id}`);
+    }
+  }
+
+  /** Sends each request until it gets an answer; every answer must be ok or exists. */
+  async function settle(client: LedgerClient, requests: Transfer[][]): Promise<void> {
+    for (const request of requests) {
+      for (let attempt = 0; ; attempt++) {
+        try {
+          const results = await client.createTransfers(request);
+          assert.ok(results.every((r) => ['ok', 'exists'].includes(transferCodeName(r.code))), results.map((r) => transferCodeName(r.code)).join(','));
+          break;
+        } catch (error) {
+          assert.equal((error as ServiceError).code, status.UNAVAILABLE, String(error));
+          if (attempt > 50) throw error;
+          await new Promise((r) => setTimeout(r, 100));
+        }
+      }
+    }
+  }
+
+  it('worker threads killed mid-batch: calls fail with UNAVAILABLE, none hangs, retries apply each transfer once', async () => {
+    const ledger: TestLedger = await startTestLedger({}, { autoBatch: false });
+    try {
+      const accounts = await createAccounts(ledger.client, 50);
+      const requests = Array.from({ length: 24 }, () => randomTransfers(accounts, 400));
+      const outcomes = requests.map((r) => ledger.client.createTransfers(r).then(() => 'answered' as const, (e: ServiceError) => e));
+      await new Promise((r) => setTimeout(r, 15));
+      const threads = [...ledger.app.workers.threads];
+      assert.ok(threads.length > 0);
+      await Promise.all(threads.map((t) => t.terminate()));
+      const settled = await Promise.race([Promise.all(outcomes), new Promise<never>((_, reject) => setTimeout(() => reject(new Error('a call hung after the worker crash')), 30_000))]);
+      const failed = settled.filter((o) => o !== 'answered');
+      assert.ok(failed.length > 0, 'the crash failed no call: the test did not hit a batch in flight');
+      for (const error of failed) assert.equal((error as ServiceError).code, status.UNAVAILABLE, String(error));
+      await settle(ledger.client, requests);
+      await assertAppliedExactlyOnce(requests.flat(), accounts);
+    } finally {
+      await ledger.close();
+    }
+  });
+
+  it('the ledger process killed with SIGKILL under load: retrying every unanswered request applies each transfer once', async () => {
+    const env = { DATABASE_URL: testConfig().DATABASE_URL, LOG_LEVEL: 'silent', LEDGER_SHARDS: '8' };
+    let ledger = await spawnLedger(env);
+    let client = new LedgerClient(ledger.target, { autoBatch: false, deadlineMs: 10_000 });
+    const accounts = await createAccounts(client, 40);
+    const sent: Transfer[][] = [];
+    const unanswered: Transfer[][] = [];
+    let stop = false;
+    const load = Array.from({ length: 4 }, async () => {
+      while (!stop) {
+        const request = randomTransfers(accounts, 50);
+        sent.push(request);
+        try {
+          await client.createTransfers(request);
+        } catch {
+          unanswered.push(request);
+          return; // the process is gone: this caller stops
+        }
+      }
+    });
+    await new Promise((r) => setTimeout(r, 1500));
+    await ledger.stop('SIGKILL');
+    await Promise.all(load);
+    stop = true;
+    client.close();
+    assert.ok(unanswered.length > 0, 'the kill interrupted no request');
+
+    ledger = await spawnLedger(env);
+    client = new LedgerClient(ledger.target, { autoBatch: false });
+    try {
+      await settle(client, unanswered);
+      await assertAppliedExactlyOnce(sent.flat(), accounts);
+    } finally {
+      client.close();
+      await ledger.stop();
+    }
+  });
+
+  it('database unreachable: calls fail fast with UNAVAILABLE and retry-after, then succeed when it returns', async () => {
+    // A TCP proxy in front of PostgreSQL that the test can cut, as a network partition or a database restart would.
+    const target = new URL(testConfig().DATABASE_URL);
+    const proxyPort = await freePort();
+    const sockets = new Set<Socket>();
+    let proxy: Server | undefined;
+    const openProxy = () =>
+      new Promise<void>((resolve) => {
+        proxy = createServer((inbound) => {
+          const outbound = connect(Number(target.port || 5432), target.hostname);
+          for (const s of [inbound, outbound]) {
+            sockets.add(s);
+            s.on('error', () => undefined);
+            s.on('close', () => sockets.delete(s));
+          }
+          inbound.pipe(outbound).pipe(inbound);
+        }).listen(proxyPort, '127.0.0.1', () => resolve());
+      });
+    const cutProxy = () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy();
+        proxy!.close(() => resolve());
+      });
+    await openProxy();
+    const viaProxy = new URL(testConfig().DATABASE_URL);
+    viaProxy.port = String(proxyPort);
+    const ledger = await startTestLedger({ DATABASE_URL: viaProxy.toString() }, { autoBatch: false });
+    try {
+      const accounts = await createAccounts(ledger.client, 4);
+      await cutProxy();
+      const started = Date.now();
+      await assert.rejects(ledger.client.createTransfers(randomTransfers(accounts, 5)), (e: ServiceError) => {
+        assert.equal(e.code, status.UNAVAILABLE, e.message);
+        assert.ok(e.metadata.get('retry-after').length === 1, 'no retry-after');
+        return true;
+      });
+      assert.ok(Date.now() - started < 10_000, `took ${Date.now() - started} ms to fail`);
+      await openProxy();
+      const request = randomTransfers(accounts, 5);
+      await settle(ledger.client, [request]);
+      await assertAppliedExactlyOnce(request, accounts);
+    } finally {
+      await ledger.close();
+      await cutProxy().catch(() => undefined);
+    }
+  });
+});
