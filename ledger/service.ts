@@ -34,7 +34,10 @@ export function createLedgerService(router: LedgerRouter, pool: Pool, logger: Lo
 
     createTransfers: unary(logger, 'CreateTransfers', async (request) => {
       const transfers = parseTransfers(request.transfers);
-      const debitOfPending = await queries.pendingDebitAccounts(pool, unresolvedPendingIds(transfers));
+      // A post/void of a pending transfer created earlier in the same request must follow it to its shard.
+      const debitOfPending = new Map(transfers.filter((t) => hasFlag(t.flags, TransferFlag.pending)).map((t) => [t.id, t.debitAccountId]));
+      const unknown = unresolvedPendingIds(transfers).filter((pendingId) => !debitOfPending.has(pendingId));
+      for (const [pendingId, debit] of await queries.pendingDebitAccounts(pool, unknown)) debitOfPending.set(pendingId, debit);
       const routingKey = (t: TransferInput) => t.debitAccountId || debitOfPending.get(t.pendingId) || t.id;
       const results = await router.createTransfers(transfers, routingKey);
       return { results: results.map(transferResultToProto) };

@@ -71,6 +71,8 @@ export async function loadBatchState(db: PoolClient, submissions: readonly Submi
   const transferIds = new Set<string>(hints.existingTransferIds);
   const pendingIds = new Set<string>();
   const accountIds = new Set<string>();
+  // Whether an amount past the soft limit overflows depends on the true balances: read those accounts in full.
+  const fullAccountIds = new Set<string>(hints.fullAccountIds);
   for (const s of submissions) {
     if (s.kind === 'accounts') {
       for (const a of s.events) accountIds.add(a.id);
@@ -82,6 +84,10 @@ export async function loadBatchState(db: PoolClient, submissions: readonly Submi
         }
         if (t.debitAccountId !== '') accountIds.add(t.debitAccountId);
         if (t.creditAccountId !== '') accountIds.add(t.creditAccountId);
+        if (t.amount > SLOT_SOFT_LIMIT) {
+          fullAccountIds.add(t.debitAccountId);
+          fullAccountIds.add(t.creditAccountId);
+        }
       }
     } else {
       for (const id of s.pendingIds) {
@@ -103,6 +109,10 @@ export async function loadBatchState(db: PoolClient, submissions: readonly Submi
       pendings.set(p.id, p);
       accountIds.add(p.debitAccountId);
       accountIds.add(p.creditAccountId);
+      if (p.amount > SLOT_SOFT_LIMIT) {
+        fullAccountIds.add(p.debitAccountId);
+        fullAccountIds.add(p.creditAccountId);
+      }
     }
   }
 
@@ -129,7 +139,7 @@ export async function loadBatchState(db: PoolClient, submissions: readonly Submi
     for (const row of r.rows) {
       const account = accountFromRow({ ...row, debits_pending: 0n, debits_posted: 0n, credits_pending: 0n, credits_posted: 0n });
       accounts.set(account.id, account);
-      if (row.wide || hasFlag(account.flags, FULL_BALANCE_FLAGS) || hints.fullAccountIds.has(account.id)) full.push(account.id);
+      if (row.wide || hasFlag(account.flags, FULL_BALANCE_FLAGS) || fullAccountIds.has(account.id)) full.push(account.id);
       else partialAccounts.add(account.id);
     }
     if (full.length > 0) {
@@ -209,6 +219,11 @@ export async function writeBatchEffects(
     }
   }
   if (balanceDeltas.length > 0) {
+    // A blind change larger than the soft limit could overflow the slot in SQL itself: read those in full first.
+    const large = balanceDeltas
+      .filter((d) => state.partialAccounts?.has(d.accountId) && [d.debitsPending, d.debitsPosted, d.creditsPending, d.creditsPosted].some((v) => v > SLOT_SOFT_LIMIT || v < -SLOT_SOFT_LIMIT))
+      .map((d) => d.accountId);
+    if (large.length > 0) throw new BatchNeedsRerun([], large);
     const slots = await db.query({
       name: 'add-to-slots',
       text: `INSERT INTO account_balance_slots AS s (account_id, shard, debits_pending, debits_posted, credits_pending, credits_posted)
@@ -228,11 +243,16 @@ export async function writeBatchEffects(
         shard,
       ],
     });
-    // Accounts changed blind must stay within the soft limit; past it, rerun reading them in full.
-    const tooLarge = slots.rows
-      .filter((r) => state.partialAccounts?.has(r.account_id) && [r.debits_pending, r.debits_posted, r.credits_pending, r.credits_posted].some((v: bigint) => v > SLOT_SOFT_LIMIT || v < -SLOT_SOFT_LIMIT))
+    // Past the soft limit an account is wide: read in full by every later batch. One changed blind must be
+    // re-evaluated now (rerun); one read in full is just marked.
+    const beyondSoftLimit = slots.rows
+      .filter((r) => [r.debits_pending, r.debits_posted, r.credits_pending, r.credits_posted].some((v: bigint) => v > SLOT_SOFT_LIMIT || v < -SLOT_SOFT_LIMIT))
       .map((r) => r.account_id as string);
-    if (tooLarge.length > 0) throw new BatchNeedsRerun([], tooLarge);
+    const changedBlind = beyondSoftLimit.filter((accountId) => state.partialAccounts?.has(accountId));
+    if (changedBlind.length > 0) throw new BatchNeedsRerun([], changedBlind);
+    if (beyondSoftLimit.length > 0) {
+      await db.query({ name: 'mark-wide', text: 'UPDATE accounts SET wide = true WHERE id = ANY($1::uuid[]) AND NOT wide', values: [beyondSoftLimit] });
+    }
   }
   if (newPendings.length > 0) {
     await db.query({
