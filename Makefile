@@ -37,7 +37,7 @@ build: proto
 dev: migrate
 	tsx scripts/dev.ts
 
-test: proto services tools typecheck
+test: proto services tools lint
 	DATABASE_URL=$(TEST_DATABASE_URL) tsx scripts/migrate.ts --fresh
 	DATABASE_URL=$(TEST_DATABASE_URL) NODE_ENV=test LOG_LEVEL=$${LOG_LEVEL:-silent} mocha
 

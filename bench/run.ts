@@ -9,7 +9,7 @@ import { randomUUID } from 'node:crypto';
 import { mkdir, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import { loadConfig } from '../lib/config.js';
-import { createPool, isSerializationFailure, type Pool } from '../lib/db.js';
+import { createPool, isSerializationFailure } from '../lib/db.js';
 import { LedgerClient } from '../ledger/client.js';
 import type { Transfer } from '../proto/gen/ledger/v1/ledger.js';
 import { spawnLedger } from '../test/ledger-process.js';

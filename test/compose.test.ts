@@ -43,7 +43,7 @@ describe('docker-compose.yml', () => {
       assert.match(block, /NATS_STREAM_REPLICAS: '3'/, `${name} lacks NATS_STREAM_REPLICAS=3`);
       // The services' configuration must pass the same validation as at start-up.
       const env = Object.fromEntries(
-        [...(/\n    environment:\n((?:      .*\n)+)/.exec(block)?.[1] ?? '').matchAll(/^      ([A-Z_]+): '?(.*?)'?$/gm)].map((m) => [m[1]!, m[2]!]),
+        [...(/\n {4}environment:\n((?: {6}.*\n)+)/.exec(block)?.[1] ?? '').matchAll(/^ {6}([A-Z_]+): '?(.*?)'?$/gm)].map((m) => [m[1]!, m[2]!]),
       );
       assert.ok(Object.keys(env).length >= 5, `${name}: no environment found`);
       assert.doesNotThrow(() => loadConfig(env), `${name}: environment rejected by lib/config.ts`);
