@@ -40,11 +40,21 @@ export async function startLedger(config: Config, logger: Logger): Promise<Ledge
     idleTimeout: 60_000,
     workerData: { config },
   });
+  // Until the metrics exporter lands, batch statistics are summed here and logged at shutdown.
+  const batchStats = { batches: 0, events: 0, ms: 0, attempts: 0 };
   const router = new LedgerRouter(
     config.LEDGER_SHARDS,
     shards,
     (task) => workers.run(task),
     { maxEvents: config.LEDGER_BATCH_MAX, windowMs: config.LEDGER_BATCH_WINDOW_MS, maxQueuedEvents: config.LEDGER_MAX_QUEUED_EVENTS },
+    {
+      onBatch(_shard, events, _submissions, ms, attempts) {
+        batchStats.attempts += attempts;
+        batchStats.batches++;
+        batchStats.events += events;
+        batchStats.ms += ms;
+      },
+    },
   );
 
   const server = new Server({ 'grpc.max_receive_message_length': 32 * 1024 * 1024, 'grpc.max_send_message_length': 32 * 1024 * 1024 });
@@ -78,6 +88,8 @@ export async function startLedger(config: Config, logger: Logger): Promise<Ledge
       });
       await workers.close();
       await pool.end();
+      const { batches, events, ms, attempts } = batchStats;
+      logger.info({ batches, events, attempts, meanBatchEvents: batches && Math.round(events / batches), meanBatchMs: batches && Math.round(ms / batches) }, 'ledger batches');
     },
   };
 }

@@ -22,10 +22,10 @@ export interface BatchOutcome {
 const MAX_RERUNS = 8;
 
 /**
- * One shard batch as ONE database transaction. Retried whole on serialization failure or deadlock, and on a
- * unique violation. Rerun with more facts when the optimistic first guess was wrong: a transfer id that
- * already exists (committed earlier, or meanwhile by another shard's batch: the rerun answers `exists` or
- * `exists_with_different_fields` instead of failing every caller), or an account that must be read in full.
+ * One shard batch as ONE database transaction, retried whole on serialization failure or deadlock. Rerun
+ * with more facts when the optimistic first guess was wrong: a transfer id that already exists (committed
+ * earlier, or meanwhile by another shard's batch: the rerun answers `exists` or `exists_with_different_fields`
+ * instead of failing every caller), or an account that must be read in full.
  */
 export async function executeBatch(pool: Pool, task: BatchTask): Promise<BatchOutcome> {
   let attempts = 0;
@@ -52,15 +52,21 @@ export async function executeBatch(pool: Pool, task: BatchTask): Promise<BatchOu
           await writeBatchEffects(client, task.shard, effects, state, clock, outbox);
           return { results: effects.results, events: effects.events.length, attempts };
         },
-        { retryIf: isUniqueViolation },
       );
     } catch (error) {
-      if (!(error instanceof BatchNeedsRerun)) throw error;
       if (rerun >= MAX_RERUNS) throw new InternalError(`shard ${task.shard} batch did not settle after ${MAX_RERUNS} reruns`, { cause: error });
-      hints = {
-        existingTransferIds: new Set([...hints.existingTransferIds, ...error.existingTransferIds]),
-        fullAccountIds: new Set([...hints.fullAccountIds, ...error.fullAccountIds]),
-      };
+      if (isUniqueViolation(error)) {
+        // A transfer id of the batch exists (committed before, or meanwhile by another shard's batch).
+        hints = { ...hints, lookUpAllTransferIds: true };
+      } else if (error instanceof BatchNeedsRerun) {
+        hints = {
+          ...hints,
+          existingTransferIds: new Set([...hints.existingTransferIds, ...error.existingTransferIds]),
+          fullAccountIds: new Set([...hints.fullAccountIds, ...error.fullAccountIds]),
+        };
+      } else {
+        throw error;
+      }
     }
   }
 }

@@ -25,7 +25,8 @@ export interface BatcherOptions {
 export type BatchRunner = (task: BatchTask) => Promise<WorkerReply>;
 
 export interface BatchObserver {
-  onBatch?(shard: number, events: number, submissions: number, ms: number): void;
+  /** After every batch: its size, how long it took, and how many transaction attempts it needed (0 if it failed). */
+  onBatch?(shard: number, events: number, submissions: number, ms: number, attempts: number): void;
 }
 
 /**
@@ -87,10 +88,12 @@ export class ShardBatcher {
     this.budget.used -= events;
     this.inFlight = true;
     const started = performance.now();
+    let attempts = 0;
     this.run({ shard: this.shard, submissions: batch.map((w) => w.submission) })
       .then(
         (reply) => {
           if (reply.ok) {
+            attempts = reply.outcome.attempts;
             reply.outcome.results.forEach((result, i) => batch[i]!.resolve(result));
           } else {
             const error = reply.kind === 'unavailable' ? new UnavailableError('database_unavailable', reply.message) : new InternalError(reply.message);
@@ -105,7 +108,7 @@ export class ShardBatcher {
         },
       )
       .finally(() => {
-        this.observer.onBatch?.(this.shard, events, batch.length, performance.now() - started);
+        this.observer.onBatch?.(this.shard, events, batch.length, performance.now() - started, attempts);
         this.inFlight = false;
         this.schedule();
       });

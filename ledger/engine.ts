@@ -99,6 +99,7 @@ const ZERO_BALANCES = [0n, 0n, 0n, 0n] as const;
 
 export class BatchEvaluator {
   private readonly journal: Undo[] = [];
+  private inChain = false;
   private readonly newAccounts: AccountRow[] = [];
   private readonly newTransfers: TransferRow[] = [];
   private readonly newPendings: PendingRow[] = [];
@@ -185,6 +186,7 @@ export class BatchEvaluator {
         chainStart = i;
         chainMark = this.mark();
         chainFailed = false;
+        this.inChain = true;
       }
       if (chainFailed) {
         results[i] = failed;
@@ -202,6 +204,8 @@ export class BatchEvaluator {
       if (!linked) {
         chainStart = -1;
         chainFailed = false;
+        this.inChain = false;
+        this.journal.length = 0;
       }
     }
     return results;
@@ -237,7 +241,7 @@ export class BatchEvaluator {
     this.state.accounts.set(account.id, account);
     this.newAccounts.push(account);
     this.events.push({ type: 'ledger.account.created', aggregateId: account.id, sequence: 1, timestamp, account });
-    this.journal.push(() => {
+    this.undo(() => {
       this.state.accounts.delete(account.id);
       this.newAccounts.pop();
       this.events.pop();
@@ -312,7 +316,7 @@ export class BatchEvaluator {
       };
       this.state.pendings.set(p.id, p);
       this.newPendings.push(p);
-      this.journal.push(() => {
+      this.undo(() => {
         this.state.pendings.delete(p.id);
         this.newPendings.pop();
       });
@@ -415,7 +419,7 @@ export class BatchEvaluator {
   private recordTransfer(row: TransferRow): TransferRow {
     this.state.transfers.set(row.id, row);
     this.newTransfers.push(row);
-    this.journal.push(() => {
+    this.undo(() => {
       this.state.transfers.delete(row.id);
       this.newTransfers.pop();
     });
@@ -433,17 +437,17 @@ export class BatchEvaluator {
       creditsPending: account.creditsPending,
       creditsPosted: account.creditsPosted,
     });
-    this.journal.push(() => this.history.pop());
+    this.undo(() => this.history.pop());
   }
 
   private recordEvent(event: LedgerEvent): void {
     this.events.push(event);
-    this.journal.push(() => this.events.pop());
+    this.undo(() => this.events.pop());
   }
 
   private saveAccount(a: AccountRow): void {
     const [dp, dpo, cp, cpo] = [a.debitsPending, a.debitsPosted, a.creditsPending, a.creditsPosted];
-    this.journal.push(() => {
+    this.undo(() => {
       a.debitsPending = dp;
       a.debitsPosted = dpo;
       a.creditsPending = cp;
@@ -453,9 +457,14 @@ export class BatchEvaluator {
 
   private savePending(p: PendingRow): void {
     const { state, resolvedBy, resolvedAt } = p;
-    this.journal.push(() => Object.assign(p, { state, resolvedBy, resolvedAt }));
+    this.undo(() => Object.assign(p, { state, resolvedBy, resolvedAt }));
   }
 
+
+  /** Records how to undo a change; only inside a linked chain, the one place a change can be rolled back. */
+  private undo(step: Undo): void {
+    if (this.inChain) this.journal.push(step);
+  }
 
   private mark(): number {
     return this.journal.length;

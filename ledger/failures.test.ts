@@ -75,9 +75,11 @@ describe('ledger failure behaviour', function () {
     const ledger: TestLedger = await startTestLedger({}, { autoBatch: false });
     try {
       const accounts = await createAccounts(ledger.client, 50);
-      const requests = Array.from({ length: 24 }, () => randomTransfers(accounts, 400));
+      const requests = Array.from({ length: 60 }, () => randomTransfers(accounts, 400));
       const outcomes = requests.map((r) => ledger.client.createTransfers(r).then(() => 'answered' as const, (e: ServiceError) => e));
-      await new Promise((r) => setTimeout(r, 15));
+      // Kill the threads as soon as the first batch has completed: the next ones are then in flight.
+      const completedBefore = ledger.app.workers.completed;
+      while (ledger.app.workers.completed === completedBefore) await new Promise((r) => setImmediate(r));
       const threads = [...ledger.app.workers.threads];
       assert.ok(threads.length > 0);
       await Promise.all(threads.map((t) => t.terminate()));

@@ -1,4 +1,4 @@
-import type { PoolClient, Queryable } from '../lib/db.js';
+import { sqlArray, type PoolClient, type Queryable } from '../lib/db.js';
 import { invariant } from '../lib/errors.js';
 import type { BatchEffects, BatchState } from './engine.js';
 import { AccountFlag, MAX_BALANCE, TransferFlag, hasFlag, type AccountRow, type PendingRow, type PendingState, type Submission, type TransferRow } from './model.js';
@@ -54,6 +54,8 @@ export class BatchNeedsRerun extends Error {
 export interface BatchHints {
   /** Transfer ids known to exist: read them so that the engine answers `exists`. */
   existingTransferIds: ReadonlySet<string>;
+  /** Look every transfer id of the batch up (after a duplicate id broke the optimistic insert). */
+  lookUpAllTransferIds?: boolean;
   /** Accounts to read in full (and mark wide) although no flag asks for it. */
   fullAccountIds: ReadonlySet<string>;
 }
@@ -65,7 +67,7 @@ export const NO_HINTS: BatchHints = { existingTransferIds: new Set(), fullAccoun
  * row another shard writes is a chance of 40001. Pending transfers are locked (their shard owns them);
  * accounts are immutable identity rows; balances are read only for accounts whose rules depend on them
  * (limit or history flags, or wide), the others are changed blind through their own slot. Transfer ids of the
- * batch are not looked up at all: the insert detects existing ones (ON CONFLICT) and the batch reruns.
+ * batch are not looked up at all: inserting an existing one fails (23505) and the batch reruns looking them up.
  */
 export async function loadBatchState(db: PoolClient, submissions: readonly Submission[], hints: BatchHints = NO_HINTS): Promise<BatchState> {
   const transferIds = new Set<string>(hints.existingTransferIds);
@@ -78,6 +80,7 @@ export async function loadBatchState(db: PoolClient, submissions: readonly Submi
       for (const a of s.events) accountIds.add(a.id);
     } else if (s.kind === 'transfers') {
       for (const t of s.events) {
+        if (hints.lookUpAllTransferIds) transferIds.add(t.id);
         if (t.pendingId !== '') {
           transferIds.add(t.pendingId);
           if (hasFlag(t.flags, TransferFlag.postPendingTransfer | TransferFlag.voidPendingTransfer)) pendingIds.add(t.pendingId);
@@ -85,8 +88,7 @@ export async function loadBatchState(db: PoolClient, submissions: readonly Submi
         if (t.debitAccountId !== '') accountIds.add(t.debitAccountId);
         if (t.creditAccountId !== '') accountIds.add(t.creditAccountId);
         if (t.amount > SLOT_SOFT_LIMIT) {
-          fullAccountIds.add(t.debitAccountId);
-          fullAccountIds.add(t.creditAccountId);
+          for (const accountId of [t.debitAccountId, t.creditAccountId]) if (accountId !== '') fullAccountIds.add(accountId);
         }
       }
     } else {
@@ -102,7 +104,7 @@ export async function loadBatchState(db: PoolClient, submissions: readonly Submi
     const r = await db.query({
       name: 'lock-pendings',
       text: `SELECT ${PENDING_COLUMNS} FROM pending_transfers WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE`,
-      values: [[...pendingIds]],
+      values: [sqlArray([...pendingIds])],
     });
     for (const row of r.rows) {
       const p = pendingFromRow(row);
@@ -118,7 +120,7 @@ export async function loadBatchState(db: PoolClient, submissions: readonly Submi
 
   const transfers = new Map<string, TransferRow>();
   if (transferIds.size > 0) {
-    const r = await db.query({ name: 'find-transfers', text: `SELECT ${TRANSFER_COLUMNS} FROM transfers WHERE id = ANY($1::uuid[])`, values: [[...transferIds]] });
+    const r = await db.query({ name: 'find-transfers', text: `SELECT ${TRANSFER_COLUMNS} FROM transfers WHERE id = ANY($1::uuid[])`, values: [sqlArray([...transferIds])] });
     for (const row of r.rows) transfers.set(row.id, transferFromRow(row));
   }
 
@@ -133,7 +135,7 @@ export async function loadBatchState(db: PoolClient, submissions: readonly Submi
     const r = await db.query({
       name: 'find-accounts',
       text: 'SELECT id, ledger, code, flags, metadata, "timestamp", wide FROM accounts WHERE id = ANY($1::uuid[])',
-      values: [[...accountIds]],
+      values: [sqlArray([...accountIds])],
     });
     const full: string[] = [];
     for (const row of r.rows) {
@@ -147,7 +149,7 @@ export async function loadBatchState(db: PoolClient, submissions: readonly Submi
         name: 'account-totals',
         text: `SELECT account_id, sum(debits_pending)::INT8 AS dp, sum(debits_posted)::INT8 AS dpo, sum(credits_pending)::INT8 AS cp, sum(credits_posted)::INT8 AS cpo
                FROM account_balance_slots WHERE account_id = ANY($1::uuid[]) GROUP BY account_id`,
-        values: [full],
+        values: [sqlArray(full)],
       });
       for (const t of totals.rows) {
         const a = accounts.get(t.account_id)!;
@@ -183,40 +185,38 @@ export async function writeBatchEffects(
       text: `INSERT INTO accounts (id, ledger, code, flags, metadata, "timestamp")
              SELECT * FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::int4[], $5::jsonb[], $6::int8[])`,
       values: [
-        newAccounts.map((a) => a.id),
-        newAccounts.map((a) => a.ledger),
-        newAccounts.map((a) => a.code),
-        newAccounts.map((a) => a.flags),
+        sqlArray(newAccounts.map((a) => a.id)),
+        sqlArray(newAccounts.map((a) => a.ledger)),
+        sqlArray(newAccounts.map((a) => a.code)),
+        sqlArray(newAccounts.map((a) => a.flags)),
         newAccounts.map((a) => jsonOrEmpty(a.metadata)),
-        newAccounts.map((a) => a.timestamp),
+        sqlArray(newAccounts.map((a) => a.timestamp)),
       ],
     });
   }
   if (newTransfers.length > 0) {
-    const inserted = await db.query({
+    // A plain INSERT: ON CONFLICT would probe the primary key as a read, and under PostgreSQL's SERIALIZABLE
+    // those page-level read locks make concurrent batches conflict. A duplicate id raises 23505 instead, and
+    // executeBatch reruns the batch looking all its ids up first.
+    await db.query({
       name: 'insert-transfers',
       text: `INSERT INTO transfers (${TRANSFER_COLUMNS}, shard)
-             SELECT *, $12::int4 FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::int8[], $5::uuid[], $6::int8[], $7::int8[], $8::int4[], $9::int8[], $10::jsonb[], $11::int8[])
-             ON CONFLICT (id) DO NOTHING RETURNING id`,
+             SELECT *, $12::int4 FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::int8[], $5::uuid[], $6::int8[], $7::int8[], $8::int4[], $9::int8[], $10::jsonb[], $11::int8[])`,
       values: [
-        newTransfers.map((t) => t.id),
-        newTransfers.map((t) => t.debitAccountId),
-        newTransfers.map((t) => t.creditAccountId),
-        newTransfers.map((t) => t.amount),
-        newTransfers.map((t) => (t.pendingId === '' ? null : t.pendingId)),
-        newTransfers.map((t) => t.ledger),
-        newTransfers.map((t) => t.code),
-        newTransfers.map((t) => t.flags),
-        newTransfers.map((t) => t.timeout),
+        sqlArray(newTransfers.map((t) => t.id)),
+        sqlArray(newTransfers.map((t) => t.debitAccountId)),
+        sqlArray(newTransfers.map((t) => t.creditAccountId)),
+        sqlArray(newTransfers.map((t) => t.amount)),
+        sqlArray(newTransfers.map((t) => (t.pendingId === '' ? null : t.pendingId))),
+        sqlArray(newTransfers.map((t) => t.ledger)),
+        sqlArray(newTransfers.map((t) => t.code)),
+        sqlArray(newTransfers.map((t) => t.flags)),
+        sqlArray(newTransfers.map((t) => t.timeout)),
         newTransfers.map((t) => jsonOrEmpty(t.metadata)),
-        newTransfers.map((t) => t.timestamp),
+        sqlArray(newTransfers.map((t) => t.timestamp)),
         shard,
       ],
     });
-    if (inserted.rowCount !== newTransfers.length) {
-      const fresh = new Set(inserted.rows.map((row) => row.id as string));
-      throw new BatchNeedsRerun(newTransfers.filter((t) => !fresh.has(t.id)).map((t) => t.id), []);
-    }
   }
   if (balanceDeltas.length > 0) {
     // A blind change larger than the soft limit could overflow the slot in SQL itself: read those in full first.
@@ -228,18 +228,18 @@ export async function writeBatchEffects(
       name: 'add-to-slots',
       text: `INSERT INTO account_balance_slots AS s (account_id, shard, debits_pending, debits_posted, credits_pending, credits_posted)
              SELECT v.id, $6::int4, v.dp, v.dpo, v.cp, v.cpo FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::int8[], $5::int8[]) AS v(id, dp, dpo, cp, cpo)
-             ON CONFLICT (account_id, shard) DO UPDATE SET
+             ON CONFLICT (shard, account_id) DO UPDATE SET
                debits_pending = s.debits_pending + excluded.debits_pending,
                debits_posted = s.debits_posted + excluded.debits_posted,
                credits_pending = s.credits_pending + excluded.credits_pending,
                credits_posted = s.credits_posted + excluded.credits_posted
              RETURNING account_id, debits_pending, debits_posted, credits_pending, credits_posted`,
       values: [
-        balanceDeltas.map((d) => d.accountId),
-        balanceDeltas.map((d) => d.debitsPending),
-        balanceDeltas.map((d) => d.debitsPosted),
-        balanceDeltas.map((d) => d.creditsPending),
-        balanceDeltas.map((d) => d.creditsPosted),
+        sqlArray(balanceDeltas.map((d) => d.accountId)),
+        sqlArray(balanceDeltas.map((d) => d.debitsPending)),
+        sqlArray(balanceDeltas.map((d) => d.debitsPosted)),
+        sqlArray(balanceDeltas.map((d) => d.creditsPending)),
+        sqlArray(balanceDeltas.map((d) => d.creditsPosted)),
         shard,
       ],
     });
@@ -269,10 +269,10 @@ export async function writeBatchEffects(
              FROM unnest($1::uuid[], $2::int2[], $3::uuid[], $4::int8[]) AS v(id, state, resolved_by, resolved_at)
              WHERE p.id = v.id AND p.state = 1`,
       values: [
-        resolvedPendings.map((p) => p.id),
-        resolvedPendings.map((p) => p.state),
-        resolvedPendings.map((p) => p.resolvedBy || null),
-        resolvedPendings.map((p) => p.resolvedAt),
+        sqlArray(resolvedPendings.map((p) => p.id)),
+        sqlArray(resolvedPendings.map((p) => p.state)),
+        sqlArray(resolvedPendings.map((p) => p.resolvedBy || null)),
+        sqlArray(resolvedPendings.map((p) => p.resolvedAt)),
       ],
     });
     invariant(resolved.rowCount === resolvedPendings.length, 'a pending transfer left the pending state twice');
@@ -283,13 +283,13 @@ export async function writeBatchEffects(
       text: `INSERT INTO account_balances (account_id, "timestamp", transfer_id, debits_pending, debits_posted, credits_pending, credits_posted)
              SELECT * FROM unnest($1::uuid[], $2::int8[], $3::uuid[], $4::int8[], $5::int8[], $6::int8[], $7::int8[])`,
       values: [
-        history.map((h) => h.accountId),
-        history.map((h) => h.timestamp),
-        history.map((h) => h.transferId),
-        history.map((h) => h.debitsPending),
-        history.map((h) => h.debitsPosted),
-        history.map((h) => h.creditsPending),
-        history.map((h) => h.creditsPosted),
+        sqlArray(history.map((h) => h.accountId)),
+        sqlArray(history.map((h) => h.timestamp)),
+        sqlArray(history.map((h) => h.transferId)),
+        sqlArray(history.map((h) => h.debitsPending)),
+        sqlArray(history.map((h) => h.debitsPosted)),
+        sqlArray(history.map((h) => h.creditsPending)),
+        sqlArray(history.map((h) => h.creditsPosted)),
       ],
     });
   }
@@ -311,17 +311,17 @@ export async function writeBatchEffects(
 
 function pendingColumns(rows: readonly PendingRow[]): unknown[] {
   return [
-    rows.map((p) => p.id),
-    rows.map((p) => p.debitAccountId),
-    rows.map((p) => p.creditAccountId),
-    rows.map((p) => p.amount),
-    rows.map((p) => p.ledger),
-    rows.map((p) => p.code),
-    rows.map((p) => p.expiresAt),
-    rows.map((p) => p.state),
-    rows.map((p) => p.shard),
-    rows.map((p) => p.resolvedBy || null),
-    rows.map((p) => p.resolvedAt),
+    sqlArray(rows.map((p) => p.id)),
+    sqlArray(rows.map((p) => p.debitAccountId)),
+    sqlArray(rows.map((p) => p.creditAccountId)),
+    sqlArray(rows.map((p) => p.amount)),
+    sqlArray(rows.map((p) => p.ledger)),
+    sqlArray(rows.map((p) => p.code)),
+    sqlArray(rows.map((p) => p.expiresAt)),
+    sqlArray(rows.map((p) => p.state)),
+    sqlArray(rows.map((p) => p.shard)),
+    sqlArray(rows.map((p) => p.resolvedBy || null)),
+    sqlArray(rows.map((p) => p.resolvedAt)),
   ];
 }
 

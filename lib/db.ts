@@ -120,3 +120,18 @@ export async function withTransaction<T>(pool: pg.Pool, work: (client: pg.PoolCl
     },
   );
 }
+
+/**
+ * A PostgreSQL array literal for values whose text form needs no quoting: numbers, bigints and UUIDs (all
+ * validated before they get here), or null. Several times cheaper than pg's general array serialization,
+ * which escapes every element; it matters for the ledger's multi-row statements of 8,190 rows.
+ */
+export function sqlArray(values: readonly (string | number | bigint | null)[]): string {
+  let text = '{';
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i];
+    if (i > 0) text += ',';
+    text += v === null ? 'NULL' : String(v);
+  }
+  return text + '}';
+}
