@@ -17,7 +17,7 @@ function getPool(): Pool {
   if (!pool) {
     // The parent's validated configuration, not this thread's environment: one source of truth per process.
     const { config } = workerData as { config: Config };
-    pool = createPool(config, { max: config.LEDGER_WORKER_CONCURRENCY, applicationName: 'ledger-worker' });
+    pool = createPool(config, { max: config.LEDGER_WORKER_CONCURRENCY, applicationName: 'ledger-worker', keyAccessOnly: true });
   }
   return pool;
 }

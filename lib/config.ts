@@ -27,6 +27,8 @@ const schema = z.object({
     .string()
     .regex(/^postgres(ql)?:\/\//, 'expected a postgres:// URL')
     .default('postgres://postgres@127.0.0.1:5432/ledgerline'),
+  /** Which server DATABASE_URL points at: the SQL is the same, a few session settings are not. */
+  DATABASE_DIALECT: z.enum(['postgresql', 'cockroachdb']).default('postgresql'),
   DATABASE_POOL_MAX: positiveInt.default(10),
   DATABASE_STATEMENT_TIMEOUT_MS: positiveInt.default(30_000),
 

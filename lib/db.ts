@@ -19,17 +19,28 @@ export type Queryable = pg.Pool | pg.PoolClient;
 export interface PoolOptions {
   max?: number;
   applicationName?: string;
+  /**
+   * For pools whose transactions must only touch rows by key (the ledger's batches). On PostgreSQL a table
+   * scan at SERIALIZABLE takes a read lock on the whole relation, and once statistics make a small table look
+   * cheap to scan (ledger_shards: a few rows), every concurrent batch conflicts with every other. CockroachDB
+   * tracks reads per key span and needs no such setting.
+   */
+  keyAccessOnly?: boolean;
 }
 
-export function createPool(config: Pick<Config, 'DATABASE_URL' | 'DATABASE_POOL_MAX' | 'DATABASE_STATEMENT_TIMEOUT_MS'>, options: PoolOptions = {}): pg.Pool {
+type PoolConfig = Pick<Config, 'DATABASE_URL' | 'DATABASE_DIALECT' | 'DATABASE_POOL_MAX' | 'DATABASE_STATEMENT_TIMEOUT_MS'>;
+
+export function createPool(config: PoolConfig, options: PoolOptions = {}): pg.Pool {
+  // Every session runs at SERIALIZABLE, whatever the server default, so local behaviour matches CockroachDB.
+  const settings = ['-c default_transaction_isolation=serializable'];
+  if (options.keyAccessOnly && config.DATABASE_DIALECT === 'postgresql') settings.push('-c enable_seqscan=off');
   const pool = new pg.Pool({
     connectionString: config.DATABASE_URL,
     max: options.max ?? config.DATABASE_POOL_MAX,
     application_name: options.applicationName ?? 'ledgerline',
     statement_timeout: config.DATABASE_STATEMENT_TIMEOUT_MS,
     connectionTimeoutMillis: 5_000,
-    // Every session runs at SERIALIZABLE, whatever the server default, so local behaviour matches CockroachDB.
-    options: '-c default_transaction_isolation=serializable',
+    options: settings.join(' '),
   });
   // An idle client losing its connection (database restart) must not crash the process; the next query fails
   // and is handled by its caller.
