@@ -1,4 +1,4 @@
-import { AppError } from '../lib/errors.js';
+import { AppError, ResourceExhaustedError } from '../lib/errors.js';
 import { ShardBatcher, QueueBudget, type BatchObserver, type BatchRunner, type BatcherOptions } from './batcher.js';
 import {
   AccountFlag,
@@ -90,7 +90,12 @@ export class LedgerRouter {
       }
       start = end + 1;
     }
-    for (const shard of perShard.keys()) this.batcher(shard); // refuse before queueing anything
+    // Admit the whole request or none of it: a refusal after some shards had queued their part would answer
+    // an error for events that still commit.
+    for (const shard of perShard.keys()) this.batcher(shard);
+    if (this.budget.used + events.length > this.budget.max) {
+      throw new ResourceExhaustedError('ledger_overloaded', `ledger queue full (${this.budget.used} events waiting)`, 1);
+    }
     const results: R[] = new Array(events.length);
     await Promise.all(
       [...perShard].map(async ([shard, group]) => {

@@ -125,6 +125,46 @@ describe('ledger service (gRPC, PostgreSQL)', function () {
     });
   });
 
+  describe('ownership and back-pressure', () => {
+    it('refuses events of a shard this instance does not own, naming the shard, and writes nothing', async () => {
+      const partial = await startTestLedger({ LEDGER_OWNED_SHARDS: '0-3' });
+      try {
+        let foreign = id();
+        while (shardOf(foreign, SHARDS) < 4) foreign = id();
+        await assert.rejects(partial.client.createAccounts([account({ id: foreign })]), (e: ServiceError) => {
+          assert.equal(e.code, status.UNAVAILABLE);
+          assert.equal(e.metadata.get('x-error-code')[0], 'shard_not_owned');
+          return true;
+        });
+        let owned = id();
+        while (shardOf(owned, SHARDS) >= 4) owned = id();
+        const [created] = await partial.client.createAccounts([account({ id: owned })]);
+        assert.equal(created?.code, 1);
+        assert.deepEqual(await ledger.client.lookupAccounts([foreign]), []);
+      } finally {
+        await partial.close();
+      }
+    });
+
+    it('refuses a request that would overfill the queues with RESOURCE_EXHAUSTED, whole', async () => {
+      const small = await startTestLedger({ LEDGER_MAX_QUEUED_EVENTS: '100', LEDGER_BATCH_MAX: '100' }, { autoBatch: false });
+      try {
+        const [a, b] = await accounts(2);
+        const request = Array.from({ length: 101 }, () => transfer({ debitAccountId: a!, creditAccountId: b!, amount: 1n }));
+        await assert.rejects(small.client.createTransfers(request), (e: ServiceError) => {
+          assert.equal(e.code, status.RESOURCE_EXHAUSTED);
+          assert.equal(e.metadata.get('retry-after')[0], '1');
+          return true;
+        });
+        assert.deepEqual(await ledger.client.lookupTransfers(request.map((t) => t.id)), []);
+        const results = await small.client.createTransfers(request.slice(0, 100));
+        assert.ok(results.every((r) => transferCodeName(r.code) === 'ok'));
+      } finally {
+        await small.close();
+      }
+    });
+  });
+
   describe('concurrency', () => {
     it('the same transfer from 50 concurrent callers posts exactly once', async () => {
       const [a, b] = await accounts(2);

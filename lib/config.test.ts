@@ -38,6 +38,11 @@ describe('config', () => {
     assert.throws(() => loadConfig({ LEDGER_OWNED_SHARDS: '1-' }), /LEDGER_OWNED_SHARDS/);
   });
 
+  it('checks settings against each other', () => {
+    assert.throws(() => loadConfig({ LEDGER_MAX_QUEUED_EVENTS: '100' }), /LEDGER_MAX_QUEUED_EVENTS=100: must be at least LEDGER_BATCH_MAX/);
+    assert.equal(loadConfig({ LEDGER_MAX_QUEUED_EVENTS: '100', LEDGER_BATCH_MAX: '100' }).LEDGER_MAX_QUEUED_EVENTS, 100);
+  });
+
   it('expands shard ownership and checks it against the shard count', () => {
     assert.deepEqual(ownedShards('all', 4), [0, 1, 2, 3]);
     assert.deepEqual(ownedShards('5,0-2,2', 8), [0, 1, 2, 5]);

@@ -43,6 +43,7 @@ const schema = z.object({
   LEDGER_BATCH_WINDOW_MS: nonNegativeInt.max(1000).default(1),
   LEDGER_WORKERS: positiveInt.max(64).default(2),
   LEDGER_WORKER_CONCURRENCY: positiveInt.max(32).default(4),
+  /** Events waiting in all shard queues before calls are refused with RESOURCE_EXHAUSTED. */
   LEDGER_MAX_QUEUED_EVENTS: positiveInt.default(200_000),
   LEDGER_EXPIRY_SWEEP_MS: positiveInt.default(1000),
 
@@ -54,6 +55,15 @@ const schema = z.object({
 });
 
 export type Config = z.infer<typeof schema>;
+
+/** Rules between settings, checked after each one is valid on its own. */
+function crossChecks(config: Config): string[] {
+  const problems: string[] = [];
+  if (config.LEDGER_MAX_QUEUED_EVENTS < config.LEDGER_BATCH_MAX) {
+    problems.push(`LEDGER_MAX_QUEUED_EVENTS=${config.LEDGER_MAX_QUEUED_EVENTS}: must be at least LEDGER_BATCH_MAX (${config.LEDGER_BATCH_MAX}), or a full request could never be admitted`);
+  }
+  return problems;
+}
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   // Empty strings mean "unset": `FOO= make dev` must not become an invalid value.
@@ -68,6 +78,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       }),
     );
   }
+  const problems = crossChecks(parsed.data);
+  if (problems.length > 0) throw new ConfigError(problems);
   return parsed.data;
 }
 
