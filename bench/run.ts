@@ -10,7 +10,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import { loadConfig } from '../lib/config.js';
 import { createPool, isSerializationFailure } from '../lib/db.js';
-import { LedgerClient } from '../ledger/client.js';
+import { LedgerClient, newAccount, newTransfer } from '../ledger/client.js';
 import type { Transfer } from '../proto/gen/ledger/v1/ledger.js';
 import { spawnLedger } from '../test/ledger-process.js';
 
@@ -51,19 +51,7 @@ function pair(workload: 'uniform' | 'hot'): [string, string] {
 
 function transfer(workload: 'uniform' | 'hot'): Transfer {
   const [debitAccountId, creditAccountId] = pair(workload);
-  return {
-    id: randomUUID(),
-    debitAccountId,
-    creditAccountId,
-    amount: 1n + BigInt(Math.floor(Math.random() * 1000)),
-    pendingId: '',
-    ledger: LEDGER,
-    code: 1,
-    flags: { linked: false, pending: false, postPendingTransfer: false, voidPendingTransfer: false },
-    timeout: 0,
-    metadata: {},
-    timestamp: 0n,
-  };
+  return newTransfer({ id: randomUUID(), debitAccountId, creditAccountId, amount: 1n + BigInt(Math.floor(Math.random() * 1000)), ledger: LEDGER, code: 1 });
 }
 
 /** Runs `workers` loops of `step` for SECONDS; returns the number of transfers they completed per second. */
@@ -160,18 +148,7 @@ async function main(): Promise<void> {
   try {
     const all = [...accounts, hot];
     for (let i = 0; i < all.length; i += 8190) {
-      const chunk = all.slice(i, i + 8190).map((id) => ({
-        id,
-        ledger: LEDGER,
-        code: 1,
-        flags: { linked: false, debitsMustNotExceedCredits: false, creditsMustNotExceedDebits: false, history: false, closed: false },
-        debitsPending: 0n,
-        debitsPosted: 0n,
-        creditsPending: 0n,
-        creditsPosted: 0n,
-        metadata: {},
-        timestamp: 0n,
-      }));
+      const chunk = all.slice(i, i + 8190).map((id) => newAccount({ id, ledger: LEDGER, code: 1 }));
       const results = await direct.createAccounts(chunk);
       if (results.some((r) => r.code !== 1)) throw new Error('account creation failed');
     }

@@ -10,7 +10,7 @@
 import { randomUUID } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import { loadConfig } from '../lib/config.js';
-import { LedgerClient } from './client.js';
+import { LedgerClient, newAccount, newTransfer } from './client.js';
 import { accountCodeName, transferCodeName } from './convert.js';
 
 const { positionals, values } = parseArgs({
@@ -41,14 +41,11 @@ const integer = (name: string, value: string) => {
   return value;
 };
 
-function transferFlags(overrides: { pending?: boolean; post?: boolean; void?: boolean }) {
-  return { linked: false, pending: overrides.pending ?? false, postPendingTransfer: overrides.post ?? false, voidPendingTransfer: overrides.void ?? false };
-}
 
 async function createTransfer(kind: 'transfer' | 'post' | 'void'): Promise<void> {
   const id = values.id ?? randomUUID();
   const [result] = await client.createTransfers([
-    {
+    newTransfer({
       id,
       debitAccountId: values.debit,
       creditAccountId: values.credit,
@@ -56,11 +53,9 @@ async function createTransfer(kind: 'transfer' | 'post' | 'void'): Promise<void>
       pendingId: values['pending-id'],
       ledger: kind === 'transfer' ? Number(integer('ledger', values.ledger)) : 0,
       code: kind === 'transfer' ? Number(integer('code', values.code)) : 0,
-      flags: transferFlags({ pending: values.pending, post: kind === 'post', void: kind === 'void' }),
+      flags: { pending: values.pending, postPendingTransfer: kind === 'post', voidPendingTransfer: kind === 'void' },
       timeout: Number(integer('timeout', values.timeout)),
-      metadata: {},
-      timestamp: 0n,
-    },
+    }),
   ]);
   print({ id, result: result ? transferCodeName(result.code) : 'none', timestamp: result?.timestamp });
 }
@@ -70,24 +65,16 @@ try {
     case 'create-account': {
       const id = values.id ?? randomUUID();
       const [result] = await client.createAccounts([
-        {
+        newAccount({
           id,
           ledger: Number(integer('ledger', values.ledger)),
           code: Number(integer('code', values.code)),
           flags: {
-            linked: false,
             debitsMustNotExceedCredits: values['debits-must-not-exceed-credits'],
             creditsMustNotExceedDebits: values['credits-must-not-exceed-debits'],
             history: values.history,
-            closed: false,
           },
-          debitsPending: 0n,
-          debitsPosted: 0n,
-          creditsPending: 0n,
-          creditsPosted: 0n,
-          metadata: {},
-          timestamp: 0n,
-        },
+        }),
       ]);
       print({ id, result: result ? accountCodeName(result.code) : 'none', timestamp: result?.timestamp });
       break;

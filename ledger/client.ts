@@ -2,6 +2,8 @@ import { Metadata, credentials, status, type CallOptions, type ServiceError } fr
 import {
   LedgerServiceClient,
   type Account,
+  type AccountFlags,
+  type TransferFlags,
   type AccountBalance,
   type AccountFilter,
   type CreateAccountResult,
@@ -16,6 +18,42 @@ export interface LedgerClientOptions {
   /** Requests in flight at once when auto-batching; later calls wait and ride along in the next request. */
   maxInFlight?: number;
   deadlineMs?: number;
+}
+
+const NO_ACCOUNT_FLAGS: AccountFlags = { linked: false, debitsMustNotExceedCredits: false, creditsMustNotExceedDebits: false, history: false, closed: false };
+const NO_TRANSFER_FLAGS: TransferFlags = { linked: false, pending: false, postPendingTransfer: false, voidPendingTransfer: false };
+
+/** A CreateAccounts event: zero balances and no flags unless given. */
+export function newAccount(fields: Partial<Omit<Account, 'flags'>> & { id: string; flags?: Partial<AccountFlags> }): Account {
+  return {
+    ledger: 0,
+    code: 0,
+    debitsPending: 0n,
+    debitsPosted: 0n,
+    creditsPending: 0n,
+    creditsPosted: 0n,
+    metadata: {},
+    timestamp: 0n,
+    ...fields,
+    flags: { ...NO_ACCOUNT_FLAGS, ...fields.flags },
+  };
+}
+
+/** A CreateTransfers event: empty or zero where not given. */
+export function newTransfer(fields: Partial<Omit<Transfer, 'flags'>> & { id: string; flags?: Partial<TransferFlags> }): Transfer {
+  return {
+    debitAccountId: '',
+    creditAccountId: '',
+    amount: 0n,
+    pendingId: '',
+    ledger: 0,
+    code: 0,
+    timeout: 0,
+    metadata: {},
+    timestamp: 0n,
+    ...fields,
+    flags: { ...NO_TRANSFER_FLAGS, ...fields.flags },
+  };
 }
 
 type UnaryMethod<Req, Res> = (

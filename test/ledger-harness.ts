@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { createLogger } from '../lib/logger.js';
 import { startLedger, type LedgerApp } from '../ledger/app.js';
-import { LedgerClient, type LedgerClientOptions } from '../ledger/client.js';
+import { LedgerClient, newAccount, newTransfer, type LedgerClientOptions } from '../ledger/client.js';
 import type { Account, Transfer, TransferFlags, AccountFlags } from '../proto/gen/ledger/v1/ledger.js';
 import { testConfig } from './support.js';
 
@@ -28,38 +28,12 @@ export async function startTestLedger(env: Record<string, string> = {}, clientOp
 
 export const id = (): string => randomUUID();
 
-const NO_ACCOUNT_FLAGS: AccountFlags = { linked: false, debitsMustNotExceedCredits: false, creditsMustNotExceedDebits: false, history: false, closed: false };
-const NO_TRANSFER_FLAGS: TransferFlags = { linked: false, pending: false, postPendingTransfer: false, voidPendingTransfer: false };
-
+/** An account event with a fresh id on ledger 978 (EUR), code 1. */
 export function account(fields: Partial<Omit<Account, 'flags'>> & { flags?: Partial<AccountFlags> } = {}): Account {
-  return {
-    id: id(),
-    ledger: 978,
-    code: 1,
-    debitsPending: 0n,
-    debitsPosted: 0n,
-    creditsPending: 0n,
-    creditsPosted: 0n,
-    metadata: {},
-    timestamp: 0n,
-    ...fields,
-    flags: { ...NO_ACCOUNT_FLAGS, ...fields.flags },
-  };
+  return newAccount({ id: id(), ledger: 978, code: 1, ...fields });
 }
 
+/** A transfer event with a fresh id on ledger 978, code 1. */
 export function transfer(fields: Partial<Omit<Transfer, 'flags'>> & { flags?: Partial<TransferFlags> } = {}): Transfer {
-  return {
-    id: id(),
-    debitAccountId: '',
-    creditAccountId: '',
-    amount: 0n,
-    pendingId: '',
-    ledger: 978,
-    code: 1,
-    timeout: 0,
-    metadata: {},
-    timestamp: 0n,
-    ...fields,
-    flags: { ...NO_TRANSFER_FLAGS, ...fields.flags },
-  };
+  return newTransfer({ id: id(), ledger: 978, code: 1, ...fields });
 }
