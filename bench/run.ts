@@ -10,6 +10,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import { loadConfig } from '../lib/config.js';
 import { createPool, isSerializationFailure } from '../lib/db.js';
+import { connectJetStream, connectNats } from '../lib/nats.js';
 import { LedgerClient, newAccount, newTransfer } from '../ledger/client.js';
 import type { Transfer } from '../proto/gen/ledger/v1/ledger.js';
 import { spawnLedger } from '../test/ledger-process.js';
@@ -140,9 +141,21 @@ async function ledgerBatches(client: LedgerClient, batchSize: number, concurrenc
   report({ scenario: `ledger: batches of ${batchSize}, ${concurrency} callers`, workload, transfersPerSecond: tps, note: '' });
 }
 
+async function deleteStream(name: string): Promise<void> {
+  const nc = await connectNats(config, { name: 'bench' });
+  try {
+    const { jsm } = await connectJetStream(nc);
+    await jsm.streams.delete(name).catch(() => undefined);
+  } finally {
+    await nc.close();
+  }
+}
+
 async function main(): Promise<void> {
   console.log(`bench: ${os.cpus().length} cores, ${SECONDS} s per run, ${ACCOUNTS} accounts, database ${new URL(config.DATABASE_URL).pathname}`);
-  const ledger = await spawnLedger({ DATABASE_URL: config.DATABASE_URL, LOG_LEVEL: 'warn' });
+  // The relay runs as in production, on a stream of the benchmark's own that is deleted at the end.
+  const benchStream = { EVENTS_STREAM: 'BENCH_EVENTS', EVENTS_SUBJECT_PREFIX: 'bench', EVENTS_MAX_BYTES: String(2 * 1024 ** 3) };
+  const ledger = await spawnLedger({ DATABASE_URL: config.DATABASE_URL, LOG_LEVEL: 'warn', ...benchStream });
   const direct = new LedgerClient(ledger.target, { autoBatch: false });
   const batching = new LedgerClient(ledger.target, { autoBatch: true });
   try {
@@ -170,6 +183,7 @@ async function main(): Promise<void> {
     batching.close();
     await ledger.stop();
     await pool.end();
+    await deleteStream(benchStream.EVENTS_STREAM);
   }
 
   const naiveOf = (w: string) => rows.find((r) => r.scenario.startsWith('naive') && r.workload === w)!.transfersPerSecond;

@@ -9,6 +9,7 @@ import type { BatchTask } from './batch.js';
 import { LedgerRouter } from './router.js';
 import { createLedgerService } from './service.js';
 import { ensureShards } from './store.js';
+import { OutboxRelay } from './relay.js';
 import { ExpirySweeper } from './sweeper.js';
 import type { WorkerReply } from './worker.js';
 
@@ -18,6 +19,8 @@ export interface LedgerApp {
   router: LedgerRouter;
   workers: Piscina<BatchTask, WorkerReply>;
   sweeper: ExpirySweeper;
+  /** Absent when LEDGER_RELAY_ENABLED is false. */
+  relay: OutboxRelay | undefined;
   close(): Promise<void>;
 }
 
@@ -66,6 +69,8 @@ export async function startLedger(config: Config, logger: Logger): Promise<Ledge
 
   const sweeper = new ExpirySweeper(pool, router, logger, config.LEDGER_EXPIRY_SWEEP_MS);
   sweeper.start();
+  const relay = config.LEDGER_RELAY_ENABLED ? new OutboxRelay(pool, config, shards, logger) : undefined;
+  relay?.start();
   logger.info({ address, shards: shards.length, shardCount: config.LEDGER_SHARDS, workers: config.LEDGER_WORKERS }, 'ledger listening');
 
   return {
@@ -73,6 +78,7 @@ export async function startLedger(config: Config, logger: Logger): Promise<Ledge
     router,
     workers,
     sweeper,
+    relay,
     async close() {
       await sweeper.stop();
       // Let calls that wait on a batch finish (their batch commits either way); then stop hard.
@@ -87,6 +93,8 @@ export async function startLedger(config: Config, logger: Logger): Promise<Ledge
         });
       });
       await workers.close();
+      // Rows the relay has not published stay in the outbox for the next owner of the shards.
+      await relay?.stop();
       await pool.end();
       const { batches, events, ms, attempts } = batchStats;
       logger.info({ batches, events, attempts, meanBatchEvents: batches && Math.round(events / batches), meanBatchMs: batches && Math.round(ms / batches) }, 'ledger batches');

@@ -48,7 +48,7 @@ export async function executeBatch(pool: Pool, task: BatchTask): Promise<BatchOu
           if (existing.length > 0) throw new BatchNeedsRerun(existing, []);
 
           const batchId = randomUUID();
-          const outbox = effects.events.length > 0 ? { batchId, payload: encodeEventBatch(batchId, task.shard, effects.events) } : null;
+          const outbox = { batchId, parts: encodeEventBatch(batchId, task.shard, effects.events) };
           await writeBatchEffects(client, task.shard, effects, state, clock, outbox);
           return { results: effects.results, events: effects.events.length, attempts };
         },

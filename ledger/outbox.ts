@@ -2,9 +2,33 @@ import { randomUUID } from 'node:crypto';
 import { EventBatch, type EventEnvelope } from '../proto/gen/events/v1/events.js';
 import type { LedgerEvent } from './engine.js';
 
-/** Packs the events of one committed ledger batch into one events.v1.EventBatch (one outbox row, one message). */
-export function encodeEventBatch(batchId: string, shard: number, events: readonly LedgerEvent[]): Uint8Array {
-  const envelopes: EventEnvelope[] = events.map((e) => ({
+/** Events per message: 2,048 transfer events encode to about 400 KB, well under NATS's 1 MiB message limit. */
+export const EVENTS_PER_MESSAGE = 2048;
+
+/** The subject a shard's ledger events are published on (under EVENTS_SUBJECT_PREFIX). */
+export function ledgerEventSubject(prefix: string, shard: number): string {
+  return `${prefix}.ledger.${shard}`;
+}
+
+/** The JetStream dedupe id (Nats-Msg-Id) of one part of a batch's events. */
+export function outboxMessageId(batchId: string, part: number): string {
+  return `${batchId}.${part}`;
+}
+
+/**
+ * Packs the events of one committed ledger batch into events.v1.EventBatch messages of at most
+ * EVENTS_PER_MESSAGE events: one outbox row and one NATS message each.
+ */
+export function encodeEventBatch(batchId: string, shard: number, events: readonly LedgerEvent[]): Uint8Array[] {
+  const parts: Uint8Array[] = [];
+  for (let start = 0; start < events.length; start += EVENTS_PER_MESSAGE) {
+    parts.push(EventBatch.encode({ batchId, shard, events: events.slice(start, start + EVENTS_PER_MESSAGE).map(toEnvelope) }).finish());
+  }
+  return parts;
+}
+
+function toEnvelope(e: LedgerEvent): EventEnvelope {
+  return {
     eventId: randomUUID(),
     type: e.type,
     aggregateId: e.aggregateId,
@@ -28,6 +52,5 @@ export function encodeEventBatch(batchId: string, shard: number, events: readonl
             },
           }
         : undefined,
-  }));
-  return EventBatch.encode({ batchId, shard, events: envelopes }).finish();
+  };
 }

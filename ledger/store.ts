@@ -1,6 +1,7 @@
 import { sqlArray, type PoolClient, type Queryable } from '../lib/db.js';
 import { invariant } from '../lib/errors.js';
 import type { BatchEffects, BatchState } from './engine.js';
+import { EVENTS_PER_MESSAGE } from './outbox.js';
 import { AccountFlag, MAX_BALANCE, TransferFlag, hasFlag, type AccountRow, type PendingRow, type PendingState, type Submission, type TransferRow } from './model.js';
 
 /**
@@ -176,7 +177,7 @@ export async function writeBatchEffects(
   effects: BatchEffects,
   state: BatchState,
   clock: ShardClock,
-  outbox: { batchId: string; payload: Uint8Array } | null,
+  outbox: { batchId: string; parts: readonly Uint8Array[] },
 ): Promise<void> {
   const { newAccounts, newTransfers, balanceDeltas, newPendings, resolvedPendings, history } = effects;
   if (newAccounts.length > 0) {
@@ -294,13 +295,19 @@ export async function writeBatchEffects(
     });
   }
   let lastSequence = clock.lastSequence;
-  if (outbox) {
-    lastSequence += 1n;
-    await db.query({
-      name: 'insert-outbox',
-      text: 'INSERT INTO outbox (shard, sequence, batch_id, event_count, payload) VALUES ($1, $2, $3, $4, $5)',
-      values: [shard, lastSequence, outbox.batchId, effects.events.length, Buffer.from(outbox.payload.buffer, outbox.payload.byteOffset, outbox.payload.byteLength)],
-    });
+  if (outbox.parts.length > 0) {
+    const first = lastSequence + 1n;
+    lastSequence += BigInt(outbox.parts.length);
+    const counts = outbox.parts.map((_, i) => Math.min(EVENTS_PER_MESSAGE, effects.events.length - i * EVENTS_PER_MESSAGE));
+    // One row per part: bytea parameters go binary, one per statement, so parts are few (8,190 events: 4).
+    for (let part = 0; part < outbox.parts.length; part++) {
+      const payload = outbox.parts[part]!;
+      await db.query({
+        name: 'insert-outbox',
+        text: 'INSERT INTO outbox (shard, sequence, batch_id, part, event_count, payload) VALUES ($1, $2, $3, $4, $5, $6)',
+        values: [shard, first + BigInt(part), outbox.batchId, part, counts[part], Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength)],
+      });
+    }
   }
   await db.query({
     name: 'advance-shard',

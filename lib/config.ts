@@ -34,6 +34,14 @@ const schema = z.object({
 
   NATS_URL: z.string().regex(/^(nats|tls):\/\//, 'expected a nats:// URL').default('nats://127.0.0.1:4222'),
   NATS_STREAM_REPLICAS: z.coerce.number().int().min(1).max(5).default(1),
+  /** The domain-event stream and the subject prefix it captures (`<prefix>.>`). */
+  EVENTS_STREAM: z.string().regex(/^[A-Za-z0-9_-]+$/, 'letters, digits, _ and - only').default('EVENTS'),
+  EVENTS_SUBJECT_PREFIX: z.string().regex(/^[a-z0-9_-]+$/, 'lower-case letters, digits, _ and - only').default('events'),
+  /** Retention: events older than this or beyond this size are discarded (oldest first); see README. */
+  EVENTS_MAX_AGE_HOURS: positiveInt.default(168),
+  EVENTS_MAX_BYTES: positiveInt.default(10 * 1024 ** 3),
+  /** JetStream drops a message whose Nats-Msg-Id it has seen within this window. */
+  EVENTS_DUPLICATE_WINDOW_SECONDS: positiveInt.max(86_400).default(120),
 
   LEDGER_GRPC_LISTEN: hostPort.default('0.0.0.0:50051'),
   LEDGER_GRPC_TARGET: hostPort.default('127.0.0.1:50051'),
@@ -46,6 +54,10 @@ const schema = z.object({
   /** Events waiting in all shard queues before calls are refused with RESOURCE_EXHAUSTED. */
   LEDGER_MAX_QUEUED_EVENTS: positiveInt.default(200_000),
   LEDGER_EXPIRY_SWEEP_MS: positiveInt.default(1000),
+  /** The outbox relay publishes committed batches to JetStream (off: the outbox only grows). */
+  LEDGER_RELAY_ENABLED: bool.default(true),
+  /** Outbox rows (messages) published per relay round; they are in flight together. */
+  LEDGER_RELAY_BATCH_ROWS: positiveInt.max(4096).default(128),
 
   GATEWAY_PORT: port.default(8080),
 

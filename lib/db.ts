@@ -78,6 +78,12 @@ export function isConnectionError(error: unknown): boolean {
 export interface TransactionOptions {
   retry?: Partial<Omit<RetryOptions, 'isRetryable'>>;
   readOnly?: boolean;
+  /**
+   * SERIALIZABLE unless a caller proves it needs less: only the outbox relay, which takes no decision from
+   * what it reads (committed outbox rows never change), runs at REPEATABLE READ so that its reads put no
+   * SERIALIZABLE read locks in the way of the ledger's batches.
+   */
+  isolation?: 'serializable' | 'repeatable read';
   /** Further errors after which re-running the transaction is correct (besides serialization failures). */
   retryIf?: (error: unknown) => boolean;
 }
@@ -103,7 +109,8 @@ export async function withTransaction<T>(pool: pg.Pool, work: (client: pg.PoolCl
       }
       let broken = false;
       try {
-        await client.query(options.readOnly ? 'BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY' : 'BEGIN ISOLATION LEVEL SERIALIZABLE');
+        const level = options.isolation === 'repeatable read' ? 'REPEATABLE READ' : 'SERIALIZABLE';
+        await client.query(`BEGIN ISOLATION LEVEL ${level}${options.readOnly ? ' READ ONLY' : ''}`);
         const result = await work(client);
         await client.query('COMMIT');
         return result;

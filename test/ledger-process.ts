@@ -47,10 +47,10 @@ export async function spawnLedger(env: Record<string, string>, nodeArgs: string[
   };
 }
 
-async function waitForPort(port: number, child: ChildProcess, timeoutMs = 30_000): Promise<void> {
+export async function waitForPort(port: number, child: ChildProcess, timeoutMs = 30_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
-    if (child.exitCode !== null) throw new Error(`ledger exited with code ${child.exitCode} before listening`);
+    if (child.exitCode !== null) throw new Error(`process exited with code ${child.exitCode} before listening on ${port}`);
     const open = await new Promise<boolean>((resolve) => {
       const socket = connect(port, '127.0.0.1', () => {
         socket.destroy();
@@ -61,5 +61,5 @@ async function waitForPort(port: number, child: ChildProcess, timeoutMs = 30_000
     if (open) return;
     await new Promise((r) => setTimeout(r, 100));
   }
-  throw new Error(`ledger did not listen on ${port} within ${timeoutMs} ms`);
+  throw new Error(`nothing listened on ${port} within ${timeoutMs} ms`);
 }

@@ -106,14 +106,18 @@ CREATE TABLE account_balances (
   PRIMARY KEY (account_id, "timestamp", transfer_id)
 );
 
--- Transactional outbox: one row per committed ledger batch, written in the batch transaction, holding the
--- batch's events (an events.v1.EventBatch). The relay publishes rows per shard in sequence order.
+-- Transactional outbox, written in the batch transaction: a committed ledger batch's events as
+-- events.v1.EventBatch messages of at most 2,048 events (NATS limits a message to 1 MiB), one row each
+-- (`part` 0, 1, ...). The relay publishes a shard's rows in sequence order, with `batch_id.part` as the
+-- message's dedupe id, and deletes them once JetStream has acknowledged them.
 CREATE TABLE outbox (
   shard INT4 NOT NULL,
   sequence INT8 NOT NULL,
-  batch_id UUID NOT NULL UNIQUE,
+  batch_id UUID NOT NULL,
+  part INT4 NOT NULL,
   event_count INT4 NOT NULL,
   payload BYTEA NOT NULL,
   created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-  PRIMARY KEY (shard, sequence)
+  PRIMARY KEY (shard, sequence),
+  UNIQUE (batch_id, part)
 );

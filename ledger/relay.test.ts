@@ -1,0 +1,152 @@
+import { strict as assert } from 'node:assert';
+import { randomUUID } from 'node:crypto';
+import type { JetStreamManager } from '@nats-io/jetstream';
+import { connectJetStream, connectNats, type NatsConnection } from '../lib/nats.js';
+import type { Pool } from '../lib/db.js';
+import { EventBatch, type EventEnvelope } from '../proto/gen/events/v1/events.js';
+import { account, startTestLedger, transfer, type TestLedger } from '../test/ledger-harness.js';
+import { TestNatsServer } from '../test/nats-server.js';
+import { testPool } from '../test/support.js';
+import type { Transfer } from '../proto/gen/ledger/v1/ledger.js';
+import { outboxMessageId, ledgerEventSubject } from './outbox.js';
+import { transferCodeName } from './convert.js';
+
+/** DESIGN.md: every committed event is published at least once, in order per shard; NATS down loses nothing. */
+describe('outbox relay to JetStream (own NATS server, real PostgreSQL)', function () {
+  this.timeout(120_000);
+  let nats: TestNatsServer;
+  let pool: Pool;
+  let observer: NatsConnection;
+  let jsm: JetStreamManager;
+  let env: Record<string, string>;
+
+  before(async () => {
+    nats = await TestNatsServer.start();
+    pool = testPool();
+    observer = await connectNats({ NATS_URL: nats.url }, { name: 'relay-test-observer' });
+    jsm = (await connectJetStream(observer)).jsm;
+  });
+  beforeEach(async () => {
+    // Other test files commit batches with the relay off: their rows are not this test's business.
+    await pool.query('DELETE FROM outbox');
+    const suffix = randomUUID().slice(0, 8);
+    env = { LEDGER_RELAY_ENABLED: 'true', NATS_URL: nats.url, EVENTS_STREAM: `RELAY_TEST_${suffix}`, EVENTS_SUBJECT_PREFIX: `relaytest-${suffix}` };
+  });
+  after(async () => {
+    await observer.close();
+    await nats.stop();
+    await pool.end();
+  });
+
+  async function sendTransfers(ledger: TestLedger, n: number): Promise<Transfer[]> {
+    const accounts = Array.from({ length: 40 }, () => account());
+    await ledger.client.createAccounts(accounts);
+    const transfers = Array.from({ length: n }, (_, i) => transfer({ debitAccountId: accounts[i % 40]!.id, creditAccountId: accounts[(i * 7 + 1) % 40]!.id, amount: BigInt(1 + (i % 50)) }));
+    const results = await Promise.all(Array.from({ length: Math.ceil(n / 100) }, (_, k) => ledger.client.createTransfers(transfers.slice(k * 100, (k + 1) * 100))));
+    assert.ok(results.flat().every((r) => transferCodeName(r.code) === 'ok'));
+    return transfers;
+  }
+
+  async function outboxRows(): Promise<number> {
+    return (await pool.query('SELECT count(*)::int AS n FROM outbox')).rows[0].n;
+  }
+
+  async function waitForEmptyOutbox(timeoutMs = 30_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while ((await outboxRows()) > 0) {
+      if (Date.now() > deadline) throw new Error(`outbox still has ${await outboxRows()} rows`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+
+  /** Every message of the stream, in stream order, with its subject and events. */
+  async function streamMessages(stream: string): Promise<{ subject: string; msgId: string; events: EventEnvelope[] }[]> {
+    const info = await jsm.streams.info(stream);
+    const messages = [];
+    for (let seq = info.state.first_seq; seq <= info.state.last_seq && info.state.messages > 0; seq++) {
+      const m = await jsm.streams.getMessage(stream, { seq });
+      if (!m) continue;
+      const batch = EventBatch.decode(m.data);
+      messages.push({ subject: m.subject, msgId: m.header.get('Nats-Msg-Id'), events: batch.events });
+    }
+    return messages;
+  }
+
+  function assertEveryTransferOnceInShardOrder(messages: Awaited<ReturnType<typeof streamMessages>>, transfers: readonly Transfer[], prefix: string): void {
+    const seen = new Map<string, number>();
+    const lastTimestampPerSubject = new Map<string, bigint>();
+    for (const m of messages) {
+      assert.match(m.subject, new RegExp(`^${prefix}\\.ledger\\.\\d+$`));
+      for (const e of m.events) {
+        if (e.payload?.$case !== 'transfer') continue;
+        seen.set(e.payload.value.transferId, (seen.get(e.payload.value.transferId) ?? 0) + 1);
+        // Per shard (subject), events arrive in ledger-timestamp order.
+        const last = lastTimestampPerSubject.get(m.subject) ?? 0n;
+        assert.ok(e.occurredAt > last, `${m.subject}: event at ${e.occurredAt} after ${last}`);
+        lastTimestampPerSubject.set(m.subject, e.occurredAt);
+      }
+    }
+    for (const t of transfers) assert.equal(seen.get(t.id), 1, `transfer ${t.id} published ${seen.get(t.id) ?? 0} times`);
+  }
+
+  it('publishes every committed batch once, in order per shard, and empties the outbox', async () => {
+    const ledger = await startTestLedger(env);
+    try {
+      const transfers = await sendTransfers(ledger, 3000);
+      await waitForEmptyOutbox();
+      const messages = await streamMessages(env['EVENTS_STREAM']!);
+      assert.equal(new Set(messages.map((m) => m.msgId)).size, messages.length, 'a message was stored twice');
+      assertEveryTransferOnceInShardOrder(messages, transfers, env['EVENTS_SUBJECT_PREFIX']!);
+      assert.ok((await ledger.app.relay!.lag()).rows === 0);
+    } finally {
+      await ledger.close();
+    }
+  });
+
+  it('NATS down: requests still succeed, the outbox grows, and drains completely when NATS returns', async () => {
+    const ledger = await startTestLedger(env);
+    try {
+      const before = await sendTransfers(ledger, 200);
+      await waitForEmptyOutbox();
+      await nats.stop();
+      const during = await sendTransfers(ledger, 1500);
+      const lag = await ledger.app.relay!.lag();
+      assert.ok(lag.rows > 0, 'the outbox did not grow while NATS was down');
+      await nats.restart();
+      await waitForEmptyOutbox(60_000);
+      const messages = await streamMessages(env['EVENTS_STREAM']!);
+      assertEveryTransferOnceInShardOrder(messages, [...before, ...during], env['EVENTS_SUBJECT_PREFIX']!);
+    } finally {
+      await ledger.close();
+    }
+  });
+
+  it('a relay that published and died before deleting: the rows go out again and JetStream keeps one copy', async () => {
+    // Commit with the relay off, then publish the rows as a relay would have, without deleting them.
+    const quiet = await startTestLedger({ ...env, LEDGER_RELAY_ENABLED: 'false' });
+    let transfers: Transfer[];
+    try {
+      transfers = await sendTransfers(quiet, 1000);
+    } finally {
+      await quiet.close();
+    }
+    const { js, jsm: manager } = await connectJetStream(observer);
+    const { ensureEventStream } = await import('../lib/streams.js');
+    const { testConfig } = await import('../test/support.js');
+    await ensureEventStream(manager, testConfig(env));
+    const rows = (await pool.query('SELECT shard, batch_id, part, payload FROM outbox ORDER BY shard, sequence')).rows;
+    assert.ok(rows.length > 0);
+    for (const r of rows) await js.publish(ledgerEventSubject(env['EVENTS_SUBJECT_PREFIX']!, r.shard), r.payload, { msgID: outboxMessageId(r.batch_id, r.part) });
+
+    const ledger = await startTestLedger(env);
+    try {
+      await waitForEmptyOutbox();
+      assert.ok(ledger.app.relay!.publishedCount >= rows.length, 'the restarted relay did not publish the rows again');
+      const messages = await streamMessages(env['EVENTS_STREAM']!);
+      assert.equal(messages.length, rows.length, 'duplicates were stored');
+      assertEveryTransferOnceInShardOrder(messages, transfers, env['EVENTS_SUBJECT_PREFIX']!);
+    } finally {
+      await ledger.close();
+    }
+  });
+});

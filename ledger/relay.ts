@@ -1,0 +1,143 @@
+import type { Config } from '../lib/config.js';
+import { sqlArray, withTransaction, type Pool } from '../lib/db.js';
+import type { Logger } from '../lib/logger.js';
+import { connectJetStream, connectNats, type JetStreamClient, type NatsConnection } from '../lib/nats.js';
+import { sleep } from '../lib/retry.js';
+import { ensureEventStream } from '../lib/streams.js';
+import { ledgerEventSubject, outboxMessageId } from './outbox.js';
+
+interface OutboxRow {
+  shard: number;
+  sequence: bigint;
+  batchId: string;
+  part: number;
+  payload: Buffer;
+}
+
+export interface RelayLag {
+  rows: number;
+  oldestSeconds: number;
+}
+
+/**
+ * Publishes committed outbox rows to JetStream and deletes them once acknowledged. Per shard, rows go out in
+ * sequence order, many in flight at once (one await per round, not per message), and only the acknowledged
+ * prefix of each shard is deleted: after a failure the rest is published again, and JetStream drops what it
+ * already has by Nats-Msg-Id. The relay runs inside the ledger instance that owns the shards, so two relays
+ * never publish one shard. NATS being down only makes the outbox grow; the relay reconnects and drains it.
+ */
+export class OutboxRelay {
+  private running = false;
+  private loop: Promise<void> | undefined;
+  private nc: NatsConnection | undefined;
+  private js: JetStreamClient | undefined;
+  private published = 0;
+
+  constructor(
+    private readonly pool: Pool,
+    private readonly config: Config,
+    private readonly shards: readonly number[],
+    private readonly logger: Logger,
+  ) {}
+
+  /** Messages published and acknowledged since start. */
+  get publishedCount(): number {
+    return this.published;
+  }
+
+  start(): void {
+    this.running = true;
+    this.loop = this.run();
+  }
+
+  async stop(): Promise<void> {
+    this.running = false;
+    await this.loop;
+    await this.nc?.close();
+  }
+
+  async lag(): Promise<RelayLag> {
+    const r = await this.pool.query(
+      `SELECT count(*)::int AS rows, COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 AS oldest
+       FROM outbox WHERE shard = ANY($1::int4[])`,
+      [sqlArray(this.shards)],
+    );
+    return { rows: r.rows[0].rows, oldestSeconds: r.rows[0].oldest };
+  }
+
+  private async run(): Promise<void> {
+    let failures = 0;
+    while (this.running) {
+      try {
+        const js = await this.jetstream();
+        const sent = await this.drainOnce(js);
+        failures = 0;
+        if (sent === 0) await sleep(20);
+      } catch (error) {
+        failures++;
+        if (failures === 1 || failures % 50 === 0) this.logger.warn({ err: error, failures }, 'outbox relay round failed; retrying');
+        await sleep(Math.min(1000, 50 * failures));
+      }
+    }
+  }
+
+  private async jetstream(): Promise<JetStreamClient> {
+    if (this.js) return this.js;
+    this.nc ??= await connectNats(this.config, { name: 'ledger-outbox-relay' });
+    const { js, jsm } = await connectJetStream(this.nc);
+    await ensureEventStream(jsm, this.config);
+    this.js = js;
+    return js;
+  }
+
+  /** One round: publish up to LEDGER_RELAY_BATCH_ROWS rows, delete the acknowledged prefix of each shard. */
+  async drainOnce(js: JetStreamClient): Promise<number> {
+    const rows = await withTransaction(
+      this.pool,
+      async (client) =>
+        (
+          await client.query({
+            name: 'relay-read',
+            text: `SELECT shard, sequence, batch_id, part, payload FROM outbox
+                   WHERE shard = ANY($1::int4[]) ORDER BY shard, sequence LIMIT $2`,
+            values: [sqlArray(this.shards), this.config.LEDGER_RELAY_BATCH_ROWS],
+          })
+        ).rows.map((r): OutboxRow => ({ shard: r.shard, sequence: r.sequence, batchId: r.batch_id, part: r.part, payload: r.payload })),
+      { isolation: 'repeatable read', readOnly: true },
+    );
+    if (rows.length === 0) return 0;
+
+    // Every publish is sent before any ack is awaited; one connection keeps them in order.
+    const acks = await Promise.allSettled(
+      rows.map((row) => js.publish(ledgerEventSubject(this.config.EVENTS_SUBJECT_PREFIX, row.shard), row.payload, { msgID: outboxMessageId(row.batchId, row.part), timeout: 10_000 })),
+    );
+    const blocked = new Set<number>();
+    const done: OutboxRow[] = [];
+    let firstError: unknown;
+    rows.forEach((row, i) => {
+      const ack = acks[i]!;
+      if (blocked.has(row.shard)) return;
+      if (ack.status === 'fulfilled') done.push(row);
+      else {
+        blocked.add(row.shard);
+        firstError ??= ack.reason;
+      }
+    });
+    if (done.length > 0) {
+      await withTransaction(
+        this.pool,
+        (client) =>
+          client.query({
+            name: 'relay-delete',
+            text: `DELETE FROM outbox o USING unnest($1::int4[], $2::int8[]) AS d(shard, sequence)
+                   WHERE o.shard = d.shard AND o.sequence = d.sequence`,
+            values: [sqlArray(done.map((r) => r.shard)), sqlArray(done.map((r) => r.sequence))],
+          }),
+        { isolation: 'repeatable read' },
+      );
+      this.published += done.length;
+    }
+    if (firstError !== undefined) throw firstError;
+    return done.length;
+  }
+}

@@ -1,0 +1,37 @@
+import { DiscardPolicy, RetentionPolicy, StorageType, type JetStreamManager, type StreamConfig } from '@nats-io/jetstream';
+import type { Config } from './config.js';
+
+const NANOS_PER_SECOND = 1_000_000_000;
+
+/**
+ * The domain-event stream, created or brought up to date at start-up by every publisher and consumer (any of
+ * them may start first). Policy: file storage, limits retention (consumers track their own position, so one
+ * slow consumer never blocks another), oldest events discarded past EVENTS_MAX_AGE_HOURS or EVENTS_MAX_BYTES,
+ * duplicates dropped by Nats-Msg-Id within EVENTS_DUPLICATE_WINDOW_SECONDS (longer than any relay retry).
+ */
+export function eventStreamConfig(config: Pick<Config, 'EVENTS_STREAM' | 'EVENTS_SUBJECT_PREFIX' | 'EVENTS_MAX_AGE_HOURS' | 'EVENTS_MAX_BYTES' | 'EVENTS_DUPLICATE_WINDOW_SECONDS' | 'NATS_STREAM_REPLICAS'>): Partial<StreamConfig> & { name: string } {
+  return {
+    name: config.EVENTS_STREAM,
+    subjects: [`${config.EVENTS_SUBJECT_PREFIX}.>`],
+    retention: RetentionPolicy.Limits,
+    storage: StorageType.File,
+    discard: DiscardPolicy.Old,
+    num_replicas: config.NATS_STREAM_REPLICAS,
+    max_age: config.EVENTS_MAX_AGE_HOURS * 3600 * NANOS_PER_SECOND,
+    max_bytes: config.EVENTS_MAX_BYTES,
+    duplicate_window: config.EVENTS_DUPLICATE_WINDOW_SECONDS * NANOS_PER_SECOND,
+  };
+}
+
+export async function ensureEventStream(jsm: JetStreamManager, config: Parameters<typeof eventStreamConfig>[0]): Promise<void> {
+  const wanted = eventStreamConfig(config);
+  try {
+    const info = await jsm.streams.info(wanted.name);
+    const current = info.config;
+    const differs = (Object.keys(wanted) as (keyof typeof wanted)[]).some((k) => JSON.stringify(current[k]) !== JSON.stringify(wanted[k]));
+    if (differs) await jsm.streams.update(wanted.name, wanted);
+  } catch (error) {
+    if (!/stream not found/i.test(String((error as Error).message))) throw error;
+    await jsm.streams.add(wanted);
+  }
+}
