@@ -15,5 +15,6 @@ COPY --from=build --chown=node:node /app/node_modules ./node_modules
 COPY --from=build --chown=node:node /app/dist ./dist
 # The migration runner reads SQL from <service>/migrations beside dist/.
 COPY --from=build --chown=node:node /app/ledger/migrations ./dist/ledger/migrations
+COPY --from=build --chown=node:node /app/lib/migrations ./dist/lib/migrations
 USER node
 CMD ["node", "dist/ledger/main.js"]

@@ -15,7 +15,7 @@ import { findDialectViolations } from './sql-dialect.js';
  */
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-export const MIGRATION_DIRS = ['ledger', 'gateway', 'risk', 'settlement'].map((service) => path.join(ROOT, service, 'migrations'));
+export const MIGRATION_DIRS = ['lib', 'ledger', 'gateway', 'risk', 'settlement'].map((service) => path.join(ROOT, service, 'migrations'));
 
 export interface Migration {
   name: string;

@@ -1,0 +1,142 @@
+import { strict as assert } from 'node:assert';
+import { randomUUID } from 'node:crypto';
+import { account, startTestLedger, transfer, type TestLedger } from '../test/ledger-harness.js';
+import { TestNatsServer } from '../test/nats-server.js';
+import { testConfig, testPool } from '../test/support.js';
+import { transferCodeName } from '../ledger/convert.js';
+import { EventBatch } from '../proto/gen/events/v1/events.js';
+import type { Transfer } from '../proto/gen/ledger/v1/ledger.js';
+import { EventConsumer, deadLetterSubject, type EventHandler } from './consumer.js';
+import { withTransaction, type Pool } from './db.js';
+import { createLogger } from './logger.js';
+import { connectJetStream, connectNats, type NatsConnection } from './nats.js';
+
+describe('event consumer framework (own NATS server, real PostgreSQL)', function () {
+  this.timeout(120_000);
+  let nats: TestNatsServer;
+  let pool: Pool;
+  let nc: NatsConnection;
+  let env: Record<string, string>;
+  let ledger: TestLedger;
+  const logger = createLogger('consumer-test', 'silent');
+
+  before(async () => {
+    nats = await TestNatsServer.start();
+    pool = testPool();
+    nc = await connectNats({ NATS_URL: nats.url }, { name: 'consumer-test' });
+    await pool.query('CREATE TABLE IF NOT EXISTS consumer_test_effects (consumer TEXT NOT NULL, transfer_id UUID NOT NULL, amount INT8 NOT NULL)');
+  });
+  beforeEach(async () => {
+    await pool.query('DELETE FROM outbox');
+    const suffix = randomUUID().slice(0, 8);
+    env = { LEDGER_RELAY_ENABLED: 'true', NATS_URL: nats.url, EVENTS_STREAM: `CONSUMER_TEST_${suffix}`, EVENTS_SUBJECT_PREFIX: `consumertest-${suffix}` };
+    ledger = await startTestLedger(env);
+  });
+  afterEach(async () => {
+    await ledger.close();
+  });
+  after(async () => {
+    await pool.query('DROP TABLE IF EXISTS consumer_test_effects');
+    await nc.close();
+    await nats.stop();
+    await pool.end();
+  });
+
+  async function sendTransfers(n: number): Promise<Transfer[]> {
+    const accounts = Array.from({ length: 30 }, () => account());
+    await ledger.client.createAccounts(accounts);
+    const transfers = Array.from({ length: n }, (_, i) => transfer({ debitAccountId: accounts[i % 30]!.id, creditAccountId: accounts[(i * 11 + 3) % 30]!.id, amount: BigInt(1 + (i % 90)) }));
+    for (let k = 0; k < n; k += 250) {
+      const results = await ledger.client.createTransfers(transfers.slice(k, k + 250));
+      assert.ok(results.every((r) => transferCodeName(r.code) === 'ok'));
+    }
+    return transfers;
+  }
+
+  /** The effect of the test's consumers: one row per applied transfer event. */
+  const recordTransfer =
+    (name: string, fail: (transferId: string) => boolean): EventHandler =>
+    async (event, tx) => {
+      if (event.payload?.$case !== 'transfer') return;
+      if (fail(event.payload.value.transferId)) throw new Error(`refusing ${event.payload.value.transferId}`);
+      await tx.query('INSERT INTO consumer_test_effects (consumer, transfer_id, amount) VALUES ($1, $2, $3)', [name, event.payload.value.transferId, event.payload.value.amount]);
+    };
+
+  async function waitFor(condition: () => Promise<boolean>, what: string, timeoutMs = 60_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!(await condition())) {
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
+  async function effects(name: string): Promise<Map<string, { count: number; amount: bigint }>> {
+    const rows = await withTransaction(pool, (c) => c.query('SELECT transfer_id, count(*)::int AS n, sum(amount)::int8 AS amount FROM consumer_test_effects WHERE consumer = $1 GROUP BY transfer_id', [name]), { readOnly: true });
+    return new Map(rows.rows.map((r) => [r.transfer_id, { count: r.n, amount: r.amount }]));
+  }
+
+  it('applies every committed transfer exactly once despite failures, redeliveries, a restart and a replayed message', async () => {
+    const name = `effects-${randomUUID().slice(0, 8)}`;
+    const config = testConfig(env);
+    const failedOnce = new Set<string>();
+    // About one transfer in eight fails the first time it is seen: its whole message is rolled back and redelivered.
+    const handler = recordTransfer(name, (id) => id.endsWith('7') && !failedOnce.has(id) && (failedOnce.add(id), true));
+    let consumer = new EventConsumer(nc, pool, config, { name, filter: 'ledger.>', maxDeliver: 10, ackWaitMs: 5_000, concurrency: 4 }, handler, logger);
+    await consumer.start();
+    const first = await sendTransfers(1500);
+    await waitFor(async () => (await effects(name)).size >= 500, 'some effects before the restart');
+    await consumer.stop();
+    const redeliveriesBefore = consumer.stats.redeliveries;
+
+    consumer = new EventConsumer(nc, pool, config, { name, filter: 'ledger.>', maxDeliver: 10, ackWaitMs: 5_000, concurrency: 4 }, handler, logger);
+    await consumer.start();
+    const second = await sendTransfers(1500);
+    const all = [...first, ...second];
+    await waitFor(async () => (await effects(name)).size >= all.length, 'every transfer applied');
+
+    // A message delivered again under a new dedupe id (as a replay would): the inbox makes it a no-op.
+    const { js, jsm } = await connectJetStream(nc);
+    const info = await jsm.streams.info(env['EVENTS_STREAM']!);
+    const stored = await jsm.streams.getMessage(env['EVENTS_STREAM']!, { seq: info.state.first_seq });
+    await js.publish(stored!.subject, stored!.data, { msgID: randomUUID() });
+    const replayed = EventBatch.decode(stored!.data).events.length;
+    await waitFor(async () => consumer.stats.duplicates >= replayed, 'the replayed message to be seen');
+    await consumer.stop();
+
+    const applied = await effects(name);
+    for (const t of all) {
+      assert.deepEqual(applied.get(t.id), { count: 1, amount: t.amount }, `transfer ${t.id}`);
+    }
+    assert.equal(applied.size, all.length);
+    assert.ok(failedOnce.size > 50, `only ${failedOnce.size} injected failures`);
+    assert.ok(redeliveriesBefore + consumer.stats.redeliveries > 0, 'no redelivery happened');
+  });
+
+  it('sends a poison message to the dead-letter subject after maxDeliver and keeps consuming', async () => {
+    const name = `poison-${randomUUID().slice(0, 8)}`;
+    const config = testConfig(env);
+    const transfers = await sendTransfers(300);
+    const poison = transfers[17]!.id;
+    const consumer = new EventConsumer(nc, pool, config, { name, filter: 'ledger.>', maxDeliver: 3, ackWaitMs: 5_000, concurrency: 4 }, recordTransfer(name, (id) => id === poison), logger);
+    await consumer.start();
+    await waitFor(async () => consumer.stats.deadLettered === 1, 'the dead letter');
+    const later = await sendTransfers(200);
+    await waitFor(async () => {
+      const applied = await effects(name);
+      return later.every((t) => applied.has(t.id));
+    }, 'later events');
+    await consumer.stop();
+
+    const { jsm } = await connectJetStream(nc);
+    const dead = await jsm.streams.getMessage('DEADLETTER', { last_by_subj: deadLetterSubject(env['EVENTS_SUBJECT_PREFIX']!, name) });
+    assert.ok(dead, 'no dead letter stored');
+    assert.match(dead.header.get('Ledgerline-Reason'), new RegExp(`refusing ${poison}`));
+    assert.equal(dead.header.get('Ledgerline-Deliveries'), '3');
+    // The dead letter holds the poison event alone; every other event was applied exactly once.
+    const deadEvents = EventBatch.decode(dead.data).events;
+    assert.deepEqual(deadEvents.map((e) => (e.payload?.$case === 'transfer' ? e.payload.value.transferId : e.type)), [poison]);
+    const applied = await effects(name);
+    for (const t of [...transfers, ...later]) if (t.id !== poison) assert.equal(applied.get(t.id)?.count, 1, `transfer ${t.id}`);
+    assert.equal(applied.get(poison), undefined);
+  });
+});
