@@ -24,7 +24,9 @@ describe('event consumer framework (own NATS server, real PostgreSQL)', function
     nats = await TestNatsServer.start();
     pool = testPool();
     nc = await connectNats({ NATS_URL: nats.url }, { name: 'consumer-test' });
-    await pool.query('CREATE TABLE IF NOT EXISTS consumer_test_effects (consumer TEXT NOT NULL, transfer_id UUID NOT NULL, amount INT8 NOT NULL)');
+    await pool.query(
+      'CREATE TABLE IF NOT EXISTS consumer_test_effects (consumer TEXT NOT NULL, transfer_id UUID NOT NULL, amount INT8 NOT NULL, debit_account_id UUID NOT NULL, occurred_at INT8 NOT NULL, applied_order INT8 NOT NULL)',
+    );
   });
   beforeEach(async () => {
     await pool.query('DELETE FROM outbox');
@@ -53,14 +55,33 @@ describe('event consumer framework (own NATS server, real PostgreSQL)', function
     return transfers;
   }
 
-  /** The effect of the test's consumers: one row per applied transfer event. */
+  /** The effect of the test's consumers: one row per applied transfer event, numbered in the order applied. */
+  let appliedOrder = 0;
   const recordTransfer =
     (name: string, fail: (transferId: string) => boolean): EventHandler =>
     async (event, tx) => {
       if (event.payload?.$case !== 'transfer') return;
-      if (fail(event.payload.value.transferId)) throw new Error(`refusing ${event.payload.value.transferId}`);
-      await tx.query('INSERT INTO consumer_test_effects (consumer, transfer_id, amount) VALUES ($1, $2, $3)', [name, event.payload.value.transferId, event.payload.value.amount]);
+      const t = event.payload.value;
+      if (fail(t.transferId)) throw new Error(`refusing ${t.transferId}`);
+      await tx.query('INSERT INTO consumer_test_effects (consumer, transfer_id, amount, debit_account_id, occurred_at, applied_order) VALUES ($1, $2, $3, $4, $5, $6)', [
+        name,
+        t.transferId,
+        t.amount,
+        t.debitAccountId,
+        event.occurredAt,
+        ++appliedOrder,
+      ]);
     };
+
+  /** Per debit account, effects were applied in ledger-timestamp order. */
+  async function assertPerAccountOrder(name: string): Promise<void> {
+    const rows = await withTransaction(pool, (c) => c.query('SELECT debit_account_id, occurred_at FROM consumer_test_effects WHERE consumer = $1 ORDER BY applied_order', [name]), { readOnly: true });
+    const last = new Map<string, bigint>();
+    for (const r of rows.rows) {
+      assert.ok(r.occurred_at > (last.get(r.debit_account_id) ?? 0n), `account ${r.debit_account_id}: an event at ${r.occurred_at} was applied after one at ${last.get(r.debit_account_id)}`);
+      last.set(r.debit_account_id, r.occurred_at);
+    }
+  }
 
   async function waitFor(condition: () => Promise<boolean>, what: string, timeoutMs = 60_000): Promise<void> {
     const deadline = Date.now() + timeoutMs;
@@ -109,7 +130,9 @@ describe('event consumer framework (own NATS server, real PostgreSQL)', function
     }
     assert.equal(applied.size, all.length);
     assert.ok(failedOnce.size > 50, `only ${failedOnce.size} injected failures`);
-    assert.ok(redeliveriesBefore + consumer.stats.redeliveries > 0, 'no redelivery happened');
+    assert.ok(redeliveriesBefore + consumer.stats.redeliveries > 0, 'no retry happened');
+    await assertPerAccountOrder(name);
+    assert.deepEqual(await consumer.lag(), { pending: 0, inHand: 0 });
   });
 
   it('sends a poison message to the dead-letter subject after maxDeliver and keeps consuming', async () => {
@@ -131,7 +154,7 @@ describe('event consumer framework (own NATS server, real PostgreSQL)', function
     const dead = await jsm.streams.getMessage('DEADLETTER', { last_by_subj: deadLetterSubject(env['EVENTS_SUBJECT_PREFIX']!, name) });
     assert.ok(dead, 'no dead letter stored');
     assert.match(dead.header.get('Ledgerline-Reason'), new RegExp(`refusing ${poison}`));
-    assert.equal(dead.header.get('Ledgerline-Deliveries'), '3');
+    assert.equal(dead.header.get('Ledgerline-Attempts'), '3');
     // The dead letter holds the poison event alone; every other event was applied exactly once.
     const deadEvents = EventBatch.decode(dead.data).events;
     assert.deepEqual(deadEvents.map((e) => (e.payload?.$case === 'transfer' ? e.payload.value.transferId : e.type)), [poison]);

@@ -5,6 +5,7 @@ import type { Config } from './config.js';
 import { withTransaction, type Pool, type PoolClient } from './db.js';
 import type { Logger } from './logger.js';
 import { connectJetStream, type JetStreamClient, type NatsConnection } from './nats.js';
+import { sleep } from './retry.js';
 import { ensureEventStream } from './streams.js';
 
 /** Applies one event inside the consumer's transaction; throwing rolls the whole message back. */
@@ -15,7 +16,7 @@ export interface ConsumerOptions {
   name: string;
   /** Subjects under EVENTS_SUBJECT_PREFIX, e.g. `ledger.>`. */
   filter: string;
-  /** Deliveries of one message before it goes to the dead-letter subject. */
+  /** Attempts at a failing event before it goes to the dead-letter subject. */
   maxDeliver?: number;
   /** How long a delivery may take before JetStream delivers it again. */
   ackWaitMs?: number;
@@ -41,9 +42,9 @@ export function deadLetterSubject(prefix: string, consumer: string): string {
 /**
  * The consumer framework of the risk and settlement services: a durable pull consumer on the events stream,
  * explicit acks only after the handler's transaction commits, an inbox row per event written in that same
- * transaction (a redelivery is a no-op), a failing event isolated from the rest of its message and sent to
- * the dead-letter subject after maxDeliver attempts, bounded concurrency with per-subject order (per shard for
- * ledger events; a redelivered message can come after later ones), and a drain on stop.
+ * transaction (a redelivery is a no-op), a failing event isolated from the rest of its message, retried in
+ * place and sent to the dead-letter subject after maxDeliver attempts, bounded concurrency with per-subject
+ * order (per shard for ledger events, so per debit account), and a drain on stop.
  */
 export class EventConsumer {
   readonly stats: ConsumerStats = { messages: 0, events: 0, duplicates: 0, redeliveries: 0, deadLettered: 0 };
@@ -85,6 +86,13 @@ export class EventConsumer {
     this.loop = this.dispatch(this.messages);
   }
 
+  /** Messages of the stream this consumer has not yet acknowledged: pending delivery plus in hand. */
+  async lag(): Promise<{ pending: number; inHand: number }> {
+    const { jsm } = await connectJetStream(this.nc);
+    const info = await jsm.consumers.info(this.config.EVENTS_STREAM, this.options.name);
+    return { pending: info.num_pending, inHand: info.num_ack_pending };
+  }
+
   /** Stops taking messages, finishes the ones in hand (their acks included), and returns. */
   async stop(): Promise<void> {
     this.messages?.stop();
@@ -103,43 +111,74 @@ export class EventConsumer {
     }
   }
 
+  /**
+   * Applies one message in event order. At the first event that fails, the events before it are committed
+   * and it is retried in place (the message's ack deadline extended meanwhile), so neither the events after
+   * it nor later messages of the same subject overtake it: per-subject order holds through failures. After
+   * maxDeliver attempts the event goes alone to the dead-letter subject and the rest of the message goes on.
+   * A process that dies mid-way leaves the message unacknowledged; JetStream delivers it again, in order.
+   */
   private async process(m: JsMsg): Promise<void> {
-    const deliveries = m.info.deliveryCount;
-    if (deliveries > 1) this.stats.redeliveries++;
+    if (m.info.deliveryCount > 1) this.stats.redeliveries++;
     let batch: EventBatch;
     try {
       batch = EventBatch.decode(m.data);
     } catch (error) {
-      await this.deadLetter(m, m.data, `undecodable message: ${(error as Error).message}`);
+      await this.deadLetter(m, m.data, `undecodable message: ${(error as Error).message}`, 1, '');
+      m.term();
       return;
     }
-    try {
-      // Fast path: the whole message in one transaction.
-      const applied = await withTransaction(this.pool, (tx) => this.apply(tx, batch.events, false));
-      this.count(batch.events.length, applied.applied);
-      await m.ackAck();
-      return;
-    } catch (error) {
-      this.logger.warn({ err: error, subject: m.subject, deliveries }, 'event message failed; isolating the failing events');
-    }
-    // Slow path: one savepoint per event, so the events that can be applied are, and only the failing ones
-    // are delivered again (the inbox skips the others) or, past maxDeliver, dead-lettered.
-    try {
-      const outcome = await withTransaction(this.pool, (tx) => this.apply(tx, batch.events, true));
-      this.count(batch.events.length - outcome.failed.length, outcome.applied);
-      if (outcome.failed.length === 0) {
-        await m.ackAck();
-      } else if (deliveries >= (this.options.maxDeliver ?? 5)) {
-        const failed = batch.events.filter((e) => outcome.failed.some((f) => f.eventId === e.eventId));
-        const reason = outcome.failed.map((f) => `${f.eventId}: ${f.reason}`).join('; ');
-        await this.deadLetter(m, EventBatch.encode({ ...batch, events: failed }).finish(), reason);
-      } else {
-        m.nak(Math.min(5_000, 100 * 2 ** deliveries));
+    const maxAttempts = this.options.maxDeliver ?? 5;
+    const deadLettered = new Set<string>();
+    let failing = '';
+    let attempts = 0;
+    for (;;) {
+      const events = batch.events.filter((e) => !deadLettered.has(e.eventId));
+      let failure: { eventId: string; reason: string } | undefined;
+      try {
+        failure = await this.applyInOrder(events);
+      } catch (error) {
+        // The database itself failed: the whole message is tried again.
+        failure = { eventId: '', reason: error instanceof Error ? error.message : String(error) };
       }
-    } catch (error) {
-      // The database itself failed: deliver the whole message again later.
-      this.logger.warn({ err: error, subject: m.subject, deliveries }, 'event message failed; it will be delivered again');
-      m.nak(Math.min(5_000, 100 * 2 ** deliveries));
+      if (!failure) {
+        await m.ackAck();
+        return;
+      }
+      attempts = failure.eventId === failing ? attempts + 1 : 1;
+      failing = failure.eventId;
+      if (attempts >= maxAttempts) {
+        if (failure.eventId === '') {
+          await this.deadLetter(m, EventBatch.encode({ ...batch, events }).finish(), failure.reason, attempts, '');
+          m.term();
+          return;
+        }
+        const poison = events.filter((e) => e.eventId === failure.eventId);
+        await this.deadLetter(m, EventBatch.encode({ ...batch, events: poison }).finish(), `${failure.eventId}: ${failure.reason}`, attempts, failure.eventId);
+        deadLettered.add(failure.eventId);
+        continue;
+      }
+      this.stats.redeliveries++;
+      this.logger.warn({ subject: m.subject, attempts, event: failure.eventId, reason: failure.reason }, 'event failed; retrying in place');
+      m.working();
+      await sleep(Math.min(5_000, 50 * 2 ** attempts));
+      m.working();
+    }
+  }
+
+  /**
+   * The whole message in one transaction; if that fails, event by event up to the first failing one, which
+   * is returned (the events before it are committed). Nothing returned: every event is applied.
+   */
+  private async applyInOrder(events: readonly EventEnvelope[]): Promise<{ eventId: string; reason: string } | undefined> {
+    try {
+      const { applied } = await withTransaction(this.pool, (tx) => this.apply(tx, events, false));
+      this.count(events.length, applied);
+      return undefined;
+    } catch {
+      const outcome = await withTransaction(this.pool, (tx) => this.apply(tx, events, true));
+      this.count(outcome.seen, outcome.applied);
+      return outcome.failed;
     }
   }
 
@@ -149,43 +188,53 @@ export class EventConsumer {
     this.stats.duplicates += seen - applied;
   }
 
-  /** Inbox rows and effects of the events not applied before; with `isolate`, a failing event is skipped. */
-  private async apply(tx: PoolClient, events: readonly EventEnvelope[], isolate: boolean): Promise<{ applied: number; failed: { eventId: string; reason: string }[] }> {
+  /**
+   * Inbox rows and effects of the events not applied before. With `stopAtFailure`, a failing event is rolled
+   * back to its savepoint and it and every later event are left for the next attempt (their inbox rows undone).
+   */
+  private async apply(
+    tx: PoolClient,
+    events: readonly EventEnvelope[],
+    stopAtFailure: boolean,
+  ): Promise<{ seen: number; applied: number; failed?: { eventId: string; reason: string } }> {
     const fresh = await tx.query<{ event_id: string }>(
       `INSERT INTO consumer_inbox (consumer, event_id) SELECT $1, unnest($2::text[])
        ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id`,
       [this.options.name, events.map((e) => e.eventId)],
     );
     const todo = new Set(fresh.rows.map((r) => r.event_id));
-    const failed: { eventId: string; reason: string }[] = [];
-    for (const event of events) {
+    let applied = 0;
+    for (let i = 0; i < events.length; i++) {
+      const event = events[i]!;
       if (!todo.has(event.eventId)) continue;
-      if (!isolate) {
+      if (!stopAtFailure) {
         await this.handler(event, tx);
+        applied++;
         continue;
       }
       await tx.query('SAVEPOINT event');
       try {
         await this.handler(event, tx);
         await tx.query('RELEASE SAVEPOINT event');
+        applied++;
       } catch (error) {
         await tx.query('ROLLBACK TO SAVEPOINT event');
-        await tx.query('DELETE FROM consumer_inbox WHERE consumer = $1 AND event_id = $2', [this.options.name, event.eventId]);
-        failed.push({ eventId: event.eventId, reason: error instanceof Error ? error.message : String(error) });
+        const later = events.slice(i).map((e) => e.eventId).filter((id) => todo.has(id));
+        await tx.query('DELETE FROM consumer_inbox WHERE consumer = $1 AND event_id = ANY($2::text[])', [this.options.name, later]);
+        return { seen: i, applied, failed: { eventId: event.eventId, reason: error instanceof Error ? error.message : String(error) } };
       }
     }
-    return { applied: todo.size - failed.length, failed };
+    return { seen: events.length, applied };
   }
 
-  private async deadLetter(m: JsMsg, data: Uint8Array, reason: string): Promise<void> {
+  private async deadLetter(m: JsMsg, data: Uint8Array, reason: string, attempts: number, eventId: string): Promise<void> {
     const h = headers();
     h.set('Ledgerline-Reason', reason.slice(0, 1000));
     h.set('Ledgerline-Subject', m.subject);
     h.set('Ledgerline-Stream-Sequence', String(m.seq));
+    h.set('Ledgerline-Attempts', String(attempts));
     h.set('Ledgerline-Deliveries', String(m.info.deliveryCount));
-    await this.js.publish(deadLetterSubject(this.config.EVENTS_SUBJECT_PREFIX, this.options.name), data, { headers: h, msgID: `${this.options.name}.${m.seq}` });
-    // Terminated, not acknowledged: JetStream records that this message was given up on.
-    m.term();
+    await this.js.publish(deadLetterSubject(this.config.EVENTS_SUBJECT_PREFIX, this.options.name), data, { headers: h, msgID: `${this.options.name}.${m.seq}.${eventId || 'all'}` });
     this.stats.deadLettered++;
     this.logger.error({ subject: m.subject, seq: m.seq, reason }, 'events dead-lettered');
   }
