@@ -6,7 +6,7 @@ import { testConfig, testPool } from '../test/support.js';
 import { transferCodeName } from '../ledger/convert.js';
 import { EventBatch } from '../proto/gen/events/v1/events.js';
 import type { Transfer } from '../proto/gen/ledger/v1/ledger.js';
-import { EventConsumer, deadLetterSubject, type EventHandler } from './consumer.js';
+import { EventConsumer, deadLetterSubject, rewindConsumer, type EventHandler } from './consumer.js';
 import { withTransaction, type Pool } from './db.js';
 import { createLogger } from './logger.js';
 import { connectJetStream, connectNats, type NatsConnection } from './nats.js';
@@ -133,6 +133,44 @@ describe('event consumer framework (own NATS server, real PostgreSQL)', function
     assert.ok(redeliveriesBefore + consumer.stats.redeliveries > 0, 'no retry happened');
     await assertPerAccountOrder(name);
     assert.deepEqual(await consumer.lag(), { pending: 0, inHand: 0 });
+  });
+
+  it('replay: a consumer rewound to the start re-applies exactly the effects that were lost', async () => {
+    const name = `replay-${randomUUID().slice(0, 8)}`;
+    const config = testConfig(env);
+    const consumer = new EventConsumer(nc, pool, config, { name, filter: 'ledger.>', concurrency: 4 }, recordTransfer(name, () => false), logger);
+    await consumer.start();
+    try {
+      const transfers = await sendTransfers(600);
+      await waitFor(async () => (await effects(name)).size >= transfers.length, 'every transfer applied');
+      // A restore from an older backup loses the effects (and inbox rows) of some events.
+      const lost = transfers.filter((_, i) => i % 5 === 0).map((t) => t.id);
+      await withTransaction(pool, async (c) => {
+        const events = await c.query(
+          `DELETE FROM consumer_test_effects WHERE consumer = $1 AND transfer_id = ANY($2::uuid[]) RETURNING transfer_id`,
+          [name, lost],
+        );
+        assert.equal(events.rowCount, lost.length);
+      });
+      // Their inbox rows go too, found through the stream's events.
+      const { jsm } = await connectJetStream(nc);
+      const info = await jsm.streams.info(env['EVENTS_STREAM']!);
+      const lostSet = new Set(lost);
+      const lostEventIds: string[] = [];
+      for (let seq = info.state.first_seq; seq <= info.state.last_seq; seq++) {
+        const m = await jsm.streams.getMessage(env['EVENTS_STREAM']!, { seq });
+        for (const e of EventBatch.decode(m!.data).events) if (e.payload?.$case === 'transfer' && lostSet.has(e.payload.value.transferId)) lostEventIds.push(e.eventId);
+      }
+      await pool.query('DELETE FROM consumer_inbox WHERE consumer = $1 AND event_id = ANY($2::text[])', [name, lostEventIds]);
+
+      await rewindConsumer(nc, env['EVENTS_STREAM']!, name, { sequence: 1 });
+      await waitFor(async () => (await effects(name)).size >= transfers.length, 'the lost effects to come back');
+      await waitFor(async () => (await consumer.lag()).pending === 0, 'the replay to finish');
+      const applied = await effects(name);
+      for (const t of transfers) assert.deepEqual(applied.get(t.id), { count: 1, amount: t.amount }, `transfer ${t.id}`);
+    } finally {
+      await consumer.stop();
+    }
   });
 
   it('sends a poison message to the dead-letter subject after maxDeliver and keeps consuming', async () => {

@@ -82,7 +82,8 @@ export class EventConsumer {
           : { deliver_policy: DeliverPolicy.StartTime, opt_start_time: start.time.toISOString() }),
     });
     const consumer = await js.consumers.get(this.config.EVENTS_STREAM, this.options.name);
-    this.messages = await consumer.consume({ max_messages: this.options.concurrency ?? 8 });
+    // Short pulls: a consumer re-created by a replay (or a lost server) is noticed within seconds.
+    this.messages = await consumer.consume({ max_messages: this.options.concurrency ?? 8, expires: 5_000 });
     this.loop = this.dispatch(this.messages);
   }
 
@@ -246,4 +247,23 @@ async function ensureDeadLetterStream(jsm: Awaited<ReturnType<typeof connectJetS
   } catch {
     await jsm.streams.add({ name: 'DEADLETTER', subjects: ['deadletter.>'], num_replicas: replicas, duplicate_window: 120 * 1_000_000_000 });
   }
+}
+
+/**
+ * Replay: moves a durable consumer back to a stream sequence or time, keeping its name and settings (delete
+ * and re-create; the running service's pull loop picks the new position up). Every event from there on is
+ * delivered again, and the consumer's inbox applies only those whose effect is missing: for recovery after
+ * a restore, or a backfill after a fix.
+ */
+export async function rewindConsumer(nc: NatsConnection, stream: string, name: string, start: { sequence: number } | { time: Date }): Promise<void> {
+  const { jsm } = await connectJetStream(nc);
+  const { config } = await jsm.consumers.info(stream, name);
+  await jsm.consumers.delete(stream, name);
+  const { opt_start_seq: _seq, opt_start_time: _time, ...kept } = config;
+  await jsm.consumers.add(stream, {
+    ...kept,
+    ...('sequence' in start
+      ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: start.sequence }
+      : { deliver_policy: DeliverPolicy.StartTime, opt_start_time: start.time.toISOString() }),
+  });
 }
