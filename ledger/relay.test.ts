@@ -4,12 +4,11 @@ import type { JetStreamManager } from '@nats-io/jetstream';
 import { connectJetStream, connectNats, type NatsConnection } from '../lib/nats.js';
 import type { Pool } from '../lib/db.js';
 import { EventBatch, type EventEnvelope } from '../proto/gen/events/v1/events.js';
-import { account, startTestLedger, transfer, type TestLedger } from '../test/ledger-harness.js';
+import { commitTransfers, startTestLedger } from '../test/ledger-harness.js';
 import { TestNatsServer } from '../test/nats-server.js';
 import { testPool } from '../test/support.js';
 import type { Transfer } from '../proto/gen/ledger/v1/ledger.js';
 import { outboxMessageId, ledgerEventSubject } from './outbox.js';
-import { transferCodeName } from './convert.js';
 
 /** DESIGN.md: every committed event is published at least once, in order per shard; NATS down loses nothing. */
 describe('outbox relay to JetStream (own NATS server, real PostgreSQL)', function () {
@@ -38,14 +37,6 @@ describe('outbox relay to JetStream (own NATS server, real PostgreSQL)', functio
     await pool.end();
   });
 
-  async function sendTransfers(ledger: TestLedger, n: number): Promise<Transfer[]> {
-    const accounts = Array.from({ length: 40 }, () => account());
-    await ledger.client.createAccounts(accounts);
-    const transfers = Array.from({ length: n }, (_, i) => transfer({ debitAccountId: accounts[i % 40]!.id, creditAccountId: accounts[(i * 7 + 1) % 40]!.id, amount: BigInt(1 + (i % 50)) }));
-    const results = await Promise.all(Array.from({ length: Math.ceil(n / 100) }, (_, k) => ledger.client.createTransfers(transfers.slice(k * 100, (k + 1) * 100))));
-    assert.ok(results.flat().every((r) => transferCodeName(r.code) === 'ok'));
-    return transfers;
-  }
 
   async function outboxRows(): Promise<number> {
     return (await pool.query('SELECT count(*)::int AS n FROM outbox')).rows[0].n;
@@ -92,7 +83,7 @@ describe('outbox relay to JetStream (own NATS server, real PostgreSQL)', functio
   it('publishes every committed batch once, in order per shard, and empties the outbox', async () => {
     const ledger = await startTestLedger(env);
     try {
-      const transfers = await sendTransfers(ledger, 3000);
+      const transfers = await commitTransfers(ledger.client, 3000);
       await waitForEmptyOutbox();
       const messages = await streamMessages(env['EVENTS_STREAM']!);
       assert.equal(new Set(messages.map((m) => m.msgId)).size, messages.length, 'a message was stored twice');
@@ -106,10 +97,10 @@ describe('outbox relay to JetStream (own NATS server, real PostgreSQL)', functio
   it('NATS down: requests still succeed, the outbox grows, and drains completely when NATS returns', async () => {
     const ledger = await startTestLedger(env);
     try {
-      const before = await sendTransfers(ledger, 200);
+      const before = await commitTransfers(ledger.client, 200);
       await waitForEmptyOutbox();
       await nats.stop();
-      const during = await sendTransfers(ledger, 1500);
+      const during = await commitTransfers(ledger.client, 1500);
       const lag = await ledger.app.relay!.lag();
       assert.ok(lag.rows > 0, 'the outbox did not grow while NATS was down');
       await nats.restart();
@@ -126,7 +117,7 @@ describe('outbox relay to JetStream (own NATS server, real PostgreSQL)', functio
     const quiet = await startTestLedger({ ...env, LEDGER_RELAY_ENABLED: 'false' });
     let transfers: Transfer[];
     try {
-      transfers = await sendTransfers(quiet, 1000);
+      transfers = await commitTransfers(quiet.client, 1000);
     } finally {
       await quiet.close();
     }

@@ -1,11 +1,9 @@
 import { strict as assert } from 'node:assert';
 import { randomUUID } from 'node:crypto';
-import { account, startTestLedger, transfer, type TestLedger } from '../test/ledger-harness.js';
+import { commitTransfers, startTestLedger, type TestLedger } from '../test/ledger-harness.js';
 import { TestNatsServer } from '../test/nats-server.js';
 import { testConfig, testPool } from '../test/support.js';
-import { transferCodeName } from '../ledger/convert.js';
 import { EventBatch } from '../proto/gen/events/v1/events.js';
-import type { Transfer } from '../proto/gen/ledger/v1/ledger.js';
 import { EventConsumer, deadLetterSubject, rewindConsumer, type EventHandler } from './consumer.js';
 import { withTransaction, type Pool } from './db.js';
 import { createLogger } from './logger.js';
@@ -44,15 +42,6 @@ describe('event consumer framework (own NATS server, real PostgreSQL)', function
     await pool.end();
   });
 
-  async function sendTransfers(n: number): Promise<Transfer[]> {
-    const accounts = Array.from({ length: 30 }, () => account());
-    await ledger.client.createAccounts(accounts);
-    const transfers = Array.from({ length: n }, (_, i) => transfer({ debitAccountId: accounts[i % 30]!.id, creditAccountId: accounts[(i * 11 + 3) % 30]!.id, amount: BigInt(1 + (i % 90)) }));
-    // Concurrent requests: the shards' batches commit (and are published) interleaved.
-    const results = await Promise.all(Array.from({ length: Math.ceil(n / 100) }, (_, k) => ledger.client.createTransfers(transfers.slice(k * 100, (k + 1) * 100))));
-    assert.ok(results.flat().every((r) => transferCodeName(r.code) === 'ok'));
-    return transfers;
-  }
 
   /** The effect of the test's consumers: one row per applied transfer event, numbered in the order applied. */
   let appliedOrder = 0;
@@ -103,14 +92,14 @@ describe('event consumer framework (own NATS server, real PostgreSQL)', function
     const handler = recordTransfer(name, (id) => id.endsWith('7') && !failedOnce.has(id) && (failedOnce.add(id), true));
     let consumer = new EventConsumer(nc, pool, config, { name, filter: 'ledger.>', maxDeliver: 10, ackWaitMs: 5_000, concurrency: 4 }, handler, logger);
     await consumer.start();
-    const first = await sendTransfers(1500);
+    const first = await commitTransfers(ledger.client, 1500);
     await waitFor(async () => (await effects(name)).size >= 500, 'some effects before the restart');
     await consumer.stop();
     const redeliveriesBefore = consumer.stats.redeliveries;
 
     consumer = new EventConsumer(nc, pool, config, { name, filter: 'ledger.>', maxDeliver: 10, ackWaitMs: 5_000, concurrency: 4 }, handler, logger);
     await consumer.start();
-    const second = await sendTransfers(1500);
+    const second = await commitTransfers(ledger.client, 1500);
     const all = [...first, ...second];
     await waitFor(async () => (await effects(name)).size >= all.length, 'every transfer applied');
 
@@ -140,7 +129,7 @@ describe('event consumer framework (own NATS server, real PostgreSQL)', function
     const consumer = new EventConsumer(nc, pool, config, { name, filter: 'ledger.>', concurrency: 4 }, recordTransfer(name, () => false), logger);
     await consumer.start();
     try {
-      const transfers = await sendTransfers(600);
+      const transfers = await commitTransfers(ledger.client, 600);
       await waitFor(async () => (await effects(name)).size >= transfers.length, 'every transfer applied');
       // A restore from an older backup loses the effects (and inbox rows) of some events.
       const lost = transfers.filter((_, i) => i % 5 === 0).map((t) => t.id);
@@ -175,12 +164,12 @@ describe('event consumer framework (own NATS server, real PostgreSQL)', function
   it('sends a poison message to the dead-letter subject after maxDeliver and keeps consuming', async () => {
     const name = `poison-${randomUUID().slice(0, 8)}`;
     const config = testConfig(env);
-    const transfers = await sendTransfers(300);
+    const transfers = await commitTransfers(ledger.client, 300);
     const poison = transfers[17]!.id;
     const consumer = new EventConsumer(nc, pool, config, { name, filter: 'ledger.>', maxDeliver: 3, ackWaitMs: 5_000, concurrency: 4 }, recordTransfer(name, (id) => id === poison), logger);
     await consumer.start();
     await waitFor(async () => consumer.stats.deadLettered === 1, 'the dead letter');
-    const later = await sendTransfers(200);
+    const later = await commitTransfers(ledger.client, 200);
     await waitFor(async () => {
       const applied = await effects(name);
       return later.every((t) => applied.has(t.id));

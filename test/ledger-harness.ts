@@ -38,3 +38,19 @@ export function account(fields: Partial<Omit<Account, 'flags'>> & { flags?: Part
 export function transfer(fields: Partial<Omit<Transfer, 'flags'>> & { flags?: Partial<TransferFlags> } = {}): Transfer {
   return newTransfer({ id: id(), ledger: 978, code: 1, ...fields });
 }
+
+/**
+ * Creates `accounts` fresh accounts and commits `n` transfers among them, in concurrent requests of 100 (so
+ * the shards' batches commit interleaved); every one must be ok.
+ */
+export async function commitTransfers(client: LedgerClient, n: number, accounts = 30): Promise<Transfer[]> {
+  const created = Array.from({ length: accounts }, () => account());
+  const accepted = await client.createAccounts(created);
+  if (!accepted.every((r) => r.code === 1)) throw new Error('account creation failed');
+  const transfers = Array.from({ length: n }, (_, i) =>
+    transfer({ debitAccountId: created[i % accounts]!.id, creditAccountId: created[(i * 11 + 3) % accounts]!.id, amount: BigInt(1 + (i % 90)) }),
+  );
+  const results = await Promise.all(Array.from({ length: Math.ceil(n / 100) }, (_, k) => client.createTransfers(transfers.slice(k * 100, (k + 1) * 100))));
+  if (!results.flat().every((r) => r.code === 1)) throw new Error('a transfer was refused');
+  return transfers;
+}
