@@ -73,7 +73,9 @@ export class EventConsumer {
       filter_subject: `${this.config.EVENTS_SUBJECT_PREFIX}.${this.options.filter}`,
       ack_policy: AckPolicy.Explicit,
       ack_wait: (this.options.ackWaitMs ?? 30_000) * 1_000_000,
-      max_deliver: this.options.maxDeliver ?? 5,
+      // Dead-lettering is decided by this process's own attempts (retried in place); JetStream redelivers
+      // only after a crash or a lost connection, and gives up only as a backstop far beyond that.
+      max_deliver: (this.options.maxDeliver ?? 5) * 10,
       max_ack_pending: (this.options.concurrency ?? 8) * 4,
       ...(start === undefined
         ? { deliver_policy: DeliverPolicy.All }
@@ -104,7 +106,13 @@ export class EventConsumer {
   private async dispatch(messages: ConsumerMessages): Promise<void> {
     for await (const m of messages) {
       const previous = this.chains.get(m.subject) ?? Promise.resolve();
-      const next = previous.then(() => this.process(m));
+      const next = previous.then(() =>
+        this.process(m).catch((error: unknown) => {
+          // NATS itself failed (ack, dead-letter publish): JetStream delivers the message again after
+          // ack_wait, and the inbox makes that safe. The subject's chain goes on.
+          this.logger.warn({ err: error, subject: m.subject }, 'event message left unacknowledged');
+        }),
+      );
       this.chains.set(m.subject, next);
       void next.finally(() => {
         if (this.chains.get(m.subject) === next) this.chains.delete(m.subject);
@@ -161,8 +169,9 @@ export class EventConsumer {
       }
       this.stats.redeliveries++;
       this.logger.warn({ subject: m.subject, attempts, event: failure.eventId, reason: failure.reason }, 'event failed; retrying in place');
+      // Each wait stays well inside the ack deadline, which working() pushes back.
       m.working();
-      await sleep(Math.min(5_000, 50 * 2 ** attempts));
+      await sleep(Math.min((this.options.ackWaitMs ?? 30_000) / 3, 5_000, 50 * 2 ** attempts));
       m.working();
     }
   }
