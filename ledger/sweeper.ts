@@ -1,4 +1,4 @@
-import type { Pool } from '../lib/db.js';
+import { withTransaction, type Pool } from '../lib/db.js';
 import type { Logger } from '../lib/logger.js';
 import { MAX_BATCH_EVENTS } from './model.js';
 import type { LedgerRouter } from './router.js';
@@ -37,11 +37,17 @@ export class ExpirySweeper {
   /** One pass over the owned shards; returns how many pending transfers expired. */
   async sweep(): Promise<number> {
     const now = BigInt(Date.now()) * 1_000_000n;
-    const r = await this.pool.query(
-      `SELECT id, shard FROM pending_transfers
-       WHERE shard = ANY($1::int4[]) AND state = 1 AND expires_at > 0 AND expires_at <= $2
-       ORDER BY expires_at LIMIT $3`,
-      [this.router.ownedShards, now, MAX_BATCH_EVENTS],
+    // Candidates only (the batch decides), so no SERIALIZABLE read locks in the batches' way: see lib/db.ts.
+    const r = await withTransaction(
+      this.pool,
+      (c) =>
+        c.query(
+          `SELECT id, shard FROM pending_transfers
+           WHERE shard = ANY($1::int4[]) AND state = 1 AND expires_at > 0 AND expires_at <= $2
+           ORDER BY expires_at LIMIT $3`,
+          [this.router.ownedShards, now, MAX_BATCH_EVENTS],
+        ),
+      { isolation: 'repeatable read', readOnly: true },
     );
     const perShard = new Map<number, string[]>();
     for (const row of r.rows) {

@@ -79,9 +79,10 @@ export interface TransactionOptions {
   retry?: Partial<Omit<RetryOptions, 'isRetryable'>>;
   readOnly?: boolean;
   /**
-   * SERIALIZABLE unless a caller proves it needs less: only the outbox relay, which takes no decision from
-   * what it reads (committed outbox rows never change), runs at REPEATABLE READ so that its reads put no
-   * SERIALIZABLE read locks in the way of the ledger's batches.
+   * SERIALIZABLE unless a caller proves it needs less. Only readers that take no decision from what they read
+   * run at REPEATABLE READ, so that their reads put no SERIALIZABLE read locks in the way of the ledger's
+   * batches: the outbox relay (committed outbox rows never change) and the expiry sweeper (it only proposes
+   * candidates; the batch re-checks each under its own locks).
    */
   isolation?: 'serializable' | 'repeatable read';
   /** Further errors after which re-running the transaction is correct (besides serialization failures). */
