@@ -8,23 +8,23 @@ describe('config', () => {
     assert.equal(config.DATABASE_URL, 'postgres://postgres@127.0.0.1:5432/ledgerline');
     assert.equal(config.NATS_URL, 'nats://127.0.0.1:4222');
     assert.equal(config.LEDGER_SHARDS, 8);
-    assert.equal(config.GATEWAY_PORT, 8080);
+    assert.equal(config.LEDGER_GRPC_LISTEN, '0.0.0.0:50051');
   });
 
   it('parses numbers and treats empty strings as unset', () => {
-    const config = loadConfig({ LEDGER_SHARDS: '16', GATEWAY_PORT: '', LEDGER_BATCH_MAX: '100' });
+    const config = loadConfig({ LEDGER_SHARDS: '16', LEDGER_WORKERS: '', LEDGER_BATCH_MAX: '100', LEDGER_MAX_QUEUED_EVENTS: '100' });
     assert.equal(config.LEDGER_SHARDS, 16);
-    assert.equal(config.GATEWAY_PORT, 8080);
+    assert.equal(config.LEDGER_WORKERS, 2);
     assert.equal(config.LEDGER_BATCH_MAX, 100);
   });
 
   it('rejects bad values naming every variable and value', () => {
     assert.throws(
-      () => loadConfig({ LEDGER_SHARDS: 'many', GATEWAY_PORT: '70000', DATABASE_URL: 'mysql://x', LEDGER_BATCH_MAX: '8191' }),
+      () => loadConfig({ LEDGER_SHARDS: 'many', LEDGER_GRPC_LISTEN: 'localhost', DATABASE_URL: 'mysql://x', LEDGER_BATCH_MAX: '8191' }),
       (error: unknown) => {
         assert.ok(error instanceof ConfigError);
         const text = error.message;
-        for (const expected of ['LEDGER_SHARDS="many"', 'GATEWAY_PORT="70000"', 'DATABASE_URL="mysql://x"', 'LEDGER_BATCH_MAX="8191"']) {
+        for (const expected of ['LEDGER_SHARDS="many"', 'LEDGER_GRPC_LISTEN="localhost"', 'DATABASE_URL="mysql://x"', 'LEDGER_BATCH_MAX="8191"']) {
           assert.ok(text.includes(expected), `${expected} missing from: ${text}`);
         }
         assert.equal(error.problems.length, 4);

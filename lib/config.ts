@@ -7,7 +7,6 @@ import { ConfigError } from './errors.js';
  * naming the variable, so a bad deployment stops before it serves anything.
  */
 
-const port = z.coerce.number().int().min(0).max(65535);
 const positiveInt = z.coerce.number().int().positive();
 const nonNegativeInt = z.coerce.number().int().nonnegative();
 const hostPort = z.string().regex(/^[^\s:]+:\d{1,5}$/, 'expected host:port');
@@ -21,7 +20,6 @@ const shardList = z.string().regex(/^(all|\d+(-\d+)?(,\d+(-\d+)?)*)$/, 'expected
 const schema = z.object({
   NODE_ENV: z.enum(['development', 'test', 'production']).default('development'),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
-  SERVICE_INSTANCE_ID: z.string().min(1).optional(),
 
   DATABASE_URL: z
     .string()
@@ -59,11 +57,6 @@ const schema = z.object({
   /** Outbox rows (messages) published per relay round; they are in flight together. */
   LEDGER_RELAY_BATCH_ROWS: positiveInt.max(4096).default(128),
 
-  GATEWAY_PORT: port.default(8080),
-
-  OTEL_EXPORTER_OTLP_ENDPOINT: z.string().url().optional(),
-  OTEL_TRACES_SAMPLER_RATIO: z.coerce.number().min(0).max(1).default(1),
-  METRICS_ENABLED: bool.default(true),
 });
 
 export type Config = z.infer<typeof schema>;
