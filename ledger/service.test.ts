@@ -165,6 +165,27 @@ describe('ledger service (gRPC, PostgreSQL)', function () {
     });
   });
 
+  describe('shards', () => {
+    it('a linked chain over accounts of different shards applies whole or not at all', async () => {
+      const list = await accounts(24);
+      const a = list[0]!;
+      const b = list.find((x) => shardOf(x, SHARDS) !== shardOf(a, SHARDS))!;
+      const c = list.find((x) => ![a, b].map((y) => shardOf(y, SHARDS)).includes(shardOf(x, SHARDS)))!;
+      const failing = [
+        transfer({ debitAccountId: a, creditAccountId: b, amount: 10n, flags: { linked: true } }),
+        transfer({ debitAccountId: b, creditAccountId: c, amount: 10n, flags: { linked: true } }),
+        transfer({ debitAccountId: c, creditAccountId: a, amount: 0n }),
+      ];
+      assert.deepEqual((await ledger.client.createTransfers(failing)).map((r) => transferCodeName(r.code)), ['linked_event_failed', 'linked_event_failed', 'amount_must_be_positive']);
+      const after = await ledger.client.lookupAccounts([a, b, c]);
+      assert.ok(after.every((x) => x.debitsPosted === 0n && x.creditsPosted === 0n), 'a failed chain moved money');
+      const passing = failing.map((t, i) => ({ ...t, id: id(), amount: BigInt(10 + i) }));
+      assert.deepEqual((await ledger.client.createTransfers(passing)).map((r) => transferCodeName(r.code)), ['ok', 'ok', 'ok']);
+      const moved = await ledger.client.lookupAccounts([a, b, c]);
+      assert.deepEqual(moved.map((x) => [x.debitsPosted, x.creditsPosted]), [[10n, 12n], [11n, 10n], [12n, 11n]]);
+    });
+  });
+
   describe('concurrency', () => {
     it('the same transfer from 50 concurrent callers posts exactly once', async () => {
       const [a, b] = await accounts(2);
