@@ -1,7 +1,7 @@
 import { Server, ServerCredentials } from '@grpc/grpc-js';
 import { Piscina } from 'piscina';
 import type { Config } from '../lib/config.js';
-import { ownedShards } from '../lib/config.js';
+import { ownedShards, shardOwners } from '../lib/config.js';
 import { createPool } from '../lib/db.js';
 import type { Logger } from '../lib/logger.js';
 import { LedgerServiceService } from '../proto/gen/ledger/v1/ledger.js';
@@ -58,6 +58,7 @@ export async function startLedger(config: Config, logger: Logger): Promise<Ledge
         batchStats.ms += ms;
       },
     },
+    shardOwners(config.LEDGER_SHARD_OWNERS, config.LEDGER_SHARDS),
   );
 
   const server = new Server({ 'grpc.max_receive_message_length': 32 * 1024 * 1024, 'grpc.max_send_message_length': 32 * 1024 * 1024 });

@@ -22,8 +22,15 @@ export function shardOf(id: string, shardCount: number): number {
 }
 
 export class ShardNotOwnedError extends AppError {
-  constructor(readonly shard: number) {
-    super('unavailable', 'shard_not_owned', `shard ${shard} is not owned by this ledger instance`, { shard, retryAfterSeconds: 1 });
+  constructor(
+    readonly shard: number,
+    readonly owner: string | undefined,
+  ) {
+    super('unavailable', 'shard_not_owned', `shard ${shard} is not owned by this ledger instance${owner ? `; it is served by ${owner}` : ''}`, {
+      shard,
+      ...(owner ? { owner } : {}),
+      retryAfterSeconds: 1,
+    });
   }
 }
 
@@ -41,6 +48,8 @@ export class LedgerRouter {
     run: BatchRunner,
     options: BatcherOptions & { maxQueuedEvents: number },
     observer: BatchObserver = {},
+    /** host:port of the instance that owns each shard this one does not (where to send the caller). */
+    private readonly owners: ReadonlyMap<number, string> = new Map(),
   ) {
     this.budget = new QueueBudget(options.maxQueuedEvents);
     for (const shard of ownedShards) this.batchers.set(shard, new ShardBatcher(shard, run, options, this.budget, observer));
@@ -66,7 +75,7 @@ export class LedgerRouter {
 
   private batcher(shard: number): ShardBatcher {
     const b = this.batchers.get(shard);
-    if (!b) throw new ShardNotOwnedError(shard);
+    if (!b) throw new ShardNotOwnedError(shard, this.owners.get(shard));
     return b;
   }
 

@@ -127,13 +127,14 @@ describe('ledger service (gRPC, PostgreSQL)', function () {
 
   describe('ownership and back-pressure', () => {
     it('refuses events of a shard this instance does not own, naming the shard, and writes nothing', async () => {
-      const partial = await startTestLedger({ LEDGER_OWNED_SHARDS: '0-3' });
+      const partial = await startTestLedger({ LEDGER_OWNED_SHARDS: '0-3', LEDGER_SHARD_OWNERS: '4-7=ledger-b.internal:50051' });
       try {
         let foreign = id();
         while (shardOf(foreign, SHARDS) < 4) foreign = id();
         await assert.rejects(partial.client.createAccounts([account({ id: foreign })]), (e: ServiceError) => {
           assert.equal(e.code, status.UNAVAILABLE);
           assert.equal(e.metadata.get('x-error-code')[0], 'shard_not_owned');
+          assert.equal(e.metadata.get('x-shard-owner')[0], 'ledger-b.internal:50051');
           return true;
         });
         let owned = id();

@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { loadConfig, ownedShards } from './config.js';
+import { loadConfig, ownedShards, shardOwners } from './config.js';
 import { ConfigError } from './errors.js';
 
 describe('config', () => {
@@ -41,6 +41,18 @@ describe('config', () => {
   it('checks settings against each other', () => {
     assert.throws(() => loadConfig({ LEDGER_MAX_QUEUED_EVENTS: '100' }), /LEDGER_MAX_QUEUED_EVENTS=100: must be at least LEDGER_BATCH_MAX/);
     assert.equal(loadConfig({ LEDGER_MAX_QUEUED_EVENTS: '100', LEDGER_BATCH_MAX: '100' }).LEDGER_MAX_QUEUED_EVENTS, 100);
+  });
+
+  it('maps the other instances\' shards to their addresses', () => {
+    assert.deepEqual([...shardOwners('0-1,3=ledger-a:50051;2=ledger-b:50052', 4)].sort(), [
+      [0, 'ledger-a:50051'],
+      [1, 'ledger-a:50051'],
+      [2, 'ledger-b:50052'],
+      [3, 'ledger-a:50051'],
+    ]);
+    assert.throws(() => loadConfig({ LEDGER_SHARD_OWNERS: '0-3=ledger-a' }), /LEDGER_SHARD_OWNERS/);
+    assert.throws(() => loadConfig({ LEDGER_SHARDS: '4', LEDGER_SHARD_OWNERS: '0-9=ledger-a:1' }), /outside 0-3/);
+    assert.throws(() => loadConfig({ LEDGER_SHARDS: '4', LEDGER_OWNED_SHARDS: '5' }), /outside 0-3/);
   });
 
   it('expands shard ownership and checks it against the shard count', () => {

@@ -45,6 +45,14 @@ const schema = z.object({
   LEDGER_GRPC_TARGET: hostPort.default('127.0.0.1:50051'),
   LEDGER_SHARDS: z.coerce.number().int().min(1).max(4096).default(8),
   LEDGER_OWNED_SHARDS: shardList.default('all'),
+  /**
+   * Where the other shards live, for answering a request that reached the wrong instance:
+   * `0-3,6=ledger-a:50051;4-5,7=ledger-b:50051`. Unset: the refusal names the shard only.
+   */
+  LEDGER_SHARD_OWNERS: z
+    .string()
+    .regex(/^\d+(-\d+)?(,\d+(-\d+)?)*=[^\s:;=]+:\d{1,5}(;\d+(-\d+)?(,\d+(-\d+)?)*=[^\s:;=]+:\d{1,5})*$/, 'expected shards=host:port;shards=host:port')
+    .optional(),
   LEDGER_BATCH_MAX: z.coerce.number().int().min(1).max(8190).default(8190),
   LEDGER_BATCH_WINDOW_MS: nonNegativeInt.max(1000).default(1),
   LEDGER_WORKERS: positiveInt.max(64).default(2),
@@ -64,6 +72,12 @@ export type Config = z.infer<typeof schema>;
 /** Rules between settings, checked after each one is valid on its own. */
 function crossChecks(config: Config): string[] {
   const problems: string[] = [];
+  try {
+    ownedShards(config.LEDGER_OWNED_SHARDS, config.LEDGER_SHARDS);
+    shardOwners(config.LEDGER_SHARD_OWNERS, config.LEDGER_SHARDS);
+  } catch (error) {
+    problems.push(...(error instanceof ConfigError ? error.problems : [String(error)]));
+  }
   if (config.LEDGER_MAX_QUEUED_EVENTS < config.LEDGER_BATCH_MAX) {
     problems.push(`LEDGER_MAX_QUEUED_EVENTS=${config.LEDGER_MAX_QUEUED_EVENTS}: must be at least LEDGER_BATCH_MAX (${config.LEDGER_BATCH_MAX}), or a full request could never be admitted`);
   }
@@ -86,6 +100,16 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const problems = crossChecks(parsed.data);
   if (problems.length > 0) throw new ConfigError(problems);
   return parsed.data;
+}
+
+/** Parses LEDGER_SHARD_OWNERS into shard -> host:port. */
+export function shardOwners(spec: string | undefined, shardCount: number): Map<number, string> {
+  const owners = new Map<number, string>();
+  for (const entry of spec ? spec.split(';') : []) {
+    const [shards, address] = entry.split('=') as [string, string];
+    for (const shard of ownedShards(shards, shardCount)) owners.set(shard, address);
+  }
+  return owners;
 }
 
 /** Expands LEDGER_OWNED_SHARDS into the sorted shard numbers this instance owns, validated against the count. */

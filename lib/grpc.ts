@@ -18,6 +18,8 @@ const STATUS_OF: Record<ErrorKind, status> = {
 export const ERROR_CODE_KEY = 'x-error-code';
 export const ERROR_FIELD_KEY = 'x-error-field';
 export const RETRY_AFTER_KEY = 'retry-after';
+/** Where to send the request instead (a ledger instance that owns the shard). */
+export const SHARD_OWNER_KEY = 'x-shard-owner';
 
 export function toServiceError(error: unknown): Partial<ServiceError> {
   const metadata = new Metadata();
@@ -25,6 +27,7 @@ export function toServiceError(error: unknown): Partial<ServiceError> {
     metadata.set(ERROR_CODE_KEY, error.code);
     if (error.details.field) metadata.set(ERROR_FIELD_KEY, error.details.field);
     if (error.details.retryAfterSeconds !== undefined) metadata.set(RETRY_AFTER_KEY, String(error.details.retryAfterSeconds));
+    if (typeof error.details['owner'] === 'string') metadata.set(SHARD_OWNER_KEY, error.details['owner']);
     // Internal messages can carry SQL or ids of other tenants: never sent to the caller.
     const details = error.kind === 'internal' ? 'internal error' : error.message;
     return { code: STATUS_OF[error.kind], details, metadata };
