@@ -54,7 +54,10 @@ export async function executeBatch(pool: Pool, task: BatchTask): Promise<BatchOu
         },
       );
     } catch (error) {
-      if (rerun >= MAX_RERUNS) throw new InternalError(`shard ${task.shard} batch did not settle after ${MAX_RERUNS} reruns`, { cause: error });
+      if (rerun >= MAX_RERUNS) {
+        const detail = (error as { detail?: unknown }).detail ?? (error instanceof Error ? error.message : String(error));
+        throw new InternalError(`shard ${task.shard} batch did not settle after ${MAX_RERUNS} reruns: ${String(detail)}`, { cause: error });
+      }
       if (isUniqueViolation(error)) {
         // A transfer id of the batch exists (committed before, or meanwhile by another shard's batch).
         hints = { ...hints, lookUpAllTransferIds: true };

@@ -138,9 +138,12 @@ describe('ledger failure behaviour', function () {
     const proxyPort = await freePort();
     const sockets = new Set<Socket>();
     let proxy: Server | undefined;
+    let cut = false;
     const openProxy = () =>
       new Promise<void>((resolve) => {
+        cut = false;
         proxy = createServer((inbound) => {
+          if (cut) return inbound.destroy(); // accepted just as the cut began
           const outbound = connect(Number(target.port || 5432), target.hostname);
           for (const s of [inbound, outbound]) {
             sockets.add(s);
@@ -152,8 +155,9 @@ describe('ledger failure behaviour', function () {
       });
     const cutProxy = () =>
       new Promise<void>((resolve) => {
-        for (const s of sockets) s.destroy();
+        cut = true;
         proxy!.close(() => resolve());
+        for (const s of sockets) s.destroy();
       });
     await openProxy();
     const viaProxy = new URL(testConfig().DATABASE_URL);
@@ -163,14 +167,15 @@ describe('ledger failure behaviour', function () {
       const accounts = await createAccounts(ledger.client, 4);
       await cutProxy();
       const started = Date.now();
-      await assert.rejects(ledger.client.createTransfers(randomTransfers(accounts, 5)), (e: ServiceError) => {
+      const request = randomTransfers(accounts, 5);
+      await assert.rejects(ledger.client.createTransfers(request), (e: ServiceError) => {
         assert.equal(e.code, status.UNAVAILABLE, e.message);
         assert.ok(e.metadata.get('retry-after').length === 1, 'no retry-after');
         return true;
       });
       assert.ok(Date.now() - started < 10_000, `took ${Date.now() - started} ms to fail`);
+      // The database returns; the client retries the same request (same ids), as a caller told UNAVAILABLE would.
       await openProxy();
-      const request = randomTransfers(accounts, 5);
       await settle(ledger.client, [request]);
       await assertAppliedExactlyOnce(request, accounts);
     } finally {

@@ -109,6 +109,12 @@ export async function withTransaction<T>(pool: pg.Pool, work: (client: pg.PoolCl
         throw new UnavailableError('database_unavailable', 'database unavailable', 1, { cause: error });
       }
       let broken = false;
+      // A checked-out client whose connection dies emits 'error'; unheard, that would crash the process. The
+      // query in flight fails on its own and the client is discarded at release.
+      const onError = (): void => {
+        broken = true;
+      };
+      client.on('error', onError);
       try {
         const level = options.isolation === 'repeatable read' ? 'REPEATABLE READ' : 'SERIALIZABLE';
         await client.query(`BEGIN ISOLATION LEVEL ${level}${options.readOnly ? ' READ ONLY' : ''}`);
@@ -127,6 +133,7 @@ export async function withTransaction<T>(pool: pg.Pool, work: (client: pg.PoolCl
         }
         throw error;
       } finally {
+        client.off('error', onError);
         client.release(broken);
       }
     },
