@@ -25,7 +25,10 @@ import {
  */
 
 export interface BatchState {
-  /** Locked account rows (every account any event of the batch can touch); mutated in place. */
+  /**
+   * Every account any event of the batch can touch, mutated in place: full balances for accounts whose rules
+   * read them, zero for the partial ones (see partialAccounts).
+   */
   accounts: Map<string, AccountRow>;
   /** Existing transfers with ids used by the batch (as ids or pending ids). */
   transfers: Map<string, TransferRow>;
@@ -79,8 +82,6 @@ export interface BatchEffects {
   results: SubmissionResult[];
   newAccounts: AccountRow[];
   newTransfers: TransferRow[];
-  /** Accounts that existed before the batch and whose balances changed (final values). */
-  updatedAccounts: AccountRow[];
   /** Net change of every account whose balances changed (new accounts included): what the batch adds to its slot. */
   balanceDeltas: BalanceDelta[];
   /** Pending transfers created by the batch (final state). */
@@ -134,12 +135,10 @@ export class BatchEvaluator {
     });
     this.journal.length = 0;
     this.assertInvariants();
-    const existingAccount = (id: string): boolean => this.originalBalances.has(id);
     return {
       results,
       newAccounts: this.newAccounts,
       newTransfers: this.newTransfers,
-      updatedAccounts: [...this.state.accounts.values()].filter((a) => existingAccount(a.id) && this.balancesChanged(a)),
       balanceDeltas: [...this.state.accounts.values()].filter((a) => this.balancesChanged(a)).map((a) => this.delta(a)),
       newPendings: this.newPendings,
       resolvedPendings: [...this.state.pendings.values()].filter((p) => this.originalPendingStates.has(p.id) && this.originalPendingStates.get(p.id) !== p.state),
