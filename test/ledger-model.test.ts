@@ -226,7 +226,7 @@ describe('ledger against the reference model (randomized, seeded)', function () 
       let events = 0;
       await Promise.all(
         clients.map(async (c) => {
-          for (let round = 0; round < 30; round++) {
+          for (let round = 0; round < Number(process.env['LEDGER_MODEL_ROUNDS'] ?? 30); round++) {
             const request: Transfer[] = [];
             for (let k = 1 + Math.floor(random() * 8); k > 0; k--) {
               const source = c.sources[Math.floor(random() * 2)]!;
