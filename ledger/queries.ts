@@ -100,13 +100,19 @@ export async function getAccountBalances(pool: Pool, filter: AccountFilter): Pro
   const { limit, min, max, after } = pageBounds(filter);
   const cmp = filter.reversed ? '<' : '>';
   const order = filter.reversed ? 'DESC' : 'ASC';
+  // Debits or credits only: keep the rows whose transfer has the account on that side (an expiry's row is
+  // keyed by its pending transfer, which has a side too).
+  const side =
+    filter.debits === filter.credits
+      ? ''
+      : `AND EXISTS (SELECT 1 FROM transfers t WHERE t.id = b.transfer_id AND t.${filter.debits ? 'debit_account_id' : 'credit_account_id'} = $1)`;
   const r = await withTransaction(
     pool,
     (c) =>
       c.query(
         `SELECT account_id, "timestamp", transfer_id, debits_pending, debits_posted, credits_pending, credits_posted
-         FROM account_balances
-         WHERE account_id = $1 AND "timestamp" BETWEEN $2 AND $3 AND ("timestamp", transfer_id) ${cmp} ($4, $5::uuid)
+         FROM account_balances b
+         WHERE account_id = $1 AND "timestamp" BETWEEN $2 AND $3 AND ("timestamp", transfer_id) ${cmp} ($4, $5::uuid) ${side}
          ORDER BY "timestamp" ${order}, transfer_id ${order} LIMIT $6`,
         [filter.accountId, min, max, after.timestamp, after.id, limit + 1],
       ),

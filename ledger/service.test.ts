@@ -117,9 +117,15 @@ describe('ledger service (gRPC, PostgreSQL)', function () {
         balances.map((b) => [b.timestamp, b.creditsPending, b.creditsPosted]),
         [[stamps[0], 0n, 10n], [stamps[1], 5n, 10n], [stamps[2], 5n, 17n]],
       );
+      // The account only receives here: a debits-only page is empty, a credits-only page is every row.
+      assert.deepEqual((await ledger.client.getAccountBalances({ accountId: h!, debits: true })).balances, []);
+      assert.equal((await ledger.client.getAccountBalances({ accountId: h!, credits: true })).balances.length, 3);
+      const [sent] = await ledger.client.createTransfers([transfer({ debitAccountId: h!, creditAccountId: other!, amount: 1n })]);
+      assert.deepEqual((await ledger.client.getAccountBalances({ accountId: h!, debits: true })).balances.map((b) => b.timestamp), [sent!.timestamp]);
       assert.equal((await ledger.client.getAccountBalanceAt(h!, stamps[0]! - 1n))?.creditsPosted, 0n);
       assert.equal((await ledger.client.getAccountBalanceAt(h!, stamps[1]!))?.creditsPending, 5n);
-      assert.equal((await ledger.client.getAccountBalanceAt(h!, stamps[2]! + 1_000_000_000n))?.creditsPosted, 17n);
+      assert.equal((await ledger.client.getAccountBalanceAt(h!, stamps[2]!))?.creditsPosted, 17n);
+      assert.equal((await ledger.client.getAccountBalanceAt(h!, sent!.timestamp + 1_000_000_000n))?.debitsPosted, 1n);
       await assert.rejects(ledger.client.getAccountBalances({ accountId: other! }), (e: ServiceError) => e.code === status.FAILED_PRECONDITION);
       await assert.rejects(ledger.client.getAccountBalanceAt(id(), 1n), (e: ServiceError) => e.code === status.NOT_FOUND);
     });
