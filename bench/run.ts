@@ -168,7 +168,7 @@ async function main(): Promise<void> {
   console.log(`bench: ${os.cpus().length} cores, ${SECONDS} s per run, ${ACCOUNTS} accounts, database ${new URL(config.DATABASE_URL).pathname}`);
   // The relay runs as in production, on a stream of the benchmark's own that is deleted at the end.
   const benchStream = { EVENTS_STREAM: 'BENCH_EVENTS', EVENTS_SUBJECT_PREFIX: 'bench', EVENTS_MAX_BYTES: String(2 * 1024 ** 3) };
-  const ledger = await spawnLedger({ DATABASE_URL: config.DATABASE_URL, LOG_LEVEL: 'warn', ...benchStream });
+  const ledger = await spawnLedger({ DATABASE_URL: config.DATABASE_URL, LOG_LEVEL: 'warn', METRICS_PORT: '0', ...benchStream });
   const direct = new LedgerClient(ledger.target, { autoBatch: false });
   const batching = new LedgerClient(ledger.target, { autoBatch: true });
   try {

@@ -11,6 +11,7 @@ import { createLedgerService } from './service.js';
 import { ensureShards } from './store.js';
 import { OutboxRelay } from './relay.js';
 import { ExpirySweeper } from './sweeper.js';
+import { startMetrics } from '../observability/metrics.js';
 import type { WorkerReply } from './worker.js';
 
 export interface LedgerApp {
@@ -43,7 +44,15 @@ export async function startLedger(config: Config, logger: Logger): Promise<Ledge
     idleTimeout: 60_000,
     workerData: { config },
   });
-  // Until the metrics exporter lands, batch statistics are summed here and logged at shutdown.
+  const metrics = await startMetrics('ledger', config.METRICS_PORT);
+  const batchEvents = metrics.meter.createHistogram('ledger_batch_events', {
+    description: 'Events per committed shard batch',
+    advice: { explicitBucketBoundaries: [1, 10, 100, 1000, 2048, 4096, 8190] },
+  });
+  const batchDuration = metrics.meter.createHistogram('ledger_batch_duration_ms', { description: 'Shard batch latency, queue hand-off to reply', unit: 'ms' });
+  const batchRetries = metrics.meter.createCounter('ledger_batch_retries_total', { description: 'Extra transaction attempts (40001, deadlocks, reruns)' });
+  const batchFailures = metrics.meter.createCounter('ledger_batch_failures_total', { description: 'Batches whose callers got an error' });
+  // Also summed for the shutdown log line.
   const batchStats = { batches: 0, events: 0, ms: 0, attempts: 0 };
   const router = new LedgerRouter(
     config.LEDGER_SHARDS,
@@ -51,7 +60,14 @@ export async function startLedger(config: Config, logger: Logger): Promise<Ledge
     (task) => workers.run(task),
     { maxEvents: config.LEDGER_BATCH_MAX, windowMs: config.LEDGER_BATCH_WINDOW_MS, maxQueuedEvents: config.LEDGER_MAX_QUEUED_EVENTS },
     {
-      onBatch(_shard, events, _submissions, ms, attempts) {
+      onBatch(shard, events, _submissions, ms, attempts) {
+        const attributes = { shard };
+        if (attempts === 0) batchFailures.add(1, attributes);
+        else {
+          batchEvents.record(events, attributes);
+          batchRetries.add(attempts - 1, attributes);
+        }
+        batchDuration.record(ms, attributes);
         batchStats.attempts += attempts;
         batchStats.batches++;
         batchStats.events += events;
@@ -72,6 +88,24 @@ export async function startLedger(config: Config, logger: Logger): Promise<Ledge
   sweeper.start();
   const relay = config.LEDGER_RELAY_ENABLED ? new OutboxRelay(pool, config, shards, logger) : undefined;
   relay?.start();
+
+  metrics.meter.createObservableGauge('ledger_queue_events', { description: 'Events waiting in each shard queue' }).addCallback((result) => {
+    for (const [shard, depth] of router.queueDepths()) result.observe(depth, { shard });
+  });
+  if (relay) {
+    const lagRows = metrics.meter.createObservableGauge('ledger_outbox_lag_rows', { description: 'Outbox messages not yet acknowledged by JetStream' });
+    const lagSeconds = metrics.meter.createObservableGauge('ledger_outbox_lag_seconds', { description: 'Age of the oldest unpublished outbox message', unit: 's' });
+    const published = metrics.meter.createObservableCounter('ledger_outbox_published_total', { description: 'Outbox messages published and acknowledged' });
+    metrics.meter.addBatchObservableCallback(
+      async (result) => {
+        const lag = await relay.lag();
+        result.observe(lagRows, lag.rows);
+        result.observe(lagSeconds, lag.oldestSeconds);
+        result.observe(published, relay.publishedCount);
+      },
+      [lagRows, lagSeconds, published],
+    );
+  }
   logger.info({ address, shards: shards.length, shardCount: config.LEDGER_SHARDS, workers: config.LEDGER_WORKERS }, 'ledger listening');
 
   return {
@@ -96,6 +130,7 @@ export async function startLedger(config: Config, logger: Logger): Promise<Ledge
       await workers.close();
       // Rows the relay has not published stay in the outbox for the next owner of the shards.
       await relay?.stop();
+      await metrics.shutdown();
       await pool.end();
       const { batches, events, ms, attempts } = batchStats;
       logger.info({ batches, events, attempts, meanBatchEvents: batches && Math.round(events / batches), meanBatchMs: batches && Math.round(ms / batches) }, 'ledger batches');

@@ -95,7 +95,7 @@ describe('ledger failure behaviour', function () {
   });
 
   it('the ledger process killed with SIGKILL under load: retrying every unanswered request applies each transfer once', async () => {
-    const env = { DATABASE_URL: testConfig().DATABASE_URL, LOG_LEVEL: 'silent', LEDGER_SHARDS: '8', LEDGER_RELAY_ENABLED: 'false' };
+    const env = { DATABASE_URL: testConfig().DATABASE_URL, LOG_LEVEL: 'silent', LEDGER_SHARDS: '8', LEDGER_RELAY_ENABLED: 'false', METRICS_PORT: '0' };
     let ledger = await spawnLedger(env);
     let client = new LedgerClient(ledger.target, { autoBatch: false, deadlineMs: 10_000 });
     const accounts = await createAccounts(client, 40);

@@ -6,6 +6,7 @@ import type { Pool } from '../lib/db.js';
 import { EventBatch, type EventEnvelope } from '../proto/gen/events/v1/events.js';
 import { commitTransfers, startTestLedger } from '../test/ledger-harness.js';
 import { TestNatsServer } from '../test/nats-server.js';
+import { freePort } from '../test/ledger-process.js';
 import { testPool } from '../test/support.js';
 import type { Transfer } from '../proto/gen/ledger/v1/ledger.js';
 import { outboxMessageId, ledgerEventSubject } from './outbox.js';
@@ -80,8 +81,9 @@ describe('outbox relay to JetStream (own NATS server, real PostgreSQL)', functio
     for (const t of transfers) assert.equal(seen.get(t.id), 1, `transfer ${t.id} published ${seen.get(t.id) ?? 0} times`);
   }
 
-  it('publishes every committed batch once, in order per shard, and empties the outbox', async () => {
-    const ledger = await startTestLedger(env);
+  it('publishes every committed batch once, in order per shard, and empties the outbox; /metrics says so', async () => {
+    const metricsPort = await freePort();
+    const ledger = await startTestLedger({ ...env, METRICS_PORT: String(metricsPort) });
     try {
       const transfers = await commitTransfers(ledger.client, 3000);
       await waitForEmptyOutbox();
@@ -89,6 +91,13 @@ describe('outbox relay to JetStream (own NATS server, real PostgreSQL)', functio
       assert.equal(new Set(messages.map((m) => m.msgId)).size, messages.length, 'a message was stored twice');
       assertEveryTransferOnceInShardOrder(messages, transfers, env['EVENTS_SUBJECT_PREFIX']!);
       assert.ok((await ledger.app.relay!.lag()).rows === 0);
+
+      const scrape = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+      const value = (name: string) => [...scrape.matchAll(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)`, 'gm'))].reduce((sum, m) => sum + Number(m[1]), 0);
+      assert.equal(value('ledger_outbox_lag_rows'), 0, scrape);
+      assert.equal(value('ledger_outbox_published_total'), messages.length);
+      assert.ok(value('ledger_batch_events_sum') >= transfers.length, 'batch sizes not recorded');
+      assert.match(scrape, /^ledger_queue_events\{shard="0"[^}]*\} 0$/m);
     } finally {
       await ledger.close();
     }

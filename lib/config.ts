@@ -20,6 +20,8 @@ const shardList = z.string().regex(/^(all|\d+(-\d+)?(,\d+(-\d+)?)*)$/, 'expected
 const schema = z.object({
   NODE_ENV: z.enum(['development', 'test', 'production']).default('development'),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  /** Prometheus /metrics of the service; 0 turns the endpoint off. */
+  METRICS_PORT: z.coerce.number().int().min(0).max(65535).default(9464),
 
   DATABASE_URL: z
     .string()

@@ -4,7 +4,9 @@ import { commitTransfers, startTestLedger, type TestLedger } from '../test/ledge
 import { TestNatsServer } from '../test/nats-server.js';
 import { testConfig, testPool } from '../test/support.js';
 import { EventBatch } from '../proto/gen/events/v1/events.js';
-import { EventConsumer, deadLetterSubject, rewindConsumer, type EventHandler } from './consumer.js';
+import { EventConsumer, deadLetterSubject, observeConsumer, rewindConsumer, type EventHandler } from './consumer.js';
+import { startMetrics } from '../observability/metrics.js';
+import { freePort } from '../test/ledger-process.js';
 import { withTransaction, type Pool } from './db.js';
 import { createLogger } from './logger.js';
 import { connectJetStream, connectNats, type NatsConnection } from './nats.js';
@@ -161,12 +163,15 @@ describe('event consumer framework (own NATS server, real PostgreSQL)', function
     }
   });
 
-  it('sends a poison message to the dead-letter subject after maxDeliver and keeps consuming', async () => {
+  it('sends a poison message to the dead-letter subject after maxDeliver and keeps consuming; metrics count it', async () => {
     const name = `poison-${randomUUID().slice(0, 8)}`;
     const config = testConfig(env);
     const transfers = await commitTransfers(ledger.client, 300);
     const poison = transfers[17]!.id;
     const consumer = new EventConsumer(nc, pool, config, { name, filter: 'ledger.>', maxDeliver: 3, ackWaitMs: 5_000, concurrency: 4 }, recordTransfer(name, (id) => id === poison), logger);
+    const metricsPort = await freePort();
+    const metrics = await startMetrics('consumer-test', metricsPort);
+    observeConsumer(metrics.meter, consumer, name);
     await consumer.start();
     await waitFor(async () => consumer.stats.deadLettered === 1, 'the dead letter');
     const later = await commitTransfers(ledger.client, 200);
@@ -187,5 +192,13 @@ describe('event consumer framework (own NATS server, real PostgreSQL)', function
     const applied = await effects(name);
     for (const t of [...transfers, ...later]) if (t.id !== poison) assert.equal(applied.get(t.id)?.count, 1, `transfer ${t.id}`);
     assert.equal(applied.get(poison), undefined);
+
+    const scrape = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+    const value = (metric: string) => Number(new RegExp(`^${metric}\\{consumer="${name}"[^}]*\\} (\\S+)$`, 'm').exec(scrape)?.[1] ?? NaN);
+    assert.equal(value('events_consumer_dead_lettered_total'), 1, scrape);
+    assert.equal(value('events_consumer_retries_total'), 2);
+    assert.ok(value('events_consumer_applied_total') >= transfers.length + later.length - 1);
+    assert.equal(value('events_consumer_lag_messages'), 0);
+    await metrics.shutdown();
   });
 });

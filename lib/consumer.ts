@@ -1,3 +1,4 @@
+import type { Meter } from '@opentelemetry/api';
 import { AckPolicy, DeliverPolicy, type ConsumerMessages, type JsMsg } from '@nats-io/jetstream';
 import { headers } from '@nats-io/transport-node';
 import { EventBatch, type EventEnvelope } from '../proto/gen/events/v1/events.js';
@@ -275,4 +276,26 @@ export async function rewindConsumer(nc: NatsConnection, stream: string, name: s
       ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: start.sequence }
       : { deliver_policy: DeliverPolicy.StartTime, opt_start_time: start.time.toISOString() }),
   });
+}
+
+/** Exports a consumer's progress as metrics: effects applied, duplicates skipped, retries, dead letters, lag. */
+export function observeConsumer(meter: Meter, consumer: EventConsumer, name: string): void {
+  const attributes = { consumer: name };
+  const counters = {
+    events: meter.createObservableCounter('events_consumer_applied_total', { description: 'Events whose effect was applied' }),
+    duplicates: meter.createObservableCounter('events_consumer_duplicates_total', { description: 'Events skipped by the inbox (already applied)' }),
+    redeliveries: meter.createObservableCounter('events_consumer_retries_total', { description: 'Deliveries and in-place attempts after the first' }),
+    deadLettered: meter.createObservableCounter('events_consumer_dead_lettered_total', { description: 'Events sent to the dead-letter subject' }),
+  };
+  const lag = meter.createObservableGauge('events_consumer_lag_messages', { description: 'Stream messages not yet delivered to the consumer' });
+  meter.addBatchObservableCallback(
+    async (result) => {
+      result.observe(counters.events, consumer.stats.events, attributes);
+      result.observe(counters.duplicates, consumer.stats.duplicates, attributes);
+      result.observe(counters.redeliveries, consumer.stats.redeliveries, attributes);
+      result.observe(counters.deadLettered, consumer.stats.deadLettered, attributes);
+      result.observe(lag, (await consumer.lag()).pending, attributes);
+    },
+    [...Object.values(counters), lag],
+  );
 }
