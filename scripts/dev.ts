@@ -17,7 +17,9 @@ const SERVICES: readonly ServiceSpec[] = [
   {
     name: 'ledger',
     entry: 'ledger/main.ts',
-    describe: (c) => `gRPC ledger.v1.LedgerService on ${c.LEDGER_GRPC_LISTEN} (${c.LEDGER_SHARDS} shards, ${c.LEDGER_WORKERS} workers)`,
+    describe: (c) =>
+      `gRPC ledger.v1.LedgerService on ${c.LEDGER_GRPC_LISTEN} (${c.LEDGER_SHARDS} shards, ${c.LEDGER_WORKERS} workers), ` +
+      `outbox relay to ${c.EVENTS_STREAM}, metrics on http://127.0.0.1:${c.METRICS_PORT}/metrics`,
   },
 ];
 
