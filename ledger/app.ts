@@ -2,7 +2,7 @@ import { Server, ServerCredentials } from '@grpc/grpc-js';
 import { Piscina } from 'piscina';
 import type { Config } from '../lib/config.js';
 import { ownedShards, shardOwners } from '../lib/config.js';
-import { createPool } from '../lib/db.js';
+import { createPool, withTransaction } from '../lib/db.js';
 import type { Logger } from '../lib/logger.js';
 import { LedgerServiceService } from '../proto/gen/ledger/v1/ledger.js';
 import type { BatchTask } from './batch.js';
@@ -34,7 +34,8 @@ function workerUrl(): string {
 export async function startLedger(config: Config, logger: Logger): Promise<LedgerApp> {
   const pool = createPool(config, { applicationName: 'ledger' });
   const shards = ownedShards(config.LEDGER_OWNED_SHARDS, config.LEDGER_SHARDS);
-  await ensureShards(pool, shards);
+  // Another instance may commit batches on these rows meanwhile (rolling restart): retried like any transaction.
+  await withTransaction(pool, (client) => ensureShards(client, shards));
 
   const workers = new Piscina<BatchTask, WorkerReply>({
     filename: workerUrl(),

@@ -2,9 +2,19 @@ import { randomUUID } from 'node:crypto';
 import { isUniqueViolation, withTransaction, type Pool } from '../lib/db.js';
 import { InternalError } from '../lib/errors.js';
 import { BatchEvaluator } from './engine.js';
-import type { Submission, SubmissionResult } from './model.js';
+import { AccountFlag, hasFlag, type Submission, type SubmissionResult } from './model.js';
 import { encodeEventBatch } from './outbox.js';
-import { BatchNeedsRerun, NO_HINTS, findExistingTransferIds, loadBatchState, lockShard, writeBatchEffects, type BatchHints } from './store.js';
+import {
+  BatchNeedsRerun,
+  NO_HINTS,
+  advanceHistoryClocks,
+  findExistingTransferIds,
+  loadBatchState,
+  lockHistoryClocks,
+  lockShard,
+  writeBatchEffects,
+  type BatchHints,
+} from './store.js';
 
 export interface BatchTask {
   shard: number;
@@ -39,8 +49,11 @@ export async function executeBatch(pool: Pool, task: BatchTask): Promise<BatchOu
           const clock = await lockShard(client, task.shard);
           const state = await loadBatchState(client, task.submissions, hints);
           const loadedTransferIds = new Set(state.transfers.keys());
+          // History accounts order batches across shards: their balances rows must follow commit order.
+          const historyIds = [...state.accounts.values()].filter((a) => hasFlag(a.flags, AccountFlag.history)).map((a) => a.id);
+          const historyClock = await lockHistoryClocks(client, historyIds);
           const now = BigInt(Date.now()) * 1_000_000n;
-          const base = now > clock.lastTimestamp ? now : clock.lastTimestamp + 1n;
+          const base = maxOf(now, clock.lastTimestamp + 1n, historyClock + 1n);
           const effects = new BatchEvaluator(state, base, task.shard).evaluate(task.submissions);
 
           // A failed event whose id exists must be answered `exists...`; ask only about those (rare).
@@ -50,6 +63,7 @@ export async function executeBatch(pool: Pool, task: BatchTask): Promise<BatchOu
           const batchId = randomUUID();
           const outbox = { batchId, parts: encodeEventBatch(batchId, task.shard, effects.events) };
           await writeBatchEffects(client, task.shard, effects, state, clock, outbox);
+          await advanceHistoryClocks(client, historyIds, maxOf(effects.lastTimestamp, historyClock));
           return { results: effects.results, events: effects.events.length, attempts };
         },
       );
@@ -72,6 +86,10 @@ export async function executeBatch(pool: Pool, task: BatchTask): Promise<BatchOu
       }
     }
   }
+}
+
+function maxOf(...values: bigint[]): bigint {
+  return values.reduce((a, b) => (b > a ? b : a));
 }
 
 function failedTransferIds(submissions: readonly Submission[], results: readonly SubmissionResult[], known: ReadonlySet<string>): string[] {

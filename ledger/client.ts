@@ -109,7 +109,8 @@ export class LedgerClient {
   }
 
   createTransfers(transfers: Transfer[]): Promise<CreateTransferResult[]> {
-    if (!this.autoBatch) return this.sendTransfers(transfers);
+    // An empty call is a malformed request of its own: merged with others it would vanish unanswered.
+    if (!this.autoBatch || transfers.length === 0) return this.sendTransfers(transfers);
     return new Promise((resolve, reject) => {
       this.queue.push({ transfers, resolve, reject });
       this.schedule();

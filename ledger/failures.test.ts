@@ -8,6 +8,16 @@ import type { Pool } from '../lib/db.js';
 import type { Transfer } from '../proto/gen/ledger/v1/ledger.js';
 import { LedgerClient } from './client.js';
 import { transferCodeName } from './convert.js';
+import { randomUUID } from 'node:crypto';
+import { Server as GrpcServer, ServerCredentials } from '@grpc/grpc-js';
+import { Piscina } from 'piscina';
+import { createPool } from '../lib/db.js';
+import { createLogger } from '../lib/logger.js';
+import { LedgerServiceService } from '../proto/gen/ledger/v1/ledger.js';
+import type { BatchTask } from './batch.js';
+import { LedgerRouter } from './router.js';
+import { createLedgerService } from './service.js';
+import type { WorkerReply } from './worker.js';
 
 /** DESIGN.md "Failure behaviour": retries never double-charge across crashes; a dead database fails fast. */
 describe('ledger failure behaviour', function () {
@@ -181,6 +191,119 @@ describe('ledger failure behaviour', function () {
     } finally {
       await ledger.close();
       await cutProxy().catch(() => undefined);
+    }
+  });
+});
+
+/** A database that cannot be reached at all (nothing listens on port 1), and instances started beside others. */
+describe('ledger failure behaviour: no database, and starting beside a running instance', function () {
+  this.timeout(60_000);
+  const CLOSED = (() => {
+    const url = new URL(testConfig().DATABASE_URL);
+    url.hostname = '127.0.0.1';
+    url.port = '1';
+    return url.toString();
+  })();
+
+  it('startLedger without a reachable database fails fast (it needs the database to claim its shards)', async () => {
+    const started = Date.now();
+    // The connection error itself, or an UnavailableError wrapping it.
+    await assert.rejects(startTestLedger({ DATABASE_URL: CLOSED }), (e: { code?: string; kind?: string }) => e.code === 'ECONNREFUSED' || e.kind === 'unavailable');
+    assert.ok(Date.now() - started < 5_000, `took ${Date.now() - started} ms to fail`);
+  });
+
+  /**
+   * startLedger cannot run without the database, so the service is assembled as startLedger does (router over a
+   * piscina worker pool, gRPC service) on a configuration whose database port is closed.
+   */
+  describe('a ledger service whose database port is closed', () => {
+    let server: GrpcServer;
+    let workers: Piscina<BatchTask, WorkerReply>;
+    let queryPool: Pool;
+    let client: LedgerClient;
+    before(async () => {
+      const config = testConfig({ DATABASE_URL: CLOSED, LEDGER_SHARDS: '8' });
+      workers = new Piscina<BatchTask, WorkerReply>({ filename: new URL('./worker.ts', import.meta.url).href, minThreads: 1, maxThreads: 1, workerData: { config } });
+      const router = new LedgerRouter(8, [0, 1, 2, 3, 4, 5, 6, 7], (task) => workers.run(task), { maxEvents: 8190, windowMs: 1, maxQueuedEvents: 200_000 });
+      queryPool = createPool(config, { applicationName: 'ledger' });
+      server = new GrpcServer();
+      server.addService(LedgerServiceService, createLedgerService(router, queryPool, createLogger('ledger-test', 'silent')));
+      const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (error, bound) => (error ? reject(error) : resolve(bound))));
+      client = new LedgerClient(`127.0.0.1:${port}`, { autoBatch: false, deadlineMs: 15_000 });
+    });
+    after(async () => {
+      client?.close();
+      server?.forceShutdown();
+      await workers?.destroy();
+      await queryPool?.end();
+    });
+
+    async function expectUnavailableFast(call: Promise<unknown>, what: string): Promise<void> {
+      const started = Date.now();
+      await assert.rejects(call, (e: ServiceError) => {
+        assert.equal(e.code, status.UNAVAILABLE, `${what}: ${e.code} ${e.message}`);
+        assert.equal(e.metadata.get('retry-after').length, 1, `${what}: no retry-after`);
+        return true;
+      });
+      assert.ok(Date.now() - started < 5_000, `${what} took ${Date.now() - started} ms to fail`);
+    }
+
+    it('writes fail fast with UNAVAILABLE and retry-after', async () => {
+      await expectUnavailableFast(client.createAccounts([account()]), 'CreateAccounts');
+      await expectUnavailableFast(client.createTransfers([transfer({ debitAccountId: randomUUID(), creditAccountId: randomUUID(), amount: 1n })]), 'CreateTransfers');
+    });
+
+    it('reads, and a post naming no account (its shard is looked up), fail fast with UNAVAILABLE too, not INTERNAL', async () => {
+      const accountId = randomUUID();
+      const calls: Record<string, () => Promise<unknown>> = {
+        LookupAccounts: () => client.lookupAccounts([accountId]),
+        LookupTransfers: () => client.lookupTransfers([randomUUID()]),
+        GetAccountTransfers: () => client.getAccountTransfers({ accountId }),
+        GetAccountBalances: () => client.getAccountBalances({ accountId }),
+        GetAccountBalanceAt: () => client.getAccountBalanceAt(accountId, 1n),
+        'CreateTransfers (post naming no account)': () => client.createTransfers([transfer({ pendingId: randomUUID(), ledger: 0, code: 0, flags: { postPendingTransfer: true } })]),
+      };
+      // Every call's outcome, so that one failure shows them all.
+      const outcomes: Record<string, string> = {};
+      for (const [name, call] of Object.entries(calls)) {
+        const started = Date.now();
+        outcomes[name] = await call().then(
+          () => 'answered',
+          (e: ServiceError) => `${status[e.code]}${e.metadata.get('retry-after').length === 1 ? ' with retry-after' : ''}${Date.now() - started < 5_000 ? '' : ' (slow)'}`,
+        );
+      }
+      assert.deepEqual(outcomes, Object.fromEntries(Object.keys(calls).map((name) => [name, 'UNAVAILABLE with retry-after'])));
+    });
+  });
+
+  it('a second instance starts while the first commits batches on the same shards (rolling restart)', async () => {
+    const first = await startTestLedger({}, { autoBatch: false });
+    try {
+      const list = Array.from({ length: 64 }, () => account());
+      assert.ok((await first.client.createAccounts(list)).every((r) => r.code === 1));
+      let stop = false;
+      const load = Array.from({ length: 4 }, async () => {
+        while (!stop) {
+          await first.client.createTransfers(Array.from({ length: 32 }, (_, i) => transfer({ debitAccountId: list[i * 2]!.id, creditAccountId: list[i * 2 + 1]!.id, amount: 1n })));
+        }
+      });
+      const failures: string[] = [];
+      try {
+        for (let attempt = 0; attempt < 25 && failures.length === 0; attempt++) {
+          try {
+            const second = await startTestLedger();
+            await second.close();
+          } catch (error) {
+            failures.push(`start ${attempt + 1}: ${(error as { code?: string }).code ?? ''} ${String(error)}`);
+          }
+        }
+      } finally {
+        stop = true;
+        await Promise.all(load);
+      }
+      assert.deepEqual(failures, []);
+    } finally {
+      await first.close();
     }
   });
 });

@@ -33,9 +33,10 @@ export function encodeCursor(timestamp: bigint, id: string): string {
 }
 
 export function decodeCursor(cursor: string): { timestamp: bigint; id: string } {
-  const match = /^(\d{1,19}):([0-9a-f-]{36})$/.exec(Buffer.from(cursor, 'base64url').toString());
-  if (!match) throw new ValidationError('filter.cursor', 'not a cursor returned by this API');
-  return { timestamp: BigInt(match[1]!), id: match[2]! };
+  const match = /^(\d{1,19}):([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$/.exec(Buffer.from(cursor, 'base64url').toString());
+  const timestamp = match ? BigInt(match[1]!) : -1n;
+  if (!match || timestamp > INT8_MAX) throw new ValidationError('filter.cursor', 'not a cursor returned by this API');
+  return { timestamp, id: match[2]! };
 }
 
 function pageBounds(filter: AccountFilter) {
@@ -43,7 +44,8 @@ function pageBounds(filter: AccountFilter) {
   if (filter.timestampMax !== 0n && filter.timestampMin > filter.timestampMax) throw new ValidationError('filter.timestamp_min', 'must not exceed timestamp_max');
   const limit = filter.limit === 0 ? DEFAULT_PAGE : filter.limit;
   const cursor = filter.cursor === '' ? null : decodeCursor(filter.cursor);
-  const min = filter.timestampMin;
+  // Ledger timestamps are nanoseconds and never reach 2^63-1: a bound beyond it matches what the clamped one does.
+  const min = filter.timestampMin > INT8_MAX ? INT8_MAX : filter.timestampMin;
   const max = filter.timestampMax === 0n || filter.timestampMax > INT8_MAX ? INT8_MAX : filter.timestampMax;
   // Keyset pagination on (timestamp, id): the cursor is the last row of the previous page.
   const after = cursor ?? (filter.reversed ? { timestamp: max + (max === INT8_MAX ? 0n : 1n), id: 'ffffffff-ffff-ffff-ffff-ffffffffffff' } : { timestamp: min, id: '00000000-0000-0000-0000-000000000000' });
@@ -87,16 +89,16 @@ export async function getAccountTransfers(pool: Pool, filter: AccountFilter): Pr
   return { items, nextCursor: rows.rows.length > limit && last ? encodeCursor(last.timestamp, last.id) : '' };
 }
 
-async function requireHistoryAccount(pool: Pool, accountId: string): Promise<void> {
+async function requireHistoryAccount(pool: Pool, accountId: string, field: string): Promise<void> {
   const [account] = await lookupAccounts(pool, [accountId]);
-  if (!account) throw new AppError('not_found', 'account_not_found', `account ${accountId} not found`, { field: 'account_id' });
+  if (!account) throw new AppError('not_found', 'account_not_found', `account ${accountId} not found`, { field });
   if (!hasFlag(account.flags, AccountFlag.history)) {
-    throw new AppError('conflict', 'history_not_enabled', `account ${accountId} was not created with the history flag`, { field: 'account_id' });
+    throw new AppError('conflict', 'history_not_enabled', `account ${accountId} was not created with the history flag`, { field });
   }
 }
 
 export async function getAccountBalances(pool: Pool, filter: AccountFilter): Promise<Page<HistoryRow>> {
-  await requireHistoryAccount(pool, filter.accountId);
+  await requireHistoryAccount(pool, filter.accountId, 'filter.account_id');
   const { limit, min, max, after } = pageBounds(filter);
   const cmp = filter.reversed ? '<' : '>';
   const order = filter.reversed ? 'DESC' : 'ASC';
@@ -124,7 +126,7 @@ export async function getAccountBalances(pool: Pool, filter: AccountFilter): Pro
 }
 
 export async function getAccountBalanceAt(pool: Pool, accountId: string, timestamp: bigint): Promise<HistoryRow | null> {
-  await requireHistoryAccount(pool, accountId);
+  await requireHistoryAccount(pool, accountId, 'account_id');
   const r = await pool.query(
     `SELECT account_id, "timestamp", transfer_id, debits_pending, debits_posted, credits_pending, credits_posted
      FROM account_balances WHERE account_id = $1 AND "timestamp" <= $2

@@ -20,6 +20,28 @@ export async function ensureShards(db: Queryable, shards: readonly number[]): Pr
   await db.query('INSERT INTO ledger_shards (shard) SELECT unnest($1::int4[]) ON CONFLICT (shard) DO NOTHING', [shards]);
 }
 
+/** Locks the history clocks of `accountIds` (history accounts of a batch); the latest of their timestamps, or 0. */
+export async function lockHistoryClocks(db: PoolClient, accountIds: readonly string[]): Promise<bigint> {
+  if (accountIds.length === 0) return 0n;
+  const r = await db.query({
+    name: 'lock-history-clocks',
+    text: 'SELECT last_timestamp FROM account_history_clocks WHERE account_id = ANY($1::uuid[]) ORDER BY account_id FOR UPDATE',
+    values: [sqlArray([...accountIds].sort())],
+  });
+  return r.rows.reduce<bigint>((latest, row) => (row.last_timestamp > latest ? row.last_timestamp : latest), 0n);
+}
+
+/** Advances the history clocks of `accountIds` to `timestamp`; an upsert, so concurrent first uses conflict. */
+export async function advanceHistoryClocks(db: PoolClient, accountIds: readonly string[], timestamp: bigint): Promise<void> {
+  if (accountIds.length === 0) return;
+  await db.query({
+    name: 'advance-history-clocks',
+    text: `INSERT INTO account_history_clocks (account_id, last_timestamp) SELECT unnest($1::uuid[]), $2
+           ON CONFLICT (account_id) DO UPDATE SET last_timestamp = excluded.last_timestamp`,
+    values: [sqlArray([...accountIds].sort()), timestamp],
+  });
+}
+
 export async function lockShard(db: PoolClient, shard: number): Promise<ShardClock> {
   const r = await db.query({ name: 'lock-shard', text: 'SELECT last_timestamp, last_sequence FROM ledger_shards WHERE shard = $1 FOR UPDATE', values: [shard] });
   const row = r.rows[0];

@@ -1,5 +1,6 @@
 import { Metadata, status, type ServiceError, type ServerUnaryCall, type sendUnaryData } from '@grpc/grpc-js';
-import { AppError, type ErrorKind } from './errors.js';
+import { isConnectionError } from './db.js';
+import { AppError, UnavailableError, type ErrorKind } from './errors.js';
 import type { Logger } from './logger.js';
 
 /** AppError kinds to gRPC status codes: the one mapping used by every gRPC server of the project. */
@@ -21,13 +22,27 @@ export const RETRY_AFTER_KEY = 'retry-after';
 /** Where to send the request instead (a ledger instance that owns the shard). */
 export const SHARD_OWNER_KEY = 'x-shard-owner';
 
+/**
+ * An ASCII metadata value must be printable ASCII; a field path can hold any character a caller put in a
+ * metadata key. Percent-encoded (as grpc-message is): `decodeURIComponent` gives the field back.
+ */
+export function headerSafe(value: string): string {
+  return value.replace(/[^\x20-\x7e]|%/gu, (c) => encodeURIComponent(c));
+}
+
+/** A database that cannot be reached is the caller's retry, not our bug. */
+function asAppError(error: unknown): unknown {
+  if (!(error instanceof AppError) && isConnectionError(error)) return new UnavailableError('database_unavailable', 'database unavailable', 1, { cause: error });
+  return error;
+}
+
 export function toServiceError(error: unknown): Partial<ServiceError> {
   const metadata = new Metadata();
   if (error instanceof AppError) {
-    metadata.set(ERROR_CODE_KEY, error.code);
-    if (error.details.field) metadata.set(ERROR_FIELD_KEY, error.details.field);
+    metadata.set(ERROR_CODE_KEY, headerSafe(error.code));
+    if (error.details.field) metadata.set(ERROR_FIELD_KEY, headerSafe(error.details.field));
     if (error.details.retryAfterSeconds !== undefined) metadata.set(RETRY_AFTER_KEY, String(error.details.retryAfterSeconds));
-    if (typeof error.details['owner'] === 'string') metadata.set(SHARD_OWNER_KEY, error.details['owner']);
+    if (typeof error.details['owner'] === 'string') metadata.set(SHARD_OWNER_KEY, headerSafe(error.details['owner']));
     // Internal messages can carry SQL or ids of other tenants: never sent to the caller.
     const details = error.kind === 'internal' ? 'internal error' : error.message;
     return { code: STATUS_OF[error.kind], details, metadata };
@@ -41,9 +56,18 @@ export function unary<Req, Res>(logger: Logger, method: string, handler: (reques
   return (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>): void => {
     handler(call.request, call).then(
       (response) => callback(null, response),
-      (error: unknown) => {
+      (thrown: unknown) => {
+        const error = asAppError(thrown);
         if (!(error instanceof AppError) || error.kind === 'internal') logger.error({ err: error, method }, 'request failed');
-        callback(toServiceError(error));
+        let reply: Partial<ServiceError>;
+        try {
+          reply = toServiceError(error);
+        } catch (mappingError) {
+          // Never leave a call unanswered (nor crash the server) because an error could not be described.
+          logger.error({ err: mappingError, method }, 'error could not be mapped to a status');
+          reply = { code: status.INTERNAL, details: 'internal error' };
+        }
+        callback(reply);
       },
     );
   };

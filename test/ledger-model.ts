@@ -1,237 +1,374 @@
 import type { Account, Transfer } from '../proto/gen/ledger/v1/ledger.js';
-import type { AccountResultCode, TransferResultCode } from '../ledger/model.js';
+import { accountFlagsToBits as accountFlagBits, transferFlagsToBits as transferFlagBits } from '../ledger/validation.js';
+import { AccountFlag, TransferFlag, type AccountResultCode, type Metadata, type TransferResultCode } from '../ledger/model.js';
 
 /**
- * A reference model of the ledger, written from the specification in ledger/README.md ("Semantics") and
- * deliberately naive: whole-state snapshots for linked chains, no batching, no storage. The randomized tests
- * apply the same requests to it and to the real service and require the same answers and balances.
+ * A reference model of the ledger, written from the specification alone (ledger/README.md, "Semantics"), never
+ * from the engine: deliberately naive (maps, one event after the other, an undo journal for linked chains, no
+ * batching, no storage, no clock). The randomized tests (test/ledger-model.test.ts) send the same requests to
+ * the real service and to this model and require the same result code for every event and the same balances,
+ * recorded transfers, pending states and balance history.
+ *
+ * Timestamps are not modelled: a pending transfer with a timeout expires only when the test says so
+ * (`expire`), which is what the sweeper does once the timeout has passed.
  */
 
-const MAX = 2n ** 63n - 1n;
+/** Largest amount or balance (balances are signed 64-bit columns). */
+export const MODEL_MAX = 2n ** 63n - 1n;
 
-interface ModelAccount {
-  ledger: number;
-  code: number;
-  flags: NonNullable<Account['flags']>;
-  metadata: Record<string, string>;
-  dp: bigint;
-  dpo: bigint;
-  cp: bigint;
-  cpo: bigint;
+export interface Balances {
+  debitsPending: bigint;
+  debitsPosted: bigint;
+  creditsPending: bigint;
+  creditsPosted: bigint;
 }
 
-interface ModelTransfer {
-  debit: string;
-  credit: string;
+/** A row of an account's balance history (accounts with the `history` flag). */
+export interface HistoryRow extends Balances {
+  transferId: string;
+}
+
+export interface ModelAccount {
+  id: string;
+  ledger: number;
+  code: number;
+  /** AccountFlag bits, without `linked`. */
+  flags: number;
+  metadata: Metadata;
+  balances: Balances;
+  /** Only for accounts with the `history` flag. */
+  history: HistoryRow[] | undefined;
+}
+
+/** A transfer as recorded (what LookupTransfers returns, timestamp aside). */
+export interface ModelTransfer {
+  id: string;
+  debitAccountId: string;
+  creditAccountId: string;
   amount: bigint;
   pendingId: string;
   ledger: number;
   code: number;
-  pending: boolean;
-  post: boolean;
-  void: boolean;
+  /** TransferFlag bits, without `linked`. */
+  flags: number;
   timeout: number;
-  metadata: Record<string, string>;
+  metadata: Metadata;
 }
 
-type PendingStatus = 'pending' | 'posted' | 'voided' | 'expired';
+export type PendingStateName = 'pending' | 'posted' | 'voided' | 'expired';
 
-interface State {
-  accounts: Map<string, ModelAccount>;
-  transfers: Map<string, ModelTransfer>;
-  pendingStatus: Map<string, PendingStatus>;
+export type ChainCode = 'linked_event_failed' | 'linked_event_chain_open';
+
+/** Proto flags to bits: the wire mapping is not ledger semantics, so the model shares the service's. */
+export { accountFlagBits, transferFlagBits };
+
+const has = (flags: number, flag: number) => (flags & flag) !== 0;
+
+function sameMetadata(a: Metadata, b: Metadata): boolean {
+  const ka = Object.keys(a);
+  return ka.length === Object.keys(b).length && ka.every((k) => Object.prototype.hasOwnProperty.call(b, k) && a[k] === b[k]);
 }
-
-const sameMetadata = (a: Record<string, string>, b: Record<string, string>) => JSON.stringify(Object.entries(a).sort()) === JSON.stringify(Object.entries(b).sort());
-const cloneState = (s: State): State => ({
-  accounts: new Map([...s.accounts].map(([k, v]) => [k, { ...v }])),
-  transfers: new Map(s.transfers),
-  pendingStatus: new Map(s.pendingStatus),
-});
 
 export class LedgerModel {
-  private state: State = { accounts: new Map(), transfers: new Map(), pendingStatus: new Map() };
+  private readonly accounts = new Map<string, ModelAccount>();
+  private readonly transfers = new Map<string, ModelTransfer>();
+  private readonly pendingStates = new Map<string, PendingStateName>();
+  /** Pending transfers whose expiry time has passed (the sweeper may not have released them yet). */
+  private readonly due = new Set<string>();
+  /** Undo actions of the linked chain being evaluated (undefined outside a chain). */
+  private journal: (() => void)[] | undefined;
 
-  balances(id: string): [bigint, bigint, bigint, bigint] | undefined {
-    const a = this.state.accounts.get(id);
-    return a && [a.dp, a.dpo, a.cp, a.cpo];
+  // ---- queries -------------------------------------------------------------------------------------------
+
+  account(id: string): ModelAccount | undefined {
+    return this.accounts.get(id);
   }
 
-  createAccounts(accounts: readonly Account[]): AccountResultCode[] {
-    return this.chained(accounts, (a) => a.flags?.linked === true, (a) => this.createAccount(a));
+  balances(id: string): Balances | undefined {
+    const a = this.accounts.get(id);
+    return a && { ...a.balances };
   }
 
-  createTransfers(transfers: readonly Transfer[]): TransferResultCode[] {
-    return this.chained(transfers, (t) => t.flags?.linked === true, (t) => this.createTransfer(t));
+  transfer(id: string): ModelTransfer | undefined {
+    return this.transfers.get(id);
   }
 
-  /** The sweeper's work on one pending transfer: release it if it is still pending. */
-  expire(pendingId: string): void {
-    if (this.state.pendingStatus.get(pendingId) !== 'pending') return;
-    const t = this.state.transfers.get(pendingId)!;
-    this.state.accounts.get(t.debit)!.dp -= t.amount;
-    this.state.accounts.get(t.credit)!.cp -= t.amount;
-    this.state.pendingStatus.set(pendingId, 'expired');
+  pendingState(id: string): PendingStateName | undefined {
+    return this.pendingStates.get(id);
   }
 
-  private chained<E, C extends string>(events: readonly E[], linked: (e: E) => boolean, apply: (e: E) => C): (C | 'linked_event_failed' | 'linked_event_chain_open')[] {
-    const out: (C | 'linked_event_failed' | 'linked_event_chain_open')[] = [];
-    let i = 0;
-    while (i < events.length) {
-      // The chain is events i..j, where j is the first event without the linked flag.
-      let j = i;
-      while (j < events.length && linked(events[j]!)) j++;
-      if (j === events.length) {
-        // Open chain at the end of the request: not evaluated.
-        for (let k = i; k < events.length; k++) out.push(k === events.length - 1 ? 'linked_event_chain_open' : 'linked_event_failed');
-        break;
+  history(id: string): readonly HistoryRow[] | undefined {
+    return this.accounts.get(id)?.history;
+  }
+
+  // ---- commands ------------------------------------------------------------------------------------------
+
+  createAccounts(events: readonly Account[]): (AccountResultCode | ChainCode)[] {
+    return this.chained(events, (a) => has(accountFlagBits(a.flags), AccountFlag.linked), (a) => this.createAccount(a));
+  }
+
+  createTransfers(events: readonly Transfer[]): (TransferResultCode | ChainCode)[] {
+    return this.chained(events, (t) => has(transferFlagBits(t.flags), TransferFlag.linked), (t) => this.createTransfer(t));
+  }
+
+  /**
+   * The clock passing a pending transfer's expiry time: from then on a post or void of it is
+   * `pending_transfer_expired`, though its amount stays in the pending balances until `expire` (the sweeper).
+   */
+  timeoutPassed(pendingId: string): void {
+    this.due.add(pendingId);
+  }
+
+  /**
+   * The sweeper releasing one pending transfer whose timeout has passed: the pending amount leaves the pending
+   * balances and the transfer becomes expired (history accounts get a row keyed by the pending id). No-op
+   * (false) unless the transfer is still pending.
+   */
+  expire(pendingId: string): boolean {
+    if (this.pendingStates.get(pendingId) !== 'pending') return false;
+    const p = this.transfers.get(pendingId)!;
+    this.change(this.accounts.get(p.debitAccountId)!, this.accounts.get(p.creditAccountId)!, pendingId, -p.amount, 0n);
+    this.setPendingState(pendingId, 'expired');
+    return true;
+  }
+
+  // ---- linked chains -------------------------------------------------------------------------------------
+
+  private chained<E, C extends string>(events: readonly E[], linked: (e: E) => boolean, apply: (e: E) => C): (C | ChainCode)[] {
+    const out: (C | ChainCode)[] = [];
+    let start = 0;
+    while (start < events.length) {
+      let end = start;
+      while (end < events.length && linked(events[end]!)) end++;
+      if (end === events.length) {
+        // The request ends inside a chain: not evaluated.
+        for (let k = start; k < events.length; k++) out.push(k === events.length - 1 ? 'linked_event_chain_open' : 'linked_event_failed');
+        return out;
       }
-      if (j === i) {
-        out.push(apply(events[i]!));
+      if (end === start) {
+        out.push(apply(events[start]!)); // a lone event changes nothing unless it is ok
       } else {
-        const before = cloneState(this.state);
-        const chain: (C | 'linked_event_failed')[] = [];
-        let failedAt = -1;
-        for (let k = i; k <= j; k++) {
+        const journal: (() => void)[] = [];
+        this.journal = journal;
+        const codes: C[] = [];
+        for (let k = start; k <= end; k++) {
           const code = apply(events[k]!);
-          chain.push(code);
-          if (code !== 'ok') {
-            failedAt = k - i;
-            break;
-          }
+          codes.push(code);
+          if (code !== 'ok') break;
         }
-        if (failedAt >= 0) {
-          this.state = before;
-          for (let k = 0; k <= j - i; k++) out.push(k === failedAt ? chain[k]! : 'linked_event_failed');
+        this.journal = undefined;
+        const failed = codes.length - 1;
+        if (codes[failed] !== 'ok') {
+          for (let u = journal.length - 1; u >= 0; u--) journal[u]!();
+          for (let k = start; k <= end; k++) out.push(k - start === failed ? codes[failed]! : 'linked_event_failed');
         } else {
-          out.push(...chain);
+          out.push(...codes);
         }
       }
-      i = j + 1;
+      start = end + 1;
     }
     return out;
   }
 
+  // ---- mutations (journaled) -----------------------------------------------------------------------------
+
+  private undo(action: () => void): void {
+    this.journal?.push(action);
+  }
+
+  private addAccount(a: ModelAccount): void {
+    this.accounts.set(a.id, a);
+    this.undo(() => this.accounts.delete(a.id));
+  }
+
+  private addTransfer(t: ModelTransfer): void {
+    this.transfers.set(t.id, t);
+    this.undo(() => this.transfers.delete(t.id));
+  }
+
+  private setPendingState(id: string, state: PendingStateName): void {
+    const before = this.pendingStates.get(id);
+    this.pendingStates.set(id, state);
+    this.undo(() => (before === undefined ? this.pendingStates.delete(id) : this.pendingStates.set(id, before)));
+  }
+
+  /** Adds `pending` to the pending balances and `posted` to the posted balances of both sides of a transfer. */
+  private change(debit: ModelAccount, credit: ModelAccount, transferId: string, pending: bigint, posted: bigint): void {
+    for (const [account, side] of [
+      [debit, 'debits'],
+      [credit, 'credits'],
+    ] as const) {
+      const b = account.balances;
+      const before = { ...b };
+      if (side === 'debits') {
+        b.debitsPending += pending;
+        b.debitsPosted += posted;
+      } else {
+        b.creditsPending += pending;
+        b.creditsPosted += posted;
+      }
+      account.history?.push({ transferId, ...b });
+      this.undo(() => {
+        account.balances = before;
+        account.history?.pop();
+      });
+    }
+  }
+
+  // ---- CreateAccounts ------------------------------------------------------------------------------------
+
   private createAccount(a: Account): AccountResultCode {
-    const f = a.flags!;
-    if (f.debitsMustNotExceedCredits && f.creditsMustNotExceedDebits) return 'flags_are_mutually_exclusive';
+    const flags = accountFlagBits(a.flags) & ~AccountFlag.linked;
+    if (has(flags, AccountFlag.debitsMustNotExceedCredits) && has(flags, AccountFlag.creditsMustNotExceedDebits)) return 'flags_are_mutually_exclusive';
     if (a.ledger === 0) return 'ledger_must_not_be_zero';
     if (a.code === 0) return 'code_must_not_be_zero';
-    if (a.debitsPending || a.debitsPosted || a.creditsPending || a.creditsPosted) return 'balances_must_be_zero';
-    const existing = this.state.accounts.get(a.id);
+    if (a.debitsPending !== 0n || a.debitsPosted !== 0n || a.creditsPending !== 0n || a.creditsPosted !== 0n) return 'balances_must_be_zero';
+    const existing = this.accounts.get(a.id);
     if (existing) {
-      const same =
-        existing.ledger === a.ledger &&
-        existing.code === a.code &&
-        existing.flags.debitsMustNotExceedCredits === f.debitsMustNotExceedCredits &&
-        existing.flags.creditsMustNotExceedDebits === f.creditsMustNotExceedDebits &&
-        existing.flags.history === f.history &&
-        existing.flags.closed === f.closed &&
-        sameMetadata(existing.metadata, a.metadata);
+      const same = existing.ledger === a.ledger && existing.code === a.code && existing.flags === flags && sameMetadata(existing.metadata, a.metadata);
       return same ? 'exists' : 'exists_with_different_fields';
     }
-    this.state.accounts.set(a.id, { ledger: a.ledger, code: a.code, flags: { ...f, linked: false }, metadata: a.metadata, dp: 0n, dpo: 0n, cp: 0n, cpo: 0n });
+    this.addAccount({
+      id: a.id,
+      ledger: a.ledger,
+      code: a.code,
+      flags,
+      metadata: { ...a.metadata },
+      balances: { debitsPending: 0n, debitsPosted: 0n, creditsPending: 0n, creditsPosted: 0n },
+      history: has(flags, AccountFlag.history) ? [] : undefined,
+    });
     return 'ok';
   }
 
+  // ---- CreateTransfers -----------------------------------------------------------------------------------
+
   private createTransfer(t: Transfer): TransferResultCode {
-    const f = t.flags!;
-    if ([f.pending, f.postPendingTransfer, f.voidPendingTransfer].filter(Boolean).length > 1) return 'flags_are_mutually_exclusive';
-    return f.postPendingTransfer || f.voidPendingTransfer ? this.resolve(t, f.postPendingTransfer) : this.single(t, f.pending);
+    const flags = transferFlagBits(t.flags) & ~TransferFlag.linked;
+    const kinds = [TransferFlag.pending, TransferFlag.postPendingTransfer, TransferFlag.voidPendingTransfer].filter((f) => has(flags, f)).length;
+    if (kinds > 1) return 'flags_are_mutually_exclusive';
+    if (has(flags, TransferFlag.postPendingTransfer) || has(flags, TransferFlag.voidPendingTransfer)) return this.resolvePending(t, flags);
+    return this.singleOrPending(t, flags);
   }
 
-  private single(t: Transfer, pending: boolean): TransferResultCode {
+  private singleOrPending(t: Transfer, flags: number): TransferResultCode {
+    const pending = has(flags, TransferFlag.pending);
     if (t.pendingId !== '') return 'pending_id_must_be_empty';
     if (t.timeout !== 0 && !pending) return 'timeout_reserved_for_pending_transfer';
     if (t.ledger === 0) return 'ledger_must_not_be_zero';
     if (t.code === 0) return 'code_must_not_be_zero';
     if (t.debitAccountId === t.creditAccountId) return 'accounts_must_be_different';
     if (t.amount === 0n) return 'amount_must_be_positive';
-    const existing = this.state.transfers.get(t.id);
+
+    const existing = this.transfers.get(t.id);
     if (existing) {
       const same =
-        existing.debit === t.debitAccountId &&
-        existing.credit === t.creditAccountId &&
+        existing.debitAccountId === t.debitAccountId &&
+        existing.creditAccountId === t.creditAccountId &&
         existing.amount === t.amount &&
-        existing.pendingId === '' &&
+        existing.pendingId === t.pendingId &&
         existing.ledger === t.ledger &&
         existing.code === t.code &&
-        existing.pending === pending &&
-        !existing.post &&
-        !existing.void &&
+        existing.flags === flags &&
         existing.timeout === t.timeout &&
         sameMetadata(existing.metadata, t.metadata);
       return same ? 'exists' : 'exists_with_different_fields';
     }
-    const dr = this.state.accounts.get(t.debitAccountId);
+
+    const dr = this.accounts.get(t.debitAccountId);
     if (!dr) return 'debit_account_not_found';
-    const cr = this.state.accounts.get(t.creditAccountId);
+    const cr = this.accounts.get(t.creditAccountId);
     if (!cr) return 'credit_account_not_found';
     if (dr.ledger !== cr.ledger || dr.ledger !== t.ledger) return 'ledger_mismatch';
-    if (dr.flags.closed || cr.flags.closed) return 'account_closed';
-    const a = t.amount;
-    if (a > MAX) return 'overflow';
-    if (pending ? dr.dp + a > MAX || cr.cp + a > MAX : dr.dpo + a > MAX || cr.cpo + a > MAX) return 'overflow';
-    if (dr.dp + dr.dpo + a > MAX || cr.cp + cr.cpo + a > MAX) return 'overflow';
-    if (dr.flags.debitsMustNotExceedCredits && dr.dp + dr.dpo + a > dr.cpo) return 'exceeds_credits';
-    if (cr.flags.creditsMustNotExceedDebits && cr.cp + cr.cpo + a > cr.dpo) return 'exceeds_debits';
+    if (has(dr.flags, AccountFlag.closed) || has(cr.flags, AccountFlag.closed)) return 'account_closed';
+
+    const amount = t.amount;
+    const d = dr.balances;
+    const c = cr.balances;
+    if (amount > MODEL_MAX) return 'overflow';
+    const resulting = pending ? [d.debitsPending + amount, c.creditsPending + amount] : [d.debitsPosted + amount, c.creditsPosted + amount];
+    if (resulting.some((x) => x > MODEL_MAX)) return 'overflow';
+    if (d.debitsPending + d.debitsPosted + amount > MODEL_MAX || c.creditsPending + c.creditsPosted + amount > MODEL_MAX) return 'overflow';
+    if (has(dr.flags, AccountFlag.debitsMustNotExceedCredits) && d.debitsPending + d.debitsPosted + amount > d.creditsPosted) return 'exceeds_credits';
+    if (has(cr.flags, AccountFlag.creditsMustNotExceedDebits) && c.creditsPending + c.creditsPosted + amount > c.debitsPosted) return 'exceeds_debits';
+
+    this.addTransfer({
+      id: t.id,
+      debitAccountId: t.debitAccountId,
+      creditAccountId: t.creditAccountId,
+      amount,
+      pendingId: '',
+      ledger: t.ledger,
+      code: t.code,
+      flags,
+      timeout: t.timeout,
+      metadata: { ...t.metadata },
+    });
     if (pending) {
-      dr.dp += a;
-      cr.cp += a;
-      this.state.pendingStatus.set(t.id, 'pending');
+      this.change(dr, cr, t.id, amount, 0n);
+      this.setPendingState(t.id, 'pending');
     } else {
-      dr.dpo += a;
-      cr.cpo += a;
+      this.change(dr, cr, t.id, 0n, amount);
     }
-    this.state.transfers.set(t.id, { debit: t.debitAccountId, credit: t.creditAccountId, amount: a, pendingId: '', ledger: t.ledger, code: t.code, pending, post: false, void: false, timeout: t.timeout, metadata: t.metadata });
     return 'ok';
   }
 
-  private resolve(t: Transfer, post: boolean): TransferResultCode {
+  private resolvePending(t: Transfer, flags: number): TransferResultCode {
+    const post = has(flags, TransferFlag.postPendingTransfer);
     if (t.pendingId === '') return 'pending_id_required';
     if (t.pendingId === t.id) return 'pending_id_must_be_different';
     if (t.timeout !== 0) return 'timeout_reserved_for_pending_transfer';
-    const existing = this.state.transfers.get(t.id);
+
+    const existing = this.transfers.get(t.id);
     if (existing) {
       const same =
         existing.pendingId === t.pendingId &&
-        existing.post === post &&
-        existing.void === !post &&
-        !existing.pending &&
-        (t.debitAccountId === '' || t.debitAccountId === existing.debit) &&
-        (t.creditAccountId === '' || t.creditAccountId === existing.credit) &&
+        existing.flags === flags &&
+        (t.debitAccountId === '' || t.debitAccountId === existing.debitAccountId) &&
+        (t.creditAccountId === '' || t.creditAccountId === existing.creditAccountId) &&
         (t.ledger === 0 || t.ledger === existing.ledger) &&
         (t.code === 0 || t.code === existing.code) &&
         (t.amount === 0n || t.amount === existing.amount) &&
         sameMetadata(existing.metadata, t.metadata);
       return same ? 'exists' : 'exists_with_different_fields';
     }
-    const p = this.state.transfers.get(t.pendingId);
+
+    const p = this.transfers.get(t.pendingId);
     if (!p) return 'pending_transfer_not_found';
-    if (!p.pending) return 'pending_transfer_not_pending';
-    if (t.debitAccountId !== '' && t.debitAccountId !== p.debit) return 'pending_transfer_has_different_debit_account_id';
-    if (t.creditAccountId !== '' && t.creditAccountId !== p.credit) return 'pending_transfer_has_different_credit_account_id';
+    if (!has(p.flags, TransferFlag.pending)) return 'pending_transfer_not_pending';
+    if (t.debitAccountId !== '' && t.debitAccountId !== p.debitAccountId) return 'pending_transfer_has_different_debit_account_id';
+    if (t.creditAccountId !== '' && t.creditAccountId !== p.creditAccountId) return 'pending_transfer_has_different_credit_account_id';
     if (t.ledger !== 0 && t.ledger !== p.ledger) return 'pending_transfer_has_different_ledger';
     if (t.code !== 0 && t.code !== p.code) return 'pending_transfer_has_different_code';
     if (post && t.amount > p.amount) return 'exceeds_pending_amount';
     if (!post && t.amount !== 0n && t.amount !== p.amount) return 'pending_transfer_has_different_amount';
-    const status = this.state.pendingStatus.get(t.pendingId);
-    if (status === 'posted') return 'pending_transfer_already_posted';
-    if (status === 'voided') return 'pending_transfer_already_voided';
-    if (status === 'expired') return 'pending_transfer_expired';
-    const dr = this.state.accounts.get(p.debit)!;
-    const cr = this.state.accounts.get(p.credit)!;
+
+    const state = this.pendingStates.get(t.pendingId);
+    if (state === 'posted') return 'pending_transfer_already_posted';
+    if (state === 'voided') return 'pending_transfer_already_voided';
+    if (state === 'expired' || this.due.has(t.pendingId)) return 'pending_transfer_expired';
+
+    const dr = this.accounts.get(p.debitAccountId)!;
+    const cr = this.accounts.get(p.creditAccountId)!;
     const amount = post ? (t.amount === 0n ? p.amount : t.amount) : p.amount;
-    if (post && (dr.flags.closed || cr.flags.closed)) return 'account_closed';
-    if (post && (dr.dpo + amount > MAX || cr.cpo + amount > MAX)) return 'overflow';
-    dr.dp -= p.amount;
-    cr.cp -= p.amount;
     if (post) {
-      dr.dpo += amount;
-      cr.cpo += amount;
+      if (has(dr.flags, AccountFlag.closed) || has(cr.flags, AccountFlag.closed)) return 'account_closed';
+      if (dr.balances.debitsPosted + amount > MODEL_MAX || cr.balances.creditsPosted + amount > MODEL_MAX) return 'overflow';
     }
-    this.state.pendingStatus.set(t.pendingId, post ? 'posted' : 'voided');
-    this.state.transfers.set(t.id, { debit: p.debit, credit: p.credit, amount, pendingId: t.pendingId, ledger: p.ledger, code: p.code, pending: false, post, void: !post, timeout: 0, metadata: t.metadata });
+
+    this.addTransfer({
+      id: t.id,
+      debitAccountId: p.debitAccountId,
+      creditAccountId: p.creditAccountId,
+      amount,
+      pendingId: t.pendingId,
+      ledger: p.ledger,
+      code: p.code,
+      flags,
+      timeout: 0,
+      metadata: { ...t.metadata },
+    });
+    this.change(dr, cr, t.id, -p.amount, post ? amount : 0n);
+    this.setPendingState(t.pendingId, post ? 'posted' : 'voided');
     return 'ok';
   }
 }
