@@ -67,6 +67,41 @@ const schema = z.object({
   /** Outbox rows (messages) published per relay round; they are in flight together. */
   LEDGER_RELAY_BATCH_ROWS: positiveInt.max(4096).default(128),
 
+  // Payments (served by the ledger process, beside LedgerService).
+  /** Platform fee of a new merchant, basis points of each captured amount (a merchant's own rate is stored). */
+  PAYMENTS_DEFAULT_FEE_BPS: z.coerce.number().int().min(0).max(10_000).default(250),
+  /** An authorization not captured within this many seconds expires and releases the amount. */
+  PAYMENTS_AUTHORIZATION_TIMEOUT_SECONDS: positiveInt.max(30 * 86_400).default(7 * 86_400),
+  /** A payment step left `processing` (crash between the ledger and the payment row) is resumed after this. */
+  PAYMENTS_RESUME_AFTER_MS: positiveInt.default(30_000),
+
+  RISK_GRPC_LISTEN: hostPort.default('0.0.0.0:50052'),
+  RISK_GRPC_TARGET: hostPort.default('127.0.0.1:50052'),
+  /** Deadline of the Score call made before every authorization. */
+  RISK_DEADLINE_MS: positiveInt.max(10_000).default(150),
+  /** When Score does not answer in time: approve below this amount (minor units), decline at or above it. */
+  RISK_FAIL_OPEN_BELOW_AMOUNT: nonNegativeInt.default(10_000),
+  /** Score (parts per million) at or above which a payment is declined, and sent to review. */
+  RISK_DECLINE_THRESHOLD_PPM: z.coerce.number().int().min(0).max(1_000_000).default(800_000),
+  RISK_REVIEW_THRESHOLD_PPM: z.coerce.number().int().min(0).max(1_000_000).default(500_000),
+  /** Rules-only scorer: single-payment amount limit (minor units) and velocity per card or customer. */
+  RISK_RULES_MAX_AMOUNT: positiveInt.default(1_000_000),
+  RISK_RULES_VELOCITY_MAX: positiveInt.default(20),
+  RISK_RULES_VELOCITY_WINDOW_SECONDS: positiveInt.default(60),
+
+  GATEWAY_PORT: z.coerce.number().int().min(0).max(65535).default(8080),
+  GATEWAY_HOST: z.string().min(1).default('0.0.0.0'),
+  /** Platform admin key: may create merchants. Unset: no admin API (make dev generates one). */
+  ADMIN_API_KEY: z.string().min(32, 'at least 32 characters').optional(),
+  GATEWAY_BODY_LIMIT_BYTES: positiveInt.max(10 * 1024 * 1024).default(1024 * 1024),
+  /** Per API key token bucket: sustained requests per second and burst size. */
+  GATEWAY_RATE_LIMIT_PER_SECOND: positiveInt.default(2_000),
+  GATEWAY_RATE_LIMIT_BURST: positiveInt.default(4_000),
+  /** Deadline of every gRPC call the gateway makes. */
+  GATEWAY_GRPC_DEADLINE_MS: positiveInt.max(60_000).default(5_000),
+  /** HTTP/2 channels per backend (one channel is one TCP connection and one event-loop turn at a time). */
+  GATEWAY_GRPC_CHANNELS: positiveInt.max(64).default(4),
+  IDEMPOTENCY_TTL_HOURS: positiveInt.max(24 * 30).default(24),
 });
 
 export type Config = z.infer<typeof schema>;
@@ -82,6 +117,9 @@ function crossChecks(config: Config): string[] {
   }
   if (config.LEDGER_MAX_QUEUED_EVENTS < config.LEDGER_BATCH_MAX) {
     problems.push(`LEDGER_MAX_QUEUED_EVENTS=${config.LEDGER_MAX_QUEUED_EVENTS}: must be at least LEDGER_BATCH_MAX (${config.LEDGER_BATCH_MAX}), or a full request could never be admitted`);
+  }
+  if (config.RISK_REVIEW_THRESHOLD_PPM > config.RISK_DECLINE_THRESHOLD_PPM) {
+    problems.push(`RISK_REVIEW_THRESHOLD_PPM=${config.RISK_REVIEW_THRESHOLD_PPM}: must not exceed RISK_DECLINE_THRESHOLD_PPM (${config.RISK_DECLINE_THRESHOLD_PPM})`);
   }
   return problems;
 }
