@@ -6,6 +6,7 @@ import { createPool, withTransaction } from '../lib/db.js';
 import type { Logger } from '../lib/logger.js';
 import { LedgerServiceService } from '../proto/gen/ledger/v1/ledger.js';
 import type { BatchTask } from './batch.js';
+import { relayedOutboxShards } from './outbox.js';
 import { LedgerRouter } from './router.js';
 import { createLedgerService } from './service.js';
 import { ensureShards } from './store.js';
@@ -13,6 +14,11 @@ import { OutboxRelay } from './relay.js';
 import { ExpirySweeper } from './sweeper.js';
 import { startMetrics } from '../observability/metrics.js';
 import type { WorkerReply } from './worker.js';
+import { PaymentServiceService } from '../proto/gen/payments/v1/payments.js';
+import { RiskClient } from '../risk/client.js';
+import { PaymentFlows, routerLedger } from './payments/flows.js';
+import { PaymentResumer } from './payments/resumer.js';
+import { createPaymentService } from './payments/service.js';
 
 export interface LedgerApp {
   /** The bound address, e.g. 127.0.0.1:50051 (the real port when configured with :0). */
@@ -22,6 +28,8 @@ export interface LedgerApp {
   sweeper: ExpirySweeper;
   /** Absent when LEDGER_RELAY_ENABLED is false. */
   relay: OutboxRelay | undefined;
+  payments: PaymentFlows;
+  resumer: PaymentResumer;
   close(): Promise<void>;
 }
 
@@ -80,6 +88,21 @@ export async function startLedger(config: Config, logger: Logger): Promise<Ledge
 
   const server = new Server({ 'grpc.max_receive_message_length': 32 * 1024 * 1024, 'grpc.max_send_message_length': 32 * 1024 * 1024 });
   server.addService(LedgerServiceService, createLedgerService(router, pool, logger));
+  // Payments run beside the ledger and reach it in-process: their transfers join the shard batches directly.
+  const risk = new RiskClient(config.RISK_GRPC_TARGET);
+  const payments = new PaymentFlows(
+    pool,
+    routerLedger(router),
+    risk,
+    {
+      shardCount: config.LEDGER_SHARDS,
+      authorizationTimeoutSeconds: config.PAYMENTS_AUTHORIZATION_TIMEOUT_SECONDS,
+      riskDeadlineMs: config.RISK_DEADLINE_MS,
+      riskFailOpenBelowAmount: BigInt(config.RISK_FAIL_OPEN_BELOW_AMOUNT),
+    },
+    logger,
+  );
+  server.addService(PaymentServiceService, createPaymentService(payments, logger));
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync(config.LEDGER_GRPC_LISTEN, ServerCredentials.createInsecure(), (error, bound) => (error ? reject(error) : resolve(bound))),
   );
@@ -87,8 +110,10 @@ export async function startLedger(config: Config, logger: Logger): Promise<Ledge
 
   const sweeper = new ExpirySweeper(pool, router, logger, config.LEDGER_EXPIRY_SWEEP_MS);
   sweeper.start();
-  const relay = config.LEDGER_RELAY_ENABLED ? new OutboxRelay(pool, config, shards, logger) : undefined;
+  const relay = config.LEDGER_RELAY_ENABLED ? new OutboxRelay(pool, config, relayedOutboxShards(shards), logger) : undefined;
   relay?.start();
+  const resumer = new PaymentResumer(pool, payments, logger, config.PAYMENTS_RESUME_AFTER_MS);
+  resumer.task.start();
 
   metrics.meter.createObservableGauge('ledger_queue_events', { description: 'Events waiting in each shard queue' }).addCallback((result) => {
     for (const [shard, depth] of router.queueDepths()) result.observe(depth, { shard });
@@ -115,8 +140,11 @@ export async function startLedger(config: Config, logger: Logger): Promise<Ledge
     workers,
     sweeper,
     relay,
+    payments,
+    resumer,
     async close() {
       await sweeper.stop();
+      await resumer.task.stop();
       // Let calls that wait on a batch finish (their batch commits either way); then stop hard.
       await new Promise<void>((resolve) => {
         const force = setTimeout(() => {
@@ -129,6 +157,7 @@ export async function startLedger(config: Config, logger: Logger): Promise<Ledge
         });
       });
       await workers.close();
+      risk.close();
       // Rows the relay has not published stay in the outbox for the next owner of the shards.
       await relay?.stop();
       await metrics.shutdown();

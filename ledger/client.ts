@@ -1,4 +1,5 @@
-import { Metadata, credentials, status, type CallOptions, type ServiceError } from '@grpc/grpc-js';
+import { credentials, status, type ServiceError } from '@grpc/grpc-js';
+import { callUnary, type UnaryMethod } from '../lib/grpc.js';
 import {
   LedgerServiceClient,
   type Account,
@@ -56,13 +57,6 @@ export function newTransfer(fields: Partial<Omit<Transfer, 'flags'>> & { id: str
   };
 }
 
-type UnaryMethod<Req, Res> = (
-  request: Req,
-  metadata: Metadata,
-  options: Partial<CallOptions>,
-  callback: (error: ServiceError | null, response: Res) => void,
-) => unknown;
-
 interface QueuedCall {
   transfers: Transfer[];
   resolve: (results: CreateTransferResult[]) => void;
@@ -99,9 +93,7 @@ export class LedgerClient {
   }
 
   private call<Req, Res>(method: UnaryMethod<Req, Res>, request: Req): Promise<Res> {
-    return new Promise((resolve, reject) => {
-      method.call(this.raw, request, new Metadata(), { deadline: Date.now() + this.deadlineMs }, (error, response) => (error ? reject(error) : resolve(response)));
-    });
+    return callUnary(this.raw, method, request, this.deadlineMs);
   }
 
   async createAccounts(accounts: Account[]): Promise<CreateAccountResult[]> {

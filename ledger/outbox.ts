@@ -5,9 +5,21 @@ import type { LedgerEvent } from './engine.js';
 /** Events per message: 2,048 transfer events encode to about 400 KB, well under NATS's 1 MiB message limit. */
 export const EVENTS_PER_MESSAGE = 2048;
 
-/** The subject a shard's ledger events are published on (under EVENTS_SUBJECT_PREFIX). */
-export function ledgerEventSubject(prefix: string, shard: number): string {
-  return `${prefix}.ledger.${shard}`;
+/**
+ * Payment events share the outbox and its relay: they are written under outbox shard
+ * PAYMENT_OUTBOX_SHARD_BASE + (the payment's ledger shard), published by the instance owning that ledger shard.
+ * Ledger shards stay below 4,096 (lib/config.ts), so the two ranges never meet.
+ */
+export const PAYMENT_OUTBOX_SHARD_BASE = 10_000;
+
+/** The outbox shards whose rows an instance owning `ledgerShards` publishes. */
+export function relayedOutboxShards(ledgerShards: readonly number[]): number[] {
+  return [...ledgerShards, ...ledgerShards.map((s) => PAYMENT_OUTBOX_SHARD_BASE + s)];
+}
+
+/** The subject an outbox shard's events are published on (under EVENTS_SUBJECT_PREFIX). */
+export function outboxSubject(prefix: string, outboxShard: number): string {
+  return outboxShard >= PAYMENT_OUTBOX_SHARD_BASE ? `${prefix}.payments.${outboxShard - PAYMENT_OUTBOX_SHARD_BASE}` : `${prefix}.ledger.${outboxShard}`;
 }
 
 /** The JetStream dedupe id (Nats-Msg-Id) of one part of a batch's events. */

@@ -9,7 +9,7 @@ import { TestNatsServer } from '../test/nats-server.js';
 import { freePort } from '../test/ledger-process.js';
 import { testPool } from '../test/support.js';
 import type { Transfer } from '../proto/gen/ledger/v1/ledger.js';
-import { outboxMessageId, ledgerEventSubject } from './outbox.js';
+import { outboxMessageId, outboxSubject } from './outbox.js';
 
 /** DESIGN.md: every committed event is published at least once, in order per shard; NATS down loses nothing. */
 describe('outbox relay to JetStream (own NATS server, real PostgreSQL)', function () {
@@ -136,7 +136,7 @@ describe('outbox relay to JetStream (own NATS server, real PostgreSQL)', functio
     await ensureEventStream(manager, testConfig(env));
     const rows = (await pool.query('SELECT shard, batch_id, part, payload FROM outbox ORDER BY shard, sequence')).rows;
     assert.ok(rows.length > 0);
-    for (const r of rows) await js.publish(ledgerEventSubject(env['EVENTS_SUBJECT_PREFIX']!, r.shard), r.payload, { msgID: outboxMessageId(r.batch_id, r.part) });
+    for (const r of rows) await js.publish(outboxSubject(env['EVENTS_SUBJECT_PREFIX']!, r.shard), r.payload, { msgID: outboxMessageId(r.batch_id, r.part) });
 
     const ledger = await startTestLedger(env);
     try {

@@ -4,7 +4,7 @@ import type { Logger } from '../lib/logger.js';
 import { connectJetStream, connectNats, type JetStreamClient, type NatsConnection } from '../lib/nats.js';
 import { sleep } from '../lib/retry.js';
 import { ensureEventStream } from '../lib/streams.js';
-import { ledgerEventSubject, outboxMessageId } from './outbox.js';
+import { outboxSubject, outboxMessageId } from './outbox.js';
 
 interface OutboxRow {
   shard: number;
@@ -109,7 +109,7 @@ export class OutboxRelay {
 
     // Every publish is sent before any ack is awaited; one connection keeps them in order.
     const acks = await Promise.allSettled(
-      rows.map((row) => js.publish(ledgerEventSubject(this.config.EVENTS_SUBJECT_PREFIX, row.shard), row.payload, { msgID: outboxMessageId(row.batchId, row.part), timeout: 10_000 })),
+      rows.map((row) => js.publish(outboxSubject(this.config.EVENTS_SUBJECT_PREFIX, row.shard), row.payload, { msgID: outboxMessageId(row.batchId, row.part), timeout: 10_000 })),
     );
     const blocked = new Set<number>();
     const done: OutboxRow[] = [];

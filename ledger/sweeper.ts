@@ -1,5 +1,6 @@
 import { withTransaction, type Pool } from '../lib/db.js';
 import type { Logger } from '../lib/logger.js';
+import { PeriodicTask } from '../lib/periodic.js';
 import { MAX_BATCH_EVENTS } from './model.js';
 import type { LedgerRouter } from './router.js';
 
@@ -9,29 +10,23 @@ import type { LedgerRouter } from './router.js';
  * post and void on it, and the batch re-checks that the transfer is still pending and past its timeout.
  */
 export class ExpirySweeper {
-  private timer: NodeJS.Timeout | undefined;
-  private running: Promise<void> | undefined;
+  private readonly task: PeriodicTask;
 
   constructor(
     private readonly pool: Pool,
     private readonly router: LedgerRouter,
     private readonly logger: Logger,
-    private readonly intervalMs: number,
-  ) {}
-
-  start(): void {
-    this.timer = setInterval(() => {
-      this.running ??= this.sweep()
-        .catch((err: unknown) => this.logger.warn({ err }, 'expiry sweep failed; will retry'))
-        .then(() => undefined)
-        .finally(() => (this.running = undefined));
-    }, this.intervalMs);
-    this.timer.unref();
+    intervalMs: number,
+  ) {
+    this.task = new PeriodicTask('expiry sweep', () => this.sweep(), intervalMs, logger);
   }
 
-  async stop(): Promise<void> {
-    clearInterval(this.timer);
-    await this.running;
+  start(): void {
+    this.task.start();
+  }
+
+  stop(): Promise<void> {
+    return this.task.stop();
   }
 
   /** One pass over the owned shards; returns how many pending transfers expired. */

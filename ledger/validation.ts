@@ -27,15 +27,19 @@ export function checkBatchSize(count: number, field: string): void {
   if (count > MAX_BATCH_EVENTS) throw new ValidationError(field, `at most ${MAX_BATCH_EVENTS} events per request, got ${count}`);
 }
 
+/** Control characters corrupt logs and CSV reports downstream: refused in every free-text input. */
+export function hasControlCharacters(text: string): boolean {
+  // eslint-disable-next-line no-control-regex
+  return /[\u0000-\u001f\u007f]/.test(text);
+}
+
 export function parseMetadata(metadata: Record<string, string>, field: string): Metadata {
   const entries = Object.entries(metadata);
   if (entries.length > METADATA_MAX_ENTRIES) throw new ValidationError(field, `at most ${METADATA_MAX_ENTRIES} entries`);
   for (const [key, value] of entries) {
     if (key.length === 0 || key.length > METADATA_MAX_KEY) throw new ValidationError(`${field}.${key}`, `keys must be 1-${METADATA_MAX_KEY} characters`);
     if (value.length > METADATA_MAX_VALUE) throw new ValidationError(`${field}.${key}`, `values must be at most ${METADATA_MAX_VALUE} characters`);
-    // Control characters corrupt logs and CSV reports downstream.
-    // eslint-disable-next-line no-control-regex
-    if (/[\u0000-\u001f\u007f]/.test(key + value)) throw new ValidationError(`${field}.${key}`, 'control characters are not allowed');
+    if (hasControlCharacters(key + value)) throw new ValidationError(`${field}.${key}`, 'control characters are not allowed');
   }
   return metadata;
 }

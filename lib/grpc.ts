@@ -1,5 +1,5 @@
-import { Metadata, status, type ServiceError, type ServerUnaryCall, type sendUnaryData } from '@grpc/grpc-js';
-import { isConnectionError } from './db.js';
+import { Metadata, status, type CallOptions, type ServiceError, type ServerUnaryCall, type sendUnaryData } from '@grpc/grpc-js';
+import { isConnectionError, isSerializationFailure } from './db.js';
 import { AppError, UnavailableError, type ErrorKind } from './errors.js';
 import type { Logger } from './logger.js';
 
@@ -30,9 +30,11 @@ export function headerSafe(value: string): string {
   return value.replace(/[^\x20-\x7e]|%/gu, (c) => encodeURIComponent(c));
 }
 
-/** A database that cannot be reached is the caller's retry, not our bug. */
+/** A database that cannot be reached, or a statement that lost a serialization conflict, is the caller's retry. */
 function asAppError(error: unknown): unknown {
-  if (!(error instanceof AppError) && isConnectionError(error)) return new UnavailableError('database_unavailable', 'database unavailable', 1, { cause: error });
+  if (error instanceof AppError) return error;
+  if (isConnectionError(error)) return new UnavailableError('database_unavailable', 'database unavailable', 1, { cause: error });
+  if (isSerializationFailure(error)) return new UnavailableError('contention', 'conflicting concurrent update; retry', 1, { cause: error });
   return error;
 }
 
@@ -71,4 +73,19 @@ export function unary<Req, Res>(logger: Logger, method: string, handler: (reques
       },
     );
   };
+}
+
+/** A generated client's unary method, as grpc-js defines it (request, metadata, options, callback). */
+export type UnaryMethod<Req, Res> = (
+  request: Req,
+  metadata: Metadata,
+  options: Partial<CallOptions>,
+  callback: (error: ServiceError | null, response: Res) => void,
+) => unknown;
+
+/** Calls a generated client's unary method with a deadline, as a promise. */
+export function callUnary<Client, Req, Res>(client: Client, method: UnaryMethod<Req, Res>, request: Req, deadlineMs: number, metadata = new Metadata()): Promise<Res> {
+  return new Promise((resolve, reject) => {
+    method.call(client, request, metadata, { deadline: Date.now() + deadlineMs }, (error, response) => (error ? reject(error) : resolve(response)));
+  });
 }

@@ -1,0 +1,490 @@
+import { randomUUID } from 'node:crypto';
+import { currencyOf, type Currency } from '../../lib/currency.js';
+import { isUniqueViolation, withTransaction, type Pool } from '../../lib/db.js';
+import { derivedId } from '../../lib/derived-id.js';
+import { AppError, InternalError, ValidationError, invariant } from '../../lib/errors.js';
+import type { Logger } from '../../lib/logger.js';
+import { Decision, type ScoreRequest, type ScoreResponse } from '../../proto/gen/risk/v1/risk.js';
+import { AccountFlag, TransferFlag, hasFlag, type AccountInput, type AccountResultCode, type EventResult, type Metadata, type TransferInput, type TransferResultCode } from '../model.js';
+import { lookupAccounts } from '../queries.js';
+import type { LedgerRouter } from '../router.js';
+import { AccountCode, TransferCode, feeOf, nowNanos, statusAfterRefund, type CaptureMethod, type OperationRow, type PaymentRow, type RiskAssessment } from './model.js';
+import * as store from './store.js';
+
+/** The ledger as payments use it: in-process, through the shard router (batched with every other caller). */
+export interface PaymentLedger {
+  createAccounts(accounts: AccountInput[]): Promise<EventResult<AccountResultCode>[]>;
+  createTransfers(transfers: TransferInput[]): Promise<EventResult<TransferResultCode>[]>;
+}
+
+export function routerLedger(router: LedgerRouter): PaymentLedger {
+  return {
+    createAccounts: (accounts) => router.createAccounts(accounts),
+    // Every transfer payments make names its debit account; a linked chain follows its first event.
+    createTransfers: (transfers) => router.createTransfers(transfers, (t) => t.debitAccountId),
+  };
+}
+
+export interface RiskScorer {
+  score(request: ScoreRequest, deadlineMs: number): Promise<ScoreResponse>;
+}
+
+export interface PaymentSettings {
+  shardCount: number;
+  authorizationTimeoutSeconds: number;
+  riskDeadlineMs: number;
+  riskFailOpenBelowAmount: bigint;
+}
+
+export interface CreatePaymentInput {
+  merchantId: string;
+  idempotencyKey: string;
+  amount: bigint;
+  currency: string;
+  source: { kind: 'account'; accountId: string } | { kind: 'card'; token: string; fingerprint: string; country: string };
+  destinationAccountId: string;
+  captureMethod: CaptureMethod;
+  metadata: Metadata;
+  deviceId: string;
+  ipCountry: string;
+  customerId: string;
+}
+
+type StepEvents = store.PaymentEventType[];
+
+/** Ledger answers that decline a payment (the buyer's problem), with the decline code the merchant sees. */
+const DECLINES: Partial<Record<TransferResultCode, string>> = {
+  exceeds_credits: 'insufficient_funds',
+  account_closed: 'account_closed',
+};
+
+const notFound = (what: 'payment' | 'refund' | 'account' | 'merchant', field: string) => new AppError('not_found', `${what}_not_found`, `no such ${what}`, { field });
+const conflict = (code: string, message: string, field?: string) => new AppError('conflict', code, message, field ? { field } : {});
+
+/**
+ * Payment steps on the ledger. Each step is recorded `processing` first, then its ledger transfers are
+ * submitted with ids derived from the step (so a second submission is `exists`, never a second posting), then
+ * the step, the payment and its event are finished in one transaction. Retrying any call, or the resumer,
+ * drives a step left processing to the same end.
+ */
+export class PaymentFlows {
+  /** Ledger accounts known to exist (platform and merchant balance accounts are created on first use). */
+  private readonly createdAccounts = new Set<string>();
+
+  constructor(
+    private readonly pool: Pool,
+    private readonly ledger: PaymentLedger,
+    private readonly risk: RiskScorer,
+    private readonly settings: PaymentSettings,
+    private readonly logger: Logger,
+  ) {}
+
+  async createPayment(input: CreatePaymentInput): Promise<PaymentRow> {
+    const currency = currencyOf(input.currency);
+    const id = input.idempotencyKey ? derivedId(`payment:${input.merchantId}`, input.idempotencyKey) : randomUUID();
+    const existing = await store.findPayment(this.pool, input.merchantId, id);
+    if (existing) return this.repeatCreate(existing, input);
+
+    const merchant = await store.loadMerchant(this.pool, input.merchantId);
+    if (!merchant) throw notFound('merchant', 'merchant_id');
+    const sourceAccountId = await this.sourceAccount(input, currency);
+    // The fee transfer of a capture credits the platform's revenue account: it must exist before any capture.
+    await this.platformAccount('fee_revenue', currency, AccountCode.platformRevenue);
+    const destinationAccountId = await this.destinationAccount(input, currency);
+    if (sourceAccountId === destinationAccountId) throw new ValidationError('destination_account_id', 'must differ from the source account', 'accounts_must_be_different');
+
+    const risk = await this.assess(input, id);
+    const decline = riskDecline(risk);
+    const automatic = input.captureMethod === 'automatic';
+    const payment: PaymentRow = {
+      id,
+      merchantId: input.merchantId,
+      idempotencyKey: input.idempotencyKey || null,
+      amount: input.amount,
+      currency: currency.code,
+      captureMethod: input.captureMethod,
+      sourceKind: input.source.kind,
+      sourceAccountId,
+      cardFingerprint: input.source.kind === 'card' ? input.source.fingerprint : null,
+      cardCountry: input.source.kind === 'card' ? input.source.country : null,
+      destinationAccountId,
+      customerId: input.customerId || null,
+      deviceId: input.deviceId || null,
+      ipCountry: input.ipCountry || null,
+      status: decline ? 'declined' : 'processing',
+      amountCaptured: 0n,
+      amountRefunded: 0n,
+      feeBps: merchant.feeBps,
+      fee: 0n,
+      declineCode: decline?.code ?? null,
+      declineReason: decline?.reason ?? null,
+      risk,
+      metadata: input.metadata,
+      version: decline ? 1n : 0n,
+      createdAt: nowNanos(),
+    };
+    const authorization = this.newOperation(payment, 'authorize', derivedId('operation', `${id}:authorize`), input.amount, automatic ? feeOf(input.amount, merchant.feeBps) : 0n);
+    if (decline) {
+      authorization.status = 'failed';
+      authorization.failureCode = decline.code;
+    }
+    const inserted = await withTransaction(
+      this.pool,
+      async (client) => {
+        if (!(await store.insertPayment(client, payment))) return false;
+        await store.insertOperation(client, authorization);
+        if (decline) await store.writePaymentEvent(client, this.settings.shardCount, 'payment.declined', payment, authorization);
+        return true;
+      },
+      { retryIf: isUniqueViolation },
+    );
+    if (!inserted) {
+      // The same key arrived twice at once: the other call recorded it; continue from what it recorded.
+      const recorded = await store.findPayment(this.pool, input.merchantId, id);
+      invariant(recorded, `payment ${id} neither inserted nor found`);
+      return this.repeatCreate(recorded, input);
+    }
+    return decline ? payment : this.driveAuthorization(authorization);
+  }
+
+  async capture(merchantId: string, paymentId: string, amount: bigint): Promise<PaymentRow> {
+    const payment = await this.requirePayment(merchantId, paymentId);
+    const opId = derivedId('operation', `${paymentId}:capture`);
+    const earlier = await store.findOperation(this.pool, opId);
+    if (earlier) {
+      if (amount !== 0n && amount !== earlier.amount) throw conflict('payment_already_captured', `payment was captured for ${earlier.amount}`, 'amount');
+      return this.repeatStep(earlier);
+    }
+    if (payment.status !== 'requires_capture') throw conflict('payment_not_capturable', `a ${payment.status} payment cannot be captured`);
+    const captureAmount = amount === 0n ? payment.amount : amount;
+    if (captureAmount > payment.amount) throw new ValidationError('amount', `exceeds the authorized amount ${payment.amount}`, 'amount_too_large');
+    const op = this.newOperation(payment, 'capture', opId, captureAmount, feeOf(captureAmount, payment.feeBps));
+    await this.startStep(op, (current, ops) => {
+      if (current.status !== 'requires_capture' || ops.some((o) => o.kind === 'cancel')) throw conflict('payment_not_capturable', `a ${current.status} payment cannot be captured`);
+    });
+    return this.driveCapture(op);
+  }
+
+  async cancel(merchantId: string, paymentId: string): Promise<PaymentRow> {
+    const payment = await this.requirePayment(merchantId, paymentId);
+    const opId = derivedId('operation', `${paymentId}:cancel`);
+    const earlier = await store.findOperation(this.pool, opId);
+    if (earlier) return this.repeatStep(earlier);
+    if (payment.status !== 'requires_capture') throw conflict('payment_not_cancelable', `a ${payment.status} payment cannot be canceled`);
+    const op = this.newOperation(payment, 'cancel', opId, payment.amount, 0n);
+    await this.startStep(op, (current, ops) => {
+      if (current.status !== 'requires_capture' || ops.some((o) => o.kind === 'capture')) throw conflict('payment_not_cancelable', `a ${current.status} payment cannot be canceled`);
+    });
+    return this.driveCancel(op);
+  }
+
+  async refund(merchantId: string, paymentId: string, amount: bigint, idempotencyKey: string, metadata: Metadata): Promise<OperationRow> {
+    const id = idempotencyKey ? derivedId(`refund:${merchantId}`, idempotencyKey) : randomUUID();
+    const earlier = await store.findOperation(this.pool, id);
+    if (earlier) {
+      if (earlier.paymentId !== paymentId || (amount !== 0n && amount !== earlier.amount)) {
+        throw conflict('idempotency_key_reused', 'this idempotency key was used for another refund', 'idempotency_key');
+      }
+      await this.repeatStep(earlier);
+      return (await store.findOperation(this.pool, id))!;
+    }
+    const payment = await this.requirePayment(merchantId, paymentId);
+    const op = this.newOperation(payment, 'refund', id, amount, 0n);
+    op.idempotencyKey = idempotencyKey || null;
+    op.metadata = metadata;
+    await this.startStep(op, (current, ops) => {
+      if (current.status !== 'succeeded' && current.status !== 'partially_refunded') throw conflict('payment_not_refundable', `a ${current.status} payment cannot be refunded`);
+      // Refunds in flight count: two concurrent refunds can never return more than was captured together.
+      const reserved = ops.filter((o) => o.kind === 'refund' && o.status !== 'failed').reduce((sum, o) => sum + o.amount, 0n);
+      const remaining = current.amountCaptured - reserved;
+      op.amount = amount === 0n ? remaining : amount;
+      if (remaining <= 0n || op.amount > remaining) throw conflict('refund_exceeds_captured', `at most ${remaining} of the captured amount can still be refunded`, 'amount');
+    });
+    await this.driveRefund(op);
+    return (await store.findOperation(this.pool, id))!;
+  }
+
+  async getPayment(merchantId: string, paymentId: string): Promise<PaymentRow> {
+    return this.requirePayment(merchantId, paymentId);
+  }
+
+  listPayments(merchantId: string, limit: number, startingAfter: string | null, endingBefore: string | null): Promise<store.PaymentPage> {
+    return store.listPayments(this.pool, merchantId, limit, startingAfter, endingBefore);
+  }
+
+  async getRefund(merchantId: string, refundId: string): Promise<OperationRow> {
+    const op = await store.findOperation(this.pool, refundId);
+    if (!op || op.kind !== 'refund' || op.merchantId !== merchantId) throw notFound('refund', 'refund_id');
+    return op;
+  }
+
+  /** Drives a step that was left processing (its caller crashed or timed out) to its end. */
+  async resume(op: OperationRow): Promise<void> {
+    await this.repeatStep(op);
+  }
+
+  // --- steps ---------------------------------------------------------------------------------------------
+
+  private async driveAuthorization(op: OperationRow): Promise<PaymentRow> {
+    const payment = await this.requirePayment(op.merchantId, op.paymentId);
+    const automatic = payment.captureMethod === 'automatic';
+    const main: TransferInput = {
+      ...this.transfer(payment, op.id, payment.sourceAccountId, payment.destinationAccountId, payment.amount, TransferCode.payment),
+      flags: automatic ? (op.fee > 0n ? TransferFlag.linked : 0) : TransferFlag.pending,
+      timeout: automatic ? 0 : this.settings.authorizationTimeoutSeconds,
+    };
+    const transfers = [main, ...(automatic ? this.feeTransfer(payment, op) : [])];
+    const code = firstFailure(await this.ledger.createTransfers(transfers));
+    if (code === undefined) {
+      return this.finish(op, 'succeeded', null, (p) => ({
+        next: automatic ? { ...p, status: 'succeeded', amountCaptured: p.amount, fee: op.fee } : { ...p, status: 'requires_capture' },
+        events: automatic ? ['payment.authorized', 'payment.captured'] : ['payment.authorized'],
+      }));
+    }
+    const declineCode = DECLINES[code];
+    if (!declineCode) throw new InternalError(`authorization ${op.id} of payment ${payment.id} refused by the ledger: ${code}`);
+    return this.finish(op, 'failed', declineCode, (p) => ({
+      next: { ...p, status: 'declined', declineCode, declineReason: `the source account was refused: ${code}` },
+      events: ['payment.declined'],
+    }));
+  }
+
+  private async driveCapture(op: OperationRow): Promise<PaymentRow> {
+    const payment = await this.requirePayment(op.merchantId, op.paymentId);
+    const post: TransferInput = {
+      ...this.transfer(payment, op.id, payment.sourceAccountId, payment.destinationAccountId, op.amount, TransferCode.payment),
+      pendingId: authorizationId(payment.id),
+      flags: TransferFlag.postPendingTransfer | (op.fee > 0n ? TransferFlag.linked : 0),
+    };
+    const code = firstFailure(await this.ledger.createTransfers([post, ...this.feeTransfer(payment, op)]));
+    if (code === undefined) {
+      return this.finish(op, 'succeeded', null, (p) => ({ next: { ...p, status: 'succeeded', amountCaptured: op.amount, fee: op.fee }, events: ['payment.captured'] }));
+    }
+    if (code === 'pending_transfer_expired') {
+      await this.finish(op, 'failed', 'authorization_expired', (p) => ({ next: { ...p, status: 'canceled' }, events: ['payment.canceled'] }));
+      throw conflict('authorization_expired', 'the authorization expired before the capture; the amount was released');
+    }
+    throw new InternalError(`capture ${op.id} of payment ${payment.id} refused by the ledger: ${code}`);
+  }
+
+  private async driveCancel(op: OperationRow): Promise<PaymentRow> {
+    const payment = await this.requirePayment(op.merchantId, op.paymentId);
+    const voidTransfer: TransferInput = {
+      ...this.transfer(payment, op.id, payment.sourceAccountId, payment.destinationAccountId, 0n, TransferCode.payment),
+      pendingId: authorizationId(payment.id),
+      flags: TransferFlag.voidPendingTransfer,
+    };
+    const code = firstFailure(await this.ledger.createTransfers([voidTransfer]));
+    // An expired authorization released its amount already: the cancel only records it.
+    if (code !== undefined && code !== 'pending_transfer_expired') throw new InternalError(`cancel ${op.id} of payment ${payment.id} refused by the ledger: ${code}`);
+    return this.finish(op, 'succeeded', null, (p) => ({ next: { ...p, status: 'canceled' }, events: ['payment.canceled'] }));
+  }
+
+  private async driveRefund(op: OperationRow): Promise<PaymentRow> {
+    const payment = await this.requirePayment(op.merchantId, op.paymentId);
+    const back = this.transfer(payment, op.id, payment.destinationAccountId, payment.sourceAccountId, op.amount, TransferCode.refund);
+    const code = firstFailure(await this.ledger.createTransfers([back]));
+    if (code === undefined) {
+      return this.finish(op, 'succeeded', null, (p) => {
+        const amountRefunded = p.amountRefunded + op.amount;
+        return { next: { ...p, amountRefunded, status: statusAfterRefund(p.amountCaptured, amountRefunded) }, events: ['payment.refunded'] };
+      });
+    }
+    if (code === 'account_closed' || code === 'exceeds_debits' || code === 'exceeds_credits') {
+      await this.finish(op, 'failed', code, (p) => ({ next: p, events: [] }));
+      throw conflict(`refund_${code}`, `the ledger refused the refund: ${code}`);
+    }
+    throw new InternalError(`refund ${op.id} of payment ${payment.id} refused by the ledger: ${code}`);
+  }
+
+  /** A step asked again (same id): drive it if it is still processing, answer what it became otherwise. */
+  private async repeatStep(op: OperationRow): Promise<PaymentRow> {
+    if (op.status === 'processing') {
+      switch (op.kind) {
+        case 'authorize':
+          return this.driveAuthorization(op);
+        case 'capture':
+          return this.driveCapture(op);
+        case 'cancel':
+          return this.driveCancel(op);
+        case 'refund':
+          return this.driveRefund(op);
+      }
+    }
+    if (op.status === 'failed' && op.kind !== 'authorize') throw conflict(op.failureCode ?? 'step_failed', `the ${op.kind} failed: ${op.failureCode}`);
+    return this.requirePayment(op.merchantId, op.paymentId);
+  }
+
+  private async repeatCreate(existing: PaymentRow, input: CreatePaymentInput): Promise<PaymentRow> {
+    const sameSource =
+      input.source.kind === existing.sourceKind &&
+      (input.source.kind === 'account' ? input.source.accountId === existing.sourceAccountId : input.source.fingerprint === existing.cardFingerprint);
+    if (existing.amount !== input.amount || existing.currency !== input.currency || existing.captureMethod !== input.captureMethod || !sameSource) {
+      throw conflict('idempotency_key_reused', 'this idempotency key was used for a payment with other parameters', 'idempotency_key');
+    }
+    if (existing.status !== 'processing') return existing;
+    const op = await store.findOperation(this.pool, authorizationId(existing.id));
+    invariant(op, `payment ${existing.id} is processing without its authorization`);
+    return this.repeatStep(op);
+  }
+
+  /** Records a new step as processing after `check` accepts the payment's current state and steps. */
+  private async startStep(op: OperationRow, check: (current: PaymentRow, ops: OperationRow[]) => void): Promise<void> {
+    await withTransaction(this.pool, async (client) => {
+      const current = await store.findPayment(client, op.merchantId, op.paymentId);
+      invariant(current, `payment ${op.paymentId} vanished`);
+      check(current, await store.operationsOf(client, op.paymentId));
+      // Concurrent starts of the same step: one inserts, the other finds it and is answered by repeatStep.
+      if (!(await store.insertOperation(client, op))) throw conflict('payment_step_in_progress', `the ${op.kind} is already in progress`);
+    });
+  }
+
+  /**
+   * Finishes a step once: the step's status, the payment's new state (computed from the payment as it is
+   * now, since refunds may finish concurrently) and one outbox event per transition, in one transaction.
+   */
+  private async finish(
+    op: OperationRow,
+    status: 'succeeded' | 'failed',
+    failureCode: string | null,
+    apply: (current: PaymentRow) => { next: PaymentRow; events: StepEvents },
+  ): Promise<PaymentRow> {
+    await withTransaction(
+      this.pool,
+      async (client) => {
+        if (!(await store.finishOperation(client, op.id, status, failureCode))) return;
+        const current = await store.findPayment(client, op.merchantId, op.paymentId);
+        invariant(current, `payment ${op.paymentId} vanished`);
+        const { next, events } = apply(current);
+        checkPaymentInvariants(next);
+        const finished = { ...next, version: current.version };
+        for (const type of events) {
+          finished.version += 1n;
+          await store.writePaymentEvent(client, this.settings.shardCount, type, finished, op);
+        }
+        invariant(await store.updatePayment(client, finished, current.version), `payment ${op.paymentId} changed under its step`);
+      },
+      { retryIf: isUniqueViolation },
+    );
+    return this.requirePayment(op.merchantId, op.paymentId);
+  }
+
+  // --- accounts, risk ------------------------------------------------------------------------------------
+
+  private async sourceAccount(input: CreatePaymentInput, currency: Currency): Promise<string> {
+    if (input.source.kind === 'card') return this.platformAccount('card_clearing', currency, AccountCode.cardClearing);
+    const accountId = input.source.accountId;
+    await this.requireOwnAccount(input.merchantId, accountId, currency, 'source.account');
+    const [account] = await lookupAccounts(this.pool, [accountId]);
+    if (!account) throw notFound('account', 'source.account');
+    if (!hasFlag(account.flags, AccountFlag.debitsMustNotExceedCredits)) {
+      throw new ValidationError('source.account', 'must be a wallet: an account with the debits_must_not_exceed_credits flag', 'source_not_a_wallet');
+    }
+    return accountId;
+  }
+
+  private async destinationAccount(input: CreatePaymentInput, currency: Currency): Promise<string> {
+    if (input.destinationAccountId) {
+      await this.requireOwnAccount(input.merchantId, input.destinationAccountId, currency, 'destination_account_id');
+      return input.destinationAccountId;
+    }
+    const id = derivedId(`balance:${input.merchantId}`, currency.code);
+    if (!this.createdAccounts.has(id)) {
+      // Ownership first: a ledger account nobody owns would be invisible to the merchant.
+      await withTransaction(this.pool, (client) => store.recordBalanceAccount(client, input.merchantId, id, currency.code));
+      await this.ensureAccount({ id, ledger: currency.ledger, code: AccountCode.merchantBalance, flags: 0, metadata: { merchant_id: input.merchantId, purpose: 'balance' }, balancesNonZero: false });
+    }
+    return id;
+  }
+
+  private async requireOwnAccount(merchantId: string, accountId: string, currency: Currency, field: string): Promise<void> {
+    const owner = await store.accountOwner(this.pool, accountId);
+    if (!owner || owner.merchantId !== merchantId) throw notFound('account', field);
+    if (owner.currency !== currency.code) throw new ValidationError(field, `is a ${owner.currency} account, the payment is in ${currency.code}`, 'currency_mismatch');
+  }
+
+  private async platformAccount(purpose: 'card_clearing' | 'fee_revenue', currency: Currency, code: number): Promise<string> {
+    const id = derivedId('platform', `${purpose}:${currency.code}`);
+    if (!this.createdAccounts.has(id)) await this.ensureAccount({ id, ledger: currency.ledger, code, flags: 0, metadata: { purpose }, balancesNonZero: false });
+    return id;
+  }
+
+  private async ensureAccount(account: AccountInput): Promise<void> {
+    const [result] = await this.ledger.createAccounts([account]);
+    if (result?.code !== 'ok' && result?.code !== 'exists') throw new InternalError(`platform account ${account.id} could not be created: ${result?.code}`);
+    this.createdAccounts.add(account.id);
+  }
+
+  private async assess(input: CreatePaymentInput, paymentId: string): Promise<RiskAssessment> {
+    const request: ScoreRequest = {
+      paymentId,
+      merchantId: input.merchantId,
+      customerId: input.customerId,
+      amount: input.amount,
+      currency: input.currency,
+      cardFingerprint: input.source.kind === 'card' ? input.source.fingerprint : '',
+      deviceId: input.deviceId,
+      cardCountry: input.source.kind === 'card' ? input.source.country : '',
+      ipCountry: input.ipCountry,
+    };
+    try {
+      const r = await this.risk.score(request, this.settings.riskDeadlineMs);
+      return { outcome: 'scored', scorePpm: r.scorePpm, decision: decisionName(r.decision), reasons: r.reasons, modelVersion: r.modelVersion };
+    } catch (error) {
+      // No answer in time (or the scorer failed): the configured policy decides, and the payment records it.
+      const failOpen = input.amount < this.settings.riskFailOpenBelowAmount;
+      this.logger.warn({ err: error, paymentId, failOpen }, 'risk score unavailable');
+      return { outcome: failOpen ? 'fail_open' : 'fail_closed', scorePpm: 0, decision: failOpen ? 'approve' : 'decline', reasons: ['risk_unavailable'], modelVersion: '' };
+    }
+  }
+
+  // --- helpers --------------------------------------------------------------------------------------------
+
+  private async requirePayment(merchantId: string, paymentId: string): Promise<PaymentRow> {
+    const payment = await store.findPayment(this.pool, merchantId, paymentId);
+    if (!payment) throw notFound('payment', 'payment_id');
+    return payment;
+  }
+
+  private newOperation(payment: PaymentRow, kind: OperationRow['kind'], id: string, amount: bigint, fee: bigint): OperationRow {
+    return { id, paymentId: payment.id, merchantId: payment.merchantId, kind, amount, fee, status: 'processing', failureCode: null, idempotencyKey: null, metadata: {}, createdAt: nowNanos() };
+  }
+
+  private transfer(payment: PaymentRow, id: string, debit: string, credit: string, amount: bigint, code: number): TransferInput {
+    const currency = currencyOf(payment.currency);
+    return { id, debitAccountId: debit, creditAccountId: credit, amount, pendingId: '', ledger: currency.ledger, code, flags: 0, timeout: 0, metadata: { payment_id: payment.id } };
+  }
+
+  /** The platform fee of a capture, linked to it (the capture and its fee post together or not at all). */
+  private feeTransfer(payment: PaymentRow, op: OperationRow): TransferInput[] {
+    if (op.fee === 0n) return [];
+    const revenue = derivedId('platform', `fee_revenue:${payment.currency}`);
+    return [this.transfer(payment, derivedId('transfer', `${op.id}:fee`), payment.destinationAccountId, revenue, op.fee, TransferCode.fee)];
+  }
+}
+
+function authorizationId(paymentId: string): string {
+  return derivedId('operation', `${paymentId}:authorize`);
+}
+
+function firstFailure(results: readonly EventResult<TransferResultCode>[]): TransferResultCode | undefined {
+  return results.find((r) => r.code !== 'ok' && r.code !== 'exists' && r.code !== 'linked_event_failed')?.code;
+}
+
+function riskDecline(risk: RiskAssessment): { code: string; reason: string } | null {
+  if (risk.outcome === 'fail_closed') return { code: 'risk_unavailable', reason: 'fraud screening was unavailable and the amount is above the fail-open limit' };
+  if (risk.decision === 'decline') return { code: 'risk_declined', reason: `fraud screening declined the payment: ${risk.reasons.join(', ') || 'score above threshold'}` };
+  return null;
+}
+
+function decisionName(decision: Decision): string {
+  if (decision === Decision.DECISION_DECLINE) return 'decline';
+  if (decision === Decision.DECISION_REVIEW) return 'review';
+  return 'approve';
+}
+
+function checkPaymentInvariants(p: PaymentRow): void {
+  invariant(p.amountCaptured <= p.amount, `payment ${p.id} captured ${p.amountCaptured} of ${p.amount}`);
+  invariant(p.amountRefunded <= p.amountCaptured, `payment ${p.id} refunded ${p.amountRefunded} of ${p.amountCaptured} captured`);
+  invariant(p.fee <= p.amountCaptured, `payment ${p.id} fee ${p.fee} above the captured ${p.amountCaptured}`);
+}

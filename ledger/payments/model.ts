@@ -1,0 +1,81 @@
+import type { Metadata } from '../model.js';
+
+/** A payment and its steps as stored (ledger/migrations/0006_payments.sql). Amounts are minor units. */
+
+export type PaymentStatus = 'processing' | 'requires_capture' | 'succeeded' | 'canceled' | 'declined' | 'partially_refunded' | 'refunded';
+export type CaptureMethod = 'automatic' | 'manual';
+export type OperationKind = 'authorize' | 'capture' | 'cancel' | 'refund';
+export type OperationStatus = 'processing' | 'succeeded' | 'failed';
+export type RiskOutcome = 'scored' | 'fail_open' | 'fail_closed';
+
+export interface RiskAssessment {
+  outcome: RiskOutcome;
+  scorePpm: number;
+  /** approve, review or decline. */
+  decision: string;
+  reasons: string[];
+  modelVersion: string;
+}
+
+export interface PaymentRow {
+  id: string;
+  merchantId: string;
+  idempotencyKey: string | null;
+  amount: bigint;
+  currency: string;
+  captureMethod: CaptureMethod;
+  sourceKind: 'account' | 'card';
+  sourceAccountId: string;
+  cardFingerprint: string | null;
+  cardCountry: string | null;
+  destinationAccountId: string;
+  customerId: string | null;
+  deviceId: string | null;
+  ipCountry: string | null;
+  status: PaymentStatus;
+  amountCaptured: bigint;
+  amountRefunded: bigint;
+  feeBps: number;
+  fee: bigint;
+  declineCode: string | null;
+  declineReason: string | null;
+  risk: RiskAssessment;
+  metadata: Metadata;
+  /** Events emitted so far. */
+  version: bigint;
+  /** Nanoseconds since the Unix epoch. */
+  createdAt: bigint;
+}
+
+export interface OperationRow {
+  id: string;
+  paymentId: string;
+  merchantId: string;
+  kind: OperationKind;
+  amount: bigint;
+  fee: bigint;
+  status: OperationStatus;
+  failureCode: string | null;
+  idempotencyKey: string | null;
+  metadata: Metadata;
+  createdAt: bigint;
+}
+
+/** Ledger account codes of the accounts payments create (merchant-created accounts use their own codes). */
+export const AccountCode = { merchantBalance: 2, cardClearing: 3, platformRevenue: 4 } as const;
+/** Ledger transfer codes of the transfers payments make. */
+export const TransferCode = { payment: 10, fee: 11, refund: 12 } as const;
+
+/** The platform fee of a captured amount: basis points, rounded down (never more than the amount). */
+export function feeOf(amount: bigint, feeBps: number): bigint {
+  return (amount * BigInt(feeBps)) / 10_000n;
+}
+
+/** Status after refunds: refunded once everything captured went back. */
+export function statusAfterRefund(amountCaptured: bigint, amountRefunded: bigint): PaymentStatus {
+  return amountRefunded === amountCaptured ? 'refunded' : 'partially_refunded';
+}
+
+export function nowNanos(): bigint {
+  return BigInt(Date.now()) * 1_000_000n;
+}

@@ -1,0 +1,341 @@
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { credentials, status, type ServiceError } from '@grpc/grpc-js';
+import { after, before, describe, it } from 'mocha';
+import { derivedId } from '../../lib/derived-id.js';
+import { ERROR_CODE_KEY, ERROR_FIELD_KEY, callUnary } from '../../lib/grpc.js';
+import { createLogger } from '../../lib/logger.js';
+import { EventBatch } from '../../proto/gen/events/v1/events.js';
+import {
+  CaptureMethod,
+  PaymentServiceClient,
+  PaymentStatus,
+  type CreatePaymentRequest,
+} from '../../proto/gen/payments/v1/payments.js';
+import { startRisk } from '../../risk/app.js';
+import { account, startTestLedger, transfer, type TestLedger } from '../../test/ledger-harness.js';
+import { testConfig, testPool } from '../../test/support.js';
+import type { Pool } from '../../lib/db.js';
+import { PAYMENT_OUTBOX_SHARD_BASE } from '../outbox.js';
+import { PaymentFlows, routerLedger, type PaymentLedger } from './flows.js';
+import { PaymentResumer } from './resumer.js';
+
+const USD = 840;
+const FEE_BPS = 250;
+
+describe('payments (gRPC, on the ledger, with the rules-only risk scorer)', function () {
+  this.timeout(60_000);
+  let risk: Awaited<ReturnType<typeof startRisk>>;
+  let ledger: TestLedger;
+  let client: PaymentServiceClient;
+  let pool: Pool;
+
+  const create = (r: Partial<CreatePaymentRequest>, on = client) => callUnary(on, on.createPayment, createRequest(r), 10_000).then((x) => x.payment!);
+  const capture = (merchantId: string, paymentId: string, amount = 0n) => callUnary(client, client.capturePayment, { merchantId, paymentId, amount }, 10_000).then((x) => x.payment!);
+  const cancel = (merchantId: string, paymentId: string) => callUnary(client, client.cancelPayment, { merchantId, paymentId }, 10_000).then((x) => x.payment!);
+  const refund = (merchantId: string, paymentId: string, amount: bigint, idempotencyKey = '') =>
+    callUnary(client, client.createRefund, { merchantId, paymentId, amount, idempotencyKey, metadata: {} }, 10_000).then((x) => x.refund!);
+  const get = (merchantId: string, paymentId: string) => callUnary(client, client.getPayment, { merchantId, paymentId }, 10_000).then((x) => x.payment!);
+  const list = (merchantId: string, r: { limit: number; startingAfter?: string; endingBefore?: string }) =>
+    callUnary(client, client.listPayments, { merchantId, startingAfter: '', endingBefore: '', ...r }, 10_000);
+
+  function createRequest(r: Partial<CreatePaymentRequest>): CreatePaymentRequest {
+    return {
+      idempotencyKey: '',
+      merchantId: '',
+      amount: 0n,
+      currency: 'USD',
+      source: undefined,
+      destinationAccountId: '',
+      captureMethod: CaptureMethod.CAPTURE_METHOD_MANUAL,
+      metadata: {},
+      deviceId: '',
+      ipCountry: '',
+      customerId: '',
+      ...r,
+    };
+  }
+
+  async function expectError(promise: Promise<unknown>, code: status, errorCode: string, field?: string): Promise<void> {
+    await assert.rejects(promise, (error: ServiceError) => {
+      assert.equal(error.code, code, error.message);
+      assert.equal(String(error.metadata.get(ERROR_CODE_KEY)[0]), errorCode);
+      if (field) assert.equal(decodeURIComponent(String(error.metadata.get(ERROR_FIELD_KEY)[0])), field);
+      return true;
+    });
+  }
+
+  async function newMerchant(): Promise<string> {
+    const id = randomUUID();
+    await pool.query('INSERT INTO merchants (id, name, fee_bps) VALUES ($1, $2, $3)', [id, `merchant ${id.slice(0, 8)}`, FEE_BPS]);
+    return id;
+  }
+
+  /** A customer wallet of the merchant holding `funds`, paid in from a funding account of the merchant. */
+  async function wallet(merchantId: string, funds: bigint): Promise<string> {
+    const w = account({ ledger: USD, flags: { debitsMustNotExceedCredits: true } });
+    const funding = account({ ledger: USD });
+    assert.deepEqual((await ledger.client.createAccounts([w, funding])).map((r) => r.code), [1, 1]);
+    for (const a of [w, funding]) await pool.query(`INSERT INTO merchant_accounts (account_id, merchant_id, currency, purpose) VALUES ($1, $2, 'USD', 'custom')`, [a.id, merchantId]);
+    if (funds > 0n) assert.equal((await ledger.client.createTransfers([transfer({ ledger: USD, debitAccountId: funding.id, creditAccountId: w.id, amount: funds })]))[0]?.code, 1);
+    return w.id;
+  }
+
+  /** [debits_pending, debits_posted, credits_pending, credits_posted] */
+  async function balances(accountId: string): Promise<bigint[]> {
+    const [a] = await ledger.client.lookupAccounts([accountId]);
+    assert.ok(a, `account ${accountId} exists`);
+    return [a.debitsPending, a.debitsPosted, a.creditsPending, a.creditsPosted];
+  }
+
+  const balanceAccount = (merchantId: string) => derivedId(`balance:${merchantId}`, 'USD');
+  const revenueAccount = derivedId('platform', 'fee_revenue:USD');
+  const cardClearing = derivedId('platform', 'card_clearing:USD');
+
+  async function paymentEvents(paymentId: string): Promise<string[]> {
+    const r = await pool.query('SELECT payload FROM outbox WHERE shard >= $1 ORDER BY sequence', [PAYMENT_OUTBOX_SHARD_BASE]);
+    return r.rows
+      .flatMap((row) => EventBatch.decode(row.payload as Buffer).events)
+      .filter((e) => e.aggregateId === paymentId)
+      .sort((a, b) => Number(a.sequence - b.sequence))
+      .map((e) => `${e.sequence}:${e.type}`);
+  }
+
+  before(async () => {
+    pool = testPool();
+    risk = await startRisk(testConfig({ RISK_GRPC_LISTEN: '127.0.0.1:0', RISK_RULES_MAX_AMOUNT: '1000000' }), createLogger('risk-test', 'error'));
+    ledger = await startTestLedger({ RISK_GRPC_TARGET: risk.address, RISK_DEADLINE_MS: '2000', RISK_FAIL_OPEN_BELOW_AMOUNT: '5000' });
+    client = new PaymentServiceClient(ledger.app.address, credentials.createInsecure());
+  });
+
+  after(async () => {
+    client?.close();
+    await ledger?.close();
+    await risk?.close();
+    await pool?.end();
+  });
+
+  it('authorize -> partial capture -> two partial refunds -> the rest: every balance exact, one event per step', async () => {
+    const merchant = await newMerchant();
+    const source = await wallet(merchant, 50_000n);
+    const revenueBefore = await balances(revenueAccount).catch(() => [0n, 0n, 0n, 0n]);
+
+    const authorized = await create({ merchantId: merchant, amount: 10_000n, source: { kind: { $case: 'accountId', value: source } } });
+    assert.equal(authorized.status, PaymentStatus.PAYMENT_STATUS_REQUIRES_CAPTURE);
+    assert.deepEqual(await balances(source), [10_000n, 0n, 0n, 50_000n]);
+    assert.deepEqual(await balances(balanceAccount(merchant)), [0n, 0n, 10_000n, 0n]);
+
+    const captured = await capture(merchant, authorized.id, 6_000n);
+    assert.equal(captured.status, PaymentStatus.PAYMENT_STATUS_SUCCEEDED);
+    assert.equal(captured.amountCaptured, 6_000n);
+    assert.equal(captured.fee, 150n); // 2.5% of 6,000
+    assert.deepEqual(await balances(source), [0n, 6_000n, 0n, 50_000n], 'the uncaptured 4,000 is released');
+    assert.deepEqual(await balances(balanceAccount(merchant)), [0n, 150n, 0n, 6_000n]);
+    assert.equal((await balances(revenueAccount))[3], revenueBefore[3]! + 150n);
+
+    const r1 = await refund(merchant, authorized.id, 2_000n);
+    const r2 = await refund(merchant, authorized.id, 3_000n);
+    assert.deepEqual([r1.status, r2.status], ['succeeded', 'succeeded']);
+    assert.equal((await get(merchant, authorized.id)).status, PaymentStatus.PAYMENT_STATUS_PARTIALLY_REFUNDED);
+    await expectError(refund(merchant, authorized.id, 1_001n), status.FAILED_PRECONDITION, 'refund_exceeds_captured', 'amount');
+    const rest = await refund(merchant, authorized.id, 0n);
+    assert.equal(rest.amount, 1_000n);
+    const done = await get(merchant, authorized.id);
+    assert.equal(done.status, PaymentStatus.PAYMENT_STATUS_REFUNDED);
+    assert.equal(done.amountRefunded, 6_000n);
+    await expectError(refund(merchant, authorized.id, 1n), status.FAILED_PRECONDITION, 'payment_not_refundable');
+
+    // The wallet got everything back; the merchant keeps the fee as a cost (fees are not returned on refunds).
+    assert.deepEqual(await balances(source), [0n, 6_000n, 0n, 56_000n]);
+    assert.deepEqual(await balances(balanceAccount(merchant)), [0n, 6_150n, 0n, 6_000n]);
+    assert.deepEqual(await paymentEvents(authorized.id), ['1:payment.authorized', '2:payment.captured', '3:payment.refunded', '4:payment.refunded', '5:payment.refunded']);
+  });
+
+  it('a wallet without the funds is declined with insufficient_funds; nothing is posted', async () => {
+    const merchant = await newMerchant();
+    const source = await wallet(merchant, 999n);
+    const p = await create({ merchantId: merchant, amount: 1_000n, source: { kind: { $case: 'accountId', value: source } }, captureMethod: CaptureMethod.CAPTURE_METHOD_AUTOMATIC });
+    assert.equal(p.status, PaymentStatus.PAYMENT_STATUS_DECLINED);
+    assert.equal(p.declineCode, 'insufficient_funds');
+    assert.deepEqual(await balances(source), [0n, 0n, 0n, 999n]);
+    assert.deepEqual(await paymentEvents(p.id), ['1:payment.declined']);
+  });
+
+  it('cancel releases the authorization; capture after cancel is refused; cancel again answers the canceled payment', async () => {
+    const merchant = await newMerchant();
+    const source = await wallet(merchant, 5_000n);
+    const p = await create({ merchantId: merchant, amount: 5_000n, source: { kind: { $case: 'accountId', value: source } } });
+    const canceled = await cancel(merchant, p.id);
+    assert.equal(canceled.status, PaymentStatus.PAYMENT_STATUS_CANCELED);
+    assert.deepEqual(await balances(source), [0n, 0n, 0n, 5_000n]);
+    await expectError(capture(merchant, p.id), status.FAILED_PRECONDITION, 'payment_not_capturable');
+    assert.equal((await cancel(merchant, p.id)).status, PaymentStatus.PAYMENT_STATUS_CANCELED);
+    await expectError(refund(merchant, p.id, 1n), status.FAILED_PRECONDITION, 'payment_not_refundable');
+    assert.deepEqual(await paymentEvents(p.id), ['1:payment.authorized', '2:payment.canceled']);
+  });
+
+  it('a card payment with automatic capture debits card clearing and takes the fee in one linked step', async () => {
+    const merchant = await newMerchant();
+    const clearingBefore = await balances(cardClearing).catch(() => [0n, 0n, 0n, 0n]);
+    const p = await create({
+      merchantId: merchant,
+      amount: 2_000n,
+      captureMethod: CaptureMethod.CAPTURE_METHOD_AUTOMATIC,
+      source: { kind: { $case: 'card', value: { token: 'tok_visa_4242', fingerprint: 'fp_1', country: 'US' } } },
+      ipCountry: 'US',
+    });
+    assert.equal(p.status, PaymentStatus.PAYMENT_STATUS_SUCCEEDED);
+    assert.equal(p.source?.kind?.$case, 'card');
+    assert.equal(p.source?.kind?.$case === 'card' && p.source.kind.value.token, '', 'the token is never stored nor answered');
+    assert.equal((await balances(cardClearing))[1], clearingBefore[1]! + 2_000n);
+    assert.deepEqual(await balances(balanceAccount(merchant)), [0n, 50n, 0n, 2_000n]);
+    assert.deepEqual(await paymentEvents(p.id), ['1:payment.authorized', '2:payment.captured']);
+    const stored = await pool.query('SELECT count(*)::int AS n FROM payments WHERE id = $1 AND row_to_json(payments)::text LIKE $2', [p.id, '%tok_visa%']);
+    assert.equal(stored.rows[0].n, 0);
+  });
+
+  it('the same idempotency key is the same payment, also from 50 concurrent calls; other parameters are refused', async () => {
+    const merchant = await newMerchant();
+    const source = await wallet(merchant, 100_000n);
+    const request = { merchantId: merchant, idempotencyKey: `key-${randomUUID()}`, amount: 700n, source: { kind: { $case: 'accountId' as const, value: source } }, captureMethod: CaptureMethod.CAPTURE_METHOD_AUTOMATIC };
+    // Every caller is answered with the one payment (losers of the insert drive or read the winner's).
+    const ok = await Promise.all(Array.from({ length: 50 }, () => create(request)));
+    assert.equal(new Set(ok.map((p) => p.id)).size, 1);
+    assert.ok(ok.every((p) => p.status === PaymentStatus.PAYMENT_STATUS_SUCCEEDED));
+    assert.deepEqual(await balances(source), [0n, 700n, 0n, 100_000n], 'posted once');
+    const repeated = await create(request);
+    assert.equal(repeated.id, ok[0]!.id);
+    await expectError(create({ ...request, amount: 701n }), status.FAILED_PRECONDITION, 'idempotency_key_reused', 'idempotency_key');
+    assert.deepEqual(await balances(source), [0n, 700n, 0n, 100_000n]);
+  });
+
+  it("another merchant's payments, refunds and wallets are not found", async () => {
+    const [a, b] = [await newMerchant(), await newMerchant()];
+    const source = await wallet(a, 10_000n);
+    const p = await create({ merchantId: a, amount: 1_000n, source: { kind: { $case: 'accountId', value: source } }, captureMethod: CaptureMethod.CAPTURE_METHOD_AUTOMATIC });
+    const r = await refund(a, p.id, 100n);
+    await expectError(get(b, p.id), status.NOT_FOUND, 'payment_not_found');
+    await expectError(capture(b, p.id), status.NOT_FOUND, 'payment_not_found');
+    await expectError(cancel(b, p.id), status.NOT_FOUND, 'payment_not_found');
+    await expectError(refund(b, p.id, 1n), status.NOT_FOUND, 'payment_not_found');
+    await expectError(callUnary(client, client.getRefund, { merchantId: b, refundId: r.id }, 10_000), status.NOT_FOUND, 'refund_not_found');
+    await expectError(create({ merchantId: b, amount: 1n, source: { kind: { $case: 'accountId', value: source } } }), status.NOT_FOUND, 'account_not_found', 'source.account');
+    assert.deepEqual((await list(b, { limit: 100 })).payments, []);
+  });
+
+  it('malformed requests are INVALID_ARGUMENT with the field, and write nothing', async () => {
+    const merchant = await newMerchant();
+    const source = await wallet(merchant, 10_000n);
+    const good = { merchantId: merchant, amount: 100n, source: { kind: { $case: 'accountId' as const, value: source } } };
+    await expectError(create({ ...good, amount: 0n }), status.INVALID_ARGUMENT, 'amount_invalid', 'amount');
+    await expectError(create({ ...good, currency: 'XYZ' }), status.INVALID_ARGUMENT, 'invalid_currency', 'currency');
+    await expectError(create({ ...good, source: undefined }), status.INVALID_ARGUMENT, 'invalid_argument', 'source');
+    await expectError(create({ ...good, captureMethod: CaptureMethod.CAPTURE_METHOD_UNSPECIFIED }), status.INVALID_ARGUMENT, 'invalid_argument', 'capture_method');
+    await expectError(create({ ...good, currency: 'EUR' }), status.INVALID_ARGUMENT, 'currency_mismatch', 'source.account');
+    await expectError(create({ ...good, ipCountry: 'usa' }), status.INVALID_ARGUMENT, 'invalid_argument', 'ip_country');
+    const notWallet = account({ ledger: USD });
+    await ledger.client.createAccounts([notWallet]);
+    await pool.query(`INSERT INTO merchant_accounts (account_id, merchant_id, currency, purpose) VALUES ($1, $2, 'USD', 'custom')`, [notWallet.id, merchant]);
+    await expectError(create({ ...good, source: { kind: { $case: 'accountId', value: notWallet.id } } }), status.INVALID_ARGUMENT, 'source_not_a_wallet', 'source.account');
+    const count = await pool.query('SELECT count(*)::int AS n FROM payments WHERE merchant_id = $1', [merchant]);
+    assert.equal(count.rows[0].n, 0);
+    assert.deepEqual(await balances(source), [0n, 0n, 0n, 10_000n]);
+  });
+
+  it('risk: a payment above the rules limit is declined with the reasons; the decision is recorded on the payment', async () => {
+    const merchant = await newMerchant();
+    const source = await wallet(merchant, 5_000_000n);
+    const p = await create({ merchantId: merchant, amount: 2_000_000n, source: { kind: { $case: 'accountId', value: source } } });
+    assert.equal(p.status, PaymentStatus.PAYMENT_STATUS_DECLINED);
+    assert.equal(p.declineCode, 'risk_declined');
+    assert.ok(p.risk?.reasons.includes('amount_above_limit'), JSON.stringify(p.risk));
+    assert.equal(p.risk?.decision, 'decline');
+    assert.deepEqual(await balances(source), [0n, 0n, 0n, 5_000_000n]);
+  });
+
+  it('risk unavailable: fail-open below the configured amount, fail-closed at or above it, recorded on the payment', async () => {
+    const noRisk = await startTestLedger({ RISK_GRPC_TARGET: '127.0.0.1:9', RISK_DEADLINE_MS: '200', RISK_FAIL_OPEN_BELOW_AMOUNT: '5000' });
+    const otherClient = new PaymentServiceClient(noRisk.app.address, credentials.createInsecure());
+    try {
+      const merchant = await newMerchant();
+      const source = await wallet(merchant, 100_000n);
+      const make = (amount: bigint) =>
+        create({ merchantId: merchant, amount, source: { kind: { $case: 'accountId', value: source } }, captureMethod: CaptureMethod.CAPTURE_METHOD_AUTOMATIC }, otherClient);
+      const small = await make(4_999n);
+      assert.equal(small.status, PaymentStatus.PAYMENT_STATUS_SUCCEEDED);
+      assert.equal(small.risk?.outcome, 2 /* FAIL_OPEN */);
+      const large = await make(5_000n);
+      assert.equal(large.status, PaymentStatus.PAYMENT_STATUS_DECLINED);
+      assert.equal(large.declineCode, 'risk_unavailable');
+      assert.equal(large.risk?.outcome, 3 /* FAIL_CLOSED */);
+      assert.deepEqual(await balances(source), [0n, 4_999n, 0n, 100_000n]);
+    } finally {
+      otherClient.close();
+      await noRisk.close();
+    }
+  });
+
+  it('a crash between the ledger and the payment row: the resumer finishes the step, posting nothing twice', async () => {
+    const merchant = await newMerchant();
+    const source = await wallet(merchant, 10_000n);
+    // The ledger commits the transfers, then the "process" dies before recording the outcome.
+    const real = routerLedger(ledger.app.router);
+    const crashing: PaymentLedger = {
+      createAccounts: (a) => real.createAccounts(a),
+      createTransfers: async (t) => {
+        await real.createTransfers(t);
+        throw new Error('process killed after the ledger committed');
+      },
+    };
+    const logger = createLogger('payments-test', 'silent');
+    const settings = { shardCount: 8, authorizationTimeoutSeconds: 3600, riskDeadlineMs: 2000, riskFailOpenBelowAmount: 0n };
+    const riskClient = { score: async () => ({ scorePpm: 0, decision: 1, reasons: [], modelVersion: 'test-approve' }) };
+    const dying = new PaymentFlows(pool, crashing, riskClient, settings, logger);
+    const key = `crash-${randomUUID()}`;
+    const input = {
+      merchantId: merchant,
+      idempotencyKey: key,
+      amount: 3_000n,
+      currency: 'USD',
+      source: { kind: 'account' as const, accountId: source },
+      destinationAccountId: '',
+      captureMethod: 'automatic' as const,
+      metadata: {},
+      deviceId: '',
+      ipCountry: '',
+      customerId: '',
+    };
+    await assert.rejects(dying.createPayment(input), /process killed/);
+    const paymentId = derivedId(`payment:${merchant}`, key);
+    assert.equal((await get(merchant, paymentId)).status, PaymentStatus.PAYMENT_STATUS_PROCESSING);
+    assert.deepEqual(await balances(source), [0n, 3_000n, 0n, 10_000n], 'the ledger has it');
+
+    const resumer = new PaymentResumer(pool, new PaymentFlows(pool, real, riskClient, settings, logger), logger, 1);
+    await new Promise((r) => setTimeout(r, 5));
+    assert.ok((await resumer.resumeOnce()) >= 1);
+    const finished = await get(merchant, paymentId);
+    assert.equal(finished.status, PaymentStatus.PAYMENT_STATUS_SUCCEEDED);
+    assert.equal(finished.amountCaptured, 3_000n);
+    assert.deepEqual(await balances(source), [0n, 3_000n, 0n, 10_000n], 'posted once');
+    assert.deepEqual(await paymentEvents(paymentId), ['1:payment.authorized', '2:payment.captured']);
+    // The caller's retry with the same key now answers the finished payment.
+    assert.equal((await create({ merchantId: merchant, idempotencyKey: key, amount: 3_000n, source: { kind: { $case: 'accountId', value: source } }, captureMethod: CaptureMethod.CAPTURE_METHOD_AUTOMATIC })).status, PaymentStatus.PAYMENT_STATUS_SUCCEEDED);
+  });
+
+  it('lists a merchant\'s payments newest first with starting_after / ending_before', async () => {
+    const merchant = await newMerchant();
+    const source = await wallet(merchant, 100_000n);
+    const ids: string[] = [];
+    for (let i = 0; i < 5; i++) ids.push((await create({ merchantId: merchant, amount: BigInt(100 + i), source: { kind: { $case: 'accountId', value: source } } })).id);
+    const newest = [...ids].reverse();
+    const first = await list(merchant, { limit: 2 });
+    assert.deepEqual(first.payments.map((p) => p.id), newest.slice(0, 2));
+    assert.equal(first.hasMore, true);
+    const second = await list(merchant, { limit: 2, startingAfter: newest[1]! });
+    assert.deepEqual(second.payments.map((p) => p.id), newest.slice(2, 4));
+    const back = await list(merchant, { limit: 2, endingBefore: newest[2]! });
+    assert.deepEqual(back.payments.map((p) => p.id), newest.slice(0, 2));
+    const last = await list(merchant, { limit: 10, startingAfter: newest[3]! });
+    assert.deepEqual([last.payments.map((p) => p.id), last.hasMore], [[newest[4]], false]);
+  });
+});

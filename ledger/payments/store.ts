@@ -1,0 +1,255 @@
+import { randomInt, randomUUID } from 'node:crypto';
+import type { PoolClient, Queryable } from '../../lib/db.js';
+import { invariant } from '../../lib/errors.js';
+import { EventBatch } from '../../proto/gen/events/v1/events.js';
+import { PAYMENT_OUTBOX_SHARD_BASE } from '../outbox.js';
+import { shardOf } from '../router.js';
+import type { OperationRow, OperationStatus, PaymentRow } from './model.js';
+
+/** The payments' SQL, in one place: merchants and account ownership, payments, operations, payment events. */
+
+export interface Merchant {
+  id: string;
+  feeBps: number;
+}
+
+export interface AccountOwner {
+  merchantId: string;
+  currency: string;
+  purpose: 'wallet' | 'balance' | 'custom';
+}
+
+export async function loadMerchant(db: Queryable, merchantId: string): Promise<Merchant | null> {
+  const r = await db.query({ name: 'pay-merchant', text: 'SELECT id, fee_bps FROM merchants WHERE id = $1', values: [merchantId] });
+  return r.rows[0] ? { id: r.rows[0].id, feeBps: r.rows[0].fee_bps } : null;
+}
+
+export async function accountOwner(db: Queryable, accountId: string): Promise<AccountOwner | null> {
+  const r = await db.query({ name: 'pay-account-owner', text: 'SELECT merchant_id, currency, purpose FROM merchant_accounts WHERE account_id = $1', values: [accountId] });
+  const row = r.rows[0];
+  return row ? { merchantId: row.merchant_id, currency: row.currency, purpose: row.purpose } : null;
+}
+
+/** Records that the merchant owns its (derived) balance account of a currency; repeating it changes nothing. */
+export async function recordBalanceAccount(db: Queryable, merchantId: string, accountId: string, currency: string): Promise<void> {
+  await db.query({
+    name: 'pay-record-balance-account',
+    text: `INSERT INTO merchant_accounts (account_id, merchant_id, currency, purpose) VALUES ($1, $2, $3, 'balance') ON CONFLICT (account_id) DO NOTHING`,
+    values: [accountId, merchantId, currency],
+  });
+}
+
+const PAYMENT_COLUMNS = `id, merchant_id, idempotency_key, amount, currency, capture_method, source_kind, source_account_id, card_fingerprint,
+  card_country, destination_account_id, customer_id, device_id, ip_country, status, amount_captured, amount_refunded, fee_bps, fee,
+  decline_code, decline_reason, risk_outcome, risk_score_ppm, risk_decision, risk_reasons, risk_model_version, metadata, version, created_at`;
+
+function paymentFromRow(r: Record<string, unknown>): PaymentRow {
+  return {
+    id: r['id'] as string,
+    merchantId: r['merchant_id'] as string,
+    idempotencyKey: r['idempotency_key'] as string | null,
+    amount: r['amount'] as bigint,
+    currency: r['currency'] as string,
+    captureMethod: r['capture_method'] as PaymentRow['captureMethod'],
+    sourceKind: r['source_kind'] as PaymentRow['sourceKind'],
+    sourceAccountId: r['source_account_id'] as string,
+    cardFingerprint: r['card_fingerprint'] as string | null,
+    cardCountry: r['card_country'] as string | null,
+    destinationAccountId: r['destination_account_id'] as string,
+    customerId: r['customer_id'] as string | null,
+    deviceId: r['device_id'] as string | null,
+    ipCountry: r['ip_country'] as string | null,
+    status: r['status'] as PaymentRow['status'],
+    amountCaptured: r['amount_captured'] as bigint,
+    amountRefunded: r['amount_refunded'] as bigint,
+    feeBps: r['fee_bps'] as number,
+    fee: r['fee'] as bigint,
+    declineCode: r['decline_code'] as string | null,
+    declineReason: r['decline_reason'] as string | null,
+    risk: {
+      outcome: r['risk_outcome'] as PaymentRow['risk']['outcome'],
+      scorePpm: r['risk_score_ppm'] as number,
+      decision: r['risk_decision'] as string,
+      reasons: r['risk_reasons'] as string[],
+      modelVersion: r['risk_model_version'] as string,
+    },
+    metadata: r['metadata'] as Record<string, string>,
+    version: r['version'] as bigint,
+    createdAt: r['created_at'] as bigint,
+  };
+}
+
+/** The payment if it belongs to `merchantId` (another merchant's payment is "not there"). */
+export async function findPayment(db: Queryable, merchantId: string, paymentId: string): Promise<PaymentRow | null> {
+  const r = await db.query({ name: 'pay-find', text: `SELECT ${PAYMENT_COLUMNS} FROM payments WHERE id = $1 AND merchant_id = $2`, values: [paymentId, merchantId] });
+  return r.rows[0] ? paymentFromRow(r.rows[0]) : null;
+}
+
+/** Inserts a new payment; false when its id exists already (a repeated idempotency key). */
+export async function insertPayment(db: Queryable, p: PaymentRow): Promise<boolean> {
+  const r = await db.query({
+    name: 'pay-insert',
+    text: `INSERT INTO payments (${PAYMENT_COLUMNS})
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)
+           ON CONFLICT DO NOTHING`,
+    values: [
+      p.id, p.merchantId, p.idempotencyKey, p.amount, p.currency, p.captureMethod, p.sourceKind, p.sourceAccountId, p.cardFingerprint,
+      p.cardCountry, p.destinationAccountId, p.customerId, p.deviceId, p.ipCountry, p.status, p.amountCaptured, p.amountRefunded, p.feeBps, p.fee,
+      p.declineCode, p.declineReason, p.risk.outcome, p.risk.scorePpm, p.risk.decision, JSON.stringify(p.risk.reasons), p.risk.modelVersion,
+      JSON.stringify(p.metadata), p.version, p.createdAt,
+    ],
+  });
+  return r.rowCount === 1;
+}
+
+/** Writes the payment's new state, only if nobody finished the step first (`expected` is the state read). */
+export async function updatePayment(db: Queryable, p: PaymentRow, expectedVersion: bigint): Promise<boolean> {
+  const r = await db.query({
+    name: 'pay-update',
+    text: `UPDATE payments SET status = $3, amount_captured = $4, amount_refunded = $5, fee = $6, decline_code = $7, decline_reason = $8,
+             version = $9, updated_at = now()
+           WHERE id = $1 AND version = $2`,
+    values: [p.id, expectedVersion, p.status, p.amountCaptured, p.amountRefunded, p.fee, p.declineCode, p.declineReason, p.version],
+  });
+  return r.rowCount === 1;
+}
+
+export interface PaymentPage {
+  payments: PaymentRow[];
+  hasMore: boolean;
+}
+
+/** Newest first; `startingAfter` / `endingBefore` are payment ids of the merchant (others: as if absent). */
+export async function listPayments(db: Queryable, merchantId: string, limit: number, startingAfter: string | null, endingBefore: string | null): Promise<PaymentPage> {
+  const anchorId = startingAfter ?? endingBefore;
+  let anchor: { createdAt: bigint; id: string } | null = null;
+  if (anchorId) {
+    const a = await db.query({ name: 'pay-list-anchor', text: 'SELECT created_at, id FROM payments WHERE id = $1 AND merchant_id = $2', values: [anchorId, merchantId] });
+    if (!a.rows[0]) return { payments: [], hasMore: false };
+    anchor = { createdAt: a.rows[0].created_at, id: a.rows[0].id };
+  }
+  // ending_before walks towards newer payments: read ascending from the anchor, then present newest first.
+  const before = endingBefore !== null;
+  const text = anchor
+    ? `SELECT ${PAYMENT_COLUMNS} FROM payments WHERE merchant_id = $1 AND (created_at, id) ${before ? '>' : '<'} ($3, $4)
+       ORDER BY created_at ${before ? 'ASC' : 'DESC'}, id ${before ? 'ASC' : 'DESC'} LIMIT $2`
+    : `SELECT ${PAYMENT_COLUMNS} FROM payments WHERE merchant_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2`;
+  const values = anchor ? [merchantId, limit + 1, anchor.createdAt, anchor.id] : [merchantId, limit + 1];
+  const r = await db.query(text, values);
+  const rows = r.rows.slice(0, limit).map(paymentFromRow);
+  return { payments: before ? rows.reverse() : rows, hasMore: r.rows.length > limit };
+}
+
+const OPERATION_COLUMNS = 'id, payment_id, merchant_id, kind, amount, fee, status, failure_code, idempotency_key, metadata, created_at';
+
+function operationFromRow(r: Record<string, unknown>): OperationRow {
+  return {
+    id: r['id'] as string,
+    paymentId: r['payment_id'] as string,
+    merchantId: r['merchant_id'] as string,
+    kind: r['kind'] as OperationRow['kind'],
+    amount: r['amount'] as bigint,
+    fee: r['fee'] as bigint,
+    status: r['status'] as OperationStatus,
+    failureCode: r['failure_code'] as string | null,
+    idempotencyKey: r['idempotency_key'] as string | null,
+    metadata: r['metadata'] as Record<string, string>,
+    createdAt: r['created_at'] as bigint,
+  };
+}
+
+/** Inserts a step; false when its id exists already (the same step asked again). */
+export async function insertOperation(db: Queryable, op: OperationRow): Promise<boolean> {
+  const r = await db.query({
+    name: 'pay-op-insert',
+    text: `INSERT INTO payment_operations (${OPERATION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING`,
+    values: [op.id, op.paymentId, op.merchantId, op.kind, op.amount, op.fee, op.status, op.failureCode, op.idempotencyKey, JSON.stringify(op.metadata), op.createdAt],
+  });
+  return r.rowCount === 1;
+}
+
+export async function findOperation(db: Queryable, operationId: string): Promise<OperationRow | null> {
+  const r = await db.query({ name: 'pay-op-find', text: `SELECT ${OPERATION_COLUMNS} FROM payment_operations WHERE id = $1`, values: [operationId] });
+  return r.rows[0] ? operationFromRow(r.rows[0]) : null;
+}
+
+export async function operationsOf(db: Queryable, paymentId: string): Promise<OperationRow[]> {
+  const r = await db.query({ name: 'pay-ops-of', text: `SELECT ${OPERATION_COLUMNS} FROM payment_operations WHERE payment_id = $1 ORDER BY created_at, id`, values: [paymentId] });
+  return r.rows.map(operationFromRow);
+}
+
+/** Finishes a step once: false if it was no longer processing (a retry or the resumer finished it first). */
+export async function finishOperation(db: Queryable, operationId: string, status: Exclude<OperationStatus, 'processing'>, failureCode: string | null): Promise<boolean> {
+  const r = await db.query({
+    name: 'pay-op-finish',
+    text: `UPDATE payment_operations SET status = $2, failure_code = $3, updated_at = now() WHERE id = $1 AND status = 'processing'`,
+    values: [operationId, status, failureCode],
+  });
+  return r.rowCount === 1;
+}
+
+/** Steps left processing for longer than `olderThanMs` (their caller crashed or gave up): the resumer's work. */
+export async function staleOperations(db: Queryable, olderThanMs: number, limit: number): Promise<OperationRow[]> {
+  const r = await db.query({
+    name: 'pay-ops-stale',
+    text: `SELECT ${OPERATION_COLUMNS} FROM payment_operations
+           WHERE status = 'processing' AND updated_at < now() - ($1::INT8 * INTERVAL '1 millisecond') ORDER BY updated_at LIMIT $2`,
+    values: [olderThanMs, limit],
+  });
+  return r.rows.map(operationFromRow);
+}
+
+export type PaymentEventType = 'payment.authorized' | 'payment.captured' | 'payment.canceled' | 'payment.declined' | 'payment.refunded';
+
+/**
+ * Writes one payment event into the outbox, in the caller's transaction (with the state change it reports).
+ * The row's sequence orders the relay's reads and need not be dense: microseconds times 1,024 plus a random
+ * tail, so no counter row is shared by concurrent payments. A collision is a unique violation, and the
+ * transaction retries (withTransaction's retryIf).
+ */
+export async function writePaymentEvent(db: PoolClient, shardCount: number, type: PaymentEventType, payment: PaymentRow, op: OperationRow): Promise<void> {
+  invariant(payment.version > 0n, 'a payment event carries the version it produced');
+  const eventId = randomUUID();
+  const payload = EventBatch.encode({
+    batchId: eventId,
+    shard: shardOf(payment.id, shardCount),
+    events: [
+      {
+        eventId,
+        type,
+        aggregateId: payment.id,
+        sequence: BigInt(payment.version),
+        occurredAt: BigInt(Date.now()) * 1_000_000n,
+        traceparent: '',
+        payload: {
+          $case: 'payment',
+          value: {
+            paymentId: payment.id,
+            merchantId: payment.merchantId,
+            currency: payment.currency,
+            amount: payment.amount,
+            amountCaptured: payment.amountCaptured,
+            amountRefunded: payment.amountRefunded,
+            fee: payment.fee,
+            status: payment.status,
+            operationId: op.id,
+            operationAmount: op.amount,
+            operationFee: op.fee,
+            declineCode: payment.declineCode ?? '',
+            sourceAccountId: payment.sourceAccountId,
+            destinationAccountId: payment.destinationAccountId,
+            customerId: payment.customerId ?? '',
+            riskScorePpm: payment.risk.scorePpm,
+            riskModelVersion: payment.risk.modelVersion,
+          },
+        },
+      },
+    ],
+  }).finish();
+  const sequence = BigInt(Date.now()) * 1_000n * 1_024n + BigInt(randomInt(1_024));
+  await db.query({
+    name: 'pay-outbox',
+    text: 'INSERT INTO outbox (shard, sequence, batch_id, part, event_count, payload) VALUES ($1, $2, $3, 0, 1, $4)',
+    values: [PAYMENT_OUTBOX_SHARD_BASE + shardOf(payment.id, shardCount), sequence, eventId, Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength)],
+  });
+}

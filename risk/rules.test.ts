@@ -1,0 +1,75 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'mocha';
+import { Decision, type ScoreRequest } from '../proto/gen/risk/v1/risk.js';
+import { RULE_WEIGHTS, RulesScorer, VelocityWindow } from './rules.js';
+
+const settings = { maxAmount: 100_000n, velocityMax: 3, velocityWindowMs: 60_000, declineThresholdPpm: 800_000, reviewThresholdPpm: 500_000 };
+
+function request(fields: Partial<ScoreRequest> = {}): ScoreRequest {
+  return {
+    paymentId: '',
+    merchantId: '11111111-1111-4111-8111-111111111111',
+    customerId: '',
+    amount: 1_000n,
+    currency: 'USD',
+    cardFingerprint: '',
+    deviceId: '',
+    cardCountry: '',
+    ipCountry: '',
+    ...fields,
+  };
+}
+
+describe('risk rules-only scorer', () => {
+  it('approves an ordinary payment with no reasons', () => {
+    assert.deepEqual(new RulesScorer(settings).score(request()), { scorePpm: 0, decision: Decision.DECISION_APPROVE, reasons: [], modelVersion: 'rules-v1' });
+  });
+
+  it('declines above the amount limit (at the limit is fine)', () => {
+    const scorer = new RulesScorer(settings);
+    assert.equal(scorer.score(request({ amount: 100_000n })).decision, Decision.DECISION_APPROVE);
+    const above = scorer.score(request({ amount: 100_001n }));
+    assert.deepEqual([above.decision, above.reasons, above.scorePpm], [Decision.DECISION_DECLINE, ['amount_above_limit'], RULE_WEIGHTS.amount_above_limit]);
+  });
+
+  it('sends a card past its velocity to review, across merchants, and a country mismatch on top declines', () => {
+    const scorer = new RulesScorer(settings);
+    const card = (merchantId: string, at: number, extra: Partial<ScoreRequest> = {}) => scorer.score(request({ merchantId, cardFingerprint: 'fp', ...extra }), at);
+    assert.equal(card('11111111-1111-4111-8111-111111111111', 0).decision, Decision.DECISION_APPROVE);
+    assert.equal(card('22222222-2222-4222-8222-222222222222', 1).decision, Decision.DECISION_APPROVE);
+    assert.equal(card('33333333-3333-4333-8333-333333333333', 2).decision, Decision.DECISION_APPROVE);
+    const fourth = card('44444444-4444-4444-8444-444444444444', 3);
+    assert.deepEqual([fourth.decision, fourth.reasons], [Decision.DECISION_REVIEW, ['card_velocity']]);
+    const both = card('44444444-4444-4444-8444-444444444444', 4, { cardCountry: 'US', ipCountry: 'RU' });
+    assert.deepEqual([both.decision, both.reasons, both.scorePpm], [Decision.DECISION_DECLINE, ['card_velocity', 'country_mismatch'], 900_000]);
+  });
+
+  it('counts customers per merchant, devices across merchants', () => {
+    const scorer = new RulesScorer({ ...settings, velocityMax: 1 });
+    scorer.score(request({ customerId: 'c1' }), 0);
+    assert.deepEqual(scorer.score(request({ customerId: 'c1', merchantId: '22222222-2222-4222-8222-222222222222' }), 1).reasons, []);
+    assert.deepEqual(scorer.score(request({ customerId: 'c1' }), 2).reasons, ['customer_velocity']);
+    scorer.score(request({ deviceId: 'd1' }), 3);
+    assert.deepEqual(scorer.score(request({ deviceId: 'd1', merchantId: '22222222-2222-4222-8222-222222222222' }), 4).reasons, ['device_velocity']);
+  });
+
+  it('the score is capped at 1,000,000 and never falls when another rule fires', () => {
+    const scorer = new RulesScorer({ ...settings, velocityMax: 0 });
+    const all = scorer.score(request({ amount: 1_000_000n, cardFingerprint: 'f', customerId: 'c', deviceId: 'd', cardCountry: 'US', ipCountry: 'FR' }));
+    assert.equal(all.scorePpm, 1_000_000);
+    assert.deepEqual(all.reasons, ['amount_above_limit', 'card_velocity', 'customer_velocity', 'device_velocity', 'country_mismatch']);
+  });
+
+  it('the velocity window slides, and forgets the least recently seen key beyond its capacity', () => {
+    const window = new VelocityWindow(1_000, 2);
+    assert.equal(window.record('a', 0), 1);
+    assert.equal(window.record('a', 999), 2);
+    assert.equal(window.record('a', 1_500), 2, 'the one at 0 left the window');
+    window.record('b', 1_600);
+    window.record('a', 1_700); // a is now the most recently seen
+    window.record('c', 1_800); // evicts b
+    assert.equal(window.trackedKeys, 2);
+    assert.equal(window.record('b', 1_900), 1, 'b was forgotten');
+    assert.equal(window.record('c', 1_950), 2, 'c was kept');
+  });
+});

@@ -1,0 +1,60 @@
+import assert from 'node:assert/strict';
+import { status, type ServiceError } from '@grpc/grpc-js';
+import { after, before, describe, it } from 'mocha';
+import { ERROR_FIELD_KEY } from '../lib/grpc.js';
+import { createLogger } from '../lib/logger.js';
+import { Decision, type ScoreRequest } from '../proto/gen/risk/v1/risk.js';
+import { testConfig } from '../test/support.js';
+import { startRisk, type RiskApp } from './app.js';
+import { RiskClient } from './client.js';
+
+describe('risk.v1.RiskService (gRPC)', () => {
+  let app: RiskApp;
+  let client: RiskClient;
+  const request = (fields: Partial<ScoreRequest>): ScoreRequest => ({
+    paymentId: '',
+    merchantId: '11111111-1111-4111-8111-111111111111',
+    customerId: '',
+    amount: 500n,
+    currency: 'EUR',
+    cardFingerprint: '',
+    deviceId: '',
+    cardCountry: '',
+    ipCountry: '',
+    ...fields,
+  });
+
+  before(async () => {
+    app = await startRisk(testConfig({ RISK_GRPC_LISTEN: '127.0.0.1:0', RISK_RULES_MAX_AMOUNT: '10000', RISK_RULES_VELOCITY_MAX: '2' }), createLogger('risk-test', 'silent'));
+    client = new RiskClient(app.address);
+  });
+  after(async () => {
+    client?.close();
+    await app?.close();
+  });
+
+  it('approves, reviews and declines by the configured rules', async () => {
+    assert.equal((await client.score(request({}), 2_000)).decision, Decision.DECISION_APPROVE);
+    const declined = await client.score(request({ amount: 10_001n }), 2_000);
+    assert.deepEqual([declined.decision, declined.reasons, declined.modelVersion], [Decision.DECISION_DECLINE, ['amount_above_limit'], 'rules-v1']);
+    for (let i = 0; i < 2; i++) await client.score(request({ deviceId: 'device-7' }), 2_000);
+    assert.equal((await client.score(request({ deviceId: 'device-7' }), 2_000)).decision, Decision.DECISION_REVIEW);
+  });
+
+  it('malformed input is INVALID_ARGUMENT naming the field', async () => {
+    const cases: [Partial<ScoreRequest>, string][] = [
+      [{ amount: 0n }, 'amount'],
+      [{ currency: 'EURO' }, 'currency'],
+      [{ merchantId: 'x' }, 'merchant_id'],
+      [{ ipCountry: 'fra' }, 'ip_country'],
+      [{ deviceId: 'd'.repeat(201) }, 'device_id'],
+    ];
+    for (const [fields, field] of cases) {
+      await assert.rejects(client.score(request(fields), 2_000), (error: ServiceError) => {
+        assert.equal(error.code, status.INVALID_ARGUMENT);
+        assert.equal(String(error.metadata.get(ERROR_FIELD_KEY)[0]), field);
+        return true;
+      });
+    }
+  });
+});

@@ -1,0 +1,35 @@
+import { currencyOf } from '../lib/currency.js';
+import { ValidationError } from '../lib/errors.js';
+import { unary } from '../lib/grpc.js';
+import type { Logger } from '../lib/logger.js';
+import type { RiskServiceServer, ScoreRequest } from '../proto/gen/risk/v1/risk.js';
+import { parseId } from '../ledger/validation.js';
+import type { RulesScorer } from './rules.js';
+
+/** risk.v1.RiskService over a scorer; the input is validated like every other gRPC boundary. */
+export function createRiskService(scorer: RulesScorer, logger: Logger): RiskServiceServer {
+  return {
+    score: unary(logger, 'Score', async (request) => scorer.score(parseScoreRequest(request))),
+  };
+}
+
+const COUNTRY = /^[A-Z]{2}$/;
+
+function parseScoreRequest(r: ScoreRequest): ScoreRequest {
+  if (r.amount <= 0n) throw new ValidationError('amount', 'must be a positive integer of minor units');
+  currencyOf(r.currency);
+  for (const [field, value] of [
+    ['card_country', r.cardCountry],
+    ['ip_country', r.ipCountry],
+  ] as const) {
+    if (value !== '' && !COUNTRY.test(value)) throw new ValidationError(field, 'an ISO 3166-1 alpha-2 code');
+  }
+  for (const [field, value] of [
+    ['customer_id', r.customerId],
+    ['card_fingerprint', r.cardFingerprint],
+    ['device_id', r.deviceId],
+  ] as const) {
+    if (value.length > 200) throw new ValidationError(field, 'at most 200 characters');
+  }
+  return { ...r, merchantId: parseId(r.merchantId, 'merchant_id'), paymentId: parseId(r.paymentId, 'payment_id', { optional: true }) };
+}
