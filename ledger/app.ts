@@ -112,7 +112,7 @@ export async function startLedger(config: Config, logger: Logger): Promise<Ledge
   sweeper.start();
   const relay = config.LEDGER_RELAY_ENABLED ? new OutboxRelay(pool, config, relayedOutboxShards(shards), logger) : undefined;
   relay?.start();
-  const resumer = new PaymentResumer(pool, payments, logger, config.PAYMENTS_RESUME_AFTER_MS);
+  const resumer = new PaymentResumer(pool, payments, logger, config.PAYMENTS_RESUME_AFTER_MS, config.PAYMENTS_AUTHORIZATION_TIMEOUT_SECONDS);
   resumer.task.start();
 
   metrics.meter.createObservableGauge('ledger_queue_events', { description: 'Events waiting in each shard queue' }).addCallback((result) => {

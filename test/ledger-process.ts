@@ -15,18 +15,27 @@ export async function freePort(): Promise<number> {
   });
 }
 
-export interface LedgerProcess {
+export interface ServiceProcess {
   child: ChildProcess;
+  /** host:port it listens on. */
   target: string;
   stop(signal?: NodeJS.Signals): Promise<void>;
 }
+export type LedgerProcess = ServiceProcess;
 
-/** Starts `ledger/main.ts` as its own process (as in production) and waits until its port accepts connections. */
-export async function spawnLedger(env: Record<string, string>, nodeArgs: string[] = []): Promise<LedgerProcess> {
+/** Where each service entry listens, as an environment setting of a host:port or of a port. */
+const LISTEN: Record<string, (port: number) => Record<string, string>> = {
+  'ledger/main.ts': (port) => ({ LEDGER_GRPC_LISTEN: `127.0.0.1:${port}` }),
+  'risk/main.ts': (port) => ({ RISK_GRPC_LISTEN: `127.0.0.1:${port}` }),
+  'gateway/main.ts': (port) => ({ GATEWAY_HOST: '127.0.0.1', GATEWAY_PORT: String(port) }),
+};
+
+/** Starts a service entry (e.g. `ledger/main.ts`) as its own process, as in production, once it listens. */
+export async function spawnService(entry: keyof typeof LISTEN, env: Record<string, string>, nodeArgs: string[] = []): Promise<ServiceProcess> {
   const port = await freePort();
-  const child = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', path.join(ROOT, 'ledger/main.ts')], {
+  const child = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', path.join(ROOT, entry)], {
     cwd: ROOT,
-    env: { ...process.env, LEDGER_GRPC_LISTEN: `127.0.0.1:${port}`, LOG_LEVEL: 'info', ...env },
+    env: { ...process.env, LOG_LEVEL: 'info', ...env, ...LISTEN[entry]!(port) },
     stdio: ['ignore', 'inherit', 'inherit'],
   });
   try {
@@ -45,6 +54,11 @@ export async function spawnLedger(env: Record<string, string>, nodeArgs: string[
         child.kill(signal);
       }),
   };
+}
+
+/** Starts `ledger/main.ts` as its own process and waits until its port accepts connections. */
+export function spawnLedger(env: Record<string, string>, nodeArgs: string[] = []): Promise<LedgerProcess> {
+  return spawnService('ledger/main.ts', env, nodeArgs);
 }
 
 export async function waitForPort(port: number, child: ChildProcess, timeoutMs = 30_000): Promise<void> {

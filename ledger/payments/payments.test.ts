@@ -310,7 +310,7 @@ describe('payments (gRPC, on the ledger, with the rules-only risk scorer)', func
     assert.equal((await get(merchant, paymentId)).status, PaymentStatus.PAYMENT_STATUS_PROCESSING);
     assert.deepEqual(await balances(source), [0n, 3_000n, 0n, 10_000n], 'the ledger has it');
 
-    const resumer = new PaymentResumer(pool, new PaymentFlows(pool, real, riskClient, settings, logger), logger, 1);
+    const resumer = new PaymentResumer(pool, new PaymentFlows(pool, real, riskClient, settings, logger), logger, 1, 3600);
     await new Promise((r) => setTimeout(r, 5));
     assert.ok((await resumer.resumeOnce()) >= 1);
     const finished = await get(merchant, paymentId);
@@ -320,6 +320,37 @@ describe('payments (gRPC, on the ledger, with the rules-only risk scorer)', func
     assert.deepEqual(await paymentEvents(paymentId), ['1:payment.authorized', '2:payment.captured']);
     // The caller's retry with the same key now answers the finished payment.
     assert.equal((await create({ merchantId: merchant, idempotencyKey: key, amount: 3_000n, source: { kind: { $case: 'accountId', value: source } }, captureMethod: CaptureMethod.CAPTURE_METHOD_AUTOMATIC })).status, PaymentStatus.PAYMENT_STATUS_SUCCEEDED);
+  });
+
+  it('an authorization left uncaptured past its timeout is released by the ledger and the payment canceled, once', async () => {
+    const merchant = await newMerchant();
+    const source = await wallet(merchant, 1_000n);
+    const logger = createLogger('payments-test', 'silent');
+    const settings = { shardCount: 8, authorizationTimeoutSeconds: 1, riskDeadlineMs: 2000, riskFailOpenBelowAmount: 0n };
+    const approve = { score: async () => ({ scorePpm: 0, decision: 1, reasons: [], modelVersion: 'test-approve' }) };
+    const flows = new PaymentFlows(pool, routerLedger(ledger.app.router), approve, settings, logger);
+    const p = await flows.createPayment({
+      merchantId: merchant,
+      idempotencyKey: '',
+      amount: 600n,
+      currency: 'USD',
+      source: { kind: 'account', accountId: source },
+      destinationAccountId: '',
+      captureMethod: 'manual',
+      metadata: {},
+      deviceId: '',
+      ipCountry: '',
+      customerId: '',
+    });
+    assert.deepEqual(await balances(source), [600n, 0n, 0n, 1_000n]);
+    await new Promise((r) => setTimeout(r, 2_300)); // past the timeout and its second of slack
+    const resumer = new PaymentResumer(pool, flows, logger, 60_000, 1);
+    assert.ok((await resumer.resumeOnce()) >= 1);
+    assert.equal((await get(merchant, p.id)).status, PaymentStatus.PAYMENT_STATUS_CANCELED);
+    assert.deepEqual(await balances(source), [0n, 0n, 0n, 1_000n]);
+    await resumer.resumeOnce();
+    assert.deepEqual(await paymentEvents(p.id), ['1:payment.authorized', '2:payment.canceled']);
+    await expectError(capture(merchant, p.id), status.FAILED_PRECONDITION, 'payment_not_capturable');
   });
 
   it('lists a merchant\'s payments newest first with starting_after / ending_before', async () => {

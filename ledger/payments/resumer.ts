@@ -2,12 +2,13 @@ import type { Pool } from '../../lib/db.js';
 import type { Logger } from '../../lib/logger.js';
 import { PeriodicTask } from '../../lib/periodic.js';
 import type { PaymentFlows } from './flows.js';
-import { staleOperations } from './store.js';
+import { expiredAuthorizations, staleOperations } from './store.js';
 
 /**
  * Finishes payment steps left `processing` longer than `resumeAfterMs`: their caller crashed (or gave up)
  * between recording the step and finishing it. Driving a step twice is harmless (derived transfer ids, and
- * a step finishes once), so several instances may resume at the same time.
+ * a step finishes once), so several instances may resume at the same time. Also cancels payments whose
+ * authorization expired uncaptured (the ledger released the amount; the payment says so, with its event).
  */
 export class PaymentResumer {
   readonly task: PeriodicTask;
@@ -17,11 +18,12 @@ export class PaymentResumer {
     private readonly flows: PaymentFlows,
     private readonly logger: Logger,
     private readonly resumeAfterMs: number,
+    private readonly authorizationTimeoutSeconds: number,
   ) {
     this.task = new PeriodicTask('payment resumer', () => this.resumeOnce(), Math.max(1_000, Math.floor(resumeAfterMs / 2)), logger);
   }
 
-  /** One pass; returns how many steps it drove. */
+  /** One pass; returns how many steps it drove (expired authorizations included). */
   async resumeOnce(): Promise<number> {
     const stale = await staleOperations(this.pool, this.resumeAfterMs, 100);
     let resumed = 0;
@@ -34,7 +36,17 @@ export class PaymentResumer {
         this.logger.warn({ err, operation: op.id, kind: op.kind, payment: op.paymentId }, 'payment step could not be resumed');
       }
     }
-    if (resumed > 0) this.logger.info({ resumed }, 'payment steps resumed');
+    // A second of slack: the ledger's sweeper releases the pending transfer first, the cancel records it.
+    const cutoff = BigInt(Date.now() - (this.authorizationTimeoutSeconds + 1) * 1000) * 1_000_000n;
+    for (const payment of await expiredAuthorizations(this.pool, cutoff, 100)) {
+      try {
+        await this.flows.cancel(payment.merchantId, payment.id);
+        resumed++;
+      } catch (err) {
+        this.logger.warn({ err, payment: payment.id }, 'expired authorization could not be canceled');
+      }
+    }
+    if (resumed > 0) this.logger.info({ resumed }, 'payment steps resumed or expired');
     return resumed;
   }
 }

@@ -199,6 +199,16 @@ export async function staleOperations(db: Queryable, olderThanMs: number, limit:
   return r.rows.map(operationFromRow);
 }
 
+/** Payments still awaiting capture although authorized before `createdBefore` (ns): their authorization expired. */
+export async function expiredAuthorizations(db: Queryable, createdBefore: bigint, limit: number): Promise<{ id: string; merchantId: string }[]> {
+  const r = await db.query({
+    name: 'pay-expired-authorizations',
+    text: `SELECT id, merchant_id FROM payments WHERE status = 'requires_capture' AND created_at < $1 ORDER BY created_at LIMIT $2`,
+    values: [createdBefore, limit],
+  });
+  return r.rows.map((row) => ({ id: row.id, merchantId: row.merchant_id }));
+}
+
 export type PaymentEventType = 'payment.authorized' | 'payment.captured' | 'payment.canceled' | 'payment.declined' | 'payment.refunded';
 
 /**

@@ -1,0 +1,139 @@
+/**
+ * `make bench`, payments part: POST /v1/payments (automatic capture, card source, a distinct Idempotency-Key
+ * per request) through the REST gateway with autocannon, 256 connections, BENCH_PAYMENTS_SECONDS (default 30)
+ * per run. Every service runs as its own process, as in production: risk, ledger (with payments and the outbox
+ * relay to a stream of the benchmark's own), gateway. The baseline is the same stack with ledger batches of one
+ * event (LEDGER_BATCH_MAX=1), measured in the same run: only the ratio means anything on a shared machine.
+ */
+import { randomBytes, randomUUID } from 'node:crypto';
+import { mkdir, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import autocannon from 'autocannon';
+import { loadConfig } from '../lib/config.js';
+import { connectJetStream, connectNats } from '../lib/nats.js';
+import { spawnService, type ServiceProcess } from '../test/ledger-process.js';
+
+const SECONDS = Number(process.env['BENCH_PAYMENTS_SECONDS'] ?? 30);
+const CONNECTIONS = Number(process.env['BENCH_PAYMENTS_CONNECTIONS'] ?? 256);
+const config = loadConfig();
+const ADMIN_KEY = `admin_${randomBytes(24).toString('base64url')}`;
+const STREAM = { EVENTS_STREAM: 'BENCH_PAYMENT_EVENTS', EVENTS_SUBJECT_PREFIX: 'benchpay', EVENTS_MAX_BYTES: String(2 * 1024 ** 3) };
+
+interface Row {
+  scenario: string;
+  paymentsPerSecond: number;
+  p50: number;
+  p99: number;
+  errors: number;
+  non2xx: number;
+  total: number;
+}
+
+async function startStack(ledgerEnv: Record<string, string>): Promise<{ url: string; stop(): Promise<void> }> {
+  const common = { DATABASE_URL: config.DATABASE_URL, LOG_LEVEL: 'warn', METRICS_PORT: '0', ...STREAM };
+  const started: ServiceProcess[] = [];
+  try {
+    const risk = await spawnService('risk/main.ts', { ...common, RISK_RULES_VELOCITY_MAX: '1000000' });
+    started.push(risk);
+    const ledger = await spawnService('ledger/main.ts', { ...common, RISK_GRPC_TARGET: risk.target, ...ledgerEnv });
+    started.push(ledger);
+    const gateway = await spawnService('gateway/main.ts', {
+      ...common,
+      LEDGER_GRPC_TARGET: ledger.target,
+      ADMIN_API_KEY: ADMIN_KEY,
+      GATEWAY_RATE_LIMIT_PER_SECOND: '1000000',
+      GATEWAY_RATE_LIMIT_BURST: '1000000',
+    });
+    started.push(gateway);
+    return { url: `http://${gateway.target}`, stop: () => stopAll(started) };
+  } catch (error) {
+    await stopAll(started);
+    throw error;
+  }
+}
+
+async function stopAll(processes: ServiceProcess[]): Promise<void> {
+  for (const p of processes.reverse()) await p.stop();
+}
+
+async function merchantKey(url: string): Promise<string> {
+  const r = await fetch(`${url}/v1/merchants`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${ADMIN_KEY}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ name: 'Bench merchant' }),
+  });
+  const body = (await r.json()) as { secret_key?: string };
+  if (!r.ok || !body.secret_key) throw new Error(`creating the bench merchant failed: ${r.status} ${JSON.stringify(body)}`);
+  return body.secret_key;
+}
+
+function drive(url: string, key: string, seconds: number): Promise<autocannon.Result> {
+  return autocannon({
+    url,
+    connections: CONNECTIONS,
+    duration: seconds,
+    requests: [
+      {
+        method: 'POST',
+        path: '/v1/payments',
+        setupRequest: (request) => ({
+          ...request,
+          headers: { ...request.headers, authorization: `Bearer ${key}`, 'content-type': 'application/json', 'idempotency-key': randomUUID() },
+          // Distinct cards, amounts under the fail-open limit: the benchmark measures the path, not the rules.
+          body: JSON.stringify({
+            amount: 100 + Math.floor(Math.random() * 5_000),
+            currency: 'USD',
+            source: { card: { token: 'tok_bench', fingerprint: `fp_${randomUUID()}`, country: 'US' } },
+            capture_method: 'automatic',
+          }),
+        }),
+      },
+    ],
+  });
+}
+
+async function measure(scenario: string, ledgerEnv: Record<string, string>): Promise<Row> {
+  const stack = await startStack(ledgerEnv);
+  try {
+    const key = await merchantKey(stack.url);
+    await drive(stack.url, key, 3); // warm-up: JIT, connection pools, platform accounts
+    const r = await drive(stack.url, key, SECONDS);
+    const row = { scenario, paymentsPerSecond: r['2xx'] / SECONDS, p50: r.latency.p50, p99: r.latency.p99, errors: r.errors + r.timeouts, non2xx: r.non2xx, total: r.requests.total };
+    console.log(`${scenario.padEnd(40)} ${Math.round(row.paymentsPerSecond).toString().padStart(6)} payments/s  p50 ${row.p50} ms  p99 ${row.p99} ms  errors ${row.errors}  non-2xx ${row.non2xx}`);
+    return row;
+  } finally {
+    await stack.stop();
+  }
+}
+
+async function deleteStream(): Promise<void> {
+  const nc = await connectNats(config, { name: 'bench' });
+  try {
+    const { jsm } = await connectJetStream(nc);
+    await jsm.streams.delete(STREAM.EVENTS_STREAM).catch(() => undefined);
+  } finally {
+    await nc.close();
+  }
+}
+
+async function main(): Promise<void> {
+  console.log(`bench payments: ${os.cpus().length} cores, ${SECONDS} s per run, ${CONNECTIONS} connections, POST /v1/payments (automatic capture)`);
+  const rows: Row[] = [];
+  try {
+    rows.push(await measure('baseline: ledger batches of 1', { LEDGER_BATCH_MAX: '1' }));
+    rows.push(await measure('ledger batching (default settings)', {}));
+  } finally {
+    await deleteStream();
+  }
+  const base = rows[0]!.paymentsPerSecond;
+  const table = [
+    '| scenario | payments/s | x baseline | p50 ms | p99 ms | errors | non-2xx |',
+    '|---|---:|---:|---:|---:|---:|---:|',
+    ...rows.map((r) => `| ${r.scenario} | ${Math.round(r.paymentsPerSecond).toLocaleString('en-US')} | ${(r.paymentsPerSecond / base).toFixed(2)}x | ${r.p50} | ${r.p99} | ${r.errors} | ${r.non2xx} |`),
+  ].join('\n');
+  console.log(`\n${table}\n`);
+  await mkdir('bench/results', { recursive: true });
+  await writeFile('bench/results/payments.md', `${new Date().toISOString()} ${os.cpus().length} cores, ${CONNECTIONS} connections, ${SECONDS} s\n\n${table}\n`);
+}
+
+await main();
