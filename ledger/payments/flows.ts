@@ -133,7 +133,7 @@ export class PaymentFlows {
       async (client) => {
         if (!(await store.insertPayment(client, payment))) return false;
         await store.insertOperation(client, authorization);
-        if (decline) await store.writePaymentEvent(client, this.settings.shardCount, 'payment.declined', payment, authorization);
+        if (decline) await store.writePaymentEvents(client, this.settings.shardCount, [{ type: 'payment.declined', payment }], authorization);
         return true;
       },
       { retryIf: isUniqueViolation },
@@ -349,24 +349,24 @@ export class PaymentFlows {
     failureCode: string | null,
     apply: (current: PaymentRow) => { next: PaymentRow; events: StepEvents },
   ): Promise<PaymentRow> {
-    await withTransaction(
+    const finished = await withTransaction(
       this.pool,
       async (client) => {
-        if (!(await store.finishOperation(client, op.id, status, failureCode))) return;
+        if (!(await store.finishOperation(client, op.id, status, failureCode))) return null;
         const current = await store.findPayment(client, op.merchantId, op.paymentId);
         invariant(current, `payment ${op.paymentId} vanished`);
         const { next, events } = apply(current);
         checkPaymentInvariants(next);
-        const finished = { ...next, version: current.version };
-        for (const type of events) {
-          finished.version += 1n;
-          await store.writePaymentEvent(client, this.settings.shardCount, type, finished, op);
-        }
-        invariant(await store.updatePayment(client, finished, current.version), `payment ${op.paymentId} changed under its step`);
+        const versions = events.map((type, i) => ({ type, payment: { ...next, version: current.version + BigInt(i + 1) } }));
+        const after = { ...next, version: current.version + BigInt(events.length) };
+        await store.writePaymentEvents(client, this.settings.shardCount, versions, op);
+        invariant(await store.updatePayment(client, after, current.version), `payment ${op.paymentId} changed under its step`);
+        return after;
       },
       { retryIf: isUniqueViolation },
     );
-    return this.requirePayment(op.merchantId, op.paymentId);
+    // Finished by someone else meanwhile (a concurrent retry or the resumer): answer what they wrote.
+    return finished ?? this.requirePayment(op.merchantId, op.paymentId);
   }
 
   // --- accounts, risk ------------------------------------------------------------------------------------

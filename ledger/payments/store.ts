@@ -212,27 +212,30 @@ export async function expiredAuthorizations(db: Queryable, createdBefore: bigint
 export type PaymentEventType = 'payment.authorized' | 'payment.captured' | 'payment.canceled' | 'payment.declined' | 'payment.refunded';
 
 /**
- * Writes one payment event into the outbox, in the caller's transaction (with the state change it reports).
- * The row's sequence orders the relay's reads and need not be dense: microseconds times 1,024 plus a random
- * tail, so no counter row is shared by concurrent payments. A collision is a unique violation, and the
- * transaction retries (withTransaction's retryIf).
+ * Writes a step's payment events into the outbox as one message, in the caller's transaction (with the state
+ * change they report). Each event carries the payment as of that event's version. The row's sequence orders
+ * the relay's reads and need not be dense: microseconds times 1,024 plus a random tail, so no counter row is
+ * shared by concurrent payments. A collision is a unique violation, and the transaction retries (retryIf).
  */
-export async function writePaymentEvent(db: PoolClient, shardCount: number, type: PaymentEventType, payment: PaymentRow, op: OperationRow): Promise<void> {
-  invariant(payment.version > 0n, 'a payment event carries the version it produced');
-  const eventId = randomUUID();
+export async function writePaymentEvents(db: PoolClient, shardCount: number, events: readonly { type: PaymentEventType; payment: PaymentRow }[], op: OperationRow): Promise<void> {
+  if (events.length === 0) return;
+  const paymentId = events[0]!.payment.id;
+  const batchId = randomUUID();
+  const occurredAt = BigInt(Date.now()) * 1_000_000n;
   const payload = EventBatch.encode({
-    batchId: eventId,
-    shard: shardOf(payment.id, shardCount),
-    events: [
-      {
-        eventId,
+    batchId,
+    shard: shardOf(paymentId, shardCount),
+    events: events.map(({ type, payment }) => {
+      invariant(payment.version > 0n && payment.id === paymentId, 'payment events of one step carry the versions they produced');
+      return {
+        eventId: randomUUID(),
         type,
         aggregateId: payment.id,
         sequence: BigInt(payment.version),
-        occurredAt: BigInt(Date.now()) * 1_000_000n,
+        occurredAt,
         traceparent: '',
         payload: {
-          $case: 'payment',
+          $case: 'payment' as const,
           value: {
             paymentId: payment.id,
             merchantId: payment.merchantId,
@@ -253,13 +256,13 @@ export async function writePaymentEvent(db: PoolClient, shardCount: number, type
             riskModelVersion: payment.risk.modelVersion,
           },
         },
-      },
-    ],
+      };
+    }),
   }).finish();
   const sequence = BigInt(Date.now()) * 1_000n * 1_024n + BigInt(randomInt(1_024));
   await db.query({
     name: 'pay-outbox',
-    text: 'INSERT INTO outbox (shard, sequence, batch_id, part, event_count, payload) VALUES ($1, $2, $3, 0, 1, $4)',
-    values: [PAYMENT_OUTBOX_SHARD_BASE + shardOf(payment.id, shardCount), sequence, eventId, Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength)],
+    text: 'INSERT INTO outbox (shard, sequence, batch_id, part, event_count, payload) VALUES ($1, $2, $3, 0, $4, $5)',
+    values: [PAYMENT_OUTBOX_SHARD_BASE + shardOf(paymentId, shardCount), sequence, batchId, events.length, Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength)],
   });
 }
