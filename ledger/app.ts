@@ -40,7 +40,8 @@ function workerUrl(): string {
 }
 
 export async function startLedger(config: Config, logger: Logger): Promise<LedgerApp> {
-  const pool = createPool(config, { applicationName: 'ledger' });
+  // Key lookups only (no sequential scans: their relation-wide SERIALIZABLE read locks would conflict with every write).
+  const pool = createPool(config, { applicationName: 'ledger', keyAccessOnly: true });
   const shards = ownedShards(config.LEDGER_OWNED_SHARDS, config.LEDGER_SHARDS);
   // Another instance may commit batches on these rows meanwhile (rolling restart): retried like any transaction.
   await withTransaction(pool, (client) => ensureShards(client, shards));

@@ -2,6 +2,7 @@ import { credentials, status, type ServiceError } from '@grpc/grpc-js';
 import { callUnary, type UnaryMethod } from '../lib/grpc.js';
 import {
   LedgerServiceClient,
+  PendingState,
   type Account,
   type AccountFlags,
   type TransferFlags,
@@ -19,6 +20,8 @@ export interface LedgerClientOptions {
   /** Requests in flight at once when auto-batching; later calls wait and ride along in the next request. */
   maxInFlight?: number;
   deadlineMs?: number;
+  /** Extra grpc-js channel options (e.g. a private subchannel pool, so that several clients use several connections). */
+  channelOptions?: Record<string, string | number>;
 }
 
 const NO_ACCOUNT_FLAGS: AccountFlags = { linked: false, debitsMustNotExceedCredits: false, creditsMustNotExceedDebits: false, history: false, closed: false };
@@ -50,6 +53,7 @@ export function newTransfer(fields: Partial<Omit<Transfer, 'flags'>> & { id: str
     ledger: 0,
     code: 0,
     timeout: 0,
+    pendingState: PendingState.PENDING_STATE_UNSPECIFIED,
     metadata: {},
     timestamp: 0n,
     ...fields,
@@ -82,6 +86,9 @@ export class LedgerClient {
     this.raw = new LedgerServiceClient(target, credentials.createInsecure(), {
       'grpc.max_receive_message_length': 32 * 1024 * 1024,
       'grpc.max_send_message_length': 32 * 1024 * 1024,
+      'grpc.keepalive_time_ms': 30_000,
+      'grpc.keepalive_timeout_ms': 10_000,
+      ...options.channelOptions,
     });
     this.autoBatch = options.autoBatch ?? true;
     this.maxInFlight = options.maxInFlight ?? 4;

@@ -93,6 +93,8 @@ export function transferToProto(t: TransferRow): Transfer {
     timeout: t.timeout,
     metadata: t.metadata,
     timestamp: t.timestamp,
+    // PendingState numbers are the proto enum's (1 pending ... 4 expired).
+    pendingState: t.pendingState ?? 0,
   };
 }
 

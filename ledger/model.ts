@@ -78,6 +78,8 @@ export interface TransferRow {
   timeout: number;
   metadata: Metadata;
   timestamp: bigint;
+  /** Of a pending transfer, when looked up (LookupTransfers). */
+  pendingState?: PendingState;
 }
 
 export interface PendingRow {

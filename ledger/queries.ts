@@ -1,7 +1,7 @@
 import { withTransaction, type Pool } from '../lib/db.js';
 import { AppError, ValidationError } from '../lib/errors.js';
 import type { HistoryRow } from './engine.js';
-import { AccountFlag, MAX_BATCH_EVENTS, hasFlag, type AccountRow, type TransferRow } from './model.js';
+import { AccountFlag, MAX_BATCH_EVENTS, hasFlag, type AccountRow, type PendingState, type TransferRow } from './model.js';
 import { ACCOUNT_COLUMNS, TRANSFER_COLUMNS, accountFromRow, transferFromRow } from './store.js';
 
 /**
@@ -59,8 +59,13 @@ export async function lookupAccounts(pool: Pool, ids: readonly string[]): Promis
 }
 
 export async function lookupTransfers(pool: Pool, ids: readonly string[]): Promise<TransferRow[]> {
-  const r = await pool.query({ name: 'lookup-transfers', text: `SELECT ${TRANSFER_COLUMNS} FROM transfers WHERE id = ANY($1::uuid[])`, values: [ids] });
-  const byId = new Map(r.rows.map((row) => [row.id as string, transferFromRow(row)]));
+  const r = await pool.query({
+    name: 'lookup-transfers',
+    text: `SELECT ${TRANSFER_COLUMNS.split(', ').map((c) => `t.${c}`).join(', ')}, p.state AS pending_state
+           FROM transfers t LEFT JOIN pending_transfers p ON p.id = t.id WHERE t.id = ANY($1::uuid[])`,
+    values: [ids],
+  });
+  const byId = new Map(r.rows.map((row) => [row.id as string, { ...transferFromRow(row), ...(row.pending_state ? { pendingState: row.pending_state as PendingState } : {}) }]));
   return ids.flatMap((id) => byId.get(id) ?? []);
 }
 

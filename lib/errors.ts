@@ -11,6 +11,7 @@ export type ErrorKind =
   | 'permission_denied'
   | 'resource_exhausted' // back-pressure: retry later
   | 'unavailable' // a dependency is down or a worker died: retry later, ids make it safe
+  | 'deadline_exceeded' // no answer in time: the outcome is unknown, retry with the same ids or key
   | 'internal';
 
 export interface ErrorDetails {
@@ -34,7 +35,7 @@ export class AppError extends Error {
   }
 
   get retryable(): boolean {
-    return this.kind === 'unavailable' || this.kind === 'resource_exhausted';
+    return this.kind === 'unavailable' || this.kind === 'resource_exhausted' || this.kind === 'deadline_exceeded';
   }
 }
 

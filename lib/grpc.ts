@@ -12,8 +12,43 @@ const STATUS_OF: Record<ErrorKind, status> = {
   permission_denied: status.PERMISSION_DENIED,
   resource_exhausted: status.RESOURCE_EXHAUSTED,
   unavailable: status.UNAVAILABLE,
+  deadline_exceeded: status.DEADLINE_EXCEEDED,
   internal: status.INTERNAL,
 };
+
+/** The reverse, for clients: what a status received from another service means here. */
+export const KIND_OF_STATUS: Partial<Record<status, ErrorKind>> = {
+  [status.INVALID_ARGUMENT]: 'invalid_argument',
+  [status.OUT_OF_RANGE]: 'invalid_argument',
+  [status.NOT_FOUND]: 'not_found',
+  [status.FAILED_PRECONDITION]: 'conflict',
+  [status.ALREADY_EXISTS]: 'conflict',
+  [status.ABORTED]: 'unavailable',
+  [status.UNAUTHENTICATED]: 'unauthenticated',
+  [status.PERMISSION_DENIED]: 'permission_denied',
+  [status.RESOURCE_EXHAUSTED]: 'resource_exhausted',
+  [status.UNAVAILABLE]: 'unavailable',
+  [status.DEADLINE_EXCEEDED]: 'deadline_exceeded',
+  [status.CANCELLED]: 'unavailable',
+};
+
+/**
+ * A gRPC error received from another service of the project as the AppError it was thrown as there: kind from
+ * the status, code and field from the metadata (x-error-field is percent-encoded), Retry-After kept.
+ */
+export function fromServiceError(error: ServiceError): AppError {
+  const kind = KIND_OF_STATUS[error.code] ?? 'internal';
+  const first = (key: string) => {
+    const value = error.metadata?.get(key)[0];
+    return value === undefined ? undefined : decodeURIComponent(String(value));
+  };
+  const field = first(ERROR_FIELD_KEY);
+  const retryAfter = Number(first(RETRY_AFTER_KEY) ?? (kind === 'unavailable' || kind === 'resource_exhausted' ? 1 : NaN));
+  const code = first(ERROR_CODE_KEY) ?? kind;
+  // An internal error's message stays on the server that logged it.
+  const message = kind === 'internal' ? 'internal error' : (error.details ?? code);
+  return new AppError(kind, code, message, { ...(field ? { field } : {}), ...(Number.isFinite(retryAfter) ? { retryAfterSeconds: retryAfter } : {}) }, { cause: error });
+}
 
 /** Error metadata keys: the problem code, the offending field and Retry-After, for the gateway to relay. */
 export const ERROR_CODE_KEY = 'x-error-code';

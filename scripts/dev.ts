@@ -3,9 +3,12 @@
  * and stops them all on Ctrl-C (or when any of them dies, so a broken service is never silently missing).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadConfig } from '../lib/config.js';
+import { sleep } from '../lib/retry.js';
 
 interface ServiceSpec {
   name: string;
@@ -15,15 +18,39 @@ interface ServiceSpec {
 
 const SERVICES: readonly ServiceSpec[] = [
   {
+    name: 'risk',
+    entry: 'risk/main.ts',
+    describe: (c) => `gRPC risk.v1.RiskService on ${c.RISK_GRPC_LISTEN} (rules-only scorer)`,
+  },
+  {
     name: 'ledger',
     entry: 'ledger/main.ts',
     describe: (c) =>
       `gRPC ledger.v1.LedgerService on ${c.LEDGER_GRPC_LISTEN} (${c.LEDGER_SHARDS} shards, ${c.LEDGER_WORKERS} workers), ` +
-      `outbox relay to ${c.EVENTS_STREAM}, metrics on http://127.0.0.1:${c.METRICS_PORT}/metrics`,
+      `payments.v1.PaymentService beside it, outbox relay to ${c.EVENTS_STREAM}, metrics on http://127.0.0.1:${c.METRICS_PORT}/metrics`,
+  },
+  {
+    name: 'gateway',
+    entry: 'gateway/main.ts',
+    describe: (c) => `REST API on http://127.0.0.1:${c.GATEWAY_PORT} (OpenAPI at /openapi.json)`,
   },
 ];
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+/** Local secrets of this checkout (git-ignored): the platform admin key, generated on first use. */
+const LOCAL_ENV = path.join(ROOT, '.env.local');
+
+function localAdminKey(): string {
+  const existing = existsSync(LOCAL_ENV) ? /^ADMIN_API_KEY=(\S+)$/m.exec(readFileSync(LOCAL_ENV, 'utf8'))?.[1] : undefined;
+  if (existing) return existing;
+  const key = `admin_${randomBytes(32).toString('base64url')}`;
+  writeFileSync(LOCAL_ENV, `ADMIN_API_KEY=${key}\n`, { mode: 0o600, flag: 'a' });
+  return key;
+}
+
+process.env['ADMIN_API_KEY'] ||= localAdminKey();
+// Each service exports its metrics on its own port: risk and gateway next to the ledger's.
+const METRICS_PORTS: Record<string, number> = { ledger: 0, risk: 1, gateway: 2 };
 const config = loadConfig();
 const children = new Map<string, ChildProcess>();
 let stopping = false;
@@ -41,7 +68,7 @@ function prefixLines(name: string, stream: NodeJS.ReadableStream, out: NodeJS.Wr
 for (const service of SERVICES) {
   const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, service.entry)], {
     cwd: ROOT,
-    env: process.env,
+    env: { ...process.env, METRICS_PORT: String(config.METRICS_PORT === 0 ? 0 : config.METRICS_PORT + (METRICS_PORTS[service.name] ?? 0)) },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   children.set(service.name, child);
@@ -60,15 +87,43 @@ for (const service of SERVICES) {
   console.log(`dev: started ${service.name} (pid ${child.pid}): ${service.describe(config)}`);
 }
 
-console.log(`
+/** Creates a demo merchant through the gateway once it answers, and prints how to use its key. */
+async function introduce(): Promise<void> {
+  const base = `http://127.0.0.1:${config.GATEWAY_PORT}`;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      if ((await fetch(`${base}/readyz`)).ok) break;
+    } catch {
+      // not listening yet
+    }
+    if (attempt > 120 || stopping) return console.error('dev: the gateway did not become ready; see its log lines above');
+    await sleep(500);
+  }
+  const r = await fetch(`${base}/v1/merchants`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${config.ADMIN_API_KEY}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ name: 'Demo merchant' }),
+  });
+  const merchant = (await r.json()) as { id?: string; secret_key?: string };
+  if (!r.ok || !merchant.secret_key) return console.error(`dev: creating the demo merchant failed: ${r.status} ${JSON.stringify(merchant)}`);
+  console.log(`
 dev: database ${new URL(config.DATABASE_URL).host}${new URL(config.DATABASE_URL).pathname}, NATS ${config.NATS_URL}
+dev: platform admin key (kept in .env.local): ${config.ADMIN_API_KEY}
+dev: demo merchant ${merchant.id}, secret key (shown once): ${merchant.secret_key}
 dev: try it (in another terminal):
-  A=11111111-1111-4111-8111-111111111111 B=22222222-2222-4222-8222-222222222222
-  npm run -s ledger -- create-account --id $A && npm run -s ledger -- create-account --id $B --history
-  npm run -s ledger -- transfer --debit $A --credit $B --amount 1250
-  npm run -s ledger -- lookup-accounts $A $B
-  npm run -s ledger -- account-transfers $B
+  K=${merchant.secret_key}
+  W=$(curl -s ${base}/v1/accounts -H "Authorization: Bearer $K" -H 'Content-Type: application/json' \\
+      -d '{"currency":"USD","flags":["debits_must_not_exceed_credits"]}' | jq -r .id)
+  F=$(curl -s ${base}/v1/accounts -H "Authorization: Bearer $K" -H 'Content-Type: application/json' -d '{"currency":"USD"}' | jq -r .id)
+  curl -s ${base}/v1/transfers -H "Authorization: Bearer $K" -H 'Content-Type: application/json' \\
+      -d "{\\"debit_account_id\\":\\"$F\\",\\"credit_account_id\\":\\"$W\\",\\"amount\\":50000,\\"currency\\":\\"USD\\"}"
+  curl -s ${base}/v1/payments -H "Authorization: Bearer $K" -H 'Content-Type: application/json' -H "Idempotency-Key: $(uuidgen)" \\
+      -d "{\\"amount\\":1250,\\"currency\\":\\"USD\\",\\"source\\":{\\"account\\":\\"$W\\"},\\"capture_method\\":\\"automatic\\"}"
+  curl -s ${base}/v1/payments -H "Authorization: Bearer $K"
 dev: Ctrl-C stops every service.`);
+}
+
+introduce().catch((error: unknown) => console.error('dev: could not create the demo merchant', error));
 
 function stop(): void {
   if (stopping && children.size === 0) return;

@@ -1,0 +1,134 @@
+import swagger from '@fastify/swagger';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import { Ajv } from 'ajv';
+import addFormats from 'ajv-formats';
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import type { Config } from '../lib/config.js';
+import type { Pool } from '../lib/db.js';
+import { AppError } from '../lib/errors.js';
+import type { Logger } from '../lib/logger.js';
+import { ADMIN_SCOPE, Authenticator, type Caller } from './auth.js';
+import type { Backends } from './backends.js';
+import { errorHandler, sendError } from './errors.js';
+import { IdempotencyStore, parseIdempotencyKey, requestFingerprint } from './idempotency.js';
+import { RateLimiter } from './rate-limit.js';
+import { accountRoutes } from './routes/accounts.js';
+import { healthRoutes } from './routes/health.js';
+import { merchantRoutes } from './routes/merchants.js';
+import { paymentRoutes } from './routes/payments.js';
+import { transferRoutes } from './routes/transfers.js';
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    caller: Caller | null;
+    idempotency: { scope: string; key: string } | null;
+  }
+}
+
+export interface GatewayDeps {
+  config: Config;
+  pool: Pool;
+  backends: Backends;
+  logger: Logger;
+}
+
+/** What every route module gets: the backends, the database, and the caller's checks. */
+export interface RouteContext extends GatewayDeps {
+  /** The calling merchant's id; 401 for the admin key (it is not a merchant). */
+  merchantOf(request: FastifyRequest): string;
+  requireAdmin(request: FastifyRequest): void;
+}
+
+export type Gateway = FastifyInstance<any, any, any, any, TypeBoxTypeProvider>; // eslint-disable-line @typescript-eslint/no-explicit-any
+
+/**
+ * Bodies are validated strictly (no coercion: "10" is not an amount, unknown fields are refused); query
+ * strings and path parameters are text, so there numbers are coerced.
+ */
+function validators() {
+  const body = new Ajv({ coerceTypes: false, removeAdditional: false, useDefaults: true, allErrors: false, strict: false });
+  const query = new Ajv({ coerceTypes: true, removeAdditional: false, useDefaults: true, allErrors: false, strict: false });
+  addFormats.default(body);
+  addFormats.default(query);
+  return ({ schema, httpPart }: { schema: object; httpPart?: string }) => (httpPart === 'body' ? body : query).compile(schema);
+}
+
+export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
+  const { config, pool, logger } = deps;
+  const app = Fastify({
+    loggerInstance: logger,
+    disableRequestLogging: true,
+    bodyLimit: config.GATEWAY_BODY_LIMIT_BYTES,
+    return503OnClosing: true,
+    // Duplicate keys, prototype pollution: refused by the JSON parser.
+    onProtoPoisoning: 'error',
+    onConstructorPoisoning: 'error',
+  }).withTypeProvider<TypeBoxTypeProvider>();
+  app.setValidatorCompiler(validators());
+  app.setErrorHandler(errorHandler(logger));
+  app.setNotFoundHandler((request, reply) => sendError(reply, new AppError('not_found', 'resource_missing', `Unrecognized request URL (${request.method} ${request.url.split('?')[0]})`)));
+
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.1.0',
+      info: { title: 'Ledgerline API', version: '1.0.0', description: 'Accounts, transfers, payments and refunds on a double-entry ledger. Amounts are integers of minor units.' },
+      components: { securitySchemes: { secretKey: { type: 'http', scheme: 'bearer', description: 'Your secret key (sk_...)' } } },
+      security: [{ secretKey: [] }],
+    },
+  });
+
+  const authenticator = new Authenticator(pool, config.ADMIN_API_KEY);
+  const limiter = new RateLimiter(config.GATEWAY_RATE_LIMIT_PER_SECOND, config.GATEWAY_RATE_LIMIT_BURST);
+  const idempotency = new IdempotencyStore(pool, config.IDEMPOTENCY_TTL_HOURS);
+  app.decorateRequest('caller', null);
+  app.decorateRequest('idempotency', null);
+
+  app.addHook('onRequest', async (request) => {
+    if (!request.url.startsWith('/v1/')) return;
+    request.caller = await authenticator.authenticate(request.headers.authorization);
+    limiter.take(request.caller.kind === 'admin' ? 'admin' : request.caller.merchantId);
+  });
+
+  // After validation: a malformed request records nothing, not even its idempotency key.
+  app.addHook('preHandler', async (request, reply) => {
+    if (request.method !== 'POST' || !request.caller) return;
+    const key = parseIdempotencyKey(request.headers['idempotency-key']);
+    if (key === undefined) return;
+    const scope = request.caller.kind === 'admin' ? ADMIN_SCOPE : request.caller.merchantId;
+    const begun = await idempotency.begin(scope, key, requestFingerprint(request.method, request.url.split('?')[0]!, request.body ?? {}));
+    if (begun.kind === 'replay') {
+      return reply.code(begun.status).header('content-type', 'application/json; charset=utf-8').header('idempotent-replayed', 'true').send(begun.body);
+    }
+    request.idempotency = { scope, key };
+  });
+
+  app.addHook('onSend', async (request, reply, payload) => {
+    const held = request.idempotency;
+    if (!held) return payload;
+    request.idempotency = null;
+    const body = typeof payload === 'string' ? payload : Buffer.isBuffer(payload) ? payload.toString('utf8') : JSON.stringify(payload ?? null);
+    // Retryable outcomes are not kept: the retry must run again. Everything else is the answer for good.
+    if (reply.statusCode >= 500 || reply.statusCode === 429) await idempotency.release(held.scope, held.key);
+    else await idempotency.complete(held.scope, held.key, reply.statusCode, body);
+    return payload;
+  });
+
+  const context: RouteContext = {
+    ...deps,
+    merchantOf(request) {
+      const caller = request.caller;
+      if (caller?.kind !== 'merchant') throw new AppError('unauthenticated', 'merchant_key_required', 'This route needs a merchant secret key');
+      return caller.merchantId;
+    },
+    requireAdmin(request) {
+      if (request.caller?.kind !== 'admin') throw new AppError('unauthenticated', 'admin_key_required', 'This route needs the platform admin key');
+    },
+  };
+  healthRoutes(app, context);
+  merchantRoutes(app, context);
+  accountRoutes(app, context);
+  transferRoutes(app, context);
+  paymentRoutes(app, context);
+  app.get('/openapi.json', { schema: { hide: true } }, async (_request: FastifyRequest, reply: FastifyReply) => reply.send(app.swagger()));
+  return app;
+}

@@ -1,0 +1,77 @@
+import { createHash, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
+import { withTransaction, type Pool } from '../lib/db.js';
+import { AppError, ValidationError } from '../lib/errors.js';
+import { hasControlCharacters } from '../ledger/validation.js';
+
+/** Who is calling: a merchant (by one of its secret keys) or the platform admin (ADMIN_API_KEY). */
+export type Caller = { kind: 'merchant'; merchantId: string; keyPrefix: string } | { kind: 'admin' };
+
+/** The platform admin's scope for idempotency keys (no merchant has the nil UUID). */
+export const ADMIN_SCOPE = '00000000-0000-0000-0000-000000000000';
+
+export function hashKey(key: string): string {
+  return createHash('sha256').update(key).digest('hex');
+}
+
+/** A new secret key: 32 random bytes, so a plain SHA-256 of it is safe to store. Shown once. */
+export function newSecretKey(): string {
+  return `sk_${randomBytes(32).toString('base64url')}`;
+}
+
+/** The part of a key that may appear in logs and listings. */
+export function keyPrefix(key: string): string {
+  return key.slice(0, 7);
+}
+
+const unauthenticated = (message: string) => new AppError('unauthenticated', 'invalid_api_key', message);
+
+export class Authenticator {
+  private readonly adminDigest: Buffer | undefined;
+
+  constructor(
+    private readonly pool: Pool,
+    adminKey: string | undefined,
+  ) {
+    this.adminDigest = adminKey ? createHash('sha256').update(adminKey).digest() : undefined;
+  }
+
+  /** The caller of an `Authorization: Bearer <key>` header; 401 for a missing, unknown or revoked key. */
+  async authenticate(header: string | undefined): Promise<Caller> {
+    const match = /^Bearer (\S{1,200})$/.exec(header ?? '');
+    if (!match) throw unauthenticated('Send your secret key as "Authorization: Bearer sk_..."');
+    const key = match[1]!;
+    const digest = createHash('sha256').update(key).digest();
+    // Constant time whatever the key: the admin key is compared digest to digest, merchant keys are looked up
+    // by digest (an index lookup of a hash reveals nothing about the key).
+    if (this.adminDigest && timingSafeEqual(digest, this.adminDigest)) return { kind: 'admin' };
+    const r = await this.pool.query({ name: 'gw-auth', text: 'SELECT merchant_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL', values: [digest.toString('hex')] });
+    if (!r.rows[0]) throw unauthenticated('Invalid API key');
+    return { kind: 'merchant', merchantId: r.rows[0].merchant_id, keyPrefix: keyPrefix(key) };
+  }
+}
+
+export interface NewMerchant {
+  id: string;
+  object: 'merchant';
+  name: string;
+  secret_key: string;
+}
+
+/** Creates a merchant and its first secret key in one transaction. */
+export async function createMerchant(pool: Pool, name: string, feeBps: number): Promise<NewMerchant> {
+  const trimmed = name.trim();
+  if (trimmed.length === 0 || trimmed.length > 200 || hasControlCharacters(trimmed)) throw new ValidationError('name', '1-200 printable characters');
+  const id = randomUUID();
+  const key = newSecretKey();
+  await withTransaction(pool, async (client) => {
+    await client.query('INSERT INTO merchants (id, name, fee_bps) VALUES ($1, $2, $3)', [id, trimmed, feeBps]);
+    await client.query('INSERT INTO api_keys (key_hash, merchant_id, prefix) VALUES ($1, $2, $3)', [hashKey(key), id, keyPrefix(key)]);
+  });
+  return { id, object: 'merchant', name: trimmed, secret_key: key };
+}
+
+/** Revokes a key; false if no such active key. */
+export async function revokeKey(pool: Pool, key: string): Promise<boolean> {
+  const r = await withTransaction(pool, (client) => client.query('UPDATE api_keys SET revoked_at = now() WHERE key_hash = $1 AND revoked_at IS NULL', [hashKey(key)]));
+  return r.rowCount === 1;
+}

@@ -1,0 +1,109 @@
+import { createHash } from 'node:crypto';
+import { withTransaction, type Pool } from '../lib/db.js';
+import { AppError, ValidationError } from '../lib/errors.js';
+import { hasControlCharacters } from '../ledger/validation.js';
+
+/**
+ * Idempotency-Key results, in the database (they survive gateway restarts and work across instances). The
+ * first answer to a key (success or business error) is kept for the TTL and replayed byte for byte to a retry
+ * with the same request fingerprint; other parameters are refused (422); a retry while the first request is
+ * still running is refused (409) unless the lock is older than `lockTimeoutMs` (its gateway died): then the
+ * retry takes the key over. 5xx and 429 answers are not kept, so a retry runs again.
+ */
+
+export type Begin = { kind: 'proceed' } | { kind: 'replay'; status: number; body: string };
+
+export const MAX_IDEMPOTENCY_KEY = 255;
+
+export function parseIdempotencyKey(header: string | string[] | undefined): string | undefined {
+  if (header === undefined) return undefined;
+  const key = Array.isArray(header) ? header[0] : header;
+  if (key === undefined || key.length === 0 || key.length > MAX_IDEMPOTENCY_KEY || hasControlCharacters(key)) {
+    throw new ValidationError('Idempotency-Key', `1-${MAX_IDEMPOTENCY_KEY} printable characters`, 'idempotency_key_invalid');
+  }
+  return key;
+}
+
+/** SHA-256 of method, path and the body with object keys sorted: the same request whatever the key order. */
+export function requestFingerprint(method: string, path: string, body: unknown): string {
+  return createHash('sha256').update(`${method} ${path}\n`).update(canonicalJson(body)).digest('hex');
+}
+
+function canonicalJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
+  if (value !== null && typeof value === 'object') {
+    const entries = Object.entries(value as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(',')}}`;
+  }
+  return JSON.stringify(value ?? null);
+}
+
+export class IdempotencyStore {
+  constructor(
+    private readonly pool: Pool,
+    private readonly ttlHours: number,
+    private readonly lockTimeoutMs = 60_000,
+  ) {}
+
+  async begin(scope: string, key: string, fingerprint: string): Promise<Begin> {
+    return withTransaction(this.pool, async (client) => {
+      const inserted = await client.query({
+        name: 'gw-idem-insert',
+        text: `INSERT INTO idempotency_keys (merchant_id, key, fingerprint, state, locked_at) VALUES ($1, $2, $3, 'in_flight', now()) ON CONFLICT DO NOTHING`,
+        values: [scope, key, fingerprint],
+      });
+      if (inserted.rowCount === 1) return { kind: 'proceed' };
+      const r = await client.query({
+        name: 'gw-idem-read',
+        text: `SELECT fingerprint, state, status, body,
+                 locked_at < now() - ($3::INT8 * INTERVAL '1 millisecond') AS stale,
+                 created_at < now() - ($4::INT8 * INTERVAL '1 hour') AS expired
+               FROM idempotency_keys WHERE merchant_id = $1 AND key = $2`,
+        values: [scope, key, this.lockTimeoutMs, this.ttlHours],
+      });
+      const row = r.rows[0];
+      if (!row) throw new AppError('unavailable', 'idempotency_key_in_use', 'The idempotency key changed concurrently; retry', { retryAfterSeconds: 1 });
+      if (row.expired || (row.state === 'in_flight' && row.stale && row.fingerprint === fingerprint)) {
+        // An expired key starts afresh; a stale lock belonged to a gateway that died: take the key over.
+        await client.query({
+          name: 'gw-idem-take',
+          text: `UPDATE idempotency_keys SET fingerprint = $3, state = 'in_flight', status = NULL, body = NULL, locked_at = now(),
+                   created_at = CASE WHEN created_at < now() - ($4::INT8 * INTERVAL '1 hour') THEN now() ELSE created_at END
+                 WHERE merchant_id = $1 AND key = $2`,
+          values: [scope, key, fingerprint, this.ttlHours],
+        });
+        return { kind: 'proceed' };
+      }
+      if (row.fingerprint !== fingerprint) {
+        throw new AppError('conflict', 'idempotency_key_reused', 'Keys for idempotent requests can only be used with the same parameters they were first used with', { field: 'Idempotency-Key' });
+      }
+      if (row.state === 'in_flight') {
+        throw new AppError('conflict', 'idempotency_key_in_use', 'A request with this idempotency key is still being processed; retry later', { retryAfterSeconds: 1 });
+      }
+      return { kind: 'replay', status: row.status, body: row.body };
+    });
+  }
+
+  async complete(scope: string, key: string, status: number, body: string): Promise<void> {
+    await withTransaction(this.pool, (client) =>
+      client.query({ name: 'gw-idem-done', text: `UPDATE idempotency_keys SET state = 'done', status = $3, body = $4 WHERE merchant_id = $1 AND key = $2`, values: [scope, key, status, body] }),
+    );
+  }
+
+  /** Forgets a key whose request failed in a retryable way (5xx, 429): the retry runs again. */
+  async release(scope: string, key: string): Promise<void> {
+    await withTransaction(this.pool, (client) => client.query({ name: 'gw-idem-release', text: `DELETE FROM idempotency_keys WHERE merchant_id = $1 AND key = $2 AND state = 'in_flight'`, values: [scope, key] }));
+  }
+
+  /** Deletes keys past the TTL; returns how many. */
+  async deleteExpired(limit = 10_000): Promise<number> {
+    const r = await withTransaction(this.pool, (client) =>
+      client.query(
+        `DELETE FROM idempotency_keys WHERE (merchant_id, key) IN (
+           SELECT merchant_id, key FROM idempotency_keys WHERE created_at < now() - ($1::INT8 * INTERVAL '1 hour') ORDER BY created_at LIMIT $2)`,
+        [this.ttlHours, limit],
+      ),
+    );
+    return r.rowCount ?? 0;
+  }
+}

@@ -1,0 +1,103 @@
+import { randomUUID } from 'node:crypto';
+import { currencyOf } from '../../lib/currency.js';
+import { withTransaction } from '../../lib/db.js';
+import { AppError, ValidationError } from '../../lib/errors.js';
+import { newAccount } from '../../ledger/client.js';
+import { accountCodeName } from '../../ledger/convert.js';
+import { encodeCursor } from '../../ledger/queries.js';
+import type { Gateway, RouteContext } from '../app.js';
+import { accountNotFound, requireOwnedAccount } from '../ownership.js';
+import { Account, AccountBody, Balance, BalanceQuery, COMMON_ERRORS, IdParams, ListQuery, Transfer, listOf } from '../schemas.js';
+import { accountView, balancesView, transferView } from '../views.js';
+import { objectId } from './ids.js';
+
+export function accountRoutes(app: Gateway, ctx: RouteContext): void {
+  const { backends, pool } = ctx;
+
+  app.post('/v1/accounts', { schema: { body: AccountBody, response: { 200: Account, 201: Account, ...COMMON_ERRORS } } }, async (request, reply) => {
+    const merchantId = ctx.merchantOf(request);
+    const body = request.body;
+    const currency = currencyOf(body.currency);
+    const flags = new Set(body.flags ?? []);
+    if (flags.has('debits_must_not_exceed_credits') && flags.has('credits_must_not_exceed_debits')) {
+      throw new ValidationError('flags', 'debits_must_not_exceed_credits and credits_must_not_exceed_debits exclude each other', 'flags_are_mutually_exclusive');
+    }
+    const id = body.id?.toLowerCase() ?? randomUUID();
+    // Ownership first: a ledger account without its owner row would be nobody's.
+    const claimed = await withTransaction(pool, (client) =>
+      client.query(`INSERT INTO merchant_accounts (account_id, merchant_id, currency, purpose) VALUES ($1, $2, $3, 'custom') ON CONFLICT (account_id) DO NOTHING`, [id, merchantId, currency.code]),
+    );
+    if (claimed.rowCount === 0 && !(await ownsAccount(id))) throw new AppError('conflict', 'resource_already_exists', 'An account with this id exists', { field: 'id' });
+    const account = newAccount({
+      id,
+      ledger: currency.ledger,
+      code: body.code ?? 1,
+      flags: { debitsMustNotExceedCredits: flags.has('debits_must_not_exceed_credits'), creditsMustNotExceedDebits: flags.has('credits_must_not_exceed_debits'), history: flags.has('history') },
+      metadata: body.metadata ?? {},
+    });
+    const [result] = await backends.ledgerCall((ledger) => ledger.createAccounts([account]), true);
+    const code = result ? accountCodeName(result.code) : 'unspecified';
+    if (code === 'ok') return reply.code(201).send(accountView({ ...account, timestamp: result!.timestamp }));
+    if (code === 'exists') {
+      const [existing] = await backends.ledgerCall((ledger) => ledger.lookupAccounts([id]), true);
+      if (existing) return reply.code(200).send(accountView(existing));
+    }
+    // Refused: nothing of this request may stay behind.
+    if (claimed.rowCount === 1) await withTransaction(pool, (client) => client.query('DELETE FROM merchant_accounts WHERE account_id = $1 AND merchant_id = $2', [id, merchantId]));
+    throw new AppError('conflict', code, `The ledger refused the account: ${code}`, { field: code.startsWith('exists') ? 'id' : 'flags' });
+
+    async function ownsAccount(accountId: string): Promise<boolean> {
+      return requireOwnedAccount(pool, merchantId, accountId).then(
+        () => true,
+        () => false,
+      );
+    }
+  });
+
+  app.get('/v1/accounts/:id', { schema: { params: IdParams, response: { 200: Account, ...COMMON_ERRORS } } }, async (request) => {
+    const id = objectId(request.params.id, accountNotFound);
+    await requireOwnedAccount(pool, ctx.merchantOf(request), id);
+    const [account] = await backends.ledgerCall((ledger) => ledger.lookupAccounts([id]), true);
+    if (!account) throw accountNotFound('id');
+    return accountView(account);
+  });
+
+  app.get('/v1/accounts/:id/balance', { schema: { params: IdParams, querystring: BalanceQuery, response: { 200: Balance, ...COMMON_ERRORS } } }, async (request) => {
+    const id = objectId(request.params.id, accountNotFound);
+    await requireOwnedAccount(pool, ctx.merchantOf(request), id);
+    const at = request.query.at;
+    if (at === undefined) {
+      const [account] = await backends.ledgerCall((ledger) => ledger.lookupAccounts([id]), true);
+      if (!account) throw accountNotFound('id');
+      return { object: 'balance' as const, account: id, at: null, ...balancesView(account) };
+    }
+    const ms = Date.parse(at);
+    if (!Number.isFinite(ms) || ms < 0) throw new ValidationError('at', 'an RFC 3339 timestamp after 1970');
+    const balance = await backends.ledgerCall((ledger) => ledger.getAccountBalanceAt(id, BigInt(ms) * 1_000_000n + 999_999n), true);
+    const zero = { debitsPending: 0n, debitsPosted: 0n, creditsPending: 0n, creditsPosted: 0n };
+    return { object: 'balance' as const, account: id, at: new Date(ms).toISOString(), ...balancesView(balance ?? zero) };
+  });
+
+  app.get('/v1/accounts/:id/transfers', { schema: { params: IdParams, querystring: ListQuery, response: { 200: listOf(Transfer), ...COMMON_ERRORS } } }, async (request) => {
+    const id = objectId(request.params.id, accountNotFound);
+    await requireOwnedAccount(pool, ctx.merchantOf(request), id);
+    const { limit = 10, starting_after: after, ending_before: before } = request.query;
+    if (after && before) throw new ValidationError('ending_before', 'give starting_after or ending_before, not both');
+    // Newest first; a Stripe-style anchor id becomes the ledger's (timestamp, id) cursor.
+    let cursor = '';
+    const anchorId = after ?? before;
+    if (anchorId) {
+      const [anchor] = await backends.ledgerCall((ledger) => ledger.lookupTransfers([anchorId.toLowerCase()]), true);
+      if (!anchor || (anchor.debitAccountId !== id && anchor.creditAccountId !== id)) throw new ValidationError(after ? 'starting_after' : 'ending_before', 'not a transfer of this account');
+      cursor = encodeCursor(anchor.timestamp, anchor.id);
+    }
+    const page = await backends.ledgerCall((ledger) => ledger.getAccountTransfers({ accountId: id, limit: limit + 1, reversed: !before, cursor }), true);
+    const items = page.transfers.slice(0, limit);
+    return {
+      object: 'list' as const,
+      data: (before ? items.reverse() : items).map(transferView),
+      has_more: page.transfers.length > limit,
+      url: `/v1/accounts/${id}/transfers`,
+    };
+  });
+}

@@ -1,0 +1,131 @@
+import { randomUUID } from 'node:crypto';
+import { currencyOf } from '../../lib/currency.js';
+import { derivedId } from '../../lib/derived-id.js';
+import { AppError, ValidationError } from '../../lib/errors.js';
+import { newTransfer } from '../../ledger/client.js';
+import { transferCodeName } from '../../ledger/convert.js';
+import type { Transfer as LedgerTransfer } from '../../proto/gen/ledger/v1/ledger.js';
+import type { Gateway, RouteContext } from '../app.js';
+import { ownedAccounts } from '../ownership.js';
+import { BatchBody, BatchResult, COMMON_ERRORS, IdParams, PostBody, Transfer, TransferBody } from '../schemas.js';
+import { transferView } from '../views.js';
+import { objectId } from './ids.js';
+
+const transferNotFound = (field: string) => new AppError('not_found', 'resource_missing', 'No such transfer', { field });
+
+/** A ledger refusal as the API's error: the ledger's result code is the error code (402 for a lack of funds). */
+function refused(code: string, field?: string): AppError {
+  return new AppError('conflict', code, `The ledger refused the transfer: ${code}`, field ? { field } : {});
+}
+
+export function transferRoutes(app: Gateway, ctx: RouteContext): void {
+  const { backends, pool } = ctx;
+
+  /** Validates one transfer body against the merchant's accounts; the ledger event, or the error. */
+  async function toLedger(merchantId: string, body: TransferBody, owned: Map<string, string>, field = (name: string) => name): Promise<LedgerTransfer> {
+    const currency = currencyOf(body.currency, field('currency'));
+    const debit = body.debit_account_id.toLowerCase();
+    const credit = body.credit_account_id.toLowerCase();
+    for (const [accountId, name] of [
+      [debit, 'debit_account_id'],
+      [credit, 'credit_account_id'],
+    ] as const) {
+      const accountCurrency = owned.get(accountId);
+      if (!accountCurrency) throw new AppError('not_found', 'resource_missing', 'No such account', { field: field(name) });
+      if (accountCurrency !== currency.code) throw new ValidationError(field('currency'), `the ${name.replace('_id', '')} is a ${accountCurrency} account`, 'currency_mismatch');
+    }
+    if (body.timeout_seconds !== undefined && !body.pending) throw new ValidationError(field('timeout_seconds'), 'only pending transfers expire', 'timeout_reserved_for_pending_transfer');
+    return newTransfer({
+      id: body.id?.toLowerCase() ?? randomUUID(),
+      debitAccountId: debit,
+      creditAccountId: credit,
+      amount: BigInt(body.amount),
+      ledger: currency.ledger,
+      code: 1,
+      flags: { pending: body.pending ?? false },
+      timeout: body.timeout_seconds ?? 0,
+      metadata: body.metadata ?? {},
+    });
+  }
+
+  async function lookUp(id: string): Promise<LedgerTransfer | undefined> {
+    const [found] = await backends.ledgerCall((ledger) => ledger.lookupTransfers([id]), true);
+    return found;
+  }
+
+  /** The transfer if one of its accounts is the merchant's; 404 otherwise. */
+  async function ownedTransfer(merchantId: string, id: string): Promise<LedgerTransfer> {
+    const transfer = await lookUp(id);
+    if (!transfer || (await ownedAccounts(pool, merchantId, [transfer.debitAccountId, transfer.creditAccountId])).size === 0) throw transferNotFound('id');
+    return transfer;
+  }
+
+  /** Submits one transfer: 201 created, 200 for the same transfer again, the ledger's code otherwise. */
+  async function submit(transfer: LedgerTransfer): Promise<{ status: 201 | 200; body: ReturnType<typeof transferView> }> {
+    const [result] = await backends.ledgerCall((ledger) => ledger.createTransfers([transfer]), true);
+    const code = result ? transferCodeName(result.code) : 'unspecified';
+    if (code === 'ok' || code === 'exists') {
+      const stored = await lookUp(transfer.id);
+      if (stored) return { status: code === 'ok' ? 201 : 200, body: transferView(stored) };
+    }
+    throw refused(code, code.startsWith('exists') ? 'id' : undefined);
+  }
+
+  app.post('/v1/transfers', { schema: { body: TransferBody, response: { 200: Transfer, 201: Transfer, 402: COMMON_ERRORS[400]!, ...COMMON_ERRORS } } }, async (request, reply) => {
+    const merchantId = ctx.merchantOf(request);
+    const owned = await ownedAccounts(pool, merchantId, [request.body.debit_account_id.toLowerCase(), request.body.credit_account_id.toLowerCase()]);
+    const { status, body } = await submit(await toLedger(merchantId, request.body, owned));
+    return reply.code(status).send(body);
+  });
+
+  app.post('/v1/transfers/batch', { schema: { body: BatchBody, response: { 200: BatchResult, ...COMMON_ERRORS } } }, async (request) => {
+    const merchantId = ctx.merchantOf(request);
+    const bodies = request.body.transfers;
+    const owned = await ownedAccounts(pool, merchantId, bodies.flatMap((t) => [t.debit_account_id.toLowerCase(), t.credit_account_id.toLowerCase()]));
+    // Every item is checked before anything is submitted: a malformed item refuses the whole request.
+    const transfers = await Promise.all(bodies.map((body, i) => toLedger(merchantId, body, owned, (name) => `transfers.${i}.${name}`)));
+    if (new Set(transfers.map((t) => t.id)).size !== transfers.length) throw new ValidationError('transfers', 'ids must be unique within a batch', 'duplicate_id');
+    const results = await backends.ledgerCall((ledger) => ledger.createTransfers(transfers), true);
+    const codes = results.map((r) => transferCodeName(r.code));
+    const stored = new Map((await backends.ledgerCall((ledger) => ledger.lookupTransfers(transfers.filter((_, i) => codes[i] === 'ok' || codes[i] === 'exists').map((t) => t.id)), true)).map((t) => [t.id, t]));
+    return {
+      object: 'transfer_batch' as const,
+      results: transfers.map((t, i) => {
+        const code = codes[i]!;
+        const found = stored.get(t.id);
+        if ((code === 'ok' || code === 'exists') && found) return { id: t.id, status: code === 'ok' ? ('created' as const) : ('exists' as const), transfer: transferView(found) };
+        return { id: t.id, status: 'failed' as const, code };
+      }),
+    };
+  });
+
+  app.get('/v1/transfers/:id', { schema: { params: IdParams, response: { 200: Transfer, ...COMMON_ERRORS } } }, async (request) => {
+    return transferView(await ownedTransfer(ctx.merchantOf(request), objectId(request.params.id, transferNotFound)));
+  });
+
+  // Posting or voiding a pending transfer: the resolving transfer's id derives from the pending's, so a
+  // repeated call is the same resolution, never a second one.
+  for (const action of ['post', 'void'] as const) {
+    app.post(`/v1/transfers/:id/${action}`, { schema: { params: IdParams, body: action === 'post' ? PostBody : undefined, response: { 200: Transfer, 201: Transfer, 402: COMMON_ERRORS[400]!, ...COMMON_ERRORS } } }, async (request, reply) => {
+      const merchantId = ctx.merchantOf(request);
+      const pending = await ownedTransfer(merchantId, objectId(request.params.id, transferNotFound));
+      if (!pending.flags?.pending) throw new AppError('conflict', 'pending_transfer_not_pending', 'Only pending transfers can be posted or voided');
+      const amount = (request.body as { amount?: number } | undefined)?.amount;
+      if (amount !== undefined && BigInt(amount) > pending.amount) throw new ValidationError('amount', `exceeds the pending amount ${pending.amount}`, 'exceeds_pending_amount');
+      const { status, body } = await submit(
+        newTransfer({
+          id: derivedId(`transfer-${action}`, pending.id),
+          debitAccountId: pending.debitAccountId,
+          creditAccountId: pending.creditAccountId,
+          amount: action === 'post' ? (amount !== undefined ? BigInt(amount) : pending.amount) : 0n,
+          pendingId: pending.id,
+          ledger: pending.ledger,
+          code: pending.code,
+          flags: action === 'post' ? { postPendingTransfer: true } : { voidPendingTransfer: true },
+          metadata: {},
+        }),
+      );
+      return reply.code(status).send(body);
+    });
+  }
+}
