@@ -5,7 +5,7 @@ import { account, id, startTestLedger, transfer, type TestLedger } from '../test
 import { testPool } from '../test/support.js';
 import type { Pool } from '../lib/db.js';
 import { ERROR_FIELD_KEY } from '../lib/grpc.js';
-import type { Account, AccountFilter, Transfer } from '../proto/gen/ledger/v1/ledger.js';
+import { PendingState, type Account, type AccountFilter, type Transfer } from '../proto/gen/ledger/v1/ledger.js';
 import { LedgerClient } from './client.js';
 import { accountCodeName, transferCodeName } from './convert.js';
 import { ACCOUNT_RESULT_CODES, MAX_BALANCE, TRANSFER_RESULT_CODES } from './model.js';
@@ -536,16 +536,18 @@ describe('ledger (gRPC, PostgreSQL)', function () {
   });
 
   describe('queries', () => {
-    it('LookupTransfers returns every field, in request order, skipping unknown ids', async () => {
+    it('LookupTransfers returns every field, in request order, skipping unknown ids; a pending transfer says what became of it', async () => {
       const [d, c] = await accounts(2);
       const t1 = transfer({ debitAccountId: d!, creditAccountId: c!, amount: 12n, code: 7, metadata: { invoice: 'INV-9', note: 'é' } });
       const t2 = transfer({ debitAccountId: c!, creditAccountId: d!, amount: 3n, flags: { pending: true }, timeout: 3600 });
       const { stamps } = await sendWithStamps(t1, t2);
       const found = await ledger.client.lookupTransfers([t2.id, id(), t1.id]);
       assert.deepEqual(found, [
-        { ...t2, timestamp: stamps[1] },
+        { ...t2, timestamp: stamps[1], pendingState: PendingState.PENDING_STATE_PENDING },
         { ...t1, timestamp: stamps[0] },
       ]);
+      assert.deepEqual(await send(transfer({ pendingId: t2.id, flags: { voidPendingTransfer: true } })), ['ok']);
+      assert.equal((await ledger.client.lookupTransfers([t2.id]))[0]?.pendingState, PendingState.PENDING_STATE_VOIDED);
     });
 
     describe('GetAccountTransfers', () => {
