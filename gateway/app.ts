@@ -2,7 +2,7 @@ import swagger from '@fastify/swagger';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Ajv } from 'ajv';
 import addFormats from 'ajv-formats';
-import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Config } from '../lib/config.js';
 import type { Pool } from '../lib/db.js';
 import { AppError } from '../lib/errors.js';
@@ -21,6 +21,8 @@ import { transferRoutes } from './routes/transfers.js';
 declare module 'fastify' {
   interface FastifyRequest {
     caller: Caller | null;
+    /** Of the body as sent, before validation fills in defaults. */
+    fingerprint: string | null;
     idempotency: { scope: string; key: string } | null;
   }
 }
@@ -57,7 +59,8 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
   const { config, pool, logger } = deps;
   const app = Fastify({
     loggerInstance: logger,
-    disableRequestLogging: true,
+    // No access log lines from Fastify: they would carry URLs and headers; errors are logged by errorHandler.
+    logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: config.GATEWAY_BODY_LIMIT_BYTES,
     return503OnClosing: true,
     // Duplicate keys, prototype pollution: refused by the JSON parser.
@@ -65,6 +68,8 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
     onConstructorPoisoning: 'error',
   }).withTypeProvider<TypeBoxTypeProvider>();
   app.setValidatorCompiler(validators());
+  // JSON only: Fastify would parse text/plain bodies too.
+  app.removeContentTypeParser('text/plain');
   app.setErrorHandler(errorHandler(logger));
   app.setNotFoundHandler((request, reply) => sendError(reply, new AppError('not_found', 'resource_missing', `Unrecognized request URL (${request.method} ${request.url.split('?')[0]})`)));
 
@@ -82,6 +87,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
   const idempotency = new IdempotencyStore(pool, config.IDEMPOTENCY_TTL_HOURS);
   app.decorateRequest('caller', null);
   app.decorateRequest('idempotency', null);
+  app.decorateRequest('fingerprint', null);
 
   app.addHook('onRequest', async (request) => {
     if (!request.url.startsWith('/v1/')) return;
@@ -89,13 +95,19 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
     limiter.take(request.caller.kind === 'admin' ? 'admin' : request.caller.merchantId);
   });
 
+  app.addHook('preValidation', async (request) => {
+    // A POST without a body (capture, cancel, void) means "no parameters", as an empty object.
+    if (request.method === 'POST' && request.body === undefined) request.body = {};
+    if (request.method === 'POST') request.fingerprint = requestFingerprint(request.method, request.url.split('?')[0]!, request.body ?? {});
+  });
+
   // After validation: a malformed request records nothing, not even its idempotency key.
   app.addHook('preHandler', async (request, reply) => {
-    if (request.method !== 'POST' || !request.caller) return;
+    if (request.method !== 'POST' || !request.caller || !request.fingerprint) return;
     const key = parseIdempotencyKey(request.headers['idempotency-key']);
     if (key === undefined) return;
     const scope = request.caller.kind === 'admin' ? ADMIN_SCOPE : request.caller.merchantId;
-    const begun = await idempotency.begin(scope, key, requestFingerprint(request.method, request.url.split('?')[0]!, request.body ?? {}));
+    const begun = await idempotency.begin(scope, key, request.fingerprint);
     if (begun.kind === 'replay') {
       return reply.code(begun.status).header('content-type', 'application/json; charset=utf-8').header('idempotent-replayed', 'true').send(begun.body);
     }

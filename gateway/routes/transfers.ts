@@ -7,7 +7,7 @@ import { transferCodeName } from '../../ledger/convert.js';
 import type { Transfer as LedgerTransfer } from '../../proto/gen/ledger/v1/ledger.js';
 import type { Gateway, RouteContext } from '../app.js';
 import { ownedAccounts } from '../ownership.js';
-import { BatchBody, BatchResult, COMMON_ERRORS, IdParams, PostBody, Transfer, TransferBody } from '../schemas.js';
+import { BatchBody, BatchResult, COMMON_ERRORS, EmptyBody, IdParams, PostBody, Transfer, TransferBody } from '../schemas.js';
 import { transferView } from '../views.js';
 import { objectId } from './ids.js';
 
@@ -106,7 +106,7 @@ export function transferRoutes(app: Gateway, ctx: RouteContext): void {
   // Posting or voiding a pending transfer: the resolving transfer's id derives from the pending's, so a
   // repeated call is the same resolution, never a second one.
   for (const action of ['post', 'void'] as const) {
-    app.post(`/v1/transfers/:id/${action}`, { schema: { params: IdParams, body: action === 'post' ? PostBody : undefined, response: { 200: Transfer, 201: Transfer, 402: COMMON_ERRORS[400]!, ...COMMON_ERRORS } } }, async (request, reply) => {
+    app.post(`/v1/transfers/:id/${action}`, { schema: { params: IdParams, body: action === 'post' ? PostBody : EmptyBody, response: { 200: Transfer, 201: Transfer, 402: COMMON_ERRORS[400]!, ...COMMON_ERRORS } } }, async (request, reply) => {
       const merchantId = ctx.merchantOf(request);
       const pending = await ownedTransfer(merchantId, objectId(request.params.id, transferNotFound));
       if (!pending.flags?.pending) throw new AppError('conflict', 'pending_transfer_not_pending', 'Only pending transfers can be posted or voided');

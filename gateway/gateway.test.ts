@@ -1,0 +1,301 @@
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { after, before, describe, it } from 'mocha';
+import { ADMIN_KEY, Api, expectError, startTestGateway, startTestStack, type TestStack } from '../test/gateway-harness.js';
+import { freePort } from '../test/ledger-process.js';
+
+describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, PostgreSQL)', function () {
+  this.timeout(60_000);
+  let stack: TestStack;
+  let api: Api;
+  let keyA: string;
+  let keyB: string;
+
+  const merchant = async (name: string): Promise<{ id: string; key: string }> => {
+    const r = await api.post('/v1/merchants', ADMIN_KEY, { name });
+    assert.equal(r.status, 201, r.text);
+    return { id: r.body.id, key: r.body.secret_key };
+  };
+  const account = async (key: string, fields: Record<string, unknown> = {}): Promise<string> => {
+    const r = await api.post('/v1/accounts', key, { currency: 'USD', ...fields });
+    assert.equal(r.status, 201, r.text);
+    return r.body.id;
+  };
+  /** A wallet (cannot be overdrawn) holding `funds`, paid in from a funding account of the same merchant. */
+  const wallet = async (key: string, funds: number): Promise<{ wallet: string; funding: string }> => {
+    const w = await account(key, { flags: ['debits_must_not_exceed_credits'] });
+    const funding = await account(key);
+    const r = await api.post('/v1/transfers', key, { debit_account_id: funding, credit_account_id: w, amount: funds, currency: 'USD' });
+    assert.equal(r.status, 201, r.text);
+    return { wallet: w, funding };
+  };
+  const balances = async (key: string, id: string) => (await api.get(`/v1/accounts/${id}`, key)).body.balances;
+  const rowCounts = async () => {
+    const r = await stack.pool.query(
+      `SELECT (SELECT count(*) FROM payments)::int AS payments, (SELECT count(*) FROM merchant_accounts)::int AS accounts,
+              (SELECT count(*) FROM idempotency_keys)::int AS keys, (SELECT count(*) FROM transfers)::int AS transfers, (SELECT count(*) FROM merchants)::int AS merchants`,
+    );
+    return r.rows[0];
+  };
+
+  before(async () => {
+    stack = await startTestStack();
+    api = await Api.connect(stack.gateway.url);
+    keyA = (await merchant('Merchant A')).key;
+    keyB = (await merchant('Merchant B')).key;
+  });
+  after(async () => {
+    await stack?.close();
+  });
+
+  describe('authentication', () => {
+    it('no key, a malformed header, an unknown key, a revoked key: 401; the admin key is not a merchant and a merchant is not the admin', async () => {
+      expectError(await api.get('/v1/payments'), 401, 'invalid_api_key');
+      expectError(await api.request('GET', '/v1/payments', { headers: { authorization: `Basic ${keyA}` } }), 401, 'invalid_api_key');
+      expectError(await api.get('/v1/payments', `sk_${randomUUID()}`), 401, 'invalid_api_key');
+      expectError(await api.get('/v1/payments', ADMIN_KEY), 401, 'merchant_key_required');
+      expectError(await api.post('/v1/merchants', keyA, { name: 'x' }), 401, 'admin_key_required');
+      const c = await merchant('Merchant C');
+      assert.equal((await api.get('/v1/payments', c.key)).status, 200);
+      await stack.pool.query(`UPDATE api_keys SET revoked_at = now() WHERE merchant_id = $1`, [c.id]);
+      expectError(await api.get('/v1/payments', c.key), 401, 'invalid_api_key');
+    });
+
+    it('stores keys only hashed', async () => {
+      const r = await stack.pool.query('SELECT count(*)::int AS n FROM api_keys WHERE key_hash = $1 OR prefix = $1', [keyA]);
+      assert.equal(r.rows[0].n, 0);
+    });
+  });
+
+  describe('accounts and transfers', () => {
+    it('creates, reads, repeats; another merchant gets 404 for them', async () => {
+      const id = randomUUID();
+      const created = await api.post('/v1/accounts', keyA, { id, currency: 'EUR', code: 7, flags: ['history'], metadata: { owner: 'ops' } });
+      assert.equal(created.status, 201, created.text);
+      assert.deepEqual([created.body.currency, created.body.code, created.body.flags, created.body.metadata], ['EUR', 7, ['history'], { owner: 'ops' }]);
+      const again = await api.post('/v1/accounts', keyA, { id, currency: 'EUR', code: 7, flags: ['history'], metadata: { owner: 'ops' } });
+      assert.equal(again.status, 200);
+      assert.equal(again.body.id, id);
+      expectError(await api.post('/v1/accounts', keyA, { id, currency: 'EUR', code: 8 }), 422, 'exists_with_different_fields');
+      assert.equal((await api.get(`/v1/accounts/${id}`, keyA)).status, 200);
+      expectError(await api.get(`/v1/accounts/${id}`, keyB), 404, 'resource_missing');
+      expectError(await api.get(`/v1/accounts/${id}/transfers`, keyB), 404, 'resource_missing');
+      expectError(await api.post('/v1/accounts', keyB, { id, currency: 'EUR' }), 422, 'resource_already_exists');
+      expectError(await api.get('/v1/accounts/not-a-uuid', keyA), 404, 'resource_missing');
+    });
+
+    it('a transfer posts once: the same id again is 200 with the same transfer; a lack of funds is 402 with the ledger code', async () => {
+      const { wallet: w, funding } = await wallet(keyA, 1_000);
+      const id = randomUUID();
+      const body = { id, debit_account_id: w, credit_account_id: funding, amount: 400, currency: 'USD', metadata: { order: '42' } };
+      const first = await api.post('/v1/transfers', keyA, body);
+      assert.equal(first.status, 201, first.text);
+      assert.deepEqual([first.body.status, first.body.amount, first.body.pending_id], ['posted', 400, null]);
+      const second = await api.post('/v1/transfers', keyA, body);
+      assert.equal(second.status, 200);
+      assert.deepEqual(second.body, first.body);
+      assert.equal((await balances(keyA, w)).debits_posted, 400);
+      expectError(await api.post('/v1/transfers', keyA, { ...body, amount: 401 }), 422, 'exists_with_different_fields', 'id');
+      expectError(await api.post('/v1/transfers', keyA, { ...body, id: randomUUID(), amount: 601 }), 402, 'exceeds_credits');
+      expectError(await api.post('/v1/transfers', keyA, { ...body, id: randomUUID(), credit_account_id: w }), 422, 'accounts_must_be_different');
+      assert.deepEqual(await balances(keyA, w), { debits_pending: 0, debits_posted: 400, credits_pending: 0, credits_posted: 1_000 });
+      assert.equal((await api.get(`/v1/transfers/${id}`, keyA)).body.id, id);
+      expectError(await api.get(`/v1/transfers/${id}`, keyB), 404, 'resource_missing');
+      const listed = await api.get(`/v1/accounts/${w}/transfers?limit=1`, keyA);
+      assert.deepEqual([listed.body.data.map((t: { id: string }) => t.id), listed.body.has_more], [[id], true]);
+      const next = await api.get(`/v1/accounts/${w}/transfers?limit=1&starting_after=${id}`, keyA);
+      assert.equal(next.body.data[0].credit_account_id, w, 'the funding transfer, older');
+    });
+
+    it('pending, partial post, void: statuses and balances', async () => {
+      const { wallet: w, funding } = await wallet(keyA, 1_000);
+      const pending = await api.post('/v1/transfers', keyA, { debit_account_id: w, credit_account_id: funding, amount: 300, currency: 'USD', pending: true, timeout_seconds: 3600 });
+      assert.equal(pending.body.status, 'pending');
+      assert.deepEqual(await balances(keyA, w), { debits_pending: 300, debits_posted: 0, credits_pending: 0, credits_posted: 1_000 });
+      const posted = await api.post(`/v1/transfers/${pending.body.id}/post`, keyA, { amount: 120 });
+      assert.equal(posted.status, 201, posted.text);
+      assert.equal(posted.body.pending_id, pending.body.id);
+      assert.equal((await api.post(`/v1/transfers/${pending.body.id}/post`, keyA, { amount: 120 })).status, 200, 'repeating the post is the same post');
+      assert.equal((await api.get(`/v1/transfers/${pending.body.id}`, keyA)).body.status, 'posted');
+      assert.deepEqual(await balances(keyA, w), { debits_pending: 0, debits_posted: 120, credits_pending: 0, credits_posted: 1_000 });
+      const other = await api.post('/v1/transfers', keyA, { debit_account_id: w, credit_account_id: funding, amount: 50, currency: 'USD', pending: true });
+      expectError(await api.post(`/v1/transfers/${other.body.id}/void`, keyB, {}), 404, 'resource_missing');
+      assert.equal((await api.post(`/v1/transfers/${other.body.id}/void`, keyA, {})).status, 201);
+      assert.equal((await api.get(`/v1/transfers/${other.body.id}`, keyA)).body.status, 'voided');
+    });
+
+    it('batch: per-item results; an item naming another merchant\'s account refuses the batch', async () => {
+      const { wallet: w, funding } = await wallet(keyA, 100);
+      const ok = { debit_account_id: funding, credit_account_id: w, amount: 10, currency: 'USD' };
+      const r = await api.post('/v1/transfers/batch', keyA, { transfers: [ok, { ...ok, debit_account_id: w, credit_account_id: funding, amount: 1_000 }] });
+      assert.equal(r.status, 200, r.text);
+      assert.deepEqual(r.body.results.map((x: { status: string; code?: string }) => x.code ?? x.status), ['created', 'exceeds_credits']);
+      const foreign = await account(keyB);
+      expectError(await api.post('/v1/transfers/batch', keyA, { transfers: [ok, { ...ok, credit_account_id: foreign }] }), 404, 'resource_missing', 'transfers.1.credit_account_id');
+    });
+  });
+
+  describe('validation: 400 with the parameter, and nothing written', () => {
+    it('unknown fields, wrong types, bad amounts, unknown currency, currency mismatch', async () => {
+      const { wallet: w, funding } = await wallet(keyA, 100);
+      const before = await rowCounts();
+      const good = { debit_account_id: funding, credit_account_id: w, amount: 5, currency: 'USD' };
+      expectError(await api.post('/v1/transfers', keyA, { ...good, colour: 'red' }), 400, 'parameter_unknown', 'colour');
+      for (const amount of [0, -1, 1.5, '10', 2 ** 53, null]) {
+        expectError(await api.post('/v1/transfers', keyA, { ...good, amount }, randomUUID()), 400, 'parameter_invalid', 'amount');
+      }
+      expectError(await api.post('/v1/transfers', keyA, { ...good, currency: 'XXY' }), 400, 'invalid_currency', 'currency');
+      expectError(await api.post('/v1/transfers', keyA, { ...good, currency: 'EUR' }), 400, 'currency_mismatch', 'currency');
+      expectError(await api.post('/v1/transfers', keyA, { ...good, debit_account_id: 'nope' }), 400, 'parameter_invalid', 'debit_account_id');
+      expectError(await api.post('/v1/payments', keyA, { amount: 100, currency: 'USD', capture_method: 'sometimes', source: { account: w } }), 400, 'parameter_invalid');
+      expectError(await api.post('/v1/accounts', keyA, { currency: 'USD', flags: ['debits_must_not_exceed_credits', 'credits_must_not_exceed_debits'] }), 400, 'flags_are_mutually_exclusive', 'flags');
+      expectError(await api.request('POST', '/v1/transfers', { key: keyA, raw: '{"amount": 1,', headers: { 'content-type': 'application/json' } }), 400, 'body_invalid');
+      expectError(await api.request('POST', '/v1/transfers', { key: keyA, raw: 'amount=1', headers: { 'content-type': 'text/plain' } }), 415, 'unsupported_media_type');
+      expectError(await api.request('POST', '/v1/transfers', { key: keyA, raw: JSON.stringify({ ...good, metadata: { x: 'y'.repeat(2_000_000) } }), headers: { 'content-type': 'application/json' } }), 413, 'payload_too_large');
+      assert.deepEqual(await rowCounts(), before);
+      assert.deepEqual(await balances(keyA, w), { debits_pending: 0, debits_posted: 0, credits_pending: 0, credits_posted: 100 });
+    });
+  });
+
+  describe('payments and refunds', () => {
+    it('authorize -> partial capture -> two partial refunds: every balance exact; over-refund refused; capture after cancel refused', async () => {
+      const { wallet: w } = await wallet(keyA, 10_000);
+      const p = await api.post('/v1/payments', keyA, { amount: 5_000, currency: 'USD', source: { account: w }, capture_method: 'manual' }, randomUUID());
+      assert.equal(p.status, 201, p.text);
+      assert.equal(p.body.status, 'requires_capture');
+      const captured = await api.post(`/v1/payments/${p.body.id}/capture`, keyA, { amount: 4_000 });
+      assert.deepEqual([captured.body.status, captured.body.amount_captured, captured.body.fee], ['succeeded', 4_000, 100]);
+      const balance = captured.body.destination_account_id;
+      assert.deepEqual(await balances(keyA, w), { debits_pending: 0, debits_posted: 4_000, credits_pending: 0, credits_posted: 10_000 });
+      assert.deepEqual(await balances(keyA, balance), { debits_pending: 0, debits_posted: 100, credits_pending: 0, credits_posted: 4_000 });
+      const r1 = await api.post('/v1/refunds', keyA, { payment: p.body.id, amount: 1_500 }, randomUUID());
+      const r2 = await api.post('/v1/refunds', keyA, { payment: p.body.id, amount: 1_000 }, randomUUID());
+      assert.deepEqual([r1.status, r2.status, r1.body.status], [201, 201, 'succeeded']);
+      expectError(await api.post('/v1/refunds', keyA, { payment: p.body.id, amount: 1_501 }), 422, 'refund_exceeds_captured', 'amount');
+      const after = await api.get(`/v1/payments/${p.body.id}`, keyA);
+      assert.deepEqual([after.body.status, after.body.amount_refunded], ['partially_refunded', 2_500]);
+      assert.deepEqual(await balances(keyA, w), { debits_pending: 0, debits_posted: 4_000, credits_pending: 0, credits_posted: 12_500 });
+      assert.deepEqual(await balances(keyA, balance), { debits_pending: 0, debits_posted: 2_600, credits_pending: 0, credits_posted: 4_000 });
+      assert.equal((await api.get(`/v1/refunds/${r1.body.id}`, keyA)).body.amount, 1_500);
+      expectError(await api.get(`/v1/refunds/${r1.body.id}`, keyB), 404, 'resource_missing');
+      expectError(await api.get(`/v1/payments/${p.body.id}`, keyB), 404, 'resource_missing');
+      expectError(await api.post('/v1/refunds', keyB, { payment: p.body.id }), 404, 'resource_missing', 'payment');
+
+      const q = await api.post('/v1/payments', keyA, { amount: 700, currency: 'USD', source: { account: w }, capture_method: 'manual' });
+      // No body at all is "no parameters".
+      assert.equal((await api.request('POST', `/v1/payments/${q.body.id}/cancel`, { key: keyA })).body.status, 'canceled');
+      expectError(await api.post(`/v1/payments/${q.body.id}/capture`, keyA, {}), 422, 'payment_not_capturable');
+      expectError(await api.post(`/v1/payments/${q.body.id}/capture`, keyB, {}), 404, 'resource_missing');
+    });
+
+    it('a declined payment is 402 card_error with the payment; a card payment never shows its token', async () => {
+      const { wallet: w } = await wallet(keyA, 10);
+      const declined = await api.post('/v1/payments', keyA, { amount: 11, currency: 'USD', source: { account: w }, capture_method: 'automatic' });
+      expectError(declined, 402, 'insufficient_funds');
+      assert.equal(declined.body.error.type, 'card_error');
+      assert.equal(declined.body.error.payment.status, 'declined');
+      const card = await api.post('/v1/payments', keyA, { amount: 900, currency: 'USD', source: { card: { token: 'tok_secret_4242', fingerprint: 'fp_9', country: 'US' } }, capture_method: 'automatic', ip_country: 'US' });
+      assert.equal(card.status, 201, card.text);
+      assert.ok(!card.text.includes('tok_secret'), 'the token is not answered');
+      assert.deepEqual(card.body.source, { type: 'card', card: { fingerprint: 'fp_9', country: 'US' } });
+      const list = await api.get('/v1/payments?limit=2', keyA);
+      assert.deepEqual(list.body.data.map((x: { id: string }) => x.id)[0], card.body.id);
+      assert.equal((await api.get('/v1/payments', keyB)).body.data.some((x: { id: string }) => x.id === card.body.id), false);
+    });
+  });
+
+  describe('Idempotency-Key', () => {
+    it('replays the first answer byte for byte, also an error, and also after a gateway restart; other parameters are 422', async () => {
+      const { wallet: w } = await wallet(keyA, 1_000);
+      const key = randomUUID();
+      const body = { amount: 250, currency: 'USD', source: { account: w }, capture_method: 'automatic' };
+      const first = await api.post('/v1/payments', keyA, body, key);
+      assert.equal(first.status, 201);
+      const replay = await api.post('/v1/payments', keyA, body, key);
+      assert.equal(replay.status, 201);
+      assert.equal(replay.text, first.text);
+      assert.equal(replay.headers.get('idempotent-replayed'), 'true');
+      assert.equal(first.headers.get('idempotent-replayed'), null);
+      expectError(await api.post('/v1/payments', keyA, { ...body, amount: 251 }, key), 422, 'idempotency_key_reused');
+      // Another merchant's key space is its own.
+      expectError(await api.post('/v1/payments', keyB, body, key), 404, 'resource_missing', 'source.account');
+
+      const restarted = await startTestGateway(stack.ledger.app.address);
+      try {
+        const again = await (await Api.connect(restarted.url)).post('/v1/payments', keyA, body, key);
+        assert.equal(again.text, first.text);
+        assert.equal(again.headers.get('idempotent-replayed'), 'true');
+      } finally {
+        await restarted.close();
+      }
+      assert.deepEqual(await balances(keyA, w), { debits_pending: 0, debits_posted: 250, credits_pending: 0, credits_posted: 1_000 });
+
+      const errorKey = randomUUID();
+      const refused = await api.post('/v1/payments', keyA, { ...body, amount: 5_000 }, errorKey);
+      assert.equal(refused.status, 402);
+      assert.equal((await api.post('/v1/payments', keyA, { ...body, amount: 5_000 }, errorKey)).text, refused.text);
+    });
+
+    it('a request while the first with the same key is in flight is 409', async () => {
+      const merchantId = (await stack.pool.query('SELECT merchant_id FROM api_keys WHERE key_hash = encode(sha256($1::bytea), $2)', [keyA, 'hex'])).rows[0].merchant_id;
+      const key = randomUUID();
+      const body = { name: 'n' };
+      // The first request's gateway holds the key (its row is in flight, freshly locked).
+      const { requestFingerprint } = await import('./idempotency.js');
+      await stack.pool.query(`INSERT INTO idempotency_keys (merchant_id, key, fingerprint, state, locked_at) VALUES ($1, $2, $3, 'in_flight', now())`, [
+        merchantId,
+        key,
+        requestFingerprint('POST', '/v1/accounts', { currency: 'USD', metadata: body }),
+      ]);
+      expectError(await api.post('/v1/accounts', keyA, { currency: 'USD', metadata: body }, key), 409, 'idempotency_key_in_use');
+      // A lock older than the timeout belonged to a gateway that died: the retry takes the key over.
+      await stack.pool.query(`UPDATE idempotency_keys SET locked_at = now() - interval '5 minutes' WHERE key = $1`, [key]);
+      assert.equal((await api.post('/v1/accounts', keyA, { currency: 'USD', metadata: body }, key)).status, 201);
+    });
+
+    it('100 concurrent identical payments with one key make one payment', async () => {
+      const { wallet: w } = await wallet(keyA, 100_000);
+      const key = randomUUID();
+      const body = { amount: 333, currency: 'USD', source: { account: w }, capture_method: 'automatic' };
+      const answers = await Promise.all(Array.from({ length: 100 }, () => api.post('/v1/payments', keyA, body, key)));
+      const statuses = new Set(answers.map((a) => a.status));
+      assert.ok([...statuses].every((s) => s === 201 || s === 409), [...statuses].join(','));
+      const ids = new Set(answers.filter((a) => a.status === 201).map((a) => a.body.id));
+      assert.equal(ids.size, 1);
+      assert.deepEqual(await balances(keyA, w), { debits_pending: 0, debits_posted: 333, credits_pending: 0, credits_posted: 100_000 });
+      const r = await stack.pool.query('SELECT count(*)::int AS n FROM payments WHERE source_account_id = $1', [w]);
+      assert.equal(r.rows[0].n, 1);
+    });
+  });
+
+  describe('limits and unavailability', () => {
+    it('429 with Retry-After past the burst', async () => {
+      const tight = await startTestGateway(stack.ledger.app.address, { GATEWAY_RATE_LIMIT_PER_SECOND: '1', GATEWAY_RATE_LIMIT_BURST: '2' });
+      try {
+        const tightApi = await Api.connect(tight.url);
+        const answers = [];
+        for (let i = 0; i < 3; i++) answers.push(await tightApi.get('/v1/payments', keyA));
+        assert.deepEqual(answers.map((a) => a.status), [200, 200, 429]);
+        expectError(answers[2]!, 429, 'rate_limit');
+        assert.ok(Number(answers[2]!.headers.get('retry-after')) >= 1);
+      } finally {
+        await tight.close();
+      }
+    });
+
+    it('503 with Retry-After when the ledger is down; /readyz says so; /healthz stays up', async () => {
+      const nowhere = await startTestGateway(`127.0.0.1:${await freePort()}`, { GATEWAY_GRPC_DEADLINE_MS: '1000' });
+      try {
+        const down = await Api.connect(nowhere.url);
+        const r = await down.get(`/v1/payments`, keyA);
+        assert.equal(r.status, 503, r.text);
+        assert.ok(Number(r.headers.get('retry-after')) >= 1);
+        assert.equal((await down.get('/readyz')).status, 503);
+        assert.equal((await down.get('/healthz')).status, 200);
+      } finally {
+        await nowhere.close();
+      }
+      assert.equal((await api.get('/readyz')).status, 200);
+    });
+  });
+});

@@ -1,0 +1,147 @@
+import assert from 'node:assert/strict';
+import type { AddressInfo } from 'node:net';
+import { Ajv2020 } from 'ajv/dist/2020.js';
+import addFormats from 'ajv-formats';
+import type { Config } from '../lib/config.js';
+import { createLogger } from '../lib/logger.js';
+import { buildGateway, type Gateway } from '../gateway/app.js';
+import { Backends } from '../gateway/backends.js';
+import { startRisk, type RiskApp } from '../risk/app.js';
+import { startTestLedger, type TestLedger } from './ledger-harness.js';
+import { testConfig, testPool } from './support.js';
+import type { Pool } from '../lib/db.js';
+
+export const ADMIN_KEY = 'admin_test_key_0123456789abcdefghijklmnop';
+
+export interface ApiResponse {
+  status: number;
+  headers: Headers;
+  text: string;
+  // Parsed JSON: tests read fields freely.
+  body: any; // eslint-disable-line @typescript-eslint/no-explicit-any
+}
+
+export interface TestGateway {
+  url: string;
+  app: Gateway;
+  backends: Backends;
+  close(): Promise<void>;
+}
+
+/** A gateway on an ephemeral port in this process, against `ledgerTarget`. */
+export async function startTestGateway(ledgerTarget: string, env: Record<string, string> = {}): Promise<TestGateway> {
+  const config: Config = testConfig({ LEDGER_GRPC_TARGET: ledgerTarget, ADMIN_API_KEY: ADMIN_KEY, GATEWAY_GRPC_DEADLINE_MS: '5000', ...env });
+  const pool = testPool(config);
+  const backends = new Backends(config);
+  const app = await buildGateway({ config, pool, backends, logger: createLogger('gateway-test', process.env['GATEWAY_TEST_LOG'] ?? 'error') });
+  await app.listen({ port: 0, host: '127.0.0.1' });
+  const { port } = app.server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    app,
+    backends,
+    async close() {
+      await app.close();
+      backends.close();
+      await pool.end();
+    },
+  };
+}
+
+/** Risk, ledger (with payments) and a gateway, all on ephemeral ports. */
+export interface TestStack {
+  risk: RiskApp;
+  ledger: TestLedger;
+  gateway: TestGateway;
+  pool: Pool;
+  close(): Promise<void>;
+}
+
+export async function startTestStack(): Promise<TestStack> {
+  const risk = await startRisk(testConfig({ RISK_GRPC_LISTEN: '127.0.0.1:0' }), createLogger('risk-test', 'error'));
+  const ledger = await startTestLedger({ RISK_GRPC_TARGET: risk.address, RISK_DEADLINE_MS: '2000' });
+  const gateway = await startTestGateway(ledger.app.address);
+  const pool = testPool();
+  return {
+    risk,
+    ledger,
+    gateway,
+    pool,
+    async close() {
+      await gateway.close();
+      await ledger.close();
+      await risk.close();
+      await pool.end();
+    },
+  };
+}
+
+/**
+ * Checks every response against the gateway's own /openapi.json: the schema of the route and status.
+ * Path parameters are matched against the document's templates.
+ */
+export class OpenApiChecker {
+  private readonly ajv = new Ajv2020({ strict: false, allErrors: true });
+  private readonly routes: { method: string; pattern: RegExp; responses: Record<string, { content?: Record<string, { schema: object }> }> }[] = [];
+
+  constructor(document: { paths: Record<string, Record<string, { responses: Record<string, { content?: Record<string, { schema: object }> }> }>> }) {
+    addFormats.default(this.ajv);
+    for (const [template, methods] of Object.entries(document.paths)) {
+      const pattern = new RegExp(`^${template.replace(/\{[^}]+\}/g, '[^/]+')}$`);
+      for (const [method, operation] of Object.entries(methods)) this.routes.push({ method: method.toUpperCase(), pattern, responses: operation.responses });
+    }
+  }
+
+  check(method: string, path: string, status: number, body: unknown): void {
+    const route = this.routes.find((r) => r.method === method && r.pattern.test(path.split('?')[0]!));
+    if (!route) return assert.equal(status, 404, `${method} ${path}: no such route in /openapi.json but answered ${status}`);
+    const schema = route.responses[String(status)]?.content?.['application/json']?.schema;
+    assert.ok(schema, `${method} ${path}: status ${status} is not documented in /openapi.json`);
+    const validate = this.ajv.compile(schema);
+    assert.ok(validate(body), `${method} ${path} ${status}: body does not match /openapi.json: ${JSON.stringify(validate.errors)}\n${JSON.stringify(body)}`);
+  }
+}
+
+/** An HTTP client for tests: every answer is checked against /openapi.json. */
+export class Api {
+  constructor(
+    public url: string,
+    private readonly checker: OpenApiChecker,
+  ) {}
+
+  static async connect(url: string): Promise<Api> {
+    const document = (await (await fetch(`${url}/openapi.json`)).json()) as ConstructorParameters<typeof OpenApiChecker>[0];
+    return new Api(url, new OpenApiChecker(document));
+  }
+
+  async request(method: string, path: string, options: { key?: string; body?: unknown; raw?: string; headers?: Record<string, string>; idempotencyKey?: string } = {}): Promise<ApiResponse> {
+    const headers: Record<string, string> = { ...options.headers };
+    if (options.key) headers['authorization'] = `Bearer ${options.key}`;
+    if (options.idempotencyKey) headers['idempotency-key'] = options.idempotencyKey;
+    let body: string | undefined = options.raw;
+    if (options.body !== undefined) {
+      body = JSON.stringify(options.body);
+      headers['content-type'] ??= 'application/json';
+    }
+    const response = await fetch(`${this.url}${path}`, { method, headers, body });
+    const text = await response.text();
+    const parsed = text ? JSON.parse(text) : undefined;
+    this.checker.check(method, path, response.status, parsed);
+    return { status: response.status, headers: response.headers, text, body: parsed };
+  }
+
+  get(path: string, key?: string): Promise<ApiResponse> {
+    return this.request('GET', path, { key });
+  }
+
+  post(path: string, key: string | undefined, body?: unknown, idempotencyKey?: string): Promise<ApiResponse> {
+    return this.request('POST', path, { key, body: body ?? {}, idempotencyKey });
+  }
+}
+
+/** Asserts an error answer: status, error.code and (when given) error.param. */
+export function expectError(response: ApiResponse, status: number, code: string, param?: string): void {
+  assert.equal(response.status, status, response.text);
+  assert.equal(response.body?.error?.code, code, response.text);
+  if (param !== undefined) assert.equal(response.body.error.param, param, response.text);
+}
