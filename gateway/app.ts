@@ -82,7 +82,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
     },
   });
 
-  const authenticator = new Authenticator(pool, config.ADMIN_API_KEY);
+  const authenticator = new Authenticator(pool, config.ADMIN_API_KEY, config.GATEWAY_AUTH_CACHE_MS);
   const limiter = new RateLimiter(config.GATEWAY_RATE_LIMIT_PER_SECOND, config.GATEWAY_RATE_LIMIT_BURST);
   const idempotency = new IdempotencyStore(pool, config.IDEMPOTENCY_TTL_HOURS);
   app.decorateRequest('caller', null);

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { withTransaction, type Pool } from '../lib/db.js';
+import { statement, withTransaction, type Pool } from '../lib/db.js';
 import { AppError, ValidationError } from '../lib/errors.js';
 import { hasControlCharacters } from '../ledger/validation.js';
 
@@ -46,13 +46,14 @@ export class IdempotencyStore {
   ) {}
 
   async begin(scope: string, key: string, fingerprint: string): Promise<Begin> {
+    // A new key (the common case) is one statement; a key seen before is read and decided in a transaction.
+    const inserted = await statement(this.pool, {
+      name: 'gw-idem-insert',
+      text: `INSERT INTO idempotency_keys (merchant_id, key, fingerprint, state, locked_at) VALUES ($1, $2, $3, 'in_flight', now()) ON CONFLICT DO NOTHING`,
+      values: [scope, key, fingerprint],
+    });
+    if (inserted.rowCount === 1) return { kind: 'proceed' };
     return withTransaction(this.pool, async (client) => {
-      const inserted = await client.query({
-        name: 'gw-idem-insert',
-        text: `INSERT INTO idempotency_keys (merchant_id, key, fingerprint, state, locked_at) VALUES ($1, $2, $3, 'in_flight', now()) ON CONFLICT DO NOTHING`,
-        values: [scope, key, fingerprint],
-      });
-      if (inserted.rowCount === 1) return { kind: 'proceed' };
       const r = await client.query({
         name: 'gw-idem-read',
         text: `SELECT fingerprint, state, status, body,
@@ -85,14 +86,12 @@ export class IdempotencyStore {
   }
 
   async complete(scope: string, key: string, status: number, body: string): Promise<void> {
-    await withTransaction(this.pool, (client) =>
-      client.query({ name: 'gw-idem-done', text: `UPDATE idempotency_keys SET state = 'done', status = $3, body = $4 WHERE merchant_id = $1 AND key = $2`, values: [scope, key, status, body] }),
-    );
+    await statement(this.pool, { name: 'gw-idem-done', text: `UPDATE idempotency_keys SET state = 'done', status = $3, body = $4 WHERE merchant_id = $1 AND key = $2`, values: [scope, key, status, body] });
   }
 
   /** Forgets a key whose request failed in a retryable way (5xx, 429): the retry runs again. */
   async release(scope: string, key: string): Promise<void> {
-    await withTransaction(this.pool, (client) => client.query({ name: 'gw-idem-release', text: `DELETE FROM idempotency_keys WHERE merchant_id = $1 AND key = $2 AND state = 'in_flight'`, values: [scope, key] }));
+    await statement(this.pool, { name: 'gw-idem-release', text: `DELETE FROM idempotency_keys WHERE merchant_id = $1 AND key = $2 AND state = 'in_flight'`, values: [scope, key] });
   }
 
   /** Deletes keys past the TTL; returns how many. */

@@ -101,6 +101,8 @@ const schema = z.object({
   GATEWAY_GRPC_DEADLINE_MS: positiveInt.max(60_000).default(5_000),
   /** HTTP/2 channels per backend (one channel is one TCP connection and one event-loop turn at a time). */
   GATEWAY_GRPC_CHANNELS: positiveInt.max(64).default(4),
+  /** How long a checked secret key is remembered (0: checked in the database on every request). */
+  GATEWAY_AUTH_CACHE_MS: nonNegativeInt.max(600_000).default(5_000),
   IDEMPOTENCY_TTL_HOURS: positiveInt.max(24 * 30).default(24),
 });
 

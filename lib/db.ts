@@ -148,6 +148,25 @@ export async function withTransaction<T>(pool: pg.Pool, work: (client: pg.PoolCl
 }
 
 /**
+ * One statement as its own (implicit, SERIALIZABLE) transaction: a round trip instead of BEGIN, statement,
+ * COMMIT. Retried on serialization failure like withTransaction; a lost connection is an UnavailableError.
+ * Only for statements that are a whole transaction by themselves.
+ */
+export async function statement(pool: pg.Pool, query: pg.QueryConfig): Promise<pg.QueryResult> {
+  return retry(
+    async () => {
+      try {
+        return await pool.query(query);
+      } catch (error) {
+        if (isConnectionError(error)) throw new UnavailableError('database_unavailable', 'database unavailable', 1, { cause: error });
+        throw error;
+      }
+    },
+    { attempts: 50, baseDelayMs: 2, maxDelayMs: 200, isRetryable: isSerializationFailure },
+  );
+}
+
+/**
  * A PostgreSQL array literal for values whose text form needs no quoting: numbers, bigints and UUIDs (all
  * validated before they get here), or null. Several times cheaper than pg's general array serialization,
  * which escapes every element; it matters for the ledger's multi-row statements of 8,190 rows.

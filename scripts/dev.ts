@@ -112,12 +112,13 @@ dev: platform admin key (kept in .env.local): ${config.ADMIN_API_KEY}
 dev: demo merchant ${merchant.id}, secret key (shown once): ${merchant.secret_key}
 dev: try it (in another terminal):
   K=${merchant.secret_key}
+  id() { node -pe 'JSON.parse(require("fs").readFileSync(0, "utf8")).id'; }
   W=$(curl -s ${base}/v1/accounts -H "Authorization: Bearer $K" -H 'Content-Type: application/json' \\
-      -d '{"currency":"USD","flags":["debits_must_not_exceed_credits"]}' | jq -r .id)
-  F=$(curl -s ${base}/v1/accounts -H "Authorization: Bearer $K" -H 'Content-Type: application/json' -d '{"currency":"USD"}' | jq -r .id)
+      -d '{"currency":"USD","flags":["debits_must_not_exceed_credits"]}' | id)
+  F=$(curl -s ${base}/v1/accounts -H "Authorization: Bearer $K" -H 'Content-Type: application/json' -d '{"currency":"USD"}' | id)
   curl -s ${base}/v1/transfers -H "Authorization: Bearer $K" -H 'Content-Type: application/json' \\
       -d "{\\"debit_account_id\\":\\"$F\\",\\"credit_account_id\\":\\"$W\\",\\"amount\\":50000,\\"currency\\":\\"USD\\"}"
-  curl -s ${base}/v1/payments -H "Authorization: Bearer $K" -H 'Content-Type: application/json' -H "Idempotency-Key: $(uuidgen)" \\
+  curl -s ${base}/v1/payments -H "Authorization: Bearer $K" -H 'Content-Type: application/json' -H "Idempotency-Key: order-1" \\
       -d "{\\"amount\\":1250,\\"currency\\":\\"USD\\",\\"source\\":{\\"account\\":\\"$W\\"},\\"capture_method\\":\\"automatic\\"}"
   curl -s ${base}/v1/payments -H "Authorization: Bearer $K"
 dev: Ctrl-C stops every service.`);

@@ -30,7 +30,7 @@ export interface TestGateway {
 
 /** A gateway on an ephemeral port in this process, against `ledgerTarget`. */
 export async function startTestGateway(ledgerTarget: string, env: Record<string, string> = {}): Promise<TestGateway> {
-  const config: Config = testConfig({ LEDGER_GRPC_TARGET: ledgerTarget, ADMIN_API_KEY: ADMIN_KEY, GATEWAY_GRPC_DEADLINE_MS: '5000', ...env });
+  const config: Config = testConfig({ LEDGER_GRPC_TARGET: ledgerTarget, ADMIN_API_KEY: ADMIN_KEY, GATEWAY_GRPC_DEADLINE_MS: '5000', GATEWAY_AUTH_CACHE_MS: '0', ...env });
   const pool = testPool(config);
   const backends = new Backends(config);
   const app = await buildGateway({ config, pool, backends, logger: createLogger('gateway-test', process.env['GATEWAY_TEST_LOG'] ?? 'error') });

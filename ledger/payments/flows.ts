@@ -82,11 +82,9 @@ export class PaymentFlows {
   async createPayment(input: CreatePaymentInput): Promise<PaymentRow> {
     const currency = currencyOf(input.currency);
     const id = input.idempotencyKey ? derivedId(`payment:${input.merchantId}`, input.idempotencyKey) : randomUUID();
-    const existing = await store.findPayment(this.pool, input.merchantId, id);
-    if (existing) return this.repeatCreate(existing, input);
-
-    const merchant = await store.loadMerchant(this.pool, input.merchantId);
+    const { merchant, payment: existing } = await store.loadMerchantWithPayment(this.pool, input.merchantId, id);
     if (!merchant) throw notFound('merchant', 'merchant_id');
+    if (existing) return this.repeatCreate(existing, input);
     const sourceAccountId = await this.sourceAccount(input, currency);
     // The fee transfer of a capture credits the platform's revenue account: it must exist before any capture.
     await this.platformAccount('fee_revenue', currency, AccountCode.platformRevenue);
@@ -128,23 +126,25 @@ export class PaymentFlows {
       authorization.status = 'failed';
       authorization.failureCode = decline.code;
     }
-    const inserted = await withTransaction(
-      this.pool,
-      async (client) => {
-        if (!(await store.insertPayment(client, payment))) return false;
-        await store.insertOperation(client, authorization);
-        if (decline) await store.writePaymentEvents(client, this.settings.shardCount, [{ type: 'payment.declined', payment }], authorization);
-        return true;
-      },
-      { retryIf: isUniqueViolation },
-    );
+    const inserted = decline
+      ? await withTransaction(
+          this.pool,
+          async (client) => {
+            if (!(await store.insertPayment(client, payment))) return false;
+            await store.insertOperation(client, authorization);
+            await store.writePaymentEvents(client, this.settings.shardCount, [{ type: 'payment.declined', payment }], authorization);
+            return true;
+          },
+          { retryIf: isUniqueViolation },
+        )
+      : await store.insertPaymentWithOperation(this.pool, payment, authorization);
     if (!inserted) {
       // The same key arrived twice at once: the other call recorded it; continue from what it recorded.
       const recorded = await store.findPayment(this.pool, input.merchantId, id);
       invariant(recorded, `payment ${id} neither inserted nor found`);
       return this.repeatCreate(recorded, input);
     }
-    return decline ? payment : this.driveAuthorization(authorization);
+    return decline ? payment : this.driveAuthorization(authorization, payment);
   }
 
   async capture(merchantId: string, paymentId: string, amount: bigint): Promise<PaymentRow> {
@@ -225,8 +225,8 @@ export class PaymentFlows {
 
   // --- steps ---------------------------------------------------------------------------------------------
 
-  private async driveAuthorization(op: OperationRow): Promise<PaymentRow> {
-    const payment = await this.requirePayment(op.merchantId, op.paymentId);
+  private async driveAuthorization(op: OperationRow, known?: PaymentRow): Promise<PaymentRow> {
+    const payment = known ?? (await this.requirePayment(op.merchantId, op.paymentId));
     const automatic = payment.captureMethod === 'automatic';
     const main: TransferInput = {
       ...this.transfer(payment, op.id, payment.sourceAccountId, payment.destinationAccountId, payment.amount, TransferCode.payment),
@@ -352,15 +352,14 @@ export class PaymentFlows {
     const finished = await withTransaction(
       this.pool,
       async (client) => {
-        if (!(await store.finishOperation(client, op.id, status, failureCode))) return null;
-        const current = await store.findPayment(client, op.merchantId, op.paymentId);
-        invariant(current, `payment ${op.paymentId} vanished`);
+        const current = await store.finishOperationReadPayment(client, op.id, status, failureCode);
+        if (!current) return null;
         const { next, events } = apply(current);
         checkPaymentInvariants(next);
         const versions = events.map((type, i) => ({ type, payment: { ...next, version: current.version + BigInt(i + 1) } }));
         const after = { ...next, version: current.version + BigInt(events.length) };
-        await store.writePaymentEvents(client, this.settings.shardCount, versions, op);
-        invariant(await store.updatePayment(client, after, current.version), `payment ${op.paymentId} changed under its step`);
+        const written = await store.updatePaymentWithEvents(client, after, current.version, this.settings.shardCount, versions, op);
+        invariant(written, `payment ${op.paymentId} changed under its step`);
         return after;
       },
       { retryIf: isUniqueViolation },

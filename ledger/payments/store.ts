@@ -1,5 +1,5 @@
 import { randomInt, randomUUID } from 'node:crypto';
-import type { PoolClient, Queryable } from '../../lib/db.js';
+import { statement, type Pool, type PoolClient, type Queryable } from '../../lib/db.js';
 import { invariant } from '../../lib/errors.js';
 import { EventBatch } from '../../proto/gen/events/v1/events.js';
 import { PAYMENT_OUTBOX_SHARD_BASE } from '../outbox.js';
@@ -17,11 +17,6 @@ export interface AccountOwner {
   merchantId: string;
   currency: string;
   purpose: 'wallet' | 'balance' | 'custom';
-}
-
-export async function loadMerchant(db: Queryable, merchantId: string): Promise<Merchant | null> {
-  const r = await db.query({ name: 'pay-merchant', text: 'SELECT id, fee_bps FROM merchants WHERE id = $1', values: [merchantId] });
-  return r.rows[0] ? { id: r.rows[0].id, feeBps: r.rows[0].fee_bps } : null;
 }
 
 export async function accountOwner(db: Queryable, accountId: string): Promise<AccountOwner | null> {
@@ -79,10 +74,54 @@ function paymentFromRow(r: Record<string, unknown>): PaymentRow {
   };
 }
 
+/** The merchant and, if it exists and is this merchant's, the payment `paymentId`: one round trip. */
+export async function loadMerchantWithPayment(db: Queryable, merchantId: string, paymentId: string): Promise<{ merchant: Merchant | null; payment: PaymentRow | null }> {
+  const r = await db.query({
+    name: 'pay-merchant-payment',
+    text: `SELECT m.id AS merchant_key, m.fee_bps AS merchant_fee_bps, p.* FROM merchants m
+           LEFT JOIN payments p ON p.id = $2 AND p.merchant_id = m.id WHERE m.id = $1`,
+    values: [merchantId, paymentId],
+  });
+  const row = r.rows[0];
+  if (!row) return { merchant: null, payment: null };
+  return { merchant: { id: row.merchant_key, feeBps: row.merchant_fee_bps }, payment: row.id ? paymentFromRow(row) : null };
+}
+
 /** The payment if it belongs to `merchantId` (another merchant's payment is "not there"). */
 export async function findPayment(db: Queryable, merchantId: string, paymentId: string): Promise<PaymentRow | null> {
   const r = await db.query({ name: 'pay-find', text: `SELECT ${PAYMENT_COLUMNS} FROM payments WHERE id = $1 AND merchant_id = $2`, values: [paymentId, merchantId] });
   return r.rows[0] ? paymentFromRow(r.rows[0]) : null;
+}
+
+function paymentValues(p: PaymentRow): unknown[] {
+  return [
+    p.id, p.merchantId, p.idempotencyKey, p.amount, p.currency, p.captureMethod, p.sourceKind, p.sourceAccountId, p.cardFingerprint,
+    p.cardCountry, p.destinationAccountId, p.customerId, p.deviceId, p.ipCountry, p.status, p.amountCaptured, p.amountRefunded, p.feeBps, p.fee,
+    p.declineCode, p.declineReason, p.risk.outcome, p.risk.scorePpm, p.risk.decision, JSON.stringify(p.risk.reasons), p.risk.modelVersion,
+    JSON.stringify(p.metadata), p.version, p.createdAt,
+  ];
+}
+
+function operationValues(op: OperationRow): unknown[] {
+  return [op.id, op.paymentId, op.merchantId, op.kind, op.amount, op.fee, op.status, op.failureCode, op.idempotencyKey, JSON.stringify(op.metadata), op.createdAt];
+}
+
+/**
+ * Inserts a new payment with its first step in one statement (its own transaction); false when the payment id
+ * exists already (a repeated idempotency key), and then nothing is written.
+ */
+export async function insertPaymentWithOperation(pool: Pool, p: PaymentRow, op: OperationRow): Promise<boolean> {
+  const r = await statement(pool, {
+    name: 'pay-insert-with-op',
+    text: `WITH p AS (
+             INSERT INTO payments (${PAYMENT_COLUMNS})
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)
+             ON CONFLICT DO NOTHING RETURNING id)
+           INSERT INTO payment_operations (${OPERATION_COLUMNS})
+           SELECT $30::uuid, $31::uuid, $32::uuid, $33::text, $34::int8, $35::int8, $36::text, $37::text, $38::text, $39::jsonb, $40::int8 FROM p`,
+    values: [...paymentValues(p), ...operationValues(op)],
+  });
+  return r.rowCount === 1;
 }
 
 /** Inserts a new payment; false when its id exists already (a repeated idempotency key). */
@@ -92,12 +131,7 @@ export async function insertPayment(db: Queryable, p: PaymentRow): Promise<boole
     text: `INSERT INTO payments (${PAYMENT_COLUMNS})
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)
            ON CONFLICT DO NOTHING`,
-    values: [
-      p.id, p.merchantId, p.idempotencyKey, p.amount, p.currency, p.captureMethod, p.sourceKind, p.sourceAccountId, p.cardFingerprint,
-      p.cardCountry, p.destinationAccountId, p.customerId, p.deviceId, p.ipCountry, p.status, p.amountCaptured, p.amountRefunded, p.feeBps, p.fee,
-      p.declineCode, p.declineReason, p.risk.outcome, p.risk.scorePpm, p.risk.decision, JSON.stringify(p.risk.reasons), p.risk.modelVersion,
-      JSON.stringify(p.metadata), p.version, p.createdAt,
-    ],
+    values: paymentValues(p),
   });
   return r.rowCount === 1;
 }
@@ -163,7 +197,7 @@ export async function insertOperation(db: Queryable, op: OperationRow): Promise<
   const r = await db.query({
     name: 'pay-op-insert',
     text: `INSERT INTO payment_operations (${OPERATION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING`,
-    values: [op.id, op.paymentId, op.merchantId, op.kind, op.amount, op.fee, op.status, op.failureCode, op.idempotencyKey, JSON.stringify(op.metadata), op.createdAt],
+    values: operationValues(op),
   });
   return r.rowCount === 1;
 }
@@ -178,14 +212,18 @@ export async function operationsOf(db: Queryable, paymentId: string): Promise<Op
   return r.rows.map(operationFromRow);
 }
 
-/** Finishes a step once: false if it was no longer processing (a retry or the resumer finished it first). */
-export async function finishOperation(db: Queryable, operationId: string, status: Exclude<OperationStatus, 'processing'>, failureCode: string | null): Promise<boolean> {
+/**
+ * Finishes a step once and reads its payment, in one statement: null if the step was no longer processing
+ * (a retry or the resumer finished it first).
+ */
+export async function finishOperationReadPayment(db: Queryable, operationId: string, status: Exclude<OperationStatus, 'processing'>, failureCode: string | null): Promise<PaymentRow | null> {
   const r = await db.query({
-    name: 'pay-op-finish',
-    text: `UPDATE payment_operations SET status = $2, failure_code = $3, updated_at = now() WHERE id = $1 AND status = 'processing'`,
+    name: 'pay-op-finish-read',
+    text: `WITH op AS (UPDATE payment_operations SET status = $2, failure_code = $3, updated_at = now() WHERE id = $1 AND status = 'processing' RETURNING payment_id)
+           SELECT ${PAYMENT_COLUMNS.split(',').map((c) => `p.${c.trim()}`).join(', ')} FROM payments p JOIN op ON p.id = op.payment_id`,
     values: [operationId, status, failureCode],
   });
-  return r.rowCount === 1;
+  return r.rows[0] ? paymentFromRow(r.rows[0]) : null;
 }
 
 /** Steps left processing for longer than `olderThanMs` (their caller crashed or gave up): the resumer's work. */
@@ -211,14 +249,21 @@ export async function expiredAuthorizations(db: Queryable, createdBefore: bigint
 
 export type PaymentEventType = 'payment.authorized' | 'payment.captured' | 'payment.canceled' | 'payment.declined' | 'payment.refunded';
 
+interface OutboxMessage {
+  shard: number;
+  sequence: bigint;
+  batchId: string;
+  count: number;
+  payload: Buffer;
+}
+
 /**
- * Writes a step's payment events into the outbox as one message, in the caller's transaction (with the state
- * change they report). Each event carries the payment as of that event's version. The row's sequence orders
- * the relay's reads and need not be dense: microseconds times 1,024 plus a random tail, so no counter row is
- * shared by concurrent payments. A collision is a unique violation, and the transaction retries (retryIf).
+ * A step's payment events as one outbox message. Each event carries the payment as of that event's version.
+ * The row's sequence orders the relay's reads and need not be dense: microseconds times 1,024 plus a random
+ * tail, so no counter row is shared by concurrent payments. A collision is a unique violation, and the
+ * transaction retries (retryIf).
  */
-export async function writePaymentEvents(db: PoolClient, shardCount: number, events: readonly { type: PaymentEventType; payment: PaymentRow }[], op: OperationRow): Promise<void> {
-  if (events.length === 0) return;
+function paymentEventsMessage(shardCount: number, events: readonly { type: PaymentEventType; payment: PaymentRow }[], op: OperationRow): OutboxMessage {
   const paymentId = events[0]!.payment.id;
   const batchId = randomUUID();
   const occurredAt = BigInt(Date.now()) * 1_000_000n;
@@ -259,10 +304,48 @@ export async function writePaymentEvents(db: PoolClient, shardCount: number, eve
       };
     }),
   }).finish();
-  const sequence = BigInt(Date.now()) * 1_000n * 1_024n + BigInt(randomInt(1_024));
+  return {
+    shard: PAYMENT_OUTBOX_SHARD_BASE + shardOf(paymentId, shardCount),
+    sequence: BigInt(Date.now()) * 1_000n * 1_024n + BigInt(randomInt(1_024)),
+    batchId,
+    count: events.length,
+    payload: Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength),
+  };
+}
+
+/** Writes a step's events into the outbox, in the caller's transaction (with the state change they report). */
+export async function writePaymentEvents(db: PoolClient, shardCount: number, events: readonly { type: PaymentEventType; payment: PaymentRow }[], op: OperationRow): Promise<void> {
+  if (events.length === 0) return;
+  const m = paymentEventsMessage(shardCount, events, op);
   await db.query({
     name: 'pay-outbox',
     text: 'INSERT INTO outbox (shard, sequence, batch_id, part, event_count, payload) VALUES ($1, $2, $3, 0, $4, $5)',
-    values: [PAYMENT_OUTBOX_SHARD_BASE + shardOf(paymentId, shardCount), sequence, batchId, events.length, Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength)],
+    values: [m.shard, m.sequence, m.batchId, m.count, m.payload],
   });
+}
+
+/**
+ * Writes the payment's new state, only if it is still at `expectedVersion`, together with the events of the
+ * step in one statement; false if the payment had moved on (nothing written then).
+ */
+export async function updatePaymentWithEvents(
+  db: PoolClient,
+  after: PaymentRow,
+  expectedVersion: bigint,
+  shardCount: number,
+  events: readonly { type: PaymentEventType; payment: PaymentRow }[],
+  op: OperationRow,
+): Promise<boolean> {
+  if (events.length === 0) return updatePayment(db, after, expectedVersion);
+  const m = paymentEventsMessage(shardCount, events, op);
+  const r = await db.query({
+    name: 'pay-update-with-events',
+    text: `WITH u AS (
+             UPDATE payments SET status = $3, amount_captured = $4, amount_refunded = $5, fee = $6, decline_code = $7, decline_reason = $8,
+               version = $9, updated_at = now()
+             WHERE id = $1 AND version = $2 RETURNING id)
+           INSERT INTO outbox (shard, sequence, batch_id, part, event_count, payload) SELECT $10::int4, $11::int8, $12::uuid, 0, $13::int4, $14::bytea FROM u`,
+    values: [after.id, expectedVersion, after.status, after.amountCaptured, after.amountRefunded, after.fee, after.declineCode, after.declineReason, after.version, m.shard, m.sequence, m.batchId, m.count, m.payload],
+  });
+  return r.rowCount === 1;
 }
