@@ -32,6 +32,7 @@ export interface GatewayDeps {
   pool: Pool;
   backends: Backends;
   logger: Logger;
+  inFlight?: InFlight;
 }
 
 /** What every route module gets: the backends, the database, and the caller's checks. */
@@ -42,6 +43,19 @@ export interface RouteContext extends GatewayDeps {
 }
 
 export type Gateway = FastifyInstance<any, any, any, any, TypeBoxTypeProvider>; // eslint-disable-line @typescript-eslint/no-explicit-any
+
+/**
+ * Requests whose handler has not finished. Fastify's close waits for open requests, but not for the handler of
+ * one whose client went away: shutdown waits for those too before the database pool closes under them.
+ */
+export class InFlight {
+  count = 0;
+
+  async drained(timeoutMs = 10_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.count > 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
 
 /**
  * Bodies are validated strictly (no coercion: "10" is not an amount, unknown fields are refused); query
@@ -88,6 +102,23 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
   app.decorateRequest('caller', null);
   app.decorateRequest('idempotency', null);
   app.decorateRequest('fingerprint', null);
+
+  const inFlight = deps.inFlight ?? new InFlight();
+  const finished = new WeakSet<FastifyRequest>();
+  const finish = async (request: FastifyRequest) => {
+    if (finished.has(request)) return;
+    finished.add(request);
+    inFlight.count--;
+  };
+  app.addHook('onRequest', async () => {
+    inFlight.count++;
+  });
+  // The reply was produced (or written): the handler is done, whether or not the client is still there.
+  app.addHook('onSend', async (request, _reply, payload) => {
+    if (request.raw.destroyed) await finish(request);
+    return payload;
+  });
+  app.addHook('onResponse', finish);
 
   app.addHook('onRequest', async (request) => {
     if (!request.url.startsWith('/v1/')) return;

@@ -2,19 +2,21 @@
 import { createPool } from '../lib/db.js';
 import { runService } from '../lib/service-main.js';
 import { startMetrics } from '../observability/metrics.js';
-import { buildGateway } from './app.js';
+import { InFlight, buildGateway } from './app.js';
 import { Backends } from './backends.js';
 
 await runService('gateway', async (config, logger) => {
   const pool = createPool(config, { applicationName: 'gateway', keyAccessOnly: true });
   const backends = new Backends(config);
   const metrics = await startMetrics('gateway', config.METRICS_PORT);
-  const app = await buildGateway({ config, pool, backends, logger });
+  const inFlight = new InFlight();
+  const app = await buildGateway({ config, pool, backends, logger, inFlight });
   await app.listen({ port: config.GATEWAY_PORT, host: config.GATEWAY_HOST });
   logger.info({ port: config.GATEWAY_PORT }, 'gateway listening');
   return {
     async close() {
       await app.close();
+      await inFlight.drained();
       backends.close();
       await metrics.shutdown();
       await pool.end();

@@ -3,6 +3,7 @@ import { Piscina } from 'piscina';
 import type { Config } from '../lib/config.js';
 import { ownedShards, shardOwners } from '../lib/config.js';
 import { createPool, withTransaction } from '../lib/db.js';
+import { drainHandlers } from '../lib/grpc.js';
 import type { Logger } from '../lib/logger.js';
 import { LedgerServiceService } from '../proto/gen/ledger/v1/ledger.js';
 import type { BatchTask } from './batch.js';
@@ -157,6 +158,8 @@ export async function startLedger(config: Config, logger: Logger): Promise<Ledge
           resolve();
         });
       });
+      // Handlers of calls their clients gave up on may still be running: they finish before the pools close.
+      await drainHandlers();
       await workers.close();
       risk.close();
       // Rows the relay has not published stay in the outbox for the next owner of the shards.

@@ -88,10 +88,26 @@ export function toServiceError(error: unknown): Partial<ServiceError> {
   return { code: status.INTERNAL, details: 'internal error', metadata };
 }
 
+/**
+ * Handlers still running, in this process. A call the client cancelled (or whose deadline passed) is over for
+ * grpc-js, but its handler goes on: shutdown must wait for those before closing the pool they use.
+ */
+const running = new Set<Promise<unknown>>();
+
+/** Waits until every handler started in this process has finished, or `timeoutMs`. */
+export async function drainHandlers(timeoutMs = 10_000): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([Promise.allSettled([...running]), new Promise<void>((resolve) => (timer = setTimeout(resolve, timeoutMs)))]);
+  clearTimeout(timer);
+}
+
 /** Wraps an async handler: AppErrors become statuses, anything else INTERNAL, logged once with the method. */
 export function unary<Req, Res>(logger: Logger, method: string, handler: (request: Req, call: ServerUnaryCall<Req, Res>) => Promise<Res>) {
   return (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>): void => {
-    handler(call.request, call).then(
+    const work = handler(call.request, call);
+    running.add(work);
+    work.finally(() => running.delete(work)).catch(() => undefined);
+    work.then(
       (response) => callback(null, response),
       (thrown: unknown) => {
         const error = asAppError(thrown);
