@@ -7,6 +7,7 @@ import type { Config } from '../lib/config.js';
 import type { Pool } from '../lib/db.js';
 import { AppError } from '../lib/errors.js';
 import type { Logger } from '../lib/logger.js';
+import { PeriodicTask } from '../lib/periodic.js';
 import { ADMIN_SCOPE, Authenticator, type Caller } from './auth.js';
 import type { Backends } from './backends.js';
 import { errorHandler, sendError } from './errors.js';
@@ -99,6 +100,10 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
   const authenticator = new Authenticator(pool, config.ADMIN_API_KEY, config.GATEWAY_AUTH_CACHE_MS);
   const limiter = new RateLimiter(config.GATEWAY_RATE_LIMIT_PER_SECOND, config.GATEWAY_RATE_LIMIT_BURST);
   const idempotency = new IdempotencyStore(pool, config.IDEMPOTENCY_TTL_HOURS);
+  // Keys past their TTL are deleted in the background (several instances may do it at once: harmless).
+  const cleanup = new PeriodicTask('idempotency key cleanup', () => idempotency.deleteExpired(), 10 * 60_000, logger);
+  cleanup.start();
+  app.addHook('onClose', () => cleanup.stop());
   app.decorateRequest('caller', null);
   app.decorateRequest('idempotency', null);
   app.decorateRequest('fingerprint', null);

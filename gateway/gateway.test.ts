@@ -61,6 +61,29 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       expectError(await api.get('/v1/payments', c.key), 401, 'invalid_api_key');
     });
 
+    it('a checked key is remembered for GATEWAY_AUTH_CACHE_MS: a revocation takes effect when that runs out', async () => {
+      const { Authenticator } = await import('./auth.js');
+      const c = await merchant('Merchant D');
+      const remembering = new Authenticator(stack.pool, undefined, 60_000);
+      const strict = new Authenticator(stack.pool, undefined, 0);
+      assert.equal((await remembering.authenticate(`Bearer ${c.key}`)).kind, 'merchant');
+      await stack.pool.query(`UPDATE api_keys SET revoked_at = now() WHERE merchant_id = $1`, [c.id]);
+      assert.equal((await remembering.authenticate(`Bearer ${c.key}`)).kind, 'merchant', 'still remembered');
+      await assert.rejects(strict.authenticate(`Bearer ${c.key}`), /Invalid API key/);
+    });
+
+    it('the admin CLI creates a merchant whose key works, and revokes it', async () => {
+      const { execFile } = await import('node:child_process');
+      const { promisify } = await import('node:util');
+      const run = async (...args: string[]) => JSON.parse((await promisify(execFile)(process.execPath, ['--import', 'tsx', 'gateway/admin.ts', ...args], { env: process.env })).stdout);
+      const created = await run('create-merchant', '--name', 'From the CLI');
+      assert.deepEqual([created.object, created.name], ['merchant', 'From the CLI']);
+      assert.match(created.secret_key, /^sk_[A-Za-z0-9_-]{43}$/);
+      assert.equal((await api.get('/v1/payments', created.secret_key)).status, 200);
+      assert.deepEqual(await run('revoke-key', '--key', created.secret_key), { revoked: true });
+      expectError(await api.get('/v1/payments', created.secret_key), 401, 'invalid_api_key');
+    });
+
     it('stores keys only hashed', async () => {
       const r = await stack.pool.query('SELECT count(*)::int AS n FROM api_keys WHERE key_hash = $1 OR prefix = $1', [keyA]);
       assert.equal(r.rows[0].n, 0);
@@ -251,6 +274,21 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       // A lock older than the timeout belonged to a gateway that died: the retry takes the key over.
       await stack.pool.query(`UPDATE idempotency_keys SET locked_at = now() - interval '5 minutes' WHERE key = $1`, [key]);
       assert.equal((await api.post('/v1/accounts', keyA, { currency: 'USD', metadata: body }, key)).status, 201);
+    });
+
+    it('a key past its TTL starts afresh, and the cleanup deletes expired keys', async () => {
+      const { IdempotencyStore } = await import('./idempotency.js');
+      const store = new IdempotencyStore(stack.pool, 24);
+      const key = randomUUID();
+      const first = await api.post('/v1/accounts', keyA, { currency: 'USD' }, key);
+      assert.equal(first.status, 201);
+      await stack.pool.query(`UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE key = $1`, [key]);
+      const fresh = await api.post('/v1/accounts', keyA, { currency: 'EUR' }, key);
+      assert.equal(fresh.status, 201, 'an expired key is a new request, even with other parameters');
+      assert.notEqual(fresh.body.id, first.body.id);
+      await stack.pool.query(`UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE key = $1`, [key]);
+      assert.ok((await store.deleteExpired()) >= 1);
+      assert.equal((await stack.pool.query('SELECT count(*)::int AS n FROM idempotency_keys WHERE key = $1', [key])).rows[0].n, 0);
     });
 
     it('100 concurrent identical payments with one key make one payment', async () => {
