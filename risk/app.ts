@@ -2,7 +2,7 @@ import { Server, ServerCredentials } from '@grpc/grpc-js';
 import type { Config } from '../lib/config.js';
 import type { Logger } from '../lib/logger.js';
 import { RiskServiceService } from '../proto/gen/risk/v1/risk.js';
-import { RulesScorer } from './rules.js';
+import { RulesScorer, type RulesSettings } from './rules.js';
 import { createRiskService } from './service.js';
 
 export interface RiskApp {
@@ -11,14 +11,18 @@ export interface RiskApp {
   close(): Promise<void>;
 }
 
-export async function startRisk(config: Config, logger: Logger): Promise<RiskApp> {
-  const scorer = new RulesScorer({
+export function rulesSettings(config: Config): RulesSettings {
+  return {
     maxAmount: BigInt(config.RISK_RULES_MAX_AMOUNT),
     velocityMax: config.RISK_RULES_VELOCITY_MAX,
     velocityWindowMs: config.RISK_RULES_VELOCITY_WINDOW_SECONDS * 1000,
     declineThresholdPpm: config.RISK_DECLINE_THRESHOLD_PPM,
     reviewThresholdPpm: config.RISK_REVIEW_THRESHOLD_PPM,
-  });
+  };
+}
+
+export async function startRisk(config: Config, logger: Logger): Promise<RiskApp> {
+  const scorer = new RulesScorer(rulesSettings(config));
   const server = new Server();
   server.addService(RiskServiceService, createRiskService(scorer, logger));
   const port = await new Promise<number>((resolve, reject) =>

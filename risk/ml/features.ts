@@ -1,0 +1,187 @@
+import { MERCHANT_CATEGORIES } from './synth.js';
+
+/**
+ * Online features of a payment, computed from the payments seen before it. The same class serves both paths:
+ * training replays the event log through it (`offlineFeatures`), serving updates it from payment events and
+ * reads it at Score time, so training and serving cannot drift apart. Memory is bounded: at most `maxKeys`
+ * keys per entity kind (least recently seen forgotten) and at most the last 24 h (and 200 events) per key.
+ */
+
+export interface PaymentFacts {
+  at: number;
+  merchantId: string;
+  merchantCategory: string;
+  customerId: string;
+  cardFingerprint: string;
+  cardType: string;
+  cardCountry: string;
+  deviceId: string;
+  ipCountry: string;
+  amount: number;
+}
+
+export const FEATURE_NAMES = [
+  'log_amount',
+  'card_count_1m',
+  'card_count_1h',
+  'card_count_24h',
+  'card_sum_1h_log',
+  'customer_count_1h',
+  'customer_count_24h',
+  'customer_amount_z',
+  'customer_age_days',
+  'device_count_1h',
+  'device_distinct_cards_24h',
+  'device_new_for_customer',
+  'merchant_count_1h',
+  'country_mismatch',
+  'card_prepaid',
+  'merchant_category_risk',
+] as const;
+export type FeatureVector = number[];
+
+const MINUTE = 60_000;
+const HOUR = 3_600_000;
+const DAY = 86_400_000;
+const MAX_EVENTS_PER_KEY = 200;
+
+/** Prior fraud propensity of a merchant category (a static table, not learnt from labels: no leakage). */
+const CATEGORY_RISK: Record<string, number> = { grocery: 0.1, restaurants: 0.1, clothing: 0.3, travel: 0.5, digital_goods: 0.6, electronics: 0.8, gift_cards: 0.9 };
+for (const c of MERCHANT_CATEGORIES) CATEGORY_RISK[c] ??= 0.5;
+
+interface Recent {
+  at: number[];
+  amount: number[];
+  tag: string[];
+}
+
+/** Recent events per key, bounded in keys (LRU) and per key (time and count). */
+class Window {
+  private readonly keys = new Map<string, Recent>();
+
+  constructor(private readonly maxKeys: number) {}
+
+  get(key: string): Recent | undefined {
+    return this.keys.get(key);
+  }
+
+  add(key: string, at: number, amount: number, tag = ''): void {
+    const recent = this.keys.get(key) ?? { at: [], amount: [], tag: [] };
+    this.keys.delete(key);
+    recent.at.push(at);
+    recent.amount.push(amount);
+    recent.tag.push(tag);
+    let drop = 0;
+    while (drop < recent.at.length && (recent.at[drop]! <= at - DAY || recent.at.length - drop > MAX_EVENTS_PER_KEY)) drop++;
+    if (drop > 0) for (const list of [recent.at, recent.amount, recent.tag] as unknown[][]) list.splice(0, drop);
+    this.keys.set(key, recent);
+    if (this.keys.size > this.maxKeys) this.keys.delete(this.keys.keys().next().value!);
+  }
+
+  count(key: string, since: number): number {
+    const recent = this.keys.get(key);
+    if (!recent) return 0;
+    let n = 0;
+    for (let i = recent.at.length - 1; i >= 0 && recent.at[i]! > since; i--) n++;
+    return n;
+  }
+
+  sum(key: string, since: number): number {
+    const recent = this.keys.get(key);
+    let total = 0;
+    if (recent) for (let i = recent.at.length - 1; i >= 0 && recent.at[i]! > since; i--) total += recent.amount[i]!;
+    return total;
+  }
+
+  distinctTags(key: string, since: number): number {
+    const recent = this.keys.get(key);
+    const tags = new Set<string>();
+    if (recent) for (let i = recent.at.length - 1; i >= 0 && recent.at[i]! > since; i--) tags.add(recent.tag[i]!);
+    return tags.size;
+  }
+
+  get size(): number {
+    return this.keys.size;
+  }
+}
+
+interface CustomerStats {
+  firstSeen: number;
+  n: number;
+  mean: number;
+  m2: number;
+  devices: string[];
+}
+
+export class FeatureStore {
+  private readonly cards: Window;
+  private readonly customersRecent: Window;
+  private readonly devices: Window;
+  private readonly merchants: Window;
+  private readonly customers = new Map<string, CustomerStats>();
+
+  constructor(private readonly maxKeys = 200_000) {
+    this.cards = new Window(maxKeys);
+    this.customersRecent = new Window(maxKeys);
+    this.devices = new Window(maxKeys);
+    this.merchants = new Window(maxKeys);
+  }
+
+  /** The features of `p` from what was observed before it (call before `observe(p)`). */
+  features(p: PaymentFacts): FeatureVector {
+    const stats = this.customers.get(p.customerId);
+    const logAmount = Math.log1p(p.amount);
+    const std = stats && stats.n > 1 ? Math.sqrt(stats.m2 / (stats.n - 1)) : 0;
+    return [
+      logAmount,
+      this.cards.count(p.cardFingerprint, p.at - MINUTE),
+      this.cards.count(p.cardFingerprint, p.at - HOUR),
+      this.cards.count(p.cardFingerprint, p.at - DAY),
+      Math.log1p(this.cards.sum(p.cardFingerprint, p.at - HOUR)),
+      this.customersRecent.count(p.customerId, p.at - HOUR),
+      this.customersRecent.count(p.customerId, p.at - DAY),
+      // Against the customer's own history of log amounts; 0 until there are two.
+      std > 0 ? Math.max(-10, Math.min(10, (logAmount - stats!.mean) / std)) : 0,
+      stats ? Math.min(365, (p.at - stats.firstSeen) / DAY) : 0,
+      this.devices.count(p.deviceId, p.at - HOUR),
+      this.devices.distinctTags(p.deviceId, p.at - DAY),
+      stats && !stats.devices.includes(p.deviceId) ? 1 : 0,
+      this.merchants.count(p.merchantId, p.at - HOUR),
+      p.cardCountry !== '' && p.ipCountry !== '' && p.cardCountry !== p.ipCountry ? 1 : 0,
+      p.cardType === 'prepaid' ? 1 : 0,
+      CATEGORY_RISK[p.merchantCategory] ?? 0.5,
+    ];
+  }
+
+  observe(p: PaymentFacts): void {
+    this.cards.add(p.cardFingerprint, p.at, p.amount);
+    this.customersRecent.add(p.customerId, p.at, p.amount);
+    this.devices.add(p.deviceId, p.at, p.amount, p.cardFingerprint);
+    this.merchants.add(p.merchantId, p.at, p.amount);
+    const logAmount = Math.log1p(p.amount);
+    const stats = this.customers.get(p.customerId) ?? { firstSeen: p.at, n: 0, mean: 0, m2: 0, devices: [] };
+    this.customers.delete(p.customerId);
+    // Welford's running mean and variance of the log amount.
+    stats.n++;
+    const delta = logAmount - stats.mean;
+    stats.mean += delta / stats.n;
+    stats.m2 += delta * (logAmount - stats.mean);
+    if (!stats.devices.includes(p.deviceId)) stats.devices = [...stats.devices.slice(-9), p.deviceId];
+    this.customers.set(p.customerId, stats);
+    if (this.customers.size > this.maxKeys) this.customers.delete(this.customers.keys().next().value!);
+  }
+
+  /** Keys held per entity kind (the memory bound is maxKeys each). */
+  sizes(): Record<string, number> {
+    return { cards: this.cards.size, customers: this.customers.size, devices: this.devices.size, merchants: this.merchants.size };
+  }
+}
+
+/** The offline path: the features of every payment of a chronological log, exactly as serving computes them. */
+export function offlineFeatures(log: readonly PaymentFacts[], store = new FeatureStore()): FeatureVector[] {
+  return log.map((p) => {
+    const vector = store.features(p);
+    store.observe(p);
+    return vector;
+  });
+}

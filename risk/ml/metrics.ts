@@ -1,0 +1,160 @@
+/** Evaluation of fraud scores against labels: ranking quality, the operating point, cost and calibration. */
+
+export interface CostModel {
+  /** A declined legitimate payment costs this share of its amount (lost margin, customer friction)... */
+  declineCostRate: number;
+  /** ...plus this much (minor units) per declined legitimate payment (support contact, churn). */
+  declineCostFixed: number;
+}
+
+/** Missed fraud costs its amount (the chargeback); see risk/README.md for the objective. */
+export const DEFAULT_COST: CostModel = { declineCostRate: 0.1, declineCostFixed: 200 };
+
+interface Scored {
+  score: number;
+  fraud: boolean;
+  amount: number;
+}
+
+function byScoreDesc(rows: readonly Scored[]): Scored[] {
+  return [...rows].sort((a, b) => b.score - a.score);
+}
+
+/** Area under the ROC curve (ties counted half), by the rank statistic. */
+export function rocAuc(rows: readonly Scored[]): number {
+  const sorted = [...rows].sort((a, b) => a.score - b.score);
+  let rankSum = 0;
+  let positives = 0;
+  for (let i = 0; i < sorted.length; ) {
+    let j = i;
+    while (j < sorted.length && sorted[j]!.score === sorted[i]!.score) j++;
+    const rank = (i + 1 + j) / 2;
+    for (let k = i; k < j; k++) if (sorted[k]!.fraud) {
+      rankSum += rank;
+      positives++;
+    }
+    i = j;
+  }
+  const negatives = sorted.length - positives;
+  return positives === 0 || negatives === 0 ? NaN : (rankSum - (positives * (positives + 1)) / 2) / (positives * negatives);
+}
+
+/** Area under the precision-recall curve as average precision (the step-wise sum over the positives). */
+export function prAuc(rows: readonly Scored[]): number {
+  const sorted = byScoreDesc(rows);
+  const positives = sorted.filter((r) => r.fraud).length;
+  let tp = 0;
+  let sum = 0;
+  for (let i = 0; i < sorted.length; ) {
+    let j = i;
+    let newTp = 0;
+    while (j < sorted.length && sorted[j]!.score === sorted[i]!.score) newTp += sorted[j++]!.fraud ? 1 : 0;
+    tp += newTp;
+    sum += newTp * (tp / j);
+    i = j;
+  }
+  return positives === 0 ? NaN : sum / positives;
+}
+
+export interface OperatingPoint {
+  threshold: number;
+  precision: number;
+  recall: number;
+  falsePositiveRate: number;
+  declineRate: number;
+  /** Minor units over the data set: fraud approved plus the cost of declined good payments. */
+  cost: number;
+}
+
+export function operatingPoint(rows: readonly Scored[], threshold: number, costModel: CostModel = DEFAULT_COST): OperatingPoint {
+  let tp = 0;
+  let fp = 0;
+  let fn = 0;
+  let tn = 0;
+  let cost = 0;
+  for (const r of rows) {
+    const declined = r.score >= threshold;
+    if (r.fraud && declined) tp++;
+    else if (r.fraud) {
+      fn++;
+      cost += r.amount;
+    } else if (declined) {
+      fp++;
+      cost += r.amount * costModel.declineCostRate + costModel.declineCostFixed;
+    } else tn++;
+  }
+  return {
+    threshold,
+    precision: tp + fp === 0 ? 0 : tp / (tp + fp),
+    recall: tp + fn === 0 ? 0 : tp / (tp + fn),
+    falsePositiveRate: fp + tn === 0 ? 0 : fp / (fp + tn),
+    declineRate: rows.length === 0 ? 0 : (tp + fp) / rows.length,
+    cost,
+  };
+}
+
+/** The threshold with the least expected cost on `rows` (chosen on training data, reported on the test set). */
+export function costOptimalThreshold(rows: readonly Scored[], costModel: CostModel = DEFAULT_COST): number {
+  const candidates = [...new Set(rows.map((r) => r.score))].sort((a, b) => a - b);
+  // Every distinct score is a candidate, plus "decline nothing".
+  let best = { threshold: Number.POSITIVE_INFINITY, cost: operatingPoint(rows, Number.POSITIVE_INFINITY, costModel).cost };
+  const step = Math.max(1, Math.floor(candidates.length / 2_000));
+  for (let i = 0; i < candidates.length; i += step) {
+    const cost = operatingPoint(rows, candidates[i]!, costModel).cost;
+    if (cost < best.cost) best = { threshold: candidates[i]!, cost };
+  }
+  return best.threshold;
+}
+
+/** Recall when at most `fpr` of legitimate payments are declined. */
+export function recallAtFpr(rows: readonly Scored[], fpr: number): number {
+  const sorted = byScoreDesc(rows);
+  const negatives = sorted.filter((r) => !r.fraud).length;
+  const positives = sorted.length - negatives;
+  let fp = 0;
+  let tp = 0;
+  let best = 0;
+  for (let i = 0; i < sorted.length; ) {
+    let j = i;
+    let newFp = 0;
+    let newTp = 0;
+    while (j < sorted.length && sorted[j]!.score === sorted[i]!.score) {
+      if (sorted[j]!.fraud) newTp++;
+      else newFp++;
+      j++;
+    }
+    if ((fp + newFp) / negatives > fpr) break;
+    fp += newFp;
+    tp += newTp;
+    best = tp / positives;
+    i = j;
+  }
+  return positives === 0 ? NaN : best;
+}
+
+export interface CalibrationBin {
+  from: number;
+  to: number;
+  count: number;
+  meanScore: number;
+  fraudRate: number;
+}
+
+/** Ten equal-width score bins and the expected calibration error (count-weighted |mean score - fraud rate|). */
+export function calibration(rows: readonly Scored[]): { bins: CalibrationBin[]; expectedCalibrationError: number } {
+  const bins: CalibrationBin[] = Array.from({ length: 10 }, (_, i) => ({ from: i / 10, to: (i + 1) / 10, count: 0, meanScore: 0, fraudRate: 0 }));
+  for (const r of rows) {
+    const bin = bins[Math.min(9, Math.floor(r.score * 10))]!;
+    bin.count++;
+    bin.meanScore += r.score;
+    bin.fraudRate += r.fraud ? 1 : 0;
+  }
+  let ece = 0;
+  for (const bin of bins) {
+    if (bin.count === 0) continue;
+    bin.meanScore /= bin.count;
+    bin.fraudRate /= bin.count;
+    ece += (bin.count / rows.length) * Math.abs(bin.meanScore - bin.fraudRate);
+  }
+  return { bins, expectedCalibrationError: ece };
+}
