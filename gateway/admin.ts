@@ -10,12 +10,12 @@ import { AppError } from '../lib/errors.js';
 import { createMerchant, revokeKey } from './auth.js';
 
 const [command, ...rest] = process.argv.slice(2);
-const { values } = parseArgs({ args: rest, options: { name: { type: 'string' }, key: { type: 'string' } } });
+const { values } = parseArgs({ args: rest, options: { name: { type: 'string' }, key: { type: 'string' }, category: { type: 'string' } } });
 const config = loadConfig();
 const pool = createPool(config, { max: 1, applicationName: 'admin' });
 try {
   if (command === 'create-merchant') {
-    console.log(JSON.stringify(await createMerchant(pool, values.name ?? '', config.PAYMENTS_DEFAULT_FEE_BPS)));
+    console.log(JSON.stringify(await createMerchant(pool, values.name ?? '', config.PAYMENTS_DEFAULT_FEE_BPS, values.category)));
   } else if (command === 'revoke-key') {
     console.log(JSON.stringify({ revoked: await revokeKey(pool, values.key ?? '') }));
   } else {

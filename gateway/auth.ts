@@ -2,6 +2,7 @@ import { createHash, randomBytes, randomUUID, timingSafeEqual } from 'node:crypt
 import { withTransaction, type Pool } from '../lib/db.js';
 import { AppError, ValidationError } from '../lib/errors.js';
 import { hasControlCharacters } from '../ledger/validation.js';
+import { MERCHANT_CATEGORIES } from '../lib/merchant-categories.js';
 
 /** Who is calling: a merchant (by one of its secret keys) or the platform admin (ADMIN_API_KEY). */
 export type Caller = { kind: 'merchant'; merchantId: string; keyPrefix: string } | { kind: 'admin' };
@@ -76,13 +77,14 @@ export interface NewMerchant {
 }
 
 /** Creates a merchant and its first secret key in one transaction. */
-export async function createMerchant(pool: Pool, name: string, feeBps: number): Promise<NewMerchant> {
+export async function createMerchant(pool: Pool, name: string, feeBps: number, category = 'general'): Promise<NewMerchant> {
   const trimmed = name.trim();
   if (trimmed.length === 0 || trimmed.length > 200 || hasControlCharacters(trimmed)) throw new ValidationError('name', '1-200 printable characters');
+  if (!(MERCHANT_CATEGORIES as readonly string[]).includes(category)) throw new ValidationError('category', `one of ${MERCHANT_CATEGORIES.join(', ')}`);
   const id = randomUUID();
   const key = newSecretKey();
   await withTransaction(pool, async (client) => {
-    await client.query('INSERT INTO merchants (id, name, fee_bps) VALUES ($1, $2, $3)', [id, trimmed, feeBps]);
+    await client.query('INSERT INTO merchants (id, name, fee_bps, category) VALUES ($1, $2, $3, $4)', [id, trimmed, feeBps, category]);
     await client.query('INSERT INTO api_keys (key_hash, merchant_id, prefix) VALUES ($1, $2, $3)', [hashKey(key), id, keyPrefix(key)]);
   });
   return { id, object: 'merchant', name: trimmed, secret_key: key };

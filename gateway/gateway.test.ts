@@ -220,7 +220,7 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       const card = await api.post('/v1/payments', keyA, { amount: 900, currency: 'USD', source: { card: { token: 'tok_secret_4242', fingerprint: 'fp_9', country: 'US' } }, capture_method: 'automatic', ip_country: 'US' });
       assert.equal(card.status, 201, card.text);
       assert.ok(!card.text.includes('tok_secret'), 'the token is not answered');
-      assert.deepEqual(card.body.source, { type: 'card', card: { fingerprint: 'fp_9', country: 'US' } });
+      assert.deepEqual(card.body.source, { type: 'card', card: { fingerprint: 'fp_9', country: 'US', type: null } });
       const list = await api.get('/v1/payments?limit=2', keyA);
       assert.deepEqual(list.body.data.map((x: { id: string }) => x.id)[0], card.body.id);
       assert.equal((await api.get('/v1/payments', keyB)).body.data.some((x: { id: string }) => x.id === card.body.id), false);

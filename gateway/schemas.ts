@@ -1,4 +1,5 @@
 import { Type, type Static, type TSchema } from 'typebox';
+import { MERCHANT_CATEGORIES } from '../lib/merchant-categories.js';
 
 /**
  * One schema per request and response: Fastify validates with them and @fastify/swagger turns them into
@@ -42,7 +43,10 @@ export function listOf<T extends TSchema>(item: T) {
   return Type.Object({ object: Type.Literal('list'), data: Type.Array(item), has_more: Type.Boolean(), url: Type.String() });
 }
 
-export const MerchantBody = Type.Object({ name: text(200) }, strict);
+export const MerchantBody = Type.Object(
+  { name: text(200), category: Type.Optional(Type.Union(MERCHANT_CATEGORIES.map((c) => Type.Literal(c)), { description: 'What the merchant sells: a prior of fraud exposure' })) },
+  strict,
+);
 export const Merchant = Type.Object({ id: uuid(), object: Type.Literal('merchant'), name: Type.String(), secret_key: Type.String({ description: 'Shown once' }) });
 
 const AccountFlagName = Type.Union([Type.Literal('debits_must_not_exceed_credits'), Type.Literal('credits_must_not_exceed_debits'), Type.Literal('history')]);
@@ -119,7 +123,10 @@ export const BatchResult = Type.Object({
   ),
 });
 
-const CardInput = Type.Object({ token: text(200), fingerprint: text(200), country }, strict);
+const CardInput = Type.Object(
+  { token: text(200), fingerprint: text(200), country, type: Type.Optional(Type.Union([Type.Literal('credit'), Type.Literal('debit'), Type.Literal('prepaid')])) },
+  strict,
+);
 export const PaymentBody = Type.Object(
   {
     amount: amount(),
@@ -157,7 +164,7 @@ export const Payment = Type.Object({
   capture_method: Type.Union([Type.Literal('automatic'), Type.Literal('manual')]),
   source: Type.Union([
     Type.Object({ type: Type.Literal('account'), account: uuid() }),
-    Type.Object({ type: Type.Literal('card'), card: Type.Object({ fingerprint: Type.String(), country: Type.String() }) }),
+    Type.Object({ type: Type.Literal('card'), card: Type.Object({ fingerprint: Type.String(), country: Type.String(), type: Type.Union([Type.String(), Type.Null()]) }) }),
   ]),
   destination_account_id: uuid(),
   fee: Type.Integer(),

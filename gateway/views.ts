@@ -98,7 +98,7 @@ export function paymentView(p: Payment) {
     capture_method: p.captureMethod === CaptureMethod.CAPTURE_METHOD_AUTOMATIC ? ('automatic' as const) : ('manual' as const),
     source:
       source?.$case === 'card'
-        ? { type: 'card' as const, card: { fingerprint: source.value.fingerprint, country: source.value.country } }
+        ? { type: 'card' as const, card: { fingerprint: source.value.fingerprint, country: source.value.country, type: source.value.type || null } }
         : { type: 'account' as const, account: source?.$case === 'accountId' ? source.value : '' },
     destination_account_id: p.destinationAccountId,
     fee: jsonInt(p.fee),

@@ -76,6 +76,8 @@ const schema = z.object({
   PAYMENTS_RESUME_AFTER_MS: positiveInt.default(30_000),
 
   RISK_GRPC_LISTEN: hostPort.default('0.0.0.0:50052'),
+  /** A model artefact (npm run risk:train) for Score; unset: the rules-only scorer. */
+  RISK_MODEL_PATH: z.string().min(1).optional(),
   RISK_GRPC_TARGET: hostPort.default('127.0.0.1:50052'),
   /** Deadline of the Score call made before every authorization. */
   RISK_DEADLINE_MS: positiveInt.max(10_000).default(150),

@@ -16,6 +16,8 @@ function request(fields: Partial<ScoreRequest> = {}): ScoreRequest {
     deviceId: '',
     cardCountry: '',
     ipCountry: '',
+    cardType: '',
+    merchantCategory: '',
     ...fields,
   };
 }

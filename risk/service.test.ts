@@ -21,6 +21,8 @@ describe('risk.v1.RiskService (gRPC)', () => {
     deviceId: '',
     cardCountry: '',
     ipCountry: '',
+    cardType: '',
+    merchantCategory: '',
     ...fields,
   });
 

@@ -4,10 +4,15 @@ import { unary } from '../lib/grpc.js';
 import type { Logger } from '../lib/logger.js';
 import type { RiskServiceServer, ScoreRequest } from '../proto/gen/risk/v1/risk.js';
 import { parseId } from '../ledger/validation.js';
-import type { RulesScorer } from './rules.js';
+import type { ScoreResponse } from '../proto/gen/risk/v1/risk.js';
+
+/** The rules-only scorer or a trained model with its online features. */
+export interface Scorer {
+  score(request: ScoreRequest, nowMs?: number): ScoreResponse;
+}
 
 /** risk.v1.RiskService over a scorer; the input is validated like every other gRPC boundary. */
-export function createRiskService(scorer: RulesScorer, logger: Logger): RiskServiceServer {
+export function createRiskService(scorer: Scorer, logger: Logger): RiskServiceServer {
   return {
     score: unary(logger, 'Score', async (request) => scorer.score(parseScoreRequest(request))),
   };
@@ -28,6 +33,8 @@ function parseScoreRequest(r: ScoreRequest): ScoreRequest {
     ['customer_id', r.customerId],
     ['card_fingerprint', r.cardFingerprint],
     ['device_id', r.deviceId],
+    ['card_type', r.cardType],
+    ['merchant_category', r.merchantCategory],
   ] as const) {
     if (value.length > 200) throw new ValidationError(field, 'at most 200 characters');
   }

@@ -8,7 +8,7 @@ export function merchantRoutes(app: Gateway, ctx: RouteContext): void {
     { schema: { description: 'Platform admin key only: creates a merchant and its first secret key (shown once).', body: MerchantBody, response: { 201: Merchant, ...COMMON_ERRORS } } },
     async (request, reply) => {
       ctx.requireAdmin(request);
-      return reply.code(201).send(await createMerchant(ctx.pool, request.body.name, ctx.config.PAYMENTS_DEFAULT_FEE_BPS));
+      return reply.code(201).send(await createMerchant(ctx.pool, request.body.name, ctx.config.PAYMENTS_DEFAULT_FEE_BPS, request.body.category));
     },
   );
 }

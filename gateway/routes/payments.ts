@@ -38,7 +38,7 @@ export function paymentRoutes(app: Gateway, ctx: RouteContext): void {
             amount: BigInt(body.amount),
             currency: body.currency,
             source: {
-              kind: 'account' in body.source ? { $case: 'accountId', value: body.source.account } : { $case: 'card', value: { ...body.source.card } },
+              kind: 'account' in body.source ? { $case: 'accountId', value: body.source.account } : { $case: 'card', value: { type: '', ...body.source.card } },
             },
             destinationAccountId: body.destination_account_id ?? '',
             captureMethod: body.capture_method === 'automatic' ? CaptureMethod.CAPTURE_METHOD_AUTOMATIC : CaptureMethod.CAPTURE_METHOD_MANUAL,

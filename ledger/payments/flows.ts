@@ -41,7 +41,7 @@ export interface CreatePaymentInput {
   idempotencyKey: string;
   amount: bigint;
   currency: string;
-  source: { kind: 'account'; accountId: string } | { kind: 'card'; token: string; fingerprint: string; country: string };
+  source: { kind: 'account'; accountId: string } | { kind: 'card'; token: string; fingerprint: string; country: string; type: string };
   destinationAccountId: string;
   captureMethod: CaptureMethod;
   metadata: Metadata;
@@ -91,7 +91,7 @@ export class PaymentFlows {
     const destinationAccountId = await this.destinationAccount(input, currency);
     if (sourceAccountId === destinationAccountId) throw new ValidationError('destination_account_id', 'must differ from the source account', 'accounts_must_be_different');
 
-    const risk = await this.assess(input, id);
+    const risk = await this.assess(input, id, merchant.category);
     const decline = riskDecline(risk);
     const automatic = input.captureMethod === 'automatic';
     const payment: PaymentRow = {
@@ -105,6 +105,8 @@ export class PaymentFlows {
       sourceAccountId,
       cardFingerprint: input.source.kind === 'card' ? input.source.fingerprint : null,
       cardCountry: input.source.kind === 'card' ? input.source.country : null,
+      cardType: input.source.kind === 'card' && input.source.type ? input.source.type : null,
+      merchantCategory: merchant.category,
       destinationAccountId,
       customerId: input.customerId || null,
       deviceId: input.deviceId || null,
@@ -414,7 +416,7 @@ export class PaymentFlows {
     this.createdAccounts.add(account.id);
   }
 
-  private async assess(input: CreatePaymentInput, paymentId: string): Promise<RiskAssessment> {
+  private async assess(input: CreatePaymentInput, paymentId: string, merchantCategory: string): Promise<RiskAssessment> {
     const request: ScoreRequest = {
       paymentId,
       merchantId: input.merchantId,
@@ -425,6 +427,8 @@ export class PaymentFlows {
       deviceId: input.deviceId,
       cardCountry: input.source.kind === 'card' ? input.source.country : '',
       ipCountry: input.ipCountry,
+      cardType: input.source.kind === 'card' ? input.source.type : '',
+      merchantCategory,
     };
     try {
       const r = await this.risk.score(request, this.settings.riskDeadlineMs);

@@ -28,6 +28,8 @@ export interface PaymentRow {
   sourceAccountId: string;
   cardFingerprint: string | null;
   cardCountry: string | null;
+  cardType: string | null;
+  merchantCategory: string | null;
   destinationAccountId: string;
   customerId: string | null;
   deviceId: string | null;

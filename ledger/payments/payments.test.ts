@@ -181,7 +181,7 @@ describe('payments (gRPC, on the ledger, with the rules-only risk scorer)', func
       merchantId: merchant,
       amount: 2_000n,
       captureMethod: CaptureMethod.CAPTURE_METHOD_AUTOMATIC,
-      source: { kind: { $case: 'card', value: { token: 'tok_visa_4242', fingerprint: 'fp_1', country: 'US' } } },
+      source: { kind: { $case: 'card', value: { token: 'tok_visa_4242', fingerprint: 'fp_1', country: 'US', type: 'credit' } } },
       ipCountry: 'US',
     });
     assert.equal(p.status, PaymentStatus.PAYMENT_STATUS_SUCCEEDED);

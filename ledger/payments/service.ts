@@ -67,6 +67,7 @@ export function createPaymentService(flows: PaymentFlows, logger: Logger): Payme
 }
 
 const COUNTRY = /^[A-Z]{2}$/;
+const CARD_TYPES = new Set(['', 'credit', 'debit', 'prepaid']);
 
 function parseAmount(amount: bigint, field: string, zeroMeansAll = false): bigint {
   if (amount === 0n && zeroMeansAll) return 0n;
@@ -96,11 +97,13 @@ function parseCreatePayment(r: CreatePaymentRequest): CreatePaymentInput {
     if (card.token === '') throw new ValidationError('source.card.token', 'required');
     if (card.fingerprint === '') throw new ValidationError('source.card.fingerprint', 'required');
     if (!COUNTRY.test(card.country)) throw new ValidationError('source.card.country', 'an ISO 3166-1 alpha-2 code (two capital letters)');
+    if (!CARD_TYPES.has(card.type)) throw new ValidationError('source.card.type', 'credit, debit or prepaid');
     parsedSource = {
       kind: 'card',
       token: parseText(card.token, 'source.card.token', 200),
       fingerprint: parseText(card.fingerprint, 'source.card.fingerprint', 200),
       country: card.country,
+      type: card.type,
     };
   }
   return {
@@ -151,7 +154,7 @@ export function paymentToProto(p: PaymentRow): Payment {
       kind:
         p.sourceKind === 'account'
           ? { $case: 'accountId', value: p.sourceAccountId }
-          : { $case: 'card', value: { token: '', fingerprint: p.cardFingerprint ?? '', country: p.cardCountry ?? '' } },
+          : { $case: 'card', value: { token: '', fingerprint: p.cardFingerprint ?? '', country: p.cardCountry ?? '', type: p.cardType ?? '' } },
     },
     destinationAccountId: p.destinationAccountId,
     fee: p.fee,

@@ -11,6 +11,7 @@ import type { OperationRow, OperationStatus, PaymentRow } from './model.js';
 export interface Merchant {
   id: string;
   feeBps: number;
+  category: string;
 }
 
 export interface AccountOwner {
@@ -36,7 +37,8 @@ export async function recordBalanceAccount(db: Queryable, merchantId: string, ac
 
 const PAYMENT_COLUMNS = `id, merchant_id, idempotency_key, amount, currency, capture_method, source_kind, source_account_id, card_fingerprint,
   card_country, destination_account_id, customer_id, device_id, ip_country, status, amount_captured, amount_refunded, fee_bps, fee,
-  decline_code, decline_reason, risk_outcome, risk_score_ppm, risk_decision, risk_reasons, risk_model_version, metadata, version, created_at`;
+  decline_code, decline_reason, risk_outcome, risk_score_ppm, risk_decision, risk_reasons, risk_model_version, metadata, version, created_at,
+  card_type, merchant_category`;
 
 function paymentFromRow(r: Record<string, unknown>): PaymentRow {
   return {
@@ -50,6 +52,8 @@ function paymentFromRow(r: Record<string, unknown>): PaymentRow {
     sourceAccountId: r['source_account_id'] as string,
     cardFingerprint: r['card_fingerprint'] as string | null,
     cardCountry: r['card_country'] as string | null,
+    cardType: r['card_type'] as string | null,
+    merchantCategory: r['merchant_category'] as string | null,
     destinationAccountId: r['destination_account_id'] as string,
     customerId: r['customer_id'] as string | null,
     deviceId: r['device_id'] as string | null,
@@ -78,13 +82,13 @@ function paymentFromRow(r: Record<string, unknown>): PaymentRow {
 export async function loadMerchantWithPayment(db: Queryable, merchantId: string, paymentId: string): Promise<{ merchant: Merchant | null; payment: PaymentRow | null }> {
   const r = await db.query({
     name: 'pay-merchant-payment',
-    text: `SELECT m.id AS merchant_key, m.fee_bps AS merchant_fee_bps, p.* FROM merchants m
+    text: `SELECT m.id AS merchant_key, m.fee_bps AS merchant_fee_bps, m.category AS merchant_category_now, p.* FROM merchants m
            LEFT JOIN payments p ON p.id = $2 AND p.merchant_id = m.id WHERE m.id = $1`,
     values: [merchantId, paymentId],
   });
   const row = r.rows[0];
   if (!row) return { merchant: null, payment: null };
-  return { merchant: { id: row.merchant_key, feeBps: row.merchant_fee_bps }, payment: row.id ? paymentFromRow(row) : null };
+  return { merchant: { id: row.merchant_key, feeBps: row.merchant_fee_bps, category: row.merchant_category_now }, payment: row.id ? paymentFromRow(row) : null };
 }
 
 /** The payment if it belongs to `merchantId` (another merchant's payment is "not there"). */
@@ -98,7 +102,7 @@ function paymentValues(p: PaymentRow): unknown[] {
     p.id, p.merchantId, p.idempotencyKey, p.amount, p.currency, p.captureMethod, p.sourceKind, p.sourceAccountId, p.cardFingerprint,
     p.cardCountry, p.destinationAccountId, p.customerId, p.deviceId, p.ipCountry, p.status, p.amountCaptured, p.amountRefunded, p.feeBps, p.fee,
     p.declineCode, p.declineReason, p.risk.outcome, p.risk.scorePpm, p.risk.decision, JSON.stringify(p.risk.reasons), p.risk.modelVersion,
-    JSON.stringify(p.metadata), p.version, p.createdAt,
+    JSON.stringify(p.metadata), p.version, p.createdAt, p.cardType, p.merchantCategory,
   ];
 }
 
@@ -115,10 +119,10 @@ export async function insertPaymentWithOperation(pool: Pool, p: PaymentRow, op: 
     name: 'pay-insert-with-op',
     text: `WITH p AS (
              INSERT INTO payments (${PAYMENT_COLUMNS})
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31)
              ON CONFLICT DO NOTHING RETURNING id)
            INSERT INTO payment_operations (${OPERATION_COLUMNS})
-           SELECT $30::uuid, $31::uuid, $32::uuid, $33::text, $34::int8, $35::int8, $36::text, $37::text, $38::text, $39::jsonb, $40::int8 FROM p`,
+           SELECT $32::uuid, $33::uuid, $34::uuid, $35::text, $36::int8, $37::int8, $38::text, $39::text, $40::text, $41::jsonb, $42::int8 FROM p`,
     values: [...paymentValues(p), ...operationValues(op)],
   });
   return r.rowCount === 1;
@@ -129,7 +133,7 @@ export async function insertPayment(db: Queryable, p: PaymentRow): Promise<boole
   const r = await db.query({
     name: 'pay-insert',
     text: `INSERT INTO payments (${PAYMENT_COLUMNS})
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31)
            ON CONFLICT DO NOTHING`,
     values: paymentValues(p),
   });
@@ -299,6 +303,13 @@ function paymentEventsMessage(shardCount: number, events: readonly { type: Payme
             customerId: payment.customerId ?? '',
             riskScorePpm: payment.risk.scorePpm,
             riskModelVersion: payment.risk.modelVersion,
+            cardFingerprint: payment.cardFingerprint ?? '',
+            cardCountry: payment.cardCountry ?? '',
+            cardType: payment.cardType ?? '',
+            deviceId: payment.deviceId ?? '',
+            ipCountry: payment.ipCountry ?? '',
+            merchantCategory: payment.merchantCategory ?? '',
+            createdAt: payment.createdAt,
           },
         },
       };

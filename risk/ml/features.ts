@@ -1,4 +1,4 @@
-import { MERCHANT_CATEGORIES } from './synth.js';
+import { MERCHANT_CATEGORIES } from '../../lib/merchant-categories.js';
 
 /**
  * Online features of a payment, computed from the payments seen before it. The same class serves both paths:
@@ -46,7 +46,7 @@ const DAY = 86_400_000;
 const MAX_EVENTS_PER_KEY = 200;
 
 /** Prior fraud propensity of a merchant category (a static table, not learnt from labels: no leakage). */
-const CATEGORY_RISK: Record<string, number> = { grocery: 0.1, restaurants: 0.1, clothing: 0.3, travel: 0.5, digital_goods: 0.6, electronics: 0.8, gift_cards: 0.9 };
+const CATEGORY_RISK: Record<string, number> = { general: 0.3, grocery: 0.1, restaurants: 0.1, clothing: 0.3, travel: 0.5, digital_goods: 0.6, electronics: 0.8, gift_cards: 0.9 };
 for (const c of MERCHANT_CATEGORIES) CATEGORY_RISK[c] ??= 0.5;
 
 interface Recent {
@@ -66,6 +66,8 @@ class Window {
   }
 
   add(key: string, at: number, amount: number, tag = ''): void {
+    // An unknown entity (no card, no device) is nobody: its events must not pile up under one empty key.
+    if (key === '') return;
     const recent = this.keys.get(key) ?? { at: [], amount: [], tag: [] };
     this.keys.delete(key);
     recent.at.push(at);
@@ -129,7 +131,7 @@ export class FeatureStore {
 
   /** The features of `p` from what was observed before it (call before `observe(p)`). */
   features(p: PaymentFacts): FeatureVector {
-    const stats = this.customers.get(p.customerId);
+    const stats = p.customerId === '' ? undefined : this.customers.get(p.customerId);
     const logAmount = Math.log1p(p.amount);
     const std = stats && stats.n > 1 ? Math.sqrt(stats.m2 / (stats.n - 1)) : 0;
     return [
@@ -159,6 +161,7 @@ export class FeatureStore {
     this.devices.add(p.deviceId, p.at, p.amount, p.cardFingerprint);
     this.merchants.add(p.merchantId, p.at, p.amount);
     const logAmount = Math.log1p(p.amount);
+    if (p.customerId === '') return;
     const stats = this.customers.get(p.customerId) ?? { firstSeen: p.at, n: 0, mean: 0, m2: 0, devices: [] };
     this.customers.delete(p.customerId);
     // Welford's running mean and variance of the log amount.

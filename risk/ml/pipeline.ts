@@ -1,7 +1,9 @@
+import type { ScoreRequest } from '../../proto/gen/risk/v1/risk.js';
 import { RulesScorer, type RulesSettings } from '../rules.js';
 import { FEATURE_NAMES, offlineFeatures, type FeatureVector } from './features.js';
 import { calibration, costOptimalThreshold, operatingPoint, prAuc, recallAtFpr, rocAuc, type CostModel, DEFAULT_COST } from './metrics.js';
 import { GbtModel, LogisticModel, type FraudModel, type ModelParameters } from './models.js';
+import { customerKey } from './serving.js';
 import { generatePayments, type SynthOptions, type SynthPayment } from './synth.js';
 
 /** Training and evaluation: a time-based split, labels as known at the training cut-off, the rules baseline. */
@@ -13,9 +15,10 @@ export interface Dataset {
   vectors: FeatureVector[];
 }
 
+/** Synthetic payments as the facts serving sees: customers keyed per merchant, as their ids are. */
 export function buildDataset(options: SynthOptions): Dataset {
   const payments = generatePayments(options);
-  return { payments, vectors: offlineFeatures(payments) };
+  return { payments, vectors: offlineFeatures(payments.map((p) => ({ ...p, customerId: customerKey(p.merchantId, p.customerId) }))) };
 }
 
 export interface Split {
@@ -75,25 +78,29 @@ export async function trainModels(dataset: Dataset, split: Split, synth: SynthOp
   });
 }
 
+/** A synthetic payment as the payment service's Score request; `id` maps the generator's ids (e.g. to UUIDs). */
+export function synthScoreRequest(p: SynthPayment, id: (raw: string) => string = (raw) => raw): ScoreRequest {
+  return {
+    paymentId: id(p.id),
+    merchantId: id(p.merchantId),
+    customerId: p.customerId,
+    amount: BigInt(p.amount),
+    currency: 'USD',
+    cardFingerprint: p.cardFingerprint,
+    deviceId: p.deviceId,
+    cardCountry: p.cardCountry,
+    ipCountry: p.ipCountry,
+    cardType: p.cardType,
+    merchantCategory: p.merchantCategory,
+  };
+}
+
 /** The rules-only scorer replayed over the log in time order (it keeps its own velocity counts). */
 export function rulesScores(payments: readonly SynthPayment[], settings: RulesSettings): number[] {
   const scorer = new RulesScorer(settings);
   return payments.map(
     (p) =>
-      scorer.score(
-        {
-          paymentId: '',
-          merchantId: p.merchantId,
-          customerId: p.customerId,
-          amount: BigInt(p.amount),
-          currency: 'USD',
-          cardFingerprint: p.cardFingerprint,
-          deviceId: p.deviceId,
-          cardCountry: p.cardCountry,
-          ipCountry: p.ipCountry,
-        },
-        p.at,
-      ).scorePpm / 1_000_000,
+      scorer.score(synthScoreRequest(p), p.at).scorePpm / 1_000_000,
   );
 }
 

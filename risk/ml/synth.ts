@@ -1,3 +1,4 @@
+import { MERCHANT_CATEGORIES } from '../../lib/merchant-categories.js';
 import { Rng } from './random.js';
 
 /**
@@ -49,8 +50,6 @@ export const DEFAULT_SYNTH: SynthOptions = { seed: 7, weeks: 6, customers: 2_000
 const DAY = 86_400_000;
 const COUNTRIES = ['US', 'US', 'US', 'GB', 'DE', 'FR', 'ES', 'BR', 'IN', 'NG'];
 const FOREIGN = ['RU', 'NG', 'BR', 'VN', 'UA', 'ID'];
-/** Categories and their share of fraud-prone goods: electronics and gift cards attract fraud. */
-export const MERCHANT_CATEGORIES = ['grocery', 'restaurants', 'travel', 'electronics', 'gift_cards', 'clothing', 'digital_goods'] as const;
 
 interface Customer {
   id: string;

@@ -1,0 +1,116 @@
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { mkdtemp, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, it } from 'mocha';
+import { derivedId } from '../../lib/derived-id.js';
+import { createLogger } from '../../lib/logger.js';
+import { connectJetStream, connectNats } from '../../lib/nats.js';
+import { ensureEventStream } from '../../lib/streams.js';
+import { EventBatch } from '../../proto/gen/events/v1/events.js';
+import { Decision, type ScoreRequest } from '../../proto/gen/risk/v1/risk.js';
+import { testConfig } from '../../test/support.js';
+import { startRisk } from '../app.js';
+import { RiskClient } from '../client.js';
+import { FeatureStore, offlineFeatures } from './features.js';
+import { loadModel } from './models.js';
+import { buildDataset, synthScoreRequest, timeSplit, trainModels, type ModelArtefact } from './pipeline.js';
+import { ModelScorer, PaymentFeatureFeed, factsFromScore } from './serving.js';
+import { DEFAULT_SYNTH, type SynthPayment } from './synth.js';
+
+const SYNTH = { ...DEFAULT_SYNTH, seed: 21, weeks: 3, customers: 600, fraudIncidentsPerDay: 0.6 };
+const uuid = (id: string) => derivedId('synthetic', id);
+
+/** A synthetic payment as the payment service's Score request, with UUID ids as in production. */
+const request = (p: SynthPayment): ScoreRequest => synthScoreRequest(p, uuid);
+
+describe('risk model serving: online features fed from payment events on JetStream', function () {
+  this.timeout(120_000);
+  const suffix = randomUUID().slice(0, 8);
+  const config = testConfig({ EVENTS_STREAM: `RISK_TEST_${suffix}`, EVENTS_SUBJECT_PREFIX: `risktest-${suffix}` });
+  let artefact: ModelArtefact;
+  let modelFile: string;
+  let log: SynthPayment[];
+  const base = Date.now() - 3 * 86_400_000;
+
+  before(async () => {
+    const dataset = buildDataset(SYNTH);
+    artefact = (await trainModels(dataset, timeSplit(dataset, 2), SYNTH))[0]!;
+    modelFile = path.join(await mkdtemp(path.join(os.tmpdir(), 'risk-model-')), 'model.json');
+    await writeFile(modelFile, JSON.stringify(artefact));
+    // The last day of the log, as payment events (authorized or declined) in one stream, in time order.
+    log = dataset.payments.filter((p) => p.at >= (SYNTH.weeks * 7 - 1) * 86_400_000).slice(0, 1_500);
+    const nc = await connectNats(config, { name: 'risk-test' });
+    const { js, jsm } = await connectJetStream(nc);
+    await ensureEventStream(jsm, config);
+    for (let i = 0; i < log.length; i += 100) {
+      const events = log.slice(i, i + 100).map((p, k) => ({
+        eventId: randomUUID(),
+        type: p.fraud && k % 2 === 0 ? 'payment.declined' : 'payment.authorized',
+        aggregateId: uuid(p.id),
+        sequence: 1n,
+        occurredAt: BigInt(base + p.at) * 1_000_000n,
+        traceparent: '',
+        payload: {
+          $case: 'payment' as const,
+          value: {
+            paymentId: uuid(p.id), merchantId: uuid(p.merchantId), currency: 'USD', amount: BigInt(p.amount), amountCaptured: 0n, amountRefunded: 0n, fee: 0n,
+            status: 'succeeded', operationId: '', operationAmount: 0n, operationFee: 0n, declineCode: '', sourceAccountId: '', destinationAccountId: '',
+            customerId: p.customerId, riskScorePpm: 0, riskModelVersion: '', cardFingerprint: p.cardFingerprint, cardCountry: p.cardCountry,
+            cardType: p.cardType, deviceId: p.deviceId, ipCountry: p.ipCountry, merchantCategory: p.merchantCategory, createdAt: BigInt(base + p.at) * 1_000_000n,
+          },
+        },
+      }));
+      await js.publish(`${config.EVENTS_SUBJECT_PREFIX}.payments.0`, EventBatch.encode({ batchId: randomUUID(), shard: 0, events }).finish());
+      // A captured event of the same payment must not count it twice.
+      await js.publish(`${config.EVENTS_SUBJECT_PREFIX}.payments.0`, EventBatch.encode({ batchId: randomUUID(), shard: 0, events: events.map((e) => ({ ...e, type: 'payment.captured' })) }).finish());
+    }
+    await nc.close();
+  });
+
+  after(async () => {
+    const nc = await connectNats(config, { name: 'risk-test-cleanup' });
+    await (await connectJetStream(nc)).jsm.streams.delete(config.EVENTS_STREAM).catch(() => undefined);
+    await nc.close();
+  });
+
+  it('a score served from the event-fed store equals the offline computation over the same log', async () => {
+    const store = new FeatureStore();
+    const feed = new PaymentFeatureFeed(store, config, createLogger('risk-test', 'silent'));
+    await feed.start();
+    try {
+      for (let waited = 0; feed.applied < log.length && waited < 200; waited++) await new Promise((r) => setTimeout(r, 50));
+      assert.equal(feed.applied, log.length, 'every authorized or declined payment observed once');
+      const model = await loadModel(artefact.parameters);
+      const scorer = new ModelScorer(model, store, artefact.version, artefact.threshold);
+      const next = log[log.length - 1]!;
+      const at = base + next.at + 30_000;
+      const served = scorer.score(request(next), at);
+      // Offline: the same facts, replayed, then the features of the request at the same time.
+      const facts = log.map((p) => factsFromScore(request(p), base + p.at));
+      const offline = offlineFeatures([...facts, factsFromScore(request(next), at)]);
+      const expected = model.score(offline[offline.length - 1]!);
+      assert.equal(served.scorePpm, Math.round(expected * 1_000_000));
+      assert.equal(served.modelVersion, artefact.version);
+    } finally {
+      await feed.stop();
+    }
+  });
+
+  it('Score serves the model from RISK_MODEL_PATH, and a risky request scores above an ordinary one', async () => {
+    const app = await startRisk({ ...config, RISK_GRPC_LISTEN: '127.0.0.1:0', RISK_MODEL_PATH: modelFile }, createLogger('risk-test', 'silent'));
+    const client = new RiskClient(app.address);
+    try {
+      const ordinary = await client.score(request({ ...log[0]!, at: 0 }), 2_000);
+      assert.equal(ordinary.modelVersion, artefact.version);
+      // Score observes nothing itself (the events do): a new prepaid card abroad on a new device, large amount.
+      const risky = await client.score({ ...request(log[1]!), cardFingerprint: `fp_test_${suffix}`, cardType: 'prepaid', amount: 900_000n, ipCountry: 'RU', cardCountry: 'US', deviceId: `dev_${suffix}`, merchantCategory: 'gift_cards' }, 2_000);
+      assert.ok(risky.scorePpm > ordinary.scorePpm, `${risky.scorePpm} vs ${ordinary.scorePpm}`);
+      assert.notEqual(risky.decision, Decision.DECISION_UNSPECIFIED);
+    } finally {
+      client.close();
+      await app.close();
+    }
+  });
+});

@@ -1,0 +1,117 @@
+import type { Config } from '../../lib/config.js';
+import type { Logger } from '../../lib/logger.js';
+import { connectJetStream, connectNats, type NatsConnection } from '../../lib/nats.js';
+import { ensureEventStream } from '../../lib/streams.js';
+import { EventBatch, type PaymentEvent } from '../../proto/gen/events/v1/events.js';
+import { Decision, type ScoreRequest, type ScoreResponse } from '../../proto/gen/risk/v1/risk.js';
+import { FeatureStore, type PaymentFacts } from './features.js';
+import type { FraudModel } from './models.js';
+
+/**
+ * Serving a trained model: Score reads the online features of the request from a FeatureStore that a feed of
+ * payment events keeps up to date. Every risk instance replays the payment events of the stream into its own
+ * store (an ordered consumer: no shared state between instances, each sees every payment), so the features
+ * are the offline ones computed over the same event log: a payment's features come from the payments before it.
+ */
+
+/** The key a payment's customer is counted under: customer ids are the merchant's own, so per merchant. */
+export function customerKey(merchantId: string, customerId: string): string {
+  return customerId === '' ? '' : `${merchantId}:${customerId}`;
+}
+
+export function factsFromScore(r: ScoreRequest, at: number): PaymentFacts {
+  return {
+    at,
+    merchantId: r.merchantId,
+    merchantCategory: r.merchantCategory,
+    customerId: customerKey(r.merchantId, r.customerId),
+    cardFingerprint: r.cardFingerprint,
+    cardType: r.cardType,
+    cardCountry: r.cardCountry,
+    deviceId: r.deviceId,
+    ipCountry: r.ipCountry,
+    amount: Number(r.amount),
+  };
+}
+
+export function factsFromEvent(e: PaymentEvent): PaymentFacts {
+  return {
+    at: Number(e.createdAt / 1_000_000n),
+    merchantId: e.merchantId,
+    merchantCategory: e.merchantCategory,
+    customerId: customerKey(e.merchantId, e.customerId),
+    cardFingerprint: e.cardFingerprint,
+    cardType: e.cardType,
+    cardCountry: e.cardCountry,
+    deviceId: e.deviceId,
+    ipCountry: e.ipCountry,
+    amount: Number(e.amount),
+  };
+}
+
+/** Each payment is observed once: at its authorization, or at its decline (declined attempts count too). */
+const OBSERVED = new Set(['payment.authorized', 'payment.declined']);
+
+export class PaymentFeatureFeed {
+  private nc: NatsConnection | undefined;
+  private stopped = false;
+  private loop: Promise<void> | undefined;
+  /** Payments observed since start (for readiness and tests). */
+  applied = 0;
+
+  constructor(
+    private readonly store: FeatureStore,
+    private readonly config: Config,
+    private readonly logger: Logger,
+  ) {}
+
+  async start(): Promise<void> {
+    this.nc = await connectNats(this.config, { name: 'risk-feature-feed' });
+    const { js, jsm } = await connectJetStream(this.nc);
+    await ensureEventStream(jsm, this.config);
+    const consumer = await js.consumers.get(this.config.EVENTS_STREAM, { filter_subjects: `${this.config.EVENTS_SUBJECT_PREFIX}.payments.>` });
+    const messages = await consumer.consume();
+    this.loop = (async () => {
+      for await (const m of messages) {
+        if (this.stopped) break;
+        try {
+          for (const e of EventBatch.decode(m.data).events) {
+            if (e.payload?.$case !== 'payment' || !OBSERVED.has(e.type)) continue;
+            this.store.observe(factsFromEvent(e.payload.value));
+            this.applied++;
+          }
+        } catch (err) {
+          this.logger.error({ err, seq: m.seq }, 'payment event could not be read; skipped');
+        }
+      }
+    })();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    await this.nc?.close();
+    await this.loop;
+  }
+}
+
+/** Score with a model: decline at the artefact's cost-optimal threshold, review from half of it. */
+export class ModelScorer {
+  constructor(
+    private readonly model: FraudModel,
+    private readonly store: FeatureStore,
+    private readonly version: string,
+    private readonly threshold: number,
+  ) {}
+
+  score(request: ScoreRequest, nowMs = Date.now()): ScoreResponse {
+    const vector = this.store.features(factsFromScore(request, nowMs));
+    const score = this.model.score(vector);
+    const decision = score >= this.threshold ? Decision.DECISION_DECLINE : score >= this.threshold / 2 ? Decision.DECISION_REVIEW : Decision.DECISION_APPROVE;
+    return {
+      scorePpm: Math.round(Math.min(1, Math.max(0, score)) * 1_000_000),
+      decision,
+      reasons: decision === Decision.DECISION_APPROVE ? [] : this.model.reasons(vector),
+      modelVersion: this.version,
+    };
+  }
+}
