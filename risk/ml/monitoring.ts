@@ -1,0 +1,106 @@
+/**
+ * Monitoring of a served model: drift of its inputs and score against the training distribution (population
+ * stability index) and fairness across segments (false-positive and decline rates per country, card type).
+ */
+
+export const PSI_WATCH = 0.1;
+export const PSI_ALERT = 0.25;
+/** A segment whose rate differs from the best segment's by more than this factor is flagged (four-fifths rule). */
+export const PARITY_RATIO = 0.8;
+
+export type DriftStatus = 'stable' | 'watch' | 'alert';
+
+export interface Drift {
+  name: string;
+  psi: number;
+  status: DriftStatus;
+}
+
+/**
+ * PSI of `actual` against `expected`, over ten bins cut at the deciles of `expected` (tied cut points merge).
+ * Empty bins count as 0.5 observations, so a bin that empties never divides by zero.
+ */
+export function psi(expected: readonly number[], actual: readonly number[]): number {
+  if (expected.length === 0 || actual.length === 0) return 0;
+  const sorted = [...expected].sort((a, b) => a - b);
+  const cuts = [...new Set(Array.from({ length: 9 }, (_, i) => sorted[Math.floor(((i + 1) * sorted.length) / 10)]!))];
+  const histogram = (values: readonly number[]) => {
+    const counts = new Array<number>(cuts.length + 1).fill(0);
+    for (const v of values) {
+      let bin = 0;
+      while (bin < cuts.length && v >= cuts[bin]!) bin++;
+      counts[bin]!++;
+    }
+    return counts.map((c) => Math.max(c, 0.5) / values.length);
+  };
+  const e = histogram(expected);
+  const a = histogram(actual);
+  return e.reduce((sum, ei, i) => sum + (a[i]! - ei) * Math.log(a[i]! / ei), 0);
+}
+
+export function driftStatus(value: number): DriftStatus {
+  return value >= PSI_ALERT ? 'alert' : value >= PSI_WATCH ? 'watch' : 'stable';
+}
+
+/** Drift of each feature (columns of the vectors) and of the score, current window against training. */
+export function driftReport(names: readonly string[], training: readonly number[][], current: readonly number[][], trainingScores: readonly number[], currentScores: readonly number[]): Drift[] {
+  const column = (rows: readonly number[][], j: number) => rows.map((r) => r[j]!);
+  return [
+    ...names.map((name, j) => {
+      const value = psi(column(training, j), column(current, j));
+      return { name, psi: value, status: driftStatus(value) };
+    }),
+    { name: 'score', psi: psi(trainingScores, currentScores), status: driftStatus(psi(trainingScores, currentScores)) },
+  ];
+}
+
+export interface SegmentRates {
+  segment: string;
+  payments: number;
+  legitimate: number;
+  falsePositiveRate: number;
+  declineRate: number;
+  /** Its legitimate payments are declined markedly and significantly more often than the other segments'. */
+  flagged: boolean;
+}
+
+/**
+ * Decline and false-positive rates per segment at a threshold. Parity is judged on false positives (declined
+ * legitimate payments: fraud rates differ between segments, so raw decline rates may differ fairly): a segment
+ * is flagged when the other segments' pooled rate is below PARITY_RATIO of its own and the difference is
+ * significant (two-proportion z >= 1.96), so that small segments do not raise alarms by chance.
+ */
+export function fairnessReport(rows: readonly { segment: string; score: number; fraud: boolean }[], threshold: number): SegmentRates[] {
+  const bySegment = new Map<string, { payments: number; legitimate: number; falsePositives: number; declines: number }>();
+  for (const r of rows) {
+    const s = bySegment.get(r.segment) ?? { payments: 0, legitimate: 0, falsePositives: 0, declines: 0 };
+    const declined = r.score >= threshold;
+    s.payments++;
+    if (declined) s.declines++;
+    if (!r.fraud) {
+      s.legitimate++;
+      if (declined) s.falsePositives++;
+    }
+    bySegment.set(r.segment, s);
+  }
+  const totalLegit = [...bySegment.values()].reduce((n, s) => n + s.legitimate, 0);
+  const totalFp = [...bySegment.values()].reduce((n, s) => n + s.falsePositives, 0);
+  return [...bySegment]
+    .map(([segment, s]) => {
+      const rate = s.legitimate === 0 ? 0 : s.falsePositives / s.legitimate;
+      const otherLegit = totalLegit - s.legitimate;
+      const otherRate = otherLegit === 0 ? rate : (totalFp - s.falsePositives) / otherLegit;
+      const pooled = totalLegit === 0 ? 0 : totalFp / totalLegit;
+      const se = Math.sqrt(pooled * (1 - pooled) * (1 / Math.max(1, s.legitimate) + 1 / Math.max(1, otherLegit)));
+      const z = se === 0 ? 0 : (rate - otherRate) / se;
+      return {
+        segment,
+        payments: s.payments,
+        legitimate: s.legitimate,
+        falsePositiveRate: rate,
+        declineRate: s.declines / s.payments,
+        flagged: rate > 0 && otherRate < PARITY_RATIO * rate && z >= 1.96,
+      };
+    })
+    .sort((a, b) => b.payments - a.payments);
+}
