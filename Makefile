@@ -45,6 +45,7 @@ bench: proto services
 	DATABASE_URL=$${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/ledgerline_bench} tsx scripts/migrate.ts --fresh
 	DATABASE_URL=$${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/ledgerline_bench} LOG_LEVEL=warn tsx bench/run.ts
 	DATABASE_URL=$${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/ledgerline_bench} LOG_LEVEL=warn tsx bench/payments.ts
+	DATABASE_URL=$${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/ledgerline_bench} LOG_LEVEL=warn tsx bench/risk.ts
 
 lint: proto
 	buf lint

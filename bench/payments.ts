@@ -10,7 +10,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import autocannon from 'autocannon';
 import { loadConfig } from '../lib/config.js';
-import { connectJetStream, connectNats } from '../lib/nats.js';
+import { deleteStream } from '../lib/streams.js';
 import { spawnService, type ServiceProcess } from '../test/ledger-process.js';
 
 const SECONDS = Number(process.env['BENCH_PAYMENTS_SECONDS'] ?? 30);
@@ -106,16 +106,6 @@ async function measure(scenario: string, ledgerEnv: Record<string, string>): Pro
   }
 }
 
-async function deleteStream(): Promise<void> {
-  const nc = await connectNats(config, { name: 'bench' });
-  try {
-    const { jsm } = await connectJetStream(nc);
-    await jsm.streams.delete(STREAM.EVENTS_STREAM).catch(() => undefined);
-  } finally {
-    await nc.close();
-  }
-}
-
 async function main(): Promise<void> {
   console.log(`bench payments: ${os.cpus().length} cores, ${SECONDS} s per run, ${CONNECTIONS} connections, POST /v1/payments (automatic capture)`);
   const rows: Row[] = [];
@@ -123,7 +113,7 @@ async function main(): Promise<void> {
     rows.push(await measure('baseline: ledger batches of 1', { LEDGER_BATCH_MAX: '1' }));
     rows.push(await measure('ledger batching (default settings)', {}));
   } finally {
-    await deleteStream();
+    await deleteStream(config, STREAM.EVENTS_STREAM);
   }
   const base = rows[0]!.paymentsPerSecond;
   const table = [

@@ -11,7 +11,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import { loadConfig } from '../lib/config.js';
 import { createPool, isSerializationFailure } from '../lib/db.js';
-import { connectJetStream, connectNats } from '../lib/nats.js';
+import { deleteStream } from '../lib/streams.js';
 import { LedgerClient, newAccount, newTransfer } from '../ledger/client.js';
 import type { Transfer } from '../proto/gen/ledger/v1/ledger.js';
 import { spawnLedger } from '../test/ledger-process.js';
@@ -154,16 +154,6 @@ async function relayBacklog(): Promise<string> {
   return `outbox backlog at the end: ${left} events, published in ${((performance.now() - started) / 1000).toFixed(1)} s`;
 }
 
-async function deleteStream(name: string): Promise<void> {
-  const nc = await connectNats(config, { name: 'bench' });
-  try {
-    const { jsm } = await connectJetStream(nc);
-    await jsm.streams.delete(name).catch(() => undefined);
-  } finally {
-    await nc.close();
-  }
-}
-
 async function main(): Promise<void> {
   console.log(`bench: ${os.cpus().length} cores, ${SECONDS} s per run, ${ACCOUNTS} accounts, database ${new URL(config.DATABASE_URL).pathname}`);
   // The relay runs as in production, on a stream of the benchmark's own that is deleted at the end.
@@ -196,7 +186,7 @@ async function main(): Promise<void> {
     batching.close();
     await ledger.stop();
     await pool.end();
-    await deleteStream(benchStream.EVENTS_STREAM);
+    await deleteStream(config, benchStream.EVENTS_STREAM);
   }
 
   const naiveOf = (w: string) => rows.find((r) => r.scenario.startsWith('naive') && r.workload === w)!.transfersPerSecond;

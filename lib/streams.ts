@@ -1,5 +1,6 @@
 import { DiscardPolicy, RetentionPolicy, StorageType, type JetStreamManager, type StreamConfig } from '@nats-io/jetstream';
 import type { Config } from './config.js';
+import { connectJetStream, connectNats } from './nats.js';
 
 const NANOS_PER_SECOND = 1_000_000_000;
 
@@ -33,5 +34,16 @@ export async function ensureEventStream(jsm: JetStreamManager, config: Parameter
   } catch (error) {
     if (!/stream not found/i.test(String((error as Error).message))) throw error;
     await jsm.streams.add(wanted);
+  }
+}
+
+/** Deletes a stream if it exists (benchmarks and tests remove the streams of their own). */
+export async function deleteStream(config: Pick<Config, 'NATS_URL'>, name: string): Promise<void> {
+  const nc = await connectNats(config, { name: 'stream-cleanup' });
+  try {
+    const { jsm } = await connectJetStream(nc);
+    await jsm.streams.delete(name).catch(() => undefined);
+  } finally {
+    await nc.close();
   }
 }
