@@ -78,6 +78,11 @@ const schema = z.object({
   RISK_GRPC_LISTEN: hostPort.default('0.0.0.0:50052'),
   /** A model artefact (npm run risk:train) for Score; unset: the rules-only scorer. */
   RISK_MODEL_PATH: z.string().min(1).optional(),
+  /** A second artefact scored beside the champion (RISK_MODEL_PATH, or the rules when unset). */
+  RISK_CHALLENGER_MODEL_PATH: z.string().min(1).optional(),
+  /** split: the challenger decides for this percentage of customers (by a stable hash); shadow: it never decides. */
+  RISK_CHALLENGER_MODE: z.enum(['split', 'shadow']).default('shadow'),
+  RISK_CHALLENGER_PERCENT: z.coerce.number().int().min(0).max(100).default(10),
   RISK_GRPC_TARGET: hostPort.default('127.0.0.1:50052'),
   /** Deadline of the Score call made before every authorization. */
   RISK_DEADLINE_MS: positiveInt.max(10_000).default(150),

@@ -6,7 +6,9 @@ import { readFile } from 'node:fs/promises';
 import { FeatureStore } from './ml/features.js';
 import { loadModel } from './ml/models.js';
 import type { ModelArtefact } from './ml/pipeline.js';
+import { ChampionChallenger } from './ml/rollout.js';
 import { ModelScorer, PaymentFeatureFeed } from './ml/serving.js';
+import { connectJetStream, connectNats } from '../lib/nats.js';
 import { RULES_MODEL_VERSION, RulesScorer, type RulesSettings } from './rules.js';
 import type { Scorer } from './service.js';
 import { createRiskService } from './service.js';
@@ -32,12 +34,33 @@ export function rulesSettings(config: Config): RulesSettings {
  * rules-only scorer when no model is configured.
  */
 async function startScorer(config: Config, logger: Logger): Promise<{ scorer: Scorer; version: string; close(): Promise<void> }> {
-  if (!config.RISK_MODEL_PATH) return { scorer: new RulesScorer(rulesSettings(config)), version: RULES_MODEL_VERSION, close: async () => undefined };
-  const artefact = JSON.parse(await readFile(config.RISK_MODEL_PATH, 'utf8')) as ModelArtefact;
+  const rules = new RulesScorer(rulesSettings(config));
+  if (!config.RISK_MODEL_PATH && !config.RISK_CHALLENGER_MODEL_PATH) return { scorer: rules, version: RULES_MODEL_VERSION, close: async () => undefined };
+  // One feature store for every model of the instance, fed from the payment events.
   const store = new FeatureStore();
   const feed = new PaymentFeatureFeed(store, config, logger);
   await feed.start();
-  return { scorer: new ModelScorer(await loadModel(artefact.parameters), store, artefact.version, artefact.threshold), version: artefact.version, close: () => feed.stop() };
+  const modelScorer = async (file: string) => {
+    const artefact = JSON.parse(await readFile(file, 'utf8')) as ModelArtefact;
+    return new ModelScorer(await loadModel(artefact.parameters), store, artefact.version, artefact.threshold);
+  };
+  const champion = config.RISK_MODEL_PATH ? await modelScorer(config.RISK_MODEL_PATH) : rules;
+  if (!config.RISK_CHALLENGER_MODEL_PATH) return { scorer: champion, version: champion.version, close: () => feed.stop() };
+  const challenger = await modelScorer(config.RISK_CHALLENGER_MODEL_PATH);
+  const nc = await connectNats(config, { name: 'risk-decisions' });
+  const { js } = await connectJetStream(nc);
+  const publish = (subject: string, payload: Uint8Array, msgID: string) => {
+    js.publish(subject, payload, { msgID }).catch((err: unknown) => logger.warn({ err }, 'risk decision event not published'));
+  };
+  const scorer = new ChampionChallenger(champion, challenger, config.RISK_CHALLENGER_MODE, config.RISK_CHALLENGER_PERCENT, publish, `${config.EVENTS_SUBJECT_PREFIX}.risk.decisions`, logger);
+  return {
+    scorer,
+    version: `${champion.version} vs ${challenger.version} (${config.RISK_CHALLENGER_MODE})`,
+    async close() {
+      await nc.drain();
+      await feed.stop();
+    },
+  };
 }
 
 export async function startRisk(config: Config, logger: Logger): Promise<RiskApp> {

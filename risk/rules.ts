@@ -61,6 +61,7 @@ export class VelocityWindow {
 
 export class RulesScorer {
   private readonly velocity: VelocityWindow;
+  readonly version = RULES_MODEL_VERSION;
 
   constructor(private readonly settings: RulesSettings) {
     this.velocity = new VelocityWindow(settings.velocityWindowMs, settings.maxTrackedKeys ?? 100_000);

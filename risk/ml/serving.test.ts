@@ -31,14 +31,19 @@ describe('risk model serving: online features fed from payment events on JetStre
   const config = testConfig({ EVENTS_STREAM: `RISK_TEST_${suffix}`, EVENTS_SUBJECT_PREFIX: `risktest-${suffix}` });
   let artefact: ModelArtefact;
   let modelFile: string;
+  let challengerFile: string;
   let log: SynthPayment[];
   const base = Date.now() - 3 * 86_400_000;
 
   before(async () => {
     const dataset = buildDataset(SYNTH);
-    artefact = (await trainModels(dataset, timeSplit(dataset, 2), SYNTH))[0]!;
-    modelFile = path.join(await mkdtemp(path.join(os.tmpdir(), 'risk-model-')), 'model.json');
+    const [logistic, trees] = await trainModels(dataset, timeSplit(dataset, 2), SYNTH);
+    artefact = logistic!;
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'risk-model-'));
+    modelFile = path.join(dir, 'model.json');
+    challengerFile = path.join(dir, 'challenger.json');
     await writeFile(modelFile, JSON.stringify(artefact));
+    await writeFile(challengerFile, JSON.stringify(trees));
     // The last day of the log, as payment events (authorized or declined) in one stream, in time order.
     log = dataset.payments.filter((p) => p.at >= (SYNTH.weeks * 7 - 1) * 86_400_000).slice(0, 1_500);
     const nc = await connectNats(config, { name: 'risk-test' });
@@ -67,6 +72,29 @@ describe('risk model serving: online features fed from payment events on JetStre
       await js.publish(`${config.EVENTS_SUBJECT_PREFIX}.payments.0`, EventBatch.encode({ batchId: randomUUID(), shard: 0, events: events.map((e) => ({ ...e, type: 'payment.captured' })) }).finish());
     }
     await nc.close();
+  });
+
+  it('with a challenger in shadow, Score answers the champion and publishes risk.decision events with both scores', async () => {
+    const app = await startRisk({ ...config, RISK_GRPC_LISTEN: '127.0.0.1:0', RISK_MODEL_PATH: modelFile, RISK_CHALLENGER_MODEL_PATH: challengerFile, RISK_CHALLENGER_MODE: 'shadow' }, createLogger('risk-test', 'silent'));
+    const client = new RiskClient(app.address);
+    const nc = await connectNats(config, { name: 'risk-test-decisions' });
+    const received = nc.subscribe(`${config.EVENTS_SUBJECT_PREFIX}.risk.decisions`, { max: 1 });
+    try {
+      const answer = await client.score(request(log[2]!), 2_000);
+      assert.equal(answer.modelVersion, artefact.version);
+      for await (const m of received) {
+        const e = EventBatch.decode(m.data).events[0]!;
+        assert.equal(e.payload?.$case, 'riskDecision');
+        if (e.payload?.$case === 'riskDecision') {
+          assert.deepEqual([e.payload.value.variant, e.payload.value.mode, e.payload.value.championVersion, e.payload.value.championScorePpm], ['champion', 'shadow', artefact.version, answer.scorePpm]);
+          assert.match(e.payload.value.challengerVersion, /^gbt-/);
+        }
+      }
+    } finally {
+      await nc.close();
+      client.close();
+      await app.close();
+    }
   });
 
   after(async () => {

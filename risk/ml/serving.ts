@@ -99,7 +99,7 @@ export class ModelScorer {
   constructor(
     private readonly model: FraudModel,
     private readonly store: FeatureStore,
-    private readonly version: string,
+    readonly version: string,
     private readonly threshold: number,
   ) {}
 

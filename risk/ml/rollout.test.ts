@@ -1,0 +1,57 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'mocha';
+import { createLogger } from '../../lib/logger.js';
+import { EventBatch } from '../../proto/gen/events/v1/events.js';
+import { Decision, type ScoreRequest, type ScoreResponse } from '../../proto/gen/risk/v1/risk.js';
+import { ChampionChallenger, assignmentKey, bucketOf } from './rollout.js';
+
+const request = (customerId: string): ScoreRequest => ({
+  paymentId: `p-${customerId}`,
+  merchantId: '11111111-1111-4111-8111-111111111111',
+  customerId,
+  amount: 500n,
+  currency: 'USD',
+  cardFingerprint: '',
+  deviceId: '',
+  cardCountry: '',
+  ipCountry: '',
+  cardType: '',
+  merchantCategory: '',
+});
+/** A scorer that always answers the same: the rollout logic, not a model, is under test here. */
+const fixed = (scorePpm: number, decision: Decision, modelVersion: string) => ({ score: (): ScoreResponse => ({ scorePpm, decision, reasons: [], modelVersion }) });
+
+describe('risk rollout: champion/challenger', () => {
+  it('assigns a customer to the same bucket every time, and the split matches the configured share', () => {
+    assert.equal(bucketOf('m:alice'), bucketOf('m:alice'));
+    const keys = Array.from({ length: 20_000 }, (_, i) => assignmentKey(request(`customer-${i}`)));
+    const share = keys.filter((k) => bucketOf(k) < 10).length / keys.length;
+    assert.ok(Math.abs(share - 0.1) < 0.01, `share ${share}`);
+  });
+
+  it('split: the challenger decides for its share; shadow: never; every decision is published with both scores', () => {
+    const published: Uint8Array[] = [];
+    const make = (mode: 'split' | 'shadow') =>
+      new ChampionChallenger(fixed(100_000, Decision.DECISION_APPROVE, 'champ-1'), fixed(900_000, Decision.DECISION_DECLINE, 'chall-2'), mode, 30, (_s, payload) => published.push(payload), 'x.risk.decisions', createLogger('t', 'silent'));
+    const split = make('split');
+    const customers = Array.from({ length: 2_000 }, (_, i) => `c${i}`);
+    for (const c of customers) {
+      const answer = split.score(request(c));
+      const expected = bucketOf(assignmentKey(request(c))) < 30 ? 'chall-2' : 'champ-1';
+      assert.equal(answer.modelVersion, expected);
+      assert.equal(split.score(request(c)).modelVersion, expected, 'stable for the same customer');
+    }
+    const shadow = make('shadow');
+    assert.ok(customers.every((c) => shadow.score(request(c)).modelVersion === 'champ-1'));
+    assert.equal(published.length, customers.length * 3);
+    const last = EventBatch.decode(published[published.length - 1]!).events[0]!;
+    assert.equal(last.type, 'risk.decision');
+    assert.equal(last.payload?.$case, 'riskDecision');
+    if (last.payload?.$case === 'riskDecision') {
+      assert.deepEqual(
+        [last.payload.value.variant, last.payload.value.mode, last.payload.value.championScorePpm, last.payload.value.challengerScorePpm, last.payload.value.challengerVersion],
+        ['champion', 'shadow', 100_000, 900_000, 'chall-2'],
+      );
+    }
+  });
+});

@@ -1,0 +1,82 @@
+import { createHash, randomUUID } from 'node:crypto';
+import type { Logger } from '../../lib/logger.js';
+import { EventBatch } from '../../proto/gen/events/v1/events.js';
+import { Decision, type ScoreRequest, type ScoreResponse } from '../../proto/gen/risk/v1/risk.js';
+import type { Scorer } from '../service.js';
+
+/**
+ * Champion/challenger: the champion decides, the challenger is scored beside it on every request and, in split
+ * mode, decides for a stable share of customers (hash of the customer id, else the card, else the payment id).
+ * Every decision is published as a risk.decision event with both scores, for comparing the models on the same
+ * traffic. Publishing is best effort: a decision is never held back because NATS is slow or down.
+ */
+
+export type RolloutMode = 'split' | 'shadow';
+
+/** 0-99 from a stable key: the same customer always lands in the same bucket. */
+export function bucketOf(key: string): number {
+  return createHash('sha256').update(key).digest().readUInt32BE(0) % 100;
+}
+
+export function assignmentKey(r: ScoreRequest): string {
+  return r.customerId !== '' ? `${r.merchantId}:${r.customerId}` : r.cardFingerprint !== '' ? `card:${r.cardFingerprint}` : `payment:${r.paymentId}`;
+}
+
+export type DecisionPublisher = (subject: string, payload: Uint8Array, msgId: string) => void;
+
+const DECISION_NAMES: Record<number, string> = { [Decision.DECISION_APPROVE]: 'approve', [Decision.DECISION_REVIEW]: 'review', [Decision.DECISION_DECLINE]: 'decline' };
+
+export class ChampionChallenger implements Scorer {
+  constructor(
+    private readonly champion: Scorer,
+    private readonly challenger: Scorer,
+    private readonly mode: RolloutMode,
+    private readonly percent: number,
+    private readonly publish: DecisionPublisher,
+    private readonly subject: string,
+    private readonly logger: Logger,
+  ) {}
+
+  score(request: ScoreRequest, nowMs = Date.now()): ScoreResponse {
+    const champion = this.champion.score(request, nowMs);
+    const challenger = this.challenger.score(request, nowMs);
+    const variant = this.mode === 'split' && bucketOf(assignmentKey(request)) < this.percent ? 'challenger' : 'champion';
+    const chosen = variant === 'challenger' ? challenger : champion;
+    try {
+      const eventId = randomUUID();
+      const payload = EventBatch.encode({
+        batchId: eventId,
+        shard: 0,
+        events: [
+          {
+            eventId,
+            type: 'risk.decision',
+            aggregateId: request.paymentId,
+            sequence: 1n,
+            occurredAt: BigInt(nowMs) * 1_000_000n,
+            traceparent: '',
+            payload: {
+              $case: 'riskDecision',
+              value: {
+                paymentId: request.paymentId,
+                merchantId: request.merchantId,
+                variant,
+                mode: this.mode,
+                decision: DECISION_NAMES[chosen.decision] ?? 'approve',
+                championScorePpm: champion.scorePpm,
+                championVersion: champion.modelVersion,
+                challengerScorePpm: challenger.scorePpm,
+                challengerVersion: challenger.modelVersion,
+                amount: request.amount,
+              },
+            },
+          },
+        ],
+      }).finish();
+      this.publish(this.subject, payload, eventId);
+    } catch (err) {
+      this.logger.warn({ err }, 'risk decision event not published');
+    }
+    return chosen;
+  }
+}
