@@ -113,3 +113,28 @@ describe('risk models: synthetic data, features, training and evaluation', funct
     });
   });
 });
+
+describe('risk retraining', function () {
+  this.timeout(120_000);
+
+  it('promotes a challenger that is cheaper on the hold-out, and keeps a champion that is not beaten', async () => {
+    const { mkdtemp, writeFile: write, readFile: read } = await import('node:fs/promises');
+    const os = await import('node:os');
+    const path = await import('node:path');
+    const { retrain } = await import('./retrain.js');
+    const { trainModels } = await import('./pipeline.js');
+    const synth = { ...SMALL, weeks: 3 };
+    const dataset = buildDataset(synth);
+    const [trained] = await trainModels(dataset, timeSplit(dataset, 2), synth);
+    const file = path.join(await mkdtemp(path.join(os.tmpdir(), 'champion-')), 'champion.json');
+    // A champion that declines nothing: every fraud of the hold-out is a loss.
+    const weak = { ...trained!, version: 'logistic-weak', threshold: 2 };
+    await write(file, JSON.stringify(weak));
+    const first = await retrain(file, 4);
+    assert.ok(first.promoted, `challenger ${first.challengerCost} vs champion ${first.championCost}`);
+    assert.equal(JSON.parse(await read(file, 'utf8')).version, first.challenger.version);
+    const second = await retrain(file, 4);
+    assert.equal(second.promoted, false, 'an equal challenger does not replace the champion');
+    assert.equal(JSON.parse(await read(file, 'utf8')).version, first.challenger.version);
+  });
+});
