@@ -7,6 +7,8 @@ import { FeatureStore } from './ml/features.js';
 import { loadModel } from './ml/models.js';
 import type { ModelArtefact } from './ml/pipeline.js';
 import { ChampionChallenger } from './ml/rollout.js';
+import { MonitoredScorer } from './ml/score-monitor.js';
+import { startMetrics } from '../observability/metrics.js';
 import { ModelScorer, PaymentFeatureFeed } from './ml/serving.js';
 import { connectJetStream, connectNats } from '../lib/nats.js';
 import { RULES_MODEL_VERSION, RulesScorer, type RulesSettings } from './rules.js';
@@ -33,19 +35,21 @@ export function rulesSettings(config: Config): RulesSettings {
  * The scorer Score serves: the model artefact at RISK_MODEL_PATH with its online feature feed, or the
  * rules-only scorer when no model is configured.
  */
-async function startScorer(config: Config, logger: Logger): Promise<{ scorer: Scorer; version: string; close(): Promise<void> }> {
+async function startScorer(config: Config, logger: Logger): Promise<{ scorer: Scorer; version: string; reference?: number[]; close(): Promise<void> }> {
   const rules = new RulesScorer(rulesSettings(config));
   if (!config.RISK_MODEL_PATH && !config.RISK_CHALLENGER_MODEL_PATH) return { scorer: rules, version: RULES_MODEL_VERSION, close: async () => undefined };
   // One feature store for every model of the instance, fed from the payment events.
   const store = new FeatureStore();
   const feed = new PaymentFeatureFeed(store, config, logger);
   await feed.start();
+  let reference: number[] | undefined;
   const modelScorer = async (file: string) => {
     const artefact = JSON.parse(await readFile(file, 'utf8')) as ModelArtefact;
+    reference ??= artefact.trainingScoreSample;
     return new ModelScorer(await loadModel(artefact.parameters), store, artefact.version, artefact.threshold);
   };
   const champion = config.RISK_MODEL_PATH ? await modelScorer(config.RISK_MODEL_PATH) : rules;
-  if (!config.RISK_CHALLENGER_MODEL_PATH) return { scorer: champion, version: champion.version, close: () => feed.stop() };
+  if (!config.RISK_CHALLENGER_MODEL_PATH) return { scorer: champion, version: champion.version, reference, close: () => feed.stop() };
   const challenger = await modelScorer(config.RISK_CHALLENGER_MODEL_PATH);
   const nc = await connectNats(config, { name: 'risk-decisions' });
   const { js } = await connectJetStream(nc);
@@ -56,6 +60,7 @@ async function startScorer(config: Config, logger: Logger): Promise<{ scorer: Sc
   return {
     scorer,
     version: `${champion.version} vs ${challenger.version} (${config.RISK_CHALLENGER_MODE})`,
+    reference,
     async close() {
       await nc.drain();
       await feed.stop();
@@ -64,9 +69,10 @@ async function startScorer(config: Config, logger: Logger): Promise<{ scorer: Sc
 }
 
 export async function startRisk(config: Config, logger: Logger): Promise<RiskApp> {
-  const { scorer, version, close: closeScorer } = await startScorer(config, logger);
+  const { scorer, version, reference, close: closeScorer } = await startScorer(config, logger);
+  const metrics = await startMetrics('risk', config.METRICS_PORT);
   const server = new Server();
-  server.addService(RiskServiceService, createRiskService(scorer, logger));
+  server.addService(RiskServiceService, createRiskService(new MonitoredScorer(scorer, metrics.meter, reference), logger));
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync(config.RISK_GRPC_LISTEN, ServerCredentials.createInsecure(), (error, bound) => (error ? reject(error) : resolve(bound))),
   );
@@ -77,6 +83,7 @@ export async function startRisk(config: Config, logger: Logger): Promise<RiskApp
     async close() {
       await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
       await closeScorer();
+      await metrics.shutdown();
     },
   };
 }

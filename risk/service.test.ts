@@ -6,6 +6,7 @@ import { createLogger } from '../lib/logger.js';
 import { Decision, type ScoreRequest } from '../proto/gen/risk/v1/risk.js';
 import { testConfig } from '../test/support.js';
 import { startRisk, type RiskApp } from './app.js';
+import { freePort } from '../test/ledger-process.js';
 import { RiskClient } from './client.js';
 
 describe('risk.v1.RiskService (gRPC)', () => {
@@ -41,6 +42,25 @@ describe('risk.v1.RiskService (gRPC)', () => {
     assert.deepEqual([declined.decision, declined.reasons, declined.modelVersion], [Decision.DECISION_DECLINE, ['amount_above_limit'], 'rules-v1']);
     for (let i = 0; i < 2; i++) await client.score(request({ deviceId: 'device-7' }), 2_000);
     assert.equal((await client.score(request({ deviceId: 'device-7' }), 2_000)).decision, Decision.DECISION_REVIEW);
+  });
+
+  it('exports decisions by outcome, model version and segment, and the score distribution, for Prometheus', async () => {
+    const port = await freePort();
+    const monitored = await startRisk(testConfig({ RISK_GRPC_LISTEN: '127.0.0.1:0', METRICS_PORT: String(port), RISK_RULES_MAX_AMOUNT: '10000' }), createLogger('risk-test', 'silent'));
+    const c = new RiskClient(monitored.address);
+    try {
+      for (let i = 0; i < 3; i++) await c.score(request({ cardCountry: 'FR', cardType: 'debit' }), 2_000);
+      await c.score(request({ amount: 20_000n, cardCountry: 'FR', cardType: 'debit' }), 2_000);
+      const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+      const series = (name: string, labels: string) => new RegExp(`^${name}\\{${labels}[^}]*\\} (\\d+)$`, 'm').exec(text)?.[1];
+      assert.equal(series('risk_decisions_total', 'decision="approve",model_version="rules-v1",card_country="FR",card_type="debit"'), '3', text);
+      assert.equal(series('risk_decisions_total', 'decision="decline",model_version="rules-v1",card_country="FR",card_type="debit"'), '1');
+      assert.equal(series('risk_score_count', 'model_version="rules-v1"'), '4');
+      assert.equal(series('risk_score_psi', ''), '0');
+    } finally {
+      c.close();
+      await monitored.close();
+    }
   });
 
   it('malformed input is INVALID_ARGUMENT naming the field', async () => {

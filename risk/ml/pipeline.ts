@@ -51,6 +51,8 @@ export interface ModelArtefact {
   /** Cost-optimal on the training data (decline at or above). */
   threshold: number;
   trainMetrics: Record<string, number>;
+  /** Up to 2,000 training scores, evenly spaced: the reference of the live score drift (PSI). */
+  trainingScoreSample: number[];
   parameters: ModelParameters;
   createdAt: string;
 }
@@ -72,6 +74,7 @@ export async function trainModels(dataset: Dataset, split: Split, synth: SynthOp
       synth,
       threshold,
       trainMetrics: { prAuc: prAuc(scored), rocAuc: rocAuc(scored), positives: labels.filter(Boolean).length, rows: rows.length },
+      trainingScoreSample: scored.filter((_, k) => k % Math.max(1, Math.floor(scored.length / 2_000)) === 0).map((r) => r.score),
       parameters: model.toJSON(),
       createdAt,
     };
