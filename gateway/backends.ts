@@ -1,4 +1,4 @@
-import { credentials, type ServiceError } from '@grpc/grpc-js';
+import { credentials, status, type ServiceError } from '@grpc/grpc-js';
 import type { Config } from '../lib/config.js';
 import { AppError } from '../lib/errors.js';
 import { callUnary, fromServiceError, type UnaryMethod } from '../lib/grpc.js';
@@ -51,7 +51,7 @@ export class Backends {
         attempts: idempotent ? 3 : 1,
         baseDelayMs: 20,
         maxDelayMs: 200,
-        isRetryable: (error) => (error as ServiceError).code === 14 /* UNAVAILABLE */,
+        isRetryable: (error) => (error as ServiceError).code === status.UNAVAILABLE,
       });
     } catch (error) {
       if (error instanceof AppError) throw error;
