@@ -1,4 +1,4 @@
-import loadXGBoost, { type XGBoostModel } from 'ml-xgboost';
+import type { XGBoostClass, XGBoostModel } from 'ml-xgboost';
 import { FEATURE_NAMES, type FeatureVector } from './features.js';
 
 /** Trained fraud models: a score in [0, 1] from a feature vector, and the features that pushed it up. */
@@ -16,6 +16,11 @@ export type ModelParameters =
   | { kind: 'gbt'; booster: { name: string; model: number[]; options: Record<string, unknown> }; means: number[] };
 
 const sigmoid = (z: number) => 1 / (1 + Math.exp(-z));
+
+/** XGBoost's WebAssembly module, loaded on first use only (the rules and logistic models never need it). */
+function loadXGBoost(): Promise<XGBoostClass> {
+  return import('ml-xgboost').then((m) => m.default);
+}
 
 function columnStats(rows: readonly FeatureVector[]): { means: number[]; stds: number[] } {
   const d = FEATURE_NAMES.length;
@@ -94,7 +99,7 @@ export class GbtModel implements FraudModel {
   ) {}
 
   static async train(rows: readonly FeatureVector[], labels: readonly boolean[], options = { iterations: 120, maxDepth: 4, eta: 0.15 }): Promise<GbtModel> {
-    const XGBoost = await loadXGBoost;
+    const XGBoost = await loadXGBoost();
     const booster = new XGBoost({
       booster: 'gbtree',
       objective: 'binary:logistic',
@@ -111,7 +116,7 @@ export class GbtModel implements FraudModel {
   }
 
   static async load(p: Extract<ModelParameters, { kind: 'gbt' }>): Promise<GbtModel> {
-    const XGBoost = await loadXGBoost;
+    const XGBoost = await loadXGBoost();
     return new GbtModel(XGBoost.load(p.booster as Parameters<typeof XGBoost.load>[0]), p.means);
   }
 
