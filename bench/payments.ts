@@ -35,7 +35,7 @@ async function startStack(ledgerEnv: Record<string, string>): Promise<{ url: str
   try {
     const risk = await spawnService('risk/main.ts', { ...common, RISK_RULES_VELOCITY_MAX: '1000000' });
     started.push(risk);
-    const ledger = await spawnService('ledger/main.ts', { ...common, RISK_GRPC_TARGET: risk.target, ...ledgerEnv });
+    const ledger = await spawnService('ledger/main.ts', { ...common, RISK_GRPC_TARGET: risk.target, ...ledgerEnv }, process.env['BENCH_PROFILE'] ? ['--cpu-prof', '--cpu-prof-dir=/tmp/prof'] : []);
     started.push(ledger);
     const gateway = await spawnService('gateway/main.ts', {
       ...common,
