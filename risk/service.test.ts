@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
-import { status, type ServiceError } from '@grpc/grpc-js';
+import { credentials, status, type ServiceError } from '@grpc/grpc-js';
 import { after, before, describe, it } from 'mocha';
-import { ERROR_FIELD_KEY } from '../lib/grpc.js';
+import { ERROR_FIELD_KEY, callUnary } from '../lib/grpc.js';
 import { createLogger } from '../lib/logger.js';
-import { Decision, type ScoreRequest } from '../proto/gen/risk/v1/risk.js';
+import { Decision, RiskServiceClient, type ScoreRequest } from '../proto/gen/risk/v1/risk.js';
 import { testConfig } from '../test/support.js';
 import { startRisk, type RiskApp } from './app.js';
 import { freePort } from '../test/ledger-process.js';
@@ -60,6 +60,29 @@ describe('risk.v1.RiskService (gRPC)', () => {
     } finally {
       c.close();
       await monitored.close();
+    }
+  });
+
+  it('concurrent calls are coalesced into ScoreBatch and each gets its own answer; a malformed one fails alone', async () => {
+    const amounts = Array.from({ length: 40 }, (_, i) => BigInt(i % 2 === 0 ? 100 : 20_000));
+    const answers = await Promise.all(amounts.map((amount) => client.score(request({ amount }), 2_000)));
+    assert.deepEqual(
+      answers.map((a) => a.decision),
+      amounts.map((a) => (a > 10_000n ? Decision.DECISION_DECLINE : Decision.DECISION_APPROVE)),
+    );
+    const mixed = await Promise.allSettled([client.score(request({}), 2_000), client.score(request({ amount: 0n }), 2_000), client.score(request({}), 2_000)]);
+    assert.deepEqual(mixed.map((m) => m.status), ['fulfilled', 'rejected', 'fulfilled']);
+    assert.equal(((mixed[1] as PromiseRejectedResult).reason as ServiceError).code, status.INVALID_ARGUMENT);
+    // The batch call itself names the request at fault.
+    const raw = new RiskServiceClient(app.address, credentials.createInsecure());
+    try {
+      await assert.rejects(callUnary(raw, raw.scoreBatch, { requests: [request({}), request({ amount: 0n })] }, 2_000), (error: ServiceError) => {
+        assert.equal(error.code, status.INVALID_ARGUMENT);
+        assert.equal(String(error.metadata.get(ERROR_FIELD_KEY)[0]), 'requests.1.amount');
+        return true;
+      });
+    } finally {
+      raw.close();
     }
   });
 

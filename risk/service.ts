@@ -2,9 +2,8 @@ import { currencyOf } from '../lib/currency.js';
 import { ValidationError } from '../lib/errors.js';
 import { unary } from '../lib/grpc.js';
 import type { Logger } from '../lib/logger.js';
-import type { RiskServiceServer, ScoreRequest } from '../proto/gen/risk/v1/risk.js';
+import type { RiskServiceServer, ScoreRequest, ScoreResponse } from '../proto/gen/risk/v1/risk.js';
 import { parseId } from '../ledger/validation.js';
-import type { ScoreResponse } from '../proto/gen/risk/v1/risk.js';
 
 /** The rules-only scorer or a trained model with its online features. */
 export interface Scorer {
@@ -15,8 +14,23 @@ export interface Scorer {
 export function createRiskService(scorer: Scorer, logger: Logger): RiskServiceServer {
   return {
     score: unary(logger, 'Score', async (request) => scorer.score(parseScoreRequest(request))),
+    scoreBatch: unary(logger, 'ScoreBatch', async (request) => {
+      if (request.requests.length === 0 || request.requests.length > MAX_BATCH) throw new ValidationError('requests', `1-${MAX_BATCH} requests`);
+      // Every request is checked before any is scored: a malformed batch changes no velocity count.
+      const parsed = request.requests.map((r, i) => {
+        try {
+          return parseScoreRequest(r);
+        } catch (error) {
+          if (error instanceof ValidationError && error.details.field) throw new ValidationError(`requests.${i}.${error.details.field}`, error.message);
+          throw error;
+        }
+      });
+      return { responses: parsed.map((r) => scorer.score(r)) };
+    }),
   };
 }
+
+const MAX_BATCH = 1_000;
 
 const COUNTRY = /^[A-Z]{2}$/;
 
