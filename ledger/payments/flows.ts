@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { currencyOf, type Currency } from '../../lib/currency.js';
 import { isUniqueViolation, withTransaction, type Pool } from '../../lib/db.js';
+import { Coalescer } from '../../lib/coalesce.js';
 import { derivedId } from '../../lib/derived-id.js';
 import { AppError, InternalError, ValidationError, invariant } from '../../lib/errors.js';
 import type { Logger } from '../../lib/logger.js';
@@ -51,6 +52,13 @@ export interface CreatePaymentInput {
 }
 
 type StepEvents = store.PaymentEventType[];
+type Apply = (current: PaymentRow) => { next: PaymentRow; events: StepEvents };
+interface FinishStep {
+  op: OperationRow;
+  status: 'succeeded' | 'failed';
+  failureCode: string | null;
+  apply: Apply;
+}
 
 /** Ledger answers that decline a payment (the buyer's problem), with the decline code the merchant sees. */
 const DECLINES: Partial<Record<TransferResultCode, string>> = {
@@ -70,6 +78,10 @@ const conflict = (code: string, message: string, field?: string) => new AppError
 export class PaymentFlows {
   /** Ledger accounts known to exist (platform and merchant balance accounts are created on first use). */
   private readonly createdAccounts = new Set<string>();
+  /** Concurrent payment creations are inserted together, one statement per event-loop turn. */
+  private readonly inserts = new Coalescer((items: { payment: PaymentRow; op: OperationRow }[]) => store.insertPaymentsWithOperations(this.pool, items));
+  /** Concurrent step completions are written together, one transaction per event-loop turn. */
+  private readonly finishes = new Coalescer((steps: FinishStep[]) => this.finishMany(steps));
 
   constructor(
     private readonly pool: Pool,
@@ -139,7 +151,7 @@ export class PaymentFlows {
           },
           { retryIf: isUniqueViolation },
         )
-      : await store.insertPaymentWithOperation(this.pool, payment, authorization);
+      : await this.inserts.add({ payment, op: authorization });
     if (!inserted) {
       // The same key arrived twice at once: the other call recorded it; continue from what it recorded.
       const recorded = await store.findPayment(this.pool, input.merchantId, id);
@@ -345,29 +357,43 @@ export class PaymentFlows {
    * Finishes a step once: the step's status, the payment's new state (computed from the payment as it is
    * now, since refunds may finish concurrently) and one outbox event per transition, in one transaction.
    */
-  private async finish(
-    op: OperationRow,
-    status: 'succeeded' | 'failed',
-    failureCode: string | null,
-    apply: (current: PaymentRow) => { next: PaymentRow; events: StepEvents },
-  ): Promise<PaymentRow> {
-    const finished = await withTransaction(
+  private async finish(op: OperationRow, status: 'succeeded' | 'failed', failureCode: string | null, apply: Apply): Promise<PaymentRow> {
+    const finished = await this.finishes.add({ op, status, failureCode, apply });
+    // Finished by someone else meanwhile (a concurrent retry or the resumer): answer what they wrote.
+    return finished ?? this.requirePayment(op.merchantId, op.paymentId);
+  }
+
+  /**
+   * Finishes the steps of one event-loop turn in one transaction (group commit): each step once, each payment's
+   * new state computed from its state now (several steps of one payment apply in turn), one update per payment
+   * and one outbox message per step. A payment that moved under a step fails the whole batch (an invariant).
+   */
+  private async finishMany(steps: FinishStep[]): Promise<(PaymentRow | null)[]> {
+    return withTransaction(
       this.pool,
       async (client) => {
-        const current = await store.finishOperationReadPayment(client, op.id, status, failureCode);
-        if (!current) return null;
-        const { next, events } = apply(current);
-        checkPaymentInvariants(next);
-        const versions = events.map((type, i) => ({ type, payment: { ...next, version: current.version + BigInt(i + 1) } }));
-        const after = { ...next, version: current.version + BigInt(events.length) };
-        const written = await store.updatePaymentWithEvents(client, after, current.version, this.settings.shardCount, versions, op);
-        invariant(written, `payment ${op.paymentId} changed under its step`);
-        return after;
+        const current = await store.finishOperationsReadPayments(client, steps.map((s) => ({ id: s.op.id, status: s.status, failureCode: s.failureCode })));
+        const latest = new Map<string, { payment: PaymentRow; expectedVersion: bigint }>();
+        const written: { events: { type: store.PaymentEventType; payment: PaymentRow }[]; op: OperationRow }[] = [];
+        const results = steps.map((step) => {
+          const read = current.get(step.op.id);
+          if (!read) return null;
+          const before = latest.get(read.id)?.payment ?? read;
+          const { next, events } = step.apply(before);
+          checkPaymentInvariants(next);
+          const versioned = events.map((type, i) => ({ type, payment: { ...next, version: before.version + BigInt(i + 1) } }));
+          const after = { ...next, version: before.version + BigInt(events.length) };
+          latest.set(read.id, { payment: after, expectedVersion: latest.get(read.id)?.expectedVersion ?? read.version });
+          written.push({ events: versioned, op: step.op });
+          return after;
+        });
+        const updates = [...latest.values()].map((l) => ({ after: l.payment, expectedVersion: l.expectedVersion }));
+        invariant((await store.updatePayments(client, updates)) === updates.length, 'a payment changed under its step');
+        await store.writePaymentEventsMany(client, this.settings.shardCount, written);
+        return results;
       },
       { retryIf: isUniqueViolation },
     );
-    // Finished by someone else meanwhile (a concurrent retry or the resumer): answer what they wrote.
-    return finished ?? this.requirePayment(op.merchantId, op.paymentId);
   }
 
   // --- accounts, risk ------------------------------------------------------------------------------------

@@ -151,6 +151,22 @@ describe('payments (gRPC, on the ledger, with the rules-only risk scorer)', func
     assert.deepEqual(await paymentEvents(authorized.id), ['1:payment.authorized', '2:payment.captured', '3:payment.refunded', '4:payment.refunded', '5:payment.refunded']);
   });
 
+  it('ten concurrent refunds of one payment: each applied once, in turn, never more than was captured', async () => {
+    const merchant = await newMerchant();
+    const source = await wallet(merchant, 5_000n);
+    const p = await create({ merchantId: merchant, amount: 1_000n, source: { kind: { $case: 'accountId', value: source } }, captureMethod: CaptureMethod.CAPTURE_METHOD_AUTOMATIC });
+    const answers = await Promise.allSettled(Array.from({ length: 12 }, (_, i) => refund(merchant, p.id, 100n, `r-${p.id}-${i}`)));
+    const ok = answers.filter((a) => a.status === 'fulfilled');
+    assert.equal(ok.length, 10, 'ten fit, two are refused');
+    // Refused as exceeding what is left, or (once the last one went through) as a refunded payment.
+    for (const a of answers) if (a.status === 'rejected') assert.match(String((a.reason as ServiceError).metadata.get(ERROR_CODE_KEY)[0]), /^(refund_exceeds_captured|payment_not_refundable)$/);
+    const done = await get(merchant, p.id);
+    assert.deepEqual([done.status, done.amountRefunded], [PaymentStatus.PAYMENT_STATUS_REFUNDED, 1_000n]);
+    assert.deepEqual(await balances(source), [0n, 1_000n, 0n, 6_000n]);
+    const events = await paymentEvents(p.id);
+    assert.deepEqual(events, ['1:payment.authorized', '2:payment.captured', ...Array.from({ length: 10 }, (_, i) => `${i + 3}:payment.refunded`)]);
+  });
+
   it('a wallet without the funds is declined with insufficient_funds; nothing is posted', async () => {
     const merchant = await newMerchant();
     const source = await wallet(merchant, 999n);

@@ -110,22 +110,45 @@ function operationValues(op: OperationRow): unknown[] {
   return [op.id, op.paymentId, op.merchantId, op.kind, op.amount, op.fee, op.status, op.failureCode, op.idempotencyKey, JSON.stringify(op.metadata), op.createdAt];
 }
 
+/** Column types of PAYMENT_COLUMNS and OPERATION_COLUMNS, in order, for multi-row `unnest` inserts. */
+const PAYMENT_TYPES = ['uuid', 'uuid', 'text', 'int8', 'text', 'text', 'text', 'uuid', 'text', 'text', 'uuid', 'text', 'text', 'text', 'text', 'int8', 'int8', 'int4', 'int8', 'text', 'text', 'text', 'int4', 'text', 'jsonb', 'text', 'jsonb', 'int8', 'int8', 'text', 'text'];
+const OPERATION_TYPES = ['uuid', 'uuid', 'uuid', 'text', 'int8', 'int8', 'text', 'text', 'text', 'jsonb', 'int8'];
+
+/** One array parameter per column; jsonb travels as text (pg's array serialization quotes every element). */
+function columnArrays(rows: readonly unknown[][], types: readonly string[]): unknown[][] {
+  return types.map((_, j) => rows.map((row) => (row[j] === null || row[j] === undefined ? null : typeof row[j] === 'bigint' ? String(row[j]) : row[j])));
+}
+
+const unnestOf = (types: readonly string[], offset: number) => types.map((t, j) => `$${offset + j + 1}::${t === 'jsonb' ? 'text' : t}[]`).join(', ');
+const selectList = (columns: string, types: readonly string[], alias: string) =>
+  columns
+    .split(',')
+    .map((c, j) => `${alias}.${c.trim()}${types[j] === 'jsonb' ? '::jsonb' : ''}`)
+    .join(', ');
+
 /**
- * Inserts a new payment with its first step in one statement (its own transaction); false when the payment id
- * exists already (a repeated idempotency key), and then nothing is written.
+ * Inserts many new payments, each with its first step, in one statement (group commit of concurrent payment
+ * creations); per payment, false when its id existed already (then nothing of it is written).
  */
-export async function insertPaymentWithOperation(pool: Pool, p: PaymentRow, op: OperationRow): Promise<boolean> {
+export async function insertPaymentsWithOperations(pool: Pool, all: readonly { payment: PaymentRow; op: OperationRow }[]): Promise<boolean[]> {
+  // The same payment twice in one batch (one key, two concurrent calls): only the first is sent.
+  const seen = new Set<string>();
+  const items = all.filter((i) => !seen.has(i.payment.id) && seen.add(i.payment.id));
   const r = await statement(pool, {
-    name: 'pay-insert-with-op',
+    name: `pay-insert-many`,
     text: `WITH p AS (
              INSERT INTO payments (${PAYMENT_COLUMNS})
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31)
+             SELECT ${selectList(PAYMENT_COLUMNS, PAYMENT_TYPES, 't')} FROM unnest(${unnestOf(PAYMENT_TYPES, 0)}) AS t(${PAYMENT_COLUMNS})
              ON CONFLICT DO NOTHING RETURNING id)
            INSERT INTO payment_operations (${OPERATION_COLUMNS})
-           SELECT $32::uuid, $33::uuid, $34::uuid, $35::text, $36::int8, $37::int8, $38::text, $39::text, $40::text, $41::jsonb, $42::int8 FROM p`,
-    values: [...paymentValues(p), ...operationValues(op)],
+           SELECT ${selectList(OPERATION_COLUMNS, OPERATION_TYPES, 'o')} FROM unnest(${unnestOf(OPERATION_TYPES, PAYMENT_TYPES.length)}) AS o(${OPERATION_COLUMNS})
+           JOIN p ON p.id = o.payment_id
+           RETURNING payment_id`,
+    values: [...columnArrays(items.map((i) => paymentValues(i.payment)), PAYMENT_TYPES), ...columnArrays(items.map((i) => operationValues(i.op)), OPERATION_TYPES)],
   });
-  return r.rowCount === 1;
+  const inserted = new Set(r.rows.map((row) => row.payment_id as string));
+  const sent = new Set(items.map((i) => i.op));
+  return all.map((i) => sent.has(i.op) && inserted.has(i.payment.id));
 }
 
 /** Inserts a new payment; false when its id exists already (a repeated idempotency key). */
@@ -136,18 +159,6 @@ export async function insertPayment(db: Queryable, p: PaymentRow): Promise<boole
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31)
            ON CONFLICT DO NOTHING`,
     values: paymentValues(p),
-  });
-  return r.rowCount === 1;
-}
-
-/** Writes the payment's new state, only if nobody finished the step first (`expected` is the state read). */
-export async function updatePayment(db: Queryable, p: PaymentRow, expectedVersion: bigint): Promise<boolean> {
-  const r = await db.query({
-    name: 'pay-update',
-    text: `UPDATE payments SET status = $3, amount_captured = $4, amount_refunded = $5, fee = $6, decline_code = $7, decline_reason = $8,
-             version = $9, updated_at = now()
-           WHERE id = $1 AND version = $2`,
-    values: [p.id, expectedVersion, p.status, p.amountCaptured, p.amountRefunded, p.fee, p.declineCode, p.declineReason, p.version],
   });
   return r.rowCount === 1;
 }
@@ -217,17 +228,63 @@ export async function operationsOf(db: Queryable, paymentId: string): Promise<Op
 }
 
 /**
- * Finishes a step once and reads its payment, in one statement: null if the step was no longer processing
- * (a retry or the resumer finished it first).
+ * Finishes many steps (each once) and reads their payments, in one statement: the map holds the steps that were
+ * still processing, with their payment as it is now.
  */
-export async function finishOperationReadPayment(db: Queryable, operationId: string, status: Exclude<OperationStatus, 'processing'>, failureCode: string | null): Promise<PaymentRow | null> {
+export async function finishOperationsReadPayments(
+  db: Queryable,
+  steps: readonly { id: string; status: Exclude<OperationStatus, 'processing'>; failureCode: string | null }[],
+): Promise<Map<string, PaymentRow>> {
   const r = await db.query({
-    name: 'pay-op-finish-read',
-    text: `WITH op AS (UPDATE payment_operations SET status = $2, failure_code = $3, updated_at = now() WHERE id = $1 AND status = 'processing' RETURNING payment_id)
-           SELECT ${PAYMENT_COLUMNS.split(',').map((c) => `p.${c.trim()}`).join(', ')} FROM payments p JOIN op ON p.id = op.payment_id`,
-    values: [operationId, status, failureCode],
+    name: 'pay-ops-finish-read',
+    text: `WITH d AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]) AS d(id, status, failure_code)),
+                op AS (UPDATE payment_operations o SET status = d.status, failure_code = d.failure_code, updated_at = now()
+                       FROM d WHERE o.id = d.id AND o.status = 'processing' RETURNING o.id AS op_id, o.payment_id)
+           SELECT op.op_id, ${PAYMENT_COLUMNS.split(',').map((c) => `p.${c.trim()}`).join(', ')} FROM payments p JOIN op ON p.id = op.payment_id`,
+    values: [steps.map((s) => s.id), steps.map((s) => s.status), steps.map((s) => s.failureCode)],
   });
-  return r.rows[0] ? paymentFromRow(r.rows[0]) : null;
+  return new Map(r.rows.map((row) => [row.op_id as string, paymentFromRow(row)]));
+}
+
+/** Writes many payments' new states, each only if still at its expected version; how many were written. */
+export async function updatePayments(db: Queryable, updates: readonly { after: PaymentRow; expectedVersion: bigint }[]): Promise<number> {
+  if (updates.length === 0) return 0;
+  const r = await db.query({
+    name: 'pay-update-many',
+    text: `UPDATE payments p SET status = d.status, amount_captured = d.amount_captured, amount_refunded = d.amount_refunded, fee = d.fee,
+             decline_code = d.decline_code, decline_reason = d.decline_reason, version = d.version, updated_at = now()
+           FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::text[], $8::text[], $9::int8[])
+             AS d(id, expected, status, amount_captured, amount_refunded, fee, decline_code, decline_reason, version)
+           WHERE p.id = d.id AND p.version = d.expected`,
+    values: [
+      updates.map((u) => u.after.id),
+      updates.map((u) => String(u.expectedVersion)),
+      updates.map((u) => u.after.status),
+      updates.map((u) => String(u.after.amountCaptured)),
+      updates.map((u) => String(u.after.amountRefunded)),
+      updates.map((u) => String(u.after.fee)),
+      updates.map((u) => u.after.declineCode),
+      updates.map((u) => u.after.declineReason),
+      updates.map((u) => String(u.after.version)),
+    ],
+  });
+  return r.rowCount ?? 0;
+}
+
+/** Writes the events of many steps into the outbox: one message (row) per step. */
+export async function writePaymentEventsMany(
+  db: PoolClient,
+  shardCount: number,
+  steps: readonly { events: readonly { type: PaymentEventType; payment: PaymentRow }[]; op: OperationRow }[],
+): Promise<void> {
+  const messages = steps.filter((s) => s.events.length > 0).map((s) => paymentEventsMessage(shardCount, s.events, s.op));
+  if (messages.length === 0) return;
+  await db.query({
+    name: 'pay-outbox-many',
+    text: `INSERT INTO outbox (shard, sequence, batch_id, part, event_count, payload)
+           SELECT shard, sequence, batch_id, 0, event_count, payload FROM unnest($1::int4[], $2::int8[], $3::uuid[], $4::int4[], $5::bytea[]) AS m(shard, sequence, batch_id, event_count, payload)`,
+    values: [messages.map((m) => m.shard), messages.map((m) => String(m.sequence)), messages.map((m) => m.batchId), messages.map((m) => m.count), messages.map((m) => m.payload)],
+  });
 }
 
 /** Steps left processing for longer than `olderThanMs` (their caller crashed or gave up): the resumer's work. */
@@ -335,28 +392,3 @@ export async function writePaymentEvents(db: PoolClient, shardCount: number, eve
   });
 }
 
-/**
- * Writes the payment's new state, only if it is still at `expectedVersion`, together with the events of the
- * step in one statement; false if the payment had moved on (nothing written then).
- */
-export async function updatePaymentWithEvents(
-  db: PoolClient,
-  after: PaymentRow,
-  expectedVersion: bigint,
-  shardCount: number,
-  events: readonly { type: PaymentEventType; payment: PaymentRow }[],
-  op: OperationRow,
-): Promise<boolean> {
-  if (events.length === 0) return updatePayment(db, after, expectedVersion);
-  const m = paymentEventsMessage(shardCount, events, op);
-  const r = await db.query({
-    name: 'pay-update-with-events',
-    text: `WITH u AS (
-             UPDATE payments SET status = $3, amount_captured = $4, amount_refunded = $5, fee = $6, decline_code = $7, decline_reason = $8,
-               version = $9, updated_at = now()
-             WHERE id = $1 AND version = $2 RETURNING id)
-           INSERT INTO outbox (shard, sequence, batch_id, part, event_count, payload) SELECT $10::int4, $11::int8, $12::uuid, 0, $13::int4, $14::bytea FROM u`,
-    values: [after.id, expectedVersion, after.status, after.amountCaptured, after.amountRefunded, after.fee, after.declineCode, after.declineReason, after.version, m.shard, m.sequence, m.batchId, m.count, m.payload],
-  });
-  return r.rowCount === 1;
-}
