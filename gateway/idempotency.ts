@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { statement, withTransaction, type Pool } from '../lib/db.js';
+import { Coalescer } from '../lib/coalesce.js';
 import { AppError, ValidationError } from '../lib/errors.js';
 import { hasControlCharacters } from '../ledger/validation.js';
 
@@ -38,21 +39,53 @@ function canonicalJson(value: unknown): string {
   return JSON.stringify(value ?? null);
 }
 
+interface KeyRecord {
+  scope: string;
+  key: string;
+  fingerprint: string;
+}
+
 export class IdempotencyStore {
+  /** New keys of concurrent requests are recorded together, and their results written together (group commit). */
+  private readonly inserts = new Coalescer((records: KeyRecord[]) => this.insertMany(records));
+  private readonly completions = new Coalescer((results: (KeyRecord & { status: number; body: string })[]) => this.completeMany(results).then(() => results.map(() => undefined)));
+
   constructor(
     private readonly pool: Pool,
     private readonly ttlHours: number,
     private readonly lockTimeoutMs = 60_000,
   ) {}
 
-  async begin(scope: string, key: string, fingerprint: string): Promise<Begin> {
-    // A new key (the common case) is one statement; a key seen before is read and decided in a transaction.
+  /** Records new keys; per record, whether it was new (the first of a key in a batch wins, as in the table). */
+  private async insertMany(records: KeyRecord[]): Promise<boolean[]> {
+    const first = new Map<string, KeyRecord>();
+    for (const r of records) if (!first.has(`${r.scope}\u0000${r.key}`)) first.set(`${r.scope}\u0000${r.key}`, r);
+    const unique = [...first.values()];
     const inserted = await statement(this.pool, {
-      name: 'gw-idem-insert',
-      text: `INSERT INTO idempotency_keys (merchant_id, key, fingerprint, state, locked_at) VALUES ($1, $2, $3, 'in_flight', now()) ON CONFLICT DO NOTHING`,
-      values: [scope, key, fingerprint],
+      name: 'gw-idem-insert-many',
+      text: `INSERT INTO idempotency_keys (merchant_id, key, fingerprint, state, locked_at)
+             SELECT s, k, f, 'in_flight', now() FROM unnest($1::uuid[], $2::text[], $3::text[]) AS r(s, k, f)
+             ON CONFLICT DO NOTHING RETURNING merchant_id, key`,
+      values: [unique.map((r) => r.scope), unique.map((r) => r.key), unique.map((r) => r.fingerprint)],
     });
-    if (inserted.rowCount === 1) return { kind: 'proceed' };
+    const recorded = new Set(inserted.rows.map((row) => `${row.merchant_id}\u0000${row.key}`));
+    return records.map((r) => first.get(`${r.scope}\u0000${r.key}`) === r && recorded.has(`${r.scope}\u0000${r.key}`));
+  }
+
+  private async completeMany(results: (KeyRecord & { status: number; body: string })[]): Promise<void> {
+    await statement(this.pool, {
+      name: 'gw-idem-done-many',
+      text: `UPDATE idempotency_keys i SET state = 'done', status = r.status, body = r.body
+             FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::text[]) AS r(s, k, status, body)
+             WHERE i.merchant_id = r.s AND i.key = r.k`,
+      values: [results.map((r) => r.scope), results.map((r) => r.key), results.map((r) => r.status), results.map((r) => r.body)],
+    });
+  }
+
+  async begin(scope: string, key: string, fingerprint: string): Promise<Begin> {
+    // A new key (the common case) is recorded with the other new keys of the moment; a key seen before is
+    // read and decided in a transaction of its own.
+    if (await this.inserts.add({ scope, key, fingerprint })) return { kind: 'proceed' };
     return withTransaction(this.pool, async (client) => {
       const r = await client.query({
         name: 'gw-idem-read',
@@ -86,7 +119,7 @@ export class IdempotencyStore {
   }
 
   async complete(scope: string, key: string, status: number, body: string): Promise<void> {
-    await statement(this.pool, { name: 'gw-idem-done', text: `UPDATE idempotency_keys SET state = 'done', status = $3, body = $4 WHERE merchant_id = $1 AND key = $2`, values: [scope, key, status, body] });
+    await this.completions.add({ scope, key, fingerprint: '', status, body });
   }
 
   /** Forgets a key whose request failed in a retryable way (5xx, 429): the retry runs again. */
