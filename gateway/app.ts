@@ -17,6 +17,7 @@ import { accountRoutes } from './routes/accounts.js';
 import { healthRoutes } from './routes/health.js';
 import { merchantRoutes } from './routes/merchants.js';
 import { paymentRoutes } from './routes/payments.js';
+import { settlementRoutes } from './routes/settlements.js';
 import { transferRoutes } from './routes/transfers.js';
 
 declare module 'fastify' {
@@ -177,6 +178,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
   accountRoutes(app, context);
   transferRoutes(app, context);
   paymentRoutes(app, context);
+  settlementRoutes(app, context);
   app.get('/openapi.json', { schema: { hide: true } }, async (_request: FastifyRequest, reply: FastifyReply) => reply.send(app.swagger()));
   return app;
 }

@@ -5,6 +5,7 @@ import { callUnary, fromServiceError, type UnaryMethod } from '../lib/grpc.js';
 import { retry } from '../lib/retry.js';
 import { LedgerClient } from '../ledger/client.js';
 import { PaymentServiceClient } from '../proto/gen/payments/v1/payments.js';
+import { SettlementServiceClient } from '../proto/gen/settlement/v1/settlement.js';
 
 /**
  * The gateway's gRPC clients. Several HTTP/2 channels per backend (each its own TCP connection: a private
@@ -15,9 +16,10 @@ import { PaymentServiceClient } from '../proto/gen/payments/v1/payments.js';
 export class Backends {
   private readonly ledgers: LedgerClient[];
   private readonly payments: PaymentServiceClient[];
+  private readonly settlement: SettlementServiceClient;
   private next = 0;
 
-  constructor(private readonly config: Pick<Config, 'LEDGER_GRPC_TARGET' | 'GATEWAY_GRPC_CHANNELS' | 'GATEWAY_GRPC_DEADLINE_MS'>) {
+  constructor(private readonly config: Pick<Config, 'LEDGER_GRPC_TARGET' | 'SETTLEMENT_GRPC_TARGET' | 'GATEWAY_GRPC_CHANNELS' | 'GATEWAY_GRPC_DEADLINE_MS'>) {
     const channel = (i: number) => ({ 'grpc.use_local_subchannel_pool': 1, 'grpc.channel_index': i });
     this.ledgers = Array.from({ length: config.GATEWAY_GRPC_CHANNELS }, (_, i) => new LedgerClient(config.LEDGER_GRPC_TARGET, { deadlineMs: config.GATEWAY_GRPC_DEADLINE_MS, channelOptions: channel(i) }));
     // Payments are served by the ledger process.
@@ -25,6 +27,8 @@ export class Backends {
       { length: config.GATEWAY_GRPC_CHANNELS },
       (_, i) => new PaymentServiceClient(config.LEDGER_GRPC_TARGET, credentials.createInsecure(), { 'grpc.keepalive_time_ms': 30_000, ...channel(i) }),
     );
+    // Settlement calls are few (admins, reports): one channel.
+    this.settlement = new SettlementServiceClient(config.SETTLEMENT_GRPC_TARGET, credentials.createInsecure(), { 'grpc.keepalive_time_ms': 30_000 });
   }
 
   /** A ledger client (auto-batching: concurrent transfer calls of this channel share requests). */
@@ -38,6 +42,11 @@ export class Backends {
       const client = this.payments[this.next++ % this.payments.length]!;
       return callUnary(client, pick(client), request, this.config.GATEWAY_GRPC_DEADLINE_MS);
     }, idempotent);
+  }
+
+  /** Calls a settlement method, with the same retry rule and error mapping. */
+  settle<Req, Res>(pick: (client: SettlementServiceClient) => UnaryMethod<Req, Res>, request: Req, idempotent: boolean): Promise<Res> {
+    return this.call(() => callUnary(this.settlement, pick(this.settlement), request, this.config.GATEWAY_GRPC_DEADLINE_MS), idempotent);
   }
 
   /** Any ledger call, with the same retry rule and error mapping. */
@@ -63,5 +72,6 @@ export class Backends {
   close(): void {
     for (const l of this.ledgers) l.close();
     for (const p of this.payments) p.close();
+    this.settlement.close();
   }
 }

@@ -190,3 +190,56 @@ export const Refund = Type.Object({
 
 /** Error responses every authenticated route can give. */
 export const COMMON_ERRORS = Object.fromEntries([400, 401, 404, 409, 413, 415, 422, 429, 500, 503, 504].map((status) => [status, ErrorSchema]));
+
+const signedAmount = (description: string) => Type.Integer({ minimum: -MAX_JSON_AMOUNT, maximum: MAX_JSON_AMOUNT, description });
+const minorUnits = (description: string) => Type.Integer({ minimum: 0, maximum: MAX_JSON_AMOUNT, description });
+
+export const SettlementCloseBody = Type.Object({ merchant: uuid('The merchant whose open window closes now'), currency }, strict);
+
+export const Settlement = Type.Object({
+  id: uuid(),
+  object: Type.Literal('settlement'),
+  merchant: uuid(),
+  account: uuid('The merchant account settled (credited by its payments)'),
+  currency: Type.String(),
+  window_start: timestamp,
+  window_end: Type.String({ format: 'date-time', description: 'Exclusive: a movement at exactly this instant is in the next window' }),
+  gross_captured: minorUnits('Captured in the window'),
+  refunds: minorUnits('Refunded in the window'),
+  fees: minorUnits('Platform fees of the captures'),
+  net: signedAmount('gross_captured - refunds - fees'),
+  carried_in: signedAmount('From the previous settlement: owed to the merchant (positive) or by it (negative)'),
+  available: signedAmount("The account's available balance in the ledger when the settlement was made"),
+  payout: minorUnits('Paid out: net + carried_in, but never more than available'),
+  carried_out: signedAmount('net + carried_in - payout, carried to the next settlement'),
+  shortfall: minorUnits('Due but not paid for lack of balance'),
+  payout_transfer: uuid('The ledger transfer of the payout'),
+  line_count: Type.Integer({ minimum: 0 }),
+  status: Type.Union([Type.Literal('payout_pending'), Type.Literal('paid'), Type.Literal('payout_failed')]),
+  failure_code: Type.Union([Type.String(), Type.Null()]),
+});
+
+export const SettlementListQuery = Type.Object(
+  { limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 100, default: 10 })), starting_after: Type.Optional(uuid('Id of the last settlement of the previous page')) },
+  strict,
+);
+
+export const Reconciliation = Type.Object({
+  object: Type.Literal('reconciliation'),
+  settlement: Settlement,
+  lines_checked: Type.Integer(),
+  ledger_transfers_checked: Type.Integer(),
+  events_checked: Type.Integer(),
+  discrepancies: Type.Array(
+    Type.Object({
+      kind: Type.String({ description: 'missing_line, missing_in_ledger, unsettled_ledger_transfer, amount_mismatch, account_mismatch, duplicate_event, batch_total_mismatch, payout_missing, payout_mismatch, unexpected_payout' }),
+      detail: Type.String(),
+      ids: Type.Array(Type.String()),
+      expected: signedAmount('Minor units (or a count) the check expected'),
+      actual: signedAmount('What it found'),
+    }),
+  ),
+});
+
+/** A non-JSON answer: the body as text, documented under its media type. */
+export const textBody = (mediaType: string, description: string) => ({ description, content: { [mediaType]: { schema: Type.String() } } });

@@ -2,6 +2,7 @@ import { currencyOfLedger } from '../lib/currency.js';
 import { InternalError } from '../lib/errors.js';
 import type { Account as LedgerAccount, Transfer as LedgerTransfer } from '../proto/gen/ledger/v1/ledger.js';
 import { CaptureMethod, PaymentStatus, RiskOutcome, type Payment, type Refund } from '../proto/gen/payments/v1/payments.js';
+import { BatchStatus, type SettlementBatch } from '../proto/gen/settlement/v1/settlement.js';
 
 /** gRPC objects as the REST API shows them (snake_case, integers of minor units, RFC 3339 times). */
 
@@ -127,5 +128,38 @@ export function refundView(r: Refund) {
     status: r.status,
     metadata: r.metadata,
     created: rfc3339(r.createdAt),
+  };
+}
+
+const SETTLEMENT_STATUS: Partial<Record<BatchStatus, 'payout_pending' | 'paid' | 'payout_failed'>> = {
+  [BatchStatus.BATCH_STATUS_PAYOUT_PENDING]: 'payout_pending',
+  [BatchStatus.BATCH_STATUS_PAID]: 'paid',
+  [BatchStatus.BATCH_STATUS_PAYOUT_FAILED]: 'payout_failed',
+};
+
+export function settlementView(b: SettlementBatch) {
+  const status = SETTLEMENT_STATUS[b.status];
+  if (!status) throw new InternalError(`settlement ${b.id} has no status`);
+  return {
+    id: b.id,
+    object: 'settlement' as const,
+    merchant: b.merchantId,
+    account: b.accountId,
+    currency: b.currency,
+    window_start: rfc3339(b.windowStart),
+    window_end: rfc3339(b.windowEnd),
+    gross_captured: jsonInt(b.grossCaptured),
+    refunds: jsonInt(b.refunds),
+    fees: jsonInt(b.fees),
+    net: jsonInt(b.net),
+    carried_in: jsonInt(b.carriedIn),
+    available: jsonInt(b.available),
+    payout: jsonInt(b.payout),
+    carried_out: jsonInt(b.carriedOut),
+    shortfall: jsonInt(b.shortfall),
+    payout_transfer: b.payoutTransferId,
+    line_count: b.lineCount,
+    status,
+    failure_code: b.failureCode || null,
   };
 }

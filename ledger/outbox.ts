@@ -12,6 +12,9 @@ export const EVENTS_PER_MESSAGE = 2048;
  */
 export const PAYMENT_OUTBOX_SHARD_BASE = 10_000;
 
+/** Settlement's events (settlement.batch.created) are written under this outbox shard and relayed by settlement. */
+export const SETTLEMENT_OUTBOX_SHARD = 20_000;
+
 /** The outbox shards whose rows an instance owning `ledgerShards` publishes. */
 export function relayedOutboxShards(ledgerShards: readonly number[]): number[] {
   return [...ledgerShards, ...ledgerShards.map((s) => PAYMENT_OUTBOX_SHARD_BASE + s)];
@@ -19,6 +22,7 @@ export function relayedOutboxShards(ledgerShards: readonly number[]): number[] {
 
 /** The subject an outbox shard's events are published on (under EVENTS_SUBJECT_PREFIX). */
 export function outboxSubject(prefix: string, outboxShard: number): string {
+  if (outboxShard === SETTLEMENT_OUTBOX_SHARD) return `${prefix}.settlement`;
   return outboxShard >= PAYMENT_OUTBOX_SHARD_BASE ? `${prefix}.payments.${outboxShard - PAYMENT_OUTBOX_SHARD_BASE}` : `${prefix}.ledger.${outboxShard}`;
 }
 

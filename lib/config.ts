@@ -1,3 +1,5 @@
+import { isValidIBAN } from 'ibantools';
+import { IANAZone } from 'luxon';
 import { z } from 'zod';
 import { ConfigError } from './errors.js';
 
@@ -96,6 +98,22 @@ const schema = z.object({
   RISK_RULES_VELOCITY_MAX: positiveInt.default(20),
   RISK_RULES_VELOCITY_WINDOW_SECONDS: positiveInt.default(60),
 
+  SETTLEMENT_GRPC_LISTEN: hostPort.default('0.0.0.0:50053'),
+  SETTLEMENT_GRPC_TARGET: hostPort.default('127.0.0.1:50053'),
+  /** The JetStream durable consumer (and inbox key) of settlement: keep it stable across deployments. */
+  SETTLEMENT_CONSUMER: z.string().regex(/^[A-Za-z0-9_-]+$/, 'letters, digits, _ and - only').default('settlement'),
+  /** Windows of merchants without a settlement profile: daily at SETTLEMENT_CUTOFF in SETTLEMENT_TIME_ZONE, or every N minutes. */
+  SETTLEMENT_WINDOW: z.enum(['daily', 'interval']).default('daily'),
+  SETTLEMENT_CUTOFF: z.string().regex(/^([01]\d|2[0-3]):[0-5]\d$/, 'expected HH:MM').default('00:00'),
+  SETTLEMENT_TIME_ZONE: z.string().min(1).default('UTC'),
+  SETTLEMENT_INTERVAL_MINUTES: positiveInt.max(10_080).default(60),
+  /** How often ended windows are looked for and closed, and stuck payouts resubmitted. */
+  SETTLEMENT_CLOSE_EVERY_MS: positiveInt.default(10_000),
+  /** The platform's own bank account, the debtor of the payout files (pain.001). */
+  SETTLEMENT_DEBTOR_NAME: z.string().min(1).max(140).default('Ledgerline Platform'),
+  SETTLEMENT_DEBTOR_IBAN: z.string().default('DE89370400440532013000'),
+  SETTLEMENT_DEBTOR_BIC: z.string().regex(/^[A-Z]{6}[A-Z0-9]{2}([A-Z0-9]{3})?$/, 'expected a BIC').default('COBADEFFXXX'),
+
   GATEWAY_PORT: z.coerce.number().int().min(0).max(65535).default(8080),
   GATEWAY_HOST: z.string().min(1).default('0.0.0.0'),
   /** Platform admin key: may create merchants. Unset: no admin API (make dev generates one). */
@@ -130,6 +148,8 @@ function crossChecks(config: Config): string[] {
   if (config.RISK_REVIEW_THRESHOLD_PPM > config.RISK_DECLINE_THRESHOLD_PPM) {
     problems.push(`RISK_REVIEW_THRESHOLD_PPM=${config.RISK_REVIEW_THRESHOLD_PPM}: must not exceed RISK_DECLINE_THRESHOLD_PPM (${config.RISK_DECLINE_THRESHOLD_PPM})`);
   }
+  if (!IANAZone.isValidZone(config.SETTLEMENT_TIME_ZONE)) problems.push(`SETTLEMENT_TIME_ZONE=${JSON.stringify(config.SETTLEMENT_TIME_ZONE)}: not an IANA time zone`);
+  if (!isValidIBAN(config.SETTLEMENT_DEBTOR_IBAN)) problems.push(`SETTLEMENT_DEBTOR_IBAN=${JSON.stringify(config.SETTLEMENT_DEBTOR_IBAN)}: not a valid IBAN`);
   return problems;
 }
 

@@ -30,3 +30,11 @@ export function currencyOf(code: string, field = 'currency'): Currency {
 export function currencyOfLedger(ledger: number): Currency | undefined {
   return byLedger.get(ledger);
 }
+
+/** A minor-unit amount as a decimal string in major units (1234 USD -> "12.34"), exactly: no floating point. */
+export function formatMajor(amount: bigint, currency: Currency): string {
+  const sign = amount < 0n ? '-' : '';
+  const digits = (amount < 0n ? -amount : amount).toString().padStart(currency.digits + 1, '0');
+  if (currency.digits === 0) return sign + digits;
+  return `${sign}${digits.slice(0, -currency.digits)}.${digits.slice(-currency.digits)}`;
+}

@@ -30,6 +30,13 @@ const SERVICES: readonly ServiceSpec[] = [
       `payments.v1.PaymentService beside it, outbox relay to ${c.EVENTS_STREAM}, metrics on http://127.0.0.1:${c.METRICS_PORT}/metrics`,
   },
   {
+    name: 'settlement',
+    entry: 'settlement/main.ts',
+    describe: (c) =>
+      `gRPC settlement.v1.SettlementService on ${c.SETTLEMENT_GRPC_LISTEN}, consuming payment events as ${c.SETTLEMENT_CONSUMER}, ` +
+      (c.SETTLEMENT_WINDOW === 'daily' ? `windows closing daily at ${c.SETTLEMENT_CUTOFF} ${c.SETTLEMENT_TIME_ZONE}` : `windows closing every ${c.SETTLEMENT_INTERVAL_MINUTES} minutes`),
+  },
+  {
     name: 'gateway',
     entry: 'gateway/main.ts',
     describe: (c) => `REST API on http://127.0.0.1:${c.GATEWAY_PORT} (OpenAPI at /openapi.json)`,
@@ -49,8 +56,8 @@ function localAdminKey(): string {
 }
 
 process.env['ADMIN_API_KEY'] ||= localAdminKey();
-// Each service exports its metrics on its own port: risk and gateway next to the ledger's.
-const METRICS_PORTS: Record<string, number> = { ledger: 0, risk: 1, gateway: 2 };
+// Each service exports its metrics on its own port: risk, gateway and settlement next to the ledger's.
+const METRICS_PORTS: Record<string, number> = { ledger: 0, risk: 1, gateway: 2, settlement: 3 };
 const config = loadConfig();
 const children = new Map<string, ChildProcess>();
 let stopping = false;
@@ -121,6 +128,10 @@ dev: try it (in another terminal):
   curl -s ${base}/v1/payments -H "Authorization: Bearer $K" -H 'Content-Type: application/json' -H "Idempotency-Key: order-1" \\
       -d "{\\"amount\\":1250,\\"currency\\":\\"USD\\",\\"source\\":{\\"account\\":\\"$W\\"},\\"capture_method\\":\\"automatic\\"}"
   curl -s ${base}/v1/payments -H "Authorization: Bearer $K"
+  # settle now (admin), then read the settlement and its report as the merchant
+  S=$(curl -s ${base}/v1/settlements/close -H "Authorization: Bearer ${config.ADMIN_API_KEY}" -H 'Content-Type: application/json' \\
+      -d '{"merchant":"${merchant.id}","currency":"USD"}' | node -pe 'JSON.parse(require("fs").readFileSync(0, "utf8")).data[0]?.id')
+  curl -s ${base}/v1/settlements/$S/report.csv -H "Authorization: Bearer $K"
 dev: Ctrl-C stops every service.`);
 }
 

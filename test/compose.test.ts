@@ -24,7 +24,7 @@ describe('docker-compose.yml', () => {
     const result = compose('config', '--services');
     assert.equal(result.status, 0, result.stderr);
     const services = new Set(result.stdout.trim().split('\n'));
-    for (const expected of ['crdb1', 'crdb2', 'crdb3', 'crdb-init', 'nats1', 'nats2', 'nats3', 'otel-collector', 'jaeger', 'prometheus', 'migrate', 'ledger', 'risk', 'gateway']) {
+    for (const expected of ['crdb1', 'crdb2', 'crdb3', 'crdb-init', 'nats1', 'nats2', 'nats3', 'otel-collector', 'jaeger', 'prometheus', 'migrate', 'ledger', 'risk', 'settlement', 'gateway']) {
       assert.ok(services.has(expected), `service ${expected} missing from ${[...services].join(', ')}`);
     }
   });
@@ -34,7 +34,7 @@ describe('docker-compose.yml', () => {
     assert.equal(result.status, 0, result.stderr);
     const text = result.stdout;
     // Each project service appears with the same build section and the cluster endpoints.
-    const projectServices = ['migrate', 'ledger', 'risk', 'gateway'];
+    const projectServices = ['migrate', 'ledger', 'risk', 'settlement', 'gateway'];
     const builds = new Map<string, string>();
     for (const name of projectServices) {
       const block = new RegExp(`\\n  ${name}:\\n([\\s\\S]*?)(?=\\n  [a-z0-9-]+:\\n|\\n[a-z]+:)`).exec(text)?.[1] ?? '';

@@ -92,11 +92,11 @@ export class OpenApiChecker {
     }
   }
 
-  check(method: string, path: string, status: number, body: unknown): void {
+  check(method: string, path: string, status: number, body: unknown, mediaType = 'application/json'): void {
     const route = this.routes.find((r) => r.method === method && r.pattern.test(path.split('?')[0]!));
     if (!route) return assert.equal(status, 404, `${method} ${path}: no such route in /openapi.json but answered ${status}`);
-    const schema = route.responses[String(status)]?.content?.['application/json']?.schema;
-    assert.ok(schema, `${method} ${path}: status ${status} is not documented in /openapi.json`);
+    const schema = route.responses[String(status)]?.content?.[mediaType]?.schema;
+    assert.ok(schema, `${method} ${path}: status ${status} as ${mediaType} is not documented in /openapi.json`);
     const validate = this.ajv.compile(schema);
     assert.ok(validate(body), `${method} ${path} ${status}: body does not match /openapi.json: ${JSON.stringify(validate.errors)}\n${JSON.stringify(body)}`);
   }
@@ -125,8 +125,9 @@ export class Api {
     }
     const response = await fetch(`${this.url}${path}`, { method, headers, body });
     const text = await response.text();
-    const parsed = text ? JSON.parse(text) : undefined;
-    this.checker.check(method, path, response.status, parsed);
+    const mediaType = (response.headers.get('content-type') ?? 'application/json').split(';')[0]!.trim();
+    const parsed = mediaType !== 'application/json' ? text : text ? JSON.parse(text) : undefined;
+    this.checker.check(method, path, response.status, parsed, mediaType);
     return { status: response.status, headers: response.headers, text, body: parsed };
   }
 

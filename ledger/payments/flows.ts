@@ -9,7 +9,7 @@ import { Decision, type ScoreRequest, type ScoreResponse } from '../../proto/gen
 import { AccountFlag, TransferFlag, hasFlag, type AccountInput, type AccountResultCode, type EventResult, type Metadata, type TransferInput, type TransferResultCode } from '../model.js';
 import { lookupAccounts } from '../queries.js';
 import type { LedgerRouter } from '../router.js';
-import { AccountCode, TransferCode, feeOf, nowNanos, statusAfterRefund, type CaptureMethod, type OperationRow, type PaymentRow, type RiskAssessment } from './model.js';
+import { AccountCode, TransferCode, feeOf, feeTransferId, merchantBalanceAccountId, platformAccountId, type PlatformAccount, nowNanos, statusAfterRefund, type CaptureMethod, type OperationRow, type PaymentRow, type RiskAssessment } from './model.js';
 import * as store from './store.js';
 
 /** The ledger as payments use it: in-process, through the shard router (batched with every other caller). */
@@ -415,7 +415,7 @@ export class PaymentFlows {
       await this.requireOwnAccount(input.merchantId, input.destinationAccountId, currency, 'destination_account_id');
       return input.destinationAccountId;
     }
-    const id = derivedId(`balance:${input.merchantId}`, currency.code);
+    const id = merchantBalanceAccountId(input.merchantId, currency.code);
     if (!this.createdAccounts.has(id)) {
       // Ownership first: a ledger account nobody owns would be invisible to the merchant.
       await withTransaction(this.pool, (client) => store.recordBalanceAccount(client, input.merchantId, id, currency.code));
@@ -430,8 +430,8 @@ export class PaymentFlows {
     if (owner.currency !== currency.code) throw new ValidationError(field, `is a ${owner.currency} account, the payment is in ${currency.code}`, 'currency_mismatch');
   }
 
-  private async platformAccount(purpose: 'card_clearing' | 'fee_revenue', currency: Currency, code: number): Promise<string> {
-    const id = derivedId('platform', `${purpose}:${currency.code}`);
+  private async platformAccount(purpose: PlatformAccount, currency: Currency, code: number): Promise<string> {
+    const id = platformAccountId(purpose, currency.code);
     if (!this.createdAccounts.has(id)) await this.ensureAccount({ id, ledger: currency.ledger, code, flags: 0, metadata: { purpose }, balancesNonZero: false });
     return id;
   }
@@ -487,8 +487,8 @@ export class PaymentFlows {
   /** The platform fee of a capture, linked to it (the capture and its fee post together or not at all). */
   private feeTransfer(payment: PaymentRow, op: OperationRow): TransferInput[] {
     if (op.fee === 0n) return [];
-    const revenue = derivedId('platform', `fee_revenue:${payment.currency}`);
-    return [this.transfer(payment, derivedId('transfer', `${op.id}:fee`), payment.destinationAccountId, revenue, op.fee, TransferCode.fee)];
+    const revenue = platformAccountId('fee_revenue', payment.currency);
+    return [this.transfer(payment, feeTransferId(op.id), payment.destinationAccountId, revenue, op.fee, TransferCode.fee)];
   }
 }
 

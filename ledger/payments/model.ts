@@ -1,3 +1,4 @@
+import { derivedId } from '../../lib/derived-id.js';
 import type { Metadata } from '../model.js';
 
 /** A payment and its steps as stored (ledger/migrations/0006_payments.sql). Amounts are minor units. */
@@ -63,10 +64,30 @@ export interface OperationRow {
   createdAt: bigint;
 }
 
-/** Ledger account codes of the accounts payments create (merchant-created accounts use their own codes). */
-export const AccountCode = { merchantBalance: 2, cardClearing: 3, platformRevenue: 4 } as const;
-/** Ledger transfer codes of the transfers payments make. */
-export const TransferCode = { payment: 10, fee: 11, refund: 12 } as const;
+/**
+ * Ledger account codes of the accounts payments and settlement create (merchant-created accounts use their own
+ * codes).
+ */
+export const AccountCode = { merchantBalance: 2, cardClearing: 3, platformRevenue: 4, payoutClearing: 5 } as const;
+/** Ledger transfer codes of the transfers payments and settlement make. */
+export const TransferCode = { payment: 10, fee: 11, refund: 12, payout: 13 } as const;
+
+export type PlatformAccount = 'card_clearing' | 'fee_revenue' | 'payout_clearing';
+
+/** The platform's own account of a purpose in a currency: one per currency, the same id everywhere. */
+export function platformAccountId(purpose: PlatformAccount, currency: string): string {
+  return derivedId('platform', `${purpose}:${currency}`);
+}
+
+/** A merchant's balance account in a currency, where its payments are credited unless they name another. */
+export function merchantBalanceAccountId(merchantId: string, currency: string): string {
+  return derivedId(`balance:${merchantId}`, currency);
+}
+
+/** The id of the platform fee transfer of a step (a capture): derived, so a retried step never takes it twice. */
+export function feeTransferId(operationId: string): string {
+  return derivedId('transfer', `${operationId}:fee`);
+}
 
 /** The platform fee of a captured amount: basis points, rounded down (never more than the amount). */
 export function feeOf(amount: bigint, feeBps: number): bigint {

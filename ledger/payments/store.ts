@@ -4,7 +4,7 @@ import { invariant } from '../../lib/errors.js';
 import { EventBatch } from '../../proto/gen/events/v1/events.js';
 import { PAYMENT_OUTBOX_SHARD_BASE } from '../outbox.js';
 import { shardOf } from '../router.js';
-import type { OperationRow, OperationStatus, PaymentRow } from './model.js';
+import { feeTransferId, type OperationRow, type OperationStatus, type PaymentRow } from './model.js';
 
 /** The payments' SQL, in one place: merchants and account ownership, payments, operations, payment events. */
 
@@ -367,6 +367,7 @@ function paymentEventsMessage(shardCount: number, events: readonly { type: Payme
             ipCountry: payment.ipCountry ?? '',
             merchantCategory: payment.merchantCategory ?? '',
             createdAt: payment.createdAt,
+            feeTransferId: op.fee > 0n ? feeTransferId(op.id) : '',
           },
         },
       };

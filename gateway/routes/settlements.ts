@@ -1,0 +1,88 @@
+import type { FastifyRequest } from 'fastify';
+import { AppError } from '../../lib/errors.js';
+import type { Gateway, RouteContext } from '../app.js';
+import { COMMON_ERRORS, IdParams, Reconciliation, Settlement, SettlementCloseBody, SettlementListQuery, listOf, textBody } from '../schemas.js';
+import { jsonInt, settlementView } from '../views.js';
+import { objectId } from './ids.js';
+
+const settlementNotFound = (field: string) => new AppError('not_found', 'resource_missing', 'No such settlement', { field });
+
+/** The settlement service names its parameters after its request: say them as the REST API does. */
+function restError(error: unknown): unknown {
+  if (!(error instanceof AppError)) return error;
+  if (error.kind === 'not_found') return error.code === 'merchant_not_found' ? new AppError('not_found', 'resource_missing', 'No such merchant', { field: 'merchant' }) : settlementNotFound('id');
+  if (error.details.field === 'merchant_id') return new AppError(error.kind, error.code, error.message, { ...error.details, field: 'merchant' });
+  return error;
+}
+
+/**
+ * Settlements (settlement/README.md): merchants read their own; the platform admin closes windows on demand,
+ * reads any settlement, its bank payout file and its reconciliation.
+ */
+export function settlementRoutes(app: Gateway, ctx: RouteContext): void {
+  const { backends } = ctx;
+  const settle = <T>(work: Promise<T>): Promise<T> => work.catch((error: unknown) => Promise.reject(restError(error)));
+  /** The admin sees every merchant's settlements; a merchant only its own (others are not found). */
+  const scopeOf = (request: FastifyRequest) => (request.caller?.kind === 'admin' ? '' : ctx.merchantOf(request));
+
+  app.post(
+    '/v1/settlements/close',
+    { schema: { description: "Platform admin key only: closes the merchant's open settlement window in the currency now, before its scheduled end.", body: SettlementCloseBody, response: { 200: listOf(Settlement), ...COMMON_ERRORS } } },
+    async (request) => {
+      ctx.requireAdmin(request);
+      const { batches } = await settle(backends.settle((c) => c.closeWindow, { merchantId: request.body.merchant.toLowerCase(), currency: request.body.currency }, false));
+      return { object: 'list' as const, data: batches.map(settlementView), has_more: false, url: '/v1/settlements/close' };
+    },
+  );
+
+  app.get('/v1/settlements', { schema: { querystring: SettlementListQuery, response: { 200: listOf(Settlement), ...COMMON_ERRORS } } }, async (request) => {
+    const { limit = 10, starting_after } = request.query;
+    const page = await settle(backends.settle((c) => c.listBatches, { merchantId: ctx.merchantOf(request), limit, startingAfter: starting_after ?? '' }, true));
+    return { object: 'list' as const, data: page.batches.map(settlementView), has_more: page.hasMore, url: '/v1/settlements' };
+  });
+
+  app.get('/v1/settlements/:id', { schema: { params: IdParams, response: { 200: Settlement, ...COMMON_ERRORS } } }, async (request) => {
+    const id = objectId(request.params.id, settlementNotFound);
+    const { batch } = await settle(backends.settle((c) => c.getBatch, { id, merchantId: scopeOf(request) }, true));
+    return settlementView(batch!);
+  });
+
+  app.get(
+    '/v1/settlements/:id/report.csv',
+    { schema: { description: 'The settlement report: one line per capture, fee and refund, then the totals (see settlement/README.md).', params: IdParams, response: { 200: textBody('text/csv', 'RFC 4180 CSV with a header row'), ...COMMON_ERRORS } } },
+    async (request, reply) => {
+      const id = objectId(request.params.id, settlementNotFound);
+      const { csv } = await settle(backends.settle((c) => c.getReport, { batchId: id, merchantId: scopeOf(request) }, true));
+      return reply.type('text/csv; charset=utf-8').header('content-disposition', `attachment; filename="settlement-${id}.csv"`).send(csv);
+    },
+  );
+
+  app.get(
+    '/v1/settlements/:id/payout_file',
+    { schema: { description: 'Platform admin key only: the payout as an ISO 20022 pain.001.001.09 credit transfer initiation for the bank.', params: IdParams, response: { 200: textBody('application/xml', 'pain.001.001.09'), ...COMMON_ERRORS } } },
+    async (request, reply) => {
+      ctx.requireAdmin(request);
+      const id = objectId(request.params.id, settlementNotFound);
+      const { xml } = await settle(backends.settle((c) => c.getPayoutFile, { batchId: id, merchantId: '' }, true));
+      return reply.type('application/xml; charset=utf-8').send(xml);
+    },
+  );
+
+  app.get(
+    '/v1/settlements/:id/reconciliation',
+    { schema: { description: 'Platform admin key only: the settlement compared with the ledger and the events consumed; every discrepancy with its ids.', params: IdParams, response: { 200: Reconciliation, ...COMMON_ERRORS } } },
+    async (request) => {
+      ctx.requireAdmin(request);
+      const id = objectId(request.params.id, settlementNotFound);
+      const r = await settle(backends.settle((c) => c.reconcile, { batchId: id, merchantId: '' }, true));
+      return {
+        object: 'reconciliation' as const,
+        settlement: settlementView(r.batch!),
+        lines_checked: r.linesChecked,
+        ledger_transfers_checked: r.ledgerTransfersChecked,
+        events_checked: r.eventsChecked,
+        discrepancies: r.discrepancies.map((d) => ({ kind: d.kind, detail: d.detail, ids: d.ids, expected: jsonInt(d.expected), actual: jsonInt(d.actual) })),
+      };
+    },
+  );
+}

@@ -1,0 +1,145 @@
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { parse } from 'csv-parse/sync';
+import { after, before, describe, it } from 'mocha';
+import { convert } from 'xmlbuilder2';
+import { createLogger } from '../lib/logger.js';
+import { startRisk, type RiskApp } from '../risk/app.js';
+import { startSettlement, type SettlementApp } from '../settlement/app.js';
+import * as store from '../settlement/store.js';
+import { parseSchedule } from '../settlement/windows.js';
+import { ADMIN_KEY, Api, expectError, startTestGateway, type TestGateway } from '../test/gateway-harness.js';
+import { startTestLedger, type TestLedger } from '../test/ledger-harness.js';
+import { TestNatsServer } from '../test/nats-server.js';
+import { testConfig } from '../test/support.js';
+
+/** Settlements through the REST API, with the settlement process as it runs (consumer, closer, relay, gRPC). */
+describe('REST settlements (gateway, payments, relay, JetStream, settlement service)', function () {
+  this.timeout(120_000);
+  let risk: RiskApp;
+  let ledger: TestLedger;
+  let settlement: SettlementApp;
+  let gateway: TestGateway;
+  let api: Api;
+  let nats: TestNatsServer;
+
+  before(async () => {
+    // A NATS server of its own: streams reserve their maximum size on the server, and the shared one is for everyone.
+    nats = await TestNatsServer.start();
+    const suffix = randomUUID().slice(0, 8);
+    const env = { NATS_URL: nats.url, EVENTS_STREAM: `GWSTL_${suffix}`, EVENTS_SUBJECT_PREFIX: `gwstl-${suffix}`, METRICS_PORT: '0' };
+    const logger = createLogger('settlement-gw-test', 'error');
+    risk = await startRisk(testConfig({ ...env, RISK_GRPC_LISTEN: '127.0.0.1:0' }), logger);
+    ledger = await startTestLedger({ ...env, LEDGER_RELAY_ENABLED: 'true', RISK_GRPC_TARGET: risk.address, RISK_DEADLINE_MS: '2000' });
+    // The closer runs on its schedule (daily): the test closes on demand.
+    settlement = await startSettlement(
+      testConfig({ ...env, SETTLEMENT_GRPC_LISTEN: '127.0.0.1:0', LEDGER_GRPC_TARGET: ledger.app.address, SETTLEMENT_CONSUMER: `gw-settlement-${suffix}`, SETTLEMENT_CLOSE_EVERY_MS: '3600000' }),
+      logger,
+    );
+    gateway = await startTestGateway(ledger.app.address, { SETTLEMENT_GRPC_TARGET: settlement.address });
+    api = await Api.connect(gateway.url);
+  });
+  after(async () => {
+    await gateway?.close();
+    await settlement?.close();
+    await ledger?.close();
+    await risk?.close();
+    await nats?.stop();
+  });
+
+  const merchant = async (name: string) => {
+    const r = await api.post('/v1/merchants', ADMIN_KEY, { name });
+    assert.equal(r.status, 201, r.text);
+    return { id: r.body.id as string, key: r.body.secret_key as string };
+  };
+  const pay = async (key: string, amount: number, currency = 'EUR') => {
+    const card = { token: 'tok_test', fingerprint: `fp_${randomUUID()}`, country: 'FR' };
+    const r = await api.post('/v1/payments', key, { amount, currency, source: { card }, capture_method: 'automatic' }, randomUUID());
+    assert.equal(r.status, 201, r.text);
+    return r.body;
+  };
+  const consumed = async (paymentIds: string[]) => {
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      const r = await settlement.pool.query('SELECT count(DISTINCT payment_id)::int AS n FROM settlement_events WHERE payment_id = ANY($1::uuid[])', [paymentIds]);
+      if (r.rows[0].n === paymentIds.length) return;
+      if (Date.now() > deadline) throw new Error('payments not consumed by settlement');
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  };
+
+  it('admin closes a window; the merchant reads its settlement and CSV report; others cannot; admin gets the bank file and a clean reconciliation', async () => {
+    const a = await merchant('Settled A');
+    const b = await merchant('Settled B');
+    const p1 = await pay(a.key, 10_000);
+    const p2 = await pay(a.key, 2_550);
+    const refund = await api.post('/v1/refunds', a.key, { payment: p2.id, amount: 550 }, randomUUID());
+    assert.equal(refund.status, 201, refund.text);
+    await consumed([p1.id, p2.id]);
+    const deadline = Date.now() + 30_000;
+    while ((await settlement.pool.query(`SELECT 1 FROM settlement_events WHERE type = 'payment.refunded' AND payment_id = $1`, [p2.id])).rowCount === 0) {
+      assert.ok(Date.now() < deadline, 'refund consumed');
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+
+    // Only the admin closes windows, and bad input is refused with the parameter.
+    expectError(await api.post('/v1/settlements/close', a.key, { merchant: a.id, currency: 'EUR' }), 401, 'admin_key_required');
+    expectError(await api.post('/v1/settlements/close', ADMIN_KEY, { merchant: a.id, currency: 'eur' }), 400, 'parameter_invalid', 'currency');
+    expectError(await api.post('/v1/settlements/close', ADMIN_KEY, { merchant: randomUUID(), currency: 'EUR' }), 404, 'resource_missing', 'merchant');
+    const closed = await api.post('/v1/settlements/close', ADMIN_KEY, { merchant: a.id, currency: 'EUR' });
+    assert.equal(closed.status, 200, closed.text);
+    assert.equal(closed.body.data.length, 1);
+    const s = closed.body.data[0];
+    const fees = p1.fee + p2.fee;
+    assert.deepEqual(
+      [s.merchant, s.currency, s.gross_captured, s.refunds, s.fees, s.net, s.payout, s.carried_out, s.line_count, s.status],
+      [a.id, 'EUR', 12_550, 550, fees, 12_000 - fees, 12_000 - fees, 0, fees > 0 ? 5 : 3, 'paid'],
+    );
+    // Closing again right away has nothing to settle.
+    assert.deepEqual((await api.post('/v1/settlements/close', ADMIN_KEY, { merchant: a.id, currency: 'EUR' })).body.data, []);
+
+    // The merchant reads it; another merchant does not see it.
+    const got = await api.get(`/v1/settlements/${s.id}`, a.key);
+    assert.deepEqual(got.body, s);
+    expectError(await api.get(`/v1/settlements/${s.id}`, b.key), 404, 'resource_missing', 'id');
+    expectError(await api.get('/v1/settlements/not-an-id', a.key), 404, 'resource_missing', 'id');
+    const list = await api.get('/v1/settlements?limit=1', a.key);
+    assert.deepEqual(list.body.data.map((x: { id: string }) => x.id), [s.id]);
+    assert.deepEqual((await api.get('/v1/settlements', b.key)).body.data, []);
+
+    const report = await api.get(`/v1/settlements/${s.id}/report.csv`, a.key);
+    assert.equal(report.status, 200);
+    assert.match(report.headers.get('content-type') ?? '', /^text\/csv/);
+    const rows = parse(report.text, { columns: true }) as Record<string, string>[];
+    const lines = rows.filter((r) => r['record'] === 'line');
+    assert.equal(lines.length, s.line_count);
+    assert.equal(lines.reduce((sum, r) => sum + BigInt(r['amount']!), 0n), BigInt(s.net));
+    assert.deepEqual(new Set(lines.map((r) => r['payment_id'])), new Set([p1.id, p2.id]));
+    const total = (kind: string) => rows.find((r) => r['record'] === 'total' && r['kind'] === kind)!;
+    assert.equal(total('net')['amount'], String(s.net));
+    assert.equal(total('payout')['amount_major'], `-${(s.payout / 100).toFixed(2)}`);
+    expectError(await api.get(`/v1/settlements/${s.id}/report.csv`, b.key), 404, 'resource_missing', 'id');
+
+    // The bank file needs the merchant's bank account on file.
+    expectError(await api.get(`/v1/settlements/${s.id}/payout_file`, a.key), 401, 'admin_key_required');
+    expectError(await api.get(`/v1/settlements/${s.id}/payout_file`, ADMIN_KEY), 422, 'no_bank_account');
+    await store.saveProfile(settlement.pool, a.id, { schedule: parseSchedule({ kind: 'daily', timeZone: 'Europe/Paris', cutoff: '17:00' }), payout: { name: 'Settled A SARL', iban: 'FR1420041010050500013M02606', bic: 'PSSTFRPPXXX' } });
+    const file = await api.get(`/v1/settlements/${s.id}/payout_file`, ADMIN_KEY);
+    assert.equal(file.status, 200, file.text);
+    const doc = convert(file.text, { format: 'object' }) as any; // eslint-disable-line @typescript-eslint/no-explicit-any
+    const initiation = doc.Document.CstmrCdtTrfInitn;
+    const tx = initiation.PmtInf.CdtTrfTxInf;
+    assert.equal(doc.Document['@xmlns'], 'urn:iso:std:iso:20022:tech:xsd:pain.001.001.09');
+    assert.equal(initiation.GrpHdr.MsgId, s.id.replaceAll('-', ''));
+    assert.equal(initiation.GrpHdr.CtrlSum, (s.payout / 100).toFixed(2));
+    assert.deepEqual([tx.Amt.InstdAmt['@Ccy'], tx.Amt.InstdAmt['#']], ['EUR', (s.payout / 100).toFixed(2)]);
+    assert.equal(tx.CdtrAcct.Id.IBAN, 'FR1420041010050500013M02606');
+    assert.equal(tx.PmtId.EndToEndId, s.payout_transfer.replaceAll('-', ''));
+
+    const reconciliation = await api.get(`/v1/settlements/${s.id}/reconciliation`, ADMIN_KEY);
+    assert.equal(reconciliation.status, 200, reconciliation.text);
+    assert.deepEqual(reconciliation.body.discrepancies, []);
+    assert.equal(reconciliation.body.lines_checked, s.line_count);
+    assert.equal(reconciliation.body.events_checked, 3);
+  });
+});

@@ -1,0 +1,63 @@
+import { create } from 'xmlbuilder2';
+import { isValidBIC, isValidIBAN } from 'ibantools';
+import { currencyOf, formatMajor } from '../lib/currency.js';
+import { AppError, invariant } from '../lib/errors.js';
+import type { Batch, PayoutAccount } from './store.js';
+import { rfc3339Nanos } from './report.js';
+
+export interface Debtor {
+  name: string;
+  iban: string;
+  bic: string;
+}
+
+/** ISO 20022 identifiers are at most 35 characters: a UUID without its dashes (32) fits. */
+const isoId = (uuid: string) => uuid.replaceAll('-', '');
+
+/**
+ * The payout of a batch as an ISO 20022 customer credit transfer initiation (pain.001.001.09): one payment
+ * information block from the platform's account (the debtor) with one credit transfer to the merchant's bank
+ * account (the creditor). MsgId is the batch id and EndToEndId the payout transfer id (dashes removed), so the
+ * bank's statement lines lead back to the ledger. Amounts are decimal strings built from minor units.
+ */
+export function payoutInitiationXml(batch: Batch, debtor: Debtor, creditor: PayoutAccount | null, createdAt: Date): string {
+  if (batch.payout === 0n || batch.status === 'payout_failed') throw new AppError('conflict', 'no_payout', `batch ${batch.id} pays nothing out (status ${batch.status})`);
+  if (!creditor) throw new AppError('conflict', 'no_bank_account', `merchant ${batch.merchantId} has no payout bank account on file`);
+  invariant(isValidIBAN(creditor.iban) && isValidIBAN(debtor.iban), 'payout IBANs are validated when stored');
+  const currency = currencyOf(batch.currency);
+  const amount = formatMajor(batch.payout, currency);
+  const agent = (bic: string | null) => (bic && isValidBIC(bic) ? { FinInstnId: { BICFI: bic } } : { FinInstnId: { Othr: { Id: 'NOTPROVIDED' } } });
+  const doc = create({ version: '1.0', encoding: 'UTF-8' }).ele({
+    Document: {
+      '@xmlns': 'urn:iso:std:iso:20022:tech:xsd:pain.001.001.09',
+      CstmrCdtTrfInitn: {
+        GrpHdr: {
+          MsgId: isoId(batch.id),
+          CreDtTm: createdAt.toISOString().slice(0, 19),
+          NbOfTxs: '1',
+          CtrlSum: amount,
+          InitgPty: { Nm: debtor.name },
+        },
+        PmtInf: {
+          PmtInfId: isoId(batch.id),
+          PmtMtd: 'TRF',
+          NbOfTxs: '1',
+          CtrlSum: amount,
+          ReqdExctnDt: { Dt: createdAt.toISOString().slice(0, 10) },
+          Dbtr: { Nm: debtor.name },
+          DbtrAcct: { Id: { IBAN: debtor.iban } },
+          DbtrAgt: agent(debtor.bic),
+          CdtTrfTxInf: {
+            PmtId: { EndToEndId: isoId(batch.payoutTransferId) },
+            Amt: { InstdAmt: { '@Ccy': currency.code, '#': amount } },
+            CdtrAgt: agent(creditor.bic),
+            Cdtr: { Nm: creditor.name },
+            CdtrAcct: { Id: { IBAN: creditor.iban } },
+            RmtInf: { Ustrd: `Settlement ${rfc3339Nanos(batch.windowStart).slice(0, 19)}Z to ${rfc3339Nanos(batch.windowEnd).slice(0, 19)}Z` },
+          },
+        },
+      },
+    },
+  });
+  return doc.end({ prettyPrint: true });
+}

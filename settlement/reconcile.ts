@@ -1,0 +1,134 @@
+import type { Pool } from '../lib/db.js';
+import { platformAccountId, TransferCode } from '../ledger/payments/model.js';
+import type { Transfer } from '../proto/gen/ledger/v1/ledger.js';
+import type { SettlementLedger } from './settler.js';
+import * as store from './store.js';
+
+export type DiscrepancyKind =
+  | 'missing_line'
+  | 'missing_in_ledger'
+  | 'unsettled_ledger_transfer'
+  | 'amount_mismatch'
+  | 'account_mismatch'
+  | 'duplicate_event'
+  | 'batch_total_mismatch'
+  | 'payout_missing'
+  | 'payout_mismatch'
+  | 'unexpected_payout';
+
+export interface Discrepancy {
+  kind: DiscrepancyKind;
+  detail: string;
+  ids: string[];
+  expected: bigint;
+  actual: bigint;
+}
+
+export interface Reconciliation {
+  batch: store.Batch;
+  discrepancies: Discrepancy[];
+  linesChecked: number;
+  ledgerTransfersChecked: number;
+  eventsChecked: number;
+}
+
+const LOOKUP_CHUNK = 8190;
+
+/**
+ * Three-way reconciliation of one batch: its lines (settlement_entries), the events settlement consumed
+ * (settlement_events) and the ledger (the settled account's transfers). Every line must be a ledger transfer
+ * of that amount on that account, in the right direction; every event effective in the window must have its
+ * lines (in some batch: a late event's lines are in a later one); every posted ledger transfer of the account
+ * in the window must be a line of some batch or a batch's payout; the batch's totals must be its lines' sums;
+ * its payout must be in the ledger as recorded. Nothing is corrected: each difference is listed with its ids.
+ */
+export async function reconcileBatch(pool: Pool, ledger: SettlementLedger, batch: store.Batch): Promise<Reconciliation> {
+  const found: Discrepancy[] = [];
+  const report = (kind: DiscrepancyKind, detail: string, ids: string[], expected = 0n, actual = 0n) => found.push({ kind, detail, ids, expected, actual });
+
+  // 1. The batch against its own lines.
+  const lines = await store.batchEntries(pool, batch.id);
+  const sum = (kind: store.EntryKind) => lines.filter((l) => l.kind === kind).reduce((s, l) => s + l.amount, 0n);
+  const totals: [string, bigint, bigint][] = [
+    ['gross_captured', batch.grossCaptured, sum('capture')],
+    ['refunds', batch.refunds, sum('refund')],
+    ['fees', batch.fees, sum('fee')],
+    ['line_count', BigInt(batch.lineCount), BigInt(lines.length)],
+  ];
+  for (const [name, recorded, fromLines] of totals) {
+    if (recorded !== fromLines) report('batch_total_mismatch', `${name} is ${recorded}, its lines add up to ${fromLines}`, [batch.id], recorded, fromLines);
+  }
+
+  // 2. Lines against the ledger: the same transfer, amount and account, in the direction of its kind.
+  const ledgerById = new Map<string, Transfer>();
+  for (let i = 0; i < lines.length; i += LOOKUP_CHUNK) {
+    for (const t of await ledger.lookupTransfers(lines.slice(i, i + LOOKUP_CHUNK).map((l) => l.transferId))) ledgerById.set(t.id, t);
+  }
+  for (const line of lines) {
+    const t = ledgerById.get(line.transferId);
+    if (!t) {
+      report('missing_in_ledger', `${line.kind} line of payment ${line.paymentId} has no ledger transfer`, [line.transferId, line.paymentId, line.eventId], line.amount, 0n);
+      continue;
+    }
+    const onAccount = line.kind === 'capture' ? t.creditAccountId : t.debitAccountId;
+    if (onAccount !== batch.accountId) {
+      report('account_mismatch', `${line.kind} line: the ledger transfer ${line.kind === 'capture' ? 'credits' : 'debits'} ${onAccount}, not the settled account`, [line.transferId, batch.accountId]);
+    }
+    if (t.amount !== line.amount) report('amount_mismatch', `${line.kind} line differs from the ledger transfer`, [line.transferId, line.paymentId], t.amount, line.amount);
+  }
+
+  // 3. Events consumed in the window against the lines (anywhere: late lines sit in a later batch).
+  const events = await store.journalEvents(pool, batch.accountId, batch.windowStart, batch.windowEnd);
+  const expectedLines = events.flatMap((e) => [
+    { transferId: e.operationId, kind: (e.type === 'payment.captured' ? 'capture' : 'refund') as store.EntryKind, amount: e.amount, event: e },
+    ...(e.feeTransferId ? [{ transferId: e.feeTransferId, kind: 'fee' as store.EntryKind, amount: e.fee, event: e }] : []),
+  ]);
+  const entries = await store.entriesOf(pool, [...new Set(expectedLines.map((l) => l.transferId))]);
+  const seenTransfers = new Map<string, string>();
+  for (const expected of expectedLines) {
+    const earlier = seenTransfers.get(`${expected.kind}:${expected.transferId}`);
+    if (earlier !== undefined) {
+      report('duplicate_event', `events ${earlier} and ${expected.event.eventId} both report ${expected.kind} ${expected.transferId}; it was settled once`, [expected.transferId, earlier, expected.event.eventId]);
+      continue;
+    }
+    seenTransfers.set(`${expected.kind}:${expected.transferId}`, expected.event.eventId);
+    const entry = entries.get(expected.transferId);
+    if (!entry) report('missing_line', `${expected.event.type} event of payment ${expected.event.paymentId} has no ${expected.kind} line in any batch`, [expected.transferId, expected.event.eventId, expected.event.paymentId], expected.amount, 0n);
+    else if (entry.amount !== expected.amount) report('amount_mismatch', `${expected.kind} line differs from its event`, [expected.transferId, expected.event.eventId], expected.amount, entry.amount);
+  }
+
+  // 4. The ledger's transfers of the account in the window against the lines and payouts of every batch.
+  const ledgerTransfers = await accountTransfers(ledger, batch.accountId, batch.windowStart, batch.windowEnd);
+  const settled = ledgerTransfers.filter((t) => !t.flags?.pending && !t.flags?.voidPendingTransfer && t.code !== TransferCode.payout);
+  const known = await store.entriesOf(pool, settled.map((t) => t.id));
+  for (const t of settled) {
+    if (!known.has(t.id)) report('unsettled_ledger_transfer', `ledger transfer (code ${t.code}) on the account is in no settlement batch`, [t.id], t.creditAccountId === batch.accountId ? t.amount : -t.amount, 0n);
+  }
+  const payouts = await store.payoutTransferIds(pool, batch.accountId);
+  for (const t of ledgerTransfers.filter((x) => x.code === TransferCode.payout)) {
+    if (!payouts.has(t.id)) report('unexpected_payout', 'payout transfer on the account made by no batch', [t.id], 0n, t.amount);
+  }
+
+  // 5. The batch's payout in the ledger.
+  if (batch.payout > 0n && batch.status !== 'payout_failed') {
+    const [payout] = await ledger.lookupTransfers([batch.payoutTransferId]);
+    if (!payout) report('payout_missing', `payout of ${batch.payout} is not in the ledger (status ${batch.status})`, [batch.payoutTransferId, batch.id], batch.payout, 0n);
+    else if (payout.amount !== batch.payout || payout.debitAccountId !== batch.accountId || payout.creditAccountId !== platformAccountId('payout_clearing', batch.currency)) {
+      report('payout_mismatch', `payout transfer moves ${payout.amount} from ${payout.debitAccountId} to ${payout.creditAccountId}`, [batch.payoutTransferId, batch.id], batch.payout, payout.amount);
+    }
+  }
+
+  return { batch, discrepancies: found, linesChecked: lines.length, ledgerTransfersChecked: ledgerTransfers.length, eventsChecked: events.length };
+}
+
+/** Every ledger transfer of the account with a timestamp in [start, end), page by page. */
+async function accountTransfers(ledger: SettlementLedger, accountId: string, start: bigint, end: bigint): Promise<Transfer[]> {
+  const all: Transfer[] = [];
+  let cursor = '';
+  do {
+    const page = await ledger.getAccountTransfers({ accountId, timestampMin: start > 0n ? start : 1n, timestampMax: end - 1n, limit: LOOKUP_CHUNK, cursor });
+    all.push(...page.transfers);
+    cursor = page.nextCursor;
+  } while (cursor);
+  return all;
+}

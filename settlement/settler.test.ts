@@ -1,0 +1,171 @@
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { after, before, describe, it } from 'mocha';
+import { withTransaction, type Pool } from '../lib/db.js';
+import { createLogger } from '../lib/logger.js';
+import { feeTransferId, platformAccountId } from '../ledger/payments/model.js';
+import type { EventEnvelope } from '../proto/gen/events/v1/events.js';
+import { account, startTestLedger, transfer, type TestLedger } from '../test/ledger-harness.js';
+import { testPool } from '../test/support.js';
+import { Settler } from './settler.js';
+import * as store from './store.js';
+import { parseSchedule } from './windows.js';
+
+const EUR = 978;
+const ns = (iso: string) => BigInt(Date.parse(iso)) * 1_000_000n;
+
+/** Window boundaries, late events, shortfalls and payouts, with events made by hand (no NATS needed). */
+describe('settlement windows and payouts (real PostgreSQL and ledger)', function () {
+  this.timeout(60_000);
+  let ledger: TestLedger;
+  let pool: Pool;
+  let settler: Settler;
+
+  before(async () => {
+    pool = testPool();
+    ledger = await startTestLedger();
+    settler = new Settler(pool, ledger.client, { defaultSchedule: parseSchedule({ kind: 'interval', intervalMinutes: 60 }), resumePayoutsAfterMs: 1_000 }, createLogger('settlement-test', 'error'));
+  });
+  after(async () => {
+    await ledger?.close();
+    await pool?.end();
+  });
+
+  /** A merchant (settled daily at 17:00 in Paris) with a EUR balance account holding `funds` in the ledger. */
+  async function merchantWithAccount(funds: bigint): Promise<{ merchantId: string; accountId: string; fund(amount: bigint): Promise<void> }> {
+    const merchantId = randomUUID();
+    await pool.query('INSERT INTO merchants (id, name, fee_bps) VALUES ($1, $2, 100)', [merchantId, `settled ${merchantId.slice(0, 8)}`]);
+    await store.saveProfile(pool, merchantId, { schedule: parseSchedule({ kind: 'daily', timeZone: 'Europe/Paris', cutoff: '17:00' }), payout: null });
+    const balance = account({ ledger: EUR });
+    const source = account({ ledger: EUR });
+    assert.deepEqual((await ledger.client.createAccounts([balance, source])).map((r) => r.code), [1, 1]);
+    const fund = async (amount: bigint) => {
+      assert.equal((await ledger.client.createTransfers([transfer({ ledger: EUR, debitAccountId: source.id, creditAccountId: balance.id, amount })]))[0]?.code, 1);
+    };
+    if (funds > 0n) await fund(funds);
+    return { merchantId, accountId: balance.id, fund };
+  }
+
+  function event(type: 'payment.captured' | 'payment.refunded', m: { merchantId: string; accountId: string }, amount: bigint, fee: bigint, occurredAt: bigint): EventEnvelope {
+    const operationId = randomUUID();
+    return {
+      eventId: randomUUID(),
+      type,
+      aggregateId: randomUUID(),
+      sequence: 1n,
+      occurredAt,
+      traceparent: '',
+      payload: {
+        $case: 'payment',
+        value: {
+          paymentId: randomUUID(), merchantId: m.merchantId, currency: 'EUR', amount, amountCaptured: amount, amountRefunded: 0n, fee, status: 'succeeded',
+          operationId, operationAmount: amount, operationFee: fee, declineCode: '', sourceAccountId: randomUUID(), destinationAccountId: m.accountId,
+          customerId: '', riskScorePpm: 0, riskModelVersion: '', cardFingerprint: '', cardCountry: '', cardType: '', deviceId: '', ipCountry: '',
+          merchantCategory: '', createdAt: occurredAt, feeTransferId: fee > 0n ? feeTransferId(operationId) : '',
+        },
+      },
+    };
+  }
+
+  const consume = (e: EventEnvelope) => withTransaction(pool, (tx) => settler.handle(e, tx));
+  const batchesOf = async (accountId: string) =>
+    (await pool.query('SELECT id FROM settlement_batches WHERE account_id = $1 ORDER BY window_end', [accountId])).rows.map((r) => r.id as string);
+  const linesOf = async (batchId: string) => (await store.batchEntries(pool, batchId)).map((l) => `${l.kind}:${l.amount}`).sort();
+
+  it('an event exactly at the cut-off goes to the next window; a late event goes to the first open window, never lost, never twice', async () => {
+    const m = await merchantWithAccount(1_000_000n);
+    const cut = ns('2025-11-24T16:00:00Z'); // 17:00 in Paris
+    await consume(event('payment.captured', m, 10_000n, 100n, cut - 1n));
+    await consume(event('payment.captured', m, 20_000n, 200n, cut));
+    await consume(event('payment.refunded', m, 3_000n, 0n, cut + 1n));
+
+    // The closer runs a minute after the cut-off: one batch, [previous 17:00, 17:00), with the first capture.
+    const made = await settler.closeEnded(cut + 60_000_000_000n);
+    assert.equal(made.length, 1);
+    const [first] = made;
+    assert.deepEqual([first!.windowStart, first!.windowEnd], [cut - 86_400_000_000_000n, cut]);
+    assert.deepEqual([first!.grossCaptured, first!.fees, first!.refunds, first!.net, first!.payout, first!.status], [10_000n, 100n, 0n, 9_900n, 9_900n, 'paid']);
+    assert.deepEqual(await linesOf(first!.id), ['capture:10000', 'fee:100']);
+    // Closing again at the same time makes nothing.
+    assert.equal((await settler.closeEnded(cut + 60_000_000_000n)).length, 0);
+
+    // A capture from before the cut-off arrives after the window closed: it counts in the next window.
+    const late = event('payment.captured', m, 5_000n, 50n, cut - 3_600_000_000_000n);
+    await consume(late);
+    const lateEntry = (await pool.query('SELECT effective_at, batch_id FROM settlement_entries WHERE transfer_id = $1', [(late.payload as { value: { operationId: string } }).value.operationId])).rows[0];
+    assert.deepEqual([lateEntry.effective_at, lateEntry.batch_id], [cut, null]);
+    // The same event again (a redelivery the inbox did not catch) changes nothing.
+    await consume(late);
+
+    const next = await settler.closeEnded(cut + 86_400_000_000_000n + 1n);
+    assert.equal(next.length, 1);
+    assert.deepEqual([next[0]!.windowStart, next[0]!.windowEnd], [cut, cut + 86_400_000_000_000n]);
+    assert.deepEqual(await linesOf(next[0]!.id), ['capture:20000', 'capture:5000', 'fee:200', 'fee:50', 'refund:3000']);
+    assert.equal(next[0]!.net, 20_000n + 5_000n - 200n - 50n - 3_000n);
+    const unbatched = await pool.query('SELECT count(*)::int AS n FROM settlement_entries WHERE account_id = $1 AND batch_id IS NULL', [m.accountId]);
+    assert.equal(unbatched.rows[0].n, 0);
+
+    // Paid out by the ledger: the account lost exactly the two payouts to the payout clearing account.
+    const [after] = await ledger.client.lookupAccounts([m.accountId]);
+    assert.equal(after!.debitsPosted, 9_900n + next[0]!.payout);
+    const payouts = await ledger.client.lookupTransfers([first!.payoutTransferId, next[0]!.payoutTransferId]);
+    assert.deepEqual(payouts.map((t) => [t.amount, t.creditAccountId]), [[9_900n, platformAccountId('payout_clearing', 'EUR')], [next[0]!.payout, platformAccountId('payout_clearing', 'EUR')]]);
+  });
+
+  it('idle windows are skipped in one step; a window with nothing to settle makes no batch', async () => {
+    const m = await merchantWithAccount(100_000n);
+    const start = ns('2026-01-10T16:00:00Z');
+    await consume(event('payment.captured', m, 1_000n, 0n, start + 1n));
+    // Forty days later: one batch (the first window), and the account is closed through the last cut-off.
+    const made = await settler.closeEnded(start + 40n * 86_400_000_000_000n + 60_000_000_000n);
+    assert.equal(made.filter((b) => b.accountId === m.accountId).length, 1);
+    const state = await pool.query('SELECT closed_through FROM settlement_accounts WHERE account_id = $1', [m.accountId]);
+    assert.equal(state.rows[0].closed_through, start + 40n * 86_400_000_000_000n);
+  });
+
+  it('never pays out more than the available balance: the shortfall is carried and paid when funds arrive', async () => {
+    const m = await merchantWithAccount(0n);
+    const cut = ns('2026-02-10T16:00:00Z');
+    // The events say 50,000 was captured, but the ledger account holds 30,000 (the rest went elsewhere).
+    await m.fund(30_000n);
+    await consume(event('payment.captured', m, 50_000n, 0n, cut - 10n));
+    const [short] = await settler.closeEnded(cut + 1n).then((b) => b.filter((x) => x.accountId === m.accountId));
+    assert.deepEqual([short!.net, short!.available, short!.payout, short!.carriedOut, short!.status], [50_000n, 30_000n, 30_000n, 20_000n, 'paid']);
+
+    // Refunds and fees above the captures: nothing is paid, the debt is carried and netted next time.
+    await m.fund(25_000n);
+    const next = await settler.closeEnded(cut + 86_400_000_000_000n + 1n).then((b) => b.filter((x) => x.accountId === m.accountId));
+    // Nothing new was captured, but 20,000 is owed and 25,000 is available: a batch pays the carried amount.
+    assert.deepEqual(next.map((b) => [b.lineCount, b.carriedIn, b.payout, b.carriedOut]), [[0, 20_000n, 20_000n, 0n]]);
+    await consume(event('payment.refunded', m, 4_000n, 0n, cut + 86_400_000_000_000n + 5n));
+    const debt = await settler.closeEnded(cut + 2n * 86_400_000_000_000n + 1n).then((b) => b.filter((x) => x.accountId === m.accountId));
+    assert.deepEqual(debt.map((b) => [b.net, b.payout, b.carriedOut]), [[-4_000n, 0n, -4_000n]]);
+    const [account] = await ledger.client.lookupAccounts([m.accountId]);
+    assert.equal(account!.debitsPosted, 50_000n);
+  });
+
+  it('a payout left unconfirmed (crash between batch and payout) is submitted again, and posts once', async () => {
+    const m = await merchantWithAccount(10_000n);
+    await consume(event('payment.captured', m, 10_000n, 0n, ns('2026-03-02T10:00:00Z')));
+    const [batch] = await settler.closeEnded(ns('2026-03-03T10:00:00Z')).then((b) => b.filter((x) => x.accountId === m.accountId));
+    assert.equal(batch!.status, 'paid');
+    // As if the process had died after posting, before recording it: the batch is still payout_pending.
+    await pool.query(`UPDATE settlement_batches SET status = 'payout_pending', updated_at = now() - interval '1 hour' WHERE id = $1`, [batch!.id]);
+    assert.ok((await settler.resumePayouts()) >= 1);
+    assert.equal((await store.findBatch(pool, batch!.id))!.status, 'paid');
+    const [account] = await ledger.client.lookupAccounts([m.accountId]);
+    assert.equal(account!.debitsPosted, 10_000n, 'the payout posted once');
+    assert.deepEqual(await batchesOf(m.accountId), [batch!.id]);
+  });
+
+  it('an event that cannot be settled fails (to be dead-lettered) and writes nothing', async () => {
+    const m = await merchantWithAccount(0n);
+    const bad = event('payment.captured', m, 1_000n, 2_000n, ns('2026-04-01T00:00:00Z'));
+    await assert.rejects(consume(bad), /operation_fee 2000 outside 0..1000/);
+    const other = event('payment.captured', { merchantId: randomUUID(), accountId: m.accountId }, 1_000n, 0n, ns('2026-04-01T00:00:00Z'));
+    await consume(event('payment.captured', m, 500n, 0n, ns('2026-04-01T00:00:00Z')));
+    await assert.rejects(consume(other), /is settled for/);
+    const rows = await pool.query('SELECT count(*)::int AS n FROM settlement_entries WHERE account_id = $1', [m.accountId]);
+    assert.equal(rows.rows[0].n, 1);
+  });
+});

@@ -1,0 +1,265 @@
+import { currencyOf } from '../lib/currency.js';
+import { withTransaction, type Pool, type PoolClient } from '../lib/db.js';
+import { derivedId } from '../lib/derived-id.js';
+import { AppError, InternalError, invariant } from '../lib/errors.js';
+import type { Logger } from '../lib/logger.js';
+import { newAccount, newTransfer, type LedgerClient } from '../ledger/client.js';
+import { AccountCode, TransferCode, feeTransferId, nowNanos, platformAccountId } from '../ledger/payments/model.js';
+import type { EventEnvelope } from '../proto/gen/events/v1/events.js';
+import { CreateAccountResultCode, CreateTransferResultCode, createTransferResultCodeToJSON } from '../proto/gen/ledger/v1/ledger.js';
+import * as store from './store.js';
+import { windowContaining, type Schedule } from './windows.js';
+
+/** The ledger as settlement uses it: over gRPC (settlement is a service of its own). */
+export type SettlementLedger = Pick<LedgerClient, 'createAccounts' | 'createTransfers' | 'lookupAccounts' | 'lookupTransfers' | 'getAccountTransfers'>;
+
+export interface SettlementSettings {
+  /** The windows of merchants without a settlement profile. */
+  defaultSchedule: Schedule;
+  /** A batch whose payout is unconfirmed this long is submitted again (derived transfer id: at most once). */
+  resumePayoutsAfterMs: number;
+}
+
+/** The event types that move money on a merchant's settled account. */
+const SETTLED_TYPES = new Set(['payment.captured', 'payment.refunded']);
+const PROFILE_CACHE_MS = 30_000;
+
+/**
+ * Settlement's core. Consuming: each payment.captured / payment.refunded event becomes entries on the account
+ * the payment credited (capture, its fee, refund), effective when it happened, or, if that window has closed
+ * already (a late event), at the start of the first open window. Closing: the entries of an account effective
+ * before the cut go into one batch (in the same transaction the cut moves forward, so an entry is in exactly
+ * one batch), whose net plus what was carried in is paid out by one ledger transfer to the payout clearing
+ * account, never more than the account's available balance; the rest is carried to the next batch.
+ */
+export class Settler {
+  private readonly profiles = new Map<string, { schedule: Schedule; at: number }>();
+  private readonly clearingAccounts = new Set<string>();
+
+  constructor(
+    private readonly pool: Pool,
+    private readonly ledger: SettlementLedger,
+    private readonly settings: SettlementSettings,
+    private readonly logger: Logger,
+  ) {}
+
+  /** The consumer's handler: runs in the consumer's transaction, beside its inbox row. */
+  readonly handle = async (event: EventEnvelope, tx: PoolClient): Promise<void> => {
+    if (!SETTLED_TYPES.has(event.type)) return;
+    const consumed = settledMovement(event);
+    const schedule = await this.scheduleOf(consumed.merchantId, tx);
+    const account = await store.openAccount(tx, consumed.accountId, consumed.merchantId, consumed.currency, windowContaining(schedule, consumed.occurredAt).start);
+    invariant(
+      account.merchantId === consumed.merchantId && account.currency === consumed.currency,
+      `event ${consumed.eventId}: account ${consumed.accountId} is settled for ${account.merchantId} in ${account.currency}, not ${consumed.merchantId} in ${consumed.currency}`,
+    );
+    const effectiveAt = consumed.occurredAt > account.closedThrough ? consumed.occurredAt : account.closedThrough;
+    const entries: { transferId: string; kind: store.EntryKind; amount: bigint }[] =
+      consumed.type === 'payment.captured'
+        ? [
+            { transferId: consumed.operationId, kind: 'capture', amount: consumed.amount },
+            ...(consumed.fee > 0n ? [{ transferId: consumed.feeTransferId!, kind: 'fee' as const, amount: consumed.fee }] : []),
+          ]
+        : [{ transferId: consumed.operationId, kind: 'refund', amount: consumed.amount }];
+    await store.recordEvent(tx, consumed, effectiveAt, entries);
+  };
+
+  /** Closes every window that has ended by `now` (each ended window its own batch; empty windows are skipped). */
+  async closeEnded(now = nowNanos()): Promise<store.Batch[]> {
+    const made: store.Batch[] = [];
+    for (const account of await store.settledAccounts(this.pool)) {
+      const schedule = account.profile?.schedule ?? this.settings.defaultSchedule;
+      const lastBoundary = windowContaining(schedule, now).start;
+      let closedThrough = account.closedThrough;
+      while (closedThrough < lastBoundary) {
+        const cut = windowContaining(schedule, closedThrough).end;
+        const outcome = await this.closeAccount(account.accountId, cut, { schedule, upTo: lastBoundary });
+        if (outcome.batch) made.push(outcome.batch);
+        invariant(outcome.closedThrough > closedThrough, `settlement account ${account.accountId} did not move past ${closedThrough}`);
+        closedThrough = outcome.closedThrough;
+      }
+    }
+    return made;
+  }
+
+  /** Closes the open windows of a merchant's accounts in a currency now, before their scheduled end. */
+  async closeNow(merchantId: string, currency: string): Promise<store.Batch[]> {
+    currencyOf(currency);
+    const known = await this.pool.query('SELECT 1 FROM merchants WHERE id = $1', [merchantId]);
+    if (known.rowCount === 0) throw new AppError('not_found', 'merchant_not_found', 'no such merchant', { field: 'merchant_id' });
+    const now = nowNanos();
+    const made: store.Batch[] = [];
+    for (const account of await store.settledAccounts(this.pool, merchantId, currency)) {
+      const { batch } = await this.closeAccount(account.accountId, now);
+      if (batch) made.push(batch);
+    }
+    return made;
+  }
+
+  /**
+   * Closes one account's window at `cut`: a batch of its entries effective before the cut, and its payout.
+   * With nothing to pay (no entries, nothing owed to the merchant), no batch is made; `skip` then moves the
+   * account on to the window of its next entry (at most `upTo`), so idle windows cost one transaction in all.
+   */
+  async closeAccount(accountId: string, cut: bigint, skip?: { schedule: Schedule; upTo: bigint }): Promise<{ batch: store.Batch | null; closedThrough: bigint }> {
+    const available = await this.availableBalance(accountId);
+    const outcome = await withTransaction(this.pool, async (tx) => {
+      const account = await store.lockAccount(tx, accountId);
+      invariant(account, `settlement account ${accountId} vanished`);
+      if (cut <= account.closedThrough) return { batch: null, closedThrough: account.closedThrough };
+      const id = derivedId('settlement-batch', `${accountId}:${cut}`);
+      const lines = await store.takeEntries(tx, accountId, cut, id);
+      if (lines.length === 0 && (account.carried <= 0n || available <= 0n)) {
+        const next = skip ? await this.nextNonEmptyWindowStart(tx, accountId, cut, skip) : cut;
+        await store.advanceAccount(tx, accountId, next, account.carried);
+        return { batch: null, closedThrough: next };
+      }
+      const batch = batchOf(id, account, cut, lines, available);
+      await store.insertBatch(tx, batch);
+      await store.advanceAccount(tx, accountId, cut, batch.carriedOut);
+      await store.writeBatchCreated(tx, batch, nowNanos());
+      return { batch, closedThrough: cut };
+    });
+    if (outcome.batch) {
+      this.logger.info({ batch: outcome.batch.id, account: accountId, lines: outcome.batch.lineCount, net: String(outcome.batch.net), payout: String(outcome.batch.payout) }, 'settlement batch made');
+      if (outcome.batch.status === 'payout_pending') outcome.batch.status = await this.payOut(outcome.batch);
+    }
+    return outcome;
+  }
+
+  /** Submits the payouts of batches whose payout was not confirmed (the process stopped in between). */
+  async resumePayouts(): Promise<number> {
+    const pending = await store.pendingPayouts(this.pool, this.settings.resumePayoutsAfterMs);
+    for (const batch of pending) await this.payOut(batch);
+    return pending.length;
+  }
+
+  /** The payout transfer of a batch (its id derives from the batch: submitting it again is `exists`). */
+  async payOut(batch: store.Batch): Promise<store.BatchStatus> {
+    invariant(batch.payout > 0n, `batch ${batch.id} has nothing to pay out`);
+    const currency = currencyOf(batch.currency);
+    const clearing = await this.payoutClearingAccount(batch.currency);
+    const [result] = await this.ledger.createTransfers([
+      newTransfer({
+        id: batch.payoutTransferId,
+        debitAccountId: batch.accountId,
+        creditAccountId: clearing,
+        amount: batch.payout,
+        ledger: currency.ledger,
+        code: TransferCode.payout,
+        metadata: { settlement_batch_id: batch.id, merchant_id: batch.merchantId },
+      }),
+    ]);
+    invariant(result, `no result for the payout of batch ${batch.id}`);
+    if (result.code === CreateTransferResultCode.CREATE_TRANSFER_RESULT_CODE_OK || result.code === CreateTransferResultCode.CREATE_TRANSFER_RESULT_CODE_EXISTS) {
+      await store.markPaid(this.pool, batch.id);
+      return 'paid';
+    }
+    const code = createTransferResultCodeToJSON(result.code).replace('CREATE_TRANSFER_RESULT_CODE_', '').toLowerCase();
+    this.logger.error({ batch: batch.id, code }, 'payout refused by the ledger; its amount is carried to the next batch');
+    await withTransaction(this.pool, (tx) => store.markPayoutFailed(tx, batch, code));
+    return 'payout_failed';
+  }
+
+  /** What the account can pay out now: posted credits less posted and pending debits. */
+  private async availableBalance(accountId: string): Promise<bigint> {
+    const [account] = await this.ledger.lookupAccounts([accountId]);
+    if (!account) throw new InternalError(`settled account ${accountId} is not in the ledger`);
+    return account.creditsPosted - account.debitsPosted - account.debitsPending;
+  }
+
+  private async nextNonEmptyWindowStart(tx: PoolClient, accountId: string, cut: bigint, skip: { schedule: Schedule; upTo: bigint }): Promise<bigint> {
+    const r = await tx.query('SELECT min(effective_at) AS earliest FROM settlement_entries WHERE account_id = $1 AND batch_id IS NULL', [accountId]);
+    const earliest = r.rows[0]?.earliest as bigint | null;
+    const next = earliest === null ? skip.upTo : windowContaining(skip.schedule, earliest).start;
+    const bounded = next < skip.upTo ? next : skip.upTo;
+    return bounded > cut ? bounded : cut;
+  }
+
+  private async payoutClearingAccount(currency: string): Promise<string> {
+    const id = platformAccountId('payout_clearing', currency);
+    if (this.clearingAccounts.has(id)) return id;
+    const [result] = await this.ledger.createAccounts([newAccount({ id, ledger: currencyOf(currency).ledger, code: AccountCode.payoutClearing, metadata: { purpose: 'payout_clearing' } })]);
+    if (result?.code !== CreateAccountResultCode.CREATE_ACCOUNT_RESULT_CODE_OK && result?.code !== CreateAccountResultCode.CREATE_ACCOUNT_RESULT_CODE_EXISTS) {
+      throw new InternalError(`payout clearing account ${id} could not be created: ${result?.code}`);
+    }
+    this.clearingAccounts.add(id);
+    return id;
+  }
+
+  /** Read through the caller's transaction: a second connection per event could exhaust the pool. */
+  private async scheduleOf(merchantId: string, tx: PoolClient): Promise<Schedule> {
+    const cached = this.profiles.get(merchantId);
+    if (cached && Date.now() - cached.at < PROFILE_CACHE_MS) return cached.schedule;
+    const schedule = (await store.findProfile(tx, merchantId))?.schedule ?? this.settings.defaultSchedule;
+    this.profiles.set(merchantId, { schedule, at: Date.now() });
+    return schedule;
+  }
+}
+
+/** The batch of `lines` closing the account's window at `cut`, with its payout decided. */
+function batchOf(id: string, account: store.SettledAccount, cut: bigint, lines: readonly { kind: store.EntryKind; amount: bigint }[], available: bigint): store.Batch {
+  const sum = (kind: store.EntryKind) => lines.filter((l) => l.kind === kind).reduce((s, l) => s + l.amount, 0n);
+  const grossCaptured = sum('capture');
+  const refunds = sum('refund');
+  const fees = sum('fee');
+  const net = grossCaptured - refunds - fees;
+  const due = net + account.carried;
+  // Never more than is there: a shortfall (or a debt, when refunds and fees exceed captures) is carried over.
+  const payout = due <= 0n || available <= 0n ? 0n : due < available ? due : available;
+  const batch: store.Batch = {
+    id,
+    merchantId: account.merchantId,
+    accountId: account.accountId,
+    currency: account.currency,
+    windowStart: account.closedThrough,
+    windowEnd: cut,
+    grossCaptured,
+    refunds,
+    fees,
+    lineCount: lines.length,
+    net,
+    carriedIn: account.carried,
+    available,
+    payout,
+    carriedOut: due - payout,
+    payoutTransferId: derivedId('payout', id),
+    status: payout > 0n ? 'payout_pending' : 'paid',
+    failureCode: null,
+  };
+  invariant(batch.net === lines.reduce((s, l) => s + store.signedAmount(l.kind, l.amount), 0n), `batch ${id}: net differs from its lines`);
+  invariant(batch.payout >= 0n && batch.payout <= (available > 0n ? available : 0n), `batch ${id}: payout ${batch.payout} outside 0..${available}`);
+  invariant(batch.carriedOut === batch.net + batch.carriedIn - batch.payout, `batch ${id}: carried amounts do not add up`);
+  return batch;
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+/** The money movement an event describes, validated: a malformed event fails (and is dead-lettered), never guessed. */
+function settledMovement(event: EventEnvelope): store.ConsumedEvent {
+  const p = event.payload?.$case === 'payment' ? event.payload.value : undefined;
+  const bad = (why: string) => new InternalError(`event ${event.eventId} (${event.type}): ${why}`);
+  if (!p) throw bad('no payment payload');
+  for (const [name, value] of [['payment_id', p.paymentId], ['merchant_id', p.merchantId], ['operation_id', p.operationId], ['destination_account_id', p.destinationAccountId]] as const) {
+    if (!UUID.test(value)) throw bad(`${name} ${JSON.stringify(value)} is not a UUID`);
+  }
+  if (p.operationAmount <= 0n) throw bad(`operation_amount ${p.operationAmount} is not positive`);
+  if (p.operationFee < 0n || p.operationFee > p.operationAmount) throw bad(`operation_fee ${p.operationFee} outside 0..${p.operationAmount}`);
+  if (event.occurredAt <= 0n) throw bad('no occurred_at');
+  currencyOf(p.currency);
+  const captured = event.type === 'payment.captured';
+  return {
+    eventId: event.eventId,
+    type: event.type,
+    paymentId: p.paymentId,
+    operationId: p.operationId,
+    accountId: p.destinationAccountId,
+    merchantId: p.merchantId,
+    currency: p.currency,
+    amount: p.operationAmount,
+    fee: captured ? p.operationFee : 0n,
+    // Events written before fee_transfer_id existed name the fee by the rule payments derive it with.
+    feeTransferId: captured && p.operationFee > 0n ? p.feeTransferId || feeTransferId(p.operationId) : null,
+    occurredAt: event.occurredAt,
+  };
+}
