@@ -3,6 +3,7 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Ajv } from 'ajv';
 import addFormats from 'ajv-formats';
 import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import { context, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Meter, type Span } from '@opentelemetry/api';
 import type { Config } from '../lib/config.js';
 import type { Pool } from '../lib/db.js';
 import { AppError } from '../lib/errors.js';
@@ -22,6 +23,8 @@ import { transferRoutes } from './routes/transfers.js';
 
 declare module 'fastify' {
   interface FastifyRequest {
+    /** The request's SERVER span (observability/tracing.ts), active while it is handled. */
+    span: Span | null;
     caller: Caller | null;
     /** Of the body as sent, before validation fills in defaults. */
     fingerprint: string | null;
@@ -35,6 +38,8 @@ export interface GatewayDeps {
   backends: Backends;
   logger: Logger;
   inFlight?: InFlight;
+  /** Where the REST RED metrics go (http_server_request_duration_seconds); none: not recorded. */
+  meter?: Meter;
 }
 
 /** What every route module gets: the backends, the database, and the caller's checks. */
@@ -98,6 +103,8 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
     },
   });
 
+  traceRequests(app, logger, deps.meter);
+
   const authenticator = new Authenticator(pool, config.ADMIN_API_KEY, config.GATEWAY_AUTH_CACHE_MS);
   const limiter = new RateLimiter(config.GATEWAY_RATE_LIMIT_PER_SECOND, config.GATEWAY_RATE_LIMIT_BURST);
   const idempotency = new IdempotencyStore(pool, config.IDEMPOTENCY_TTL_HOURS);
@@ -105,6 +112,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
   const cleanup = new PeriodicTask('idempotency key cleanup', () => idempotency.deleteExpired(), 10 * 60_000, logger);
   cleanup.start();
   app.addHook('onClose', () => cleanup.stop());
+  app.decorateRequest('span', null);
   app.decorateRequest('caller', null);
   app.decorateRequest('idempotency', null);
   app.decorateRequest('fingerprint', null);
@@ -181,4 +189,40 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
   settlementRoutes(app, context);
   app.get('/openapi.json', { schema: { hide: true } }, async (_request: FastifyRequest, reply: FastifyReply) => reply.send(app.swagger()));
   return app;
+}
+
+const httpTracer = trace.getTracer('gateway');
+
+/**
+ * Every request is a SERVER span continuing the caller's W3C traceparent, active for the hooks and the handler
+ * (so gRPC calls and SQL below it are its children), a sample of http_server_request_duration_seconds (RED by
+ * route template, method and status) and one access log line with its trace id. The line names the route
+ * template, never the URL: query strings and ids stay out of the logs.
+ */
+function traceRequests(app: Gateway, logger: Logger, meter: Meter | undefined): void {
+  const duration = meter?.createHistogram('http_server_request_duration_seconds', {
+    description: 'REST requests: duration by route, method and status (rate and errors from the counts)',
+    advice: { explicitBucketBoundaries: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10] },
+  });
+  app.addHook('onRequest', (request, _reply, done) => {
+    const route = request.routeOptions.url ?? 'unmatched';
+    const parent = propagation.extract(ROOT_CONTEXT, request.headers);
+    const span = httpTracer.startSpan(`${request.method} ${route}`, { kind: SpanKind.SERVER, attributes: { 'http.request.method': request.method, 'http.route': route } }, parent);
+    request.span = span;
+    context.with(trace.setSpan(parent, span), done);
+  });
+  app.addHook('onResponse', async (request, reply) => {
+    const span = request.span;
+    if (!span) return;
+    const route = request.routeOptions.url ?? 'unmatched';
+    const status = reply.statusCode;
+    span.setAttribute('http.response.status_code', status);
+    if (status >= 500) span.setStatus({ code: SpanStatusCode.ERROR });
+    span.end();
+    const seconds = reply.elapsedTime / 1000;
+    duration?.record(seconds, { method: request.method, route, status_code: String(status) });
+    context.with(trace.setSpan(ROOT_CONTEXT, span), () =>
+      logger.info({ method: request.method, route, status, duration_ms: Math.round(reply.elapsedTime * 10) / 10, merchant: request.caller?.kind === 'merchant' ? request.caller.merchantId : request.caller?.kind }, 'request'),
+    );
+  });
 }

@@ -8,9 +8,9 @@ import { Backends } from './backends.js';
 await runService('gateway', async (config, logger) => {
   const pool = createPool(config, { applicationName: 'gateway', keyAccessOnly: true });
   const backends = new Backends(config);
-  const metrics = await startMetrics('gateway', config.METRICS_PORT);
+  const metrics = await startMetrics('gateway', config.METRICS_PORT, config.OTEL_EXPORTER_OTLP_ENDPOINT);
   const inFlight = new InFlight();
-  const app = await buildGateway({ config, pool, backends, logger, inFlight });
+  const app = await buildGateway({ config, pool, backends, logger, inFlight, meter: metrics.meter });
   await app.listen({ port: config.GATEWAY_PORT, host: config.GATEWAY_HOST });
   logger.info({ port: config.GATEWAY_PORT }, 'gateway listening');
   return {

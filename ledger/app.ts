@@ -3,7 +3,7 @@ import { Piscina } from 'piscina';
 import type { Config } from '../lib/config.js';
 import { ownedShards, shardOwners } from '../lib/config.js';
 import { createPool, withTransaction } from '../lib/db.js';
-import { drainHandlers } from '../lib/grpc.js';
+import { drainHandlers, observeRpcServer } from '../lib/grpc.js';
 import type { Logger } from '../lib/logger.js';
 import { LedgerServiceService } from '../proto/gen/ledger/v1/ledger.js';
 import type { BatchTask } from './batch.js';
@@ -55,7 +55,7 @@ export async function startLedger(config: Config, logger: Logger): Promise<Ledge
     idleTimeout: 60_000,
     workerData: { config },
   });
-  const metrics = await startMetrics('ledger', config.METRICS_PORT);
+  const metrics = await startMetrics('ledger', config.METRICS_PORT, config.OTEL_EXPORTER_OTLP_ENDPOINT);
   const batchEvents = metrics.meter.createHistogram('ledger_batch_events', {
     description: 'Events per committed shard batch',
     advice: { explicitBucketBoundaries: [1, 10, 100, 1000, 2048, 4096, 8190] },
@@ -63,6 +63,11 @@ export async function startLedger(config: Config, logger: Logger): Promise<Ledge
   const batchDuration = metrics.meter.createHistogram('ledger_batch_duration_ms', { description: 'Shard batch latency, queue hand-off to reply', unit: 'ms' });
   const batchRetries = metrics.meter.createCounter('ledger_batch_retries_total', { description: 'Extra transaction attempts (40001, deadlocks, reruns)' });
   const batchFailures = metrics.meter.createCounter('ledger_batch_failures_total', { description: 'Batches whose callers got an error' });
+  // Every owned shard's series exists from the start: an alert on increase() sees the first failure.
+  for (const shard of shards) {
+    batchFailures.add(0, { shard });
+    batchRetries.add(0, { shard });
+  }
   // Also summed for the shutdown log line.
   const batchStats = { batches: 0, events: 0, ms: 0, attempts: 0 };
   const router = new LedgerRouter(
@@ -89,6 +94,7 @@ export async function startLedger(config: Config, logger: Logger): Promise<Ledge
   );
 
   const server = new Server({ 'grpc.max_receive_message_length': 32 * 1024 * 1024, 'grpc.max_send_message_length': 32 * 1024 * 1024 });
+  observeRpcServer(metrics.meter, ['ledger.v1.LedgerService', 'payments.v1.PaymentService']);
   server.addService(LedgerServiceService, createLedgerService(router, pool, logger));
   // Payments run beside the ledger and reach it in-process: their transfers join the shard batches directly.
   const risk = new RiskClient(config.RISK_GRPC_TARGET);

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { isUniqueViolation, withTransaction, type Pool } from '../lib/db.js';
+import { isUniqueViolation, recordStatements, withTransaction, type Pool, type StatementTiming } from '../lib/db.js';
 import { InternalError } from '../lib/errors.js';
 import { BatchEvaluator } from './engine.js';
 import { AccountFlag, hasFlag, type Submission, type SubmissionResult } from './model.js';
@@ -19,6 +19,10 @@ import {
 export interface BatchTask {
   shard: number;
   submissions: Submission[];
+  /** The batch span's traceparent (carried by the batch's events and outbox rows); '' when not traced. */
+  traceparent?: string;
+  /** Time the batch's statements for the batch span (the worker thread has no tracer of its own). */
+  timeStatements?: boolean;
 }
 
 export interface BatchOutcome {
@@ -26,6 +30,8 @@ export interface BatchOutcome {
   events: number;
   /** Transaction attempts (1 = no retry). */
   attempts: number;
+  /** The statements of every attempt, when asked for (timeStatements). */
+  statements?: StatementTiming[];
 }
 
 /** A batch reruns at most this often for facts it learned (existing ids, wide accounts); each adds facts. */
@@ -40,12 +46,14 @@ const MAX_RERUNS = 8;
 export async function executeBatch(pool: Pool, task: BatchTask): Promise<BatchOutcome> {
   let attempts = 0;
   let hints: BatchHints = NO_HINTS;
+  const statements: StatementTiming[] | undefined = task.timeStatements ? [] : undefined;
   for (let rerun = 0; ; rerun++) {
     try {
       return await withTransaction(
         pool,
         async (client) => {
           attempts++;
+          if (statements) recordStatements(client, statements, attempts);
           const clock = await lockShard(client, task.shard);
           const state = await loadBatchState(client, task.submissions, hints);
           const loadedTransferIds = new Set(state.transfers.keys());
@@ -61,10 +69,11 @@ export async function executeBatch(pool: Pool, task: BatchTask): Promise<BatchOu
           if (existing.length > 0) throw new BatchNeedsRerun(existing, []);
 
           const batchId = randomUUID();
-          const outbox = { batchId, parts: encodeEventBatch(batchId, task.shard, effects.events) };
+          const traceparent = task.traceparent ?? '';
+          const outbox = { batchId, parts: encodeEventBatch(batchId, task.shard, effects.events, traceparent), traceparent };
           await writeBatchEffects(client, task.shard, effects, state, clock, outbox);
           await advanceHistoryClocks(client, historyIds, maxOf(effects.lastTimestamp, historyClock));
-          return { results: effects.results, events: effects.events.length, attempts };
+          return { results: effects.results, events: effects.events.length, attempts, ...(statements ? { statements } : {}) };
         },
       );
     } catch (error) {

@@ -1,4 +1,7 @@
+import { context, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Context, type Span } from '@opentelemetry/api';
 import { InternalError, ResourceExhaustedError, UnavailableError } from '../lib/errors.js';
+import type { StatementTiming } from '../lib/db.js';
+import { linkTo, traceparentOf, tracer } from '../observability/tracing.js';
 import type { BatchTask } from './batch.js';
 import type { Submission, SubmissionResult } from './model.js';
 import type { WorkerReply } from './worker.js';
@@ -12,6 +15,8 @@ export class QueueBudget {
 interface Waiting {
   submission: Submission;
   size: number;
+  /** The caller's trace context: the batch span links to it. */
+  context: Context;
   resolve: (result: SubmissionResult) => void;
   reject: (error: Error) => void;
 }
@@ -60,7 +65,7 @@ export class ShardBatcher {
     this.budget.used += size;
     this.queuedEvents += size;
     return new Promise((resolve, reject) => {
-      this.queue.push({ submission, size, resolve, reject });
+      this.queue.push({ submission, size, context: context.active(), resolve, reject });
       this.schedule();
     });
   }
@@ -89,14 +94,18 @@ export class ShardBatcher {
     this.inFlight = true;
     const started = performance.now();
     let attempts = 0;
-    this.run({ shard: this.shard, submissions: batch.map((w) => w.submission) })
+    const span = batchSpan(this.shard, batch, events);
+    const traced = span.isRecording();
+    this.run({ shard: this.shard, submissions: batch.map((w) => w.submission), traceparent: traced ? traceparentOf(trace.setSpan(ROOT_CONTEXT, span)) : '', timeStatements: traced })
       .then(
         (reply) => {
           if (reply.ok) {
             attempts = reply.outcome.attempts;
+            if (traced) statementSpans(span, reply.outcome.statements ?? []);
             reply.outcome.results.forEach((result, i) => batch[i]!.resolve(result));
           } else {
             const error = reply.kind === 'unavailable' ? new UnavailableError('database_unavailable', reply.message) : new InternalError(reply.message);
+            span.setStatus({ code: SpanStatusCode.ERROR, message: reply.message });
             for (const w of batch) w.reject(error);
           }
         },
@@ -104,13 +113,51 @@ export class ShardBatcher {
           // The worker thread died or was terminated: whether the batch committed is unknown. The callers
           // retry with the same ids, which makes that safe.
           const failure = new UnavailableError('ledger_worker_failed', 'ledger worker failed; retry with the same ids', 1, { cause: error });
+          span.setStatus({ code: SpanStatusCode.ERROR, message: 'worker failed' });
           for (const w of batch) w.reject(failure);
         },
       )
       .finally(() => {
+        span.setAttribute('ledger.batch.attempts', attempts);
+        span.end();
         this.observer.onBatch?.(this.shard, events, batch.length, performance.now() - started, attempts);
         this.inFlight = false;
         this.schedule();
       });
+  }
+}
+
+const ledgerTracer = tracer('ledger');
+/** Links per batch span: enough to find the callers of a batch, bounded for batches of thousands of calls. */
+const MAX_LINKS = 128;
+
+/**
+ * One batch serves many requests: its span is a child of the first traced caller (so a lone request's trace
+ * is one tree) and links to every caller's span (so each request's trace finds the batch that served it).
+ */
+function batchSpan(shard: number, batch: readonly Waiting[], events: number): Span {
+  const parent = batch.find((w) => trace.getSpan(w.context)?.isRecording())?.context ?? batch[0]?.context ?? ROOT_CONTEXT;
+  return ledgerTracer.startSpan(
+    'ledger.batch',
+    {
+      kind: SpanKind.INTERNAL,
+      attributes: { 'ledger.shard': shard, 'ledger.batch.events': events, 'ledger.batch.submissions': batch.length },
+      links: batch.slice(0, MAX_LINKS).flatMap((w) => linkTo(w.context)),
+    },
+    parent,
+  );
+}
+
+/** The worker's statements as CLIENT spans under the batch span, with the times the worker measured. */
+function statementSpans(batch: Span, statements: readonly StatementTiming[]): void {
+  const parent = trace.setSpan(ROOT_CONTEXT, batch);
+  for (const t of statements) {
+    const span = ledgerTracer.startSpan(
+      `pg ${t.name || t.operation}`,
+      { kind: SpanKind.CLIENT, startTime: t.start, attributes: { 'db.system.name': 'postgresql', 'db.operation.name': t.operation, 'ledger.batch.attempt': t.attempt } },
+      parent,
+    );
+    if (t.failed) span.setStatus({ code: SpanStatusCode.ERROR });
+    span.end(t.end || t.start);
   }
 }

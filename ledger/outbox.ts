@@ -35,22 +35,22 @@ export function outboxMessageId(batchId: string, part: number): string {
  * Packs the events of one committed ledger batch into events.v1.EventBatch messages of at most
  * EVENTS_PER_MESSAGE events: one outbox row and one NATS message each.
  */
-export function encodeEventBatch(batchId: string, shard: number, events: readonly LedgerEvent[]): Uint8Array[] {
+export function encodeEventBatch(batchId: string, shard: number, events: readonly LedgerEvent[], traceparent = ''): Uint8Array[] {
   const parts: Uint8Array[] = [];
   for (let start = 0; start < events.length; start += EVENTS_PER_MESSAGE) {
-    parts.push(EventBatch.encode({ batchId, shard, events: events.slice(start, start + EVENTS_PER_MESSAGE).map(toEnvelope) }).finish());
+    parts.push(EventBatch.encode({ batchId, shard, events: events.slice(start, start + EVENTS_PER_MESSAGE).map((e) => toEnvelope(e, traceparent)) }).finish());
   }
   return parts;
 }
 
-function toEnvelope(e: LedgerEvent): EventEnvelope {
+function toEnvelope(e: LedgerEvent, traceparent: string): EventEnvelope {
   return {
     eventId: randomUUID(),
     type: e.type,
     aggregateId: e.aggregateId,
     sequence: BigInt(e.sequence),
     occurredAt: e.timestamp,
-    traceparent: '',
+    traceparent,
     payload: e.account
       ? { $case: 'account', value: { accountId: e.account.id, ledger: e.account.ledger, code: e.account.code } }
       : e.transfer

@@ -4,7 +4,12 @@ import type { Logger } from '../lib/logger.js';
 import { connectJetStream, connectNats, type JetStreamClient, type NatsConnection } from '../lib/nats.js';
 import { sleep } from '../lib/retry.js';
 import { ensureEventStream } from '../lib/streams.js';
+import { SpanKind, trace } from '@opentelemetry/api';
+import { headers } from '@nats-io/transport-node';
+import { contextOf, inSpan, traceparentOf, tracer } from '../observability/tracing.js';
 import { outboxSubject, outboxMessageId } from './outbox.js';
+
+const relayTracer = tracer('outbox-relay');
 
 interface OutboxRow {
   shard: number;
@@ -12,6 +17,7 @@ interface OutboxRow {
   batchId: string;
   part: number;
   payload: Buffer;
+  traceparent: string;
 }
 
 export interface RelayLag {
@@ -98,18 +104,29 @@ export class OutboxRelay {
         (
           await client.query({
             name: 'relay-read',
-            text: `SELECT shard, sequence, batch_id, part, payload FROM outbox
+            text: `SELECT shard, sequence, batch_id, part, payload, traceparent FROM outbox
                    WHERE shard = ANY($1::int4[]) ORDER BY shard, sequence LIMIT $2`,
             values: [sqlArray(this.shards), this.config.LEDGER_RELAY_BATCH_ROWS],
           })
-        ).rows.map((r): OutboxRow => ({ shard: r.shard, sequence: r.sequence, batchId: r.batch_id, part: r.part, payload: r.payload })),
+        ).rows.map((r): OutboxRow => ({ shard: r.shard, sequence: r.sequence, batchId: r.batch_id, part: r.part, payload: r.payload, traceparent: r.traceparent })),
       { isolation: 'repeatable read', readOnly: true },
     );
     if (rows.length === 0) return 0;
 
-    // Every publish is sent before any ack is awaited; one connection keeps them in order.
+    // Every publish is sent before any ack is awaited; one connection keeps them in order. A row written by a
+    // traced operation is published in a PRODUCER span of that trace, whose traceparent travels in the headers.
     const acks = await Promise.allSettled(
-      rows.map((row) => js.publish(outboxSubject(this.config.EVENTS_SUBJECT_PREFIX, row.shard), row.payload, { msgID: outboxMessageId(row.batchId, row.part), timeout: 10_000 })),
+      rows.map((row) => {
+        const subject = outboxSubject(this.config.EVENTS_SUBJECT_PREFIX, row.shard);
+        const options = { msgID: outboxMessageId(row.batchId, row.part), timeout: 10_000 };
+        const parent = contextOf(row.traceparent);
+        if (!row.traceparent) return js.publish(subject, row.payload, options);
+        const span = relayTracer.startSpan(`${subject} publish`, { kind: SpanKind.PRODUCER, attributes: { 'messaging.system': 'nats', 'messaging.destination.name': subject, 'messaging.message.id': options.msgID } }, parent);
+        const h = headers();
+        const traceparent = traceparentOf(trace.setSpan(parent, span));
+        if (traceparent) h.set('traceparent', traceparent);
+        return inSpan(span, parent, () => js.publish(subject, row.payload, { ...options, headers: h }));
+      }),
     );
     const blocked = new Set<number>();
     const done: OutboxRow[] = [];

@@ -199,7 +199,7 @@ export async function writeBatchEffects(
   effects: BatchEffects,
   state: BatchState,
   clock: ShardClock,
-  outbox: { batchId: string; parts: readonly Uint8Array[] },
+  outbox: { batchId: string; parts: readonly Uint8Array[]; traceparent: string },
 ): Promise<void> {
   const { newAccounts, newTransfers, balanceDeltas, newPendings, resolvedPendings, history } = effects;
   if (newAccounts.length > 0) {
@@ -326,8 +326,8 @@ export async function writeBatchEffects(
       const payload = outbox.parts[part]!;
       await db.query({
         name: 'insert-outbox',
-        text: 'INSERT INTO outbox (shard, sequence, batch_id, part, event_count, payload) VALUES ($1, $2, $3, $4, $5, $6)',
-        values: [shard, first + BigInt(part), outbox.batchId, part, counts[part], Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength)],
+        text: 'INSERT INTO outbox (shard, sequence, batch_id, part, event_count, payload, traceparent) VALUES ($1, $2, $3, $4, $5, $6, $7)',
+        values: [shard, first + BigInt(part), outbox.batchId, part, counts[part], Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength), outbox.traceparent],
       });
     }
   }

@@ -114,6 +114,17 @@ const schema = z.object({
   SETTLEMENT_DEBTOR_IBAN: z.string().default('DE89370400440532013000'),
   SETTLEMENT_DEBTOR_BIC: z.string().regex(/^[A-Z]{6}[A-Z0-9]{2}([A-Z0-9]{3})?$/, 'expected a BIC').default('COBADEFFXXX'),
 
+  /** Traces: where spans go (observability/tracing.ts). Unset: OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set, else none. */
+  TRACES_EXPORTER: z.enum(['otlp', 'console', 'file', 'none']).optional(),
+  /** OTLP/HTTP endpoint of the collector (traces to /v1/traces, metrics to /v1/metrics). */
+  OTEL_EXPORTER_OTLP_ENDPOINT: z.string().regex(/^https?:\/\//, 'expected an http(s):// URL').optional(),
+  /** Share of new traces recorded, 0..1 (parent-based: a sampled caller is always followed). */
+  TRACES_SAMPLING_RATIO: z.coerce.number().min(0).max(1).default(1),
+  /** JSON lines of spans for TRACES_EXPORTER=file (read by `npm run trace`). */
+  TRACES_FILE: z.string().min(1).default('.data/traces.jsonl'),
+  /** service.instance.id of the telemetry; default host name and pid. */
+  SERVICE_INSTANCE_ID: z.string().min(1).optional(),
+
   GATEWAY_PORT: z.coerce.number().int().min(0).max(65535).default(8080),
   GATEWAY_HOST: z.string().min(1).default('0.0.0.0'),
   /** Platform admin key: may create merchants. Unset: no admin API (make dev generates one). */
@@ -148,6 +159,7 @@ function crossChecks(config: Config): string[] {
   if (config.RISK_REVIEW_THRESHOLD_PPM > config.RISK_DECLINE_THRESHOLD_PPM) {
     problems.push(`RISK_REVIEW_THRESHOLD_PPM=${config.RISK_REVIEW_THRESHOLD_PPM}: must not exceed RISK_DECLINE_THRESHOLD_PPM (${config.RISK_DECLINE_THRESHOLD_PPM})`);
   }
+  if (config.TRACES_EXPORTER === 'otlp' && !config.OTEL_EXPORTER_OTLP_ENDPOINT) problems.push('TRACES_EXPORTER=otlp: needs OTEL_EXPORTER_OTLP_ENDPOINT');
   if (!IANAZone.isValidZone(config.SETTLEMENT_TIME_ZONE)) problems.push(`SETTLEMENT_TIME_ZONE=${JSON.stringify(config.SETTLEMENT_TIME_ZONE)}: not an IANA time zone`);
   if (!isValidIBAN(config.SETTLEMENT_DEBTOR_IBAN)) problems.push(`SETTLEMENT_DEBTOR_IBAN=${JSON.stringify(config.SETTLEMENT_DEBTOR_IBAN)}: not a valid IBAN`);
   return problems;

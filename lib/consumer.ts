@@ -8,6 +8,10 @@ import type { Logger } from './logger.js';
 import { connectJetStream, type JetStreamClient, type NatsConnection } from './nats.js';
 import { sleep } from './retry.js';
 import { ensureEventStream } from './streams.js';
+import { SpanKind } from '@opentelemetry/api';
+import { contextOf, inSpan, tracer } from '../observability/tracing.js';
+
+const consumerTracer = tracer('consumer');
 
 /** Applies one event inside the consumer's transaction; throwing rolls the whole message back. */
 export type EventHandler = (event: EventEnvelope, tx: PoolClient) => Promise<void>;
@@ -129,6 +133,16 @@ export class EventConsumer {
    * A process that dies mid-way leaves the message unacknowledged; JetStream delivers it again, in order.
    */
   private async process(m: JsMsg): Promise<void> {
+    // The message continues the trace of the operation that wrote it (traceparent header set by the relay).
+    const parent = contextOf(m.headers?.get('traceparent'));
+    const span = consumerTracer.startSpan(`${m.subject} process`, {
+      kind: SpanKind.CONSUMER,
+      attributes: { 'messaging.system': 'nats', 'messaging.destination.name': m.subject, 'messaging.consumer.group.name': this.options.name, 'messaging.nats.delivery_count': m.info.deliveryCount },
+    }, parent);
+    return inSpan(span, parent, () => this.processInSpan(m));
+  }
+
+  private async processInSpan(m: JsMsg): Promise<void> {
     if (m.info.deliveryCount > 1) this.stats.redeliveries++;
     let batch: EventBatch;
     try {

@@ -1,3 +1,4 @@
+import { context, SpanKind, SpanStatusCode, trace, type Span } from '@opentelemetry/api';
 import pg from 'pg';
 import type { Config } from './config.js';
 import { UnavailableError } from './errors.js';
@@ -102,6 +103,7 @@ export function isUniqueViolation(error: unknown): boolean {
 export async function withTransaction<T>(pool: pg.Pool, work: (client: pg.PoolClient) => Promise<T>, options: TransactionOptions = {}): Promise<T> {
   return retry(
     async () => {
+      const attempt = queryTracing();
       let client: pg.PoolClient;
       try {
         client = await pool.connect();
@@ -115,11 +117,13 @@ export async function withTransaction<T>(pool: pg.Pool, work: (client: pg.PoolCl
         broken = true;
       };
       client.on('error', onError);
+      const untrace = attempt?.trace(client);
       try {
         const level = options.isolation === 'repeatable read' ? 'REPEATABLE READ' : 'SERIALIZABLE';
         await client.query(`BEGIN ISOLATION LEVEL ${level}${options.readOnly ? ' READ ONLY' : ''}`);
         const result = await work(client);
         await client.query('COMMIT');
+        attempt?.end();
         return result;
       } catch (error) {
         try {
@@ -127,12 +131,14 @@ export async function withTransaction<T>(pool: pg.Pool, work: (client: pg.PoolCl
         } catch {
           broken = true;
         }
+        attempt?.end(error);
         if (isConnectionError(error)) {
           broken = true;
           throw new UnavailableError('database_unavailable', 'database unavailable', 1, { cause: error });
         }
         throw error;
       } finally {
+        untrace?.();
         client.off('error', onError);
         client.release(broken);
       }
@@ -155,9 +161,13 @@ export async function withTransaction<T>(pool: pg.Pool, work: (client: pg.PoolCl
 export async function statement(pool: pg.Pool, query: pg.QueryConfig): Promise<pg.QueryResult> {
   return retry(
     async () => {
+      const span = querySpan(query);
       try {
-        return await pool.query(query);
+        const result = await pool.query(query);
+        span?.end();
+        return result;
       } catch (error) {
+        endWithError(span, error);
         if (isConnectionError(error)) throw new UnavailableError('database_unavailable', 'database unavailable', 1, { cause: error });
         throw error;
       }
@@ -179,4 +189,104 @@ export function sqlArray(values: readonly (string | number | bigint | null)[]): 
     text += v === null ? 'NULL' : String(v);
   }
   return text + '}';
+}
+
+// --- tracing -----------------------------------------------------------------------------------------------
+
+const dbTracer = trace.getTracer('pg');
+
+/** A CLIENT span for one statement, when the active span is recorded (nothing is made otherwise). */
+function querySpan(query: string | pg.QueryConfig): Span | undefined {
+  if (!trace.getSpan(context.active())?.isRecording()) return undefined;
+  const text = typeof query === 'string' ? query : query.text;
+  const operation = /^\s*(?:WITH\b[\s\S]*?\)\s*)?(\w+)/i.exec(text)?.[1]?.toUpperCase() ?? 'QUERY';
+  const name = typeof query === 'string' ? undefined : query.name;
+  return dbTracer.startSpan(`pg ${name ?? operation}`, {
+    kind: SpanKind.CLIENT,
+    // Statements carry parameters separately: the text holds no values, so no secrets or card data.
+    attributes: { 'db.system.name': 'postgresql', 'db.operation.name': operation, 'db.query.text': text.length > 2000 ? `${text.slice(0, 2000)}...` : text },
+  });
+}
+
+function endWithError(span: Span | undefined, error: unknown): void {
+  if (!span) return;
+  span.setStatus({ code: SpanStatusCode.ERROR, message: (error as { code?: string }).code ?? (error instanceof Error ? error.message : String(error)) });
+  span.end();
+}
+
+/**
+ * One transaction attempt as a span ('db.transaction') with a span per statement, when the caller is traced.
+ * The client's query method is wrapped for the attempt and restored before the client goes back to the pool.
+ */
+function queryTracing(): { trace(client: pg.PoolClient): () => void; end(error?: unknown): void } | undefined {
+  const parent = context.active();
+  if (!trace.getSpan(parent)?.isRecording()) return undefined;
+  const transaction = dbTracer.startSpan('db.transaction', { kind: SpanKind.CLIENT, attributes: { 'db.system.name': 'postgresql' } }, parent);
+  const inside = trace.setSpan(parent, transaction);
+  return {
+    trace(client) {
+      const original = client.query;
+      const traced = function (this: pg.PoolClient, ...args: unknown[]) {
+        const span = context.with(inside, () => querySpan(args[0] as string | pg.QueryConfig));
+        const result = (original as (...a: unknown[]) => unknown).apply(this, args);
+        if (result instanceof Promise) result.then(() => span?.end(), (error: unknown) => endWithError(span, error));
+        else span?.end();
+        return result;
+      };
+      client.query = traced as typeof client.query;
+      return () => {
+        client.query = original;
+      };
+    },
+    end(error) {
+      if (error === undefined) transaction.end();
+      else endWithError(transaction, error);
+    },
+  };
+}
+
+export interface StatementTiming {
+  name: string;
+  operation: string;
+  /** Epoch milliseconds (fractional). */
+  start: number;
+  end: number;
+  attempt: number;
+  failed: boolean;
+}
+
+/**
+ * Times every statement of a client (until it goes back to the pool): for worker threads, which have no
+ * tracer, so that the main thread can make their spans. The wrapper is removed at release.
+ */
+export function recordStatements(client: pg.PoolClient, sink: StatementTiming[], attempt: number): void {
+  const original = client.query;
+  const now = () => performance.timeOrigin + performance.now();
+  client.query = function (this: pg.PoolClient, ...args: unknown[]) {
+    const query = args[0] as string | pg.QueryConfig;
+    const text = typeof query === 'string' ? query : query.text;
+    const timing: StatementTiming = {
+      name: (typeof query === 'string' ? undefined : query.name) ?? '',
+      operation: /^\s*(\w+)/.exec(text)?.[1]?.toUpperCase() ?? 'QUERY',
+      start: now(),
+      end: 0,
+      attempt,
+      failed: false,
+    };
+    sink.push(timing);
+    const result = (original as (...a: unknown[]) => unknown).apply(this, args);
+    if (result instanceof Promise) {
+      result.then(
+        () => (timing.end = now()),
+        () => ((timing.end = now()), (timing.failed = true)),
+      );
+    } else timing.end = now();
+    return result;
+  } as typeof client.query;
+  const release = client.release;
+  client.release = function (this: pg.PoolClient, ...args: Parameters<typeof release>) {
+    client.query = original;
+    client.release = release;
+    return release.apply(this, args);
+  };
 }

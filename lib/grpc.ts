@@ -1,4 +1,5 @@
 import { Metadata, status, type CallOptions, type ServiceError, type ServerUnaryCall, type sendUnaryData } from '@grpc/grpc-js';
+import { context, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Histogram, type Meter, type TextMapGetter, type TextMapSetter } from '@opentelemetry/api';
 import { isConnectionError, isSerializationFailure } from './db.js';
 import { AppError, UnavailableError, type ErrorKind } from './errors.js';
 import type { Logger } from './logger.js';
@@ -101,17 +102,56 @@ export async function drainHandlers(timeoutMs = 10_000): Promise<void> {
   clearTimeout(timer);
 }
 
-/** Wraps an async handler: AppErrors become statuses, anything else INTERNAL, logged once with the method. */
+const metadataGetter: TextMapGetter<Metadata> = {
+  get: (carrier, key) => {
+    const values = carrier.get(key);
+    return values.length > 0 ? String(values[0]) : undefined;
+  },
+  keys: (carrier) => Object.keys(carrier.getMap()),
+};
+const metadataSetter: TextMapSetter<Metadata> = { set: (carrier, key, value) => carrier.set(key, value) };
+const grpcTracer = trace.getTracer('grpc');
+
+/** RED of the gRPC methods a process serves, per service (e.g. `ledger.v1.LedgerService`), on its meter. */
+const serverDurations = new Map<string, Histogram>();
+
+/** Records the duration and status of every call to these gRPC services on `meter` (rpc_server_duration_seconds). */
+export function observeRpcServer(meter: Meter, services: readonly string[]): void {
+  const histogram = meter.createHistogram('rpc_server_duration_seconds', {
+    description: 'gRPC server calls: duration by method and status code (rate and errors from the counts)',
+    advice: { explicitBucketBoundaries: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10] },
+  });
+  for (const service of services) serverDurations.set(service, histogram);
+}
+
+/**
+ * Wraps an async handler: AppErrors become statuses, anything else INTERNAL, logged once with the method. The
+ * call is a SERVER span continuing the caller's traceparent (gRPC metadata), active while the handler runs,
+ * and a sample of rpc_server_duration_seconds.
+ */
 export function unary<Req, Res>(logger: Logger, method: string, handler: (request: Req, call: ServerUnaryCall<Req, Res>) => Promise<Res>) {
   return (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>): void => {
-    const work = handler(call.request, call);
+    const started = performance.now();
+    const path = call.getPath?.() ?? method;
+    const parent = propagation.extract(ROOT_CONTEXT, call.metadata, metadataGetter);
+    const span = grpcTracer.startSpan(path.replace(/^\//, ''), { kind: SpanKind.SERVER, attributes: { 'rpc.system': 'grpc', 'rpc.method': method } }, parent);
+    const finish = (code: status) => {
+      span.setAttribute('rpc.grpc.status_code', code);
+      if (code !== status.OK) span.setStatus({ code: SpanStatusCode.ERROR, message: status[code] });
+      span.end();
+      serverDurations.get(path.split('/')[1] ?? '')?.record((performance.now() - started) / 1000, { method, code: status[code] });
+    };
+    const work = context.with(trace.setSpan(parent, span), () => handler(call.request, call));
     running.add(work);
     work.finally(() => running.delete(work)).catch(() => undefined);
     work.then(
-      (response) => callback(null, response),
+      (response) => {
+        finish(status.OK);
+        callback(null, response);
+      },
       (thrown: unknown) => {
         const error = asAppError(thrown);
-        if (!(error instanceof AppError) || error.kind === 'internal') logger.error({ err: error, method }, 'request failed');
+        if (!(error instanceof AppError) || error.kind === 'internal') context.with(trace.setSpan(parent, span), () => logger.error({ err: error, method }, 'request failed'));
         let reply: Partial<ServiceError>;
         try {
           reply = toServiceError(error);
@@ -120,6 +160,7 @@ export function unary<Req, Res>(logger: Logger, method: string, handler: (reques
           logger.error({ err: mappingError, method }, 'error could not be mapped to a status');
           reply = { code: status.INTERNAL, details: 'internal error' };
         }
+        finish(reply.code ?? status.UNKNOWN);
         callback(reply);
       },
     );
@@ -136,7 +177,18 @@ export type UnaryMethod<Req, Res> = (
 
 /** Calls a generated client's unary method with a deadline, as a promise. */
 export function callUnary<Client, Req, Res>(client: Client, method: UnaryMethod<Req, Res>, request: Req, deadlineMs: number, metadata = new Metadata()): Promise<Res> {
+  // A CLIENT span whose traceparent travels in the metadata: the server's span continues this trace.
+  const path = ((method as { path?: string }).path ?? 'unknown').replace(/^\//, '');
+  const parent = context.active();
+  const span = grpcTracer.startSpan(path, { kind: SpanKind.CLIENT, attributes: { 'rpc.system': 'grpc' } }, parent);
+  propagation.inject(trace.setSpan(parent, span), metadata, metadataSetter);
   return new Promise((resolve, reject) => {
-    method.call(client, request, metadata, { deadline: Date.now() + deadlineMs }, (error, response) => (error ? reject(error) : resolve(response)));
+    method.call(client, request, metadata, { deadline: Date.now() + deadlineMs }, (error, response) => {
+      span.setAttribute('rpc.grpc.status_code', error ? error.code : status.OK);
+      if (error) span.setStatus({ code: SpanStatusCode.ERROR, message: status[error.code] });
+      span.end();
+      if (error) reject(error);
+      else resolve(response);
+    });
   });
 }

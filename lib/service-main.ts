@@ -1,3 +1,5 @@
+import { startTracing } from '../observability/tracing.js';
+import { tracingSettings } from '../observability/settings.js';
 import { loadConfig, type Config } from './config.js';
 import { createLogger, type Logger } from './logger.js';
 
@@ -7,6 +9,8 @@ import { createLogger, type Logger } from './logger.js';
  */
 export async function runService(name: string, start: (config: Config, logger: Logger) => Promise<{ close(): Promise<void> }>): Promise<void> {
   const config = loadConfig();
+  // Tracing first: spans of start-up (migrations checks, connections) belong to the service too.
+  const tracing = startTracing(tracingSettings(name, config));
   const logger = createLogger(name, config.LOG_LEVEL);
   const service = await start(config, logger);
   let stopping = false;
@@ -15,6 +19,7 @@ export async function runService(name: string, start: (config: Config, logger: L
     stopping = true;
     logger.info({ signal }, `${name} stopping`);
     await service.close();
+    await tracing.shutdown();
     logger.info(`${name} stopped`);
     process.exit(0);
   };

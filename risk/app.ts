@@ -1,5 +1,6 @@
 import { Server, ServerCredentials } from '@grpc/grpc-js';
 import type { Config } from '../lib/config.js';
+import { observeRpcServer } from '../lib/grpc.js';
 import type { Logger } from '../lib/logger.js';
 import { RiskServiceService } from '../proto/gen/risk/v1/risk.js';
 import { readFile } from 'node:fs/promises';
@@ -70,8 +71,9 @@ async function startScorer(config: Config, logger: Logger): Promise<{ scorer: Sc
 
 export async function startRisk(config: Config, logger: Logger): Promise<RiskApp> {
   const { scorer, version, reference, close: closeScorer } = await startScorer(config, logger);
-  const metrics = await startMetrics('risk', config.METRICS_PORT);
+  const metrics = await startMetrics('risk', config.METRICS_PORT, config.OTEL_EXPORTER_OTLP_ENDPOINT);
   const server = new Server();
+  observeRpcServer(metrics.meter, ['risk.v1.RiskService']);
   server.addService(RiskServiceService, createRiskService(new MonitoredScorer(scorer, metrics.meter, reference), logger));
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync(config.RISK_GRPC_LISTEN, ServerCredentials.createInsecure(), (error, bound) => (error ? reject(error) : resolve(bound))),

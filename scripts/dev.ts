@@ -56,6 +56,8 @@ function localAdminKey(): string {
 }
 
 process.env['ADMIN_API_KEY'] ||= localAdminKey();
+// Without a collector, spans go to a local file that `npm run trace` prints as a tree.
+if (!process.env['OTEL_EXPORTER_OTLP_ENDPOINT']) process.env['TRACES_EXPORTER'] ||= 'file';
 // Each service exports its metrics on its own port: risk, gateway and settlement next to the ledger's.
 const METRICS_PORTS: Record<string, number> = { ledger: 0, risk: 1, gateway: 2, settlement: 3 };
 const config = loadConfig();
@@ -132,6 +134,7 @@ dev: try it (in another terminal):
   S=$(curl -s ${base}/v1/settlements/close -H "Authorization: Bearer ${config.ADMIN_API_KEY}" -H 'Content-Type: application/json' \\
       -d '{"merchant":"${merchant.id}","currency":"USD"}' | node -pe 'JSON.parse(require("fs").readFileSync(0, "utf8")).data[0]?.id')
   curl -s ${base}/v1/settlements/$S/report.csv -H "Authorization: Bearer $K"
+  npm run -s trace      # the last payment's trace: gateway, gRPC, ledger batch, SQL, relay, consumers (${config.TRACES_FILE})
 dev: Ctrl-C stops every service.`);
 }
 

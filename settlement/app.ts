@@ -1,5 +1,6 @@
 import { Server, ServerCredentials } from '@grpc/grpc-js';
 import type { Config } from '../lib/config.js';
+import { observeRpcServer } from '../lib/grpc.js';
 import { EventConsumer, observeConsumer } from '../lib/consumer.js';
 import { createPool, type Pool } from '../lib/db.js';
 import type { Logger } from '../lib/logger.js';
@@ -39,20 +40,19 @@ export function settlementSettings(config: Config): SettlementSettings {
 export async function startSettlement(config: Config, logger: Logger): Promise<SettlementApp> {
   const pool = createPool(config, { applicationName: 'settlement' });
   const ledger = new LedgerClient(config.LEDGER_GRPC_TARGET, { autoBatch: false, deadlineMs: 30_000 });
-  const settler = new Settler(pool, ledger, settlementSettings(config), logger);
-  const metrics = await startMetrics('settlement', config.METRICS_PORT);
+  const metrics = await startMetrics('settlement', config.METRICS_PORT, config.OTEL_EXPORTER_OTLP_ENDPOINT);
+  const batchesMade = metrics.meter.createCounter('settlement_batches_total', { description: 'Settlement batches made (windows closed with something to settle), by currency and payout status' });
+  const settler = new Settler(pool, ledger, { ...settlementSettings(config), onBatch: (b) => batchesMade.add(1, { currency: b.currency, status: b.status }) }, logger);
 
   const nc = await connectNats(config, { name: 'settlement' });
   const consumer = new EventConsumer(nc, pool, config, { name: config.SETTLEMENT_CONSUMER, filter: 'payments.>', concurrency: 8 }, settler.handle, logger);
   await consumer.start();
   observeConsumer(metrics.meter, consumer, config.SETTLEMENT_CONSUMER);
 
-  const batchesMade = metrics.meter.createCounter('settlement_batches_total', { description: 'Settlement batches made (windows closed with something to settle)' });
   const closer = new PeriodicTask(
     'settlement closer',
     async () => {
-      const made = await settler.closeEnded();
-      for (const b of made) batchesMade.add(1, { currency: b.currency, status: b.status });
+      await settler.closeEnded();
       await settler.resumePayouts();
     },
     config.SETTLEMENT_CLOSE_EVERY_MS,
@@ -63,6 +63,7 @@ export async function startSettlement(config: Config, logger: Logger): Promise<S
   relay.start();
 
   const server = new Server();
+  observeRpcServer(metrics.meter, ['settlement.v1.SettlementService']);
   server.addService(SettlementServiceService, createSettlementService(pool, ledger, settler, config, logger));
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync(config.SETTLEMENT_GRPC_LISTEN, ServerCredentials.createInsecure(), (error, bound) => (error ? reject(error) : resolve(bound))),

@@ -18,6 +18,8 @@ export interface SettlementSettings {
   defaultSchedule: Schedule;
   /** A batch whose payout is unconfirmed this long is submitted again (derived transfer id: at most once). */
   resumePayoutsAfterMs: number;
+  /** Told of every batch made (scheduled or on demand), with its payout's outcome: metrics. */
+  onBatch?: (batch: store.Batch) => void;
 }
 
 /** The event types that move money on a merchant's settled account. */
@@ -123,6 +125,7 @@ export class Settler {
     if (outcome.batch) {
       this.logger.info({ batch: outcome.batch.id, account: accountId, lines: outcome.batch.lineCount, net: String(outcome.batch.net), payout: String(outcome.batch.payout) }, 'settlement batch made');
       if (outcome.batch.status === 'payout_pending') outcome.batch.status = await this.payOut(outcome.batch);
+      this.settings.onBatch?.(outcome.batch);
     }
     return outcome;
   }

@@ -11,6 +11,7 @@ import { lookupAccounts } from '../queries.js';
 import type { LedgerRouter } from '../router.js';
 import { AccountCode, TransferCode, feeOf, feeTransferId, merchantBalanceAccountId, platformAccountId, type PlatformAccount, nowNanos, statusAfterRefund, type CaptureMethod, type OperationRow, type PaymentRow, type RiskAssessment } from './model.js';
 import * as store from './store.js';
+import { traceparentOf } from '../../observability/tracing.js';
 
 /** The ledger as payments use it: in-process, through the shard router (batched with every other caller). */
 export interface PaymentLedger {
@@ -58,6 +59,8 @@ interface FinishStep {
   status: 'succeeded' | 'failed';
   failureCode: string | null;
   apply: Apply;
+  /** The caller's trace: the step's events carry it (the group commit serves several callers). */
+  traceparent: string;
 }
 
 /** Ledger answers that decline a payment (the buyer's problem), with the decline code the merchant sees. */
@@ -358,7 +361,7 @@ export class PaymentFlows {
    * now, since refunds may finish concurrently) and one outbox event per transition, in one transaction.
    */
   private async finish(op: OperationRow, status: 'succeeded' | 'failed', failureCode: string | null, apply: Apply): Promise<PaymentRow> {
-    const finished = await this.finishes.add({ op, status, failureCode, apply });
+    const finished = await this.finishes.add({ op, status, failureCode, apply, traceparent: traceparentOf() });
     // Finished by someone else meanwhile (a concurrent retry or the resumer): answer what they wrote.
     return finished ?? this.requirePayment(op.merchantId, op.paymentId);
   }
@@ -374,7 +377,7 @@ export class PaymentFlows {
       async (client) => {
         const current = await store.finishOperationsReadPayments(client, steps.map((s) => ({ id: s.op.id, status: s.status, failureCode: s.failureCode })));
         const latest = new Map<string, { payment: PaymentRow; expectedVersion: bigint }>();
-        const written: { events: { type: store.PaymentEventType; payment: PaymentRow }[]; op: OperationRow }[] = [];
+        const written: { events: { type: store.PaymentEventType; payment: PaymentRow }[]; op: OperationRow; traceparent: string }[] = [];
         const results = steps.map((step) => {
           const read = current.get(step.op.id);
           if (!read) return null;
@@ -384,7 +387,7 @@ export class PaymentFlows {
           const versioned = events.map((type, i) => ({ type, payment: { ...next, version: before.version + BigInt(i + 1) } }));
           const after = { ...next, version: before.version + BigInt(events.length) };
           latest.set(read.id, { payment: after, expectedVersion: latest.get(read.id)?.expectedVersion ?? read.version });
-          written.push({ events: versioned, op: step.op });
+          written.push({ events: versioned, op: step.op, traceparent: step.traceparent });
           return after;
         });
         const updates = [...latest.values()].map((l) => ({ after: l.payment, expectedVersion: l.expectedVersion }));

@@ -4,6 +4,7 @@ import { invariant } from '../../lib/errors.js';
 import { EventBatch } from '../../proto/gen/events/v1/events.js';
 import { PAYMENT_OUTBOX_SHARD_BASE } from '../outbox.js';
 import { shardOf } from '../router.js';
+import { traceparentOf } from '../../observability/tracing.js';
 import { feeTransferId, type OperationRow, type OperationStatus, type PaymentRow } from './model.js';
 
 /** The payments' SQL, in one place: merchants and account ownership, payments, operations, payment events. */
@@ -275,15 +276,16 @@ export async function updatePayments(db: Queryable, updates: readonly { after: P
 export async function writePaymentEventsMany(
   db: PoolClient,
   shardCount: number,
-  steps: readonly { events: readonly { type: PaymentEventType; payment: PaymentRow }[]; op: OperationRow }[],
+  steps: readonly { events: readonly { type: PaymentEventType; payment: PaymentRow }[]; op: OperationRow; traceparent: string }[],
 ): Promise<void> {
-  const messages = steps.filter((s) => s.events.length > 0).map((s) => paymentEventsMessage(shardCount, s.events, s.op));
+  const messages = steps.filter((s) => s.events.length > 0).map((s) => paymentEventsMessage(shardCount, s.events, s.op, s.traceparent));
   if (messages.length === 0) return;
   await db.query({
     name: 'pay-outbox-many',
-    text: `INSERT INTO outbox (shard, sequence, batch_id, part, event_count, payload)
-           SELECT shard, sequence, batch_id, 0, event_count, payload FROM unnest($1::int4[], $2::int8[], $3::uuid[], $4::int4[], $5::bytea[]) AS m(shard, sequence, batch_id, event_count, payload)`,
-    values: [messages.map((m) => m.shard), messages.map((m) => String(m.sequence)), messages.map((m) => m.batchId), messages.map((m) => m.count), messages.map((m) => m.payload)],
+    text: `INSERT INTO outbox (shard, sequence, batch_id, part, event_count, payload, traceparent)
+           SELECT shard, sequence, batch_id, 0, event_count, payload, traceparent
+           FROM unnest($1::int4[], $2::int8[], $3::uuid[], $4::int4[], $5::bytea[], $6::text[]) AS m(shard, sequence, batch_id, event_count, payload, traceparent)`,
+    values: [messages.map((m) => m.shard), messages.map((m) => String(m.sequence)), messages.map((m) => m.batchId), messages.map((m) => m.count), messages.map((m) => m.payload), messages.map((m) => m.traceparent)],
   });
 }
 
@@ -316,6 +318,7 @@ interface OutboxMessage {
   batchId: string;
   count: number;
   payload: Buffer;
+  traceparent: string;
 }
 
 /**
@@ -324,7 +327,7 @@ interface OutboxMessage {
  * tail, so no counter row is shared by concurrent payments. A collision is a unique violation, and the
  * transaction retries (retryIf).
  */
-function paymentEventsMessage(shardCount: number, events: readonly { type: PaymentEventType; payment: PaymentRow }[], op: OperationRow): OutboxMessage {
+function paymentEventsMessage(shardCount: number, events: readonly { type: PaymentEventType; payment: PaymentRow }[], op: OperationRow, traceparent: string): OutboxMessage {
   const paymentId = events[0]!.payment.id;
   const batchId = randomUUID();
   const occurredAt = BigInt(Date.now()) * 1_000_000n;
@@ -339,7 +342,7 @@ function paymentEventsMessage(shardCount: number, events: readonly { type: Payme
         aggregateId: payment.id,
         sequence: BigInt(payment.version),
         occurredAt,
-        traceparent: '',
+        traceparent,
         payload: {
           $case: 'payment' as const,
           value: {
@@ -379,17 +382,18 @@ function paymentEventsMessage(shardCount: number, events: readonly { type: Payme
     batchId,
     count: events.length,
     payload: Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength),
+    traceparent,
   };
 }
 
 /** Writes a step's events into the outbox, in the caller's transaction (with the state change they report). */
 export async function writePaymentEvents(db: PoolClient, shardCount: number, events: readonly { type: PaymentEventType; payment: PaymentRow }[], op: OperationRow): Promise<void> {
   if (events.length === 0) return;
-  const m = paymentEventsMessage(shardCount, events, op);
+  const m = paymentEventsMessage(shardCount, events, op, traceparentOf());
   await db.query({
     name: 'pay-outbox',
-    text: 'INSERT INTO outbox (shard, sequence, batch_id, part, event_count, payload) VALUES ($1, $2, $3, 0, $4, $5)',
-    values: [m.shard, m.sequence, m.batchId, m.count, m.payload],
+    text: 'INSERT INTO outbox (shard, sequence, batch_id, part, event_count, payload, traceparent) VALUES ($1, $2, $3, 0, $4, $5, $6)',
+    values: [m.shard, m.sequence, m.batchId, m.count, m.payload, m.traceparent],
   });
 }
 

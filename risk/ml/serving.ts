@@ -1,3 +1,5 @@
+import { SpanKind } from '@opentelemetry/api';
+import { contextOf, tracer } from '../../observability/tracing.js';
 import type { Config } from '../../lib/config.js';
 import type { Logger } from '../../lib/logger.js';
 import { connectJetStream, connectNats, type NatsConnection } from '../../lib/nats.js';
@@ -51,6 +53,7 @@ export function factsFromEvent(e: PaymentEvent): PaymentFacts {
 
 /** Each payment is observed once: at its authorization, or at its decline (declined attempts count too). */
 const OBSERVED = new Set(['payment.authorized', 'payment.declined']);
+const feedTracer = tracer('risk-features');
 
 export class PaymentFeatureFeed {
   private nc: NatsConnection | undefined;
@@ -74,6 +77,9 @@ export class PaymentFeatureFeed {
     this.loop = (async () => {
       for await (const m of messages) {
         if (this.stopped) break;
+        // A CONSUMER span in the trace of the payment that produced the message (traceparent header).
+        const parent = contextOf(m.headers?.get('traceparent'));
+        const span = feedTracer.startSpan(`${m.subject} process`, { kind: SpanKind.CONSUMER, attributes: { 'messaging.system': 'nats', 'messaging.destination.name': m.subject } }, parent);
         try {
           for (const e of EventBatch.decode(m.data).events) {
             if (e.payload?.$case !== 'payment' || !OBSERVED.has(e.type)) continue;
@@ -81,7 +87,10 @@ export class PaymentFeatureFeed {
             this.applied++;
           }
         } catch (err) {
+          span.recordException(err as Error);
           this.logger.error({ err, seq: m.seq }, 'payment event could not be read; skipped');
+        } finally {
+          span.end();
         }
       }
     })();

@@ -1,0 +1,257 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
+import type { AddressInfo } from 'node:net';
+import { Writable } from 'node:stream';
+import { context, propagation, SpanKind, trace } from '@opentelemetry/api';
+import { InMemorySpanExporter, SimpleSpanProcessor, type ReadableSpan } from '@opentelemetry/sdk-trace-base';
+import { after, before, describe, it } from 'mocha';
+import { parse as parseYaml } from 'yaml';
+import { buildGateway, type Gateway } from '../gateway/app.js';
+import { Backends } from '../gateway/backends.js';
+import { startLedger, type LedgerApp } from '../ledger/app.js';
+import { createPool, type Pool } from '../lib/db.js';
+import { createLogger } from '../lib/logger.js';
+import { startRisk, type RiskApp } from '../risk/app.js';
+import { FeatureStore } from '../risk/ml/features.js';
+import { PaymentFeatureFeed } from '../risk/ml/serving.js';
+import { startSettlement, type SettlementApp } from '../settlement/app.js';
+import { ADMIN_KEY } from '../test/gateway-harness.js';
+import { freePort } from '../test/ledger-process.js';
+import { TestNatsServer } from '../test/nats-server.js';
+import { testConfig } from '../test/support.js';
+import { startMetrics, type ServiceMetrics } from './metrics.js';
+import { startTracing, type Tracing } from './tracing.js';
+
+/**
+ * One payment, one trace: REST -> gRPC -> ledger batch (worker thread) -> SQL -> outbox -> relay -> NATS ->
+ * the settlement and risk consumers -> their SQL. Every service runs in this process with one tracer provider
+ * and an in-memory exporter; the span tree, the RED metrics and the logs of that payment are checked.
+ */
+describe('telemetry of one payment (traces, metrics, logs) across gateway, ledger, relay, NATS and consumers', function () {
+  this.timeout(120_000);
+  const spans = new InMemorySpanExporter();
+  const logLines: string[] = [];
+  const logs = new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      logLines.push(...chunk.toString('utf8').split('\n').filter(Boolean));
+      done();
+    },
+  });
+  const logger = (name: string) => createLogger(name, 'debug', logs);
+  let tracing: Tracing;
+  let nats: TestNatsServer;
+  let risk: RiskApp;
+  let ledger: LedgerApp;
+  let settlement: SettlementApp;
+  let feed: PaymentFeatureFeed;
+  let gateway: Gateway;
+  let gatewayMetrics: ServiceMetrics;
+  let backends: Backends;
+  let pool: Pool;
+  let url: string;
+  let ledgerMetricsPort: number;
+  let metricsPorts: { risk: number; settlement: number };
+
+  before(async () => {
+    tracing = startTracing({ service: 'telemetry-test', version: 'test', exporter: 'none', samplingRatio: 1 }, [new SimpleSpanProcessor(spans)]);
+    nats = await TestNatsServer.start();
+    const suffix = randomUUID().slice(0, 8);
+    const env = { NATS_URL: nats.url, EVENTS_STREAM: `TEL_${suffix}`, EVENTS_SUBJECT_PREFIX: `tel-${suffix}` };
+    metricsPorts = { risk: await freePort(), settlement: await freePort() };
+    risk = await startRisk(testConfig({ ...env, RISK_GRPC_LISTEN: '127.0.0.1:0', METRICS_PORT: String(metricsPorts.risk) }), logger('risk'));
+    ledgerMetricsPort = await freePort();
+    ledger = await startLedger(
+      testConfig({ ...env, LEDGER_GRPC_LISTEN: '127.0.0.1:0', LEDGER_RELAY_ENABLED: 'true', RISK_GRPC_TARGET: risk.address, RISK_DEADLINE_MS: '5000', METRICS_PORT: String(ledgerMetricsPort) }),
+      logger('ledger'),
+    );
+    settlement = await startSettlement(
+      testConfig({ ...env, SETTLEMENT_GRPC_LISTEN: '127.0.0.1:0', LEDGER_GRPC_TARGET: ledger.address, SETTLEMENT_CONSUMER: `tel-${suffix}`, METRICS_PORT: String(metricsPorts.settlement), SETTLEMENT_CLOSE_EVERY_MS: '3600000' }),
+      logger('settlement'),
+    );
+    feed = new PaymentFeatureFeed(new FeatureStore(), testConfig(env), logger('risk-features'));
+    await feed.start();
+    const config = testConfig({ ...env, LEDGER_GRPC_TARGET: ledger.address, SETTLEMENT_GRPC_TARGET: settlement.address, ADMIN_API_KEY: ADMIN_KEY, GATEWAY_AUTH_CACHE_MS: '0' });
+    pool = createPool(config, { max: 4, applicationName: 'telemetry-test' });
+    backends = new Backends(config);
+    gatewayMetrics = await startMetrics('gateway', await freePort());
+    gateway = await buildGateway({ config, pool, backends, logger: logger('gateway'), meter: gatewayMetrics.meter });
+    await gateway.listen({ port: 0, host: '127.0.0.1' });
+    url = `http://127.0.0.1:${(gateway.server.address() as AddressInfo).port}`;
+  });
+
+  after(async () => {
+    await gateway?.close();
+    backends?.close();
+    await gatewayMetrics?.shutdown();
+    await feed?.stop();
+    await settlement?.close();
+    await ledger?.close();
+    await risk?.close();
+    await pool?.end();
+    await nats?.stop();
+    await tracing?.shutdown();
+    // Later test files run untraced, as before this one.
+    trace.disable();
+    context.disable();
+    propagation.disable();
+  });
+
+  const post = (path: string, key: string, body: unknown, headers: Record<string, string> = {}) =>
+    fetch(`${url}${path}`, { method: 'POST', headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json', ...headers }, body: JSON.stringify(body) });
+
+  async function until(what: string, check: () => Promise<boolean> | boolean, timeoutMs = 30_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!(await check())) {
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  }
+
+  it('one POST /v1/payments is one trace: gateway, gRPC, ledger batch with its SQL, relay, both consumers and their SQL', async () => {
+    const merchant = (await (await post('/v1/merchants', ADMIN_KEY, { name: 'Traced' })).json()) as { id: string; secret_key: string };
+    const cardToken = `tok_${randomUUID()}`;
+    // The caller's own trace: the gateway continues it.
+    const callerTraceId = randomUUID().replaceAll('-', '');
+    spans.reset();
+    const response = await post(
+      '/v1/payments',
+      merchant.secret_key,
+      { amount: 4_200, currency: 'EUR', source: { card: { token: cardToken, fingerprint: `fp_${randomUUID()}`, country: 'FR' } }, capture_method: 'automatic' },
+      { 'idempotency-key': randomUUID(), traceparent: `00-${callerTraceId}-00f067aa0ba902b7-01` },
+    );
+    assert.equal(response.status, 201, await response.clone().text());
+    const payment = (await response.json()) as { id: string };
+    await until('settlement to consume the payment', async () => (await pool.query('SELECT 1 FROM settlement_events WHERE payment_id = $1', [payment.id])).rowCount === 1);
+    await until('the risk feature feed to see it', () => feed.applied > 0);
+    await until('the consumer spans to end', () => spans.getFinishedSpans().filter((s) => s.kind === SpanKind.CONSUMER && s.spanContext().traceId === callerTraceId).length >= 2);
+
+    const all = spans.getFinishedSpans().filter((s) => s.spanContext().traceId === callerTraceId);
+    const byId = new Map(all.map((s) => [s.spanContext().spanId, s]));
+    const parentOf = (s: ReadableSpan) => (s.parentSpanContext ? byId.get(s.parentSpanContext.spanId) : undefined);
+    const find = (scope: string, name: string | RegExp, kind?: SpanKind) =>
+      all.filter((s) => s.instrumentationScope.name === scope && (typeof name === 'string' ? s.name === name : name.test(s.name)) && (kind === undefined || s.kind === kind));
+    const one = (scope: string, name: string | RegExp, kind?: SpanKind) => {
+      const found = find(scope, name, kind);
+      assert.ok(found.length >= 1, `no ${scope} span ${String(name)} in the trace; spans: ${all.map((s) => `${s.instrumentationScope.name}:${s.name}`).join(', ')}`);
+      return found[0]!;
+    };
+
+    // The tree: one root (the gateway's server span, child of the caller's remote span), no orphans.
+    const root = one('gateway', 'POST /v1/payments', SpanKind.SERVER);
+    assert.equal(root.parentSpanContext?.spanId, '00f067aa0ba902b7');
+    for (const s of all) if (s !== root) assert.ok(parentOf(s), `${s.instrumentationScope.name}:${s.name} has no parent in the trace`);
+
+    const client = one('grpc', 'payments.v1.PaymentService/CreatePayment', SpanKind.CLIENT);
+    assert.equal(parentOf(client), root);
+    const server = one('grpc', 'payments.v1.PaymentService/CreatePayment', SpanKind.SERVER);
+    assert.equal(parentOf(server), client);
+    const score = one('grpc', /^risk\.v1\.RiskService\/Score/, SpanKind.SERVER);
+    assert.equal(parentOf(parentOf(score)!)?.name, server.name, 'the risk call is made by the payment service');
+
+    // The ledger batch: a child of the payment's span, linked to it, with the worker's statements under it.
+    const batch = one('ledger', 'ledger.batch');
+    assert.ok(batch.links.some((l) => l.context.traceId === callerTraceId), 'the batch span links to its caller');
+    const batchSql = all.filter((s) => parentOf(s) === batch);
+    assert.ok(batchSql.length >= 3 && batchSql.every((s) => s.name.startsWith('pg ') && s.kind === SpanKind.CLIENT), batchSql.map((s) => s.name).join(', '));
+    // SQL of the main thread (authentication, the payment rows) in its own spans.
+    assert.ok(find('pg', /^pg /, SpanKind.CLIENT).length >= 2);
+
+    // Outbox -> relay -> NATS -> consumers.
+    const publish = one('outbox-relay', /\.payments\.\d+ publish$/, SpanKind.PRODUCER);
+    const settlementConsumer = one('consumer', /\.payments\.\d+ process$/, SpanKind.CONSUMER);
+    const riskConsumer = one('risk-features', /\.payments\.\d+ process$/, SpanKind.CONSUMER);
+    assert.equal(parentOf(settlementConsumer)?.instrumentationScope.name, 'outbox-relay');
+    assert.equal(parentOf(riskConsumer)?.instrumentationScope.name, 'outbox-relay');
+    assert.ok(find('outbox-relay', /publish$/).includes(parentOf(settlementConsumer)!));
+    assert.ok(publish);
+    // The settlement consumer's writes are its children.
+    const consumerSql = all.filter((s) => s.instrumentationScope.name === 'pg' && ancestors(s, parentOf).includes(settlementConsumer));
+    assert.ok(consumerSql.some((s) => s.name === 'pg stl-record-event'), consumerSql.map((s) => s.name).join(', '));
+
+    // Logs: the request's line carries its trace id; no secret key and no card token anywhere.
+    const requestLine = logLines.map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l['msg'] === 'request' && l['route'] === '/v1/payments');
+    assert.ok(requestLine, 'an access log line for the payment');
+    assert.equal(requestLine['trace_id'], callerTraceId);
+    assert.equal(requestLine['status'], 201);
+    const text = logLines.join('\n');
+    assert.ok(!text.includes(merchant.secret_key), 'the secret key is not logged');
+    assert.ok(!text.includes(cardToken), 'the card token is not logged');
+    assert.ok(!text.includes(ADMIN_KEY), 'the admin key is not logged');
+  });
+
+  it('RED metrics after traffic: REST routes and gRPC methods, counts equal to the requests sent', async () => {
+    const merchant = (await (await post('/v1/merchants', ADMIN_KEY, { name: 'Measured' })).json()) as { id: string; secret_key: string };
+    const sent = 3;
+    for (let i = 0; i < sent; i++) {
+      const r = await post('/v1/payments', merchant.secret_key, { amount: 1_000 + i, currency: 'USD', source: { card: { token: 'tok', fingerprint: `fp_${randomUUID()}`, country: 'US' } }, capture_method: 'manual' });
+      assert.equal(r.status, 201);
+    }
+    const invalid = await post('/v1/payments', merchant.secret_key, { amount: -1, currency: 'USD' });
+    assert.equal(invalid.status, 400);
+
+    const gatewayText = await (await fetch(`http://127.0.0.1:${gatewayMetrics.port}/metrics`)).text();
+    // The first test made one more 201 on this route.
+    assert.equal(sample(gatewayText, 'http_server_request_duration_seconds_count', { route: '/v1/payments', method: 'POST', status_code: '201' }), sent + 1);
+    assert.equal(sample(gatewayText, 'http_server_request_duration_seconds_count', { route: '/v1/payments', method: 'POST', status_code: '400' }), 1);
+    const ledgerText = await (await fetch(`http://127.0.0.1:${ledgerMetricsPort}/metrics`)).text();
+    assert.equal(sample(ledgerText, 'rpc_server_duration_seconds_count', { method: 'CreatePayment', code: 'OK' }), sent + 1);
+    for (const series of ['ledger_batch_events', 'ledger_batch_duration_ms', 'ledger_queue_events', 'ledger_outbox_lag_rows']) assert.ok(ledgerText.includes(series), `${series} exported`);
+    assert.ok((sample(ledgerText, 'ledger_batch_events_count', {}) ?? 0) >= sent, 'batches recorded');
+  });
+
+  it('alerting rules pass promtool, and every series the rules and the dashboard use is exported by a service', async () => {
+    const check = spawnSync('promtool', ['check', 'rules', 'observability/alerts.yml'], { encoding: 'utf8' });
+    assert.equal(check.error, undefined, 'promtool is installed by scripts/ensure-tools.sh');
+    assert.equal(check.status, 0, check.stdout + check.stderr);
+    const rules = (parseYaml(readFileSync('observability/alerts.yml', 'utf8')) as { groups: { name: string; rules: Record<string, unknown>[] }[] }).groups.flatMap((g) => g.rules);
+    assert.ok(rules.length >= 8);
+    for (const rule of rules) {
+      assert.ok(typeof rule['alert'] === 'string' && typeof rule['expr'] === 'string', JSON.stringify(rule));
+      assert.ok(['page', 'ticket'].includes((rule['labels'] as Record<string, string>)['severity']!), `${String(rule['alert'])}: severity`);
+      assert.ok((rule['annotations'] as Record<string, string>)['summary'], `${String(rule['alert'])}: summary`);
+    }
+    const dashboard = JSON.parse(readFileSync('observability/grafana/ledgerline-dashboard.json', 'utf8')) as { panels: { title: string; targets: { expr: string }[] }[] };
+    const expressions = [...rules.map((r) => r['expr'] as string), ...dashboard.panels.flatMap((p) => p.targets.map((t) => t.expr))];
+
+    // Traffic that makes every series appear: a settlement closed on demand counts a batch.
+    const merchant = (await (await post('/v1/merchants', ADMIN_KEY, { name: 'Alerted' })).json()) as { id: string; secret_key: string };
+    const paid = await post('/v1/payments', merchant.secret_key, { amount: 700, currency: 'EUR', source: { card: { token: 'tok', fingerprint: `fp_${randomUUID()}`, country: 'FR' } }, capture_method: 'automatic' });
+    const paymentId = ((await paid.json()) as { id: string }).id;
+    await until('settlement to consume it', async () => (await pool.query('SELECT 1 FROM settlement_events WHERE payment_id = $1', [paymentId])).rowCount === 1);
+    assert.equal((await post('/v1/settlements/close', ADMIN_KEY, { merchant: merchant.id, currency: 'EUR' })).status, 200);
+    const exposition = (
+      await Promise.all([gatewayMetrics.port, ledgerMetricsPort, metricsPorts.risk, metricsPorts.settlement].map(async (port) => (await fetch(`http://127.0.0.1:${port}/metrics`)).text()))
+    ).join('\n');
+    const exported = new Set([...exposition.matchAll(/^([a-z_][a-z0-9_]*)[{ ]/gm)].map((m) => m[1]!));
+    for (const expr of expressions) {
+      for (const name of seriesNames(expr)) assert.ok(exported.has(name), `${name} (in ${expr.trim().slice(0, 80)}...) is exported by no service`);
+    }
+  });
+});
+
+function ancestors(span: ReadableSpan, parentOf: (s: ReadableSpan) => ReadableSpan | undefined): ReadableSpan[] {
+  const chain: ReadableSpan[] = [];
+  for (let p = parentOf(span); p; p = parentOf(p)) chain.push(p);
+  return chain;
+}
+
+/** The value of a Prometheus sample whose labels include `labels`; summed over the other labels. */
+function sample(text: string, name: string, labels: Record<string, string>): number | undefined {
+  let total: number | undefined;
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(`${name}{`) && !line.startsWith(`${name} `)) continue;
+    const labelText = /\{(.*)\}/.exec(line)?.[1] ?? '';
+    if (!Object.entries(labels).every(([k, v]) => labelText.includes(`${k}="${v}"`))) continue;
+    total = (total ?? 0) + Number(line.slice(line.lastIndexOf(' ') + 1));
+  }
+  return total;
+}
+
+/** The series an expression reads: names not followed by "(" once label matchers, ranges and groupings are removed. */
+function seriesNames(expr: string): string[] {
+  const bare = expr.replace(/\{[^}]*\}/g, '').replace(/\[[^\]]*\]/g, '').replace(/\b(by|without|on|ignoring)\s*\([^)]*\)/g, '');
+  const keywords = new Set(['by', 'and', 'or', 'unless', 'without', 'bool', 'on', 'ignoring', 'le']);
+  return [...bare.matchAll(/\b([a-z_][a-z0-9_]*)\b(?!\s*\()/g)].map((m) => m[1]!).filter((n) => n.includes('_') && !keywords.has(n));
+}
