@@ -4,8 +4,12 @@
  * per run. Every service runs as its own process, as in production: risk, ledger (with payments and the outbox
  * relay to a stream of the benchmark's own), gateway. The baseline is the same stack with ledger batches of one
  * event (LEDGER_BATCH_MAX=1), measured in the same run: only the ratio means anything on a shared machine.
+ * The cost of tracing: the default stack again with every service tracing at sampling 1.0 and exporting
+ * OTLP/HTTP to a sink in this process (it reads and drops the spans), against the default run (tracing off).
  */
 import { randomBytes, randomUUID } from 'node:crypto';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { mkdir, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import autocannon from 'autocannon';
@@ -29,8 +33,8 @@ interface Row {
   total: number;
 }
 
-async function startStack(ledgerEnv: Record<string, string>): Promise<{ url: string; stop(): Promise<void> }> {
-  const common = { DATABASE_URL: config.DATABASE_URL, LOG_LEVEL: 'warn', METRICS_PORT: '0', ...STREAM };
+async function startStack(ledgerEnv: Record<string, string>, everyService: Record<string, string> = {}): Promise<{ url: string; stop(): Promise<void> }> {
+  const common = { DATABASE_URL: config.DATABASE_URL, LOG_LEVEL: 'warn', METRICS_PORT: '0', ...STREAM, ...everyService };
   const started: ServiceProcess[] = [];
   try {
     const risk = await spawnService('risk/main.ts', { ...common, RISK_RULES_VELOCITY_MAX: '1000000' });
@@ -92,8 +96,8 @@ function drive(url: string, key: string, seconds: number): Promise<autocannon.Re
   });
 }
 
-async function measure(scenario: string, ledgerEnv: Record<string, string>): Promise<Row> {
-  const stack = await startStack(ledgerEnv);
+async function measure(scenario: string, ledgerEnv: Record<string, string>, everyService: Record<string, string> = {}): Promise<Row> {
+  const stack = await startStack(ledgerEnv, everyService);
   try {
     const key = await merchantKey(stack.url);
     await drive(stack.url, key, 3); // warm-up: JIT, connection pools, platform accounts
@@ -109,12 +113,24 @@ async function measure(scenario: string, ledgerEnv: Record<string, string>): Pro
 async function main(): Promise<void> {
   console.log(`bench payments: ${os.cpus().length} cores, ${SECONDS} s per run, ${CONNECTIONS} connections, POST /v1/payments (automatic capture)`);
   const rows: Row[] = [];
+  // An OTLP/HTTP receiver that reads and drops what it gets: the collector's side is not the services' cost.
+  let spanBytes = 0;
+  const sink = createServer((request, response) => {
+    request.on('data', (chunk: Buffer) => (spanBytes += chunk.length));
+    request.on('end', () => response.writeHead(200, { 'content-type': 'application/json' }).end('{}'));
+  });
+  await new Promise<void>((resolve) => sink.listen(0, '127.0.0.1', resolve));
+  const otlp = `http://127.0.0.1:${(sink.address() as AddressInfo).port}`;
   try {
     rows.push(await measure('baseline: ledger batches of 1', { LEDGER_BATCH_MAX: '1' }));
-    rows.push(await measure('ledger batching (default settings)', {}));
+    rows.push(await measure('ledger batching (default settings), tracing off', {}));
+    rows.push(await measure('the same, tracing at sampling 1.0 (OTLP)', {}, { OTEL_EXPORTER_OTLP_ENDPOINT: otlp, TRACES_SAMPLING_RATIO: '1' }));
   } finally {
+    sink.close();
     await deleteStream(config, STREAM.EVENTS_STREAM);
   }
+  const [, untraced, traced] = rows;
+  console.log(`tracing at sampling 1.0: ${((traced!.paymentsPerSecond / untraced!.paymentsPerSecond) * 100).toFixed(1)}% of the untraced throughput (${(spanBytes / 1024 / 1024).toFixed(1)} MiB of OTLP received)`);
   const base = rows[0]!.paymentsPerSecond;
   const table = [
     '| scenario | payments/s | x baseline | p50 ms | p99 ms | errors | non-2xx |',

@@ -12,6 +12,7 @@ import { PeriodicTask } from '../lib/periodic.js';
 import { ADMIN_SCOPE, Authenticator, type Caller } from './auth.js';
 import type { Backends } from './backends.js';
 import { errorHandler, sendError } from './errors.js';
+import { NoQuery } from './schemas.js';
 import { IdempotencyStore, parseIdempotencyKey, requestFingerprint } from './idempotency.js';
 import { RateLimiter } from './rate-limit.js';
 import { accountRoutes } from './routes/accounts.js';
@@ -89,6 +90,10 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
     onConstructorPoisoning: 'error',
   }).withTypeProvider<TypeBoxTypeProvider>();
   app.setValidatorCompiler(validators());
+  // A route that takes no query parameters refuses any (400), as one that takes some refuses unknown ones.
+  app.addHook('onRoute', (route) => {
+    if (route.url.startsWith('/v1/') && !route.schema?.querystring) route.schema = { ...route.schema, querystring: NoQuery };
+  });
   // JSON only: Fastify would parse text/plain bodies too.
   app.removeContentTypeParser('text/plain');
   app.setErrorHandler(errorHandler(logger));

@@ -27,6 +27,9 @@ export const ErrorSchema = Type.Object({
   }),
 });
 
+/** The query of a route that takes no parameters: anything given is refused. */
+export const NoQuery = Type.Object({}, strict);
+
 export const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 64 }) }, strict);
 
 export const ListQuery = Type.Object(

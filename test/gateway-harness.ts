@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import addFormats from 'ajv-formats';
@@ -7,6 +8,8 @@ import { createLogger } from '../lib/logger.js';
 import { buildGateway, type Gateway } from '../gateway/app.js';
 import { Backends } from '../gateway/backends.js';
 import { startRisk, type RiskApp } from '../risk/app.js';
+import { startSettlement, type SettlementApp } from '../settlement/app.js';
+import { deleteStream } from '../lib/streams.js';
 import { startTestLedger, type TestLedger } from './ledger-harness.js';
 import { testConfig, testPool } from './support.js';
 import type { Pool } from '../lib/db.js';
@@ -48,30 +51,39 @@ export async function startTestGateway(ledgerTarget: string, env: Record<string,
   };
 }
 
-/** Risk, ledger (with payments) and a gateway, all on ephemeral ports. */
+/** Risk, ledger (with payments), settlement and a gateway, all on ephemeral ports. */
 export interface TestStack {
   risk: RiskApp;
   ledger: TestLedger;
+  settlement: SettlementApp;
   gateway: TestGateway;
   pool: Pool;
   close(): Promise<void>;
 }
 
 export async function startTestStack(): Promise<TestStack> {
+  // Settlement's consumer needs a stream: one of this stack's own, small (streams reserve their size on the server).
+  const suffix = randomUUID().slice(0, 8);
+  const events = { EVENTS_STREAM: `STACK_${suffix}`, EVENTS_SUBJECT_PREFIX: `stack-${suffix}`, EVENTS_MAX_BYTES: String(64 * 1024 * 1024) };
   const risk = await startRisk(testConfig({ RISK_GRPC_LISTEN: '127.0.0.1:0' }), createLogger('risk-test', 'error'));
   const ledger = await startTestLedger({ RISK_GRPC_TARGET: risk.address, RISK_DEADLINE_MS: '2000' });
-  const gateway = await startTestGateway(ledger.app.address);
+  const settlementConfig = testConfig({ ...events, SETTLEMENT_GRPC_LISTEN: '127.0.0.1:0', LEDGER_GRPC_TARGET: ledger.app.address, SETTLEMENT_CONSUMER: `stack-${suffix}`, METRICS_PORT: '0' });
+  const settlement = await startSettlement(settlementConfig, createLogger('settlement-test', 'error'));
+  const gateway = await startTestGateway(ledger.app.address, { SETTLEMENT_GRPC_TARGET: settlement.address });
   const pool = testPool();
   return {
     risk,
     ledger,
+    settlement,
     gateway,
     pool,
     async close() {
       await gateway.close();
+      await settlement.close();
       await ledger.close();
       await risk.close();
       await pool.end();
+      await deleteStream(settlementConfig, events.EVENTS_STREAM);
     },
   };
 }
