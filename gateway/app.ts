@@ -6,7 +6,7 @@ import Fastify, { LogController, type FastifyInstance, type FastifyReply, type F
 import { context, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Meter, type Span } from '@opentelemetry/api';
 import type { Config } from '../lib/config.js';
 import type { Pool } from '../lib/db.js';
-import { AppError } from '../lib/errors.js';
+import { AppError, UnavailableError } from '../lib/errors.js';
 import type { Logger } from '../lib/logger.js';
 import { PeriodicTask } from '../lib/periodic.js';
 import { ADMIN_SCOPE, Authenticator, type Caller } from './auth.js';
@@ -123,14 +123,20 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
   app.decorateRequest('fingerprint', null);
 
   const inFlight = deps.inFlight ?? new InFlight();
+  const shed = deps.meter?.createCounter('gateway_requests_shed_total', { description: 'Requests refused with 503 because GATEWAY_MAX_IN_FLIGHT were in flight' });
   const finished = new WeakSet<FastifyRequest>();
   const finish = async (request: FastifyRequest) => {
     if (finished.has(request)) return;
     finished.add(request);
     inFlight.count--;
   };
-  app.addHook('onRequest', async () => {
+  app.addHook('onRequest', async (request) => {
     inFlight.count++;
+    // Shed before any work (authentication included): health probes stay answered.
+    if (inFlight.count > config.GATEWAY_MAX_IN_FLIGHT && request.url.startsWith('/v1/')) {
+      shed?.add(1);
+      throw new UnavailableError('overloaded', 'The service is overloaded: retry after the delay in Retry-After', 1);
+    }
   });
   // The reply was produced (or written): the handler is done, whether or not the client is still there.
   app.addHook('onSend', async (request, _reply, payload) => {

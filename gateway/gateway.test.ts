@@ -3,6 +3,7 @@ import { randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'mocha';
 import { ADMIN_KEY, Api, expectError, startTestGateway, startTestStack, type TestStack } from '../test/gateway-harness.js';
 import { freePort } from '../test/ledger-process.js';
+import { createServer, type AddressInfo } from 'node:net';
 
 describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, PostgreSQL)', function () {
   this.timeout(60_000);
@@ -318,6 +319,31 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
         assert.ok(Number(answers[2]!.headers.get('retry-after')) >= 1);
       } finally {
         await tight.close();
+      }
+    });
+
+    it('past GATEWAY_MAX_IN_FLIGHT requests are shed at once with 503 overloaded and Retry-After; health stays answered', async () => {
+      // A ledger that accepts connections and never answers: every admitted request stays in flight until its deadline.
+      const blackHole = createServer(() => undefined);
+      await new Promise<void>((resolve) => blackHole.listen(0, '127.0.0.1', resolve));
+      const stuck = await startTestGateway(`127.0.0.1:${(blackHole.address() as AddressInfo).port}`, { GATEWAY_MAX_IN_FLIGHT: '2', GATEWAY_GRPC_DEADLINE_MS: '1500' });
+      try {
+        const stuckApi = await Api.connect(stuck.url);
+        const admitted = [stuckApi.get(`/v1/transfers/${randomUUID()}`, keyA), stuckApi.get(`/v1/transfers/${randomUUID()}`, keyA)];
+        await new Promise((resolve) => setTimeout(resolve, 200));
+        const shed = await Promise.all(Array.from({ length: 4 }, () => stuckApi.get(`/v1/transfers/${randomUUID()}`, keyA)));
+        for (const r of shed) {
+          expectError(r, 503, 'overloaded');
+          assert.equal(r.headers.get('retry-after'), '1');
+        }
+        assert.equal((await stuckApi.get('/healthz')).status, 200);
+        // The admitted ones ran to their deadline: not shed; after them the gateway admits again.
+        for (const r of await Promise.all(admitted)) assert.notEqual(r.body?.error?.code, 'overloaded', r.text);
+        const again = await stuckApi.get(`/v1/transfers/${randomUUID()}`, keyA);
+        assert.notEqual(again.body?.error?.code, 'overloaded', again.text);
+      } finally {
+        await stuck.close();
+        blackHole.close();
       }
     });
 

@@ -1,8 +1,8 @@
 import { strict as assert } from 'node:assert';
-import { createServer, connect, type Server, type Socket } from 'node:net';
 import { status, type ServiceError } from '@grpc/grpc-js';
 import { account, startTestLedger, transfer, type TestLedger } from '../test/ledger-harness.js';
-import { spawnLedger, freePort } from '../test/ledger-process.js';
+import { spawnLedger } from '../test/ledger-process.js';
+import { TcpProxy } from '../test/tcp-proxy.js';
 import { testConfig, testPool } from '../test/support.js';
 import type { Pool } from '../lib/db.js';
 import type { Transfer } from '../proto/gen/ledger/v1/ledger.js';
@@ -144,38 +144,11 @@ describe('ledger failure behaviour', function () {
 
   it('database unreachable: calls fail fast with UNAVAILABLE and retry-after, then succeed when it returns', async () => {
     // A TCP proxy in front of PostgreSQL that the test can cut, as a network partition or a database restart would.
-    const target = new URL(testConfig().DATABASE_URL);
-    const proxyPort = await freePort();
-    const sockets = new Set<Socket>();
-    let proxy: Server | undefined;
-    let cut = false;
-    const openProxy = () =>
-      new Promise<void>((resolve) => {
-        cut = false;
-        proxy = createServer((inbound) => {
-          if (cut) return inbound.destroy(); // accepted just as the cut began
-          const outbound = connect(Number(target.port || 5432), target.hostname);
-          for (const s of [inbound, outbound]) {
-            sockets.add(s);
-            s.on('error', () => undefined);
-            s.on('close', () => sockets.delete(s));
-          }
-          inbound.pipe(outbound).pipe(inbound);
-        }).listen(proxyPort, '127.0.0.1', () => resolve());
-      });
-    const cutProxy = () =>
-      new Promise<void>((resolve) => {
-        cut = true;
-        proxy!.close(() => resolve());
-        for (const s of sockets) s.destroy();
-      });
-    await openProxy();
-    const viaProxy = new URL(testConfig().DATABASE_URL);
-    viaProxy.port = String(proxyPort);
-    const ledger = await startTestLedger({ DATABASE_URL: viaProxy.toString() }, { autoBatch: false });
+    const proxy = await TcpProxy.start(new URL(testConfig().DATABASE_URL));
+    const ledger = await startTestLedger({ DATABASE_URL: proxy.via(testConfig().DATABASE_URL) }, { autoBatch: false });
     try {
       const accounts = await createAccounts(ledger.client, 4);
-      await cutProxy();
+      await proxy.cut();
       const started = Date.now();
       const request = randomTransfers(accounts, 5);
       await assert.rejects(ledger.client.createTransfers(request), (e: ServiceError) => {
@@ -185,12 +158,12 @@ describe('ledger failure behaviour', function () {
       });
       assert.ok(Date.now() - started < 10_000, `took ${Date.now() - started} ms to fail`);
       // The database returns; the client retries the same request (same ids), as a caller told UNAVAILABLE would.
-      await openProxy();
+      await proxy.open();
       await settle(ledger.client, [request]);
       await assertAppliedExactlyOnce(request, accounts);
     } finally {
       await ledger.close();
-      await cutProxy().catch(() => undefined);
+      await proxy.cut().catch(() => undefined);
     }
   });
 });

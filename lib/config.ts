@@ -133,6 +133,11 @@ const schema = z.object({
   /** Per API key token bucket: sustained requests per second and burst size. */
   GATEWAY_RATE_LIMIT_PER_SECOND: positiveInt.default(2_000),
   GATEWAY_RATE_LIMIT_BURST: positiveInt.default(4_000),
+  /**
+   * Requests one gateway instance works on at once; past it, /v1 requests are shed at once with 503 and
+   * Retry-After, so that under overload the admitted ones keep a bounded latency and the process bounded memory.
+   */
+  GATEWAY_MAX_IN_FLIGHT: positiveInt.max(100_000).default(256),
   /** Deadline of every gRPC call the gateway makes. */
   GATEWAY_GRPC_DEADLINE_MS: positiveInt.max(60_000).default(5_000),
   /** HTTP/2 channels per backend (one channel is one TCP connection and one event-loop turn at a time). */

@@ -7,7 +7,7 @@ import { PendingState, TransferFlag } from '../ledger/model.js';
 import type { Pool } from '../lib/db.js';
 import { LedgerModel, MODEL_MAX, accountFlagBits, transferFlagBits, type PendingStateName } from './ledger-model.js';
 import { account, id, startTestLedger, transfer, type TestLedger } from './ledger-harness.js';
-import { testPool } from './support.js';
+import { snapshotQuery, testPool } from './support.js';
 
 /**
  * Differential tests: random requests go to the real ledger over gRPC and to the reference model
@@ -121,7 +121,7 @@ const STATE_NAMES = new Map<number, PendingStateName>(Object.entries(PendingStat
 /** The state of every pending transfer (pending/posted/voided/expired) as the database holds it. */
 async function comparePendingStates(pool: Pool, model: LedgerModel, pendingIds: readonly string[]): Promise<void> {
   const ids = [...new Set(pendingIds)];
-  const r = await pool.query<{ id: string; state: number }>('SELECT id::text AS id, state FROM pending_transfers WHERE id = ANY($1::uuid[])', [ids]);
+  const r = await snapshotQuery<{ id: string; state: number }>(pool, 'SELECT id::text AS id, state FROM pending_transfers WHERE id = ANY($1::uuid[])', [ids]);
   const real = new Map(r.rows.map((row) => [row.id, STATE_NAMES.get(Number(row.state))]));
   for (const pendingId of ids) assert.equal(real.get(pendingId), model.pendingState(pendingId), `state of pending transfer ${pendingId}`);
 }
@@ -192,7 +192,7 @@ const plus = (a: Four, b: Four): Four => ({ debitsPending: a.debitsPending + b.d
  * account with a limit flag beyond its limit; every transfer id recorded once.
  */
 async function assertInvariants(pool: Pool, accountIds: readonly string[], transferIds: readonly string[]): Promise<void> {
-  const perLedger = await pool.query<{ ledger: string; dp: string; cp: string; dpo: string; cpo: string }>(
+  const perLedger = await snapshotQuery<{ ledger: string; dp: string; cp: string; dpo: string; cpo: string }>(pool, 
     `SELECT ledger::text, sum(debits_pending)::text AS dp, sum(credits_pending)::text AS cp, sum(debits_posted)::text AS dpo, sum(credits_posted)::text AS cpo
      FROM account_balances_current WHERE id = ANY($1::uuid[]) GROUP BY ledger`,
     [accountIds],
@@ -202,7 +202,7 @@ async function assertInvariants(pool: Pool, accountIds: readonly string[], trans
     assert.equal(r.dp, r.cp, `ledger ${r.ledger}: sum of debits_pending ${r.dp} != sum of credits_pending ${r.cp}`);
     assert.equal(r.dpo, r.cpo, `ledger ${r.ledger}: sum of debits_posted ${r.dpo} != sum of credits_posted ${r.cpo}`);
   }
-  const beyond = await pool.query(
+  const beyond = await snapshotQuery(pool, 
     `SELECT id::text, flags, debits_pending::text, debits_posted::text, credits_pending::text, credits_posted::text
      FROM account_balances_current WHERE id = ANY($1::uuid[]) AND (
        (flags & 2 <> 0 AND debits_pending + debits_posted > credits_posted) OR
@@ -211,7 +211,7 @@ async function assertInvariants(pool: Pool, accountIds: readonly string[], trans
     [accountIds],
   );
   assert.deepEqual(beyond.rows, [], 'accounts beyond their limit or with a negative balance');
-  const twice = await pool.query('SELECT id::text, count(*)::int AS n FROM transfers WHERE id = ANY($1::uuid[]) GROUP BY id HAVING count(*) > 1', [[...new Set(transferIds)]]);
+  const twice = await snapshotQuery(pool, 'SELECT id::text, count(*)::int AS n FROM transfers WHERE id = ANY($1::uuid[]) GROUP BY id HAVING count(*) > 1', [[...new Set(transferIds)]]);
   assert.deepEqual(twice.rows, [], 'transfer ids recorded more than once');
 }
 

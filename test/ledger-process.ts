@@ -28,11 +28,15 @@ const LISTEN: Record<string, (port: number) => Record<string, string>> = {
   'ledger/main.ts': (port) => ({ LEDGER_GRPC_LISTEN: `127.0.0.1:${port}` }),
   'risk/main.ts': (port) => ({ RISK_GRPC_LISTEN: `127.0.0.1:${port}` }),
   'gateway/main.ts': (port) => ({ GATEWAY_HOST: '127.0.0.1', GATEWAY_PORT: String(port) }),
+  'settlement/main.ts': (port) => ({ SETTLEMENT_GRPC_LISTEN: `127.0.0.1:${port}` }),
 };
 
-/** Starts a service entry (e.g. `ledger/main.ts`) as its own process, as in production, once it listens. */
-export async function spawnService(entry: keyof typeof LISTEN, env: Record<string, string>, nodeArgs: string[] = []): Promise<ServiceProcess> {
-  const port = await freePort();
+/**
+ * Starts a service entry (e.g. `ledger/main.ts`) as its own process, as in production, once it listens: on
+ * `port`, or a free one (a restart passes the port of the process it replaces, so clients find it again).
+ */
+export async function spawnService(entry: keyof typeof LISTEN, env: Record<string, string>, nodeArgs: string[] = [], port?: number): Promise<ServiceProcess> {
+  port ??= await freePort();
   const child = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', path.join(ROOT, entry)], {
     cwd: ROOT,
     env: { ...process.env, LOG_LEVEL: 'info', ...env, ...LISTEN[entry]!(port) },

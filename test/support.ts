@@ -1,5 +1,6 @@
 import { loadConfig, type Config } from '../lib/config.js';
-import { createPool, type Pool } from '../lib/db.js';
+import type { QueryResult, QueryResultRow } from 'pg';
+import { createPool, withTransaction, type Pool } from '../lib/db.js';
 
 /** Configuration for tests: the environment, but never the developer's own database by accident. */
 export function testConfig(overrides: Record<string, string> = {}): Config {
@@ -20,4 +21,13 @@ export function scratchDatabaseUrl(name: string): string {
   const url = new URL(testConfig().DATABASE_URL);
   url.pathname = `/${name}`;
   return url.toString();
+}
+
+/**
+ * One query in a read-only REPEATABLE READ transaction: a consistent snapshot for a test's checks that neither
+ * takes SERIALIZABLE predicate locks (thousands of ids would exhaust them) nor fails with 40001 beside the
+ * services' own writes (a plain query at SERIALIZABLE can, as a pivot of their read/write dependencies).
+ */
+export function snapshotQuery<R extends QueryResultRow = any>(pool: Pool, text: string, values: unknown[] = []): Promise<QueryResult<R>> { // eslint-disable-line @typescript-eslint/no-explicit-any
+  return withTransaction(pool, (c) => c.query<R>(text, values), { isolation: 'repeatable read', readOnly: true });
 }

@@ -1,0 +1,61 @@
+import { connect, createServer, type Server, type Socket } from 'node:net';
+import { freePort } from './ledger-process.js';
+
+/**
+ * A TCP proxy on a fixed local port in front of a server (PostgreSQL here) that a test can cut and reopen: every
+ * connection through it breaks at once and new ones are refused until it reopens, as in a network partition or
+ * a database restart. The clients see what they would see then: transactions cut off, commits whose answer
+ * never arrived, connections refused.
+ */
+export class TcpProxy {
+  private readonly sockets = new Set<Socket>();
+  private server: Server | undefined;
+  private cutOff = false;
+
+  private constructor(
+    readonly port: number,
+    private readonly targetHost: string,
+    private readonly targetPort: number,
+  ) {}
+
+  /** A proxy in front of `target` (a URL with host and port), open. */
+  static async start(target: URL): Promise<TcpProxy> {
+    const proxy = new TcpProxy(await freePort(), target.hostname, Number(target.port || 5432));
+    await proxy.open();
+    return proxy;
+  }
+
+  /** `url` with its host and port replaced by the proxy's. */
+  via(url: string): string {
+    const proxied = new URL(url);
+    proxied.hostname = '127.0.0.1';
+    proxied.port = String(this.port);
+    return proxied.toString();
+  }
+
+  open(): Promise<void> {
+    this.cutOff = false;
+    return new Promise((resolve) => {
+      this.server = createServer((inbound) => {
+        if (this.cutOff) return inbound.destroy(); // accepted just as the cut began
+        const outbound = connect(this.targetPort, this.targetHost);
+        for (const s of [inbound, outbound]) {
+          this.sockets.add(s);
+          s.on('error', () => undefined);
+          s.on('close', () => this.sockets.delete(s));
+        }
+        inbound.pipe(outbound).pipe(inbound);
+      }).listen(this.port, '127.0.0.1', () => resolve());
+    });
+  }
+
+  /** Breaks every connection and stops listening. */
+  cut(): Promise<void> {
+    this.cutOff = true;
+    return new Promise((resolve) => {
+      for (const s of this.sockets) s.destroy();
+      if (!this.server?.listening) return resolve();
+      this.server.close(() => resolve());
+    });
+  }
+}
