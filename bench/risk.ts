@@ -8,6 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { derivedId } from '../lib/derived-id.js';
 import { loadConfig } from '../lib/config.js';
+import { channelCredentials } from '../lib/grpc-tls.js';
 import { deleteStream } from '../lib/streams.js';
 import { RiskClient } from '../risk/client.js';
 import { buildDataset, synthScoreRequest, timeSplit, trainModels } from '../risk/ml/pipeline.js';
@@ -38,7 +39,7 @@ async function start(model: string | undefined, instances: number): Promise<Serv
 
 async function latency(name: string, model: string | undefined): Promise<string> {
   const [risk] = await start(model, 1);
-  const client = new RiskClient(risk!.target);
+  const client = new RiskClient(risk!.target, channelCredentials(config));
   try {
     for (let i = 0; i < 300; i++) await client.score(requests[i % requests.length]!, 2_000); // warm-up
     const times: number[] = [];
@@ -58,7 +59,7 @@ async function latency(name: string, model: string | undefined): Promise<string>
 
 async function throughput(instances: number): Promise<number> {
   const risks = await start(files.get('gbt'), instances);
-  const clients = risks.map((r) => new RiskClient(r.target));
+  const clients = risks.map((r) => new RiskClient(r.target, channelCredentials(config)));
   try {
     let done = 0;
     const end = performance.now() + SECONDS * 1000;

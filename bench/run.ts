@@ -10,6 +10,7 @@ import { randomUUID } from 'node:crypto';
 import { mkdir, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import { loadConfig } from '../lib/config.js';
+import { channelCredentials } from '../lib/grpc-tls.js';
 import { createPool, isSerializationFailure } from '../lib/db.js';
 import { deleteStream } from '../lib/streams.js';
 import { LedgerClient, newAccount, newTransfer } from '../ledger/client.js';
@@ -159,8 +160,9 @@ async function main(): Promise<void> {
   // The relay runs as in production, on a stream of the benchmark's own that is deleted at the end.
   const benchStream = { EVENTS_STREAM: 'BENCH_EVENTS', EVENTS_SUBJECT_PREFIX: 'bench', EVENTS_MAX_BYTES: String(2 * 1024 ** 3) };
   const ledger = await spawnLedger({ DATABASE_URL: config.DATABASE_URL, LOG_LEVEL: 'warn', METRICS_PORT: '0', ...benchStream });
-  const direct = new LedgerClient(ledger.target, { autoBatch: false });
-  const batching = new LedgerClient(ledger.target, { autoBatch: true });
+  // The ledger inherits this environment: with GRPC_TLS_* set, the benchmark measures mutual TLS.
+  const direct = new LedgerClient(ledger.target, { autoBatch: false, credentials: channelCredentials(config) });
+  const batching = new LedgerClient(ledger.target, { autoBatch: true, credentials: channelCredentials(config) });
   try {
     const all = [...accounts, hot];
     for (let i = 0; i < all.length; i += 8190) {

@@ -1,7 +1,8 @@
-import { credentials, status, type ServiceError } from '@grpc/grpc-js';
+import { status, type ServiceError } from '@grpc/grpc-js';
 import type { Config } from '../lib/config.js';
 import { AppError } from '../lib/errors.js';
 import { callUnary, fromServiceError, type UnaryMethod } from '../lib/grpc.js';
+import { channelCredentials, type GrpcTlsConfig } from '../lib/grpc-tls.js';
 import { retry } from '../lib/retry.js';
 import { LedgerClient } from '../ledger/client.js';
 import { PaymentServiceClient } from '../proto/gen/payments/v1/payments.js';
@@ -11,7 +12,7 @@ import { SettlementServiceClient } from '../proto/gen/settlement/v1/settlement.j
  * The gateway's gRPC clients. Several HTTP/2 channels per backend (each its own TCP connection: a private
  * subchannel pool), used round-robin; a deadline on every call; UNAVAILABLE retried with backoff only for
  * idempotent calls (reads, and writes whose ids or idempotency key make a repeat harmless). Errors come back
- * as the AppError the backend threw.
+ * as the AppError the backend threw. Every channel is secured as GRPC_TLS_* say (lib/grpc-tls.ts).
  */
 export class Backends {
   private readonly ledgers: LedgerClient[];
@@ -19,16 +20,20 @@ export class Backends {
   private readonly settlement: SettlementServiceClient;
   private next = 0;
 
-  constructor(private readonly config: Pick<Config, 'LEDGER_GRPC_TARGET' | 'SETTLEMENT_GRPC_TARGET' | 'GATEWAY_GRPC_CHANNELS' | 'GATEWAY_GRPC_DEADLINE_MS'>) {
+  constructor(private readonly config: Pick<Config, 'LEDGER_GRPC_TARGET' | 'SETTLEMENT_GRPC_TARGET' | 'GATEWAY_GRPC_CHANNELS' | 'GATEWAY_GRPC_DEADLINE_MS'> & GrpcTlsConfig) {
     const channel = (i: number) => ({ 'grpc.use_local_subchannel_pool': 1, 'grpc.channel_index': i });
-    this.ledgers = Array.from({ length: config.GATEWAY_GRPC_CHANNELS }, (_, i) => new LedgerClient(config.LEDGER_GRPC_TARGET, { deadlineMs: config.GATEWAY_GRPC_DEADLINE_MS, channelOptions: channel(i) }));
+    const secured = channelCredentials(config);
+    this.ledgers = Array.from(
+      { length: config.GATEWAY_GRPC_CHANNELS },
+      (_, i) => new LedgerClient(config.LEDGER_GRPC_TARGET, { deadlineMs: config.GATEWAY_GRPC_DEADLINE_MS, channelOptions: channel(i), credentials: secured }),
+    );
     // Payments are served by the ledger process.
     this.payments = Array.from(
       { length: config.GATEWAY_GRPC_CHANNELS },
-      (_, i) => new PaymentServiceClient(config.LEDGER_GRPC_TARGET, credentials.createInsecure(), { 'grpc.keepalive_time_ms': 30_000, ...channel(i) }),
+      (_, i) => new PaymentServiceClient(config.LEDGER_GRPC_TARGET, secured, { 'grpc.keepalive_time_ms': 30_000, ...channel(i) }),
     );
     // Settlement calls are few (admins, reports): one channel.
-    this.settlement = new SettlementServiceClient(config.SETTLEMENT_GRPC_TARGET, credentials.createInsecure(), { 'grpc.keepalive_time_ms': 30_000 });
+    this.settlement = new SettlementServiceClient(config.SETTLEMENT_GRPC_TARGET, secured, { 'grpc.keepalive_time_ms': 30_000 });
   }
 
   /** A ledger client (auto-batching: concurrent transfer calls of this channel share requests). */

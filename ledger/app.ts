@@ -1,9 +1,10 @@
-import { Server, ServerCredentials } from '@grpc/grpc-js';
+import { Server } from '@grpc/grpc-js';
 import { Piscina } from 'piscina';
 import type { Config } from '../lib/config.js';
 import { ownedShards, shardOwners } from '../lib/config.js';
 import { createPool, withTransaction } from '../lib/db.js';
 import { drainHandlers, observeRpcServer } from '../lib/grpc.js';
+import { channelCredentials, grpcTlsEnabled, serverCredentials } from '../lib/grpc-tls.js';
 import type { Logger } from '../lib/logger.js';
 import { LedgerServiceService } from '../proto/gen/ledger/v1/ledger.js';
 import type { BatchTask } from './batch.js';
@@ -97,7 +98,7 @@ export async function startLedger(config: Config, logger: Logger): Promise<Ledge
   observeRpcServer(metrics.meter, ['ledger.v1.LedgerService', 'payments.v1.PaymentService']);
   server.addService(LedgerServiceService, createLedgerService(router, pool, logger));
   // Payments run beside the ledger and reach it in-process: their transfers join the shard batches directly.
-  const risk = new RiskClient(config.RISK_GRPC_TARGET);
+  const risk = new RiskClient(config.RISK_GRPC_TARGET, channelCredentials(config));
   const payments = new PaymentFlows(
     pool,
     routerLedger(router),
@@ -112,7 +113,7 @@ export async function startLedger(config: Config, logger: Logger): Promise<Ledge
   );
   server.addService(PaymentServiceService, createPaymentService(payments, logger));
   const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(config.LEDGER_GRPC_LISTEN, ServerCredentials.createInsecure(), (error, bound) => (error ? reject(error) : resolve(bound))),
+    server.bindAsync(config.LEDGER_GRPC_LISTEN, serverCredentials(config), (error, bound) => (error ? reject(error) : resolve(bound))),
   );
   const address = `${config.LEDGER_GRPC_LISTEN.replace(/:\d+$/, '').replace('0.0.0.0', '127.0.0.1')}:${port}`;
 
@@ -140,7 +141,7 @@ export async function startLedger(config: Config, logger: Logger): Promise<Ledge
       [lagRows, lagSeconds, published],
     );
   }
-  logger.info({ address, shards: shards.length, shardCount: config.LEDGER_SHARDS, workers: config.LEDGER_WORKERS }, 'ledger listening');
+  logger.info({ address, tls: grpcTlsEnabled(config), shards: shards.length, shardCount: config.LEDGER_SHARDS, workers: config.LEDGER_WORKERS }, 'ledger listening');
 
   return {
     address,

@@ -5,11 +5,12 @@
  *   npm run ledger -- post --pending-id ID [--amount N]     npm run ledger -- void --pending-id ID
  *   npm run ledger -- lookup-accounts ID...                 npm run ledger -- lookup-transfers ID...
  *   npm run ledger -- account-transfers ID [--limit 20] [--reversed]
- * Target: LEDGER_GRPC_TARGET (default 127.0.0.1:50051). Output: JSON, 64-bit numbers as strings.
+ * Target: LEDGER_GRPC_TARGET (default 127.0.0.1:50051), over mutual TLS when GRPC_TLS_* are set. Output: JSON, 64-bit numbers as strings.
  */
 import { randomUUID } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import { loadConfig } from '../lib/config.js';
+import { channelCredentials } from '../lib/grpc-tls.js';
 import { LedgerClient, newAccount, newTransfer } from './client.js';
 import { accountCodeName, transferCodeName } from './convert.js';
 
@@ -34,7 +35,8 @@ const { positionals, values } = parseArgs({
 });
 
 const [command, ...args] = positionals;
-const client = new LedgerClient(loadConfig().LEDGER_GRPC_TARGET, { autoBatch: false });
+const config = loadConfig();
+const client = new LedgerClient(config.LEDGER_GRPC_TARGET, { autoBatch: false, credentials: channelCredentials(config) });
 const print = (value: unknown) => console.log(JSON.stringify(value, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v), 2));
 const integer = (name: string, value: string) => {
   if (!/^\d+$/.test(value)) throw new Error(`--${name} must be a non-negative integer, got ${JSON.stringify(value)}`);

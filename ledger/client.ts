@@ -1,4 +1,4 @@
-import { credentials, status, type ServiceError } from '@grpc/grpc-js';
+import { credentials, status, type ChannelCredentials, type ServiceError } from '@grpc/grpc-js';
 import { callUnary, type UnaryMethod } from '../lib/grpc.js';
 import {
   LedgerServiceClient,
@@ -20,6 +20,11 @@ export interface LedgerClientOptions {
   /** Requests in flight at once when auto-batching; later calls wait and ride along in the next request. */
   maxInFlight?: number;
   deadlineMs?: number;
+  /**
+   * How the channel is secured: `channelCredentials(config)` (lib/grpc-tls.ts) in every service and CLI. Default
+   * plaintext, which a TLS-configured ledger refuses: a client left on it fails closed.
+   */
+  credentials?: ChannelCredentials;
   /** Extra grpc-js channel options (e.g. a private subchannel pool, so that several clients use several connections). */
   channelOptions?: Record<string, string | number>;
 }
@@ -83,7 +88,7 @@ export class LedgerClient {
   private readonly deadlineMs: number;
 
   constructor(target: string, options: LedgerClientOptions = {}) {
-    this.raw = new LedgerServiceClient(target, credentials.createInsecure(), {
+    this.raw = new LedgerServiceClient(target, options.credentials ?? credentials.createInsecure(), {
       'grpc.max_receive_message_length': 32 * 1024 * 1024,
       'grpc.max_send_message_length': 32 * 1024 * 1024,
       'grpc.keepalive_time_ms': 30_000,

@@ -43,6 +43,28 @@ describe('config', () => {
     assert.equal(loadConfig({ LEDGER_MAX_QUEUED_EVENTS: '100', LEDGER_BATCH_MAX: '100' }).LEDGER_MAX_QUEUED_EVENTS, 100);
   });
 
+  it('gRPC TLS: all three files or none; a partial setting names what is missing', () => {
+    const files = { GRPC_TLS_CA: '/etc/ledgerline/ca.pem', GRPC_TLS_CERT: '/etc/ledgerline/ledger.pem', GRPC_TLS_KEY: '/etc/ledgerline/ledger.key' };
+    assert.equal(loadConfig({}).GRPC_TLS_CA, undefined);
+    const loaded = loadConfig(files);
+    assert.deepEqual([loaded.GRPC_TLS_CA, loaded.GRPC_TLS_CERT, loaded.GRPC_TLS_KEY], Object.values(files));
+    assert.equal(loadConfig({ ...files, GRPC_TLS_SERVER_NAME: 'ledger.internal' }).GRPC_TLS_SERVER_NAME, 'ledger.internal');
+    assert.throws(
+      () => loadConfig({ GRPC_TLS_CERT: files.GRPC_TLS_CERT }),
+      (error: unknown) => {
+        assert.ok(error instanceof ConfigError);
+        assert.deepEqual(error.problems, [
+          'GRPC_TLS_CERT="/etc/ledgerline/ledger.pem": gRPC TLS also needs GRPC_TLS_CA and GRPC_TLS_KEY (set all of GRPC_TLS_CA, GRPC_TLS_CERT, GRPC_TLS_KEY, or none)',
+        ]);
+        return true;
+      },
+    );
+    assert.throws(() => loadConfig({ GRPC_TLS_CA: files.GRPC_TLS_CA, GRPC_TLS_CERT: files.GRPC_TLS_CERT }), /GRPC_TLS_CA=.*, GRPC_TLS_CERT=.*: gRPC TLS also needs GRPC_TLS_KEY \(/);
+    assert.throws(() => loadConfig({ GRPC_TLS_KEY: files.GRPC_TLS_KEY, GRPC_TLS_CA: '' }), /GRPC_TLS_KEY=.*: gRPC TLS also needs GRPC_TLS_CA and GRPC_TLS_CERT/);
+    assert.throws(() => loadConfig({ GRPC_TLS_SERVER_NAME: 'ledger.internal' }), /GRPC_TLS_SERVER_NAME="ledger.internal": needs GRPC_TLS_CA, GRPC_TLS_CERT, GRPC_TLS_KEY/);
+    assert.throws(() => loadConfig({ ...files, GRPC_TLS_SERVER_NAME: 'https://ledger' }), /GRPC_TLS_SERVER_NAME="https:\/\/ledger": expected a host name/);
+  });
+
   it('maps the other instances\' shards to their addresses', () => {
     assert.deepEqual([...shardOwners('0-1,3=ledger-a:50051;2=ledger-b:50052', 4)].sort(), [
       [0, 'ledger-a:50051'],

@@ -45,6 +45,20 @@ const schema = z.object({
   /** JetStream drops a message whose Nats-Msg-Id it has seen within this window. */
   EVENTS_DUPLICATE_WINDOW_SECONDS: positiveInt.max(86_400).default(120),
 
+  /**
+   * Mutual TLS on every gRPC connection between the services (lib/grpc-tls.ts): PEM files of the CA that signs
+   * the services' certificates, and of this process's certificate and private key (its server certificate, and
+   * its client certificate when it calls another service). All three or none: unset, gRPC is plaintext.
+   */
+  GRPC_TLS_CA: z.string().min(1).optional(),
+  GRPC_TLS_CERT: z.string().min(1).optional(),
+  GRPC_TLS_KEY: z.string().min(1).optional(),
+  /** The name clients expect in the servers' certificates, when the target's host (an IP, a proxy) is not in them. */
+  GRPC_TLS_SERVER_NAME: z
+    .string()
+    .regex(/^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$/, 'expected a host name')
+    .optional(),
+
   LEDGER_GRPC_LISTEN: hostPort.default('0.0.0.0:50051'),
   LEDGER_GRPC_TARGET: hostPort.default('127.0.0.1:50051'),
   LEDGER_SHARDS: z.coerce.number().int().min(1).max(4096).default(8),
@@ -164,10 +178,29 @@ function crossChecks(config: Config): string[] {
   if (config.RISK_REVIEW_THRESHOLD_PPM > config.RISK_DECLINE_THRESHOLD_PPM) {
     problems.push(`RISK_REVIEW_THRESHOLD_PPM=${config.RISK_REVIEW_THRESHOLD_PPM}: must not exceed RISK_DECLINE_THRESHOLD_PPM (${config.RISK_DECLINE_THRESHOLD_PPM})`);
   }
+  problems.push(...grpcTlsProblems(config));
   if (config.TRACES_EXPORTER === 'otlp' && !config.OTEL_EXPORTER_OTLP_ENDPOINT) problems.push('TRACES_EXPORTER=otlp: needs OTEL_EXPORTER_OTLP_ENDPOINT');
   if (!IANAZone.isValidZone(config.SETTLEMENT_TIME_ZONE)) problems.push(`SETTLEMENT_TIME_ZONE=${JSON.stringify(config.SETTLEMENT_TIME_ZONE)}: not an IANA time zone`);
   if (!isValidIBAN(config.SETTLEMENT_DEBTOR_IBAN)) problems.push(`SETTLEMENT_DEBTOR_IBAN=${JSON.stringify(config.SETTLEMENT_DEBTOR_IBAN)}: not a valid IBAN`);
   return problems;
+}
+
+/** The gRPC TLS files that make sense only together. */
+const GRPC_TLS_FILES = ['GRPC_TLS_CA', 'GRPC_TLS_CERT', 'GRPC_TLS_KEY'] as const;
+
+/**
+ * A half-configured TLS would either fail at the first call or, worse, quietly stay plaintext: every one of
+ * GRPC_TLS_FILES is set, or none (and then no server name either).
+ */
+function grpcTlsProblems(config: Config): string[] {
+  const set = GRPC_TLS_FILES.filter((name) => config[name] !== undefined);
+  const missing = GRPC_TLS_FILES.filter((name) => config[name] === undefined);
+  const shown = set.map((name) => `${name}=${JSON.stringify(config[name])}`).join(', ');
+  if (set.length > 0 && missing.length > 0) return [`${shown}: gRPC TLS also needs ${missing.join(' and ')} (set all of ${GRPC_TLS_FILES.join(', ')}, or none)`];
+  if (set.length === 0 && config.GRPC_TLS_SERVER_NAME !== undefined) {
+    return [`GRPC_TLS_SERVER_NAME=${JSON.stringify(config.GRPC_TLS_SERVER_NAME)}: needs ${GRPC_TLS_FILES.join(', ')} (gRPC is plaintext without them)`];
+  }
+  return [];
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {

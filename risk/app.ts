@@ -1,6 +1,7 @@
-import { Server, ServerCredentials } from '@grpc/grpc-js';
+import { Server } from '@grpc/grpc-js';
 import type { Config } from '../lib/config.js';
 import { observeRpcServer } from '../lib/grpc.js';
+import { grpcTlsEnabled, serverCredentials } from '../lib/grpc-tls.js';
 import type { Logger } from '../lib/logger.js';
 import { RiskServiceService } from '../proto/gen/risk/v1/risk.js';
 import { readFile } from 'node:fs/promises';
@@ -76,10 +77,10 @@ export async function startRisk(config: Config, logger: Logger): Promise<RiskApp
   observeRpcServer(metrics.meter, ['risk.v1.RiskService']);
   server.addService(RiskServiceService, createRiskService(new MonitoredScorer(scorer, metrics.meter, reference), logger));
   const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(config.RISK_GRPC_LISTEN, ServerCredentials.createInsecure(), (error, bound) => (error ? reject(error) : resolve(bound))),
+    server.bindAsync(config.RISK_GRPC_LISTEN, serverCredentials(config), (error, bound) => (error ? reject(error) : resolve(bound))),
   );
   const address = `${config.RISK_GRPC_LISTEN.replace(/:\d+$/, '').replace('0.0.0.0', '127.0.0.1')}:${port}`;
-  logger.info({ address, model: version }, 'risk listening');
+  logger.info({ address, tls: grpcTlsEnabled(config), model: version }, 'risk listening');
   return {
     address,
     async close() {

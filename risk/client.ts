@@ -1,4 +1,4 @@
-import { credentials, status, type ServiceError } from '@grpc/grpc-js';
+import { credentials, status, type ChannelCredentials, type ServiceError } from '@grpc/grpc-js';
 import { callUnary } from '../lib/grpc.js';
 import { RiskServiceClient, type ScoreRequest, type ScoreResponse } from '../proto/gen/risk/v1/risk.js';
 
@@ -23,8 +23,12 @@ export class RiskClient {
   private queue: Pending[] = [];
   private scheduled = false;
 
-  constructor(target: string) {
-    this.raw = new RiskServiceClient(target, credentials.createInsecure(), {
+  /**
+   * `channel`: `channelCredentials(config)` (lib/grpc-tls.ts) in the services. Default plaintext, which a
+   * TLS-configured risk service refuses: a client left on it fails closed.
+   */
+  constructor(target: string, channel: ChannelCredentials = credentials.createInsecure()) {
+    this.raw = new RiskServiceClient(target, channel, {
       'grpc.keepalive_time_ms': 30_000,
       'grpc.keepalive_timeout_ms': 10_000,
       // A risk instance that went away must not make every payment wait for a reconnect backoff of minutes.

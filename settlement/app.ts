@@ -1,6 +1,7 @@
-import { Server, ServerCredentials } from '@grpc/grpc-js';
+import { Server } from '@grpc/grpc-js';
 import type { Config } from '../lib/config.js';
 import { observeRpcServer } from '../lib/grpc.js';
+import { channelCredentials, grpcTlsEnabled, serverCredentials } from '../lib/grpc-tls.js';
 import { EventConsumer, observeConsumer } from '../lib/consumer.js';
 import { createPool, type Pool } from '../lib/db.js';
 import type { Logger } from '../lib/logger.js';
@@ -39,7 +40,7 @@ export function settlementSettings(config: Config): SettlementSettings {
  */
 export async function startSettlement(config: Config, logger: Logger): Promise<SettlementApp> {
   const pool = createPool(config, { applicationName: 'settlement' });
-  const ledger = new LedgerClient(config.LEDGER_GRPC_TARGET, { autoBatch: false, deadlineMs: 30_000 });
+  const ledger = new LedgerClient(config.LEDGER_GRPC_TARGET, { autoBatch: false, deadlineMs: 30_000, credentials: channelCredentials(config) });
   const metrics = await startMetrics('settlement', config.METRICS_PORT, config.OTEL_EXPORTER_OTLP_ENDPOINT);
   const batchesMade = metrics.meter.createCounter('settlement_batches_total', { description: 'Settlement batches made (windows closed with something to settle), by currency and payout status' });
   const settler = new Settler(pool, ledger, { ...settlementSettings(config), onBatch: (b) => batchesMade.add(1, { currency: b.currency, status: b.status }) }, logger);
@@ -66,10 +67,10 @@ export async function startSettlement(config: Config, logger: Logger): Promise<S
   observeRpcServer(metrics.meter, ['settlement.v1.SettlementService']);
   server.addService(SettlementServiceService, createSettlementService(pool, ledger, settler, config, logger));
   const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(config.SETTLEMENT_GRPC_LISTEN, ServerCredentials.createInsecure(), (error, bound) => (error ? reject(error) : resolve(bound))),
+    server.bindAsync(config.SETTLEMENT_GRPC_LISTEN, serverCredentials(config), (error, bound) => (error ? reject(error) : resolve(bound))),
   );
   const address = `${config.SETTLEMENT_GRPC_LISTEN.replace(/:\d+$/, '').replace('0.0.0.0', '127.0.0.1')}:${port}`;
-  logger.info({ address, consumer: config.SETTLEMENT_CONSUMER }, 'settlement listening');
+  logger.info({ address, tls: grpcTlsEnabled(config), consumer: config.SETTLEMENT_CONSUMER }, 'settlement listening');
 
   return {
     address,

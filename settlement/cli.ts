@@ -12,6 +12,7 @@ import { parseArgs } from 'node:util';
 import { electronicFormatIBAN, isValidBIC, isValidIBAN } from 'ibantools';
 import { loadConfig } from '../lib/config.js';
 import { createPool } from '../lib/db.js';
+import { channelCredentials } from '../lib/grpc-tls.js';
 import { AppError, ValidationError } from '../lib/errors.js';
 import { createLogger } from '../lib/logger.js';
 import { LedgerClient } from '../ledger/client.js';
@@ -44,7 +45,7 @@ const { values } = parseArgs({
 const config = loadConfig();
 const logger = createLogger('settlement-cli', config.LOG_LEVEL === 'info' ? 'warn' : config.LOG_LEVEL);
 const pool = createPool(config, { max: 2, applicationName: 'settlement-cli' });
-const ledger = new LedgerClient(config.LEDGER_GRPC_TARGET, { autoBatch: false });
+const ledger = new LedgerClient(config.LEDGER_GRPC_TARGET, { autoBatch: false, credentials: channelCredentials(config) });
 const json = (value: unknown) => JSON.stringify(value, (_, v: unknown) => (typeof v === 'bigint' ? v.toString() : v), 2);
 
 async function batchArg(): Promise<store.Batch> {
