@@ -6,7 +6,7 @@ export PATH := $(CURDIR)/node_modules/.bin:$(PATH)
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/ledgerline_test
 PROTOS := $(wildcard proto/*/v1/*.proto)
 
-.PHONY: dev test proto bench lint clean services tools build migrate typecheck
+.PHONY: dev test proto bench chaos lint clean services tools build migrate typecheck
 
 node_modules/.install-stamp: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
@@ -46,6 +46,11 @@ bench: proto services
 	DATABASE_URL=$${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/ledgerline_bench} LOG_LEVEL=warn tsx bench/run.ts
 	DATABASE_URL=$${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/ledgerline_bench} LOG_LEVEL=warn tsx bench/payments.ts
 	DATABASE_URL=$${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/ledgerline_bench} LOG_LEVEL=warn tsx bench/risk.ts
+
+# The failure promises under faults, for minutes (outside CI; the short version runs in `make test`).
+chaos: proto services
+	DATABASE_URL=$${CHAOS_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/ledgerline_chaos} tsx scripts/migrate.ts --fresh
+	DATABASE_URL=$${CHAOS_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/ledgerline_chaos} NODE_ENV=test tsx scripts/chaos.ts
 
 lint: proto
 	buf lint
