@@ -6,7 +6,7 @@ import Fastify, { LogController, type FastifyInstance, type FastifyReply, type F
 import { context, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Meter, type Span } from '@opentelemetry/api';
 import type { Config } from '../lib/config.js';
 import type { Pool } from '../lib/db.js';
-import { AppError, UnavailableError } from '../lib/errors.js';
+import { AppError, UnavailableError, ValidationError } from '../lib/errors.js';
 import type { Logger } from '../lib/logger.js';
 import { PeriodicTask } from '../lib/periodic.js';
 import { ADMIN_SCOPE, Authenticator, type Caller } from './auth.js';
@@ -30,6 +30,13 @@ declare module 'fastify' {
     /** Of the body as sent, before validation fills in defaults. */
     fingerprint: string | null;
     idempotency: { scope: string; key: string } | null;
+  }
+  interface FastifyContextConfig {
+    /**
+     * The route's answer carries a secret shown once (a new secret key): it is never kept for an idempotent
+     * replay, which would store it in plain text and show it again, so an Idempotency-Key is refused.
+     */
+    answersSecret?: boolean;
   }
 }
 
@@ -162,6 +169,9 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
     if (request.method !== 'POST' || !request.caller || !request.fingerprint) return;
     const key = parseIdempotencyKey(request.headers['idempotency-key']);
     if (key === undefined) return;
+    if (request.routeOptions.config.answersSecret) {
+      throw new ValidationError('Idempotency-Key', 'not accepted here: the answer carries a secret key, shown once and never stored', 'idempotency_key_not_supported');
+    }
     const scope = request.caller.kind === 'admin' ? ADMIN_SCOPE : request.caller.merchantId;
     const begun = await idempotency.begin(scope, key, request.fingerprint);
     if (begun.kind === 'replay') {

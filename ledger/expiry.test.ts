@@ -1,10 +1,13 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'mocha';
 import type { Pool } from '../lib/db.js';
-import { EventBatch } from '../proto/gen/events/v1/events.js';
-import { CreateTransferResultCode, PendingState } from '../proto/gen/ledger/v1/ledger.js';
+import { EventBatch, type EventEnvelope } from '../proto/gen/events/v1/events.js';
+import { CreateTransferResultCode, PendingState, type Transfer } from '../proto/gen/ledger/v1/ledger.js';
 import { account, startTestLedger, transfer, type TestLedger } from '../test/ledger-harness.js';
-import { testPool } from '../test/support.js';
+import { skewedClock, spawnLedger, type LedgerProcess } from '../test/ledger-process.js';
+import { testConfig, testPool } from '../test/support.js';
+import { LedgerClient } from './client.js';
+import { PAYMENT_OUTBOX_SHARD_BASE } from './outbox.js';
 
 /**
  * Pending transfers expire exactly once, even with two sweepers on the same shards at once (two ledger
@@ -40,30 +43,173 @@ describe('pending expiry with two sweepers running', function () {
     const total = pendings.reduce((s, t) => s + t.amount, 0n);
     assert.equal((await first.client.lookupAccounts([credit.id]))[0]!.creditsPending, total);
 
-    const deadline = Date.now() + 20_000;
-    for (;;) {
-      const states = await first.client.lookupTransfers(pendings.map((t) => t.id));
-      if (states.every((t) => t.pendingState === PendingState.PENDING_STATE_EXPIRED)) break;
-      assert.ok(Date.now() < deadline, `${states.filter((t) => t.pendingState !== PendingState.PENDING_STATE_EXPIRED).length} not expired yet`);
-      await new Promise((resolve) => setTimeout(resolve, 100));
-    }
+    await allExpired(first.client, pendings);
 
     // Released once: nothing pending, nothing posted, on either side.
     const [c] = await second.client.lookupAccounts([credit.id]);
     assert.deepEqual([c!.creditsPending, c!.creditsPosted, c!.debitsPending, c!.debitsPosted], [0n, 0n, 0n, 0n]);
     for (const d of await first.client.lookupAccounts(debits.map((a) => a.id))) assert.deepEqual([d.debitsPending, d.debitsPosted], [0n, 0n]);
     // One ledger.transfer.expired event per pending transfer in the outbox (the relay is off here).
-    const wanted = new Set(pendings.map((t) => t.id));
-    const expiries = new Map<string, number>();
-    for (const row of (await pool.query('SELECT payload FROM outbox WHERE shard < 10000')).rows) {
-      for (const e of EventBatch.decode(row.payload as Buffer).events) {
-        if (e.type === 'ledger.transfer.expired' && wanted.has(e.aggregateId)) expiries.set(e.aggregateId, (expiries.get(e.aggregateId) ?? 0) + 1);
-      }
-    }
-    assert.equal(expiries.size, pendings.length, 'every pending transfer has its expiry event');
-    assert.deepEqual([...new Set(expiries.values())], [1], 'and only one');
+    assertOneExpiryEventEach(await ledgerOutbox(pool), pendings);
     // Posting an expired transfer is refused with the expiry code.
     const [late] = await second.client.createTransfers([transfer({ pendingId: pendings[0]!.id, flags: { postPendingTransfer: true } })]);
     assert.equal(late?.code, CreateTransferResultCode.CREATE_TRANSFER_RESULT_CODE_PENDING_TRANSFER_EXPIRED);
   });
 });
+
+/**
+ * Two ledger processes owning every shard, one with its wall clock 30 s ahead and one 30 s behind
+ * (test/skewed-clock.mjs, preloaded into the process and its piscina workers; no production hook).
+ *
+ * What skew does to expiry. A pending transfer expires `timeout` seconds after its ledger timestamp, and a
+ * batch's timestamps are max(its instance's clock, the shard's last timestamp + 1): a shard's ledger time is the
+ * fastest clock that has written to it. So, in wall time:
+ * - a fast instance's sweeper expires early, by up to its skew, a pending transfer stamped by a slower clock
+ *   (and its batches refuse a post of it as expired just as early);
+ * - after a fast instance wrote to a shard, a slower one continues that shard's clock (timestamps strictly
+ *   increase, as DESIGN.md promises) but its sweeper looks for candidates with its own clock: once it sweeps
+ *   alone (the fast one gone, after a hand-over), an expired transfer, whose post the shard already refuses as
+ *   expired, keeps its amount pending until that sweeper's clock gets there, up to the skew later;
+ * - ledger timestamps (and balances "as of" a time) run ahead of the wall clock by up to the skew.
+ * DESIGN.md promises strictly increasing per-shard timestamps and at-most-once resolution of a pending amount,
+ * nothing about expiry to the second: both hold here whatever the clocks, and expiry is exact in ledger time
+ * (never before the transfer's timestamp + timeout). Wall-clock precision of expiry is only as good as the
+ * hosts' clock synchronisation.
+ */
+describe('pending expiry with two ledger processes whose clocks disagree by a minute', function () {
+  this.timeout(120_000);
+  const SKEW_MS = 30_000;
+  let ahead: { process: LedgerProcess; client: LedgerClient };
+  let behind: { process: LedgerProcess; client: LedgerClient };
+  let pool: Pool;
+  /** Each ledger shard's outbox sequence before the test: the test's batches are those after it. */
+  let sequencesBefore: Map<number, bigint>;
+
+  async function spawnSkewed(skewMs: number) {
+    const clock = skewedClock(skewMs);
+    const env = { DATABASE_URL: testConfig().DATABASE_URL, LOG_LEVEL: 'error', LEDGER_SHARDS: '8', LEDGER_EXPIRY_SWEEP_MS: '20', LEDGER_RELAY_ENABLED: 'false', METRICS_PORT: '0', ...clock.env };
+    const child = await spawnLedger(env, clock.nodeArgs);
+    return { process: child, client: new LedgerClient(child.target) };
+  }
+
+  before(async () => {
+    pool = testPool();
+    [ahead, behind] = await Promise.all([spawnSkewed(SKEW_MS), spawnSkewed(-SKEW_MS)]);
+    const r = await pool.query('SELECT shard, last_sequence FROM ledger_shards WHERE shard < $1', [PAYMENT_OUTBOX_SHARD_BASE]);
+    sequencesBefore = new Map(r.rows.map((row) => [row.shard as number, BigInt(row.last_sequence)]));
+  });
+  after(async () => {
+    for (const instance of [ahead, behind]) {
+      instance?.client.close();
+      await instance?.process.stop();
+    }
+    await pool?.end();
+  });
+
+  it('each pending transfer expires once, never before its timeout in ledger time; shard timestamps never go backwards', async () => {
+    const debits = Array.from({ length: 16 }, () => account());
+    const credit = account();
+    const wallClockNs = () => BigInt(Date.now()) * 1_000_000n;
+    const beforeAccounts = wallClockNs();
+    const created = await ahead.client.createAccounts([...debits, credit]);
+    assert.ok(created.every((r) => r.code === 1));
+    // The batch ran in a piscina worker of the fast process: its timestamps are ahead of this (true) clock by the
+    // skew, which no earlier batch can explain (a shard clock is at most SKEW_MS ahead of the time it was written).
+    assert.ok(created.every((r) => r.timestamp >= beforeAccounts + BigInt(SKEW_MS) * 1_000_000n), 'the skewed clock reached the batch worker');
+
+    // Rounds alternate between the instances on the same debit accounts (so the same shards): every round of
+    // the slow instance writes after the fast one on those shards, a minute behind it by its own clock.
+    const rounds = [ahead, behind, ahead, behind].map((instance) => ({
+      instance,
+      pendings: debits.map((debit, i) => transfer({ debitAccountId: debit.id, creditAccountId: credit.id, amount: BigInt(1 + i), flags: { pending: true }, timeout: 1 + (i % 2) })),
+    }));
+    for (const round of rounds) {
+      const startedNs = wallClockNs();
+      assert.ok((await round.instance.client.createTransfers(round.pendings)).every((r) => r.code === 1));
+      if (round.instance === behind) {
+        // Its own clock says a minute before what the fast instance wrote: it continued the shards' clocks instead.
+        const stamped = await behind.client.lookupTransfers(round.pendings.map((t) => t.id));
+        assert.ok(stamped.every((t) => t.timestamp > startedNs), 'the slow instance stamps after the fast one, not by its own clock');
+      }
+    }
+    const pendings = rounds.flatMap((round) => round.pendings);
+    const total = pendings.reduce((sum, t) => sum + t.amount, 0n);
+    assert.equal((await behind.client.lookupAccounts([credit.id]))[0]!.creditsPending, total);
+
+    await allExpired(behind.client, pendings);
+
+    // Released once: nothing pending, nothing posted, on either side.
+    const [c] = await behind.client.lookupAccounts([credit.id]);
+    assert.deepEqual([c!.creditsPending, c!.creditsPosted, c!.debitsPending, c!.debitsPosted], [0n, 0n, 0n, 0n]);
+    for (const d of await ahead.client.lookupAccounts(debits.map((a) => a.id))) assert.deepEqual([d.debitsPending, d.debitsPosted], [0n, 0n]);
+    const outbox = await ledgerOutbox(pool, sequencesBefore);
+    const expiries = assertOneExpiryEventEach(outbox, pendings);
+    // Exact in ledger time: no transfer expired before its timestamp + timeout.
+    for (const t of await ahead.client.lookupTransfers(pendings.map((p) => p.id))) {
+      assert.ok(expiries.get(t.id)!.occurredAt >= t.timestamp + BigInt(t.timeout) * 1_000_000_000n, `${t.id} expired before its timeout`);
+    }
+    assertTimestampsIncreasePerShard(outbox);
+
+    // A post of an expired transfer is refused with the expiry code, through either instance.
+    for (const [instance, pending] of [
+      [ahead, pendings[0]!],
+      [behind, pendings[1]!],
+    ] as const) {
+      const [late] = await instance.client.createTransfers([transfer({ pendingId: pending.id, flags: { postPendingTransfer: true } })]);
+      assert.equal(late?.code, CreateTransferResultCode.CREATE_TRANSFER_RESULT_CODE_PENDING_TRANSFER_EXPIRED);
+    }
+  });
+});
+
+/** Waits (up to 20 s) until every one of `pendings` is expired. */
+async function allExpired(client: LedgerClient, pendings: readonly Transfer[]): Promise<void> {
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    const states = await client.lookupTransfers(pendings.map((t) => t.id));
+    if (states.every((t) => t.pendingState === PendingState.PENDING_STATE_EXPIRED)) return;
+    assert.ok(Date.now() < deadline, `${states.filter((t) => t.pendingState !== PendingState.PENDING_STATE_EXPIRED).length} not expired yet`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+interface OutboxRow {
+  shard: number;
+  sequence: bigint;
+  events: EventEnvelope[];
+}
+
+/**
+ * The ledger shards' outbox rows (the relay is off in these tests, so they stay), in commit order per shard;
+ * only those after `after` (a shard's sequence) when given.
+ */
+async function ledgerOutbox(pool: Pool, after = new Map<number, bigint>()): Promise<OutboxRow[]> {
+  const r = await pool.query('SELECT shard, sequence, payload FROM outbox WHERE shard < $1 ORDER BY shard, sequence', [PAYMENT_OUTBOX_SHARD_BASE]);
+  return r.rows
+    .map((row) => ({ shard: row.shard as number, sequence: BigInt(row.sequence), events: EventBatch.decode(row.payload as Buffer).events }))
+    .filter((row) => row.sequence > (after.get(row.shard) ?? -1n));
+}
+
+/** Asserts one ledger.transfer.expired event for each of `pendings`; those events by transfer id. */
+function assertOneExpiryEventEach(outbox: readonly OutboxRow[], pendings: readonly Transfer[]): Map<string, EventEnvelope> {
+  const wanted = new Set(pendings.map((t) => t.id));
+  const expiries = new Map<string, EventEnvelope[]>();
+  for (const e of outbox.flatMap((row) => row.events)) {
+    if (e.type === 'ledger.transfer.expired' && wanted.has(e.aggregateId)) expiries.set(e.aggregateId, [...(expiries.get(e.aggregateId) ?? []), e]);
+  }
+  assert.equal(expiries.size, pendings.length, 'every pending transfer has its expiry event');
+  assert.deepEqual([...new Set([...expiries.values()].map((events) => events.length))], [1], 'and only one');
+  return new Map([...expiries].map(([id, [event]]) => [id, event!]));
+}
+
+/** Asserts that within each shard, in commit order, every event's ledger timestamp is above the one before. */
+function assertTimestampsIncreasePerShard(outbox: readonly OutboxRow[]): void {
+  const last = new Map<number, bigint>();
+  for (const row of outbox) {
+    for (const e of row.events) {
+      const previous = last.get(row.shard) ?? 0n;
+      assert.ok(e.occurredAt > previous, `shard ${row.shard}, batch ${row.sequence}: ${e.type} of ${e.aggregateId} at ${e.occurredAt}, not after ${previous}`);
+      last.set(row.shard, e.occurredAt);
+    }
+  }
+  assert.ok(last.size > 1, `events of ${last.size} shard(s) only: the test must write to several`);
+}

@@ -4,7 +4,7 @@ import type { AddressInfo } from 'node:net';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import addFormats from 'ajv-formats';
 import type { Config } from '../lib/config.js';
-import { createLogger } from '../lib/logger.js';
+import { createLogger, type Logger } from '../lib/logger.js';
 import { buildGateway, type Gateway } from '../gateway/app.js';
 import { Backends } from '../gateway/backends.js';
 import { startRisk, type RiskApp } from '../risk/app.js';
@@ -32,11 +32,11 @@ export interface TestGateway {
 }
 
 /** A gateway on an ephemeral port in this process, against `ledgerTarget`. */
-export async function startTestGateway(ledgerTarget: string, env: Record<string, string> = {}): Promise<TestGateway> {
+export async function startTestGateway(ledgerTarget: string, env: Record<string, string> = {}, logger?: Logger): Promise<TestGateway> {
   const config: Config = testConfig({ LEDGER_GRPC_TARGET: ledgerTarget, ADMIN_API_KEY: ADMIN_KEY, GATEWAY_GRPC_DEADLINE_MS: '5000', GATEWAY_AUTH_CACHE_MS: '0', ...env });
   const pool = testPool(config);
   const backends = new Backends(config);
-  const app = await buildGateway({ config, pool, backends, logger: createLogger('gateway-test', process.env['GATEWAY_TEST_LOG'] ?? 'error') });
+  const app = await buildGateway({ config, pool, backends, logger: logger ?? createLogger('gateway-test', process.env['GATEWAY_TEST_LOG'] ?? 'error') });
   await app.listen({ port: 0, host: '127.0.0.1' });
   const { port } = app.server.address() as AddressInfo;
   return {
@@ -61,15 +61,27 @@ export interface TestStack {
   close(): Promise<void>;
 }
 
-export async function startTestStack(): Promise<TestStack> {
+export interface TestStackOptions {
+  /** Each service's logger, by service name; default: errors only, on stdout. */
+  logger?: (service: string) => Logger;
+  /**
+   * The ledger's outbox relay on, publishing to the stack's stream: settlement then consumes the payments'
+   * events (settlements can be closed). It publishes, and deletes, every outbox row of the database.
+   */
+  relay?: boolean;
+}
+
+export async function startTestStack(options: TestStackOptions = {}): Promise<TestStack> {
+  const logger = options.logger ?? ((service: string) => createLogger(service, 'error'));
   // Settlement's consumer needs a stream: one of this stack's own, small (streams reserve their size on the server).
   const suffix = randomUUID().slice(0, 8);
   const events = { EVENTS_STREAM: `STACK_${suffix}`, EVENTS_SUBJECT_PREFIX: `stack-${suffix}`, EVENTS_MAX_BYTES: String(64 * 1024 * 1024) };
-  const risk = await startRisk(testConfig({ RISK_GRPC_LISTEN: '127.0.0.1:0' }), createLogger('risk-test', 'error'));
-  const ledger = await startTestLedger({ RISK_GRPC_TARGET: risk.address, RISK_DEADLINE_MS: '2000' });
+  const risk = await startRisk(testConfig({ RISK_GRPC_LISTEN: '127.0.0.1:0' }), logger('risk-test'));
+  const relay = options.relay ? { ...events, LEDGER_RELAY_ENABLED: 'true' } : {};
+  const ledger = await startTestLedger({ RISK_GRPC_TARGET: risk.address, RISK_DEADLINE_MS: '2000', ...relay }, {}, options.logger?.('ledger-test'));
   const settlementConfig = testConfig({ ...events, SETTLEMENT_GRPC_LISTEN: '127.0.0.1:0', LEDGER_GRPC_TARGET: ledger.app.address, SETTLEMENT_CONSUMER: `stack-${suffix}`, METRICS_PORT: '0' });
-  const settlement = await startSettlement(settlementConfig, createLogger('settlement-test', 'error'));
-  const gateway = await startTestGateway(ledger.app.address, { SETTLEMENT_GRPC_TARGET: settlement.address });
+  const settlement = await startSettlement(settlementConfig, logger('settlement-test'));
+  const gateway = await startTestGateway(ledger.app.address, { SETTLEMENT_GRPC_TARGET: settlement.address }, options.logger?.('gateway-test'));
   const pool = testPool();
   return {
     risk,
@@ -114,16 +126,17 @@ export class OpenApiChecker {
   }
 }
 
-/** An HTTP client for tests: every answer is checked against /openapi.json. */
+/** An HTTP client for tests: every answer is checked against /openapi.json, and shown to `observer` if any. */
 export class Api {
   constructor(
     public url: string,
     private readonly checker: OpenApiChecker,
+    private readonly observer?: (method: string, path: string, response: ApiResponse) => void,
   ) {}
 
-  static async connect(url: string): Promise<Api> {
+  static async connect(url: string, observer?: (method: string, path: string, response: ApiResponse) => void): Promise<Api> {
     const document = (await (await fetch(`${url}/openapi.json`)).json()) as ConstructorParameters<typeof OpenApiChecker>[0];
-    return new Api(url, new OpenApiChecker(document));
+    return new Api(url, new OpenApiChecker(document), observer);
   }
 
   async request(method: string, path: string, options: { key?: string; body?: unknown; raw?: string; headers?: Record<string, string>; idempotencyKey?: string } = {}): Promise<ApiResponse> {
@@ -139,8 +152,10 @@ export class Api {
     const text = await response.text();
     const mediaType = (response.headers.get('content-type') ?? 'application/json').split(';')[0]!.trim();
     const parsed = mediaType !== 'application/json' ? text : text ? JSON.parse(text) : undefined;
+    const answer = { status: response.status, headers: response.headers, text, body: parsed };
+    this.observer?.(method, path, answer);
     this.checker.check(method, path, response.status, parsed, mediaType);
-    return { status: response.status, headers: response.headers, text, body: parsed };
+    return answer;
   }
 
   get(path: string, key?: string): Promise<ApiResponse> {
@@ -150,6 +165,20 @@ export class Api {
   post(path: string, key: string | undefined, body?: unknown, idempotencyKey?: string): Promise<ApiResponse> {
     return this.request('POST', path, { key, body: body ?? {}, idempotencyKey });
   }
+}
+
+/**
+ * Every table a request could write: a refused request must change none of them. Not idempotency keys: a
+ * request refused after validation (an unknown payment, a merchant key on an admin route) keeps its 4xx answer
+ * for replay, as Stripe does (gateway/README.md). Nor the outbox: the ledger's expiry sweeper may meanwhile
+ * expire pending transfers other tests left in the database, and their events are outbox rows.
+ */
+const BUSINESS_TABLES = ['merchants', 'api_keys', 'merchant_accounts', 'accounts', 'transfers', 'payments', 'payment_operations', 'settlement_batches'];
+
+/** The row count of each business table, to compare before and after requests that must write nothing. */
+export async function businessTableCounts(pool: Pool): Promise<Record<string, number>> {
+  const r = await pool.query(`SELECT ${BUSINESS_TABLES.map((t) => `(SELECT count(*) FROM ${t})::int AS ${t}`).join(', ')}`);
+  return r.rows[0];
 }
 
 /** Asserts an error answer: status, error.code and (when given) error.param. */

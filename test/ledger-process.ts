@@ -65,6 +65,14 @@ export function spawnLedger(env: Record<string, string>, nodeArgs: string[] = []
   return spawnService('ledger/main.ts', env, nodeArgs);
 }
 
+/**
+ * The environment and node arguments that shift a spawned process's wall clock by `skewMs` (positive: ahead),
+ * its worker threads' too: test/skewed-clock.mjs, loaded before anything else. Production code has no hook.
+ */
+export function skewedClock(skewMs: number): { env: Record<string, string>; nodeArgs: string[] } {
+  return { env: { CLOCK_SKEW_MS: String(skewMs) }, nodeArgs: ['--import', path.join(ROOT, 'test/skewed-clock.mjs')] };
+}
+
 export async function waitForPort(port: number, child: ChildProcess, timeoutMs = 30_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
