@@ -5,7 +5,7 @@
  */
 import { workerData } from 'piscina';
 import type { Config } from '../lib/config.js';
-import { createPool, isConnectionError, type Pool } from '../lib/db.js';
+import { asAppError, createPool, type Pool } from '../lib/db.js';
 import { AppError } from '../lib/errors.js';
 import { executeBatch, type BatchOutcome, type BatchTask } from './batch.js';
 
@@ -26,7 +26,9 @@ export default async function runBatch(task: BatchTask): Promise<WorkerReply> {
   try {
     return { ok: true, outcome: await executeBatch(getPool(), task) };
   } catch (error) {
-    const unavailable = isConnectionError(error) || (error instanceof AppError && error.kind === 'unavailable');
+    // A batch still in conflict after its retries committed nothing: UNAVAILABLE, for the caller to retry.
+    const failure = asAppError(error);
+    const unavailable = failure instanceof AppError && failure.kind === 'unavailable';
     return { ok: false, kind: unavailable ? 'unavailable' : 'internal', message: error instanceof Error ? error.message : String(error) };
   }
 }

@@ -1,7 +1,8 @@
 import { strict as assert } from 'node:assert';
 import { randomUUID } from 'node:crypto';
 import { testPool } from '../test/support.js';
-import { isSerializationFailure, withTransaction, type Pool } from './db.js';
+import { AppError } from './errors.js';
+import { asAppError, isSerializationFailure, withTransaction, type Pool } from './db.js';
 
 describe('database (PostgreSQL at SERIALIZABLE)', () => {
   let pool: Pool;
@@ -54,5 +55,27 @@ describe('database (PostgreSQL at SERIALIZABLE)', () => {
     assert.ok(failures.length >= 1 && failures.every(isSerializationFailure), 'expected at least one 40001 retry');
     const onCall = await pool.query('SELECT count(*)::int AS n FROM db_test_oncall WHERE shift = $1 AND on_call', [shift]);
     assert.equal(onCall.rows[0].n, 1);
+  });
+});
+
+describe('database failures as callers see them (asAppError)', () => {
+  const failure = (code: string) => Object.assign(new Error(`sqlstate ${code}`), { code });
+
+  it('contention past the retries, a lost connection and a lack of resources are UNAVAILABLE; other errors stay as they are', () => {
+    for (const [code, expected] of [
+      ['40001', 'contention'],
+      ['40P01', 'contention'],
+      ['57P01', 'database_unavailable'],
+      ['53200', 'database_overloaded'],
+      ['53300', 'database_overloaded'],
+    ] as const) {
+      const mapped = asAppError(failure(code));
+      assert.ok(mapped instanceof AppError && mapped.kind === 'unavailable' && mapped.code === expected, `${code}: ${String(mapped)}`);
+      assert.equal(mapped.details.retryAfterSeconds, 1);
+    }
+    const bug = failure('23505');
+    assert.equal(asAppError(bug), bug);
+    const known = new AppError('conflict', 'x', 'y');
+    assert.equal(asAppError(known), known);
   });
 });

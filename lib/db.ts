@@ -1,7 +1,7 @@
 import { context, SpanKind, SpanStatusCode, trace, type Span } from '@opentelemetry/api';
 import pg from 'pg';
 import type { Config } from './config.js';
-import { UnavailableError } from './errors.js';
+import { AppError, UnavailableError } from './errors.js';
 import { retry, type RetryOptions } from './retry.js';
 
 /**
@@ -74,6 +74,22 @@ export function isConnectionError(error: unknown): boolean {
   if (code !== undefined && (CONNECTION_SQLSTATES.has(code) || CONNECTION_ERRNOS.has(code))) return true;
   const message = error instanceof Error ? error.message : '';
   return /Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error/.test(message);
+}
+
+/** SQLSTATE class 53, insufficient resources (out of memory or shared memory, too many connections): passing. */
+const isInsufficientResources = (error: unknown) => sqlState(error)?.startsWith('53') ?? false;
+
+/**
+ * A database failure as callers see it: unreachable, contended past the retries, or short of resources is
+ * UNAVAILABLE with Retry-After (nothing was committed, so the same request may be sent again); anything else
+ * is returned as it is (an AppError already, or a bug).
+ */
+export function asAppError(error: unknown): unknown {
+  if (error instanceof AppError) return error;
+  if (isConnectionError(error)) return new UnavailableError('database_unavailable', 'database unavailable', 1, { cause: error });
+  if (isSerializationFailure(error)) return new UnavailableError('contention', 'conflicting concurrent update; retry', 1, { cause: error });
+  if (isInsufficientResources(error)) return new UnavailableError('database_overloaded', 'database short of resources; retry', 1, { cause: error });
+  return error;
 }
 
 export interface TransactionOptions {

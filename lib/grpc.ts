@@ -1,7 +1,7 @@
 import { Metadata, status, type CallOptions, type ServiceError, type ServerUnaryCall, type sendUnaryData } from '@grpc/grpc-js';
 import { context, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Histogram, type Meter, type TextMapGetter, type TextMapSetter } from '@opentelemetry/api';
-import { isConnectionError, isSerializationFailure } from './db.js';
-import { AppError, UnavailableError, type ErrorKind } from './errors.js';
+import { asAppError } from './db.js';
+import { AppError, type ErrorKind } from './errors.js';
 import type { Logger } from './logger.js';
 
 /** AppError kinds to gRPC status codes: the one mapping used by every gRPC server of the project. */
@@ -67,13 +67,6 @@ export function headerSafe(value: string): string {
 }
 
 /** A database that cannot be reached, or a statement that lost a serialization conflict, is the caller's retry. */
-function asAppError(error: unknown): unknown {
-  if (error instanceof AppError) return error;
-  if (isConnectionError(error)) return new UnavailableError('database_unavailable', 'database unavailable', 1, { cause: error });
-  if (isSerializationFailure(error)) return new UnavailableError('contention', 'conflicting concurrent update; retry', 1, { cause: error });
-  return error;
-}
-
 export function toServiceError(error: unknown): Partial<ServiceError> {
   const metadata = new Metadata();
   if (error instanceof AppError) {

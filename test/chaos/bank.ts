@@ -4,6 +4,7 @@ import { snapshotQuery } from '../support.js';
 import { sleep } from '../../lib/retry.js';
 import { sendUntilSettled, type Settled } from './client.js';
 import type { ScenarioReport } from './report.js';
+import { newMerchant, setUp } from './setup.js';
 import { SERVICES, type ChaosStack, type ServiceName } from './stack.js';
 
 /**
@@ -27,7 +28,7 @@ export interface BankOptions {
 }
 
 const USD = 'USD';
-const FUNDING = 1_000_000;
+const FUNDING = 200_000;
 const CUSTOMER_FUNDING = 100_000_000;
 
 interface TransferOp {
@@ -49,22 +50,15 @@ type Operation = TransferOp | PaymentOp;
 export async function runBank(stack: ChaosStack, options: BankOptions): Promise<ScenarioReport> {
   const violations: string[] = [];
   const url = stack.gatewayUrl;
-  const setupDeadline = () => Date.now() + 60_000;
-  const must = async (path: string, body: unknown, key: string): Promise<Settled> => {
-    const answer = await sendUntilSettled(url, key, path, { body, idempotencyKey: randomUUID(), giveUpAt: setupDeadline() });
-    if (!answer || answer.status >= 300) throw new Error(`setup ${path}: ${answer?.status} ${JSON.stringify(answer?.body)}`);
-    return answer;
-  };
-
   // Set-up, before any fault: a merchant, a funding account, bank wallets and customer wallets, all funded.
-  const merchant = (await must('/v1/merchants', { name: `chaos bank ${randomUUID().slice(0, 8)}` }, stack.adminKey)).body;
-  const key: string = merchant.secret_key;
-  const account = async (flags: string[]) => (await must('/v1/accounts', { id: randomUUID(), currency: USD, flags }, key)).body.id as string;
+  const merchant = await newMerchant(stack, 'bank');
+  const key = merchant.key;
+  const account = async (flags: string[]) => (await setUp(stack, key, '/v1/accounts', { id: randomUUID(), currency: USD, flags })).id as string;
   const funding = await account([]);
   const wallets = await Promise.all(Array.from({ length: options.wallets }, () => account(['debits_must_not_exceed_credits'])));
   const customers = await Promise.all(Array.from({ length: options.clients }, () => account(['debits_must_not_exceed_credits'])));
   for (const [wallet, amount] of [...wallets.map((w) => [w, FUNDING] as const), ...customers.map((c) => [c, CUSTOMER_FUNDING] as const)]) {
-    await must('/v1/transfers', { id: randomUUID(), debit_account_id: funding, credit_account_id: wallet, amount, currency: USD }, key);
+    await setUp(stack, key, '/v1/transfers', { id: randomUUID(), debit_account_id: funding, credit_account_id: wallet, amount, currency: USD });
   }
   const bankTotal = BigInt(FUNDING * options.wallets);
 
@@ -136,7 +130,7 @@ export async function runBank(stack: ChaosStack, options: BankOptions): Promise<
   await readLoop;
   reader.close();
 
-  const counts = await check(stack, { operations, wallets, customers, funding: FUNDING, merchantId: merchant.id as string }, violations);
+  const counts = await check(stack, { operations, wallets, customers, funding: FUNDING, merchantId: merchant.id }, violations);
   return {
     counts: {
       ...counts,

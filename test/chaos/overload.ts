@@ -3,6 +3,7 @@ import autocannon from 'autocannon';
 import { sleep } from '../../lib/retry.js';
 import { sendUntilSettled } from './client.js';
 import type { ScenarioReport } from './report.js';
+import { newMerchant, setUp } from './setup.js';
 import type { ChaosStack } from './stack.js';
 
 /**
@@ -26,14 +27,8 @@ export interface OverloadOptions {
 export async function runOverload(stack: ChaosStack, options: OverloadOptions): Promise<ScenarioReport> {
   const violations: string[] = [];
   const url = stack.gatewayUrl;
-  const giveUpAt = Date.now() + 60_000;
-  const must = async (path: string, body: unknown, key: string) => {
-    const answer = await sendUntilSettled(url, key, path, { body, idempotencyKey: randomUUID(), giveUpAt });
-    if (!answer || answer.status >= 300) throw new Error(`setup ${path}: ${answer?.status} ${JSON.stringify(answer?.body)}`);
-    return answer.body;
-  };
-  const key: string = (await must('/v1/merchants', { name: `chaos overload ${randomUUID().slice(0, 8)}` }, stack.adminKey)).secret_key;
-  const account = async () => (await must('/v1/accounts', { currency: 'USD' }, key)).id as string;
+  const { key } = await newMerchant(stack, 'overload');
+  const account = async () => (await setUp(stack, key, '/v1/accounts', { currency: 'USD' })).id as string;
   const [source, measured, flooded] = [await account(), await account(), await account()];
   const transferTo = (credit: string) => () => JSON.stringify({ id: randomUUID(), debit_account_id: source, credit_account_id: credit, amount: 1, currency: 'USD' });
   const request = (credit: string) => ({
@@ -120,6 +115,7 @@ export async function runOverload(stack: ChaosStack, options: OverloadOptions): 
       'sustainable transfers/s (closed loop)': sustainable,
       'offered requests/s': Math.ceil(sustainable * options.factor),
       'sent during the flood': result.requests.sent,
+      'answered during the flood': [...statuses.values()].reduce((a, b) => a + b, 0),
       '201 acknowledged': statuses.get(201) ?? 0,
       '429 rate limited': statuses.get(429) ?? 0,
       '503 shed': statuses.get(503) ?? 0,
