@@ -47,6 +47,7 @@ async function startStack(ledgerEnv: Record<string, string>, everyService: Recor
       ADMIN_API_KEY: ADMIN_KEY,
       GATEWAY_RATE_LIMIT_PER_SECOND: '1000000',
       GATEWAY_RATE_LIMIT_BURST: '1000000',
+      GATEWAY_MAX_IN_FLIGHT: String(Math.max(256, CONNECTIONS)),
     });
     started.push(gateway);
     return { url: `http://${gateway.target}`, stop: () => stopAll(started) };

@@ -33,6 +33,12 @@ const schema = z.object({
   DATABASE_DIALECT: z.enum(['postgresql', 'cockroachdb']).default('postgresql'),
   DATABASE_POOL_MAX: positiveInt.default(10),
   DATABASE_STATEMENT_TIMEOUT_MS: positiveInt.default(30_000),
+  /**
+   * A session idle inside a transaction this long is ended by the database, its locks released: the defence
+   * against a client that vanished mid-transaction without the database hearing of it (a middlebox kept the
+   * connection open), whose locks would otherwise stop every batch of its shard.
+   */
+  DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS: positiveInt.default(60_000),
 
   NATS_URL: z.string().regex(/^(nats|tls):\/\//, 'expected a nats:// URL').default('nats://127.0.0.1:4222'),
   NATS_STREAM_REPLICAS: z.coerce.number().int().min(1).max(5).default(1),

@@ -1,8 +1,8 @@
 import { strict as assert } from 'node:assert';
 import { randomUUID } from 'node:crypto';
-import { testPool } from '../test/support.js';
+import { testConfig, testPool } from '../test/support.js';
 import { AppError } from './errors.js';
-import { asAppError, isSerializationFailure, withTransaction, type Pool } from './db.js';
+import { asAppError, createPool, isSerializationFailure, withTransaction, type Pool } from './db.js';
 
 describe('database (PostgreSQL at SERIALIZABLE)', () => {
   let pool: Pool;
@@ -20,6 +20,24 @@ describe('database (PostgreSQL at SERIALIZABLE)', () => {
     assert.equal(r.rows[0].default_transaction_isolation, 'serializable');
     const inTx = await withTransaction(pool, async (c) => (await c.query('SHOW transaction_isolation')).rows[0].transaction_isolation);
     assert.equal(inTx, 'serializable');
+  });
+
+  it('a session left idle inside a transaction is ended by the database, its row locks released', async () => {
+    const shift = randomUUID();
+    await pool.query('INSERT INTO db_test_oncall VALUES ($1, $2, true)', [shift, 'vanished']);
+    const short = createPool(testConfig({ DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS: '300' }), { max: 1 });
+    try {
+      const abandoned = await short.connect();
+      abandoned.on('error', () => undefined);
+      await abandoned.query('BEGIN');
+      await abandoned.query('SELECT * FROM db_test_oncall WHERE shift = $1 FOR UPDATE', [shift]);
+      // The client goes quiet holding the lock; another session can take it once the database ends that one.
+      await withTransaction(pool, (c) => c.query('UPDATE db_test_oncall SET on_call = false WHERE shift = $1', [shift]));
+      await assert.rejects(abandoned.query('SELECT 1'));
+      abandoned.release(true);
+    } finally {
+      await short.end();
+    }
   });
 
   it('returns int8 as bigint, exactly, above 2^53', async () => {

@@ -29,11 +29,11 @@ export interface PoolOptions {
   keyAccessOnly?: boolean;
 }
 
-type PoolConfig = Pick<Config, 'DATABASE_URL' | 'DATABASE_DIALECT' | 'DATABASE_POOL_MAX' | 'DATABASE_STATEMENT_TIMEOUT_MS'>;
+type PoolConfig = Pick<Config, 'DATABASE_URL' | 'DATABASE_DIALECT' | 'DATABASE_POOL_MAX' | 'DATABASE_STATEMENT_TIMEOUT_MS' | 'DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS'>;
 
 export function createPool(config: PoolConfig, options: PoolOptions = {}): pg.Pool {
   // Every session runs at SERIALIZABLE, whatever the server default, so local behaviour matches CockroachDB.
-  const settings = ['-c default_transaction_isolation=serializable'];
+  const settings = ['-c default_transaction_isolation=serializable', `-c idle_in_transaction_session_timeout=${config.DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS}`];
   if (options.keyAccessOnly && config.DATABASE_DIALECT === 'postgresql') settings.push('-c enable_seqscan=off');
   const pool = new pg.Pool({
     connectionString: config.DATABASE_URL,

@@ -39,10 +39,18 @@ export class TcpProxy {
       this.server = createServer((inbound) => {
         if (this.cutOff) return inbound.destroy(); // accepted just as the cut began
         const outbound = connect(this.targetPort, this.targetHost);
-        for (const s of [inbound, outbound]) {
+        // Either side gone (closed or reset, as by a killed process) takes the other with it, as the network would
+        // tell the peer: pipe() alone leaves the server's session open after an error, locks held.
+        for (const [s, peer] of [
+          [inbound, outbound],
+          [outbound, inbound],
+        ] as const) {
           this.sockets.add(s);
-          s.on('error', () => undefined);
-          s.on('close', () => this.sockets.delete(s));
+          s.on('error', () => s.destroy());
+          s.on('close', () => {
+            this.sockets.delete(s);
+            peer.destroy();
+          });
         }
         inbound.pipe(outbound).pipe(inbound);
       }).listen(this.port, '127.0.0.1', () => resolve());
