@@ -5,7 +5,7 @@ import { EventBatch, type EventEnvelope } from '../proto/gen/events/v1/events.js
 import { CreateTransferResultCode, PendingState, type Transfer } from '../proto/gen/ledger/v1/ledger.js';
 import { account, startTestLedger, transfer, type TestLedger } from '../test/ledger-harness.js';
 import { skewedClock, spawnLedger, type LedgerProcess } from '../test/ledger-process.js';
-import { testConfig, testPool } from '../test/support.js';
+import { migratedScratchDatabase, testConfig, testPool } from '../test/support.js';
 import { LedgerClient } from './client.js';
 import { PAYMENT_OUTBOX_SHARD_BASE } from './outbox.js';
 
@@ -82,18 +82,22 @@ describe('pending expiry with two ledger processes whose clocks disagree by a mi
   let ahead: { process: LedgerProcess; client: LedgerClient };
   let behind: { process: LedgerProcess; client: LedgerClient };
   let pool: Pool;
+  let databaseUrl: string;
   /** Each ledger shard's outbox sequence before the test: the test's batches are those after it. */
   let sequencesBefore: Map<number, bigint>;
 
   async function spawnSkewed(skewMs: number) {
     const clock = skewedClock(skewMs);
-    const env = { DATABASE_URL: testConfig().DATABASE_URL, LOG_LEVEL: 'error', LEDGER_SHARDS: '8', LEDGER_EXPIRY_SWEEP_MS: '20', LEDGER_RELAY_ENABLED: 'false', METRICS_PORT: '0', ...clock.env };
+    const env = { DATABASE_URL: databaseUrl, LOG_LEVEL: 'error', LEDGER_SHARDS: '8', LEDGER_EXPIRY_SWEEP_MS: '20', LEDGER_RELAY_ENABLED: 'false', METRICS_PORT: '0', ...clock.env };
     const child = await spawnLedger(env, clock.nodeArgs);
     return { process: child, client: new LedgerClient(child.target) };
   }
 
   before(async () => {
-    pool = testPool();
+    // A database of its own: the fast clock pushes shard clocks ahead of wall time, and later tests on the shared
+    // test database would see their pending transfers expire up to SKEW_MS late (ledger time runs ahead).
+    databaseUrl = await migratedScratchDatabase('ledgerline_clock_skew_test');
+    pool = testPool(testConfig({ DATABASE_URL: databaseUrl }));
     [ahead, behind] = await Promise.all([spawnSkewed(SKEW_MS), spawnSkewed(-SKEW_MS)]);
     const r = await pool.query('SELECT shard, last_sequence FROM ledger_shards WHERE shard < $1', [PAYMENT_OUTBOX_SHARD_BASE]);
     sequencesBefore = new Map(r.rows.map((row) => [row.shard as number, BigInt(row.last_sequence)]));

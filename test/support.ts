@@ -1,6 +1,7 @@
 import { loadConfig, type Config } from '../lib/config.js';
 import type { QueryResult, QueryResultRow } from 'pg';
 import { createPool, withTransaction, type Pool } from '../lib/db.js';
+import { ensureDatabase, loadMigrations, migrate } from '../lib/migrate.js';
 
 /** Configuration for tests: the environment, but never the developer's own database by accident. */
 export function testConfig(overrides: Record<string, string> = {}): Config {
@@ -21,6 +22,22 @@ export function scratchDatabaseUrl(name: string): string {
   const url = new URL(testConfig().DATABASE_URL);
   url.pathname = `/${name}`;
   return url.toString();
+}
+
+/**
+ * A scratch database created afresh with every migration of the project: for a test whose state must not reach
+ * the other tests (e.g. shard clocks pushed ahead by a skewed clock). Its URL.
+ */
+export async function migratedScratchDatabase(name: string): Promise<string> {
+  const url = scratchDatabaseUrl(name);
+  await ensureDatabase(url, { fresh: true });
+  const pool = createPool(testConfig({ DATABASE_URL: url }), { max: 1, applicationName: 'test-migrate' });
+  try {
+    await migrate(pool, await loadMigrations());
+  } finally {
+    await pool.end();
+  }
+  return url;
 }
 
 /**
