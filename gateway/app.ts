@@ -6,10 +6,11 @@ import Fastify, { LogController, type FastifyInstance, type FastifyReply, type F
 import { context, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Meter, type Span } from '@opentelemetry/api';
 import type { Config } from '../lib/config.js';
 import type { Pool } from '../lib/db.js';
-import { AppError, UnavailableError, ValidationError } from '../lib/errors.js';
+import { AppError, UnavailableError } from '../lib/errors.js';
 import type { Logger } from '../lib/logger.js';
 import { PeriodicTask } from '../lib/periodic.js';
-import { ADMIN_SCOPE, Authenticator, type Caller } from './auth.js';
+import { ADMIN_SCOPE, Authenticator, bearerKey, type Caller } from './auth.js';
+import { isSealed, seal, unseal } from './sealed-answer.js';
 import type { Backends } from './backends.js';
 import { errorHandler, sendError } from './errors.js';
 import { NoQuery } from './schemas.js';
@@ -29,12 +30,13 @@ declare module 'fastify' {
     caller: Caller | null;
     /** Of the body as sent, before validation fills in defaults. */
     fingerprint: string | null;
-    idempotency: { scope: string; key: string } | null;
+    /** The Idempotency-Key this request holds; with the caller key its answer is sealed under, if it is. */
+    idempotency: { scope: string; key: string; sealedFor?: string } | null;
   }
   interface FastifyContextConfig {
     /**
-     * The route's answer carries a secret shown once (a new secret key): it is never kept for an idempotent
-     * replay, which would store it in plain text and show it again, so an Idempotency-Key is refused.
+     * The route's answer carries a secret shown once (a new secret key): kept for an idempotent replay only
+     * sealed under the caller's own key (sealed-answer.ts), never readable in the database.
      */
     answersSecret?: boolean;
   }
@@ -169,15 +171,15 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
     if (request.method !== 'POST' || !request.caller || !request.fingerprint) return;
     const key = parseIdempotencyKey(request.headers['idempotency-key']);
     if (key === undefined) return;
-    if (request.routeOptions.config.answersSecret) {
-      throw new ValidationError('Idempotency-Key', 'not accepted here: the answer carries a secret key, shown once and never stored', 'idempotency_key_not_supported');
-    }
     const scope = request.caller.kind === 'admin' ? ADMIN_SCOPE : request.caller.merchantId;
+    const sealedFor = request.routeOptions.config.answersSecret ? bearerKey(request.headers.authorization) : undefined;
     const begun = await idempotency.begin(scope, key, request.fingerprint);
     if (begun.kind === 'replay') {
-      return reply.code(begun.status).header('content-type', 'application/json; charset=utf-8').header('idempotent-replayed', 'true').send(begun.body);
+      const body = isSealed(begun.body) ? sealedFor && unseal(begun.body, sealedFor, key) : begun.body;
+      if (body === undefined) throw new AppError('conflict', 'idempotency_answer_sealed', 'The answer to this Idempotency-Key was sealed under another API key and cannot be replayed', { field: 'Idempotency-Key' });
+      return reply.code(begun.status).header('content-type', 'application/json; charset=utf-8').header('idempotent-replayed', 'true').send(body);
     }
-    request.idempotency = { scope, key };
+    request.idempotency = { scope, key, ...(sealedFor ? { sealedFor } : {}) };
   });
 
   app.addHook('onSend', async (request, reply, payload) => {
@@ -187,7 +189,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
     const body = typeof payload === 'string' ? payload : Buffer.isBuffer(payload) ? payload.toString('utf8') : JSON.stringify(payload ?? null);
     // Retryable outcomes are not kept: the retry must run again. Everything else is the answer for good.
     if (reply.statusCode >= 500 || reply.statusCode === 429) await idempotency.release(held.scope, held.key);
-    else await idempotency.complete(held.scope, held.key, reply.statusCode, body);
+    else await idempotency.complete(held.scope, held.key, reply.statusCode, held.sealedFor ? seal(body, held.sealedFor, held.key) : body);
     return payload;
   });
 

@@ -44,9 +44,7 @@ export class Authenticator {
 
   /** The caller of an `Authorization: Bearer <key>` header; 401 for a missing, unknown or revoked key. */
   async authenticate(header: string | undefined): Promise<Caller> {
-    const match = /^Bearer (\S{1,200})$/.exec(header ?? '');
-    if (!match) throw unauthenticated('Send your secret key as "Authorization: Bearer sk_..."');
-    const key = match[1]!;
+    const key = bearerKey(header);
     const digest = createHash('sha256').update(key).digest();
     // Constant time whatever the key: the admin key is compared digest to digest, merchant keys are looked up
     // by digest (an index lookup of a hash reveals nothing about the key).
@@ -91,6 +89,13 @@ export async function createMerchant(pool: Pool, name: string, feeBps: number, c
 }
 
 /** Revokes a key; false if no such active key. */
+/** The key of an `Authorization: Bearer <key>` header; 401 when there is none. */
+export function bearerKey(header: string | undefined): string {
+  const match = /^Bearer (\S{1,200})$/.exec(header ?? '');
+  if (!match) throw unauthenticated('Send your secret key as "Authorization: Bearer sk_..."');
+  return match[1]!;
+}
+
 export async function revokeKey(pool: Pool, key: string): Promise<boolean> {
   const r = await withTransaction(pool, (client) => client.query('UPDATE api_keys SET revoked_at = now() WHERE key_hash = $1 AND revoked_at IS NULL', [hashKey(key)]));
   return r.rowCount === 1;

@@ -55,6 +55,8 @@ describe('security: authentication, isolation between merchants, secrets (every 
   const answers: { method: string; path: string; response: ApiResponse }[] = [];
   /** Card tokens sent in payments: never stored, logged or answered (payments.v1 Card). */
   const cardTokens: string[] = [];
+  /** Secret keys whose creation answer was kept, sealed, for an idempotent replay. */
+  const sealedKeys: string[] = [];
   let stack: TestStack;
   let api: Api;
   let routes: Route[];
@@ -332,18 +334,25 @@ describe('security: authentication, isolation between merchants, secrets (every 
   });
 
   describe('secrets', () => {
-    it('a merchant creation with an Idempotency-Key is refused: its answer, a secret key shown once, would be kept in plain text for replay', async () => {
-      await writesNothing(async () => {
-        const r = await api.post('/v1/merchants', ADMIN_KEY, { name: 'Retried' }, randomUUID());
-        assert.equal(r.status, 400, r.text);
-        assert.deepEqual([r.body.error.type, r.body.error.code, r.body.error.param], ['idempotency_error', 'idempotency_key_not_supported', 'Idempotency-Key']);
-      });
+    it('a merchant creation with an Idempotency-Key is replayed to the same admin key, but kept only sealed: the database never holds its secret key', async () => {
+      const idempotencyKey = randomUUID();
+      const first = await api.post('/v1/merchants', ADMIN_KEY, { name: 'Retried' }, idempotencyKey);
+      assert.equal(first.status, 201, first.text);
+      sealedKeys.push(first.body.secret_key);
+      const again = await api.post('/v1/merchants', ADMIN_KEY, { name: 'Retried' }, idempotencyKey);
+      assert.equal(again.status, 201, again.text);
+      assert.equal(again.headers.get('idempotent-replayed'), 'true');
+      assert.equal(again.text, first.text, 'replayed byte for byte');
+      const kept = await stack.pool.query('SELECT body FROM idempotency_keys WHERE key = $1', [idempotencyKey]);
+      assert.match(kept.rows[0].body, /^sealed:v1:/);
+      assert.ok(!kept.rows[0].body.includes(first.body.id), 'the kept answer is not readable');
+      // The table scan of the last test checks that the key is nowhere in plain text.
     });
 
     // Last: it reads the logs and answers of every test above.
     it('no log line and no answer of this whole test carries a secret key, the admin key or a card token; keys are stored as digests only', async () => {
       const keys = [a.key, b.key, revokedKey, unknownKey];
-      const secrets = [...keys, ADMIN_KEY, ...cardTokens];
+      const secrets = [...keys, ...sealedKeys, ADMIN_KEY, ...cardTokens];
       assert.equal(cardTokens.length, 4);
       // The logs were captured: every request has its access line (at info), and more was logged than that.
       const requestLines = logLines.filter((line) => JSON.parse(line).msg === 'request').length;

@@ -7,7 +7,7 @@ export function merchantRoutes(app: Gateway, ctx: RouteContext): void {
     '/v1/merchants',
     {
       schema: {
-        description: 'Platform admin key only: creates a merchant and its first secret key (shown once, so no Idempotency-Key: 400 idempotency_key_not_supported).',
+        description: 'Platform admin key only: creates a merchant and its first secret key (shown once; an idempotent replay shows it again only to the same admin key).',
         body: MerchantBody,
         response: { 201: Merchant, ...COMMON_ERRORS },
       },
