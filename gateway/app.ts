@@ -54,6 +54,8 @@ export interface GatewayDeps {
 
 /** What every route module gets: the backends, the database, and the caller's checks. */
 export interface RouteContext extends GatewayDeps {
+  /** Where Idempotency-Key answers are kept (a route may record its answer in its own transaction). */
+  idempotency: IdempotencyStore;
   /** The calling merchant's id; 401 for the admin key (it is not a merchant). */
   merchantOf(request: FastifyRequest): string;
   requireAdmin(request: FastifyRequest): void;
@@ -195,6 +197,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
 
   const context: RouteContext = {
     ...deps,
+    idempotency,
     merchantOf(request) {
       const caller = request.caller;
       if (caller?.kind !== 'merchant') throw new AppError('unauthenticated', 'merchant_key_required', 'This route needs a merchant secret key');

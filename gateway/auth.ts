@@ -1,4 +1,5 @@
 import { createHash, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
+import type { PoolClient } from 'pg';
 import { withTransaction, type Pool } from '../lib/db.js';
 import { AppError, ValidationError } from '../lib/errors.js';
 import { hasControlCharacters } from '../ledger/validation.js';
@@ -75,20 +76,20 @@ export interface NewMerchant {
 }
 
 /** Creates a merchant and its first secret key in one transaction. */
-export async function createMerchant(pool: Pool, name: string, feeBps: number, category = 'general'): Promise<NewMerchant> {
+/** `withinTransaction` runs in the creating transaction (the gateway records its idempotent answer there). */
+export async function createMerchant(pool: Pool, name: string, feeBps: number, category = 'general', withinTransaction?: (client: PoolClient, merchant: NewMerchant) => Promise<void>): Promise<NewMerchant> {
   const trimmed = name.trim();
   if (trimmed.length === 0 || trimmed.length > 200 || hasControlCharacters(trimmed)) throw new ValidationError('name', '1-200 printable characters');
   if (!(MERCHANT_CATEGORIES as readonly string[]).includes(category)) throw new ValidationError('category', `one of ${MERCHANT_CATEGORIES.join(', ')}`);
-  const id = randomUUID();
-  const key = newSecretKey();
+  const merchant: NewMerchant = { id: randomUUID(), object: 'merchant', name: trimmed, secret_key: newSecretKey() };
   await withTransaction(pool, async (client) => {
-    await client.query('INSERT INTO merchants (id, name, fee_bps, category) VALUES ($1, $2, $3, $4)', [id, trimmed, feeBps, category]);
-    await client.query('INSERT INTO api_keys (key_hash, merchant_id, prefix) VALUES ($1, $2, $3)', [hashKey(key), id, keyPrefix(key)]);
+    await client.query('INSERT INTO merchants (id, name, fee_bps, category) VALUES ($1, $2, $3, $4)', [merchant.id, trimmed, feeBps, category]);
+    await client.query('INSERT INTO api_keys (key_hash, merchant_id, prefix) VALUES ($1, $2, $3)', [hashKey(merchant.secret_key), merchant.id, keyPrefix(merchant.secret_key)]);
+    await withinTransaction?.(client, merchant);
   });
-  return { id, object: 'merchant', name: trimmed, secret_key: key };
+  return merchant;
 }
 
-/** Revokes a key; false if no such active key. */
 /** The key of an `Authorization: Bearer <key>` header; 401 when there is none. */
 export function bearerKey(header: string | undefined): string {
   const match = /^Bearer (\S{1,200})$/.exec(header ?? '');
@@ -96,6 +97,7 @@ export function bearerKey(header: string | undefined): string {
   return match[1]!;
 }
 
+/** Revokes a key; false if no such active key. */
 export async function revokeKey(pool: Pool, key: string): Promise<boolean> {
   const r = await withTransaction(pool, (client) => client.query('UPDATE api_keys SET revoked_at = now() WHERE key_hash = $1 AND revoked_at IS NULL', [hashKey(key)]));
   return r.rowCount === 1;

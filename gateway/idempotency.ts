@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import type { PoolClient } from 'pg';
 import { statement, withTransaction, type Pool } from '../lib/db.js';
 import { Coalescer } from '../lib/coalesce.js';
 import { AppError, ValidationError } from '../lib/errors.js';
@@ -116,6 +117,14 @@ export class IdempotencyStore {
       }
       return { kind: 'replay', status: row.status, body: row.body };
     });
+  }
+
+  /**
+   * Records the answer inside the caller's transaction, so that it commits with the effect it describes: a retry
+   * after a crash or a lost reply finds the answer instead of making the effect again.
+   */
+  async completeWithin(client: PoolClient, scope: string, key: string, status: number, body: string): Promise<void> {
+    await client.query({ name: 'gw-idem-done', text: `UPDATE idempotency_keys SET state = 'done', status = $3, body = $4 WHERE merchant_id = $1 AND key = $2`, values: [scope, key, status, body] });
   }
 
   async complete(scope: string, key: string, status: number, body: string): Promise<void> {

@@ -21,5 +21,7 @@ describe('sealed idempotent answers (answers that carry a secret)', () => {
     bytes[bytes.length - 1]! ^= 1;
     assert.equal(unseal(`sealed:v1:${bytes.toString('base64')}`, 'admin_key_1', 'order-1'), undefined);
     assert.ok(!isSealed(answer));
+    assert.equal(unseal('sealed:v1:AAAA', 'admin_key_1', 'order-1'), undefined, 'cut short');
+    assert.equal(unseal(stored.slice(0, -8), 'admin_key_1', 'order-1'), undefined, 'a shortened tag or body');
   });
 });

@@ -16,7 +16,7 @@ function keyOf(callerKey: string, idempotencyKey: string): Buffer {
 
 export function seal(answer: string, callerKey: string, idempotencyKey: string): string {
   const iv = randomBytes(IV_BYTES);
-  const cipher = createCipheriv('aes-256-gcm', keyOf(callerKey, idempotencyKey), iv);
+  const cipher = createCipheriv('aes-256-gcm', keyOf(callerKey, idempotencyKey), iv, { authTagLength: TAG_BYTES });
   const sealed = Buffer.concat([cipher.update(answer, 'utf8'), cipher.final()]);
   return PREFIX + Buffer.concat([iv, cipher.getAuthTag(), sealed]).toString('base64');
 }
@@ -25,12 +25,13 @@ export function isSealed(stored: string): boolean {
   return stored.startsWith(PREFIX);
 }
 
-/** The answer, or undefined when it was sealed for another caller key (a rotated admin key) or altered. */
+/** The answer, or undefined when it was sealed for another caller key (a rotated admin key), cut short or altered. */
 export function unseal(stored: string, callerKey: string, idempotencyKey: string): string | undefined {
   const bytes = Buffer.from(stored.slice(PREFIX.length), 'base64');
-  const decipher = createDecipheriv('aes-256-gcm', keyOf(callerKey, idempotencyKey), bytes.subarray(0, IV_BYTES));
-  decipher.setAuthTag(bytes.subarray(IV_BYTES, IV_BYTES + TAG_BYTES));
+  if (bytes.length < IV_BYTES + TAG_BYTES) return undefined;
   try {
+    const decipher = createDecipheriv('aes-256-gcm', keyOf(callerKey, idempotencyKey), bytes.subarray(0, IV_BYTES), { authTagLength: TAG_BYTES });
+    decipher.setAuthTag(bytes.subarray(IV_BYTES, IV_BYTES + TAG_BYTES));
     return Buffer.concat([decipher.update(bytes.subarray(IV_BYTES + TAG_BYTES)), decipher.final()]).toString('utf8');
   } catch {
     return undefined;

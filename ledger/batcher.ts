@@ -104,7 +104,7 @@ export class ShardBatcher {
             if (traced) statementSpans(span, reply.outcome.statements ?? []);
             reply.outcome.results.forEach((result, i) => batch[i]!.resolve(result));
           } else {
-            const error = reply.kind === 'unavailable' ? new UnavailableError('database_unavailable', reply.message) : new InternalError(reply.message);
+            const error = reply.kind === 'unavailable' ? new UnavailableError(reply.code, reply.message) : new InternalError(reply.message);
             span.setStatus({ code: SpanStatusCode.ERROR, message: reply.message });
             for (const w of batch) w.reject(error);
           }

@@ -9,7 +9,8 @@ import { asAppError, createPool, type Pool } from '../lib/db.js';
 import { AppError } from '../lib/errors.js';
 import { executeBatch, type BatchOutcome, type BatchTask } from './batch.js';
 
-export type WorkerReply = { ok: true; outcome: BatchOutcome } | { ok: false; kind: 'unavailable' | 'internal'; message: string };
+/** A failed batch: unavailable (nothing committed; the callers may retry) with its code, or a bug. */
+export type WorkerReply = { ok: true; outcome: BatchOutcome } | { ok: false; kind: 'unavailable' | 'internal'; code: string; message: string };
 
 let pool: Pool | undefined;
 
@@ -28,7 +29,7 @@ export default async function runBatch(task: BatchTask): Promise<WorkerReply> {
   } catch (error) {
     // A batch still in conflict after its retries committed nothing: UNAVAILABLE, for the caller to retry.
     const failure = asAppError(error);
-    const unavailable = failure instanceof AppError && failure.kind === 'unavailable';
-    return { ok: false, kind: unavailable ? 'unavailable' : 'internal', message: error instanceof Error ? error.message : String(error) };
+    if (failure instanceof AppError && failure.kind === 'unavailable') return { ok: false, kind: 'unavailable', code: failure.code, message: failure.message };
+    return { ok: false, kind: 'internal', code: 'internal', message: error instanceof Error ? error.message : String(error) };
   }
 }

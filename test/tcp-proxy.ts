@@ -35,7 +35,7 @@ export class TcpProxy {
 
   open(): Promise<void> {
     this.cutOff = false;
-    return new Promise((resolve) => {
+    return new Promise((resolve, reject) => {
       this.server = createServer((inbound) => {
         if (this.cutOff) return inbound.destroy(); // accepted just as the cut began
         const outbound = connect(this.targetPort, this.targetHost);
@@ -53,7 +53,9 @@ export class TcpProxy {
           });
         }
         inbound.pipe(outbound).pipe(inbound);
-      }).listen(this.port, '127.0.0.1', () => resolve());
+      })
+        .once('error', reject) // the port taken meanwhile: the test fails instead of hanging
+        .listen(this.port, '127.0.0.1', () => resolve());
     });
   }
 

@@ -130,6 +130,7 @@ export async function runBank(stack: ChaosStack, options: BankOptions): Promise<
   await readLoop;
   reader.close();
 
+  if (reads.ok === 0) violations.push('no snapshot read succeeded: the snapshot check saw nothing');
   const counts = await check(stack, { operations, wallets, customers, funding: FUNDING, merchantId: merchant.id }, violations);
   return {
     counts: {
@@ -184,6 +185,7 @@ async function check(stack: ChaosStack, run: Run, violations: string[]): Promise
     if (row && row.n > 1) duplicated += row.n - 1;
   }
   const balances = await pool.query('SELECT id, credits_posted - debits_posted AS net, debits_pending + credits_pending AS pending FROM account_balances_current WHERE id = ANY($1::uuid[])', [run.wallets]);
+  if (balances.rows.length !== run.wallets.length) violations.push(`${balances.rows.length} of ${run.wallets.length} wallets found in the ledger`);
   for (const r of balances.rows) {
     if (r.net !== expected.get(r.id)) violations.push(`wallet ${r.id}: balance ${r.net} in the ledger, ${expected.get(r.id)} from the acknowledged transfers`);
     if (r.pending !== 0n) violations.push(`wallet ${r.id}: ${r.pending} pending`);
@@ -194,7 +196,7 @@ async function check(stack: ChaosStack, run: Run, violations: string[]): Promise
   const byKey = new Map<string, { id: string; status: string; amount: bigint; amount_captured: bigint }[]>();
   for (const r of rows.rows) byKey.set(r.idempotency_key, [...(byKey.get(r.idempotency_key) ?? []), r]);
   let captured = 0n;
-  const capturedIds: string[] = [];
+  const capturedAmounts = new Map<string, bigint>();
   for (const p of payments) {
     const found = byKey.get(p.idempotencyKey) ?? [];
     if (found.length > 1) duplicated += found.length - 1;
@@ -213,7 +215,7 @@ async function check(stack: ChaosStack, run: Run, violations: string[]): Promise
     } else if (row.status !== told.status) violations.push(`payment ${row.id}: ${row.status} in the database, ${told.status} told`);
     else if (row.status === 'succeeded') {
       captured += row.amount_captured;
-      capturedIds.push(row.id);
+      capturedAmounts.set(row.id, row.amount_captured);
     }
   }
   const customerDebits = await pool.query('SELECT COALESCE(sum(debits_posted), 0)::int8 AS d FROM account_balances_current WHERE id = ANY($1::uuid[])', [run.customers]);
@@ -226,10 +228,12 @@ async function check(stack: ChaosStack, run: Run, violations: string[]): Promise
   for (const r of books.rows) if (r.dp !== r.cp || r.dq !== r.cq) violations.push(`ledger ${r.ledger}: debits ${r.dp}/${r.dq} pending, credits ${r.cp}/${r.cq} pending`);
 
   // Each captured payment reached the settlement consumer once in effect: one capture entry of its amount.
+  const capturedIds = [...capturedAmounts.keys()];
+  if (capturedIds.length === 0) violations.push('no payment succeeded: the consumer check saw nothing');
   const consumedBy = Date.now() + 90_000;
   let entries: Map<string, { n: number; amount: bigint }>;
   for (;;) {
-    const r = await pool.query(`SELECT payment_id, count(*)::int AS n, sum(amount) AS amount FROM settlement_entries WHERE kind = 'capture' AND payment_id = ANY($1::uuid[]) GROUP BY payment_id`, [capturedIds]);
+    const r = await pool.query(`SELECT payment_id, count(*)::int AS n, sum(amount)::int8 AS amount FROM settlement_entries WHERE kind = 'capture' AND payment_id = ANY($1::uuid[]) GROUP BY payment_id`, [capturedIds]);
     entries = new Map(r.rows.map((e) => [e.payment_id, { n: e.n, amount: e.amount }]));
     if (entries.size === capturedIds.length || Date.now() > consumedBy) break;
     await sleep(500);
@@ -239,6 +243,7 @@ async function check(stack: ChaosStack, run: Run, violations: string[]): Promise
     const e = entries.get(id);
     if (!e) notConsumed++;
     else if (e.n !== 1) violations.push(`payment ${id}: ${e.n} settlement capture entries`);
+    else if (e.amount !== capturedAmounts.get(id)) violations.push(`payment ${id}: settled ${e.amount}, captured ${capturedAmounts.get(id)}`);
   }
   if (notConsumed > 0) violations.push(`${notConsumed} captured payments never reached settlement`);
 

@@ -46,6 +46,7 @@ export async function runOverload(stack: ChaosStack, options: OverloadOptions): 
   const acknowledged: string[] = [];
   const statuses = new Map<number, number>();
   let withoutRetryAfter = 0;
+  let shedByGateway = 0;
   const flood = autocannon({
     url,
     connections: 1_000,
@@ -59,6 +60,7 @@ export async function runOverload(stack: ChaosStack, options: OverloadOptions): 
           statuses.set(status, (statuses.get(status) ?? 0) + 1);
           if (status === 201) acknowledged.push(JSON.parse(body).id);
           else if (status === 429 || status === 503) {
+            if (status === 503 && JSON.parse(body).error?.code === 'overloaded') shedByGateway++;
             if (!Object.keys(headers ?? {}).some((name) => name.toLowerCase() === 'retry-after')) withoutRetryAfter++;
           }
         },
@@ -66,6 +68,8 @@ export async function runOverload(stack: ChaosStack, options: OverloadOptions): 
     ],
   });
   const probeLatencies: number[] = [];
+  /** Probe requests that got no answer within 30 s: a hang, which shedding exists to prevent. */
+  let probeHangs = 0;
   let probing = true;
   const probe = (async () => {
     while (probing) {
@@ -83,7 +87,7 @@ export async function runOverload(stack: ChaosStack, options: OverloadOptions): 
           acknowledged.push(JSON.parse(text).id);
         }
       } catch {
-        // counted by the flood's figures; the probe only measures admitted latency
+        probeHangs++;
       }
       await sleep(100);
     }
@@ -102,6 +106,8 @@ export async function runOverload(stack: ChaosStack, options: OverloadOptions): 
   const lost = acknowledged.length - stored.rows[0].n;
   if (lost !== 0) violations.push(`${lost} acknowledged transfers are not in the ledger`);
   if (withoutRetryAfter > 0) violations.push(`${withoutRetryAfter} refusals (429/503) without Retry-After`);
+  if (result.errors > 0) violations.push(`${result.errors} flood requests got no answer (errors and timeouts of 30 s)`);
+  if (probeHangs > 0) violations.push(`${probeHangs} probe requests got no answer within 30 s`);
   const refusedOtherwise = [...statuses].filter(([status]) => ![201, 429, 503].includes(status));
   for (const [status, n] of refusedOtherwise) violations.push(`${n} answers with status ${status} (only 201, 429 and 503 expected)`);
   probeLatencies.sort((a, b) => a - b);
@@ -118,8 +124,10 @@ export async function runOverload(stack: ChaosStack, options: OverloadOptions): 
       'answered during the flood': [...statuses.values()].reduce((a, b) => a + b, 0),
       '201 acknowledged': statuses.get(201) ?? 0,
       '429 rate limited': statuses.get(429) ?? 0,
-      '503 shed': statuses.get(503) ?? 0,
-      'client errors (timeouts included)': result.errors,
+      '503 overloaded (shed by the gateway)': shedByGateway,
+      '503 other (backend unavailable)': (statuses.get(503) ?? 0) - shedByGateway,
+      'no answer (errors, timeouts)': result.errors,
+      'probe requests without an answer': probeHangs,
       'admitted probe p50 ms': quantile(0.5),
       'admitted probe p99 ms': quantile(0.99),
       'admitted probe max ms': quantile(1),
