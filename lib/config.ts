@@ -106,6 +106,8 @@ const schema = z.object({
   RISK_CHALLENGER_MODE: z.enum(['split', 'shadow']).default('shadow'),
   RISK_CHALLENGER_PERCENT: z.coerce.number().int().min(0).max(100).default(10),
   RISK_GRPC_TARGET: hostPort.default('127.0.0.1:50052'),
+  /** How often a risk instance with a model checkpoints its online feature store to PostgreSQL. */
+  RISK_FEATURE_CHECKPOINT_MS: positiveInt.default(60_000),
   /** Deadline of the Score call made before every authorization. */
   RISK_DEADLINE_MS: positiveInt.max(10_000).default(150),
   /** When Score does not answer in time: approve below this amount (minor units), decline at or above it. */

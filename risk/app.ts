@@ -1,10 +1,12 @@
 import { Server } from '@grpc/grpc-js';
 import type { Config } from '../lib/config.js';
+import { createPool } from '../lib/db.js';
 import { observeRpcServer } from '../lib/grpc.js';
 import { grpcTlsEnabled, serverCredentials } from '../lib/grpc-tls.js';
 import type { Logger } from '../lib/logger.js';
 import { RiskServiceService } from '../proto/gen/risk/v1/risk.js';
 import { readFile } from 'node:fs/promises';
+import { FeatureCheckpoints } from './ml/feature-checkpoints.js';
 import { FeatureStore } from './ml/features.js';
 import { loadModel } from './ml/models.js';
 import type { ModelArtefact } from './ml/pipeline.js';
@@ -40,10 +42,16 @@ export function rulesSettings(config: Config): RulesSettings {
 async function startScorer(config: Config, logger: Logger): Promise<{ scorer: Scorer; version: string; reference?: number[]; close(): Promise<void> }> {
   const rules = new RulesScorer(rulesSettings(config));
   if (!config.RISK_MODEL_PATH && !config.RISK_CHALLENGER_MODEL_PATH) return { scorer: rules, version: RULES_MODEL_VERSION, close: async () => undefined };
-  // One feature store for every model of the instance, fed from the payment events.
+  // One feature store for every model of the instance, fed from the payment events, checkpointed to PostgreSQL.
   const store = new FeatureStore();
-  const feed = new PaymentFeatureFeed(store, config, logger);
+  const pool = createPool(config, { max: 2, applicationName: 'risk-features' });
+  const checkpoints = new FeatureCheckpoints(pool, `${config.EVENTS_STREAM}:${PaymentFeatureFeed.subjects(config)}`);
+  const feed = new PaymentFeatureFeed(store, config, logger, checkpoints);
   await feed.start();
+  const stopFeed = async () => {
+    await feed.stop();
+    await pool.end();
+  };
   let reference: number[] | undefined;
   const modelScorer = async (file: string) => {
     const artefact = JSON.parse(await readFile(file, 'utf8')) as ModelArtefact;
@@ -51,7 +59,7 @@ async function startScorer(config: Config, logger: Logger): Promise<{ scorer: Sc
     return new ModelScorer(await loadModel(artefact.parameters), store, artefact.version, artefact.threshold);
   };
   const champion = config.RISK_MODEL_PATH ? await modelScorer(config.RISK_MODEL_PATH) : rules;
-  if (!config.RISK_CHALLENGER_MODEL_PATH) return { scorer: champion, version: champion.version, reference, close: () => feed.stop() };
+  if (!config.RISK_CHALLENGER_MODEL_PATH) return { scorer: champion, version: champion.version, reference, close: stopFeed };
   const challenger = await modelScorer(config.RISK_CHALLENGER_MODEL_PATH);
   const nc = await connectNats(config, { name: 'risk-decisions' });
   const { js } = await connectJetStream(nc);
@@ -65,7 +73,7 @@ async function startScorer(config: Config, logger: Logger): Promise<{ scorer: Sc
     reference,
     async close() {
       await nc.drain();
-      await feed.stop();
+      await stopFeed();
     },
   };
 }

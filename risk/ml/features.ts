@@ -105,6 +105,27 @@ class Window {
   get size(): number {
     return this.keys.size;
   }
+
+  /** Every key's recent events, least recently seen first (the order the LRU bound relies on). */
+  entries(): [string, Recent][] {
+    return [...this.keys];
+  }
+
+  /** Replaces the contents with `entries` (as from entries()), the most recent `maxKeys` kept. */
+  restore(entries: readonly [string, Recent][]): void {
+    this.keys.clear();
+    for (const [key, recent] of entries.slice(-this.maxKeys)) this.keys.set(key, recent);
+  }
+}
+
+/** A FeatureStore's state as plain data (JSON-safe), each map in LRU order. */
+export interface FeatureSnapshot {
+  version: 1;
+  cards: [string, Recent][];
+  customersRecent: [string, Recent][];
+  devices: [string, Recent][];
+  merchants: [string, Recent][];
+  customers: [string, CustomerStats][];
 }
 
 interface CustomerStats {
@@ -172,6 +193,29 @@ export class FeatureStore {
     if (!stats.devices.includes(p.deviceId)) stats.devices = [...stats.devices.slice(-9), p.deviceId];
     this.customers.set(p.customerId, stats);
     if (this.customers.size > this.maxKeys) this.customers.delete(this.customers.keys().next().value!);
+  }
+
+  /** The whole state, as plain data: what a checkpoint stores (feature-checkpoints.ts). */
+  snapshot(): FeatureSnapshot {
+    return {
+      version: 1,
+      cards: this.cards.entries(),
+      customersRecent: this.customersRecent.entries(),
+      devices: this.devices.entries(),
+      merchants: this.merchants.entries(),
+      customers: [...this.customers],
+    };
+  }
+
+  /** Replaces the state with a snapshot's: the store then computes what the store that took it would. */
+  restore(snapshot: FeatureSnapshot): void {
+    if (snapshot.version !== 1) throw new Error(`feature snapshot version ${String(snapshot.version)} is not supported`);
+    this.cards.restore(snapshot.cards);
+    this.customersRecent.restore(snapshot.customersRecent);
+    this.devices.restore(snapshot.devices);
+    this.merchants.restore(snapshot.merchants);
+    this.customers.clear();
+    for (const [key, stats] of snapshot.customers.slice(-this.maxKeys)) this.customers.set(key, stats);
   }
 
   /** Keys held per entity kind (the memory bound is maxKeys each). */

@@ -46,6 +46,18 @@ describe('risk models: synthetic data, features, training and evaluation', funct
       });
     });
 
+    it('a store restored from a snapshot (through JSON, as checkpointed) computes what the uninterrupted one does', () => {
+      const payments = generatePayments({ ...SMALL, weeks: 1 });
+      const offline = offlineFeatures(payments);
+      const half = Math.floor(payments.length / 2);
+      const before = new FeatureStore();
+      offlineFeatures(payments.slice(0, half), before);
+      const restored = new FeatureStore();
+      restored.restore(JSON.parse(JSON.stringify(before.snapshot())));
+      assert.deepEqual(restored.sizes(), before.sizes());
+      assert.deepEqual(offlineFeatures(payments.slice(half), restored), offline.slice(half));
+    });
+
     it('see a card-testing burst, and keep memory bounded', () => {
       const store = new FeatureStore(50);
       const base = { merchantId: 'm', merchantCategory: 'gift_cards', customerId: 'c', cardFingerprint: 'card', cardType: 'prepaid', cardCountry: 'US', deviceId: 'd', ipCountry: 'RU', amount: 150 };

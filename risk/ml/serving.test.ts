@@ -10,9 +10,10 @@ import { connectJetStream, connectNats } from '../../lib/nats.js';
 import { ensureEventStream } from '../../lib/streams.js';
 import { EventBatch } from '../../proto/gen/events/v1/events.js';
 import { Decision, type ScoreRequest } from '../../proto/gen/risk/v1/risk.js';
-import { testConfig } from '../../test/support.js';
+import { testConfig, testPool } from '../../test/support.js';
 import { startRisk } from '../app.js';
 import { RiskClient } from '../client.js';
+import { FeatureCheckpoints } from './feature-checkpoints.js';
 import { FeatureStore, offlineFeatures } from './features.js';
 import { loadModel } from './models.js';
 import { buildDataset, synthScoreRequest, timeSplit, trainModels, type ModelArtefact } from './pipeline.js';
@@ -46,11 +47,16 @@ describe('risk model serving: online features fed from payment events on JetStre
     await writeFile(challengerFile, JSON.stringify(trees));
     // The last day of the log, as payment events (authorized or declined) in one stream, in time order.
     log = dataset.payments.filter((p) => p.at >= (SYNTH.weeks * 7 - 1) * 86_400_000).slice(0, 1_500);
+    await publishPayments(log);
+  });
+
+  /** Payments as payment events on the stream (authorized or declined, then captured), in order, 100 a message. */
+  async function publishPayments(payments: readonly SynthPayment[]): Promise<void> {
     const nc = await connectNats(config, { name: 'risk-test' });
     const { js, jsm } = await connectJetStream(nc);
     await ensureEventStream(jsm, config);
-    for (let i = 0; i < log.length; i += 100) {
-      const events = log.slice(i, i + 100).map((p, k) => ({
+    for (let i = 0; i < payments.length; i += 100) {
+      const events = payments.slice(i, i + 100).map((p, k) => ({
         eventId: randomUUID(),
         type: p.fraud && k % 2 === 0 ? 'payment.declined' : 'payment.authorized',
         aggregateId: uuid(p.id),
@@ -72,7 +78,7 @@ describe('risk model serving: online features fed from payment events on JetStre
       await js.publish(`${config.EVENTS_SUBJECT_PREFIX}.payments.0`, EventBatch.encode({ batchId: randomUUID(), shard: 0, events: events.map((e) => ({ ...e, type: 'payment.captured' })) }).finish());
     }
     await nc.close();
-  });
+  }
 
   it('with a challenger in shadow, Score answers the champion and publishes risk.decision events with both scores', async () => {
     const app = await startRisk({ ...config, RISK_GRPC_LISTEN: '127.0.0.1:0', RISK_MODEL_PATH: modelFile, RISK_CHALLENGER_MODEL_PATH: challengerFile, RISK_CHALLENGER_MODE: 'shadow' }, createLogger('risk-test', 'silent'));
@@ -123,6 +129,51 @@ describe('risk model serving: online features fed from payment events on JetStre
       assert.equal(served.modelVersion, artefact.version);
     } finally {
       await feed.stop();
+    }
+  });
+
+  it('the store is checkpointed to PostgreSQL; a new instance restores it and reads the stream only after it', async () => {
+    const pool = testPool();
+    const checkpoints = new FeatureCheckpoints(pool, `${config.EVENTS_STREAM}:checkpoint-test-${randomUUID()}`);
+    const logger = createLogger('risk-test', 'silent');
+    const waitFor = async (feed: PaymentFeatureFeed, n: number) => {
+      for (let waited = 0; feed.applied < n && waited < 200; waited++) await new Promise((r) => setTimeout(r, 50));
+      assert.equal(feed.applied, n);
+    };
+    try {
+      const first = new PaymentFeatureFeed(new FeatureStore(), config, logger, checkpoints);
+      await first.start();
+      await waitFor(first, log.length);
+      await first.stop(); // the last checkpoint
+      const saved = await checkpoints.load();
+      assert.equal(saved?.seq, first.lastSeq);
+      assert.ok(first.lastSeq > 0);
+
+      // A new instance: its store comes from the checkpoint, not from the stream (nothing is read again) ...
+      const store = new FeatureStore();
+      const second = new PaymentFeatureFeed(store, config, logger, checkpoints);
+      await second.start();
+      try {
+        assert.equal(second.lastSeq, first.lastSeq);
+        const more = log.slice(0, 200).map((p, i) => ({ ...p, id: `${p.id}-again-${i}`, at: log[log.length - 1]!.at + 1_000 + i }));
+        await publishPayments(more);
+        // ... and only the events after it are applied: the 200 new payments, not the 1,500 before them again.
+        await waitFor(second, more.length);
+        await new Promise((r) => setTimeout(r, 300));
+        assert.equal(second.applied, more.length);
+        // The restored-then-fed store equals a replay of everything.
+        const next = more[more.length - 1]!;
+        const at = base + next.at + 5_000;
+        const facts = [...log, ...more].map((p) => factsFromScore(request(p), base + p.at));
+        const offline = offlineFeatures([...facts, factsFromScore(request(next), at)]);
+        assert.deepEqual(store.features(factsFromScore(request(next), at)), offline[offline.length - 1]);
+      } finally {
+        await second.stop();
+      }
+      assert.equal((await checkpoints.load())?.seq, second.lastSeq, 'the later checkpoint replaced the earlier');
+      assert.equal(await checkpoints.save({ seq: first.lastSeq, snapshot: new FeatureStore().snapshot() }), false, 'an older checkpoint never replaces a later one');
+    } finally {
+      await pool.end();
     }
   });
 

@@ -1,11 +1,14 @@
+import { DeliverPolicy } from '@nats-io/jetstream';
 import { SpanKind } from '@opentelemetry/api';
 import { contextOf, tracer } from '../../observability/tracing.js';
 import type { Config } from '../../lib/config.js';
 import type { Logger } from '../../lib/logger.js';
+import { PeriodicTask } from '../../lib/periodic.js';
 import { connectJetStream, connectNats, type NatsConnection } from '../../lib/nats.js';
 import { ensureEventStream } from '../../lib/streams.js';
 import { EventBatch, type PaymentEvent } from '../../proto/gen/events/v1/events.js';
 import { Decision, type ScoreRequest, type ScoreResponse } from '../../proto/gen/risk/v1/risk.js';
+import type { FeatureCheckpoints } from './feature-checkpoints.js';
 import { FeatureStore, type PaymentFacts } from './features.js';
 import type { FraudModel } from './models.js';
 
@@ -59,21 +62,43 @@ export class PaymentFeatureFeed {
   private nc: NatsConnection | undefined;
   private stopped = false;
   private loop: Promise<void> | undefined;
+  private readonly checkpointTask: PeriodicTask | undefined;
   /** Payments observed since start (for readiness and tests). */
   applied = 0;
+  /** The last stream message applied (from the checkpoint restored at start, then the feed). */
+  lastSeq = 0;
+  private checkpointedSeq = 0;
 
   constructor(
     private readonly store: FeatureStore,
     private readonly config: Config,
     private readonly logger: Logger,
-  ) {}
+    /** Where the store is checkpointed (every RISK_FEATURE_CHECKPOINT_MS and at stop) and restored from at start. */
+    private readonly checkpoints?: FeatureCheckpoints,
+  ) {
+    if (checkpoints) this.checkpointTask = new PeriodicTask('feature checkpoint', () => this.checkpoint(), config.RISK_FEATURE_CHECKPOINT_MS, logger);
+  }
+
+  /** The subjects a feed reads: what a checkpoint's state was computed from. */
+  static subjects(config: Pick<Config, 'EVENTS_SUBJECT_PREFIX'>): string {
+    return `${config.EVENTS_SUBJECT_PREFIX}.payments.>`;
+  }
 
   async start(): Promise<void> {
+    const restored = await this.checkpoints?.load();
+    if (restored) {
+      this.store.restore(restored.snapshot);
+      this.lastSeq = this.checkpointedSeq = restored.seq;
+      this.logger.info({ seq: restored.seq, keys: this.store.sizes() }, 'feature store restored from its checkpoint');
+    }
     this.nc = await connectNats(this.config, { name: 'risk-feature-feed' });
     const { js, jsm } = await connectJetStream(this.nc);
     await ensureEventStream(jsm, this.config);
-    const consumer = await js.consumers.get(this.config.EVENTS_STREAM, { filter_subjects: `${this.config.EVENTS_SUBJECT_PREFIX}.payments.>` });
+    // After a checkpoint, from the message after it (or the oldest kept, if retention dropped that far).
+    const from = this.lastSeq > 0 ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: this.lastSeq + 1 } : {};
+    const consumer = await js.consumers.get(this.config.EVENTS_STREAM, { filter_subjects: PaymentFeatureFeed.subjects(this.config), ...from });
     const messages = await consumer.consume();
+    this.checkpointTask?.start();
     this.loop = (async () => {
       for await (const m of messages) {
         if (this.stopped) break;
@@ -90,16 +115,27 @@ export class PaymentFeatureFeed {
           span.recordException(err as Error);
           this.logger.error({ err, seq: m.seq }, 'payment event could not be read; skipped');
         } finally {
+          this.lastSeq = m.seq;
           span.end();
         }
       }
     })();
   }
 
+  /** Saves the store's state if it moved since the last checkpoint; state and sequence taken in one step. */
+  async checkpoint(): Promise<void> {
+    if (!this.checkpoints || this.lastSeq <= this.checkpointedSeq) return;
+    const seq = this.lastSeq;
+    await this.checkpoints.save({ seq, snapshot: this.store.snapshot() });
+    this.checkpointedSeq = seq;
+  }
+
   async stop(): Promise<void> {
     this.stopped = true;
+    await this.checkpointTask?.stop();
     await this.nc?.close();
     await this.loop;
+    await this.checkpoint().catch((err: unknown) => this.logger.warn({ err }, 'last feature checkpoint not saved'));
   }
 }
 
