@@ -12,6 +12,7 @@ import { loadModel } from './ml/models.js';
 import type { ModelArtefact } from './ml/pipeline.js';
 import { ChampionChallenger } from './ml/rollout.js';
 import { MonitoredScorer } from './ml/score-monitor.js';
+import { FeatureDriftMonitor } from './ml/monitoring.js';
 import { startMetrics } from '../observability/metrics.js';
 import { ModelScorer, PaymentFeatureFeed } from './ml/serving.js';
 import { connectJetStream, connectNats } from '../lib/nats.js';
@@ -39,7 +40,7 @@ export function rulesSettings(config: Config): RulesSettings {
  * The scorer Score serves: the model artefact at RISK_MODEL_PATH with its online feature feed, or the
  * rules-only scorer when no model is configured.
  */
-async function startScorer(config: Config, logger: Logger): Promise<{ scorer: Scorer; version: string; reference?: number[]; close(): Promise<void> }> {
+async function startScorer(config: Config, logger: Logger): Promise<{ scorer: Scorer; version: string; reference?: number[]; featureDrift?: FeatureDriftMonitor; close(): Promise<void> }> {
   const rules = new RulesScorer(rulesSettings(config));
   if (!config.RISK_MODEL_PATH && !config.RISK_CHALLENGER_MODEL_PATH) return { scorer: rules, version: RULES_MODEL_VERSION, close: async () => undefined };
   // One feature store for every model of the instance, fed from the payment events, checkpointed to PostgreSQL.
@@ -53,14 +54,17 @@ async function startScorer(config: Config, logger: Logger): Promise<{ scorer: Sc
     await pool.end();
   };
   let reference: number[] | undefined;
-  const modelScorer = async (file: string) => {
+  let featureDrift: FeatureDriftMonitor | undefined;
+  // The champion's inputs are watched for drift (the challenger sees the same features).
+  const modelScorer = async (file: string, watched: boolean) => {
     const artefact = JSON.parse(await readFile(file, 'utf8')) as ModelArtefact;
     reference ??= artefact.trainingScoreSample;
-    return new ModelScorer(await loadModel(artefact.parameters), store, artefact.version, artefact.threshold);
+    if (watched) featureDrift = new FeatureDriftMonitor(artefact.features, artefact.trainingFeatureSample);
+    return new ModelScorer(await loadModel(artefact.parameters), store, artefact.version, artefact.threshold, watched ? featureDrift : undefined);
   };
-  const champion = config.RISK_MODEL_PATH ? await modelScorer(config.RISK_MODEL_PATH) : rules;
-  if (!config.RISK_CHALLENGER_MODEL_PATH) return { scorer: champion, version: champion.version, reference, close: stopFeed };
-  const challenger = await modelScorer(config.RISK_CHALLENGER_MODEL_PATH);
+  const champion = config.RISK_MODEL_PATH ? await modelScorer(config.RISK_MODEL_PATH, true) : rules;
+  if (!config.RISK_CHALLENGER_MODEL_PATH) return { scorer: champion, version: champion.version, reference, featureDrift, close: stopFeed };
+  const challenger = await modelScorer(config.RISK_CHALLENGER_MODEL_PATH, !config.RISK_MODEL_PATH);
   const nc = await connectNats(config, { name: 'risk-decisions' });
   const { js } = await connectJetStream(nc);
   const publish = (subject: string, payload: Uint8Array, msgID: string) => {
@@ -71,6 +75,7 @@ async function startScorer(config: Config, logger: Logger): Promise<{ scorer: Sc
     scorer,
     version: `${champion.version} vs ${challenger.version} (${config.RISK_CHALLENGER_MODE})`,
     reference,
+    featureDrift,
     async close() {
       await nc.drain();
       await stopFeed();
@@ -79,8 +84,15 @@ async function startScorer(config: Config, logger: Logger): Promise<{ scorer: Sc
 }
 
 export async function startRisk(config: Config, logger: Logger): Promise<RiskApp> {
-  const { scorer, version, reference, close: closeScorer } = await startScorer(config, logger);
+  const { scorer, version, reference, featureDrift, close: closeScorer } = await startScorer(config, logger);
   const metrics = await startMetrics('risk', config.METRICS_PORT, config.OTEL_EXPORTER_OTLP_ENDPOINT);
+  if (featureDrift) {
+    metrics.meter
+      .createObservableGauge('risk_feature_psi', { description: 'Population stability index of each model input over the last 5,000 scores against the training sample (0.1 watch, 0.25 alert)' })
+      .addCallback((result) => {
+        for (const d of featureDrift.drift) result.observe(d.psi, { feature: d.name });
+      });
+  }
   const server = new Server();
   observeRpcServer(metrics.meter, ['risk.v1.RiskService']);
   server.addService(RiskServiceService, createRiskService(new MonitoredScorer(scorer, metrics.meter, reference), logger));

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'mocha';
-import { driftReport, fairnessReport, psi } from './monitoring.js';
+import { driftReport, fairnessReport, FeatureDriftMonitor, psi } from './monitoring.js';
 import { Rng } from './random.js';
 
 describe('risk monitoring: drift (PSI) and fairness', () => {
@@ -21,6 +21,19 @@ describe('risk monitoring: drift (PSI) and fairness', () => {
     const current = Array.from({ length: 5_000 }, () => [3 * rng.normal() + 2, rng.normal()]);
     const report = driftReport(['amount', 'other'], training, current, training.map((r) => r[0]!), current.map((r) => r[0]!));
     assert.deepEqual(report.map((d) => [d.name, d.status]), [['amount', 'alert'], ['other', 'stable'], ['score', 'alert']]);
+  });
+
+  it('live feature drift: nothing before a full window; then the shifted feature alerts and the other stays stable', () => {
+    const training = Array.from({ length: 2_000 }, () => [rng.normal(), rng.normal()]);
+    const monitor = new FeatureDriftMonitor(['amount', 'other'], training, 1_000);
+    for (let i = 0; i < 999; i++) monitor.record([3 * rng.normal() + 2, rng.normal()]);
+    assert.equal(monitor.drift.length, 0);
+    monitor.record([3 * rng.normal() + 2, rng.normal()]);
+    assert.deepEqual(monitor.drift.map((d) => [d.name, d.status]), [['amount', 'alert'], ['other', 'stable']]);
+    // Without a reference (an older artefact), the first window becomes it: the same distribution is stable.
+    const unanchored = new FeatureDriftMonitor(['amount', 'other'], undefined, 1_000);
+    for (let i = 0; i < 2_000; i++) unanchored.record([rng.normal(), rng.normal()]);
+    assert.ok(unanchored.drift.every((d) => d.status === 'stable'), JSON.stringify(unanchored.drift));
   });
 
   it('flags a segment whose legitimate payments a biased scorer declines more, and not the others', () => {

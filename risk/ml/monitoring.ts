@@ -42,16 +42,50 @@ export function driftStatus(value: number): DriftStatus {
   return value >= PSI_ALERT ? 'alert' : value >= PSI_WATCH ? 'watch' : 'stable';
 }
 
-/** Drift of each feature (columns of the vectors) and of the score, current window against training. */
+/** Drift of each feature (columns of the vectors), current window against training. */
+export function featureDrift(names: readonly string[], training: readonly (readonly number[])[], current: readonly (readonly number[])[]): Drift[] {
+  const column = (rows: readonly (readonly number[])[], j: number) => rows.map((r) => r[j]!);
+  return names.map((name, j) => {
+    const value = psi(column(training, j), column(current, j));
+    return { name, psi: value, status: driftStatus(value) };
+  });
+}
+
+/** Drift of each feature and of the score, current window against training. */
 export function driftReport(names: readonly string[], training: readonly number[][], current: readonly number[][], trainingScores: readonly number[], currentScores: readonly number[]): Drift[] {
-  const column = (rows: readonly number[][], j: number) => rows.map((r) => r[j]!);
-  return [
-    ...names.map((name, j) => {
-      const value = psi(column(training, j), column(current, j));
-      return { name, psi: value, status: driftStatus(value) };
-    }),
-    { name: 'score', psi: psi(trainingScores, currentScores), status: driftStatus(psi(trainingScores, currentScores)) },
-  ];
+  const score = psi(trainingScores, currentScores);
+  return [...featureDrift(names, training, current), { name: 'score', psi: score, status: driftStatus(score) }];
+}
+
+/**
+ * Live feature drift, for the metrics: the PSI of each feature over the last `window` vectors served, against a
+ * reference sample (the artefact's training vectors, or else the first window seen).
+ */
+export class FeatureDriftMonitor {
+  private readonly recent: (readonly number[])[] = [];
+  private reference: readonly (readonly number[])[] | undefined;
+  private latest: Drift[] = [];
+
+  constructor(
+    readonly names: readonly string[],
+    reference?: readonly (readonly number[])[],
+    private readonly window = 5_000,
+  ) {
+    this.reference = reference && reference.length > 0 ? reference : undefined;
+  }
+
+  record(vector: readonly number[]): void {
+    this.recent.push(vector);
+    if (this.recent.length < this.window) return;
+    if (this.reference) this.latest = featureDrift(this.names, this.reference, this.recent);
+    else this.reference = [...this.recent];
+    this.recent.length = 0;
+  }
+
+  /** The PSI of each feature at the last full window (empty before one). */
+  get drift(): readonly Drift[] {
+    return this.latest;
+  }
 }
 
 export interface SegmentRates {

@@ -53,6 +53,8 @@ export interface ModelArtefact {
   trainMetrics: Record<string, number>;
   /** Up to 2,000 training scores, evenly spaced: the reference of the live score drift (PSI). */
   trainingScoreSample: number[];
+  /** Feature vectors of the same training rows: the reference of live feature drift (absent in older artefacts). */
+  trainingFeatureSample?: number[][];
   parameters: ModelParameters;
   createdAt: string;
 }
@@ -65,6 +67,7 @@ export async function trainModels(dataset: Dataset, split: Split, synth: SynthOp
   return models.map((model) => {
     const scored = split.train.map((i, k) => ({ score: model.score(rows[k]!), fraud: labels[k]!, amount: dataset.payments[i]!.amount }));
     const threshold = costOptimalThreshold(scored, cost);
+    const sampleEvery = Math.max(1, Math.floor(scored.length / 2_000));
     return {
       version: `${model.kind}-${createdAt.replace(/[-:.]/g, '').slice(0, 15)}-s${synth.seed}`,
       kind: model.kind,
@@ -74,7 +77,8 @@ export async function trainModels(dataset: Dataset, split: Split, synth: SynthOp
       synth,
       threshold,
       trainMetrics: { prAuc: prAuc(scored), rocAuc: rocAuc(scored), positives: labels.filter(Boolean).length, rows: rows.length },
-      trainingScoreSample: scored.filter((_, k) => k % Math.max(1, Math.floor(scored.length / 2_000)) === 0).map((r) => r.score),
+      trainingScoreSample: scored.filter((_, k) => k % sampleEvery === 0).map((r) => r.score),
+      trainingFeatureSample: rows.filter((_, k) => k % sampleEvery === 0),
       parameters: model.toJSON(),
       createdAt,
     };

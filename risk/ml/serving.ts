@@ -11,6 +11,7 @@ import { Decision, type ScoreRequest, type ScoreResponse } from '../../proto/gen
 import type { FeatureCheckpoints } from './feature-checkpoints.js';
 import { FeatureStore, type PaymentFacts } from './features.js';
 import type { FraudModel } from './models.js';
+import type { FeatureDriftMonitor } from './monitoring.js';
 
 /**
  * Serving a trained model: Score reads the online features of the request from a FeatureStore that a feed of
@@ -146,10 +147,13 @@ export class ModelScorer {
     private readonly store: FeatureStore,
     readonly version: string,
     private readonly threshold: number,
+    /** Sees every feature vector served (live feature drift). */
+    private readonly drift?: FeatureDriftMonitor,
   ) {}
 
   score(request: ScoreRequest, nowMs = Date.now()): ScoreResponse {
     const vector = this.store.features(factsFromScore(request, nowMs));
+    this.drift?.record(vector);
     const score = this.model.score(vector);
     const decision = score >= this.threshold ? Decision.DECISION_DECLINE : score >= this.threshold / 2 ? Decision.DECISION_REVIEW : Decision.DECISION_APPROVE;
     return {
