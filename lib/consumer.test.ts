@@ -7,7 +7,8 @@ import { EventBatch } from '../proto/gen/events/v1/events.js';
 import { EventConsumer, deadLetterSubject, observeConsumer, rewindConsumer, type EventHandler } from './consumer.js';
 import { startMetrics } from '../observability/metrics.js';
 import { freePort } from '../test/ledger-process.js';
-import { withTransaction, type Pool } from './db.js';
+import { createPool, withTransaction, type Pool } from './db.js';
+import { TcpProxy } from '../test/tcp-proxy.js';
 import { createLogger } from './logger.js';
 import { connectJetStream, connectNats, type NatsConnection } from './nats.js';
 
@@ -160,6 +161,31 @@ describe('event consumer framework (own NATS server, real PostgreSQL)', function
       for (const t of transfers) assert.deepEqual(applied.get(t.id), { count: 1, amount: t.amount }, `transfer ${t.id}`);
     } finally {
       await consumer.stop();
+    }
+  });
+
+  it('a database outage longer than every retry: messages wait in place and are applied when it returns, none dead-lettered', async () => {
+    const name = `outage-${randomUUID().slice(0, 8)}`;
+    const config = testConfig(env);
+    const proxy = await TcpProxy.start(new URL(config.DATABASE_URL));
+    const viaProxy = createPool(testConfig({ DATABASE_URL: proxy.via(config.DATABASE_URL) }), { max: 4 });
+    // maxDeliver 3: the old behaviour dead-lettered a message after three failed attempts, in under a second.
+    const consumer = new EventConsumer(nc, viaProxy, config, { name, filter: 'ledger.>', maxDeliver: 3, ackWaitMs: 5_000, concurrency: 4 }, recordTransfer(name, () => false), logger);
+    try {
+      await consumer.start();
+      await proxy.cut();
+      const transfers = await commitTransfers(ledger.client, 300);
+      await new Promise((resolve) => setTimeout(resolve, 3_000));
+      await proxy.open();
+      await waitFor(async () => (await effects(name)).size >= transfers.length, 'every transfer applied after the outage');
+      const applied = await effects(name);
+      for (const t of transfers) assert.deepEqual(applied.get(t.id), { count: 1, amount: t.amount }, `transfer ${t.id}`);
+      assert.equal(consumer.stats.deadLettered, 0);
+      await assertPerAccountOrder(name);
+    } finally {
+      await consumer.stop();
+      await viaProxy.end();
+      await proxy.cut();
     }
   });
 

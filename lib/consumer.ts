@@ -3,7 +3,8 @@ import { AckPolicy, DeliverPolicy, type ConsumerMessages, type JsMsg } from '@na
 import { headers } from '@nats-io/transport-node';
 import { EventBatch, type EventEnvelope } from '../proto/gen/events/v1/events.js';
 import type { Config } from './config.js';
-import { withTransaction, type Pool, type PoolClient } from './db.js';
+import { asAppError, withTransaction, type Pool, type PoolClient } from './db.js';
+import { AppError } from './errors.js';
 import type { Logger } from './logger.js';
 import { connectJetStream, type JetStreamClient, type NatsConnection } from './nats.js';
 import { sleep } from './retry.js';
@@ -55,6 +56,7 @@ export class EventConsumer {
   readonly stats: ConsumerStats = { messages: 0, events: 0, duplicates: 0, redeliveries: 0, deadLettered: 0 };
   private messages: ConsumerMessages | undefined;
   private loop: Promise<void> | undefined;
+  private stopping = false;
   private readonly chains = new Map<string, Promise<void>>();
   private js!: JetStreamClient;
 
@@ -103,6 +105,7 @@ export class EventConsumer {
 
   /** Stops taking messages, finishes the ones in hand (their acks included), and returns. */
   async stop(): Promise<void> {
+    this.stopping = true;
     this.messages?.stop();
     await this.loop;
     await Promise.all(this.chains.values());
@@ -156,13 +159,26 @@ export class EventConsumer {
     const deadLettered = new Set<string>();
     let failing = '';
     let attempts = 0;
+    let outage = 0;
     for (;;) {
       const events = batch.events.filter((e) => !deadLettered.has(e.eventId));
       let failure: { eventId: string; reason: string } | undefined;
       try {
         failure = await this.applyInOrder(events);
       } catch (error) {
-        // The database itself failed: the whole message is tried again.
+        const cause = asAppError(error);
+        if (cause instanceof AppError && cause.kind === 'unavailable') {
+          // The database is down or contended: no fault of the message's. Waited out in place, however long,
+          // and never counted toward the dead letter (a database restart must not dead-letter what was in hand).
+          if (this.stopping) return; // left unacknowledged: delivered again, in order
+          outage++;
+          this.logger.warn({ subject: m.subject, outage, reason: cause.message }, 'database unavailable; message retried in place');
+          m.working();
+          await sleep(Math.min((this.options.ackWaitMs ?? 30_000) / 3, 5_000, 50 * 2 ** Math.min(outage, 10)));
+          m.working();
+          continue;
+        }
+        // Any other failure of the whole message is retried, then dead-lettered like a failing event.
         failure = { eventId: '', reason: error instanceof Error ? error.message : String(error) };
       }
       if (!failure) {
