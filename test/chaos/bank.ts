@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { LedgerClient } from '../../ledger/client.js';
 import { snapshotQuery } from '../support.js';
+import { connectJetStream, connectNats } from '../../lib/nats.js';
 import { sleep } from '../../lib/retry.js';
 import { sendUntilSettled, type Settled } from './client.js';
 import type { ScenarioReport } from './report.js';
@@ -246,6 +247,9 @@ async function check(stack: ChaosStack, run: Run, violations: string[]): Promise
     else if (e.amount !== capturedAmounts.get(id)) violations.push(`payment ${id}: settled ${e.amount}, captured ${capturedAmounts.get(id)}`);
   }
   if (notConsumed > 0) violations.push(`${notConsumed} captured payments never reached settlement`);
+  // No event was poison here: anything dead-lettered was lost to its consumer by a fault.
+  const deadLetters = await countDeadLetters(stack);
+  if (deadLetters > 0) violations.push(`${deadLetters} messages dead-lettered during the run`);
 
   const acknowledged = run.operations.filter((o) => o.answer && o.answer.status < 300).length;
   return {
@@ -261,4 +265,18 @@ async function check(stack: ChaosStack, run: Run, violations: string[]): Promise
     lost,
     duplicated,
   };
+}
+
+/** Messages in the DEADLETTER stream of the stack's NATS server (0 when no consumer ever made one). */
+async function countDeadLetters(stack: ChaosStack): Promise<number> {
+  const nc = await connectNats({ NATS_URL: stack.nats.url }, { name: 'chaos-check' });
+  try {
+    const { jsm } = await connectJetStream(nc);
+    return (await jsm.streams.info('DEADLETTER')).state.messages;
+  } catch (error) {
+    if (/stream not found/i.test(String(error))) return 0;
+    throw error;
+  } finally {
+    await nc.close();
+  }
 }
