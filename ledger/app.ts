@@ -4,7 +4,7 @@ import type { Config } from '../lib/config.js';
 import { ownedShards, shardOwners } from '../lib/config.js';
 import { createPool, withTransaction } from '../lib/db.js';
 import { drainHandlers, observeRpcServer } from '../lib/grpc.js';
-import { channelCredentials, grpcTlsEnabled, serverCredentials } from '../lib/grpc-tls.js';
+import { channelCredentials, grpcTlsEnabled, serverCredentials, serverOptions } from '../lib/grpc-tls.js';
 import type { Logger } from '../lib/logger.js';
 import { LedgerServiceService } from '../proto/gen/ledger/v1/ledger.js';
 import type { BatchTask } from './batch.js';
@@ -94,7 +94,7 @@ export async function startLedger(config: Config, logger: Logger): Promise<Ledge
     shardOwners(config.LEDGER_SHARD_OWNERS, config.LEDGER_SHARDS),
   );
 
-  const server = new Server({ 'grpc.max_receive_message_length': 32 * 1024 * 1024, 'grpc.max_send_message_length': 32 * 1024 * 1024 });
+  const server = new Server({ 'grpc.max_receive_message_length': 32 * 1024 * 1024, 'grpc.max_send_message_length': 32 * 1024 * 1024, ...serverOptions(config) });
   observeRpcServer(metrics.meter, ['ledger.v1.LedgerService', 'payments.v1.PaymentService']);
   server.addService(LedgerServiceService, createLedgerService(router, pool, logger));
   // Payments run beside the ledger and reach it in-process: their transfers join the shard batches directly.

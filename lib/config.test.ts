@@ -63,6 +63,9 @@ describe('config', () => {
     assert.throws(() => loadConfig({ GRPC_TLS_KEY: files.GRPC_TLS_KEY, GRPC_TLS_CA: '' }), /GRPC_TLS_KEY=.*: gRPC TLS also needs GRPC_TLS_CA and GRPC_TLS_CERT/);
     assert.throws(() => loadConfig({ GRPC_TLS_SERVER_NAME: 'ledger.internal' }), /GRPC_TLS_SERVER_NAME="ledger.internal": needs GRPC_TLS_CA, GRPC_TLS_CERT, GRPC_TLS_KEY/);
     assert.throws(() => loadConfig({ ...files, GRPC_TLS_SERVER_NAME: 'https://ledger' }), /GRPC_TLS_SERVER_NAME="https:\/\/ledger": expected a host name/);
+    assert.throws(() => loadConfig({ GRPC_TLS_ALLOWED_CLIENTS: 'gateway' }), /GRPC_TLS_ALLOWED_CLIENTS="gateway": needs GRPC_TLS_CA, GRPC_TLS_CERT, GRPC_TLS_KEY/);
+    assert.throws(() => loadConfig({ ...files, GRPC_TLS_ALLOWED_CLIENTS: 'gateway, risk' }), /GRPC_TLS_ALLOWED_CLIENTS.*expected common names separated by commas/);
+    assert.equal(loadConfig({ ...files, GRPC_TLS_ALLOWED_CLIENTS: 'gateway,settlement' }).GRPC_TLS_ALLOWED_CLIENTS, 'gateway,settlement');
   });
 
   it('maps the other instances\' shards to their addresses', () => {

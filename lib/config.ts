@@ -65,6 +65,15 @@ const schema = z.object({
     .regex(/^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$/, 'expected a host name')
     .optional(),
 
+  /**
+   * The clients a gRPC server of this process accepts, by their certificate's subject common name (comma
+   * separated; e.g. the ledger: gateway,settlement,operator). Unset: any certificate the CA signed. Needs TLS.
+   */
+  GRPC_TLS_ALLOWED_CLIENTS: z
+    .string()
+    .regex(/^[A-Za-z0-9._-]+(,[A-Za-z0-9._-]+)*$/, 'expected common names separated by commas')
+    .optional(),
+
   LEDGER_GRPC_LISTEN: hostPort.default('0.0.0.0:50051'),
   LEDGER_GRPC_TARGET: hostPort.default('127.0.0.1:50051'),
   LEDGER_SHARDS: z.coerce.number().int().min(1).max(4096).default(8),
@@ -205,8 +214,10 @@ function grpcTlsProblems(config: Config): string[] {
   const missing = GRPC_TLS_FILES.filter((name) => config[name] === undefined);
   const shown = set.map((name) => `${name}=${JSON.stringify(config[name])}`).join(', ');
   if (set.length > 0 && missing.length > 0) return [`${shown}: gRPC TLS also needs ${missing.join(' and ')} (set all of ${GRPC_TLS_FILES.join(', ')}, or none)`];
-  if (set.length === 0 && config.GRPC_TLS_SERVER_NAME !== undefined) {
-    return [`GRPC_TLS_SERVER_NAME=${JSON.stringify(config.GRPC_TLS_SERVER_NAME)}: needs ${GRPC_TLS_FILES.join(', ')} (gRPC is plaintext without them)`];
+  if (set.length === 0) {
+    return (['GRPC_TLS_SERVER_NAME', 'GRPC_TLS_ALLOWED_CLIENTS'] as const)
+      .filter((name) => config[name] !== undefined)
+      .map((name) => `${name}=${JSON.stringify(config[name])}: needs ${GRPC_TLS_FILES.join(', ')} (gRPC is plaintext without them)`);
   }
   return [];
 }

@@ -102,6 +102,24 @@ describe('gRPC mutual TLS (lib/grpc-tls.ts), with certificates made by openssl f
     });
   });
 
+  describe('a TLS ledger with GRPC_TLS_ALLOWED_CLIENTS', () => {
+    it('answers only the listed clients (by certificate common name); another certificate of the CA gets PERMISSION_DENIED and writes nothing', async () => {
+      const restricted = await startTestLedger({ ...certs.env(), GRPC_TLS_ALLOWED_CLIENTS: 'operator,gateway' });
+      const operator = new LedgerClient(restricted.app.address, { autoBatch: false, deadlineMs: 5_000, credentials: channelCredentials(tls({ GRPC_TLS_CERT: certs.operator.cert, GRPC_TLS_KEY: certs.operator.key })) });
+      try {
+        // The harness's own client holds the "service" certificate: signed by the CA, but not listed.
+        const refused = account();
+        await rejectsWith(restricted.client.createAccounts([refused]), status.PERMISSION_DENIED);
+        const allowed = account();
+        assert.deepEqual((await operator.createAccounts([allowed])).map((r) => r.code), [1]);
+        assert.deepEqual((await operator.lookupAccounts([refused.id, allowed.id])).map((a) => a.id), [allowed.id]);
+      } finally {
+        operator.close();
+        await restricted.close();
+      }
+    });
+  });
+
   describe('the gateway in front of the TLS ledger', () => {
     it('with TLS: accounts are created end to end and it is ready', async () => {
       const gateway = await startTestGateway(ledger.app.address, certs.env());

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { X509Certificate, createPrivateKey } from 'node:crypto';
 import { checkServerIdentity } from 'node:tls';
-import { ServerCredentials, credentials, type ChannelCredentials } from '@grpc/grpc-js';
+import { Metadata, ServerCredentials, ServerInterceptingCall, credentials, status, type ChannelCredentials, type ServerInterceptor, type ServerOptions } from '@grpc/grpc-js';
 import type { Config } from './config.js';
 import { ConfigError } from './errors.js';
 
@@ -19,7 +19,7 @@ import { ConfigError } from './errors.js';
  * a missing file or a key that does not match its certificate stops the process with a ConfigError naming the
  * variable. Rotating certificates means restarting the process.
  */
-export type GrpcTlsConfig = Pick<Config, 'GRPC_TLS_CA' | 'GRPC_TLS_CERT' | 'GRPC_TLS_KEY' | 'GRPC_TLS_SERVER_NAME'>;
+export type GrpcTlsConfig = Pick<Config, 'GRPC_TLS_CA' | 'GRPC_TLS_CERT' | 'GRPC_TLS_KEY' | 'GRPC_TLS_SERVER_NAME'> & Partial<Pick<Config, 'GRPC_TLS_ALLOWED_CLIENTS'>>;
 
 interface GrpcCredentials {
   server: ServerCredentials;
@@ -36,6 +36,27 @@ export function grpcTlsEnabled(config: GrpcTlsConfig): boolean {
 /** For every gRPC server of the project (Server#bindAsync). */
 export function serverCredentials(config: GrpcTlsConfig): ServerCredentials {
   return credentialsOf(config).server;
+}
+
+/**
+ * Options of every gRPC server of the project: with GRPC_TLS_ALLOWED_CLIENTS, an interceptor that refuses a
+ * call (PERMISSION_DENIED) whose client certificate's common name is not listed. Mutual TLS alone admits any
+ * certificate of the CA; this keeps, say, the risk service from moving money through the ledger.
+ */
+export function serverOptions(config: GrpcTlsConfig): ServerOptions {
+  const names = config.GRPC_TLS_ALLOWED_CLIENTS?.split(',');
+  return names ? { interceptors: [allowClients(new Set(names))] } : {};
+}
+
+function allowClients(allowed: ReadonlySet<string>): ServerInterceptor {
+  return (_method, call) => {
+    const commonName = call.getAuthContext().sslPeerCertificate?.subject?.CN;
+    const name = Array.isArray(commonName) ? undefined : commonName;
+    if (name !== undefined && allowed.has(name)) return new ServerInterceptingCall(call);
+    return new ServerInterceptingCall(call, {
+      start: () => call.sendStatus({ code: status.PERMISSION_DENIED, details: `client certificate ${JSON.stringify(name ?? '')} is not allowed here`, metadata: new Metadata() }),
+    });
+  };
 }
 
 /** For every gRPC client of the project (generated clients, LedgerClient, RiskClient). */

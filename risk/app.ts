@@ -2,7 +2,7 @@ import { Server } from '@grpc/grpc-js';
 import type { Config } from '../lib/config.js';
 import { createPool } from '../lib/db.js';
 import { observeRpcServer } from '../lib/grpc.js';
-import { grpcTlsEnabled, serverCredentials } from '../lib/grpc-tls.js';
+import { grpcTlsEnabled, serverCredentials, serverOptions } from '../lib/grpc-tls.js';
 import type { Logger } from '../lib/logger.js';
 import { RiskServiceService } from '../proto/gen/risk/v1/risk.js';
 import { readFile } from 'node:fs/promises';
@@ -93,7 +93,7 @@ export async function startRisk(config: Config, logger: Logger): Promise<RiskApp
         for (const d of featureDrift.drift) result.observe(d.psi, { feature: d.name });
       });
   }
-  const server = new Server();
+  const server = new Server(serverOptions(config));
   observeRpcServer(metrics.meter, ['risk.v1.RiskService']);
   server.addService(RiskServiceService, createRiskService(new MonitoredScorer(scorer, metrics.meter, reference), logger));
   const port = await new Promise<number>((resolve, reject) =>

@@ -1,7 +1,7 @@
 import { Server } from '@grpc/grpc-js';
 import type { Config } from '../lib/config.js';
 import { observeRpcServer } from '../lib/grpc.js';
-import { channelCredentials, grpcTlsEnabled, serverCredentials } from '../lib/grpc-tls.js';
+import { channelCredentials, grpcTlsEnabled, serverCredentials, serverOptions } from '../lib/grpc-tls.js';
 import { EventConsumer, observeConsumer } from '../lib/consumer.js';
 import { createPool, type Pool } from '../lib/db.js';
 import type { Logger } from '../lib/logger.js';
@@ -63,7 +63,7 @@ export async function startSettlement(config: Config, logger: Logger): Promise<S
   const relay = new OutboxRelay(pool, config, [SETTLEMENT_OUTBOX_SHARD], logger);
   relay.start();
 
-  const server = new Server();
+  const server = new Server(serverOptions(config));
   observeRpcServer(metrics.meter, ['settlement.v1.SettlementService']);
   server.addService(SettlementServiceService, createSettlementService(pool, ledger, settler, config, logger));
   const port = await new Promise<number>((resolve, reject) =>
