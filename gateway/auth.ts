@@ -75,8 +75,10 @@ export interface NewMerchant {
   secret_key: string;
 }
 
-/** Creates a merchant and its first secret key in one transaction. */
-/** `withinTransaction` runs in the creating transaction (the gateway records its idempotent answer there). */
+/**
+ * Creates a merchant and its first secret key in one transaction; `withinTransaction` runs in it too (the
+ * gateway records its idempotent answer there).
+ */
 export async function createMerchant(pool: Pool, name: string, feeBps: number, category = 'general', withinTransaction?: (client: PoolClient, merchant: NewMerchant) => Promise<void>): Promise<NewMerchant> {
   const trimmed = name.trim();
   if (trimmed.length === 0 || trimmed.length > 200 || hasControlCharacters(trimmed)) throw new ValidationError('name', '1-200 printable characters');

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'mocha';
 import type { Pool } from '../lib/db.js';
 import { EventBatch, type EventEnvelope } from '../proto/gen/events/v1/events.js';
-import { CreateTransferResultCode, PendingState, type Transfer } from '../proto/gen/ledger/v1/ledger.js';
+import { CreateTransferResultCode, PendingState, type Account, type Transfer } from '../proto/gen/ledger/v1/ledger.js';
 import { account, startTestLedger, transfer, type TestLedger } from '../test/ledger-harness.js';
 import { skewedClock, spawnLedger, type LedgerProcess } from '../test/ledger-process.js';
 import { migratedScratchDatabase, testConfig, testPool } from '../test/support.js';
@@ -45,10 +45,7 @@ describe('pending expiry with two sweepers running', function () {
 
     await allExpired(first.client, pendings);
 
-    // Released once: nothing pending, nothing posted, on either side.
-    const [c] = await second.client.lookupAccounts([credit.id]);
-    assert.deepEqual([c!.creditsPending, c!.creditsPosted, c!.debitsPending, c!.debitsPosted], [0n, 0n, 0n, 0n]);
-    for (const d of await first.client.lookupAccounts(debits.map((a) => a.id))) assert.deepEqual([d.debitsPending, d.debitsPosted], [0n, 0n]);
+    await assertReleasedOnce(second.client, first.client, credit, debits);
     // One ledger.transfer.expired event per pending transfer in the outbox (the relay is off here).
     assertOneExpiryEventEach(await ledgerOutbox(pool), pendings);
     // Posting an expired transfer is refused with the expiry code.
@@ -142,10 +139,7 @@ describe('pending expiry with two ledger processes whose clocks disagree by a mi
 
     await allExpired(behind.client, pendings);
 
-    // Released once: nothing pending, nothing posted, on either side.
-    const [c] = await behind.client.lookupAccounts([credit.id]);
-    assert.deepEqual([c!.creditsPending, c!.creditsPosted, c!.debitsPending, c!.debitsPosted], [0n, 0n, 0n, 0n]);
-    for (const d of await ahead.client.lookupAccounts(debits.map((a) => a.id))) assert.deepEqual([d.debitsPending, d.debitsPosted], [0n, 0n]);
+    await assertReleasedOnce(behind.client, ahead.client, credit, debits);
     const outbox = await ledgerOutbox(pool, sequencesBefore);
     const expiries = assertOneExpiryEventEach(outbox, pendings);
     // Exact in ledger time: no transfer expired before its timestamp + timeout.
@@ -166,6 +160,13 @@ describe('pending expiry with two ledger processes whose clocks disagree by a mi
 });
 
 /** Waits (up to 20 s) until every one of `pendings` is expired. */
+/** Released once: nothing pending, nothing posted, on either side (read through two instances). */
+async function assertReleasedOnce(creditReader: LedgerClient, debitReader: LedgerClient, credit: Account, debits: readonly Account[]): Promise<void> {
+  const [c] = await creditReader.lookupAccounts([credit.id]);
+  assert.deepEqual([c!.creditsPending, c!.creditsPosted, c!.debitsPending, c!.debitsPosted], [0n, 0n, 0n, 0n]);
+  for (const d of await debitReader.lookupAccounts(debits.map((a) => a.id))) assert.deepEqual([d.debitsPending, d.debitsPosted], [0n, 0n]);
+}
+
 async function allExpired(client: LedgerClient, pendings: readonly Transfer[]): Promise<void> {
   const deadline = Date.now() + 20_000;
   for (;;) {

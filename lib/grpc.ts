@@ -66,7 +66,6 @@ export function headerSafe(value: string): string {
   return value.replace(/[^\x20-\x7e]|%/gu, (c) => encodeURIComponent(c));
 }
 
-/** A database that cannot be reached, or a statement that lost a serialization conflict, is the caller's retry. */
 export function toServiceError(error: unknown): Partial<ServiceError> {
   const metadata = new Metadata();
   if (error instanceof AppError) {

@@ -58,28 +58,50 @@ export function driftReport(names: readonly string[], training: readonly number[
 }
 
 /**
+ * Live drift against a reference: observations gathered in windows of `size`; each full window is compared with
+ * the reference sample (or, when none was given, becomes it: the first window seen).
+ */
+export class ReferenceWindows<T, R> {
+  private readonly recent: T[] = [];
+  private reference: readonly T[] | undefined;
+
+  constructor(
+    reference: readonly T[] | undefined,
+    private readonly size: number,
+    private readonly compare: (reference: readonly T[], window: readonly T[]) => R,
+  ) {
+    this.reference = reference && reference.length > 0 ? reference : undefined;
+  }
+
+  /** Adds one observation; the comparison when it completes a window against a reference, else undefined. */
+  record(value: T): R | undefined {
+    this.recent.push(value);
+    if (this.recent.length < this.size) return undefined;
+    const window = this.recent.splice(0);
+    if (this.reference) return this.compare(this.reference, window);
+    this.reference = window;
+    return undefined;
+  }
+}
+
+/**
  * Live feature drift, for the metrics: the PSI of each feature over the last `window` vectors served, against a
  * reference sample (the artefact's training vectors, or else the first window seen).
  */
 export class FeatureDriftMonitor {
-  private readonly recent: (readonly number[])[] = [];
-  private reference: readonly (readonly number[])[] | undefined;
+  private readonly windows: ReferenceWindows<readonly number[], Drift[]>;
   private latest: Drift[] = [];
 
   constructor(
     readonly names: readonly string[],
     reference?: readonly (readonly number[])[],
-    private readonly window = 5_000,
+    window = 5_000,
   ) {
-    this.reference = reference && reference.length > 0 ? reference : undefined;
+    this.windows = new ReferenceWindows(reference, window, (training, current) => featureDrift(names, training, current));
   }
 
   record(vector: readonly number[]): void {
-    this.recent.push(vector);
-    if (this.recent.length < this.window) return;
-    if (this.reference) this.latest = featureDrift(this.names, this.reference, this.recent);
-    else this.reference = [...this.recent];
-    this.recent.length = 0;
+    this.latest = this.windows.record(vector) ?? this.latest;
   }
 
   /** The PSI of each feature at the last full window (empty before one). */

@@ -1,7 +1,7 @@
 import type { Meter } from '@opentelemetry/api';
 import { Decision, type ScoreRequest, type ScoreResponse } from '../../proto/gen/risk/v1/risk.js';
 import type { Scorer } from '../service.js';
-import { psi } from './monitoring.js';
+import { psi, ReferenceWindows } from './monitoring.js';
 
 /**
  * Live monitoring of Score for Prometheus: decisions by outcome, model version and segment (card country, card
@@ -9,17 +9,16 @@ import { psi } from './monitoring.js';
  * `window` scores against a reference sample (the training scores of the artefact, or the first window seen).
  */
 export class MonitoredScorer implements Scorer {
-  private readonly recent: number[] = [];
-  private reference: readonly number[] | undefined;
+  private readonly windows: ReferenceWindows<number, number>;
   private drift = 0;
 
   constructor(
     private readonly inner: Scorer,
     meter: Meter,
     reference?: readonly number[],
-    private readonly window = 5_000,
+    window = 5_000,
   ) {
-    this.reference = reference && reference.length > 0 ? reference : undefined;
+    this.windows = new ReferenceWindows(reference, window, psi);
     this.decisions = meter.createCounter('risk_decisions_total', { description: 'Score decisions by outcome, model version, card country and card type' });
     this.scores = meter.createHistogram('risk_score', { description: 'Scores answered (0..1)', advice: { explicitBucketBoundaries: [0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9] } });
     meter.createObservableGauge('risk_score_psi', { description: 'Population stability index of the recent scores against the reference (0.1 watch, 0.25 alert)' }).addCallback((result) => result.observe(this.drift));
@@ -34,13 +33,7 @@ export class MonitoredScorer implements Scorer {
     const decision = answer.decision === Decision.DECISION_DECLINE ? 'decline' : answer.decision === Decision.DECISION_REVIEW ? 'review' : 'approve';
     this.decisions.add(1, { decision, model_version: answer.modelVersion, card_country: request.cardCountry || 'none', card_type: request.cardType || 'none' });
     this.scores.record(score, { model_version: answer.modelVersion });
-    this.recent.push(score);
-    if (this.recent.length >= this.window) {
-      // The first full window is the reference when the artefact brought none.
-      if (this.reference) this.drift = psi(this.reference, this.recent);
-      else this.reference = [...this.recent];
-      this.recent.length = 0;
-    }
+    this.drift = this.windows.record(score) ?? this.drift;
     return answer;
   }
 }
