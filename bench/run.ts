@@ -18,6 +18,10 @@ import type { Transfer } from '../proto/gen/ledger/v1/ledger.js';
 import { spawnLedger } from '../test/ledger-process.js';
 
 const SECONDS = Number(process.env['BENCH_SECONDS'] ?? 6);
+/** BENCH_LEDGER_RUNS: only these ledger runs (e.g. `8190x4,1x256`), for profiling one; default all. */
+const LEDGER_RUNS = process.env['BENCH_LEDGER_RUNS']?.split(',') ?? ['1x32', '100x16', '8190x4', '1x256'];
+/** BENCH_PROFILE=1: the ledger process writes CPU profiles (main thread and workers) to /tmp/prof. */
+const PROFILE = process.env['BENCH_PROFILE'] ? ['--cpu-prof', '--cpu-prof-dir=/tmp/prof'] : [];
 const ACCOUNTS = 10_000;
 const LEDGER = 978;
 const config = loadConfig();
@@ -133,6 +137,7 @@ async function raw(): Promise<void> {
 
 // ---- the ledger ----
 async function ledgerBatches(client: LedgerClient, batchSize: number, concurrency: number, workload: 'uniform' | 'hot'): Promise<void> {
+  if (!LEDGER_RUNS.includes(`${batchSize}x${concurrency}`)) return;
   let failures = 0;
   const tps = await timed(concurrency, async () => {
     const results = await client.createTransfers(Array.from({ length: batchSize }, () => transfer(workload)));
@@ -159,7 +164,7 @@ async function main(): Promise<void> {
   console.log(`bench: ${os.cpus().length} cores, ${SECONDS} s per run, ${ACCOUNTS} accounts, database ${new URL(config.DATABASE_URL).pathname}`);
   // The relay runs as in production, on a stream of the benchmark's own that is deleted at the end.
   const benchStream = { EVENTS_STREAM: 'BENCH_EVENTS', EVENTS_SUBJECT_PREFIX: 'bench', EVENTS_MAX_BYTES: String(2 * 1024 ** 3) };
-  const ledger = await spawnLedger({ DATABASE_URL: config.DATABASE_URL, LOG_LEVEL: 'warn', METRICS_PORT: '0', ...benchStream });
+  const ledger = await spawnLedger({ DATABASE_URL: config.DATABASE_URL, LOG_LEVEL: 'warn', METRICS_PORT: '0', ...benchStream }, PROFILE);
   // The ledger inherits this environment: with GRPC_TLS_* set, the benchmark measures mutual TLS.
   const direct = new LedgerClient(ledger.target, { autoBatch: false, credentials: channelCredentials(config) });
   const batching = new LedgerClient(ledger.target, { autoBatch: true, credentials: channelCredentials(config) });

@@ -10,6 +10,7 @@ import { LedgerClient } from './client.js';
 import { accountCodeName, transferCodeName } from './convert.js';
 import { ACCOUNT_RESULT_CODES, MAX_BALANCE, TRANSFER_RESULT_CODES } from './model.js';
 import { shardOf } from './router.js';
+import { SLOT_SOFT_LIMIT } from './store.js';
 
 /**
  * The ledger through gRPC against PostgreSQL (SERIALIZABLE): every result code with the exact balances after,
@@ -310,6 +311,20 @@ describe('ledger (gRPC, PostgreSQL)', function () {
         ['overflow', 'overflow', 'overflow', 'ok', 'overflow'],
       );
       await expectBalances({ [d!]: [10n, MAX_BALANCE - 10n, 0n, 0n], [c!]: [0n, 0n, 0n, MAX_BALANCE - 10n], [e!]: [0n, 0n, 10n, 0n] });
+    });
+
+    it('a balance slot grown past the soft limit by small transfers makes both accounts wide (read in full from then on)', async () => {
+      const [d, c] = await accounts(2);
+      const onShard = (shard: number, amount: bigint) => transfer({ id: idOnShard(shard), debitAccountId: d!, creditAccountId: c!, amount });
+      const wide = async () => (await pool.query('SELECT wide FROM accounts WHERE id = ANY($1::uuid[]) ORDER BY wide', [[d, c]])).rows.map((r) => r.wide);
+      // Each amount is at the soft limit, so both are changed blind through shard 3's slots; the second crosses it.
+      assert.deepEqual(await send(onShard(3, SLOT_SOFT_LIMIT)), ['ok']);
+      assert.deepEqual(await wide(), [false, false]);
+      assert.deepEqual(await send(onShard(3, SLOT_SOFT_LIMIT)), ['ok']);
+      assert.deepEqual(await wide(), [true, true]);
+      assert.deepEqual(await send(onShard(5, 7n)), ['ok']);
+      const total = 2n * SLOT_SOFT_LIMIT + 7n;
+      await expectBalances({ [d!]: [0n, total, 0n, 0n], [c!]: [0n, 0n, 0n, total] });
     });
 
     it('a retry is answered exists even after the balances changed so that it would now fail', async () => {

@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { testConfig, scratchDatabaseUrl } from '../test/support.js';
 import { createPool, type Pool } from './db.js';
-import { ensureDatabase, loadMigrations, migrate } from './migrate.js';
+import { ensureDatabase, loadMigrations, migrate, sqlServer } from './migrate.js';
 
 describe('migration runner', () => {
   const url = scratchDatabaseUrl('ledgerline_migrate_test');
@@ -57,9 +57,20 @@ describe('migration runner', () => {
     assert.deepEqual(await tables(), []);
   });
 
+  it('runs a PostgreSQL-only file (*.postgresql.sql) on PostgreSQL, in its place in the order', async () => {
+    await writeFile(path.join(dir, '0003_tuning.postgresql.sql'), 'ALTER TABLE second ALTER COLUMN id SET STORAGE PLAIN;');
+    const migrations = await loadMigrations([dir]);
+    assert.deepEqual(migrations.map((m) => [m.name, m.postgresqlOnly]), [['0001_first.sql', false], ['0002_second.sql', false], ['0003_tuning.postgresql.sql', true]]);
+    assert.equal(await sqlServer(pool), 'postgresql');
+    assert.deepEqual((await migrate(pool, migrations)).applied, ['0001_first.sql', '0002_second.sql', '0003_tuning.postgresql.sql']);
+  });
+
   it('the project migrations apply cleanly to an empty database', async () => {
     const result = await migrate(pool, await loadMigrations());
     assert.ok(result.applied.length >= 1);
     assert.ok((await tables()).includes('transfers'));
+    // Outbox payloads stay uncompressed (0013): compressing rows deleted within a second cost a tenth of a batch.
+    const storage = await pool.query("SELECT attstorage FROM pg_attribute WHERE attrelid = 'outbox'::regclass AND attname = 'payload'");
+    assert.equal(storage.rows[0].attstorage, 'e');
   });
 });

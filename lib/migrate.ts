@@ -12,6 +12,9 @@ import { findDialectViolations } from './sql-dialect.js';
  * `schema_migrations`; running twice is a no-op, and a migration that fails leaves nothing behind. Each
  * service keeps its files in its own `migrations/` folder; names carry a global number (`0001_ledger.sql`)
  * so the order across services is explicit.
+ *
+ * A file named `*.postgresql.sql` holds physical tuning that only PostgreSQL understands (storage settings,
+ * no schema): on CockroachDB it is recorded as applied without running, so both keep the same history.
  */
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -22,6 +25,16 @@ export interface Migration {
   file: string;
   sql: string;
   checksum: string;
+  /** Run only on PostgreSQL (file name `*.postgresql.sql`). */
+  postgresqlOnly: boolean;
+}
+
+export type SqlServer = 'postgresql' | 'cockroachdb';
+
+/** Which server `pool` talks to: the two share the wire protocol and the SQL the project writes. */
+export async function sqlServer(pool: Pool): Promise<SqlServer> {
+  const r = await pool.query<{ version: string }>('SELECT version() AS version');
+  return /cockroachdb/i.test(r.rows[0]?.version ?? '') ? 'cockroachdb' : 'postgresql';
 }
 
 export async function loadMigrations(dirs: readonly string[] = MIGRATION_DIRS): Promise<Migration[]> {
@@ -37,7 +50,7 @@ export async function loadMigrations(dirs: readonly string[] = MIGRATION_DIRS): 
     for (const name of names.filter((n) => n.endsWith('.sql'))) {
       const file = path.join(dir, name);
       const sql = await readFile(file, 'utf8');
-      migrations.push({ name, file, sql, checksum: createHash('sha256').update(sql).digest('hex') });
+      migrations.push({ name, file, sql, checksum: createHash('sha256').update(sql).digest('hex'), postgresqlOnly: name.endsWith('.postgresql.sql') });
     }
   }
   migrations.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
@@ -67,6 +80,7 @@ export async function migrate(pool: Pool, migrations: readonly Migration[]): Pro
        applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
      )`,
   );
+  const server = await sqlServer(pool);
   const result: MigrateResult = { applied: [], alreadyApplied: [] };
   for (const m of migrations) {
     const outcome = await withTransaction(pool, async (client) => {
@@ -78,7 +92,7 @@ export async function migrate(pool: Pool, migrations: readonly Migration[]): Pro
         }
         return 'already' as const;
       }
-      await client.query(m.sql);
+      if (server === 'postgresql' || !m.postgresqlOnly) await client.query(m.sql);
       await client.query('INSERT INTO schema_migrations (name, checksum) VALUES ($1, $2)', [m.name, m.checksum]);
       return 'applied' as const;
     });
