@@ -193,6 +193,37 @@ export async function findExistingTransferIds(db: Queryable, ids: readonly strin
   return r.rows.map((row) => row.id as string);
 }
 
+/**
+ * One data-modifying statement: each table's rows are a CTE of their own (PostgreSQL and CockroachDB both run
+ * every such CTE to completion), so a batch's writes cost one round trip instead of one per table. The text
+ * depends on which parts a batch has, never on their values (those are all parameters): its prepared-statement
+ * name says which parts, so one name is one text.
+ */
+class CombinedWrite {
+  private readonly parts: string[] = [];
+  private readonly ctes: string[] = [];
+  readonly values: unknown[] = [];
+
+  /** A placeholder for `value`, cast to `type`. */
+  param(value: unknown, type: string): string {
+    this.values.push(value);
+    return `$${this.values.length}::${type}`;
+  }
+
+  add(part: string, sql: string): void {
+    this.parts.push(part);
+    this.ctes.push(`${part} AS (${sql})`);
+  }
+
+  has(part: string): boolean {
+    return this.parts.includes(part);
+  }
+
+  query(select: string): { name: string; text: string; values: unknown[] } {
+    return { name: `write-batch:${this.parts.join('+')}`, text: `WITH ${this.ctes.join(',\n')}\n${select}`, values: this.values };
+  }
+}
+
 export async function writeBatchEffects(
   db: PoolClient,
   shard: number,
@@ -202,93 +233,98 @@ export async function writeBatchEffects(
   outbox: { batchId: string; parts: readonly Uint8Array[]; traceparent: string },
 ): Promise<void> {
   const { newAccounts, newTransfers, balanceDeltas, newPendings, resolvedPendings, history } = effects;
+  // A blind change larger than the soft limit could overflow the slot in SQL itself: read those in full first.
+  const large = balanceDeltas
+    .filter((d) => state.partialAccounts?.has(d.accountId) && [d.debitsPending, d.debitsPosted, d.creditsPending, d.creditsPosted].some((v) => v > SLOT_SOFT_LIMIT || v < -SLOT_SOFT_LIMIT))
+    .map((d) => d.accountId);
+  if (large.length > 0) throw new BatchNeedsRerun([], large);
+
+  const write = new CombinedWrite();
+  const column = (values: readonly (string | number | bigint | null)[], type: string) => write.param(sqlArray(values), `${type}[]`);
   if (newAccounts.length > 0) {
-    await db.query({
-      name: 'insert-accounts',
-      text: `INSERT INTO accounts (id, ledger, code, flags, metadata, "timestamp")
-             SELECT * FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::int4[], $5::jsonb[], $6::int8[])`,
-      values: [
-        sqlArray(newAccounts.map((a) => a.id)),
-        sqlArray(newAccounts.map((a) => a.ledger)),
-        sqlArray(newAccounts.map((a) => a.code)),
-        sqlArray(newAccounts.map((a) => a.flags)),
-        newAccounts.map((a) => jsonOrEmpty(a.metadata)),
-        sqlArray(newAccounts.map((a) => a.timestamp)),
-      ],
-    });
+    write.add(
+      'accounts',
+      `INSERT INTO accounts (id, ledger, code, flags, metadata, "timestamp")
+       SELECT * FROM unnest(${column(newAccounts.map((a) => a.id), 'uuid')}, ${column(newAccounts.map((a) => a.ledger), 'int8')}, ${column(newAccounts.map((a) => a.code), 'int8')},
+                            ${column(newAccounts.map((a) => a.flags), 'int4')}, ${write.param(newAccounts.map((a) => jsonOrEmpty(a.metadata)), 'jsonb[]')}, ${column(newAccounts.map((a) => a.timestamp), 'int8')})`,
+    );
   }
   if (newTransfers.length > 0) {
     // A plain INSERT: ON CONFLICT would probe the primary key as a read, and under PostgreSQL's SERIALIZABLE
     // those page-level read locks make concurrent batches conflict. A duplicate id raises 23505 instead, and
     // executeBatch reruns the batch looking all its ids up first.
-    await db.query({
-      name: 'insert-transfers',
-      text: `INSERT INTO transfers (${TRANSFER_COLUMNS}, shard)
-             SELECT *, $12::int4 FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::int8[], $5::uuid[], $6::int8[], $7::int8[], $8::int4[], $9::int8[], $10::jsonb[], $11::int8[])`,
-      values: [
-        sqlArray(newTransfers.map((t) => t.id)),
-        sqlArray(newTransfers.map((t) => t.debitAccountId)),
-        sqlArray(newTransfers.map((t) => t.creditAccountId)),
-        sqlArray(newTransfers.map((t) => t.amount)),
-        sqlArray(newTransfers.map((t) => (t.pendingId === '' ? null : t.pendingId))),
-        sqlArray(newTransfers.map((t) => t.ledger)),
-        sqlArray(newTransfers.map((t) => t.code)),
-        sqlArray(newTransfers.map((t) => t.flags)),
-        sqlArray(newTransfers.map((t) => t.timeout)),
-        newTransfers.map((t) => jsonOrEmpty(t.metadata)),
-        sqlArray(newTransfers.map((t) => t.timestamp)),
-        shard,
-      ],
-    });
+    write.add(
+      'transfers',
+      `INSERT INTO transfers (${TRANSFER_COLUMNS}, shard)
+       SELECT *, ${write.param(shard, 'int4')} FROM unnest(
+         ${column(newTransfers.map((t) => t.id), 'uuid')}, ${column(newTransfers.map((t) => t.debitAccountId), 'uuid')}, ${column(newTransfers.map((t) => t.creditAccountId), 'uuid')},
+         ${column(newTransfers.map((t) => t.amount), 'int8')}, ${column(newTransfers.map((t) => (t.pendingId === '' ? null : t.pendingId)), 'uuid')}, ${column(newTransfers.map((t) => t.ledger), 'int8')},
+         ${column(newTransfers.map((t) => t.code), 'int8')}, ${column(newTransfers.map((t) => t.flags), 'int4')}, ${column(newTransfers.map((t) => t.timeout), 'int8')},
+         ${write.param(newTransfers.map((t) => jsonOrEmpty(t.metadata)), 'jsonb[]')}, ${column(newTransfers.map((t) => t.timestamp), 'int8')})`,
+    );
   }
   if (balanceDeltas.length > 0) {
-    // A blind change larger than the soft limit could overflow the slot in SQL itself: read those in full first.
-    const large = balanceDeltas
-      .filter((d) => state.partialAccounts?.has(d.accountId) && [d.debitsPending, d.debitsPosted, d.creditsPending, d.creditsPosted].some((v) => v > SLOT_SOFT_LIMIT || v < -SLOT_SOFT_LIMIT))
-      .map((d) => d.accountId);
-    if (large.length > 0) throw new BatchNeedsRerun([], large);
-    // Only slots past the soft limit come back: returning all of them cost a row per account to send and parse.
-    const slots = await db.query({
-      name: 'add-to-slots',
-      text: `WITH changed AS (
-               INSERT INTO account_balance_slots AS s (account_id, shard, debits_pending, debits_posted, credits_pending, credits_posted)
-               SELECT v.id, $6::int4, v.dp, v.dpo, v.cp, v.cpo FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::int8[], $5::int8[]) AS v(id, dp, dpo, cp, cpo)
-               ON CONFLICT (shard, account_id) DO UPDATE SET
-                 debits_pending = s.debits_pending + excluded.debits_pending,
-                 debits_posted = s.debits_posted + excluded.debits_posted,
-                 credits_pending = s.credits_pending + excluded.credits_pending,
-                 credits_posted = s.credits_posted + excluded.credits_posted
-               RETURNING account_id, debits_pending, debits_posted, credits_pending, credits_posted)
-             SELECT account_id FROM changed
-             WHERE debits_pending NOT BETWEEN -$7::int8 AND $7::int8 OR debits_posted NOT BETWEEN -$7::int8 AND $7::int8
-                OR credits_pending NOT BETWEEN -$7::int8 AND $7::int8 OR credits_posted NOT BETWEEN -$7::int8 AND $7::int8`,
-      values: [
-        sqlArray(balanceDeltas.map((d) => d.accountId)),
-        sqlArray(balanceDeltas.map((d) => d.debitsPending)),
-        sqlArray(balanceDeltas.map((d) => d.debitsPosted)),
-        sqlArray(balanceDeltas.map((d) => d.creditsPending)),
-        sqlArray(balanceDeltas.map((d) => d.creditsPosted)),
-        shard,
-        SLOT_SOFT_LIMIT,
-      ],
-    });
-    // Past the soft limit an account is wide: read in full by every later batch. One changed blind must be
-    // re-evaluated now (rerun); one read in full is just marked.
-    const beyondSoftLimit = slots.rows.map((r) => r.account_id as string);
-    const changedBlind = beyondSoftLimit.filter((accountId) => state.partialAccounts?.has(accountId));
-    if (changedBlind.length > 0) throw new BatchNeedsRerun([], changedBlind);
-    if (beyondSoftLimit.length > 0) {
-      await db.query({ name: 'mark-wide', text: 'UPDATE accounts SET wide = true WHERE id = ANY($1::uuid[]) AND NOT wide', values: [beyondSoftLimit] });
-    }
+    // Only slots past the soft limit come back (the final SELECT): returning all cost a row per account.
+    write.add(
+      'slots',
+      `INSERT INTO account_balance_slots AS s (account_id, shard, debits_pending, debits_posted, credits_pending, credits_posted)
+       SELECT v.id, ${write.param(shard, 'int4')}, v.dp, v.dpo, v.cp, v.cpo FROM unnest(
+         ${column(balanceDeltas.map((d) => d.accountId), 'uuid')}, ${column(balanceDeltas.map((d) => d.debitsPending), 'int8')}, ${column(balanceDeltas.map((d) => d.debitsPosted), 'int8')},
+         ${column(balanceDeltas.map((d) => d.creditsPending), 'int8')}, ${column(balanceDeltas.map((d) => d.creditsPosted), 'int8')}) AS v(id, dp, dpo, cp, cpo)
+       ON CONFLICT (shard, account_id) DO UPDATE SET
+         debits_pending = s.debits_pending + excluded.debits_pending,
+         debits_posted = s.debits_posted + excluded.debits_posted,
+         credits_pending = s.credits_pending + excluded.credits_pending,
+         credits_posted = s.credits_posted + excluded.credits_posted
+       RETURNING account_id, debits_pending, debits_posted, credits_pending, credits_posted`,
+    );
   }
   if (newPendings.length > 0) {
-    await db.query({
-      name: 'insert-pendings',
-      text: `INSERT INTO pending_transfers (${PENDING_COLUMNS})
-             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::int8[], $5::int8[], $6::int8[], $7::int8[], $8::int2[], $9::int4[], $10::uuid[], $11::int8[])`,
-      values: pendingColumns(newPendings),
-    });
+    write.add(
+      'pendings',
+      `INSERT INTO pending_transfers (${PENDING_COLUMNS})
+       SELECT * FROM unnest(${column(newPendings.map((p) => p.id), 'uuid')}, ${column(newPendings.map((p) => p.debitAccountId), 'uuid')}, ${column(newPendings.map((p) => p.creditAccountId), 'uuid')},
+         ${column(newPendings.map((p) => p.amount), 'int8')}, ${column(newPendings.map((p) => p.ledger), 'int8')}, ${column(newPendings.map((p) => p.code), 'int8')},
+         ${column(newPendings.map((p) => p.expiresAt), 'int8')}, ${column(newPendings.map((p) => p.state), 'int2')}, ${column(newPendings.map((p) => p.shard), 'int4')},
+         ${column(newPendings.map((p) => p.resolvedBy || null), 'uuid')}, ${column(newPendings.map((p) => p.resolvedAt), 'int8')})`,
+    );
   }
+  if (history.length > 0) {
+    write.add(
+      'history',
+      `INSERT INTO account_balances (account_id, "timestamp", transfer_id, debits_pending, debits_posted, credits_pending, credits_posted)
+       SELECT * FROM unnest(${column(history.map((h) => h.accountId), 'uuid')}, ${column(history.map((h) => h.timestamp), 'int8')}, ${column(history.map((h) => h.transferId), 'uuid')},
+         ${column(history.map((h) => h.debitsPending), 'int8')}, ${column(history.map((h) => h.debitsPosted), 'int8')}, ${column(history.map((h) => h.creditsPending), 'int8')},
+         ${column(history.map((h) => h.creditsPosted), 'int8')})`,
+    );
+  }
+  let lastSequence = clock.lastSequence;
+  if (outbox.parts.length > 0) {
+    // One row per part of at most EVENTS_PER_MESSAGE events; payloads go as binary parameters (8,190 events: 4).
+    const rows = outbox.parts.map((payload, part) => {
+      lastSequence += 1n;
+      const events = Math.min(EVENTS_PER_MESSAGE, effects.events.length - part * EVENTS_PER_MESSAGE);
+      const bytes = Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength);
+      return `(${write.param(shard, 'int4')}, ${write.param(lastSequence, 'int8')}, ${write.param(outbox.batchId, 'uuid')}, ${part}, ${write.param(events, 'int4')}, ${write.param(bytes, 'bytea')}, ${write.param(outbox.traceparent, 'text')})`;
+    });
+    write.add(`outbox${outbox.parts.length}`, `INSERT INTO outbox (shard, sequence, batch_id, part, event_count, payload, traceparent) VALUES ${rows.join(', ')}`);
+  }
+  write.add('clock', `UPDATE ledger_shards SET last_timestamp = ${write.param(effects.lastTimestamp, 'int8')}, last_sequence = ${write.param(lastSequence, 'int8')} WHERE shard = ${write.param(shard, 'int4')}`);
+  const beyondLimit = write.has('slots')
+    ? `SELECT account_id FROM slots WHERE debits_pending NOT BETWEEN -$L AND $L OR debits_posted NOT BETWEEN -$L AND $L OR credits_pending NOT BETWEEN -$L AND $L OR credits_posted NOT BETWEEN -$L AND $L`.replaceAll('$L', write.param(SLOT_SOFT_LIMIT, 'int8'))
+    : 'SELECT NULL::uuid AS account_id WHERE false';
+  const written = await db.query(write.query(beyondLimit));
+
+  // Past the soft limit an account is wide: read in full by every later batch. One changed blind must be
+  // re-evaluated now (rerun); one read in full is just marked.
+  const beyondSoftLimit = written.rows.map((r) => r.account_id as string);
+  const changedBlind = beyondSoftLimit.filter((accountId) => state.partialAccounts?.has(accountId));
+  if (changedBlind.length > 0) throw new BatchNeedsRerun([], changedBlind);
+  if (beyondSoftLimit.length > 0) {
+    await db.query({ name: 'mark-wide', text: 'UPDATE accounts SET wide = true WHERE id = ANY($1::uuid[]) AND NOT wide', values: [beyondSoftLimit] });
+  }
+  // Not in the combined statement: it changes pending_transfers, which a CTE above may insert into, and
+  // CockroachDB refuses two changes of one table in one statement.
   if (resolvedPendings.length > 0) {
     const resolved = await db.query({
       name: 'resolve-pendings',
@@ -304,58 +340,6 @@ export async function writeBatchEffects(
     });
     invariant(resolved.rowCount === resolvedPendings.length, 'a pending transfer left the pending state twice');
   }
-  if (history.length > 0) {
-    await db.query({
-      name: 'insert-history',
-      text: `INSERT INTO account_balances (account_id, "timestamp", transfer_id, debits_pending, debits_posted, credits_pending, credits_posted)
-             SELECT * FROM unnest($1::uuid[], $2::int8[], $3::uuid[], $4::int8[], $5::int8[], $6::int8[], $7::int8[])`,
-      values: [
-        sqlArray(history.map((h) => h.accountId)),
-        sqlArray(history.map((h) => h.timestamp)),
-        sqlArray(history.map((h) => h.transferId)),
-        sqlArray(history.map((h) => h.debitsPending)),
-        sqlArray(history.map((h) => h.debitsPosted)),
-        sqlArray(history.map((h) => h.creditsPending)),
-        sqlArray(history.map((h) => h.creditsPosted)),
-      ],
-    });
-  }
-  let lastSequence = clock.lastSequence;
-  if (outbox.parts.length > 0) {
-    const first = lastSequence + 1n;
-    lastSequence += BigInt(outbox.parts.length);
-    const counts = outbox.parts.map((_, i) => Math.min(EVENTS_PER_MESSAGE, effects.events.length - i * EVENTS_PER_MESSAGE));
-    // One row per part: bytea parameters go binary, one per statement, so parts are few (8,190 events: 4).
-    for (let part = 0; part < outbox.parts.length; part++) {
-      const payload = outbox.parts[part]!;
-      await db.query({
-        name: 'insert-outbox',
-        text: 'INSERT INTO outbox (shard, sequence, batch_id, part, event_count, payload, traceparent) VALUES ($1, $2, $3, $4, $5, $6, $7)',
-        values: [shard, first + BigInt(part), outbox.batchId, part, counts[part], Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength), outbox.traceparent],
-      });
-    }
-  }
-  await db.query({
-    name: 'advance-shard',
-    text: 'UPDATE ledger_shards SET last_timestamp = $2, last_sequence = $3 WHERE shard = $1',
-    values: [shard, effects.lastTimestamp, lastSequence],
-  });
-}
-
-function pendingColumns(rows: readonly PendingRow[]): unknown[] {
-  return [
-    sqlArray(rows.map((p) => p.id)),
-    sqlArray(rows.map((p) => p.debitAccountId)),
-    sqlArray(rows.map((p) => p.creditAccountId)),
-    sqlArray(rows.map((p) => p.amount)),
-    sqlArray(rows.map((p) => p.ledger)),
-    sqlArray(rows.map((p) => p.code)),
-    sqlArray(rows.map((p) => p.expiresAt)),
-    sqlArray(rows.map((p) => p.state)),
-    sqlArray(rows.map((p) => p.shard)),
-    sqlArray(rows.map((p) => p.resolvedBy || null)),
-    sqlArray(rows.map((p) => p.resolvedAt)),
-  ];
 }
 
 /** Most events carry no metadata; the literal avoids a JSON.stringify per row. */
