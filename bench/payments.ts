@@ -33,13 +33,16 @@ interface Row {
   total: number;
 }
 
+/** BENCH_PROFILE=1: only the default stack, every service writing CPU profiles (main thread and workers) to /tmp/prof. */
+const PROFILE = process.env['BENCH_PROFILE'] ? ['--cpu-prof', '--cpu-prof-dir=/tmp/prof'] : [];
+
 async function startStack(ledgerEnv: Record<string, string>, everyService: Record<string, string> = {}): Promise<{ url: string; stop(): Promise<void> }> {
   const common = { DATABASE_URL: config.DATABASE_URL, LOG_LEVEL: 'warn', METRICS_PORT: '0', ...STREAM, ...everyService };
   const started: ServiceProcess[] = [];
   try {
-    const risk = await spawnService('risk/main.ts', { ...common, RISK_RULES_VELOCITY_MAX: '1000000' });
+    const risk = await spawnService('risk/main.ts', { ...common, RISK_RULES_VELOCITY_MAX: '1000000' }, PROFILE);
     started.push(risk);
-    const ledger = await spawnService('ledger/main.ts', { ...common, RISK_GRPC_TARGET: risk.target, ...ledgerEnv }, process.env['BENCH_PROFILE'] ? ['--cpu-prof', '--cpu-prof-dir=/tmp/prof'] : []);
+    const ledger = await spawnService('ledger/main.ts', { ...common, RISK_GRPC_TARGET: risk.target, ...ledgerEnv }, PROFILE);
     started.push(ledger);
     const gateway = await spawnService('gateway/main.ts', {
       ...common,
@@ -48,7 +51,7 @@ async function startStack(ledgerEnv: Record<string, string>, everyService: Recor
       GATEWAY_RATE_LIMIT_PER_SECOND: '1000000',
       GATEWAY_RATE_LIMIT_BURST: '1000000',
       GATEWAY_MAX_IN_FLIGHT: String(Math.max(256, CONNECTIONS)),
-    });
+    }, PROFILE);
     started.push(gateway);
     return { url: `http://${gateway.target}`, stop: () => stopAll(started) };
   } catch (error) {
@@ -113,6 +116,12 @@ async function measure(scenario: string, ledgerEnv: Record<string, string>, ever
 
 async function main(): Promise<void> {
   console.log(`bench payments: ${os.cpus().length} cores, ${SECONDS} s per run, ${CONNECTIONS} connections, POST /v1/payments (automatic capture)`);
+  if (PROFILE.length > 0) {
+    // Profiling slows every service: only the default stack, no comparison, no results file.
+    await measure('ledger batching (default settings), profiled', {});
+    await deleteStream(config, STREAM.EVENTS_STREAM);
+    return;
+  }
   const rows: Row[] = [];
   // An OTLP/HTTP receiver that reads and drops what it gets: the collector's side is not the services' cost.
   let spanBytes = 0;

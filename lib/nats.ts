@@ -22,6 +22,9 @@ export async function connectNats(config: Pick<Config, 'NATS_URL'>, options: Nat
       reconnectJitter: 250,
       waitOnFirstConnect: options.waitOnFirstConnect ?? false,
       timeout: 5_000,
+      // Without it every request (each JetStream publish of the outbox relay) captures two or three stack traces
+      // up front, in case it fails: measured at about 2% of the ledger's main thread under the payments benchmark.
+      noAsyncTraces: true,
     });
   } catch (error) {
     throw new UnavailableError('nats_unavailable', `NATS unavailable at ${config.NATS_URL}`, 1, { cause: error });

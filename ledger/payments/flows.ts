@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { status, type ServiceError } from '@grpc/grpc-js';
 import { currencyOf, type Currency } from '../../lib/currency.js';
 import { isUniqueViolation, withTransaction, type Pool } from '../../lib/db.js';
 import { Coalescer } from '../../lib/coalesce.js';
@@ -465,7 +466,11 @@ export class PaymentFlows {
     } catch (error) {
       // No answer in time (or the scorer failed): the configured policy decides, and the payment records it.
       const failOpen = input.amount < this.settings.riskFailOpenBelowAmount;
-      this.logger.warn({ err: error, paymentId, failOpen }, 'risk score unavailable');
+      // A gRPC status (deadline, unavailable) is an expected condition with nothing to debug in its stack, and
+      // under overload it is every payment: logged by code and message only.
+      const code = (error as Partial<ServiceError>).code;
+      const cause = typeof code === 'number' ? { grpcCode: status[code], reason: (error as ServiceError).details } : { err: error };
+      this.logger.warn({ ...cause, paymentId, failOpen }, 'risk score unavailable');
       return { outcome: failOpen ? 'fail_open' : 'fail_closed', scorePpm: 0, decision: failOpen ? 'approve' : 'decline', reasons: ['risk_unavailable'], modelVersion: '' };
     }
   }
