@@ -46,6 +46,7 @@ bench: proto services
 	DATABASE_URL=$${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/ledgerline_bench} LOG_LEVEL=warn tsx bench/run.ts
 	DATABASE_URL=$${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/ledgerline_bench} LOG_LEVEL=warn tsx bench/payments.ts
 	DATABASE_URL=$${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/ledgerline_bench} LOG_LEVEL=warn tsx bench/risk.ts
+	DATABASE_URL=$${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/ledgerline_bench} LOG_LEVEL=warn tsx bench/batch.ts
 
 # The failure promises under faults, for minutes (outside CI; the short version runs in `make test`).
 chaos: proto services
