@@ -164,10 +164,10 @@ async function main(): Promise<void> {
   console.log(`bench: ${os.cpus().length} cores, ${SECONDS} s per run, ${ACCOUNTS} accounts, database ${new URL(config.DATABASE_URL).pathname}`);
   // The relay runs as in production, on a stream of the benchmark's own that is deleted at the end.
   const benchStream = { EVENTS_STREAM: 'BENCH_EVENTS', EVENTS_SUBJECT_PREFIX: 'bench', EVENTS_MAX_BYTES: String(2 * 1024 ** 3) };
-  const ledger = await spawnLedger({ DATABASE_URL: config.DATABASE_URL, LOG_LEVEL: 'warn', METRICS_PORT: '0', ...benchStream }, PROFILE);
+  const ledger = await spawnLedger({ DATABASE_URL: config.DATABASE_URL, LOG_LEVEL: 'warn', METRICS_PORT: process.env['BENCH_LEDGER_METRICS_PORT'] ?? '0', ...benchStream }, PROFILE);
   // The ledger inherits this environment: with GRPC_TLS_* set, the benchmark measures mutual TLS.
   const direct = new LedgerClient(ledger.target, { autoBatch: false, credentials: channelCredentials(config) });
-  const batching = new LedgerClient(ledger.target, { autoBatch: true, credentials: channelCredentials(config) });
+  const batching = new LedgerClient(ledger.target, { autoBatch: true, credentials: channelCredentials(config), maxInFlight: Number(process.env['BENCH_CLIENT_IN_FLIGHT'] ?? 4) });
   try {
     const all = [...accounts, hot];
     for (let i = 0; i < all.length; i += 8190) {
