@@ -149,11 +149,6 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
       throw new UnavailableError('overloaded', 'The service is overloaded: retry after the delay in Retry-After', 1);
     }
   });
-  // The reply was produced (or written): the handler is done, whether or not the client is still there.
-  app.addHook('onSend', async (request, _reply, payload) => {
-    if (request.raw.destroyed) await finish(request);
-    return payload;
-  });
   app.addHook('onResponse', finish);
 
   app.addHook('onRequest', async (request) => {
@@ -190,8 +185,20 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
     request.idempotency = null;
     const body = typeof payload === 'string' ? payload : Buffer.isBuffer(payload) ? payload.toString('utf8') : JSON.stringify(payload ?? null);
     // Retryable outcomes are not kept: the retry must run again. Everything else is the answer for good.
-    if (reply.statusCode >= 500 || reply.statusCode === 429) await idempotency.release(held.scope, held.key);
-    else await idempotency.complete(held.scope, held.key, reply.statusCode, held.sealedFor ? seal(body, held.sealedFor, held.key) : body);
+    try {
+      if (reply.statusCode >= 500 || reply.statusCode === 429) await idempotency.release(held.scope, held.key);
+      else await idempotency.complete(held.scope, held.key, reply.statusCode, held.sealedFor ? seal(body, held.sealedFor, held.key) : body);
+    } catch (error) {
+      // The hooks after this one do not run: a request whose client is gone would never be finished.
+      if (request.raw.destroyed) await finish(request);
+      throw error;
+    }
+    return payload;
+  });
+  // A request whose client went away gets no onResponse: it is finished when its reply is produced, after the
+  // hook above has stored its Idempotency-Key answer (shutdown waits for this before closing the pool).
+  app.addHook('onSend', async (request, _reply, payload) => {
+    if (request.raw.destroyed) await finish(request);
     return payload;
   });
 

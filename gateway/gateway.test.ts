@@ -3,7 +3,8 @@ import { randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'mocha';
 import { ADMIN_KEY, Api, expectError, startTestGateway, startTestStack, type TestStack } from '../test/gateway-harness.js';
 import { freePort } from '../test/ledger-process.js';
-import { createServer, type AddressInfo } from 'node:net';
+import { connect, createServer, type AddressInfo } from 'node:net';
+import type { Pool } from '../lib/db.js';
 
 describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, PostgreSQL)', function () {
   this.timeout(60_000);
@@ -258,6 +259,39 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       const refused = await api.post('/v1/payments', keyA, { ...body, amount: 5_000 }, errorKey);
       assert.equal(refused.status, 402);
       assert.equal((await api.post('/v1/payments', keyA, { ...body, amount: 5_000 }, errorKey)).text, refused.text);
+    });
+
+    it('shutdown stores the answer of a request whose client went away before the pool closes (a retry replays it)', async () => {
+      // The key's record and its answer are each held back 300 ms, so that the client is gone before the
+      // answer exists and the answer is still being written when shutdown starts.
+      const slowed = new Set(['gw-idem-insert-many', 'gw-idem-done-many']);
+      const wrapPool = (pool: Pool): Pool =>
+        new Proxy(pool, {
+          get(target, property) {
+            if (property !== 'query') return Reflect.get(target, property, target);
+            return async (query: { name?: string }, ...rest: unknown[]) => {
+              if (slowed.has(query?.name ?? '')) await new Promise((resolve) => setTimeout(resolve, 300));
+              return (target.query as (...args: unknown[]) => Promise<unknown>)(query, ...rest);
+            };
+          },
+        });
+      const gateway = await startTestGateway(stack.ledger.app.address, {}, { wrapPool });
+      const key = randomUUID();
+      const body = JSON.stringify({ currency: 'USD' });
+      const socket = connect(Number(new URL(gateway.url).port), '127.0.0.1');
+      await new Promise((resolve) => socket.once('connect', resolve));
+      socket.write(
+        `POST /v1/accounts HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer ${keyA}\r\nIdempotency-Key: ${key}\r\n` +
+          `Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+      );
+      await new Promise((resolve) => setTimeout(resolve, 100)); // the request waits for its key record
+      socket.destroy();
+      await gateway.close();
+      const stored = await stack.pool.query('SELECT state, status FROM idempotency_keys WHERE key = $1', [key]);
+      assert.deepEqual(stored.rows, [{ state: 'done', status: 201 }], 'the answer was stored before the pool closed');
+      const replay = await api.post('/v1/accounts', keyA, { currency: 'USD' }, key);
+      assert.equal(replay.status, 201);
+      assert.equal(replay.headers.get('idempotent-replayed'), 'true');
     });
 
     it('a request while the first with the same key is in flight is 409', async () => {

@@ -5,7 +5,7 @@ import { Ajv2020 } from 'ajv/dist/2020.js';
 import addFormats from 'ajv-formats';
 import type { Config } from '../lib/config.js';
 import { createLogger, type Logger } from '../lib/logger.js';
-import { buildGateway, type Gateway } from '../gateway/app.js';
+import { InFlight, buildGateway, type Gateway } from '../gateway/app.js';
 import { Backends } from '../gateway/backends.js';
 import { startRisk, type RiskApp } from '../risk/app.js';
 import { startSettlement, type SettlementApp } from '../settlement/app.js';
@@ -32,21 +32,31 @@ export interface TestGateway {
 }
 
 /** A gateway on an ephemeral port in this process, against `ledgerTarget`. */
-export async function startTestGateway(ledgerTarget: string, env: Record<string, string> = {}, logger?: Logger): Promise<TestGateway> {
+export interface TestGatewayOptions {
+  logger?: Logger;
+  /** Wraps the gateway's database pool (a test slows some statements down with it). */
+  wrapPool?: (pool: Pool) => Pool;
+}
+
+export async function startTestGateway(ledgerTarget: string, env: Record<string, string> = {}, options: TestGatewayOptions = {}): Promise<TestGateway> {
   const config: Config = testConfig({ LEDGER_GRPC_TARGET: ledgerTarget, ADMIN_API_KEY: ADMIN_KEY, GATEWAY_GRPC_DEADLINE_MS: '5000', GATEWAY_AUTH_CACHE_MS: '0', ...env });
-  const pool = testPool(config);
+  const raw = testPool(config);
+  const pool = options.wrapPool?.(raw) ?? raw;
   const backends = new Backends(config);
-  const app = await buildGateway({ config, pool, backends, logger: logger ?? createLogger('gateway-test', process.env['GATEWAY_TEST_LOG'] ?? 'error') });
+  const inFlight = new InFlight();
+  const app = await buildGateway({ config, pool, backends, inFlight, logger: options.logger ?? createLogger('gateway-test', process.env['GATEWAY_TEST_LOG'] ?? 'error') });
   await app.listen({ port: 0, host: '127.0.0.1' });
   const { port } = app.server.address() as AddressInfo;
   return {
     url: `http://127.0.0.1:${port}`,
     app,
     backends,
+    // As gateway/main.ts closes: stop listening, let the handlers finish, then close what they use.
     async close() {
       await app.close();
+      await inFlight.drained();
       backends.close();
-      await pool.end();
+      await raw.end();
     },
   };
 }
@@ -81,7 +91,8 @@ export async function startTestStack(options: TestStackOptions = {}): Promise<Te
   const ledger = await startTestLedger({ RISK_GRPC_TARGET: risk.address, RISK_DEADLINE_MS: '2000', ...relay }, {}, options.logger?.('ledger-test'));
   const settlementConfig = testConfig({ ...events, SETTLEMENT_GRPC_LISTEN: '127.0.0.1:0', LEDGER_GRPC_TARGET: ledger.app.address, SETTLEMENT_CONSUMER: `stack-${suffix}`, METRICS_PORT: '0' });
   const settlement = await startSettlement(settlementConfig, logger('settlement-test'));
-  const gateway = await startTestGateway(ledger.app.address, { SETTLEMENT_GRPC_TARGET: settlement.address }, options.logger?.('gateway-test'));
+  const gatewayLogger = options.logger?.('gateway-test');
+  const gateway = await startTestGateway(ledger.app.address, { SETTLEMENT_GRPC_TARGET: settlement.address }, gatewayLogger ? { logger: gatewayLogger } : {});
   const pool = testPool();
   return {
     risk,
