@@ -83,6 +83,8 @@ export class PaymentFlows {
   /** Ledger accounts known to exist (platform and merchant balance accounts are created on first use). */
   private readonly createdAccounts = new Set<string>();
   /** Concurrent payment creations are inserted together, one statement per event-loop turn. */
+  /** The merchant and any earlier payment of concurrent creations, read by one statement. */
+  private readonly lookups = new Coalescer((asked: { merchantId: string; paymentId: string }[]) => store.loadMerchantsWithPayments(this.pool, asked));
   private readonly inserts = new Coalescer((items: { payment: PaymentRow; op: OperationRow }[]) => store.insertPaymentsWithOperations(this.pool, items));
   /** Concurrent step completions are written together, one transaction per event-loop turn. */
   private readonly finishes = new Coalescer((steps: FinishStep[]) => this.finishMany(steps));
@@ -98,7 +100,7 @@ export class PaymentFlows {
   async createPayment(input: CreatePaymentInput): Promise<PaymentRow> {
     const currency = currencyOf(input.currency);
     const id = input.idempotencyKey ? derivedId(`payment:${input.merchantId}`, input.idempotencyKey) : randomUUID();
-    const { merchant, payment: existing } = await store.loadMerchantWithPayment(this.pool, input.merchantId, id);
+    const { merchant, payment: existing } = await this.lookups.add({ merchantId: input.merchantId, paymentId: id });
     if (!merchant) throw notFound('merchant', 'merchant_id');
     if (existing) return this.repeatCreate(existing, input);
     const sourceAccountId = await this.sourceAccount(input, currency);

@@ -79,17 +79,30 @@ function paymentFromRow(r: Record<string, unknown>): PaymentRow {
   };
 }
 
-/** The merchant and, if it exists and is this merchant's, the payment `paymentId`: one round trip. */
-export async function loadMerchantWithPayment(db: Queryable, merchantId: string, paymentId: string): Promise<{ merchant: Merchant | null; payment: PaymentRow | null }> {
+/**
+ * For each (merchant, payment id) asked: the merchant and, if it exists and is this merchant's, the payment.
+ * All in one round trip (concurrent payment creations ask together), answers in the order asked.
+ */
+export async function loadMerchantsWithPayments(
+  db: Queryable,
+  asked: readonly { merchantId: string; paymentId: string }[],
+): Promise<{ merchant: Merchant | null; payment: PaymentRow | null }[]> {
   const r = await db.query({
-    name: 'pay-merchant-payment',
-    text: `SELECT m.id AS merchant_key, m.fee_bps AS merchant_fee_bps, m.category AS merchant_category_now, p.* FROM merchants m
-           LEFT JOIN payments p ON p.id = $2 AND p.merchant_id = m.id WHERE m.id = $1`,
-    values: [merchantId, paymentId],
+    name: 'pay-merchants-payments',
+    text: `SELECT v.ord AS asked_index, m.id AS merchant_key, m.fee_bps AS merchant_fee_bps, m.category AS merchant_category_now, p.*
+           FROM unnest($1::uuid[], $2::uuid[]) WITH ORDINALITY AS v(merchant_id, payment_id, ord)
+           JOIN merchants m ON m.id = v.merchant_id
+           LEFT JOIN payments p ON p.id = v.payment_id AND p.merchant_id = m.id`,
+    values: [asked.map((a) => a.merchantId), asked.map((a) => a.paymentId)],
   });
-  const row = r.rows[0];
-  if (!row) return { merchant: null, payment: null };
-  return { merchant: { id: row.merchant_key, feeBps: row.merchant_fee_bps, category: row.merchant_category_now }, payment: row.id ? paymentFromRow(row) : null };
+  const answers: { merchant: Merchant | null; payment: PaymentRow | null }[] = asked.map(() => ({ merchant: null, payment: null }));
+  for (const row of r.rows) {
+    answers[Number(row.asked_index) - 1] = {
+      merchant: { id: row.merchant_key, feeBps: row.merchant_fee_bps, category: row.merchant_category_now },
+      payment: row.id ? paymentFromRow(row) : null,
+    };
+  }
+  return answers;
 }
 
 /** The payment if it belongs to `merchantId` (another merchant's payment is "not there"). */
