@@ -82,9 +82,9 @@ const conflict = (code: string, message: string, field?: string) => new AppError
 export class PaymentFlows {
   /** Ledger accounts known to exist (platform and merchant balance accounts are created on first use). */
   private readonly createdAccounts = new Set<string>();
-  /** Concurrent payment creations are inserted together, one statement per event-loop turn. */
-  /** The merchant and any earlier payment of concurrent creations, read by one statement. */
+  /** The merchant and any earlier payment of concurrent creations, read by one statement (ids validated before). */
   private readonly lookups = new Coalescer((asked: { merchantId: string; paymentId: string }[]) => store.loadMerchantsWithPayments(this.pool, asked));
+  /** Concurrent payment creations are inserted together, one statement per event-loop turn. */
   private readonly inserts = new Coalescer((items: { payment: PaymentRow; op: OperationRow }[]) => store.insertPaymentsWithOperations(this.pool, items));
   /** Concurrent step completions are written together, one transaction per event-loop turn. */
   private readonly finishes = new Coalescer((steps: FinishStep[]) => this.finishMany(steps));
