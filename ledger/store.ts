@@ -7,8 +7,9 @@ import { AccountFlag, MAX_BALANCE, TransferFlag, hasFlag, type AccountRow, type 
 /**
  * The ledger's SQL, in one place. A batch transaction: lock the shard row, lock the pending transfers it
  * resolves (id order, one statement), read accounts and the balances its rules need, evaluate in memory,
- * write with one multi-row statement per table (`unnest`), advance the shard clock. Balances live in per-shard
- * slots, so concurrent batches of different shards never write the same row. Runs on PostgreSQL and CockroachDB.
+ * then write every table's rows (`unnest`) and advance the shard clock in one statement (writeBatchEffects).
+ * Balances live in per-shard slots, so concurrent batches of different shards never write the same row. Runs
+ * on PostgreSQL and CockroachDB.
  */
 
 export interface ShardClock {
