@@ -265,11 +265,14 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       // The key's record and its answer are each held back 300 ms, so that the client is gone before the
       // answer exists and the answer is still being written when shutdown starts.
       const slowed = new Set(['gw-idem-insert-many', 'gw-idem-done-many']);
+      let keyRecordStarted!: () => void;
+      const recording = new Promise<void>((resolve) => (keyRecordStarted = resolve));
       const wrapPool = (pool: Pool): Pool =>
         new Proxy(pool, {
           get(target, property) {
             if (property !== 'query') return Reflect.get(target, property, target);
             return async (query: { name?: string }, ...rest: unknown[]) => {
+              if (query?.name === 'gw-idem-insert-many') keyRecordStarted();
               if (slowed.has(query?.name ?? '')) await new Promise((resolve) => setTimeout(resolve, 300));
               return (target.query as (...args: unknown[]) => Promise<unknown>)(query, ...rest);
             };
@@ -284,7 +287,7 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
         `POST /v1/accounts HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer ${keyA}\r\nIdempotency-Key: ${key}\r\n` +
           `Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
       );
-      await new Promise((resolve) => setTimeout(resolve, 100)); // the request waits for its key record
+      await recording; // the request is in its handler's hooks, waiting for its key record
       socket.destroy();
       await gateway.close();
       const stored = await stack.pool.query('SELECT state, status FROM idempotency_keys WHERE key = $1', [key]);
