@@ -15,7 +15,7 @@ import os from 'node:os';
 import autocannon from 'autocannon';
 import { loadConfig } from '../lib/config.js';
 import { deleteStream } from '../lib/streams.js';
-import { spawnService, type ServiceProcess } from '../test/ledger-process.js';
+import { cpuProfileArgs, spawnService, type ServiceProcess } from '../test/ledger-process.js';
 
 const SECONDS = Number(process.env['BENCH_PAYMENTS_SECONDS'] ?? 30);
 const CONNECTIONS = Number(process.env['BENCH_PAYMENTS_CONNECTIONS'] ?? 256);
@@ -34,7 +34,7 @@ interface Row {
 }
 
 /** BENCH_PROFILE=1: only the default stack, every service writing CPU profiles (main thread and workers) to /tmp/prof. */
-const PROFILE = process.env['BENCH_PROFILE'] ? ['--cpu-prof', '--cpu-prof-dir=/tmp/prof'] : [];
+const PROFILE = process.env['BENCH_PROFILE'] ? cpuProfileArgs() : [];
 
 async function startStack(ledgerEnv: Record<string, string>, everyService: Record<string, string> = {}): Promise<{ url: string; stop(): Promise<void> }> {
   const common = { DATABASE_URL: config.DATABASE_URL, LOG_LEVEL: 'warn', METRICS_PORT: '0', ...STREAM, ...everyService };

@@ -15,13 +15,13 @@ import { createPool, isSerializationFailure } from '../lib/db.js';
 import { deleteStream } from '../lib/streams.js';
 import { LedgerClient, newAccount, newTransfer } from '../ledger/client.js';
 import type { Transfer } from '../proto/gen/ledger/v1/ledger.js';
-import { spawnLedger } from '../test/ledger-process.js';
+import { cpuProfileArgs, spawnLedger } from '../test/ledger-process.js';
 
 const SECONDS = Number(process.env['BENCH_SECONDS'] ?? 6);
 /** BENCH_LEDGER_RUNS: only these ledger runs (e.g. `8190x4,1x256`), for profiling one; default all. */
 const LEDGER_RUNS = process.env['BENCH_LEDGER_RUNS']?.split(',') ?? ['1x32', '100x16', '8190x4', '1x256'];
 /** BENCH_PROFILE=1: the ledger process writes CPU profiles (main thread and workers) to /tmp/prof. */
-const PROFILE = process.env['BENCH_PROFILE'] ? ['--cpu-prof', '--cpu-prof-dir=/tmp/prof'] : [];
+const PROFILE = process.env['BENCH_PROFILE'] ? cpuProfileArgs() : [];
 const ACCOUNTS = 10_000;
 const LEDGER = 978;
 const config = loadConfig();

@@ -31,13 +31,13 @@ export interface TestGateway {
   close(): Promise<void>;
 }
 
-/** A gateway on an ephemeral port in this process, against `ledgerTarget`. */
 export interface TestGatewayOptions {
   logger?: Logger;
   /** Wraps the gateway's database pool (a test slows some statements down with it). */
   wrapPool?: (pool: Pool) => Pool;
 }
 
+/** A gateway on an ephemeral port in this process, against `ledgerTarget`. */
 export async function startTestGateway(ledgerTarget: string, env: Record<string, string> = {}, options: TestGatewayOptions = {}): Promise<TestGateway> {
   const config: Config = testConfig({ LEDGER_GRPC_TARGET: ledgerTarget, ADMIN_API_KEY: ADMIN_KEY, GATEWAY_GRPC_DEADLINE_MS: '5000', GATEWAY_AUTH_CACHE_MS: '0', ...env });
   const raw = testPool(config);

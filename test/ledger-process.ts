@@ -61,6 +61,11 @@ export async function spawnService(entry: keyof typeof LISTEN, env: Record<strin
 }
 
 /** Starts `ledger/main.ts` as its own process and waits until its port accepts connections. */
+/** Node arguments that make a spawned service write CPU profiles (main thread and workers) into `dir`. */
+export function cpuProfileArgs(dir = '/tmp/prof'): string[] {
+  return ['--cpu-prof', `--cpu-prof-dir=${dir}`];
+}
+
 export function spawnLedger(env: Record<string, string>, nodeArgs: string[] = []): Promise<LedgerProcess> {
   return spawnService('ledger/main.ts', env, nodeArgs);
 }
