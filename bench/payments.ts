@@ -107,7 +107,9 @@ async function measure(scenario: string, ledgerEnv: Record<string, string>, ever
     await drive(stack.url, key, 3); // warm-up: JIT, connection pools, platform accounts
     const r = await drive(stack.url, key, SECONDS);
     const row = { scenario, paymentsPerSecond: r['2xx'] / SECONDS, p50: r.latency.p50, p99: r.latency.p99, errors: r.errors + r.timeouts, non2xx: r.non2xx, total: r.requests.total };
-    console.log(`${scenario.padEnd(40)} ${Math.round(row.paymentsPerSecond).toString().padStart(6)} payments/s  p50 ${row.p50} ms  p99 ${row.p99} ms  errors ${row.errors}  non-2xx ${row.non2xx}`);
+    // Which statuses the non-2xx answers were (503 overloaded, 504 deadline, ...): a rate alone hides shedding.
+    const statuses = Object.entries(r.statusCodeStats ?? {}).filter(([code]) => !code.startsWith('2')).map(([code, s]) => `${code}: ${s.count}`).join(', ');
+    console.log(`${scenario.padEnd(40)} ${Math.round(row.paymentsPerSecond).toString().padStart(6)} payments/s  p50 ${row.p50} ms  p99 ${row.p99} ms  errors ${row.errors}  non-2xx ${row.non2xx}${statuses ? ` (${statuses})` : ''}`);
     return row;
   } finally {
     await stack.stop();

@@ -1,5 +1,5 @@
 import { Metadata, status, type CallOptions, type ServiceError, type ServerUnaryCall, type sendUnaryData } from '@grpc/grpc-js';
-import { context, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Histogram, type Meter, type TextMapGetter, type TextMapSetter } from '@opentelemetry/api';
+import { context, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Context, type Histogram, type Link, type Meter, type TextMapGetter, type TextMapSetter } from '@opentelemetry/api';
 import { asAppError } from './db.js';
 import { AppError, type ErrorKind } from './errors.js';
 import type { Logger } from './logger.js';
@@ -34,21 +34,56 @@ export const KIND_OF_STATUS: Partial<Record<status, ErrorKind>> = {
 };
 
 /**
- * A gRPC error received from another service of the project as the AppError it was thrown as there: kind from
- * the status, code and field from the metadata (x-error-field is percent-encoded), Retry-After kept.
+ * A failed call as the caller learns it: the status, its message, and the error's code, field and Retry-After.
+ * A status carries it in metadata (toServiceError); a batched call's outcome carries it as a message
+ * (payments.v1.CallError): the same fields either way.
  */
+export interface CallFailure {
+  status: status;
+  message: string;
+  code: string;
+  field: string;
+  /** 0: none. */
+  retryAfterSeconds: number;
+}
+
+/** What a call that threw `error` answers: an AppError's kind, code and field; anything else is internal. */
+export function callFailureOf(error: unknown): CallFailure {
+  if (!(error instanceof AppError)) return { status: status.INTERNAL, message: 'internal error', code: 'internal', field: '', retryAfterSeconds: 0 };
+  return {
+    status: STATUS_OF[error.kind],
+    // Internal messages can carry SQL or ids of other tenants: never sent to the caller.
+    message: error.kind === 'internal' ? 'internal error' : error.message,
+    code: error.code,
+    field: error.details.field ?? '',
+    retryAfterSeconds: error.details.retryAfterSeconds ?? 0,
+  };
+}
+
+/**
+ * A failure received from another service of the project as the AppError it was thrown as there: kind from the
+ * status, code and field as sent, Retry-After kept (1 s when a retryable status came without one).
+ */
+export function appErrorOf(failure: CallFailure, cause?: unknown): AppError {
+  const kind = KIND_OF_STATUS[failure.status] ?? 'internal';
+  const retryAfter = failure.retryAfterSeconds || (kind === 'unavailable' || kind === 'resource_exhausted' ? 1 : 0);
+  const code = failure.code || kind;
+  // An internal error's message stays on the server that logged it.
+  const message = kind === 'internal' ? 'internal error' : failure.message || code;
+  return new AppError(kind, code, message, { ...(failure.field ? { field: failure.field } : {}), ...(retryAfter ? { retryAfterSeconds: retryAfter } : {}) }, { cause });
+}
+
+/** A gRPC error received from another service as its AppError: code and field from the metadata (x-error-field is percent-encoded). */
 export function fromServiceError(error: ServiceError): AppError {
-  const kind = KIND_OF_STATUS[error.code] ?? 'internal';
   const first = (key: string) => {
     const value = error.metadata?.get(key)[0];
-    return value === undefined ? undefined : decodeURIComponent(String(value));
+    return value === undefined ? '' : decodeURIComponent(String(value));
   };
-  const field = first(ERROR_FIELD_KEY);
-  const retryAfter = Number(first(RETRY_AFTER_KEY) ?? (kind === 'unavailable' || kind === 'resource_exhausted' ? 1 : NaN));
-  const code = first(ERROR_CODE_KEY) ?? kind;
-  // An internal error's message stays on the server that logged it.
-  const message = kind === 'internal' ? 'internal error' : (error.details ?? code);
-  return new AppError(kind, code, message, { ...(field ? { field } : {}), ...(Number.isFinite(retryAfter) ? { retryAfterSeconds: retryAfter } : {}) }, { cause: error });
+  const retryAfter = Number(first(RETRY_AFTER_KEY));
+  return appErrorOf(
+    { status: error.code, message: error.details ?? '', code: first(ERROR_CODE_KEY), field: first(ERROR_FIELD_KEY), retryAfterSeconds: Number.isFinite(retryAfter) ? retryAfter : 0 },
+    error,
+  );
 }
 
 /** Error metadata keys: the problem code, the offending field and Retry-After, for the gateway to relay. */
@@ -66,31 +101,26 @@ export function headerSafe(value: string): string {
   return value.replace(/[^\x20-\x7e]|%/gu, (c) => encodeURIComponent(c));
 }
 
-export function toServiceError(error: unknown): Partial<ServiceError> {
+/** The status a failed call answers: `failure` in status and metadata, with the shard owner of a misrouted call. */
+function toServiceError(failure: CallFailure, error: unknown): Partial<ServiceError> {
   const metadata = new Metadata();
-  if (error instanceof AppError) {
-    metadata.set(ERROR_CODE_KEY, headerSafe(error.code));
-    if (error.details.field) metadata.set(ERROR_FIELD_KEY, headerSafe(error.details.field));
-    if (error.details.retryAfterSeconds !== undefined) metadata.set(RETRY_AFTER_KEY, String(error.details.retryAfterSeconds));
-    if (typeof error.details['owner'] === 'string') metadata.set(SHARD_OWNER_KEY, headerSafe(error.details['owner']));
-    // Internal messages can carry SQL or ids of other tenants: never sent to the caller.
-    const details = error.kind === 'internal' ? 'internal error' : error.message;
-    return { code: STATUS_OF[error.kind], details, metadata };
-  }
-  metadata.set(ERROR_CODE_KEY, 'internal');
-  return { code: status.INTERNAL, details: 'internal error', metadata };
+  metadata.set(ERROR_CODE_KEY, headerSafe(failure.code));
+  if (failure.field) metadata.set(ERROR_FIELD_KEY, headerSafe(failure.field));
+  if (failure.retryAfterSeconds) metadata.set(RETRY_AFTER_KEY, String(failure.retryAfterSeconds));
+  if (error instanceof AppError && typeof error.details['owner'] === 'string') metadata.set(SHARD_OWNER_KEY, headerSafe(error.details['owner']));
+  return { code: failure.status, details: failure.message, metadata };
 }
 
 /**
  * Handlers still running, in this process. A call the client cancelled (or whose deadline passed) is over for
  * grpc-js, but its handler goes on: shutdown must wait for those before closing the pool they use.
  */
-const running = new Set<Promise<unknown>>();
+const handlers = new Set<Promise<unknown>>();
 
 /** Waits until every handler started in this process has finished, or `timeoutMs`. */
 export async function drainHandlers(timeoutMs = 10_000): Promise<void> {
   let timer: NodeJS.Timeout | undefined;
-  await Promise.race([Promise.allSettled([...running]), new Promise<void>((resolve) => (timer = setTimeout(resolve, timeoutMs)))]);
+  await Promise.race([Promise.allSettled([...handlers]), new Promise<void>((resolve) => (timer = setTimeout(resolve, timeoutMs)))]);
   clearTimeout(timer);
 }
 
@@ -123,40 +153,60 @@ export function observeRpcServer(meter: Meter, services: readonly string[]): voi
  */
 export function unary<Req, Res>(logger: Logger, method: string, handler: (request: Req, call: ServerUnaryCall<Req, Res>) => Promise<Res>) {
   return (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>): void => {
-    const started = performance.now();
-    const path = call.getPath?.() ?? method;
+    const path = (call.getPath?.() ?? method).replace(/^\//, '');
     const parent = propagation.extract(ROOT_CONTEXT, call.metadata, metadataGetter);
-    const span = grpcTracer.startSpan(path.replace(/^\//, ''), { kind: SpanKind.SERVER, attributes: { 'rpc.system': 'grpc', 'rpc.method': method } }, parent);
-    const finish = (code: status) => {
-      span.setAttribute('rpc.grpc.status_code', code);
-      if (code !== status.OK) span.setStatus({ code: SpanStatusCode.ERROR, message: status[code] });
-      span.end();
-      serverDurations.get(path.split('/')[1] ?? '')?.record((performance.now() - started) / 1000, { method, code: status[code] });
-    };
-    const work = context.with(trace.setSpan(parent, span), () => handler(call.request, call));
-    running.add(work);
-    work.finally(() => running.delete(work)).catch(() => undefined);
-    work.then(
-      (response) => {
-        finish(status.OK);
-        callback(null, response);
-      },
-      (thrown: unknown) => {
-        const error = asAppError(thrown);
-        if (!(error instanceof AppError) || error.kind === 'internal') context.with(trace.setSpan(parent, span), () => logger.error({ err: error, method }, 'request failed'));
-        let reply: Partial<ServiceError>;
-        try {
-          reply = toServiceError(error);
-        } catch (mappingError) {
-          // Never leave a call unanswered (nor crash the server) because an error could not be described.
-          logger.error({ err: mappingError, method }, 'error could not be mapped to a status');
-          reply = { code: status.INTERNAL, details: 'internal error' };
-        }
-        finish(reply.code ?? status.UNKNOWN);
-        callback(reply);
-      },
-    );
+    void serveCall(logger, path, method, parent, [], () => handler(call.request, call)).then((outcome) => {
+      if ('response' in outcome) return callback(null, outcome.response);
+      callback(toServiceError(outcome.failure, outcome.error));
+    });
   };
+}
+
+/**
+ * Serves one call, or one item of a batched call (`path` e.g. `payments.v1.PaymentService/CreatePayment`):
+ * a SERVER span under `parent` (the caller's context) with `links`, active while `work` runs, a sample of
+ * rpc_server_duration_seconds, and a failure logged once if it is not the caller's (internal, or not an
+ * AppError). Never rejects: it answers the response, or the failure to send with the error it came from.
+ */
+export async function serveCall<Res>(
+  logger: Logger,
+  path: string,
+  method: string,
+  parent: Context,
+  links: Link[],
+  work: () => Promise<Res>,
+): Promise<{ response: Res } | { failure: CallFailure; error: unknown }> {
+  const started = performance.now();
+  const span = grpcTracer.startSpan(path, { kind: SpanKind.SERVER, attributes: { 'rpc.system': 'grpc', 'rpc.method': method }, links }, parent);
+  const finish = (code: status) => {
+    span.setAttribute('rpc.grpc.status_code', code);
+    if (code !== status.OK) span.setStatus({ code: SpanStatusCode.ERROR, message: status[code] });
+    span.end();
+    serverDurations.get(path.split('/')[0] ?? '')?.record((performance.now() - started) / 1000, { method, code: status[code] });
+  };
+  const active = trace.setSpan(parent, span);
+  const running = context.with(active, work);
+  handlers.add(running);
+  try {
+    const response = await running;
+    finish(status.OK);
+    return { response };
+  } catch (thrown) {
+    const error = asAppError(thrown);
+    if (!(error instanceof AppError) || error.kind === 'internal') context.with(active, () => logger.error({ err: error, method }, 'request failed'));
+    let failure: CallFailure;
+    try {
+      failure = callFailureOf(error);
+    } catch (mappingError) {
+      // Never leave a call unanswered (nor crash the server) because an error could not be described.
+      logger.error({ err: mappingError, method }, 'error could not be mapped to a status');
+      failure = callFailureOf(undefined);
+    }
+    finish(failure.status);
+    return { failure, error };
+  } finally {
+    handlers.delete(running);
+  }
 }
 
 /** A generated client's unary method, as grpc-js defines it (request, metadata, options, callback). */
@@ -167,18 +217,28 @@ export type UnaryMethod<Req, Res> = (
   callback: (error: ServiceError | null, response: Res) => void,
 ) => unknown;
 
-/** Calls a generated client's unary method with a deadline, as a promise. */
-export function callUnary<Client, Req, Res>(client: Client, method: UnaryMethod<Req, Res>, request: Req, deadlineMs: number, metadata = new Metadata()): Promise<Res> {
+/**
+ * Calls a generated client's unary method with a deadline, as a promise. Its CLIENT span is a child of the
+ * active context, or of `span.parent` with `span.links` (a batched call serving many callers: a root linked to them).
+ */
+export function callUnary<Client, Req, Res>(
+  client: Client,
+  method: UnaryMethod<Req, Res>,
+  request: Req,
+  deadlineMs: number,
+  span: { parent?: Context; links?: Link[] } = {},
+): Promise<Res> {
   // A CLIENT span whose traceparent travels in the metadata: the server's span continues this trace.
   const path = ((method as { path?: string }).path ?? 'unknown').replace(/^\//, '');
-  const parent = context.active();
-  const span = grpcTracer.startSpan(path, { kind: SpanKind.CLIENT, attributes: { 'rpc.system': 'grpc' } }, parent);
-  propagation.inject(trace.setSpan(parent, span), metadata, metadataSetter);
+  const parent = span.parent ?? context.active();
+  const clientSpan = grpcTracer.startSpan(path, { kind: SpanKind.CLIENT, attributes: { 'rpc.system': 'grpc' }, links: span.links ?? [] }, parent);
+  const metadata = new Metadata();
+  propagation.inject(trace.setSpan(parent, clientSpan), metadata, metadataSetter);
   return new Promise((resolve, reject) => {
     method.call(client, request, metadata, { deadline: Date.now() + deadlineMs }, (error, response) => {
-      span.setAttribute('rpc.grpc.status_code', error ? error.code : status.OK);
-      if (error) span.setStatus({ code: SpanStatusCode.ERROR, message: status[error.code] });
-      span.end();
+      clientSpan.setAttribute('rpc.grpc.status_code', error ? error.code : status.OK);
+      if (error) clientSpan.setStatus({ code: SpanStatusCode.ERROR, message: status[error.code] });
+      clientSpan.end();
       if (error) reject(error);
       else resolve(response);
     });

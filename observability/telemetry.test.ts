@@ -13,6 +13,7 @@ import { Backends } from '../gateway/backends.js';
 import { startLedger, type LedgerApp } from '../ledger/app.js';
 import { createPool, type Pool } from '../lib/db.js';
 import { createLogger } from '../lib/logger.js';
+import { CaptureMethod, CreatePaymentRequest, PaymentStatus } from '../proto/gen/payments/v1/payments.js';
 import { startRisk, type RiskApp } from '../risk/app.js';
 import { FeatureStore } from '../risk/ml/features.js';
 import { PaymentFeatureFeed } from '../risk/ml/serving.js';
@@ -22,7 +23,7 @@ import { freePort } from '../test/ledger-process.js';
 import { TestNatsServer } from '../test/nats-server.js';
 import { testConfig } from '../test/support.js';
 import { startMetrics, type ServiceMetrics } from './metrics.js';
-import { startTracing, type Tracing } from './tracing.js';
+import { contextOf, startTracing, type Tracing } from './tracing.js';
 
 /**
  * One payment, one trace: REST -> gRPC -> ledger batch (worker thread) -> SQL -> outbox -> relay -> NATS ->
@@ -199,6 +200,53 @@ describe('telemetry of one payment (traces, metrics, logs) across gateway, ledge
     assert.equal(sample(ledgerText, 'rpc_server_duration_seconds_count', { method: 'CreatePayment', code: 'OK' }), sent + 1);
     for (const series of ['ledger_batch_events', 'ledger_batch_duration_ms', 'ledger_queue_events', 'ledger_outbox_lag_rows']) assert.ok(ledgerText.includes(series), `${series} exported`);
     assert.ok((sample(ledgerText, 'ledger_batch_events_count', {}) ?? 0) >= sent, 'batches recorded');
+  });
+
+  it('payments created together share one CreatePayments call, and each stays in its own trace with its own metric sample', async () => {
+    const merchant = (await (await post('/v1/merchants', ADMIN_KEY, { name: 'Batched' })).json()) as { id: string };
+    const metricsBefore = await (await fetch(`http://127.0.0.1:${ledgerMetricsPort}/metrics`)).text();
+    const count = (text: string, method: string) => sample(text, 'rpc_server_duration_seconds_count', { method, code: 'OK' }) ?? 0;
+    spans.reset();
+    // Five callers in one event-loop turn, each in a trace of its own (as five HTTP requests would be).
+    const callers = Array.from({ length: 5 }, () => ({ traceId: randomUUID().replaceAll('-', ''), spanId: randomUUID().replaceAll('-', '').slice(0, 16) }));
+    const payments = await Promise.all(
+      callers.map((c, i) =>
+        context.with(contextOf(`00-${c.traceId}-${c.spanId}-01`), () =>
+          backends.createPayment(
+            CreatePaymentRequest.fromPartial({
+              merchantId: merchant.id,
+              amount: BigInt(100 + i),
+              currency: 'USD',
+              source: { kind: { $case: 'card', value: { token: 'tok', fingerprint: `fp_${randomUUID()}`, country: 'US' } } },
+              captureMethod: CaptureMethod.CAPTURE_METHOD_MANUAL,
+            }),
+            false,
+          ),
+        ),
+      ),
+    );
+    assert.deepEqual(payments.map((p) => p.amount), [100n, 101n, 102n, 103n, 104n]);
+    assert.ok(payments.every((p) => p.status === PaymentStatus.PAYMENT_STATUS_REQUIRES_CAPTURE));
+
+    const finished = spans.getFinishedSpans();
+    const batchCalls = finished.filter((s) => s.name === 'payments.v1.PaymentService/CreatePayments' && s.kind === SpanKind.SERVER);
+    assert.equal(batchCalls.length, 1, 'one call for the five');
+    const batchCall = batchCalls[0]!.spanContext();
+    for (const c of callers) {
+      const mine = finished.filter((s) => s.spanContext().traceId === c.traceId);
+      const item = mine.find((s) => s.name === 'payments.v1.PaymentService/CreatePayment' && s.kind === SpanKind.SERVER);
+      assert.ok(item, `the payment of trace ${c.traceId} was served in it`);
+      assert.equal(item.parentSpanContext?.spanId, c.spanId, "a child of its caller's span");
+      assert.ok(item.links.some((l) => l.context.spanId === batchCall.spanId), 'linked to the call that carried it');
+      // The ledger batch that posted it serves several callers: it lives in one trace and links to each.
+      assert.ok(
+        finished.some((s) => s.name === 'ledger.batch' && s.links.some((l) => l.context.traceId === c.traceId)),
+        `a ledger batch links to trace ${c.traceId}`,
+      );
+    }
+    const metricsAfter = await (await fetch(`http://127.0.0.1:${ledgerMetricsPort}/metrics`)).text();
+    assert.equal(count(metricsAfter, 'CreatePayments') - count(metricsBefore, 'CreatePayments'), 1);
+    assert.equal(count(metricsAfter, 'CreatePayment') - count(metricsBefore, 'CreatePayment'), 5, 'a sample per payment');
   });
 
   it('alerting rules pass promtool, and every series the rules and the dashboard use is exported by a service', async () => {

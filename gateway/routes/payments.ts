@@ -29,9 +29,8 @@ export function paymentRoutes(app: Gateway, ctx: RouteContext): void {
       const merchantId = ctx.merchantOf(request);
       const body = request.body;
       const key = request.idempotency?.key ?? '';
-      const { payment } = await withRestErrors(
-        backends.payment(
-          (c) => c.createPayment,
+      const payment = await withRestErrors(
+        backends.createPayment(
           {
             idempotencyKey: key,
             merchantId,
@@ -51,7 +50,7 @@ export function paymentRoutes(app: Gateway, ctx: RouteContext): void {
           key !== '',
         ),
       );
-      return sendPayment(reply, payment!, 201);
+      return sendPayment(reply, payment, 201);
     },
   );
 

@@ -19,6 +19,7 @@ import type { Pool } from '../../lib/db.js';
 import { PAYMENT_OUTBOX_SHARD_BASE } from '../outbox.js';
 import { PaymentFlows, routerLedger, type PaymentLedger } from './flows.js';
 import { PaymentResumer } from './resumer.js';
+import { MAX_PAYMENTS_PER_CALL } from './service.js';
 
 const USD = 840;
 const FEE_BPS = 250;
@@ -256,6 +257,42 @@ describe('payments (gRPC, on the ledger, with the rules-only risk scorer)', func
     const count = await pool.query('SELECT count(*)::int AS n FROM payments WHERE merchant_id = $1', [merchant]);
     assert.equal(count.rows[0].n, 0);
     assert.deepEqual(await balances(source), [0n, 0n, 0n, 10_000n]);
+  });
+
+  it('CreatePayments: each item is created or refused as its own call would be, in order; a malformed batch is refused whole', async () => {
+    const [merchant, other] = [await newMerchant(), await newMerchant()];
+    const source = await wallet(merchant, 10_000n);
+    const theirs = await wallet(other, 10_000n);
+    const fromWallet = (amount: bigint, wallet = source, idempotencyKey = '') =>
+      createRequest({ merchantId: merchant, amount, idempotencyKey, source: { kind: { $case: 'accountId', value: wallet } }, captureMethod: CaptureMethod.CAPTURE_METHOD_AUTOMATIC });
+    const key = `key-${randomUUID()}`;
+    const items = [
+      fromWallet(1_000n, source, key),
+      fromWallet(0n), // malformed
+      fromWallet(500n, theirs), // another merchant's wallet
+      fromWallet(20_000n), // more than the wallet holds: declined, not an error
+      fromWallet(1_000n, source, key), // the first one again
+    ];
+    const { outcomes } = await callUnary(client, client.createPayments, { payments: items.map((request) => ({ request, traceparent: '' })) }, 10_000);
+    assert.equal(outcomes.length, items.length);
+    const [created, malformed, notTheirs, declined, repeated] = outcomes.map((o) => o.result);
+    assert.equal(created?.$case, 'payment');
+    assert.equal(repeated?.$case, 'payment');
+    if (created?.$case !== 'payment' || repeated?.$case !== 'payment') return;
+    assert.equal(created.value.status, PaymentStatus.PAYMENT_STATUS_SUCCEEDED);
+    assert.equal(repeated.value.id, created.value.id, 'one key, one payment');
+    assert.deepEqual(malformed, { $case: 'error', value: { status: status.INVALID_ARGUMENT, message: 'amount: must be a positive integer of minor units', code: 'amount_invalid', field: 'amount', retryAfterSeconds: 0 } });
+    assert.deepEqual(notTheirs, { $case: 'error', value: { status: status.NOT_FOUND, message: 'no such account', code: 'account_not_found', field: 'source.account', retryAfterSeconds: 0 } });
+    assert.equal(declined?.$case === 'payment' && declined.value.declineCode, 'insufficient_funds');
+    assert.deepEqual(await balances(source), [0n, 1_000n, 0n, 10_000n], 'the one payment posted once');
+    assert.deepEqual(await balances(theirs), [0n, 0n, 0n, 10_000n]);
+    const count = await pool.query('SELECT count(*)::int AS n FROM payments WHERE merchant_id = $1', [merchant]);
+    assert.equal(count.rows[0].n, 2, 'the created and the declined payment');
+
+    await expectError(callUnary(client, client.createPayments, { payments: [] }, 10_000), status.INVALID_ARGUMENT, 'invalid_argument', 'payments');
+    const tooMany = Array.from({ length: MAX_PAYMENTS_PER_CALL + 1 }, () => ({ request: fromWallet(1n), traceparent: '' }));
+    await expectError(callUnary(client, client.createPayments, { payments: tooMany }, 10_000), status.INVALID_ARGUMENT, 'invalid_argument', 'payments');
+    assert.equal((await pool.query('SELECT count(*)::int AS n FROM payments WHERE merchant_id = $1', [merchant])).rows[0].n, 2, 'a refused batch writes nothing');
   });
 
   it('risk: a payment above the rules limit is declined with the reasons; the decision is recorded on the payment', async () => {

@@ -1,12 +1,15 @@
+import { context } from '@opentelemetry/api';
 import { currencyOf } from '../../lib/currency.js';
 import { ValidationError } from '../../lib/errors.js';
-import { unary } from '../../lib/grpc.js';
+import { serveCall, unary } from '../../lib/grpc.js';
 import type { Logger } from '../../lib/logger.js';
 import {
   CaptureMethod,
+  CreatePaymentRequest,
+  PaymentServiceService,
   PaymentStatus,
   RiskOutcome,
-  type CreatePaymentRequest,
+  type CreatePaymentOutcome,
   type Payment,
   type PaymentServiceServer,
   type Refund,
@@ -15,11 +18,32 @@ import { MAX_BALANCE } from '../model.js';
 import { hasControlCharacters, parseId, parseMetadata } from '../validation.js';
 import type { CreatePaymentInput, PaymentFlows } from './flows.js';
 import type { OperationRow, PaymentRow } from './model.js';
+import { contextOf, linkTo } from '../../observability/tracing.js';
+
+/** Items of one CreatePayments call. */
+export const MAX_PAYMENTS_PER_CALL = 1_000;
+const CREATE_PAYMENT_PATH = PaymentServiceService.createPayment.path.replace(/^\//, '');
 
 /** payments.v1.PaymentService: request validation and conversion around PaymentFlows. */
 export function createPaymentService(flows: PaymentFlows, logger: Logger): PaymentServiceServer {
+  const createOne = async (request: CreatePaymentRequest) => paymentToProto(await flows.createPayment(parseCreatePayment(request)));
   return {
-    createPayment: unary(logger, 'CreatePayment', async (request) => ({ payment: paymentToProto(await flows.createPayment(parseCreatePayment(request))) })),
+    createPayment: unary(logger, 'CreatePayment', async (request) => ({ payment: await createOne(request) })),
+
+    createPayments: unary(logger, 'CreatePayments', async (request) => {
+      if (request.payments.length === 0 || request.payments.length > MAX_PAYMENTS_PER_CALL) throw new ValidationError('payments', `1-${MAX_PAYMENTS_PER_CALL} payments`);
+      // Each item is served as its own CreatePayment call would be: its span in its caller's trace (linked to
+      // this call's), its metric sample, its own answer. Concurrently: the flows coalesce their statements.
+      const batch = linkTo(context.active());
+      const outcomes = await Promise.all(
+        request.payments.map((item) =>
+          serveCall(logger, CREATE_PAYMENT_PATH, 'CreatePayment', contextOf(item.traceparent), batch, () => createOne(item.request ?? CreatePaymentRequest.fromPartial({}))),
+        ),
+      );
+      return {
+        outcomes: outcomes.map((o): CreatePaymentOutcome => ({ result: 'response' in o ? { $case: 'payment', value: o.response } : { $case: 'error', value: o.failure } })),
+      };
+    }),
 
     capturePayment: unary(logger, 'CapturePayment', async (request) => ({
       payment: paymentToProto(await flows.capture(parseId(request.merchantId, 'merchant_id'), parseId(request.paymentId, 'payment_id'), parseAmount(request.amount, 'amount', true))),
