@@ -1,4 +1,4 @@
-import { randomUUID } from 'node:crypto';
+import { randomInt, randomUUID } from 'node:crypto';
 import { EventBatch, type EventEnvelope } from '../proto/gen/events/v1/events.js';
 import type { LedgerEvent } from './engine.js';
 
@@ -14,6 +14,22 @@ export const PAYMENT_OUTBOX_SHARD_BASE = 10_000;
 
 /** Settlement's events (settlement.batch.created) are written under this outbox shard and relayed by settlement. */
 export const SETTLEMENT_OUTBOX_SHARD = 20_000;
+
+let lastSequence = 0n;
+
+/**
+ * The sequence of an outbox row written outside a ledger batch (payment steps, settlement batches): it orders
+ * the relay's reads of a shard and need not be dense. Microseconds since the epoch times 1,024 plus a random
+ * tail, so writers in different processes share no counter row and rarely a value (a collision is a unique
+ * violation: the writing transaction retries); strictly increasing within this process, so rows written here
+ * never collide and keep their order, however many are written in one microsecond.
+ */
+export function nextOutboxSequence(): bigint {
+  const micros = BigInt(Math.floor((performance.timeOrigin + performance.now()) * 1_000));
+  const candidate = micros * 1_024n + BigInt(randomInt(1_024));
+  lastSequence = candidate > lastSequence ? candidate : lastSequence + 1n;
+  return lastSequence;
+}
 
 /** The outbox shards whose rows an instance owning `ledgerShards` publishes. */
 export function relayedOutboxShards(ledgerShards: readonly number[]): number[] {

@@ -1,7 +1,7 @@
-import { randomInt, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { statement, type Pool, type PoolClient, type Queryable } from '../lib/db.js';
 import { invariant } from '../lib/errors.js';
-import { SETTLEMENT_OUTBOX_SHARD } from '../ledger/outbox.js';
+import { SETTLEMENT_OUTBOX_SHARD, nextOutboxSequence } from '../ledger/outbox.js';
 import { traceparentOf } from '../observability/tracing.js';
 import { EventBatch } from '../proto/gen/events/v1/events.js';
 import type { Schedule } from './windows.js';
@@ -365,7 +365,7 @@ export async function writeBatchCreated(tx: PoolClient, b: Batch, occurredAt: bi
   await tx.query({
     name: 'stl-outbox',
     text: 'INSERT INTO outbox (shard, sequence, batch_id, part, event_count, payload, traceparent) VALUES ($1, $2, $3, 0, 1, $4, $5)',
-    values: [SETTLEMENT_OUTBOX_SHARD, BigInt(Date.now()) * 1_000n * 1_024n + BigInt(randomInt(1_024)), batchId, Buffer.from(payload), traceparentOf()],
+    values: [SETTLEMENT_OUTBOX_SHARD, nextOutboxSequence(), batchId, Buffer.from(payload), traceparentOf()],
   });
 }
 

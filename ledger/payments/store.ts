@@ -1,8 +1,8 @@
-import { randomInt, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { statement, type Pool, type PoolClient, type Queryable } from '../../lib/db.js';
 import { invariant } from '../../lib/errors.js';
 import { EventBatch } from '../../proto/gen/events/v1/events.js';
-import { PAYMENT_OUTBOX_SHARD_BASE } from '../outbox.js';
+import { PAYMENT_OUTBOX_SHARD_BASE, nextOutboxSequence } from '../outbox.js';
 import { shardOf } from '../router.js';
 import { traceparentOf } from '../../observability/tracing.js';
 import { feeTransferId, type OperationRow, type OperationStatus, type PaymentRow } from './model.js';
@@ -336,9 +336,7 @@ interface OutboxMessage {
 
 /**
  * A step's payment events as one outbox message. Each event carries the payment as of that event's version.
- * The row's sequence orders the relay's reads and need not be dense: microseconds times 1,024 plus a random
- * tail, so no counter row is shared by concurrent payments. A collision is a unique violation, and the
- * transaction retries (retryIf).
+ * The row's sequence: nextOutboxSequence (no counter row shared by concurrent payments).
  */
 function paymentEventsMessage(shardCount: number, events: readonly { type: PaymentEventType; payment: PaymentRow }[], op: OperationRow, traceparent: string): OutboxMessage {
   const paymentId = events[0]!.payment.id;
@@ -391,7 +389,7 @@ function paymentEventsMessage(shardCount: number, events: readonly { type: Payme
   }).finish();
   return {
     shard: PAYMENT_OUTBOX_SHARD_BASE + shardOf(paymentId, shardCount),
-    sequence: BigInt(Date.now()) * 1_000n * 1_024n + BigInt(randomInt(1_024)),
+    sequence: nextOutboxSequence(),
     batchId,
     count: events.length,
     payload: Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength),
