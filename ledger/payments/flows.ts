@@ -82,6 +82,8 @@ const conflict = (code: string, message: string, field?: string) => new AppError
 export class PaymentFlows {
   /** Ledger accounts known to exist (platform and merchant balance accounts are created on first use). */
   private readonly createdAccounts = new Set<string>();
+  /** Accounts being created now, by id: concurrent first payments wait for the one creation. */
+  private readonly creatingAccounts = new Map<string, Promise<void>>();
   /** The merchant and any earlier payment of concurrent creations, read by one statement (ids validated before). */
   private readonly lookups = new Coalescer((asked: { merchantId: string; paymentId: string }[]) => store.loadMerchantsWithPayments(this.pool, asked));
   /** Concurrent payment creations are inserted together, one statement per event-loop turn. */
@@ -427,11 +429,11 @@ export class PaymentFlows {
       return input.destinationAccountId;
     }
     const id = merchantBalanceAccountId(input.merchantId, currency.code);
-    if (!this.createdAccounts.has(id)) {
+    await this.ensureAccount(id, async () => {
       // Ownership first: a ledger account nobody owns would be invisible to the merchant.
       await withTransaction(this.pool, (client) => store.recordBalanceAccount(client, input.merchantId, id, currency.code));
-      await this.ensureAccount({ id, ledger: currency.ledger, code: AccountCode.merchantBalance, flags: 0, metadata: { merchant_id: input.merchantId, purpose: 'balance' }, balancesNonZero: false });
-    }
+      await this.createAccount({ id, ledger: currency.ledger, code: AccountCode.merchantBalance, flags: 0, metadata: { merchant_id: input.merchantId, purpose: 'balance' }, balancesNonZero: false });
+    });
     return id;
   }
 
@@ -443,14 +445,29 @@ export class PaymentFlows {
 
   private async platformAccount(purpose: PlatformAccount, currency: Currency, code: number): Promise<string> {
     const id = platformAccountId(purpose, currency.code);
-    if (!this.createdAccounts.has(id)) await this.ensureAccount({ id, ledger: currency.ledger, code, flags: 0, metadata: { purpose }, balancesNonZero: false });
+    await this.ensureAccount(id, () => this.createAccount({ id, ledger: currency.ledger, code, flags: 0, metadata: { purpose }, balancesNonZero: false }));
     return id;
   }
 
-  private async ensureAccount(account: AccountInput): Promise<void> {
+  /**
+   * Runs `create` for an account not known to exist yet, once for all concurrent callers (the first payments of
+   * a merchant or currency arrive in bursts: each would otherwise record and create the same account).
+   */
+  private async ensureAccount(id: string, create: () => Promise<void>): Promise<void> {
+    if (this.createdAccounts.has(id)) return;
+    let creating = this.creatingAccounts.get(id);
+    if (!creating) {
+      creating = create()
+        .then(() => void this.createdAccounts.add(id))
+        .finally(() => this.creatingAccounts.delete(id));
+      this.creatingAccounts.set(id, creating);
+    }
+    await creating;
+  }
+
+  private async createAccount(account: AccountInput): Promise<void> {
     const [result] = await this.ledger.createAccounts([account]);
-    if (result?.code !== 'ok' && result?.code !== 'exists') throw new InternalError(`platform account ${account.id} could not be created: ${result?.code}`);
-    this.createdAccounts.add(account.id);
+    if (result?.code !== 'ok' && result?.code !== 'exists') throw new InternalError(`ledger account ${account.id} could not be created: ${result?.code}`);
   }
 
   private async assess(input: CreatePaymentInput, paymentId: string, merchantCategory: string): Promise<RiskAssessment> {

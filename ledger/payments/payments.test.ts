@@ -375,6 +375,29 @@ describe('payments (gRPC, on the ledger, with the rules-only risk scorer)', func
     assert.equal((await create({ merchantId: merchant, idempotencyKey: key, amount: 3_000n, source: { kind: { $case: 'accountId', value: source } }, captureMethod: CaptureMethod.CAPTURE_METHOD_AUTOMATIC })).status, PaymentStatus.PAYMENT_STATUS_SUCCEEDED);
   });
 
+  it("a new merchant's first payments, arriving together, create its balance account and the platform's accounts once", async () => {
+    const merchant = await newMerchant();
+    const real = routerLedger(ledger.app.router);
+    const created: string[] = [];
+    const counting: PaymentLedger = {
+      createAccounts: (accounts) => {
+        created.push(...accounts.map((a) => a.id));
+        return real.createAccounts(accounts);
+      },
+      createTransfers: (transfers) => real.createTransfers(transfers),
+    };
+    const approve = { score: async () => ({ scorePpm: 0, decision: 1, reasons: [], modelVersion: 'test-approve' }) };
+    const settings = { shardCount: 8, authorizationTimeoutSeconds: 3600, riskDeadlineMs: 2000, riskFailOpenBelowAmount: 0n };
+    const flows = new PaymentFlows(pool, counting, approve, settings, createLogger('payments-test', 'silent'));
+    const card = { kind: 'card' as const, token: 'tok', fingerprint: 'fp', country: 'US', type: '' };
+    const common = { merchantId: merchant, currency: 'USD', source: card, destinationAccountId: '', captureMethod: 'automatic' as const, metadata: {}, deviceId: '', ipCountry: '', customerId: '' };
+    const payments = await Promise.all(Array.from({ length: 20 }, (_, i) => flows.createPayment({ ...common, idempotencyKey: `first-${i}`, amount: BigInt(100 + i) })));
+    assert.ok(payments.every((p) => p.status === 'succeeded'));
+    assert.deepEqual([...created].sort(), [cardClearing, revenueAccount, balanceAccount(merchant)].sort(), 'each account asked for once');
+    const sum = (pick: (p: (typeof payments)[number]) => bigint) => payments.reduce((total, p) => total + pick(p), 0n);
+    assert.deepEqual(await balances(balanceAccount(merchant)), [0n, sum((p) => p.fee), 0n, sum((p) => p.amount)], 'paid in, fees out');
+  });
+
   it('an authorization left uncaptured past its timeout is released by the ledger and the payment canceled, once', async () => {
     const merchant = await newMerchant();
     const source = await wallet(merchant, 1_000n);
