@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 
 /**
  * A UUID (version 8, RFC 9562 "custom") derived from a namespace and a name: the same inputs give the same id
@@ -6,7 +6,8 @@ import { createHash } from 'node:crypto';
  * therefore never post twice: the ledger answers `exists`.
  */
 export function derivedId(namespace: string, name: string): string {
-  const h = createHash('sha256').update(namespace).update('\u0000').update(name).digest();
+  // The one-shot hash: half the cost of a Hash object, and payments derive several ids each.
+  const h = hash('sha256', `${namespace}\u0000${name}`, 'buffer');
   h[6] = (h[6]! & 0x0f) | 0x80;
   h[8] = (h[8]! & 0x3f) | 0x80;
   const hex = h.subarray(0, 16).toString('hex');
