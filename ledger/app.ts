@@ -119,7 +119,7 @@ export async function startLedger(config: Config, logger: Logger): Promise<Ledge
 
   const sweeper = new ExpirySweeper(pool, router, logger, config.LEDGER_EXPIRY_SWEEP_MS);
   sweeper.start();
-  const relay = config.LEDGER_RELAY_ENABLED ? new OutboxRelay(pool, config, relayedOutboxShards(shards), logger) : undefined;
+  const relay = config.LEDGER_RELAY_ENABLED ? new OutboxRelay(config, relayedOutboxShards(shards), logger) : undefined;
   relay?.start();
   const resumer = new PaymentResumer(pool, payments, logger, config.PAYMENTS_RESUME_AFTER_MS, config.PAYMENTS_AUTHORIZATION_TIMEOUT_SECONDS);
   resumer.task.start();
@@ -169,9 +169,10 @@ export async function startLedger(config: Config, logger: Logger): Promise<Ledge
       await drainHandlers();
       await workers.close();
       risk.close();
+      // Metrics first: their last collection asks the relay for its lag, through the relay's own pool.
+      await metrics.shutdown();
       // Rows the relay has not published stay in the outbox for the next owner of the shards.
       await relay?.stop();
-      await metrics.shutdown();
       await pool.end();
       const { batches, events, ms, attempts } = batchStats;
       logger.info({ batches, events, attempts, meanBatchEvents: batches && Math.round(events / batches), meanBatchMs: batches && Math.round(ms / batches) }, 'ledger batches');

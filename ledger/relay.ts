@@ -1,5 +1,5 @@
 import type { Config } from '../lib/config.js';
-import { sqlArray, withTransaction, type Pool } from '../lib/db.js';
+import { createPool, sqlArray, statement, type Pool } from '../lib/db.js';
 import type { Logger } from '../lib/logger.js';
 import { connectJetStream, connectNats, type JetStreamClient, type NatsConnection } from '../lib/nats.js';
 import { sleep } from '../lib/retry.js';
@@ -39,12 +39,20 @@ export class OutboxRelay {
   private js: JetStreamClient | undefined;
   private published = 0;
 
+  /**
+   * The relay's own sessions, at REPEATABLE READ: its reads take no decision (committed outbox rows never
+   * change), and at SERIALIZABLE their read locks would conflict with every transaction writing the outbox.
+   * Each read and delete is then one statement, without BEGIN and COMMIT round trips.
+   */
+  private readonly pool: Pool;
+
   constructor(
-    private readonly pool: Pool,
     private readonly config: Config,
     private readonly shards: readonly number[],
     private readonly logger: Logger,
-  ) {}
+  ) {
+    this.pool = createPool(config, { max: 2, applicationName: 'outbox-relay', isolation: 'repeatable read' });
+  }
 
   /** Messages published and acknowledged since start. */
   get publishedCount(): number {
@@ -60,6 +68,7 @@ export class OutboxRelay {
     this.running = false;
     await this.loop;
     await this.nc?.close();
+    await this.pool.end();
   }
 
   async lag(): Promise<RelayLag> {
@@ -98,19 +107,14 @@ export class OutboxRelay {
 
   /** One round: publish up to LEDGER_RELAY_BATCH_ROWS rows, delete the acknowledged prefix of each shard. */
   async drainOnce(js: JetStreamClient): Promise<number> {
-    const rows = await withTransaction(
-      this.pool,
-      async (client) =>
-        (
-          await client.query({
-            name: 'relay-read',
-            text: `SELECT shard, sequence, batch_id, part, payload, traceparent FROM outbox
-                   WHERE shard = ANY($1::int4[]) ORDER BY shard, sequence LIMIT $2`,
-            values: [sqlArray(this.shards), this.config.LEDGER_RELAY_BATCH_ROWS],
-          })
-        ).rows.map((r): OutboxRow => ({ shard: r.shard, sequence: r.sequence, batchId: r.batch_id, part: r.part, payload: r.payload, traceparent: r.traceparent })),
-      { isolation: 'repeatable read', readOnly: true },
-    );
+    const rows = (
+      await statement(this.pool, {
+        name: 'relay-read',
+        text: `SELECT shard, sequence, batch_id, part, payload, traceparent FROM outbox
+               WHERE shard = ANY($1::int4[]) ORDER BY shard, sequence LIMIT $2`,
+        values: [sqlArray(this.shards), this.config.LEDGER_RELAY_BATCH_ROWS],
+      })
+    ).rows.map((r): OutboxRow => ({ shard: r.shard, sequence: r.sequence, batchId: r.batch_id, part: r.part, payload: r.payload, traceparent: r.traceparent }));
     if (rows.length === 0) return 0;
 
     // Every publish is sent before any ack is awaited; one connection keeps them in order. A row written by a
@@ -141,17 +145,12 @@ export class OutboxRelay {
       }
     });
     if (done.length > 0) {
-      await withTransaction(
-        this.pool,
-        (client) =>
-          client.query({
-            name: 'relay-delete',
-            text: `DELETE FROM outbox o USING unnest($1::int4[], $2::int8[]) AS d(shard, sequence)
-                   WHERE o.shard = d.shard AND o.sequence = d.sequence`,
-            values: [sqlArray(done.map((r) => r.shard)), sqlArray(done.map((r) => r.sequence))],
-          }),
-        { isolation: 'repeatable read' },
-      );
+      await statement(this.pool, {
+        name: 'relay-delete',
+        text: `DELETE FROM outbox o USING unnest($1::int4[], $2::int8[]) AS d(shard, sequence)
+               WHERE o.shard = d.shard AND o.sequence = d.sequence`,
+        values: [sqlArray(done.map((r) => r.shard)), sqlArray(done.map((r) => r.sequence))],
+      });
       this.published += done.length;
     }
     if (firstError !== undefined) throw firstError;

@@ -22,6 +22,16 @@ describe('database (PostgreSQL at SERIALIZABLE)', () => {
     assert.equal(inTx, 'serializable');
   });
 
+  it('a pool asked for REPEATABLE READ (the outbox relay) runs its sessions at it; no other does', async () => {
+    const relayPool = createPool(testConfig(), { max: 1, isolation: 'repeatable read' });
+    try {
+      assert.equal((await relayPool.query('SHOW transaction_isolation')).rows[0].transaction_isolation, 'repeatable read');
+    } finally {
+      await relayPool.end();
+    }
+    assert.equal((await pool.query('SHOW transaction_isolation')).rows[0].transaction_isolation, 'serializable');
+  });
+
   it('a session left idle inside a transaction is ended by the database, its row locks released', async () => {
     const shift = randomUUID();
     await pool.query('INSERT INTO db_test_oncall VALUES ($1, $2, true)', [shift, 'vanished']);

@@ -27,13 +27,19 @@ export interface PoolOptions {
    * tracks reads per key span and needs no such setting.
    */
   keyAccessOnly?: boolean;
+  /**
+   * The sessions' default isolation: SERIALIZABLE unless the pool's only user proves it needs less (see
+   * TransactionOptions.isolation): the outbox relay, whose single statements then need no BEGIN and COMMIT.
+   */
+  isolation?: 'serializable' | 'repeatable read';
 }
 
 type PoolConfig = Pick<Config, 'DATABASE_URL' | 'DATABASE_DIALECT' | 'DATABASE_POOL_MAX' | 'DATABASE_STATEMENT_TIMEOUT_MS' | 'DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS'>;
 
 export function createPool(config: PoolConfig, options: PoolOptions = {}): pg.Pool {
   // Every session runs at SERIALIZABLE, whatever the server default, so local behaviour matches CockroachDB.
-  const settings = ['-c default_transaction_isolation=serializable', `-c idle_in_transaction_session_timeout=${config.DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS}`];
+  const isolation = options.isolation === 'repeatable read' ? 'repeatable\\ read' : 'serializable';
+  const settings = [`-c default_transaction_isolation=${isolation}`, `-c idle_in_transaction_session_timeout=${config.DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS}`];
   if (options.keyAccessOnly && config.DATABASE_DIALECT === 'postgresql') settings.push('-c enable_seqscan=off');
   const pool = new pg.Pool({
     connectionString: config.DATABASE_URL,
@@ -98,8 +104,8 @@ export interface TransactionOptions {
   /**
    * SERIALIZABLE unless a caller proves it needs less. Only readers that take no decision from what they read
    * run at REPEATABLE READ, so that their reads put no SERIALIZABLE read locks in the way of the ledger's
-   * batches: the outbox relay (committed outbox rows never change) and the expiry sweeper (it only proposes
-   * candidates; the batch re-checks each under its own locks).
+   * batches: the outbox relay (committed outbox rows never change; its pool's sessions default to it) and the
+   * expiry sweeper (it only proposes candidates; the batch re-checks each under its own locks).
    */
   isolation?: 'serializable' | 'repeatable read';
   /** Further errors after which re-running the transaction is correct (besides serialization failures). */
@@ -170,7 +176,7 @@ export async function withTransaction<T>(pool: pg.Pool, work: (client: pg.PoolCl
 }
 
 /**
- * One statement as its own (implicit, SERIALIZABLE) transaction: a round trip instead of BEGIN, statement,
+ * One statement as its own (implicit, at the pool's isolation) transaction: a round trip instead of BEGIN, statement,
  * COMMIT. Retried on serialization failure like withTransaction; a lost connection is an UnavailableError.
  * Only for statements that are a whole transaction by themselves.
  */

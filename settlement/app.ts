@@ -60,7 +60,7 @@ export async function startSettlement(config: Config, logger: Logger): Promise<S
     logger,
   );
   closer.start();
-  const relay = new OutboxRelay(pool, config, [SETTLEMENT_OUTBOX_SHARD], logger);
+  const relay = new OutboxRelay(config, [SETTLEMENT_OUTBOX_SHARD], logger);
   relay.start();
 
   const server = new Server(serverOptions(config));
