@@ -3,7 +3,7 @@ import { context, ROOT_CONTEXT, type Context } from '@opentelemetry/api';
 import { Coalescer } from '../lib/coalesce.js';
 import type { Config } from '../lib/config.js';
 import { AppError, InternalError } from '../lib/errors.js';
-import { appErrorOf, callUnary, fromServiceError, type UnaryMethod } from '../lib/grpc.js';
+import { appErrorOf, callUnary, fromServiceError, raceDeadline, type UnaryMethod } from '../lib/grpc.js';
 import { channelCredentials, type GrpcTlsConfig } from '../lib/grpc-tls.js';
 import { retry } from '../lib/retry.js';
 import { LedgerClient } from '../ledger/client.js';
@@ -15,8 +15,14 @@ interface PaymentCreation {
   request: CreatePaymentRequest;
   /** The caller's context: the trace its payment belongs to. */
   caller: Context;
-  queuedAt: number;
+  /** Epoch ms: the caller's own deadline, as a lone call would have had. */
+  deadline: number;
 }
+
+/** A creation's answer: its payment, or the error its caller gets (an AppError, or the status of a lone call). */
+type CreationOutcome = { payment: Payment } | { error: unknown };
+
+const creationExpired = () => new AppError('deadline_exceeded', 'deadline_exceeded', 'the ledger did not answer before the deadline');
 
 /** Payments per CreatePayments call (the ledger accepts up to 1,000). */
 const CREATIONS_PER_CALL = 256;
@@ -29,6 +35,12 @@ const CREATION_CALLS_IN_FLIGHT = 8;
  * idempotent calls (reads, and writes whose ids or idempotency key make a repeat harmless). Errors come back
  * as the AppError the backend threw. Every channel is secured as GRPC_TLS_* say (lib/grpc-tls.ts).
  */
+function outcomeOf({ result }: CreatePaymentOutcome): CreationOutcome {
+  if (result?.$case === 'payment') return { payment: result.value };
+  if (result?.$case === 'error') return { error: appErrorOf(result.value) };
+  return { error: new InternalError('CreatePayments answered an outcome with neither a payment nor an error') };
+}
+
 export class Backends {
   private readonly ledgers: LedgerClient[];
   private readonly payments: PaymentServiceClient[];
@@ -50,7 +62,14 @@ export class Backends {
     // Payments are served by the ledger process.
     this.payments = Array.from(
       { length: config.GATEWAY_GRPC_CHANNELS },
-      (_, i) => new PaymentServiceClient(config.LEDGER_GRPC_TARGET, secured, { 'grpc.keepalive_time_ms': 30_000, ...channel(i) }),
+      (_, i) =>
+        new PaymentServiceClient(config.LEDGER_GRPC_TARGET, secured, {
+          'grpc.keepalive_time_ms': 30_000,
+          // A CreatePayments answer of 256 payments with full metadata is several MB (grpc-js receives 4 MB by default).
+          'grpc.max_receive_message_length': 32 * 1024 * 1024,
+          'grpc.max_send_message_length': 32 * 1024 * 1024,
+          ...channel(i),
+        }),
     );
     // Settlement calls are few (admins, reports): one channel.
     this.settlement = new SettlementServiceClient(config.SETTLEMENT_GRPC_TARGET, secured, { 'grpc.keepalive_time_ms': 30_000 });
@@ -72,10 +91,11 @@ export class Backends {
   /** Creates a payment (coalesced with concurrent ones); with an idempotency key it is retried on UNAVAILABLE. */
   createPayment(request: CreatePaymentRequest, idempotent: boolean): Promise<Payment> {
     return this.call(async () => {
-      const { result } = await this.creations.add({ request, caller: context.active(), queuedAt: Date.now() });
-      if (result?.$case === 'payment') return result.value;
-      if (result?.$case === 'error') throw appErrorOf(result.value);
-      throw new InternalError('CreatePayments answered an outcome with neither a payment nor an error');
+      const deadline = Date.now() + this.config.GATEWAY_GRPC_DEADLINE_MS;
+      // Its own deadline, whatever the call carrying it waits for.
+      const outcome = await raceDeadline(this.creations.add({ request, caller: context.active(), deadline }), deadline, creationExpired);
+      if ('error' in outcome) throw outcome.error;
+      return outcome.payment;
     }, idempotent);
   }
 
@@ -91,21 +111,42 @@ export class Backends {
 
   /**
    * One CreatePayments call for the creations of a turn, as a root span linked to each caller (each item carries
-   * its caller's traceparent: the ledger serves it in that trace), with the deadline of the oldest. A failed call
-   * fails every item with its status; an item's own failure comes back as its outcome.
+   * its caller's traceparent: the ledger serves it in that trace), with the deadline of the latest caller (each
+   * caller also stops waiting at its own). A failed call fails every item with its status; an item's own
+   * failure comes back as its outcome. A lone creation goes as CreatePayment, in its caller's trace, and so does
+   * each item when the ledger does not know CreatePayments (an older version during a rolling upgrade).
    */
-  private async sendCreations(items: PaymentCreation[]): Promise<CreatePaymentOutcome[]> {
-    const client = this.payments[this.next++ % this.payments.length]!;
-    const deadlineMs = Math.max(1, Math.min(...items.map((i) => i.queuedAt)) + this.config.GATEWAY_GRPC_DEADLINE_MS - Date.now());
-    if (items.length === 1) {
-      const [only] = items as [PaymentCreation];
-      const { payment } = await context.with(only.caller, () => callUnary(client, client.createPayment, only.request, deadlineMs));
-      return [{ result: payment ? { $case: 'payment', value: payment } : undefined }];
+  private async sendCreations(items: PaymentCreation[]): Promise<CreationOutcome[]> {
+    const now = Date.now();
+    const live = items.filter((i) => i.deadline > now);
+    const answers = new Map<PaymentCreation, CreationOutcome>();
+    if (live.length === 1) answers.set(live[0]!, await this.createAlone(live[0]!));
+    if (live.length > 1) {
+      const client = this.payments[this.next++ % this.payments.length]!;
+      const payments = live.map((i) => ({ request: i.request, traceparent: traceparentOf(i.caller) }));
+      const deadlineMs = Math.max(...live.map((i) => i.deadline)) - now;
+      try {
+        const { outcomes } = await callUnary(client, client.createPayments, { payments }, deadlineMs, { parent: ROOT_CONTEXT, links: live.flatMap((i) => linkTo(i.caller)) });
+        if (outcomes.length !== live.length) throw new InternalError(`CreatePayments answered ${outcomes.length} outcomes for ${live.length} payments`);
+        live.forEach((item, n) => answers.set(item, outcomeOf(outcomes[n]!)));
+      } catch (error) {
+        if ((error as ServiceError).code !== status.UNIMPLEMENTED) throw error;
+        const alone = await Promise.all(live.map((item) => this.createAlone(item)));
+        live.forEach((item, n) => answers.set(item, alone[n]!));
+      }
     }
-    const payments = items.map((i) => ({ request: i.request, traceparent: traceparentOf(i.caller) }));
-    const { outcomes } = await callUnary(client, client.createPayments, { payments }, deadlineMs, { parent: ROOT_CONTEXT, links: items.flatMap((i) => linkTo(i.caller)) });
-    if (outcomes.length !== items.length) throw new InternalError(`CreatePayments answered ${outcomes.length} outcomes for ${items.length} payments`);
-    return outcomes;
+    // Callers already past their deadline were never sent (nothing written): their own timer has answered them.
+    return items.map((item) => answers.get(item) ?? { error: creationExpired() });
+  }
+
+  private async createAlone(item: PaymentCreation): Promise<CreationOutcome> {
+    const client = this.payments[this.next++ % this.payments.length]!;
+    try {
+      const { payment } = await context.with(item.caller, () => callUnary(client, client.createPayment, item.request, Math.max(1, item.deadline - Date.now())));
+      return payment ? { payment } : { error: new InternalError('CreatePayment answered no payment') };
+    } catch (error) {
+      return { error };
+    }
   }
 
   private async call<T>(attempt: () => Promise<T>, idempotent: boolean): Promise<T> {

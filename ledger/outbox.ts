@@ -25,7 +25,8 @@ let lastSequence = 0n;
  * never collide and keep their order, however many are written in one microsecond.
  */
 export function nextOutboxSequence(): bigint {
-  const micros = BigInt(Math.floor((performance.timeOrigin + performance.now()) * 1_000));
+  // The wall clock's milliseconds (processes agree on them), the monotonic clock's fraction for the microseconds.
+  const micros = BigInt(Date.now()) * 1_000n + BigInt(Math.floor((performance.now() % 1) * 1_000));
   const candidate = micros * 1_024n + BigInt(randomInt(1_024));
   lastSequence = candidate > lastSequence ? candidate : lastSequence + 1n;
   return lastSequence;

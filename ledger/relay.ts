@@ -66,9 +66,12 @@ export class OutboxRelay {
 
   async stop(): Promise<void> {
     this.running = false;
-    await this.loop;
-    await this.nc?.close();
-    await this.pool.end();
+    try {
+      await this.loop;
+      await this.nc?.close();
+    } finally {
+      await this.pool.end();
+    }
   }
 
   async lag(): Promise<RelayLag> {

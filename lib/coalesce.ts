@@ -35,7 +35,9 @@ export class Coalescer<In, Out> {
     while (this.queue.length > 0 && this.inFlight < this.maxInFlight) {
       const batch = this.queue.splice(0, this.maxBatch);
       this.inFlight++;
-      this.flush(batch.map((b) => b.item))
+      // Through a promise even if `flush` throws at once: its items are answered, the in-flight slot freed.
+      Promise.resolve()
+        .then(() => this.flush(batch.map((b) => b.item)))
         .then(
           (results) => batch.forEach((b, i) => (i < results.length ? b.resolve(results[i]!) : b.reject(new Error('coalesced flush answered fewer results than items')))),
           (error: unknown) => batch.forEach((b) => b.reject(error)),

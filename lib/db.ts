@@ -37,7 +37,9 @@ export interface PoolOptions {
 type PoolConfig = Pick<Config, 'DATABASE_URL' | 'DATABASE_DIALECT' | 'DATABASE_POOL_MAX' | 'DATABASE_STATEMENT_TIMEOUT_MS' | 'DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS'>;
 
 export function createPool(config: PoolConfig, options: PoolOptions = {}): pg.Pool {
-  // Every session runs at SERIALIZABLE, whatever the server default, so local behaviour matches CockroachDB.
+  // Sessions run at SERIALIZABLE, whatever the server default, so local behaviour matches CockroachDB; only a
+  // pool that asks for less (the outbox relay's) runs at REPEATABLE READ (on CockroachDB that is SERIALIZABLE
+  // unless sql.txn.repeatable_read_isolation.enabled is set: correct either way, single statements retry).
   const isolation = options.isolation === 'repeatable read' ? 'repeatable\\ read' : 'serializable';
   const settings = [`-c default_transaction_isolation=${isolation}`, `-c idle_in_transaction_session_timeout=${config.DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS}`];
   if (options.keyAccessOnly && config.DATABASE_DIALECT === 'postgresql') settings.push('-c enable_seqscan=off');

@@ -155,10 +155,13 @@ export function unary<Req, Res>(logger: Logger, method: string, handler: (reques
   return (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>): void => {
     const path = (call.getPath?.() ?? method).replace(/^\//, '');
     const parent = propagation.extract(ROOT_CONTEXT, call.metadata, metadataGetter);
-    void serveCall(logger, path, method, parent, [], () => handler(call.request, call)).then((outcome) => {
-      if ('response' in outcome) return callback(null, outcome.response);
-      callback(toServiceError(outcome.failure, outcome.error));
-    });
+    void serveCall(logger, path, method, parent, [], () => handler(call.request, call))
+      .then((outcome) => ('response' in outcome ? callback(null, outcome.response) : callback(toServiceError(outcome.failure, outcome.error))))
+      .catch((answerError: unknown) => {
+        // Never leave a call unanswered (nor crash the server) because its answer could not be made.
+        logger.error({ err: answerError, method }, 'answer could not be sent');
+        callback({ code: status.INTERNAL, details: 'internal error' });
+      });
   };
 }
 
@@ -167,6 +170,8 @@ export function unary<Req, Res>(logger: Logger, method: string, handler: (reques
  * a SERVER span under `parent` (the caller's context) with `links`, active while `work` runs, a sample of
  * rpc_server_duration_seconds, and a failure logged once if it is not the caller's (internal, or not an
  * AppError). Never rejects: it answers the response, or the failure to send with the error it came from.
+ * With `answerBy` (epoch ms), an item not done by then is answered DEADLINE_EXCEEDED (its work goes on, as a
+ * call's handler does after its caller gave up), so the items of a batch that are done get their answer.
  */
 export async function serveCall<Res>(
   logger: Logger,
@@ -175,6 +180,7 @@ export async function serveCall<Res>(
   parent: Context,
   links: Link[],
   work: () => Promise<Res>,
+  answerBy?: number,
 ): Promise<{ response: Res } | { failure: CallFailure; error: unknown }> {
   const started = performance.now();
   const span = grpcTracer.startSpan(path, { kind: SpanKind.SERVER, attributes: { 'rpc.system': 'grpc', 'rpc.method': method }, links }, parent);
@@ -186,27 +192,30 @@ export async function serveCall<Res>(
   };
   const active = trace.setSpan(parent, span);
   const running = context.with(active, work);
+  // Tracked until the work itself ends (an item answered at its deadline may still be running).
   handlers.add(running);
+  running.finally(() => handlers.delete(running)).catch(() => undefined);
   try {
-    const response = await running;
+    const response = await (answerBy === undefined ? running : raceDeadline(running, answerBy, () => new AppError('deadline_exceeded', 'deadline_exceeded', 'not done before the deadline of the call')));
     finish(status.OK);
     return { response };
   } catch (thrown) {
     const error = asAppError(thrown);
     if (!(error instanceof AppError) || error.kind === 'internal') context.with(active, () => logger.error({ err: error, method }, 'request failed'));
-    let failure: CallFailure;
-    try {
-      failure = callFailureOf(error);
-    } catch (mappingError) {
-      // Never leave a call unanswered (nor crash the server) because an error could not be described.
-      logger.error({ err: mappingError, method }, 'error could not be mapped to a status');
-      failure = callFailureOf(undefined);
-    }
+    const failure = callFailureOf(error);
     finish(failure.status);
     return { failure, error };
-  } finally {
-    handlers.delete(running);
   }
+}
+
+/**
+ * `work`, or `expired()` thrown at `deadline` (epoch ms) if it has not settled by then. The work itself goes on;
+ * only its answer is no longer awaited.
+ */
+export function raceDeadline<T>(work: Promise<T>, deadline: number, expired: () => Error): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(expired()), Math.max(0, deadline - Date.now()))));
+  return Promise.race([work, timeout]).finally(() => clearTimeout(timer));
 }
 
 /** A generated client's unary method, as grpc-js defines it (request, metadata, options, callback). */

@@ -22,6 +22,8 @@ import { contextOf, linkTo } from '../../observability/tracing.js';
 
 /** Items of one CreatePayments call. */
 export const MAX_PAYMENTS_PER_CALL = 1_000;
+/** Time kept before a CreatePayments call's deadline to encode and send the answers of the items done. */
+const ANSWER_MARGIN_MS = 50;
 const CREATE_PAYMENT_PATH = PaymentServiceService.createPayment.path.replace(/^\//, '');
 
 /** payments.v1.PaymentService: request validation and conversion around PaymentFlows. */
@@ -30,14 +32,18 @@ export function createPaymentService(flows: PaymentFlows, logger: Logger): Payme
   return {
     createPayment: unary(logger, 'CreatePayment', async (request) => ({ payment: await createOne(request) })),
 
-    createPayments: unary(logger, 'CreatePayments', async (request) => {
+    createPayments: unary(logger, 'CreatePayments', async (request, call) => {
       if (request.payments.length === 0 || request.payments.length > MAX_PAYMENTS_PER_CALL) throw new ValidationError('payments', `1-${MAX_PAYMENTS_PER_CALL} payments`);
       // Each item is served as its own CreatePayment call would be: its span in its caller's trace (linked to
       // this call's), its metric sample, its own answer. Concurrently: the flows coalesce their statements.
+      // One slow item must not cost the others their answers: an item not done shortly before the call's
+      // deadline is answered DEADLINE_EXCEEDED alone (the caller retries it with its key), the rest as they are.
       const batch = linkTo(context.active());
+      const deadline = Number(call.getDeadline());
+      const answerBy = Number.isFinite(deadline) ? deadline - ANSWER_MARGIN_MS : undefined;
       const outcomes = await Promise.all(
         request.payments.map((item) =>
-          serveCall(logger, CREATE_PAYMENT_PATH, 'CreatePayment', contextOf(item.traceparent), batch, () => createOne(item.request ?? CreatePaymentRequest.fromPartial({}))),
+          serveCall(logger, CREATE_PAYMENT_PATH, 'CreatePayment', contextOf(item.traceparent), batch, () => createOne(item.request ?? CreatePaymentRequest.fromPartial({})), answerBy),
         ),
       );
       return {

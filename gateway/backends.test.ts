@@ -1,0 +1,88 @@
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { Server, ServerCredentials, status, type ServerUnaryCall, type sendUnaryData, type UntypedServiceImplementation } from '@grpc/grpc-js';
+import { after, describe, it } from 'mocha';
+import { AppError } from '../lib/errors.js';
+import {
+  CreatePaymentRequest,
+  Payment,
+  PaymentServiceService,
+  type CreatePaymentResponse,
+  type CreatePaymentsRequest,
+  type CreatePaymentsResponse,
+} from '../proto/gen/payments/v1/payments.js';
+import { testConfig } from '../test/support.js';
+import { Backends } from './backends.js';
+
+/**
+ * The gateway's payment creations against a stand-in ledger (a gRPC server of the project's proto, answering
+ * what each test needs): how creations are coalesced, and what each caller gets.
+ */
+describe('gateway backends: payment creations coalesced into CreatePayments', () => {
+  const servers: Server[] = [];
+  const clients: Backends[] = [];
+  after(async () => {
+    for (const c of clients) c.close();
+    await Promise.all(servers.map((s) => new Promise<void>((resolve) => s.tryShutdown(() => resolve()))));
+  });
+
+  async function standIn(methods: UntypedServiceImplementation, deadlineMs = 5_000): Promise<Backends> {
+    // The ledger's own limits (ledger/app.ts).
+    const server = new Server({ 'grpc.max_receive_message_length': 32 * 1024 * 1024, 'grpc.max_send_message_length': 32 * 1024 * 1024 });
+    server.addService(PaymentServiceService, methods);
+    const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
+    servers.push(server);
+    const backends = new Backends(testConfig({ LEDGER_GRPC_TARGET: `127.0.0.1:${port}`, GATEWAY_GRPC_DEADLINE_MS: String(deadlineMs) }));
+    clients.push(backends);
+    return backends;
+  }
+
+  const request = (amount: bigint, metadata: Record<string, string> = {}) => CreatePaymentRequest.fromPartial({ merchantId: randomUUID(), amount, currency: 'USD', metadata });
+  const paymentFor = (r: CreatePaymentRequest) => Payment.fromPartial({ id: randomUUID(), merchantId: r.merchantId, amount: r.amount, currency: r.currency, metadata: r.metadata });
+
+  it('an answer of several MB (256 payments with full metadata) reaches its callers', async () => {
+    let calls = 0;
+    const backends = await standIn({
+      createPayments: (call: ServerUnaryCall<CreatePaymentsRequest, CreatePaymentsResponse>, done: sendUnaryData<CreatePaymentsResponse>) => {
+        calls++;
+        done(null, { outcomes: call.request.payments.map((item) => ({ result: { $case: 'payment', value: paymentFor(item.request!) } })) });
+      },
+    });
+    // 16 entries of 64 + 512 three-byte characters: about 27 KB a payment, about 7 MB for 256.
+    const metadata = Object.fromEntries(Array.from({ length: 16 }, (_, i) => [`${i}`.padEnd(64, '€'), '€'.repeat(512)]));
+    const created = await Promise.all(Array.from({ length: 256 }, (_, i) => backends.createPayment(request(BigInt(i + 1), metadata), false)));
+    assert.equal(calls, 1, 'one call for the 256');
+    assert.deepEqual(created.map((p) => p.amount), Array.from({ length: 256 }, (_, i) => BigInt(i + 1)));
+    assert.deepEqual(created[255]!.metadata, metadata);
+  });
+
+  it('a ledger without CreatePayments (an older version during an upgrade) gets each creation as CreatePayment', async () => {
+    let lone = 0;
+    const backends = await standIn({
+      createPayment: (call: ServerUnaryCall<CreatePaymentRequest, CreatePaymentResponse>, done: sendUnaryData<CreatePaymentResponse>) => {
+        lone++;
+        if (call.request.amount === 13n) done({ code: status.NOT_FOUND, details: 'no such account' });
+        else done(null, { payment: paymentFor(call.request) });
+      },
+    });
+    const results = await Promise.allSettled([1n, 13n, 3n].map((amount) => backends.createPayment(request(amount), false)));
+    assert.equal(lone, 3);
+    assert.deepEqual(results.map((r) => (r.status === 'fulfilled' ? r.value.amount : (r.reason as AppError).kind)), [1n, 'not_found', 3n]);
+  });
+
+  it('each caller keeps its own deadline: creations the ledger does not answer in time are deadline errors at that deadline', async () => {
+    const backends = await standIn(
+      {
+        createPayments: (call: ServerUnaryCall<CreatePaymentsRequest, CreatePaymentsResponse>, done: sendUnaryData<CreatePaymentsResponse>) => {
+          // The ledger answers the whole call after 1 s: longer than the callers' 300 ms.
+          setTimeout(() => done(null, { outcomes: call.request.payments.map((item) => ({ result: { $case: 'payment', value: paymentFor(item.request!) } })) }), 1_000);
+        },
+      },
+      300,
+    );
+    const started = Date.now();
+    const results = await Promise.allSettled([1n, 2n].map((amount) => backends.createPayment(request(amount), false)));
+    assert.ok(Date.now() - started < 900, 'answered at the deadline, not when the ledger did');
+    for (const r of results) assert.equal(r.status === 'rejected' && (r.reason as AppError).kind, 'deadline_exceeded');
+  });
+});
