@@ -16,8 +16,10 @@ import { createPaymentService } from './service.js';
 describe('payments.v1 CreatePayments: each item answered on its own', () => {
   let server: Server;
   let client: PaymentServiceClient;
-  /** Amounts the stand-in flows never finish. */
+  /** Amounts the stand-in flows do not finish until the tests are over. */
   const stuck = new Set([13n]);
+  // Released at the end: a handler left running would hold up every later drainHandlers() of this process.
+  const release: (() => void)[] = [];
 
   const row = (input: CreatePaymentInput): PaymentRow => ({
     id: randomUUID(),
@@ -51,7 +53,8 @@ describe('payments.v1 CreatePayments: each item answered on its own', () => {
 
   before(async () => {
     const flows = {
-      createPayment: (input: CreatePaymentInput) => (stuck.has(input.amount) ? new Promise<PaymentRow>(() => undefined) : Promise.resolve(row(input))),
+      createPayment: (input: CreatePaymentInput) =>
+        stuck.has(input.amount) ? new Promise<PaymentRow>((resolve) => release.push(() => resolve(row(input)))) : Promise.resolve(row(input)),
     } as unknown as PaymentFlows;
     server = new Server();
     server.addService(PaymentServiceService, createPaymentService(flows, createLogger('service-test', 'silent')));
@@ -59,6 +62,7 @@ describe('payments.v1 CreatePayments: each item answered on its own', () => {
     client = new PaymentServiceClient(`127.0.0.1:${port}`, credentials.createInsecure());
   });
   after(() => {
+    for (const r of release) r();
     client?.close();
     server?.forceShutdown();
   });
