@@ -29,18 +29,19 @@ const CREATIONS_PER_CALL = 256;
 /** CreatePayments calls in flight at once; creations arriving meanwhile wait and go together in the next. */
 const CREATION_CALLS_IN_FLIGHT = 8;
 
-/**
- * The gateway's gRPC clients. Several HTTP/2 channels per backend (each its own TCP connection: a private
- * subchannel pool), used round-robin; a deadline on every call; UNAVAILABLE retried with backoff only for
- * idempotent calls (reads, and writes whose ids or idempotency key make a repeat harmless). Errors come back
- * as the AppError the backend threw. Every channel is secured as GRPC_TLS_* say (lib/grpc-tls.ts).
- */
+/** A CreatePayments item's outcome as its caller's answer. */
 function outcomeOf({ result }: CreatePaymentOutcome): CreationOutcome {
   if (result?.$case === 'payment') return { payment: result.value };
   if (result?.$case === 'error') return { error: appErrorOf(result.value) };
   return { error: new InternalError('CreatePayments answered an outcome with neither a payment nor an error') };
 }
 
+/**
+ * The gateway's gRPC clients. Several HTTP/2 channels per backend (each its own TCP connection: a private
+ * subchannel pool), used round-robin; a deadline on every call; UNAVAILABLE retried with backoff only for
+ * idempotent calls (reads, and writes whose ids or idempotency key make a repeat harmless). Errors come back
+ * as the AppError the backend threw. Every channel is secured as GRPC_TLS_* say (lib/grpc-tls.ts).
+ */
 export class Backends {
   private readonly ledgers: LedgerClient[];
   private readonly payments: PaymentServiceClient[];
