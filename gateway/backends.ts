@@ -81,10 +81,15 @@ export class Backends {
     return this.ledgers[this.next++ % this.ledgers.length]!;
   }
 
+  /** A payments client: the channels in turn. */
+  private paymentClient(): PaymentServiceClient {
+    return this.payments[this.next++ % this.payments.length]!;
+  }
+
   /** Calls a payments method; `idempotent` calls are retried on UNAVAILABLE. */
   payment<Req, Res>(pick: (client: PaymentServiceClient) => UnaryMethod<Req, Res>, request: Req, idempotent: boolean): Promise<Res> {
     return this.call(() => {
-      const client = this.payments[this.next++ % this.payments.length]!;
+      const client = this.paymentClient();
       return callUnary(client, pick(client), request, this.config.GATEWAY_GRPC_DEADLINE_MS);
     }, idempotent);
   }
@@ -123,7 +128,7 @@ export class Backends {
     const answers = new Map<PaymentCreation, CreationOutcome>();
     if (live.length === 1) answers.set(live[0]!, await this.createAlone(live[0]!));
     if (live.length > 1) {
-      const client = this.payments[this.next++ % this.payments.length]!;
+      const client = this.paymentClient();
       const payments = live.map((i) => ({ request: i.request, traceparent: traceparentOf(i.caller) }));
       const deadlineMs = Math.max(...live.map((i) => i.deadline)) - now;
       try {
@@ -141,7 +146,7 @@ export class Backends {
   }
 
   private async createAlone(item: PaymentCreation): Promise<CreationOutcome> {
-    const client = this.payments[this.next++ % this.payments.length]!;
+    const client = this.paymentClient();
     try {
       const { payment } = await context.with(item.caller, () => callUnary(client, client.createPayment, item.request, Math.max(1, item.deadline - Date.now())));
       return payment ? { payment } : { error: new InternalError('CreatePayment answered no payment') };

@@ -163,7 +163,7 @@ export async function loadBatchState(db: PoolClient, submissions: readonly Submi
     });
     const full: string[] = [];
     for (const row of r.rows) {
-      const account = accountIdentityFromRow(row);
+      const account = accountFromRow(row, false);
       accounts.set(account.id, account);
       if (row.wide || hasFlag(account.flags, FULL_BALANCE_FLAGS) || fullAccountIds.has(account.id)) full.push(account.id);
       else partialAccounts.add(account.id);
@@ -353,35 +353,21 @@ function jsonOrEmpty(metadata: Record<string, string>): string {
 
 type Row = Record<string, unknown>;
 
-export function accountFromRow(r: Row): AccountRow {
-  return {
-    id: r['id'] as string,
-    ledger: Number(r['ledger']),
-    code: Number(r['code']),
-    flags: r['flags'] as number,
-    debitsPending: r['debits_pending'] as bigint,
-    debitsPosted: r['debits_posted'] as bigint,
-    creditsPending: r['credits_pending'] as bigint,
-    creditsPosted: r['credits_posted'] as bigint,
-    metadata: r['metadata'] as Record<string, string>,
-    timestamp: r['timestamp'] as bigint,
-  };
-}
-
 /**
- * An account read without its balances (zero here, filled in when read in full). Built field by field: an
- * object spread of the row cost about 4 µs per account, a sixth of a batch's JavaScript time.
+ * An account from its row; `withBalances: false` for a row read without them (zero here, filled in when read in
+ * full). Built field by field: an object spread of the row cost about 4 µs per account, a sixth of a batch's
+ * JavaScript time.
  */
-function accountIdentityFromRow(r: Row): AccountRow {
+export function accountFromRow(r: Row, withBalances = true): AccountRow {
   return {
     id: r['id'] as string,
     ledger: Number(r['ledger']),
     code: Number(r['code']),
     flags: r['flags'] as number,
-    debitsPending: 0n,
-    debitsPosted: 0n,
-    creditsPending: 0n,
-    creditsPosted: 0n,
+    debitsPending: withBalances ? (r['debits_pending'] as bigint) : 0n,
+    debitsPosted: withBalances ? (r['debits_posted'] as bigint) : 0n,
+    creditsPending: withBalances ? (r['credits_pending'] as bigint) : 0n,
+    creditsPosted: withBalances ? (r['credits_posted'] as bigint) : 0n,
     metadata: r['metadata'] as Record<string, string>,
     timestamp: r['timestamp'] as bigint,
   };
