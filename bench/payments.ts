@@ -19,6 +19,8 @@ import { cpuProfileArgs, spawnService, type ServiceProcess } from '../test/ledge
 
 const SECONDS = Number(process.env['BENCH_PAYMENTS_SECONDS'] ?? 30);
 const CONNECTIONS = Number(process.env['BENCH_PAYMENTS_CONNECTIONS'] ?? 256);
+/** BENCH_PAYMENTS_RUNS: only these runs (e.g. `default` to compare two builds quickly); default all three. */
+const RUNS = process.env['BENCH_PAYMENTS_RUNS']?.split(',') ?? ['baseline', 'default', 'traced'];
 const config = loadConfig();
 const ADMIN_KEY = `admin_${randomBytes(24).toString('base64url')}`;
 const STREAM = { EVENTS_STREAM: 'BENCH_PAYMENT_EVENTS', EVENTS_SUBJECT_PREFIX: 'benchpay', EVENTS_MAX_BYTES: String(2 * 1024 ** 3) };
@@ -137,13 +139,14 @@ async function main(): Promise<void> {
   await new Promise<void>((resolve) => sink.listen(0, '127.0.0.1', resolve));
   const otlp = `http://127.0.0.1:${(sink.address() as AddressInfo).port}`;
   try {
-    rows.push(await measure('baseline: ledger batches of 1', { LEDGER_BATCH_MAX: '1' }));
-    rows.push(await measure('ledger batching (default settings), tracing off', {}));
-    rows.push(await measure('the same, tracing at sampling 1.0 (OTLP)', {}, { OTEL_EXPORTER_OTLP_ENDPOINT: otlp, TRACES_SAMPLING_RATIO: '1' }));
+    if (RUNS.includes('baseline')) rows.push(await measure('baseline: ledger batches of 1', { LEDGER_BATCH_MAX: '1' }));
+    if (RUNS.includes('default')) rows.push(await measure('ledger batching (default settings), tracing off', {}));
+    if (RUNS.includes('traced')) rows.push(await measure('the same, tracing at sampling 1.0 (OTLP)', {}, { OTEL_EXPORTER_OTLP_ENDPOINT: otlp, TRACES_SAMPLING_RATIO: '1' }));
   } finally {
     sink.close();
     await deleteStream(config, STREAM.EVENTS_STREAM);
   }
+  if (rows.length < 3) return; // a partial run: its lines above are the result, the table needs all three
   const [, untraced, traced] = rows;
   console.log(`tracing at sampling 1.0: ${((traced!.paymentsPerSecond / untraced!.paymentsPerSecond) * 100).toFixed(1)}% of the untraced throughput (${(spanBytes / 1024 / 1024).toFixed(1)} MiB of OTLP received)`);
   const base = rows[0]!.paymentsPerSecond;
