@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { loadConfig, ownedShards, shardOwners } from './config.js';
+import { defaultLedgerWorkers, loadConfig, ownedShards, shardOwners } from './config.js';
 import { ConfigError } from './errors.js';
 
 describe('config', () => {
@@ -7,14 +7,14 @@ describe('config', () => {
     const config = loadConfig({});
     assert.equal(config.DATABASE_URL, 'postgres://postgres@127.0.0.1:5432/ledgerline');
     assert.equal(config.NATS_URL, 'nats://127.0.0.1:4222');
-    assert.equal(config.LEDGER_SHARDS, 8);
+    assert.equal(config.LEDGER_SHARDS, 4);
     assert.equal(config.LEDGER_GRPC_LISTEN, '0.0.0.0:50051');
   });
 
   it('parses numbers and treats empty strings as unset', () => {
     const config = loadConfig({ LEDGER_SHARDS: '16', LEDGER_WORKERS: '', LEDGER_BATCH_MAX: '100', LEDGER_MAX_QUEUED_EVENTS: '100' });
     assert.equal(config.LEDGER_SHARDS, 16);
-    assert.equal(config.LEDGER_WORKERS, 2);
+    assert.equal(config.LEDGER_WORKERS, defaultLedgerWorkers());
     assert.equal(config.LEDGER_BATCH_MAX, 100);
   });
 

@@ -122,7 +122,9 @@ export async function runBank(stack: ChaosStack, options: BankOptions): Promise<
       const [what, inject] = plan.shift() ?? kill(pick(SERVICES));
       // A service still down is restarted before it is killed again.
       if (healing.has(what)) continue;
-      healing.set(what, inject().finally(() => healing.delete(what)));
+      // A fault that could not be healed (a service that would not start again) is reported, not lost.
+      const healed = inject().catch((error: unknown) => void violations.push(`${what} not back after its fault: ${error instanceof Error ? error.message : String(error)}`));
+      healing.set(what, healed.finally(() => healing.delete(what)));
     }
     await Promise.all(healing.values());
   };
@@ -139,7 +141,7 @@ export async function runBank(stack: ChaosStack, options: BankOptions): Promise<
       'snapshot reads': reads.ok + reads.moved,
       'snapshot reads that saw the total move': reads.moved,
       'reads refused during faults': reads.failed,
-      ...Object.fromEntries([...stack.kills].map(([what, n]) => [`${what} ${what === 'postgres' ? 'cut off' : what === 'nats' ? 'restarts' : 'kill -9'}`, n])),
+      ...Object.fromEntries([...stack.kills].map(([what, n]) => [what === 'postgres' ? 'postgres cut off' : what === 'nats' ? 'nats restarts' : what.endsWith('failures') ? what : `${what} kill -9`, n])),
     },
     violations,
   };

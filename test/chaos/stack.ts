@@ -6,6 +6,9 @@ import { spawnService, type ServiceProcess } from '../ledger-process.js';
 import { TestNatsServer } from '../nats-server.js';
 import { TcpProxy } from '../tcp-proxy.js';
 
+/** How often a service that exits during start-up is started again before the suite gives up on it. */
+const SUPERVISOR_ATTEMPTS = 20;
+
 /** The processes the chaos suite kills and restarts. */
 export const SERVICES = ['risk', 'ledger', 'settlement', 'gateway'] as const;
 export type ServiceName = (typeof SERVICES)[number];
@@ -31,7 +34,7 @@ export class ChaosStack {
   private readonly processes = new Map<ServiceName, ServiceProcess>();
   private readonly env = new Map<ServiceName, Record<string, string>>();
   /** Restarts of each service after a kill. */
-  readonly kills = new Map<ServiceName | 'postgres' | 'nats', number>();
+  readonly kills = new Map<ServiceName | 'postgres' | 'nats' | `${ServiceName} start-up failures`, number>();
 
   private constructor(
     readonly nats: TestNatsServer,
@@ -102,10 +105,25 @@ export class ChaosStack {
     return Number(/VmHWM:\s+(\d+) kB/.exec(status)?.[1] ?? NaN) / 1024;
   }
 
+  /**
+   * Starts a service (on its old port after a kill). One that exits during start-up, as a service does whose
+   * database is cut off at that moment, is started again after a pause: what the deployment's supervisor does
+   * (docker-compose.yml, `restart: unless-stopped`). Without it, a restart that met a cut left the service down
+   * for the rest of the run and the suite reported its clients' requests as never answered.
+   */
   private async spawn(name: ServiceName): Promise<void> {
     const previous = this.processes.get(name);
     const port = previous ? Number(previous.target.split(':')[1]) : undefined;
-    this.processes.set(name, await spawnService(ENTRY[name], this.env.get(name)!, [], port));
+    for (let attempt = 1; ; attempt++) {
+      try {
+        this.processes.set(name, await spawnService(ENTRY[name], this.env.get(name)!, [], port));
+        return;
+      } catch (error) {
+        if (attempt >= SUPERVISOR_ATTEMPTS) throw error;
+        this.count(`${name} start-up failures`);
+        await new Promise((resolve) => setTimeout(resolve, 500));
+      }
+    }
   }
 
   /** kill -9, then a restart on the same port once the old process is gone. */
@@ -132,7 +150,7 @@ export class ChaosStack {
     await this.nats.restart();
   }
 
-  private count(what: ServiceName | 'postgres' | 'nats'): void {
+  private count(what: ServiceName | 'postgres' | 'nats' | `${ServiceName} start-up failures`): void {
     this.kills.set(what, (this.kills.get(what) ?? 0) + 1);
   }
 
