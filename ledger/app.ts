@@ -8,7 +8,7 @@ import { channelCredentials, grpcTlsEnabled, serverCredentials, serverOptions } 
 import type { Logger } from '../lib/logger.js';
 import { LedgerServiceService } from '../proto/gen/ledger/v1/ledger.js';
 import type { BatchTask } from './batch.js';
-import { relayedOutboxShards } from './outbox.js';
+import { leftoverOutboxShards, relayedOutboxShards } from './outbox.js';
 import { LedgerRouter } from './router.js';
 import { createLedgerService } from './service.js';
 import { ensureShards } from './store.js';
@@ -47,6 +47,7 @@ export async function startLedger(config: Config, logger: Logger): Promise<Ledge
   const shards = ownedShards(config.LEDGER_OWNED_SHARDS, config.LEDGER_SHARDS);
   // Another instance may commit batches on these rows meanwhile (rolling restart): retried like any transaction.
   await withTransaction(pool, (client) => ensureShards(client, shards));
+  const leftoverShards = config.LEDGER_RELAY_ENABLED ? await leftoverOutboxShards(pool, config.LEDGER_SHARDS, shards) : [];
 
   const workers = new Piscina<BatchTask, WorkerReply>({
     filename: workerUrl(),
@@ -119,7 +120,7 @@ export async function startLedger(config: Config, logger: Logger): Promise<Ledge
 
   const sweeper = new ExpirySweeper(pool, router, logger, config.LEDGER_EXPIRY_SWEEP_MS);
   sweeper.start();
-  const relay = config.LEDGER_RELAY_ENABLED ? new OutboxRelay(config, relayedOutboxShards(shards), logger) : undefined;
+  const relay = config.LEDGER_RELAY_ENABLED ? new OutboxRelay(config, [...relayedOutboxShards(shards), ...leftoverShards], logger) : undefined;
   relay?.start();
   const resumer = new PaymentResumer(pool, payments, logger, config.PAYMENTS_RESUME_AFTER_MS, config.PAYMENTS_AUTHORIZATION_TIMEOUT_SECONDS);
   resumer.task.start();

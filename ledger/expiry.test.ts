@@ -8,6 +8,7 @@ import { skewedClock, spawnLedger, type LedgerProcess } from '../test/ledger-pro
 import { migratedScratchDatabase, testConfig, testPool } from '../test/support.js';
 import { LedgerClient } from './client.js';
 import { PAYMENT_OUTBOX_SHARD_BASE } from './outbox.js';
+import { shardOf } from './router.js';
 
 /**
  * Pending transfers expire exactly once, even with two sweepers on the same shards at once (two ledger
@@ -51,6 +52,39 @@ describe('pending expiry with two sweepers running', function () {
     // Posting an expired transfer is refused with the expiry code.
     const [late] = await second.client.createTransfers([transfer({ pendingId: pendings[0]!.id, flags: { postPendingTransfer: true } })]);
     assert.equal(late?.code, CreateTransferResultCode.CREATE_TRANSFER_RESULT_CODE_PENDING_TRANSFER_EXPIRED);
+  });
+});
+
+/**
+ * LEDGER_SHARDS lowered (8 to 4) while pending transfers of shards 4-7 wait for their timeout: those shards no
+ * longer exist, and their pending transfers must still expire (through their debit account's shard of now).
+ */
+describe('pending expiry after LEDGER_SHARDS is lowered', function () {
+  this.timeout(60_000);
+
+  it('pending transfers of shards that no longer exist expire once, their amounts released', async () => {
+    // Debit accounts whose shard of 8 is 4-7: their pending transfers are recorded on shards that 4 shards lack.
+    const debits: Account[] = [];
+    while (debits.length < 10) {
+      const a = account();
+      if (shardOf(a.id, 8) >= 4) debits.push(a);
+    }
+    const credit = account();
+    const pendings = debits.map((d, i) => transfer({ debitAccountId: d.id, creditAccountId: credit.id, amount: BigInt(100 + i), flags: { pending: true }, timeout: 1 }));
+    const eight = await startTestLedger({ LEDGER_SHARDS: '8', LEDGER_EXPIRY_SWEEP_MS: '600000' });
+    try {
+      assert.ok((await eight.client.createAccounts([...debits, credit])).every((r) => r.code === 1));
+      assert.ok((await eight.client.createTransfers(pendings)).every((r) => r.code === 1));
+    } finally {
+      await eight.close();
+    }
+    const four = await startTestLedger({ LEDGER_SHARDS: '4', LEDGER_EXPIRY_SWEEP_MS: '20' });
+    try {
+      await allExpired(four.client, pendings);
+      await assertReleasedOnce(four.client, four.client, credit, debits);
+    } finally {
+      await four.close();
+    }
   });
 });
 
@@ -159,7 +193,6 @@ describe('pending expiry with two ledger processes whose clocks disagree by a mi
   });
 });
 
-/** Waits (up to 20 s) until every one of `pendings` is expired. */
 /** Released once: nothing pending, nothing posted, on either side (read through two instances). */
 async function assertReleasedOnce(creditReader: LedgerClient, debitReader: LedgerClient, credit: Account, debits: readonly Account[]): Promise<void> {
   const [c] = await creditReader.lookupAccounts([credit.id]);
@@ -167,6 +200,7 @@ async function assertReleasedOnce(creditReader: LedgerClient, debitReader: Ledge
   for (const d of await debitReader.lookupAccounts(debits.map((a) => a.id))) assert.deepEqual([d.debitsPending, d.debitsPosted], [0n, 0n]);
 }
 
+/** Waits (up to 20 s) until every one of `pendings` is expired. */
 async function allExpired(client: LedgerClient, pendings: readonly Transfer[]): Promise<void> {
   const deadline = Date.now() + 20_000;
   for (;;) {

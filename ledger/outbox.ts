@@ -1,5 +1,6 @@
 import { randomInt, randomUUID } from 'node:crypto';
 import { EventBatch, type EventEnvelope } from '../proto/gen/events/v1/events.js';
+import type { Queryable } from '../lib/db.js';
 import type { LedgerEvent } from './engine.js';
 
 /** Events per message: 2,048 transfer events encode to about 400 KB, well under NATS's 1 MiB message limit. */
@@ -35,6 +36,20 @@ export function nextOutboxSequence(): bigint {
 /** The outbox shards whose rows an instance owning `ledgerShards` publishes. */
 export function relayedOutboxShards(ledgerShards: readonly number[]): number[] {
   return [...ledgerShards, ...ledgerShards.map((s) => PAYMENT_OUTBOX_SHARD_BASE + s)];
+}
+
+/**
+ * Outbox shards of ledger shards that no longer exist (LEDGER_SHARDS was lowered) and still hold rows that
+ * were committed but not yet published: each is published by the instance owning ledger shard (its number mod
+ * the shard count), so that exactly one relay takes it. Asked once at start-up: after the change no batch
+ * writes to those shards any more (unless an instance with the old count still runs).
+ */
+export async function leftoverOutboxShards(db: Queryable, shardCount: number, ownedShards: readonly number[]): Promise<number[]> {
+  const r = await db.query(
+    `SELECT DISTINCT shard FROM outbox WHERE (shard >= $1 AND shard < $2) OR (shard >= $2 + $1 AND shard < $3)`,
+    [shardCount, PAYMENT_OUTBOX_SHARD_BASE, SETTLEMENT_OUTBOX_SHARD],
+  );
+  return r.rows.map((row) => row.shard as number).filter((shard) => ownedShards.includes((shard % PAYMENT_OUTBOX_SHARD_BASE) % shardCount));
 }
 
 /** The subject an outbox shard's events are published on (under EVENTS_SUBJECT_PREFIX). */

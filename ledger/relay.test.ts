@@ -121,6 +121,28 @@ describe('outbox relay to JetStream (own NATS server, real PostgreSQL)', functio
     }
   });
 
+  it('LEDGER_SHARDS lowered while rows of the removed shards wait (8 to 4): they are published, once', async () => {
+    // Committed under 8 shards and not yet published (relay off, as if NATS had been down): rows of shards 4-7.
+    const eight = await startTestLedger({ ...env, LEDGER_SHARDS: '8', LEDGER_RELAY_ENABLED: 'false' });
+    let transfers: Transfer[];
+    try {
+      transfers = await commitTransfers(eight.client, 600);
+    } finally {
+      await eight.close();
+    }
+    const removed = (await pool.query('SELECT DISTINCT shard FROM outbox WHERE shard BETWEEN 4 AND 7')).rows;
+    assert.ok(removed.length > 0, 'no rows of shards 4-7 waited: the test checks nothing');
+
+    const four = await startTestLedger({ ...env, LEDGER_SHARDS: '4' });
+    try {
+      await waitForEmptyOutbox();
+      const messages = await streamMessages(env['EVENTS_STREAM']!);
+      assertEveryTransferOnceInShardOrder(messages, transfers, env['EVENTS_SUBJECT_PREFIX']!);
+    } finally {
+      await four.close();
+    }
+  });
+
   it('a relay that published and died before deleting: the rows go out again and JetStream keeps one copy', async () => {
     // Commit with the relay off, then publish the rows as a relay would have, without deleting them.
     const quiet = await startTestLedger({ ...env, LEDGER_RELAY_ENABLED: 'false' });
