@@ -47,12 +47,13 @@ export async function startLedger(config: Config, logger: Logger): Promise<Ledge
   const shards = ownedShards(config.LEDGER_OWNED_SHARDS, config.LEDGER_SHARDS);
   // Another instance may commit batches on these rows meanwhile (rolling restart): retried like any transaction.
   await withTransaction(pool, (client) => ensureShards(client, shards));
-  const leftoverShards = config.LEDGER_RELAY_ENABLED ? await leftoverOutboxShards(pool, config.LEDGER_SHARDS, shards) : [];
 
+  // A shard runs one batch at a time: threads beyond the owned shards would only idle.
+  const workerThreads = Math.min(config.LEDGER_WORKERS, shards.length);
   const workers = new Piscina<BatchTask, WorkerReply>({
     filename: workerUrl(),
-    minThreads: config.LEDGER_WORKERS,
-    maxThreads: config.LEDGER_WORKERS,
+    minThreads: workerThreads,
+    maxThreads: workerThreads,
     concurrentTasksPerWorker: config.LEDGER_WORKER_CONCURRENCY,
     idleTimeout: 60_000,
     workerData: { config },
@@ -120,7 +121,9 @@ export async function startLedger(config: Config, logger: Logger): Promise<Ledge
 
   const sweeper = new ExpirySweeper(pool, router, logger, config.LEDGER_EXPIRY_SWEEP_MS);
   sweeper.start();
-  const relay = config.LEDGER_RELAY_ENABLED ? new OutboxRelay(config, [...relayedOutboxShards(shards), ...leftoverShards], logger) : undefined;
+  const relay = config.LEDGER_RELAY_ENABLED
+    ? new OutboxRelay(config, relayedOutboxShards(shards), logger, (db) => leftoverOutboxShards(db, config.LEDGER_SHARDS, shards))
+    : undefined;
   relay?.start();
   const resumer = new PaymentResumer(pool, payments, logger, config.PAYMENTS_RESUME_AFTER_MS, config.PAYMENTS_AUTHORIZATION_TIMEOUT_SECONDS);
   resumer.task.start();
@@ -142,7 +145,7 @@ export async function startLedger(config: Config, logger: Logger): Promise<Ledge
       [lagRows, lagSeconds, published],
     );
   }
-  logger.info({ address, tls: grpcTlsEnabled(config), shards: shards.length, shardCount: config.LEDGER_SHARDS, workers: config.LEDGER_WORKERS }, 'ledger listening');
+  logger.info({ address, tls: grpcTlsEnabled(config), shards: shards.length, shardCount: config.LEDGER_SHARDS, workers: workerThreads }, 'ledger listening');
 
   return {
     address,

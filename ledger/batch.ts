@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { inOrder, isUniqueViolation, recordStatements, withTransaction, type Pool, type StatementTiming } from '../lib/db.js';
+import { isUniqueViolation, recordStatements, withTransaction, type Pool, type StatementTiming } from '../lib/db.js';
 import { InternalError } from '../lib/errors.js';
 import { BatchEvaluator } from './engine.js';
 import { AccountFlag, hasFlag, type Submission, type SubmissionResult } from './model.js';
@@ -54,9 +54,8 @@ export async function executeBatch(pool: Pool, task: BatchTask): Promise<BatchOu
         async (client) => {
           attempts++;
           if (statements) recordStatements(client, statements, attempts);
-          // Sent together (one round trip with BEGIN): the reads do not depend on the shard's clock, and on the
-          // connection the shard lock still comes first.
-          const [clock, state] = await inOrder(lockShard(client, task.shard), loadBatchState(client, task.submissions, hints));
+          const clock = await lockShard(client, task.shard);
+          const state = await loadBatchState(client, task.submissions, hints);
           const loadedTransferIds = new Set(state.transfers.keys());
           // History accounts order batches across shards: their balances rows must follow commit order.
           const historyIds = [...state.accounts.values()].filter((a) => hasFlag(a.flags, AccountFlag.history)).map((a) => a.id);

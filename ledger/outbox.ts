@@ -41,8 +41,8 @@ export function relayedOutboxShards(ledgerShards: readonly number[]): number[] {
 /**
  * Outbox shards of ledger shards that no longer exist (LEDGER_SHARDS was lowered) and still hold rows that
  * were committed but not yet published: each is published by the instance owning ledger shard (its number mod
- * the shard count), so that exactly one relay takes it. Asked once at start-up: after the change no batch
- * writes to those shards any more (unless an instance with the old count still runs).
+ * the shard count), so that exactly one relay takes it. The relay asks again every few seconds: during a
+ * rolling change, instances with the old count still write there.
  */
 export async function leftoverOutboxShards(db: Queryable, shardCount: number, ownedShards: readonly number[]): Promise<number[]> {
   const r = await db.query(

@@ -1,5 +1,5 @@
 import type { Config } from '../lib/config.js';
-import { createPool, sqlArray, statement, type Pool } from '../lib/db.js';
+import { createPool, sqlArray, statement, type Pool, type Queryable } from '../lib/db.js';
 import type { Logger } from '../lib/logger.js';
 import { connectJetStream, connectNats, type JetStreamClient, type NatsConnection } from '../lib/nats.js';
 import { sleep } from '../lib/retry.js';
@@ -46,11 +46,22 @@ export class OutboxRelay {
    */
   private readonly pool: Pool;
 
+  /** The shards published now: the fixed ones and those the last discovery found. */
+  private shards: readonly number[];
+  private nextDiscovery = 0;
+
   constructor(
     private readonly config: Config,
-    private readonly shards: readonly number[],
+    private readonly fixedShards: readonly number[],
     private readonly logger: Logger,
+    /**
+     * Further shards to publish, asked again every `discoveryMs` (a ledger's outbox shards of shards that no
+     * longer exist: rows there can still appear while instances with the old count finish a rolling change).
+     */
+    private readonly discoverShards?: (db: Queryable) => Promise<number[]>,
+    private readonly discoveryMs = 5_000,
   ) {
+    this.shards = fixedShards;
     this.pool = createPool(config, { max: 2, applicationName: 'outbox-relay', isolation: 'repeatable read' });
   }
 
@@ -87,6 +98,7 @@ export class OutboxRelay {
     let failures = 0;
     while (this.running) {
       try {
+        await this.discover();
         const js = await this.jetstream();
         const sent = await this.drainOnce(js);
         failures = 0;
@@ -97,6 +109,13 @@ export class OutboxRelay {
         await sleep(Math.min(1000, 50 * failures));
       }
     }
+  }
+
+  private async discover(): Promise<void> {
+    if (!this.discoverShards || Date.now() < this.nextDiscovery) return;
+    const found = await this.discoverShards(this.pool);
+    this.shards = [...new Set([...this.fixedShards, ...found])];
+    this.nextDiscovery = Date.now() + this.discoveryMs;
   }
 
   private async jetstream(): Promise<JetStreamClient> {

@@ -32,31 +32,41 @@ export class ExpirySweeper {
   /**
    * One pass over the owned shards; returns how many pending transfers expired. A pending transfer created
    * under a larger LEDGER_SHARDS keeps a shard number that no longer exists: it is released through the shard
-   * its post or void would take now (its debit account's), by the instance that owns that shard.
+   * its post or void would take now (its debit account's), by the instance that owns that shard. Those are
+   * looked for in a query of their own, so that other instances' leftovers never crowd out this one's shards.
    */
   async sweep(): Promise<number> {
     const now = BigInt(Date.now()) * 1_000_000n;
     const { shardCount, ownedShards } = this.router;
     // Candidates only (the batch decides), so no SERIALIZABLE read locks in the batches' way: see lib/db.ts.
-    const r = await withTransaction(
+    const [own, leftover] = await withTransaction(
       this.pool,
-      (c) =>
-        c.query(
-          `SELECT id, shard, debit_account_id FROM pending_transfers
-           WHERE (shard = ANY($1::int4[]) OR shard >= $4) AND state = 1 AND expires_at > 0 AND expires_at <= $2
+      async (c) => [
+        await c.query(
+          `SELECT id, shard FROM pending_transfers
+           WHERE shard = ANY($1::int4[]) AND state = 1 AND expires_at > 0 AND expires_at <= $2
            ORDER BY expires_at LIMIT $3`,
-          [ownedShards, now, MAX_BATCH_EVENTS, shardCount],
+          [ownedShards, now, MAX_BATCH_EVENTS],
         ),
+        await c.query(
+          `SELECT id, debit_account_id FROM pending_transfers
+           WHERE shard >= $1 AND state = 1 AND expires_at > 0 AND expires_at <= $2
+           ORDER BY expires_at LIMIT $3`,
+          [shardCount, now, MAX_BATCH_EVENTS],
+        ),
+      ],
       { isolation: 'repeatable read', readOnly: true },
     );
     const perShard = new Map<number, string[]>();
-    for (const row of r.rows) {
-      const shard: number = row.shard < shardCount ? row.shard : shardOf(row.debit_account_id, shardCount);
-      if (!ownedShards.includes(shard)) continue;
+    const add = (shard: number, id: string) => {
+      if (!ownedShards.includes(shard)) return;
       const ids = perShard.get(shard) ?? [];
-      ids.push(row.id);
+      if (ids.length >= MAX_BATCH_EVENTS) return; // one batch's worth per shard and pass; the rest next pass
+      ids.push(id);
       perShard.set(shard, ids);
-    }
+    };
+    for (const row of own.rows) add(row.shard, row.id);
+    for (const row of leftover.rows) add(shardOf(row.debit_account_id, shardCount), row.id);
     const counts = await Promise.all([...perShard].map(([shard, ids]) => this.router.expire(shard, ids)));
     const expired = counts.reduce((a, b) => a + b, 0);
     if (expired > 0) this.logger.info({ expired }, 'expired pending transfers released');

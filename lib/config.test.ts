@@ -1,5 +1,6 @@
 import { strict as assert } from 'node:assert';
-import { defaultLedgerWorkers, loadConfig, ownedShards, shardOwners } from './config.js';
+import os from 'node:os';
+import { loadConfig, ownedShards, shardOwners } from './config.js';
 import { ConfigError } from './errors.js';
 
 describe('config', () => {
@@ -14,7 +15,7 @@ describe('config', () => {
   it('parses numbers and treats empty strings as unset', () => {
     const config = loadConfig({ LEDGER_SHARDS: '16', LEDGER_WORKERS: '', LEDGER_BATCH_MAX: '100', LEDGER_MAX_QUEUED_EVENTS: '100' });
     assert.equal(config.LEDGER_SHARDS, 16);
-    assert.equal(config.LEDGER_WORKERS, defaultLedgerWorkers());
+    assert.equal(config.LEDGER_WORKERS, Math.max(1, os.availableParallelism() - 1), 'one worker per core but one');
     assert.equal(config.LEDGER_BATCH_MAX, 100);
   });
 

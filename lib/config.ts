@@ -14,8 +14,9 @@ const positiveInt = z.coerce.number().int().positive();
 
 /**
  * Batch worker threads: one core less than the machine has (at least one), since the main thread (gRPC, the
- * batchers, the relay) needs a core too. On this project's 2-core reference machine, where PostgreSQL shares
- * the cores, one worker beat two in `make bench` (ledger and payments alike, README).
+ * batchers, the relay) needs a core too; the ledger starts no more than it owns shards. On this project's
+ * 2-core reference machine, where PostgreSQL shares the cores, one worker beat two in `make bench` (ledger
+ * and payments alike, README). Node 20 counts the host's cores, not a container's CPU limit: set it there.
  */
 export function defaultLedgerWorkers(): number {
   return Math.min(64, Math.max(1, os.availableParallelism() - 1));

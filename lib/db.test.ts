@@ -2,7 +2,7 @@ import { strict as assert } from 'node:assert';
 import { randomUUID } from 'node:crypto';
 import { testConfig, testPool } from '../test/support.js';
 import { AppError } from './errors.js';
-import { asAppError, createPool, inOrder, isSerializationFailure, sqlState, withTransaction, type Pool } from './db.js';
+import { asAppError, createPool, isSerializationFailure, withTransaction, type Pool } from './db.js';
 
 describe('database (PostgreSQL at SERIALIZABLE)', () => {
   let pool: Pool;
@@ -48,33 +48,6 @@ describe('database (PostgreSQL at SERIALIZABLE)', () => {
     } finally {
       await short.end();
     }
-  });
-
-  it('statements sent together in a transaction answer in order; the first failure is the one reported, after all have answered', async () => {
-    const shift = randomUUID();
-    // Both statements are on the wire before either answers (pipelined): each gets its own answer.
-    const [first, second] = await withTransaction(pool, (c) =>
-      inOrder(c.query('INSERT INTO db_test_oncall VALUES ($1, $2, true) RETURNING doctor', [shift, 'carol']), c.query('SELECT count(*)::int AS n FROM db_test_oncall WHERE shift = $1', [shift])),
-    );
-    assert.equal(first.rows[0].doctor, 'carol');
-    assert.equal(second.rows[0].n, 1, 'the second statement runs after the first, in the same transaction');
-
-    // The duplicate fails (23505); the statement behind it then fails only because the transaction is aborted
-    // (25P02): the caller must see the cause, and nothing of the transaction may be kept.
-    let laterAnswered = false;
-    await assert.rejects(
-      withTransaction(pool, (c) =>
-        inOrder(
-          c.query("INSERT INTO db_test_oncall VALUES ($1, 'dave', true)", [shift]),
-          c.query('INSERT INTO db_test_oncall VALUES ($1, $2, true)', [shift, 'carol']),
-          c.query('SELECT 1').finally(() => (laterAnswered = true)),
-        ),
-      ),
-      (error) => sqlState(error) === '23505',
-    );
-    assert.ok(laterAnswered, 'inOrder waits for every statement before it fails');
-    const kept = await pool.query('SELECT doctor FROM db_test_oncall WHERE shift = $1 ORDER BY doctor', [shift]);
-    assert.deepEqual(kept.rows.map((r) => r.doctor), ['carol']);
   });
 
   it('returns int8 as bigint, exactly, above 2^53', async () => {

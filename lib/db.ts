@@ -50,10 +50,6 @@ export function createPool(config: PoolConfig, options: PoolOptions = {}): pg.Po
     statement_timeout: config.DATABASE_STATEMENT_TIMEOUT_MS,
     connectionTimeoutMillis: 5_000,
     options: settings.join(' '),
-    // A statement is sent without waiting for the answers of the ones before it (each still gets its own answer
-    // or error): withTransaction's BEGIN travels with the first statement, and callers may send independent
-    // statements together (inOrder). Every round trip saved is a wake-up of both processes.
-    pipeline: true,
   });
   // An idle client losing its connection (database restart) must not crash the process; the next query fails
   // and is handled by its caller.
@@ -148,9 +144,8 @@ export async function withTransaction<T>(pool: pg.Pool, work: (client: pg.PoolCl
       const untrace = attempt?.trace(client);
       try {
         const level = options.isolation === 'repeatable read' ? 'REPEATABLE READ' : 'SERIALIZABLE';
-        // Not awaited: the pipelined connection sends the first statement of `work` right behind it.
-        const begun = client.query(`BEGIN ISOLATION LEVEL ${level}${options.readOnly ? ' READ ONLY' : ''}`);
-        const [, result] = await inOrder(begun, work(client));
+        await client.query(`BEGIN ISOLATION LEVEL ${level}${options.readOnly ? ' READ ONLY' : ''}`);
+        const result = await work(client);
         await client.query('COMMIT');
         attempt?.end();
         return result;
@@ -180,18 +175,6 @@ export async function withTransaction<T>(pool: pg.Pool, work: (client: pg.PoolCl
       isRetryable: (error) => isSerializationFailure(error) || (options.retryIf?.(error) ?? false),
     },
   );
-}
-
-/**
- * The results of statements sent together on one pipelined connection, once all have answered. Fails with the
- * first failure in the order sent: in a transaction, the statements after a failed one fail only because the
- * transaction is aborted (25P02), and the first error is the one that says what happened (40001: retry).
- * Waiting for all also means that no caller's work goes on after the transaction has ended.
- */
-export async function inOrder<T extends readonly unknown[]>(...promises: { [K in keyof T]: Promise<T[K]> }): Promise<T> {
-  const settled = await Promise.allSettled(promises);
-  for (const outcome of settled) if (outcome.status === 'rejected') throw outcome.reason;
-  return settled.map((outcome) => (outcome as PromiseFulfilledResult<unknown>).value) as unknown as T;
 }
 
 /**
