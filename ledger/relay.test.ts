@@ -81,15 +81,21 @@ describe('outbox relay to JetStream (own NATS server, real PostgreSQL)', functio
     for (const t of transfers) assert.equal(seen.get(t.id), 1, `transfer ${t.id} published ${seen.get(t.id) ?? 0} times`);
   }
 
+  /** Once the outbox is empty: every message stored once, every transfer in exactly one, in order per shard. */
+  async function publishedOnceEach(transfers: readonly Transfer[]): Promise<Awaited<ReturnType<typeof streamMessages>>> {
+    await waitForEmptyOutbox();
+    const messages = await streamMessages(env['EVENTS_STREAM']!);
+    assert.equal(new Set(messages.map((m) => m.msgId)).size, messages.length, 'a message was stored twice');
+    assertEveryTransferOnceInShardOrder(messages, transfers, env['EVENTS_SUBJECT_PREFIX']!);
+    return messages;
+  }
+
   it('publishes every committed batch once, in order per shard, and empties the outbox; /metrics says so', async () => {
     const metricsPort = await freePort();
     const ledger = await startTestLedger({ ...env, METRICS_PORT: String(metricsPort) });
     try {
       const transfers = await commitTransfers(ledger.client, 3000);
-      await waitForEmptyOutbox();
-      const messages = await streamMessages(env['EVENTS_STREAM']!);
-      assert.equal(new Set(messages.map((m) => m.msgId)).size, messages.length, 'a message was stored twice');
-      assertEveryTransferOnceInShardOrder(messages, transfers, env['EVENTS_SUBJECT_PREFIX']!);
+      const messages = await publishedOnceEach(transfers);
       assert.ok((await ledger.app.relay!.lag()).rows === 0);
 
       const scrape = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
@@ -127,11 +133,7 @@ describe('outbox relay to JetStream (own NATS server, real PostgreSQL)', functio
     const four = await startTestLedger({ ...env, LEDGER_SHARDS: '4' });
     const eight = await startTestLedger({ ...env, LEDGER_SHARDS: '8', LEDGER_RELAY_ENABLED: 'false' });
     try {
-      const transfers = await commitTransfers(eight.client, 600);
-      await waitForEmptyOutbox();
-      const messages = await streamMessages(env['EVENTS_STREAM']!);
-      assert.equal(new Set(messages.map((m) => m.msgId)).size, messages.length, 'a message was stored twice');
-      assertEveryTransferOnceInShardOrder(messages, transfers, env['EVENTS_SUBJECT_PREFIX']!);
+      const messages = await publishedOnceEach(await commitTransfers(eight.client, 600));
       assert.ok(messages.some((m) => /\.ledger\.[4-7]$/.test(m.subject)), 'no row of shards 4-7 was written: the test checked nothing');
     } finally {
       await eight.close();
