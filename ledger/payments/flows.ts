@@ -80,10 +80,11 @@ const conflict = (code: string, message: string, field?: string) => new AppError
  * drives a step left processing to the same end.
  */
 export class PaymentFlows {
-  /** Ledger accounts known to exist (platform and merchant balance accounts are created on first use). */
-  private readonly createdAccounts = new Set<string>();
-  /** Accounts being created now, by id: concurrent first payments wait for the one creation. */
-  private readonly creatingAccounts = new Map<string, Promise<void>>();
+  /**
+   * Ledger accounts created or being created, by id (platform and merchant balance accounts are created on first
+   * use): concurrent first payments wait for the one creation; a failed one is forgotten and tried again.
+   */
+  private readonly accountCreations = new Map<string, Promise<void>>();
   /** The merchant and any earlier payment of concurrent creations, read by one statement (ids validated before). */
   private readonly lookups = new Coalescer((asked: { merchantId: string; paymentId: string }[]) => store.loadMerchantsWithPayments(this.pool, asked));
   /** Concurrent payment creations are inserted together, one statement per event-loop turn. */
@@ -454,15 +455,13 @@ export class PaymentFlows {
    * a merchant or currency arrive in bursts: each would otherwise record and create the same account).
    */
   private async ensureAccount(id: string, create: () => Promise<void>): Promise<void> {
-    if (this.createdAccounts.has(id)) return;
-    let creating = this.creatingAccounts.get(id);
-    if (!creating) {
-      creating = create()
-        .then(() => void this.createdAccounts.add(id))
-        .finally(() => this.creatingAccounts.delete(id));
-      this.creatingAccounts.set(id, creating);
+    let creation = this.accountCreations.get(id);
+    if (!creation) {
+      creation = create();
+      creation.catch(() => this.accountCreations.delete(id));
+      this.accountCreations.set(id, creation);
     }
-    await creating;
+    await creation;
   }
 
   private async createAccount(account: AccountInput): Promise<void> {
