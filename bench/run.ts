@@ -3,8 +3,9 @@
  * database (the machine is shared and noisy, so only ratios within one run mean anything):
  *   - naive: one SERIALIZABLE transaction per transfer, SELECT ... FOR UPDATE of both accounts, 32 clients;
  *   - raw: the same transfer rows inserted with multi-row unnest INSERTs and no ledger logic, 2 connections.
- * BENCH_SECONDS (default 6) sets the length of each timed run. The ledger's outbox relay publishes to NATS
- * JetStream during the runs, as in production; each ledger row says how far behind it was at the end.
+ * BENCH_SECONDS (default 6) sets the length of each timed run, after BENCH_WARMUP_SECONDS (default 2) of the same
+ * work that is not counted. The ledger's outbox relay publishes to NATS JetStream during the runs, as in
+ * production; each ledger row says how far behind it was at the end.
  */
 import { randomUUID } from 'node:crypto';
 import { mkdir, writeFile } from 'node:fs/promises';
@@ -18,6 +19,8 @@ import type { Transfer } from '../proto/gen/ledger/v1/ledger.js';
 import { cpuProfileArgs, spawnLedger } from '../test/ledger-process.js';
 
 const SECONDS = Number(process.env['BENCH_SECONDS'] ?? 6);
+/** BENCH_WARMUP_SECONDS (default 2): each run's untimed start, the same work as the timed part. */
+const WARMUP_SECONDS = Number(process.env['BENCH_WARMUP_SECONDS'] ?? 2);
 /** BENCH_LEDGER_RUNS: only these ledger runs (e.g. `8190x4,1x256`), for profiling one; default all. */
 const LEDGER_RUNS = process.env['BENCH_LEDGER_RUNS']?.split(',') ?? ['1x32', '100x16', '8190x4', '1x256'];
 /** BENCH_PROFILE=1: the ledger process writes CPU profiles (main thread and workers) to /tmp/prof. */
@@ -61,21 +64,26 @@ function transfer(workload: 'uniform' | 'hot'): Transfer {
   return newTransfer({ id: randomUUID(), debitAccountId, creditAccountId, amount: 1n + BigInt(Math.floor(Math.random() * 1000)), ledger: LEDGER, code: 1 });
 }
 
-/** Runs `workers` loops of `step` for SECONDS; returns the number of transfers they completed per second. */
+/**
+ * Runs `workers` loops of `step` for WARMUP_SECONDS and then SECONDS; returns the transfers per second of the
+ * second part. The warm-up's completions are not counted: the first seconds of a run measure JIT compilation,
+ * connections being opened and plans being made, not the steady state. The loops run straight through (no
+ * pause between the parts), so the timed part starts with every caller busy.
+ */
 async function timed(workers: number, step: () => Promise<number>): Promise<number> {
-  const deadline = performance.now() + SECONDS * 1000;
-  const started = performance.now();
+  const measuredFrom = performance.now() + WARMUP_SECONDS * 1000;
+  const deadline = measuredFrom + SECONDS * 1000;
   let done = 0;
   await Promise.all(
     Array.from({ length: workers }, async () => {
       while (performance.now() < deadline) {
         // Not `done += await step()`: that reads `done` before the await and loses the other workers' counts.
         const completed = await step();
-        done += completed;
+        if (performance.now() >= measuredFrom) done += completed;
       }
     }),
   );
-  return done / ((performance.now() - started) / 1000);
+  return done / ((performance.now() - measuredFrom) / 1000);
 }
 
 // ---- reference 1: the naive ledger ----
@@ -161,7 +169,7 @@ async function relayBacklog(): Promise<string> {
 }
 
 async function main(): Promise<void> {
-  console.log(`bench: ${os.cpus().length} cores, ${SECONDS} s per run, ${ACCOUNTS} accounts, database ${new URL(config.DATABASE_URL).pathname}`);
+  console.log(`bench: ${os.cpus().length} cores, ${SECONDS} s per run after ${WARMUP_SECONDS} s of warm-up, ${ACCOUNTS} accounts, database ${new URL(config.DATABASE_URL).pathname}`);
   // The relay runs as in production, on a stream of the benchmark's own that is deleted at the end.
   const benchStream = { EVENTS_STREAM: 'BENCH_EVENTS', EVENTS_SUBJECT_PREFIX: 'bench', EVENTS_MAX_BYTES: String(2 * 1024 ** 3) };
   const ledger = await spawnLedger({ DATABASE_URL: config.DATABASE_URL, LOG_LEVEL: 'warn', METRICS_PORT: process.env['BENCH_LEDGER_METRICS_PORT'] ?? '0', ...benchStream }, PROFILE);
@@ -208,7 +216,7 @@ async function main(): Promise<void> {
   ].join('\n');
   console.log(`\n${table}\n`);
   await mkdir('bench/results', { recursive: true });
-  await writeFile('bench/results/ledger.md', `${new Date().toISOString()} ${os.cpus().length} cores, BENCH_SECONDS=${SECONDS}\n\n${table}\n`);
+  await writeFile('bench/results/ledger.md', `${new Date().toISOString()} ${os.cpus().length} cores, BENCH_SECONDS=${SECONDS} BENCH_WARMUP_SECONDS=${WARMUP_SECONDS}\n\n${table}\n`);
 }
 
 await main();
