@@ -4,6 +4,8 @@ import { Writable } from 'node:stream';
 import { after, before, describe, it } from 'mocha';
 import { createLogger } from '../lib/logger.js';
 import { ADMIN_KEY, Api, businessTableCounts, startTestStack, type ApiResponse, type TestStack } from '../test/gateway-harness.js';
+import { derivedId } from '../lib/derived-id.js';
+import { merchantBalanceAccountId, platformAccountId } from '../ledger/payments/model.js';
 import { hashKey, newSecretKey, revokeKey } from './auth.js';
 
 /** A route of /openapi.json: its method, its path template, and what the document says about it. */
@@ -330,6 +332,30 @@ describe('security: authentication, isolation between merchants, secrets (every 
       });
       const owner = await stack.pool.query('SELECT merchant_id FROM merchant_accounts WHERE account_id = $1', [a.wallet]);
       assert.deepEqual(owner.rows, [{ merchant_id: a.id }], "A's account is still A's only");
+    });
+
+    it("B cannot take ids the platform derives (platform accounts, A's balance account, a payment's transfers), and A resolves its payments' pending transfers only through the payments", async () => {
+      const { rows } = await stack.pool.query("SELECT account_id FROM merchant_accounts WHERE merchant_id = $1 AND purpose = 'balance'", [a.id]);
+      const balanceOfA = rows[0]!.account_id as string;
+      const authorization = (await api.get(`/v1/accounts/${balanceOfA}/transfers?limit=100`, a.key)).body.data.find((t: { status: string; amount: number }) => t.status === 'pending' && t.amount === 2_000);
+      assert.ok(authorization, "A's uncaptured payment has a pending transfer into A's balance account");
+      await writesNothing(async () => {
+        // Derived ids anyone can compute: taken, they would hand B the platform's money or A's payments.
+        for (const id of [platformAccountId('fee_revenue', 'EUR'), platformAccountId('card_clearing', 'EUR'), merchantBalanceAccountId(a.id, 'GBP'), balanceOfA]) {
+          const r = await api.post('/v1/accounts', b.key, { id, currency: id === merchantBalanceAccountId(a.id, 'GBP') ? 'GBP' : 'EUR' });
+          assert.equal(r.status, 400, r.text);
+          assert.deepEqual([r.body.error.code, r.body.error.param], ['id_reserved', 'id'], r.text);
+        }
+        const transfer = await api.post('/v1/transfers', b.key, { id: derivedId('operation', `${randomUUID()}:capture`), debit_account_id: b.funding, credit_account_id: b.wallet, amount: 1, currency: 'EUR' });
+        assert.deepEqual([transfer.status, transfer.body.error?.code, transfer.body.error?.param], [400, 'id_reserved', 'id'], transfer.text);
+        // A sees its payment's authorization, but posting it here would skip the capture's fee, state and events.
+        for (const action of ['post', 'void']) {
+          const r = await api.post(`/v1/transfers/${authorization.id}/${action}`, a.key, {});
+          assert.deepEqual([r.status, r.body.error?.code], [422, 'pending_transfer_managed_by_platform'], r.text);
+        }
+      });
+      const payment = await api.get(`/v1/payments/${a.authorizedPayment}`, a.key);
+      assert.equal(payment.body.status, 'requires_capture', payment.text);
     });
   });
 

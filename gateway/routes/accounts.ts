@@ -9,7 +9,7 @@ import type { Gateway, RouteContext } from '../app.js';
 import { accountNotFound, requireOwnedAccount } from '../ownership.js';
 import { Account, AccountBody, Balance, BalanceQuery, COMMON_ERRORS, IdParams, ListQuery, Transfer, listOf } from '../schemas.js';
 import { accountView, balancesView, transferView } from '../views.js';
-import { objectId } from './ids.js';
+import { objectId, refuseReservedId } from './ids.js';
 
 export function accountRoutes(app: Gateway, ctx: RouteContext): void {
   const { backends, pool } = ctx;
@@ -22,6 +22,7 @@ export function accountRoutes(app: Gateway, ctx: RouteContext): void {
     if (flags.has('debits_must_not_exceed_credits') && flags.has('credits_must_not_exceed_debits')) {
       throw new ValidationError('flags', 'debits_must_not_exceed_credits and credits_must_not_exceed_debits exclude each other', 'flags_are_mutually_exclusive');
     }
+    if (body.id !== undefined) refuseReservedId(body.id, 'id');
     const id = body.id?.toLowerCase() ?? randomUUID();
     // Ownership first: a ledger account without its owner row would be nobody's.
     const claimed = await withTransaction(pool, (client) =>

@@ -9,7 +9,13 @@ import type { Gateway, RouteContext } from '../app.js';
 import { ownedAccounts } from '../ownership.js';
 import { BatchBody, BatchResult, COMMON_ERRORS, EmptyBody, IdParams, PostBody, Transfer, TransferBody } from '../schemas.js';
 import { transferView } from '../views.js';
-import { objectId } from './ids.js';
+import { objectId, refuseReservedId } from './ids.js';
+
+/**
+ * The ledger code of the transfers this API makes. Payments and settlement make theirs with codes of their own
+ * (ledger/payments/model.ts TransferCode) and drive them through their own steps.
+ */
+const API_TRANSFER_CODE = 1;
 
 const transferNotFound = (field: string) => new AppError('not_found', 'resource_missing', 'No such transfer', { field });
 
@@ -35,13 +41,14 @@ export function transferRoutes(app: Gateway, ctx: RouteContext): void {
       if (accountCurrency !== currency.code) throw new ValidationError(field('currency'), `the ${name.replace('_id', '')} is a ${accountCurrency} account`, 'currency_mismatch');
     }
     if (body.timeout_seconds !== undefined && !body.pending) throw new ValidationError(field('timeout_seconds'), 'only pending transfers expire', 'timeout_reserved_for_pending_transfer');
+    if (body.id !== undefined) refuseReservedId(body.id, field('id'));
     return newTransfer({
       id: body.id?.toLowerCase() ?? randomUUID(),
       debitAccountId: debit,
       creditAccountId: credit,
       amount: BigInt(body.amount),
       ledger: currency.ledger,
-      code: 1,
+      code: API_TRANSFER_CODE,
       flags: { pending: body.pending ?? false },
       timeout: body.timeout_seconds ?? 0,
       metadata: body.metadata ?? {},
@@ -53,11 +60,12 @@ export function transferRoutes(app: Gateway, ctx: RouteContext): void {
     return found;
   }
 
-  /** The transfer if one of its accounts is the merchant's; 404 otherwise. */
-  async function ownedTransfer(merchantId: string, id: string): Promise<LedgerTransfer> {
+  /** The transfer if one of its accounts is the merchant's (with how many are); 404 otherwise. */
+  async function ownedTransfer(merchantId: string, id: string): Promise<{ transfer: LedgerTransfer; ownedAccountCount: number }> {
     const transfer = await lookUp(id);
-    if (!transfer || (await ownedAccounts(pool, merchantId, [transfer.debitAccountId, transfer.creditAccountId])).size === 0) throw transferNotFound('id');
-    return transfer;
+    const ownedAccountCount = transfer ? (await ownedAccounts(pool, merchantId, [transfer.debitAccountId, transfer.creditAccountId])).size : 0;
+    if (!transfer || ownedAccountCount === 0) throw transferNotFound('id');
+    return { transfer, ownedAccountCount };
   }
 
   /** Submits one transfer: 201 created, 200 for the same transfer again, the ledger's code otherwise. */
@@ -100,7 +108,7 @@ export function transferRoutes(app: Gateway, ctx: RouteContext): void {
   });
 
   app.get('/v1/transfers/:id', { schema: { params: IdParams, response: { 200: Transfer, ...COMMON_ERRORS } } }, async (request) => {
-    return transferView(await ownedTransfer(ctx.merchantOf(request), objectId(request.params.id, transferNotFound)));
+    return transferView((await ownedTransfer(ctx.merchantOf(request), objectId(request.params.id, transferNotFound))).transfer);
   });
 
   // Posting or voiding a pending transfer: the resolving transfer's id derives from the pending's, so a
@@ -108,8 +116,14 @@ export function transferRoutes(app: Gateway, ctx: RouteContext): void {
   for (const action of ['post', 'void'] as const) {
     app.post(`/v1/transfers/:id/${action}`, { schema: { params: IdParams, body: action === 'post' ? PostBody : EmptyBody, response: { 200: Transfer, 201: Transfer, 402: COMMON_ERRORS[400]!, ...COMMON_ERRORS } } }, async (request, reply) => {
       const merchantId = ctx.merchantOf(request);
-      const pending = await ownedTransfer(merchantId, objectId(request.params.id, transferNotFound));
+      const { transfer: pending, ownedAccountCount } = await ownedTransfer(merchantId, objectId(request.params.id, transferNotFound));
       if (!pending.flags?.pending) throw new AppError('conflict', 'pending_transfer_not_pending', 'Only pending transfers can be posted or voided');
+      // Only transfers this API made, between the merchant's own accounts. A payment's authorization is posted by
+      // its capture and voided by its cancel, which also take the fee, move the payment's state and emit its
+      // events: a post or void from here would skip all of that.
+      if (pending.code !== API_TRANSFER_CODE || ownedAccountCount < 2) {
+        throw new AppError('conflict', 'pending_transfer_managed_by_platform', 'This pending transfer was made by a payment or payout: capture or cancel the payment instead');
+      }
       const amount = (request.body as { amount?: number } | undefined)?.amount;
       if (amount !== undefined && BigInt(amount) > pending.amount) throw new ValidationError('amount', `exceeds the pending amount ${pending.amount}`, 'exceeds_pending_amount');
       const { status, body } = await submit(

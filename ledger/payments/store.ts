@@ -27,13 +27,19 @@ export async function accountOwner(db: Queryable, accountId: string): Promise<Ac
   return row ? { merchantId: row.merchant_id, currency: row.currency, purpose: row.purpose } : null;
 }
 
-/** Records that the merchant owns its (derived) balance account of a currency; repeating it changes nothing. */
+/**
+ * Records that the merchant owns its (derived) balance account of a currency; repeating it changes nothing. The
+ * id is derived from the merchant's: any other owner means the id was claimed by someone else, and crediting the
+ * merchant's payments to it would pay them, so that is an invariant break, not a state to continue from.
+ */
 export async function recordBalanceAccount(db: Queryable, merchantId: string, accountId: string, currency: string): Promise<void> {
   await db.query({
     name: 'pay-record-balance-account',
     text: `INSERT INTO merchant_accounts (account_id, merchant_id, currency, purpose) VALUES ($1, $2, $3, 'balance') ON CONFLICT (account_id) DO NOTHING`,
     values: [accountId, merchantId, currency],
   });
+  const owner = await accountOwner(db, accountId);
+  invariant(owner?.merchantId === merchantId && owner.purpose === 'balance' && owner.currency === currency, `balance account ${accountId} of merchant ${merchantId} is recorded as ${JSON.stringify(owner)}`);
 }
 
 const PAYMENT_COLUMNS = `id, merchant_id, idempotency_key, amount, currency, capture_method, source_kind, source_account_id, card_fingerprint,
