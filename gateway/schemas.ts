@@ -55,7 +55,7 @@ export const Merchant = Type.Object({ id: uuid(), object: Type.Literal('merchant
 const AccountFlagName = Type.Union([Type.Literal('debits_must_not_exceed_credits'), Type.Literal('credits_must_not_exceed_debits'), Type.Literal('history')]);
 export const AccountBody = Type.Object(
   {
-    id: Type.Optional(uuid('Chosen by you: creating the same account again is harmless')),
+    id: Type.Optional(uuid('Chosen by you (a version 4 or 7 UUID; version 8 is reserved): creating the same account again is harmless')),
     currency,
     code: Type.Optional(Type.Integer({ minimum: 1, maximum: 65535, default: 1, description: 'Your own category of account' })),
     flags: Type.Optional(Type.Array(AccountFlagName, { uniqueItems: true, maxItems: 3 })),
@@ -82,7 +82,7 @@ export const Balance = Type.Object({ object: Type.Literal('balance'), account: u
 
 export const TransferBody = Type.Object(
   {
-    id: Type.Optional(uuid('Chosen by you: the same id again is never a second posting')),
+    id: Type.Optional(uuid('Chosen by you (a version 4 or 7 UUID; version 8 is reserved): the same id again is never a second posting')),
     debit_account_id: uuid(),
     credit_account_id: uuid(),
     amount: amount(),
