@@ -5,6 +5,8 @@ import { ADMIN_KEY, Api, expectError, startTestGateway, startTestStack, type Tes
 import { freePort } from '../test/ledger-process.js';
 import { connect, createServer, type AddressInfo } from 'node:net';
 import type { Pool } from '../lib/db.js';
+import { AppError } from '../lib/errors.js';
+import type { LedgerClient } from '../ledger/client.js';
 
 describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, PostgreSQL)', function () {
   this.timeout(60_000);
@@ -295,6 +297,59 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       const replay = await api.post('/v1/accounts', keyA, { currency: 'USD' }, key);
       assert.equal(replay.status, 201);
       assert.equal(replay.headers.get('idempotent-replayed'), 'true');
+    });
+
+    it('a retry after a 504 whose creation committed creates nothing twice: transfers, batch items and accounts without an id', async () => {
+      /** The ledger commits the next `method` call through the gateway, but its answer is lost (a deadline). */
+      const loseNextAnswer = (method: 'createTransfers' | 'createAccounts') => {
+        const clients = (stack.gateway.backends as unknown as { ledgers: LedgerClient[] }).ledgers;
+        const originals = clients.map((client) => client[method]);
+        const restore = () => clients.forEach((client, i) => Object.assign(client, { [method]: originals[i] }));
+        clients.forEach((client, i) => {
+          const original = originals[i]!.bind(client) as (events: never[]) => Promise<unknown>;
+          Object.assign(client, {
+            [method]: async (events: never[]) => {
+              await original(events);
+              restore();
+              throw new AppError('deadline_exceeded', 'deadline_exceeded', 'the ledger did not answer before the deadline');
+            },
+          });
+        });
+      };
+      const from = await account(keyA);
+      const to = await account(keyA);
+      const transfer = { debit_account_id: from, credit_account_id: to, amount: 700, currency: 'USD' };
+      const key = randomUUID();
+      loseNextAnswer('createTransfers');
+      expectError(await api.post('/v1/transfers', keyA, transfer, key), 504, 'deadline_exceeded');
+      const retry = await api.post('/v1/transfers', keyA, transfer, key);
+      assert.equal(retry.status, 200, `the ledger has it already: ${retry.text}`);
+      assert.equal((await balances(keyA, to)).credits_posted, 700, 'posted once');
+      // The same key with the same parameters after the TTL is still that transfer, never a second posting.
+      await stack.pool.query(`UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE key = $1`, [key]);
+      assert.equal((await api.post('/v1/transfers', keyA, transfer, key)).body.id, retry.body.id);
+      // Without a key every request is a new transfer.
+      assert.equal((await api.post('/v1/transfers', keyA, transfer)).status, 201);
+      assert.equal((await balances(keyA, to)).credits_posted, 1_400);
+
+      const batchKey = randomUUID();
+      const batch = { transfers: [transfer, { ...transfer, amount: 5 }] };
+      loseNextAnswer('createTransfers');
+      expectError(await api.post('/v1/transfers/batch', keyA, batch, batchKey), 504, 'deadline_exceeded');
+      const batchRetry = await api.post('/v1/transfers/batch', keyA, batch, batchKey);
+      assert.deepEqual(batchRetry.body.results.map((r: { status: string }) => r.status), ['exists', 'exists'], batchRetry.text);
+      assert.equal((await balances(keyA, to)).credits_posted, 2_105);
+
+      const accountKey = randomUUID();
+      loseNextAnswer('createAccounts');
+      const accountBody = { currency: 'USD', metadata: { retried: accountKey } };
+      expectError(await api.post('/v1/accounts', keyA, accountBody, accountKey), 504, 'deadline_exceeded');
+      const accountRetry = await api.post('/v1/accounts', keyA, accountBody, accountKey);
+      assert.equal(accountRetry.status, 200, accountRetry.text);
+      const owned = await stack.pool.query(`SELECT count(*)::int AS n FROM merchant_accounts WHERE account_id = $1`, [accountRetry.body.id]);
+      assert.equal(owned.rows[0].n, 1);
+      const ledgerAccounts = await stack.pool.query(`SELECT count(*)::int AS n FROM accounts WHERE metadata->>'retried' = $1`, [accountKey]);
+      assert.equal(ledgerAccounts.rows[0].n, 1, 'one account for one request');
     });
 
     it('a request while the first with the same key is in flight is 409', async () => {
