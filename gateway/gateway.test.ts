@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'mocha';
-import { ADMIN_KEY, Api, expectError, startTestGateway, startTestStack, type TestStack } from '../test/gateway-harness.js';
+import { ADMIN_KEY, Api, businessTableCounts, expectError, startTestGateway, startTestStack, type TestStack } from '../test/gateway-harness.js';
 import { freePort } from '../test/ledger-process.js';
 import { connect, createServer, type AddressInfo } from 'node:net';
 import type { Pool } from '../lib/db.js';
@@ -213,6 +213,21 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       assert.equal((await api.request('POST', `/v1/payments/${q.body.id}/cancel`, { key: keyA })).body.status, 'canceled');
       expectError(await api.post(`/v1/payments/${q.body.id}/capture`, keyA, {}), 422, 'payment_not_capturable');
       expectError(await api.post(`/v1/payments/${q.body.id}/capture`, keyB, {}), 404, 'resource_missing');
+    });
+
+    it('a payment refused before authorization (404 destination, accounts_must_be_different) writes nothing, not even the accounts made on first use', async () => {
+      // Currencies nobody has paid in yet in this database: the platform's accounts for them do not exist.
+      const used = new Set((await stack.pool.query('SELECT DISTINCT currency FROM merchant_accounts')).rows.map((r) => r.currency as string));
+      const [foreignCurrency, walletCurrency] = ['CHF', 'SEK', 'NOK', 'DKK', 'PLN', 'CZK', 'HUF', 'RON', 'BGN', 'ILS', 'MXN', 'BRL', 'ZAR', 'INR', 'SGD', 'HKD', 'NZD'].filter((c) => !used.has(c));
+      const theirs = await account(keyB, { currency: foreignCurrency });
+      const w = await account(keyA, { currency: walletCurrency, flags: ['debits_must_not_exceed_credits'] });
+      const before = await businessTableCounts(stack.pool);
+      const card = { token: 'tok_1', fingerprint: `fp_${randomUUID()}`, country: 'FR' };
+      const toForeign = { amount: 1_000, currency: foreignCurrency, source: { card }, destination_account_id: theirs, capture_method: 'automatic' };
+      expectError(await api.post('/v1/payments', keyA, toForeign, randomUUID()), 404, 'resource_missing', 'destination_account_id');
+      const toItself = { amount: 1_000, currency: walletCurrency, source: { account: w }, destination_account_id: w, capture_method: 'automatic' };
+      expectError(await api.post('/v1/payments', keyA, toItself, randomUUID()), 400, 'accounts_must_be_different', 'destination_account_id');
+      assert.deepEqual(await businessTableCounts(stack.pool), before, 'a refused payment wrote ledger accounts');
     });
 
     it('a declined payment is 402 card_error with the payment; a card payment never shows its token', async () => {

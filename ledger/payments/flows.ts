@@ -111,11 +111,14 @@ export class PaymentFlows {
     const { merchant, payment: existing } = await this.lookups.add({ merchantId: input.merchantId, paymentId: id });
     if (!merchant) throw notFound('merchant', 'merchant_id');
     if (existing) return this.repeatCreate(existing, input);
+    // Every refusal first, then the accounts made on first use: a refused payment (404, 400) writes nothing.
     const sourceAccountId = await this.sourceAccount(input, currency);
-    // The fee transfer of a capture credits the platform's revenue account: it must exist before any capture.
-    await this.platformAccount('fee_revenue', currency, AccountCode.platformRevenue);
     const destinationAccountId = await this.destinationAccount(input, currency);
     if (sourceAccountId === destinationAccountId) throw new ValidationError('destination_account_id', 'must differ from the source account', 'accounts_must_be_different');
+    if (input.source.kind === 'card') await this.platformAccount('card_clearing', currency, AccountCode.cardClearing);
+    // The fee transfer of a capture credits the platform's revenue account: it must exist before any capture.
+    await this.platformAccount('fee_revenue', currency, AccountCode.platformRevenue);
+    if (!input.destinationAccountId) await this.merchantBalanceAccount(input, destinationAccountId, currency);
 
     const risk = await this.assess(input, id, merchant.category);
     const decline = riskDecline(risk);
@@ -412,8 +415,9 @@ export class PaymentFlows {
 
   // --- accounts, risk ------------------------------------------------------------------------------------
 
+  /** The payment's source account, validated; a card's clearing account is created by the caller afterwards. */
   private async sourceAccount(input: CreatePaymentInput, currency: Currency): Promise<string> {
-    if (input.source.kind === 'card') return this.platformAccount('card_clearing', currency, AccountCode.cardClearing);
+    if (input.source.kind === 'card') return platformAccountId('card_clearing', currency.code);
     const accountId = input.source.accountId;
     await this.requireOwnAccount(input.merchantId, accountId, currency, 'source.account');
     const [account] = await lookupAccounts(this.pool, [accountId]);
@@ -424,18 +428,27 @@ export class PaymentFlows {
     return accountId;
   }
 
+  /**
+   * The payment's destination account, validated: the merchant's own account in the payment's currency that the
+   * ledger knows (an owner row whose ledger account was never created would refuse the authorization with
+   * credit_account_not_found), or its balance account, created by the caller afterwards.
+   */
   private async destinationAccount(input: CreatePaymentInput, currency: Currency): Promise<string> {
     if (input.destinationAccountId) {
       await this.requireOwnAccount(input.merchantId, input.destinationAccountId, currency, 'destination_account_id');
+      const [account] = await lookupAccounts(this.pool, [input.destinationAccountId]);
+      if (!account) throw notFound('account', 'destination_account_id');
       return input.destinationAccountId;
     }
-    const id = merchantBalanceAccountId(input.merchantId, currency.code);
+    return merchantBalanceAccountId(input.merchantId, currency.code);
+  }
+
+  private async merchantBalanceAccount(input: CreatePaymentInput, id: string, currency: Currency): Promise<void> {
     await this.ensureAccount(id, async () => {
       // Ownership first: a ledger account nobody owns would be invisible to the merchant.
       await withTransaction(this.pool, (client) => store.recordBalanceAccount(client, input.merchantId, id, currency.code));
       await this.createAccount({ id, ledger: currency.ledger, code: AccountCode.merchantBalance, flags: 0, metadata: { merchant_id: input.merchantId, purpose: 'balance' }, balancesNonZero: false });
     });
-    return id;
   }
 
   private async requireOwnAccount(merchantId: string, accountId: string, currency: Currency, field: string): Promise<void> {
