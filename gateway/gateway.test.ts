@@ -215,6 +215,19 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       expectError(await api.post(`/v1/payments/${q.body.id}/capture`, keyB, {}), 404, 'resource_missing');
     });
 
+    it('a destination refusing the credit (credits_must_not_exceed_debits) declines the payment; nothing stays processing', async () => {
+      const dest = await account(keyA, { flags: ['credits_must_not_exceed_debits'] });
+      for (const capture_method of ['automatic', 'manual']) {
+        const body = { amount: 1_000, currency: 'USD', source: { card: { token: 'tok_1', fingerprint: `fp_${randomUUID()}`, country: 'FR' } }, destination_account_id: dest, capture_method };
+        const r = await api.post('/v1/payments', keyA, body, randomUUID());
+        expectError(r, 402, 'destination_account_refused');
+        assert.equal(r.body.error.payment.status, 'declined');
+        const steps = await stack.pool.query(`SELECT status, failure_code FROM payment_operations WHERE payment_id = $1`, [r.body.error.payment.id]);
+        assert.deepEqual(steps.rows, [{ status: 'failed', failure_code: 'destination_account_refused' }]);
+      }
+      assert.deepEqual(await balances(keyA, dest), { debits_pending: 0, debits_posted: 0, credits_pending: 0, credits_posted: 0 });
+    });
+
     it('a payment refused before authorization (404 destination, accounts_must_be_different) writes nothing, not even the accounts made on first use', async () => {
       // Currencies nobody has paid in yet in this database: the platform's accounts for them do not exist.
       const used = new Set((await stack.pool.query('SELECT DISTINCT currency FROM merchant_accounts')).rows.map((r) => r.currency as string));
