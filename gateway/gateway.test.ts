@@ -243,6 +243,28 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       assert.deepEqual(await businessTableCounts(stack.pool), before, 'a refused payment wrote ledger accounts');
     });
 
+    it('a refund the ledger refuses (destination drained) is 402 exceeds_credits, writes nothing, and a repeat answers the same', async () => {
+      const dest = await account(keyA, { flags: ['debits_must_not_exceed_credits'] });
+      const elsewhere = await account(keyA);
+      const card = { token: 'tok_1', fingerprint: `fp_${randomUUID()}`, country: 'FR' };
+      const p = await api.post('/v1/payments', keyA, { amount: 1_000, currency: 'USD', source: { card }, destination_account_id: dest, capture_method: 'automatic' }, randomUUID());
+      assert.equal(p.status, 201, p.text);
+      const drain = await api.post('/v1/transfers', keyA, { debit_account_id: dest, credit_account_id: elsewhere, amount: 1_000 - p.body.fee, currency: 'USD' });
+      assert.equal(drain.status, 201, drain.text);
+      const before = await businessTableCounts(stack.pool);
+      const key = randomUUID();
+      const refused = await api.post('/v1/refunds', keyA, { payment: p.body.id, amount: 500 }, key);
+      expectError(refused, 402, 'exceeds_credits');
+      assert.deepEqual(await businessTableCounts(stack.pool), before, 'a refused refund wrote its step');
+      // Past the key's TTL the same refund is tried again: the same answer while the balances are the same.
+      await stack.pool.query(`UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE key = $1`, [key]);
+      const repeated = await api.post('/v1/refunds', keyA, { payment: p.body.id, amount: 500 }, key);
+      assert.equal(repeated.headers.get('idempotent-replayed'), null);
+      assert.deepEqual([repeated.status, repeated.body], [refused.status, refused.body]);
+      assert.deepEqual(await businessTableCounts(stack.pool), before);
+      assert.equal((await api.get(`/v1/payments/${p.body.id}`, keyA)).body.amount_refunded, 0);
+    });
+
     it('a declined payment is 402 card_error with the payment; a card payment never shows its token', async () => {
       const { wallet: w } = await wallet(keyA, 10);
       const declined = await api.post('/v1/payments', keyA, { amount: 11, currency: 'USD', source: { account: w }, capture_method: 'automatic' });

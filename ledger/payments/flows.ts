@@ -358,9 +358,15 @@ export class PaymentFlows {
         return { next: { ...p, amountRefunded, status: statusAfterRefund(p.amountCaptured, amountRefunded) }, events: ['payment.refunded'] };
       });
     }
-    if (code === 'account_closed' || code === 'exceeds_debits' || code === 'exceeds_credits') {
-      await this.finish(op, 'failed', code, (p) => ({ next: p, events: [] }));
-      throw conflict(`refund_${code}`, `the ledger refused the refund: ${code}`);
+    if (BUSINESS_REFUSALS.has(code)) {
+      // A business rejection, answered as POST /v1/transfers answers it (the ledger code: exceeds_credits, a
+      // drained destination, is 402), and nothing written: the step recorded processing (so that a crash before
+      // this answer is resumed) is removed, with its reservation of the refundable amount, not kept as failed.
+      // No failed record is needed for idempotency: the gateway replays this answer to the key for its TTL, and a
+      // repeat after that (or a gRPC caller's repeat) submits the same refund, same derived id, again, answered the
+      // same while the balances are the same, and applied once if the money is back.
+      await store.discardOperation(this.pool, op.id);
+      throw conflict(code, `the ledger refused the refund: ${code}`);
     }
     return this.brokenStep(op, code);
   }

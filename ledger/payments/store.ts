@@ -231,6 +231,12 @@ export async function insertOperation(db: Queryable, op: OperationRow): Promise<
   return r.rowCount === 1;
 }
 
+/** Removes a step still processing (one the ledger refused for good: nothing of it stays); false if it was not. */
+export async function discardOperation(db: Queryable, operationId: string): Promise<boolean> {
+  const r = await db.query({ name: 'pay-op-discard', text: `DELETE FROM payment_operations WHERE id = $1 AND status = 'processing'`, values: [operationId] });
+  return r.rowCount === 1;
+}
+
 export async function findOperation(db: Queryable, operationId: string): Promise<OperationRow | null> {
   const r = await db.query({ name: 'pay-op-find', text: `SELECT ${OPERATION_COLUMNS} FROM payment_operations WHERE id = $1`, values: [operationId] });
   return r.rows[0] ? operationFromRow(r.rows[0]) : null;
