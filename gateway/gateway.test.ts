@@ -1,10 +1,12 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'mocha';
-import { ADMIN_KEY, Api, expectError, startTestGateway, startTestStack, type TestStack } from '../test/gateway-harness.js';
+import { ADMIN_KEY, Api, businessTableCounts, expectError, startTestGateway, startTestStack, type TestStack } from '../test/gateway-harness.js';
 import { freePort } from '../test/ledger-process.js';
 import { connect, createServer, type AddressInfo } from 'node:net';
 import type { Pool } from '../lib/db.js';
+import { AppError } from '../lib/errors.js';
+import type { LedgerClient } from '../ledger/client.js';
 
 describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, PostgreSQL)', function () {
   this.timeout(60_000);
@@ -213,6 +215,56 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       expectError(await api.post(`/v1/payments/${q.body.id}/capture`, keyB, {}), 404, 'resource_missing');
     });
 
+    it('a destination refusing the credit (credits_must_not_exceed_debits) declines the payment; nothing stays processing', async () => {
+      const dest = await account(keyA, { flags: ['credits_must_not_exceed_debits'] });
+      for (const capture_method of ['automatic', 'manual']) {
+        const body = { amount: 1_000, currency: 'USD', source: { card: { token: 'tok_1', fingerprint: `fp_${randomUUID()}`, country: 'FR' } }, destination_account_id: dest, capture_method };
+        const r = await api.post('/v1/payments', keyA, body, randomUUID());
+        expectError(r, 402, 'destination_account_refused');
+        assert.equal(r.body.error.payment.status, 'declined');
+        const steps = await stack.pool.query(`SELECT status, failure_code FROM payment_operations WHERE payment_id = $1`, [r.body.error.payment.id]);
+        assert.deepEqual(steps.rows, [{ status: 'failed', failure_code: 'destination_account_refused' }]);
+      }
+      assert.deepEqual(await balances(keyA, dest), { debits_pending: 0, debits_posted: 0, credits_pending: 0, credits_posted: 0 });
+    });
+
+    it('a payment refused before authorization (404 destination, accounts_must_be_different) writes nothing, not even the accounts made on first use', async () => {
+      // Currencies nobody has paid in yet in this database: the platform's accounts for them do not exist.
+      const used = new Set((await stack.pool.query('SELECT DISTINCT currency FROM merchant_accounts')).rows.map((r) => r.currency as string));
+      const [foreignCurrency, walletCurrency] = ['CHF', 'SEK', 'NOK', 'DKK', 'PLN', 'CZK', 'HUF', 'RON', 'BGN', 'ILS', 'MXN', 'BRL', 'ZAR', 'INR', 'SGD', 'HKD', 'NZD'].filter((c) => !used.has(c));
+      const theirs = await account(keyB, { currency: foreignCurrency });
+      const w = await account(keyA, { currency: walletCurrency, flags: ['debits_must_not_exceed_credits'] });
+      const before = await businessTableCounts(stack.pool);
+      const card = { token: 'tok_1', fingerprint: `fp_${randomUUID()}`, country: 'FR' };
+      const toForeign = { amount: 1_000, currency: foreignCurrency, source: { card }, destination_account_id: theirs, capture_method: 'automatic' };
+      expectError(await api.post('/v1/payments', keyA, toForeign, randomUUID()), 404, 'resource_missing', 'destination_account_id');
+      const toItself = { amount: 1_000, currency: walletCurrency, source: { account: w }, destination_account_id: w, capture_method: 'automatic' };
+      expectError(await api.post('/v1/payments', keyA, toItself, randomUUID()), 400, 'accounts_must_be_different', 'destination_account_id');
+      assert.deepEqual(await businessTableCounts(stack.pool), before, 'a refused payment wrote ledger accounts');
+    });
+
+    it('a refund the ledger refuses (destination drained) is 402 exceeds_credits, writes nothing, and a repeat answers the same', async () => {
+      const dest = await account(keyA, { flags: ['debits_must_not_exceed_credits'] });
+      const elsewhere = await account(keyA);
+      const card = { token: 'tok_1', fingerprint: `fp_${randomUUID()}`, country: 'FR' };
+      const p = await api.post('/v1/payments', keyA, { amount: 1_000, currency: 'USD', source: { card }, destination_account_id: dest, capture_method: 'automatic' }, randomUUID());
+      assert.equal(p.status, 201, p.text);
+      const drain = await api.post('/v1/transfers', keyA, { debit_account_id: dest, credit_account_id: elsewhere, amount: 1_000 - p.body.fee, currency: 'USD' });
+      assert.equal(drain.status, 201, drain.text);
+      const before = await businessTableCounts(stack.pool);
+      const key = randomUUID();
+      const refused = await api.post('/v1/refunds', keyA, { payment: p.body.id, amount: 500 }, key);
+      expectError(refused, 402, 'exceeds_credits');
+      assert.deepEqual(await businessTableCounts(stack.pool), before, 'a refused refund wrote its step');
+      // Past the key's TTL the same refund is tried again: the same answer while the balances are the same.
+      await stack.pool.query(`UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE key = $1`, [key]);
+      const repeated = await api.post('/v1/refunds', keyA, { payment: p.body.id, amount: 500 }, key);
+      assert.equal(repeated.headers.get('idempotent-replayed'), null);
+      assert.deepEqual([repeated.status, repeated.body], [refused.status, refused.body]);
+      assert.deepEqual(await businessTableCounts(stack.pool), before);
+      assert.equal((await api.get(`/v1/payments/${p.body.id}`, keyA)).body.amount_refunded, 0);
+    });
+
     it('a declined payment is 402 card_error with the payment; a card payment never shows its token', async () => {
       const { wallet: w } = await wallet(keyA, 10);
       const declined = await api.post('/v1/payments', keyA, { amount: 11, currency: 'USD', source: { account: w }, capture_method: 'automatic' });
@@ -295,6 +347,59 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       const replay = await api.post('/v1/accounts', keyA, { currency: 'USD' }, key);
       assert.equal(replay.status, 201);
       assert.equal(replay.headers.get('idempotent-replayed'), 'true');
+    });
+
+    it('a retry after a 504 whose creation committed creates nothing twice: transfers, batch items and accounts without an id', async () => {
+      /** The ledger commits the next `method` call through the gateway, but its answer is lost (a deadline). */
+      const loseNextAnswer = (method: 'createTransfers' | 'createAccounts') => {
+        const clients = (stack.gateway.backends as unknown as { ledgers: LedgerClient[] }).ledgers;
+        const originals = clients.map((client) => client[method]);
+        const restore = () => clients.forEach((client, i) => Object.assign(client, { [method]: originals[i] }));
+        clients.forEach((client, i) => {
+          const original = originals[i]!.bind(client) as (events: never[]) => Promise<unknown>;
+          Object.assign(client, {
+            [method]: async (events: never[]) => {
+              await original(events);
+              restore();
+              throw new AppError('deadline_exceeded', 'deadline_exceeded', 'the ledger did not answer before the deadline');
+            },
+          });
+        });
+      };
+      const from = await account(keyA);
+      const to = await account(keyA);
+      const transfer = { debit_account_id: from, credit_account_id: to, amount: 700, currency: 'USD' };
+      const key = randomUUID();
+      loseNextAnswer('createTransfers');
+      expectError(await api.post('/v1/transfers', keyA, transfer, key), 504, 'deadline_exceeded');
+      const retry = await api.post('/v1/transfers', keyA, transfer, key);
+      assert.equal(retry.status, 200, `the ledger has it already: ${retry.text}`);
+      assert.equal((await balances(keyA, to)).credits_posted, 700, 'posted once');
+      // The same key with the same parameters after the TTL is still that transfer, never a second posting.
+      await stack.pool.query(`UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE key = $1`, [key]);
+      assert.equal((await api.post('/v1/transfers', keyA, transfer, key)).body.id, retry.body.id);
+      // Without a key every request is a new transfer.
+      assert.equal((await api.post('/v1/transfers', keyA, transfer)).status, 201);
+      assert.equal((await balances(keyA, to)).credits_posted, 1_400);
+
+      const batchKey = randomUUID();
+      const batch = { transfers: [transfer, { ...transfer, amount: 5 }] };
+      loseNextAnswer('createTransfers');
+      expectError(await api.post('/v1/transfers/batch', keyA, batch, batchKey), 504, 'deadline_exceeded');
+      const batchRetry = await api.post('/v1/transfers/batch', keyA, batch, batchKey);
+      assert.deepEqual(batchRetry.body.results.map((r: { status: string }) => r.status), ['exists', 'exists'], batchRetry.text);
+      assert.equal((await balances(keyA, to)).credits_posted, 2_105);
+
+      const accountKey = randomUUID();
+      loseNextAnswer('createAccounts');
+      const accountBody = { currency: 'USD', metadata: { retried: accountKey } };
+      expectError(await api.post('/v1/accounts', keyA, accountBody, accountKey), 504, 'deadline_exceeded');
+      const accountRetry = await api.post('/v1/accounts', keyA, accountBody, accountKey);
+      assert.equal(accountRetry.status, 200, accountRetry.text);
+      const owned = await stack.pool.query(`SELECT count(*)::int AS n FROM merchant_accounts WHERE account_id = $1`, [accountRetry.body.id]);
+      assert.equal(owned.rows[0].n, 1);
+      const ledgerAccounts = await stack.pool.query(`SELECT count(*)::int AS n FROM accounts WHERE metadata->>'retried' = $1`, [accountKey]);
+      assert.equal(ledgerAccounts.rows[0].n, 1, 'one account for one request');
     });
 
     it('a request while the first with the same key is in flight is 409', async () => {

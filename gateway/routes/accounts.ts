@@ -1,4 +1,3 @@
-import { randomUUID } from 'node:crypto';
 import { currencyOf } from '../../lib/currency.js';
 import { withTransaction } from '../../lib/db.js';
 import { AppError, ValidationError } from '../../lib/errors.js';
@@ -9,7 +8,7 @@ import type { Gateway, RouteContext } from '../app.js';
 import { accountNotFound, requireOwnedAccount } from '../ownership.js';
 import { Account, AccountBody, Balance, BalanceQuery, COMMON_ERRORS, IdParams, ListQuery, Transfer, listOf } from '../schemas.js';
 import { accountView, balancesView, transferView } from '../views.js';
-import { objectId, refuseReservedId } from './ids.js';
+import { createdObjectId, objectId, refuseReservedId } from './ids.js';
 
 export function accountRoutes(app: Gateway, ctx: RouteContext): void {
   const { backends, pool } = ctx;
@@ -23,7 +22,7 @@ export function accountRoutes(app: Gateway, ctx: RouteContext): void {
       throw new ValidationError('flags', 'debits_must_not_exceed_credits and credits_must_not_exceed_debits exclude each other', 'flags_are_mutually_exclusive');
     }
     if (body.id !== undefined) refuseReservedId(body.id, 'id');
-    const id = body.id?.toLowerCase() ?? randomUUID();
+    const id = body.id?.toLowerCase() ?? createdObjectId(request, merchantId, 'account');
     // Ownership first: a ledger account without its owner row would be nobody's.
     const claimed = await withTransaction(pool, (client) =>
       client.query(`INSERT INTO merchant_accounts (account_id, merchant_id, currency, purpose) VALUES ($1, $2, $3, 'custom') ON CONFLICT (account_id) DO NOTHING`, [id, merchantId, currency.code]),

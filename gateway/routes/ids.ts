@@ -1,3 +1,6 @@
+import type { FastifyRequest } from 'fastify';
+import { randomUUID } from 'node:crypto';
+import { derivedId } from '../../lib/derived-id.js';
 import { ValidationError, type AppError } from '../../lib/errors.js';
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
@@ -18,4 +21,26 @@ export function objectId(raw: string, notFound: (field: string) => AppError): st
 export function refuseReservedId(id: string, field: string): void {
   // The version is the first digit of the third group (after any "urn:uuid:" prefix the uuid format allows).
   if (id.slice(-36)[14] === '8') throw new ValidationError(field, 'version 8 UUIDs are reserved for ids the platform derives; use a version 4 or 7 UUID', 'id_reserved');
+}
+
+/**
+ * The id of a ledger object (account or transfer; `index` for a batch item) that a POST creates without naming
+ * one. With an Idempotency-Key it derives from the merchant, the key and the request, so every attempt of one
+ * request names the same object: a retry after an answer that was lost or a 5xx (the gateway forgets those
+ * keys so the retry runs again) although the ledger committed is answered `exists` (200 with the object of the
+ * first attempt) instead of creating a second one. Without a key every attempt is a new object (random id),
+ * as before: the client asked for no deduplication.
+ *
+ * The request's fingerprint (method, path, canonical body: equal for every attempt the key store lets through)
+ * is part of the name because of the key's 24h TTL: the same key with the same parameters after the TTL still
+ * names the first object (a very late retry of an unknown outcome must not post twice; it gets that object
+ * back, 200), while the same key with other parameters after the TTL is a new request (a new object, as the
+ * key store treats it), not a clash with the first one.
+ */
+export function createdObjectId(request: FastifyRequest, merchantId: string, kind: 'account' | 'transfer', index?: number): string {
+  const key = request.idempotency?.key;
+  if (key === undefined || !request.fingerprint) return randomUUID();
+  // Merchant ids are UUIDs and indexes digits, fingerprints hex, and keys have no control characters: the
+  // separators cannot be forged.
+  return derivedId(`rest-${kind}:${merchantId}${index === undefined ? '' : `:${index}`}`, `${request.fingerprint}\u0001${key}`);
 }

@@ -69,7 +69,8 @@ export function paymentRoutes(app: Gateway, ctx: RouteContext): void {
     return paymentView(payment!);
   });
 
-  app.post('/v1/payments/:id/capture', { schema: { params: IdParams, body: CaptureBody, response: { 200: Payment, ...COMMON_ERRORS } } }, async (request) => {
+  // A capture or refund the ledger refuses for a lack of funds is 402 with the ledger code, as a transfer is.
+  app.post('/v1/payments/:id/capture', { schema: { params: IdParams, body: CaptureBody, response: { 200: Payment, 402: ErrorSchema, ...COMMON_ERRORS } } }, async (request) => {
     const paymentId = objectId(request.params.id, paymentNotFound);
     const amount = BigInt((request.body as { amount?: number } | undefined)?.amount ?? 0);
     // One capture per payment, with an id derived from it: retrying is safe.
@@ -83,7 +84,7 @@ export function paymentRoutes(app: Gateway, ctx: RouteContext): void {
     return paymentView(payment!);
   });
 
-  app.post('/v1/refunds', { schema: { body: RefundBody, response: { 201: Refund, ...COMMON_ERRORS } } }, async (request, reply) => {
+  app.post('/v1/refunds', { schema: { body: RefundBody, response: { 201: Refund, 402: ErrorSchema, ...COMMON_ERRORS } } }, async (request, reply) => {
     const body = request.body;
     const key = request.idempotency?.key ?? '';
     const { refund } = await withRestErrors(

@@ -1,4 +1,3 @@
-import { randomUUID } from 'node:crypto';
 import { currencyOf } from '../../lib/currency.js';
 import { derivedId } from '../../lib/derived-id.js';
 import { AppError, ValidationError } from '../../lib/errors.js';
@@ -9,7 +8,7 @@ import type { Gateway, RouteContext } from '../app.js';
 import { ownedAccounts } from '../ownership.js';
 import { BatchBody, BatchResult, COMMON_ERRORS, EmptyBody, IdParams, PostBody, Transfer, TransferBody } from '../schemas.js';
 import { transferView } from '../views.js';
-import { objectId, refuseReservedId } from './ids.js';
+import { createdObjectId, objectId, refuseReservedId } from './ids.js';
 
 /**
  * The ledger code of the transfers this API makes. Payments and settlement make theirs with codes of their own
@@ -27,8 +26,11 @@ function refused(code: string, field?: string): AppError {
 export function transferRoutes(app: Gateway, ctx: RouteContext): void {
   const { backends, pool } = ctx;
 
-  /** Validates one transfer body against the merchant's accounts; the ledger event, or the error. */
-  async function toLedger(merchantId: string, body: TransferBody, owned: Map<string, string>, field = (name: string) => name): Promise<LedgerTransfer> {
+  /**
+   * Validates one transfer body against the merchant's accounts; the ledger event, or the error. `unnamedId` is
+   * the transfer's id when the body names none (see createdObjectId: derived from the Idempotency-Key if any).
+   */
+  async function toLedger(merchantId: string, body: TransferBody, owned: Map<string, string>, unnamedId: () => string, field = (name: string) => name): Promise<LedgerTransfer> {
     const currency = currencyOf(body.currency, field('currency'));
     const debit = body.debit_account_id.toLowerCase();
     const credit = body.credit_account_id.toLowerCase();
@@ -43,7 +45,7 @@ export function transferRoutes(app: Gateway, ctx: RouteContext): void {
     if (body.timeout_seconds !== undefined && !body.pending) throw new ValidationError(field('timeout_seconds'), 'only pending transfers expire', 'timeout_reserved_for_pending_transfer');
     if (body.id !== undefined) refuseReservedId(body.id, field('id'));
     return newTransfer({
-      id: body.id?.toLowerCase() ?? randomUUID(),
+      id: body.id?.toLowerCase() ?? unnamedId(),
       debitAccountId: debit,
       creditAccountId: credit,
       amount: BigInt(body.amount),
@@ -82,7 +84,7 @@ export function transferRoutes(app: Gateway, ctx: RouteContext): void {
   app.post('/v1/transfers', { schema: { body: TransferBody, response: { 200: Transfer, 201: Transfer, 402: COMMON_ERRORS[400]!, ...COMMON_ERRORS } } }, async (request, reply) => {
     const merchantId = ctx.merchantOf(request);
     const owned = await ownedAccounts(pool, merchantId, [request.body.debit_account_id.toLowerCase(), request.body.credit_account_id.toLowerCase()]);
-    const { status, body } = await submit(await toLedger(merchantId, request.body, owned));
+    const { status, body } = await submit(await toLedger(merchantId, request.body, owned, () => createdObjectId(request, merchantId, 'transfer')));
     return reply.code(status).send(body);
   });
 
@@ -91,7 +93,17 @@ export function transferRoutes(app: Gateway, ctx: RouteContext): void {
     const bodies = request.body.transfers;
     const owned = await ownedAccounts(pool, merchantId, bodies.flatMap((t) => [t.debit_account_id.toLowerCase(), t.credit_account_id.toLowerCase()]));
     // Every item is checked before anything is submitted: a malformed item refuses the whole request.
-    const transfers = await Promise.all(bodies.map((body, i) => toLedger(merchantId, body, owned, (name) => `transfers.${i}.${name}`)));
+    const transfers = await Promise.all(
+      bodies.map((body, i) =>
+        toLedger(
+          merchantId,
+          body,
+          owned,
+          () => createdObjectId(request, merchantId, 'transfer', i),
+          (name) => `transfers.${i}.${name}`,
+        ),
+      ),
+    );
     if (new Set(transfers.map((t) => t.id)).size !== transfers.length) throw new ValidationError('transfers', 'ids must be unique within a batch', 'duplicate_id');
     const results = await backends.ledgerCall((ledger) => ledger.createTransfers(transfers), true);
     const codes = results.map((r) => transferCodeName(r.code));

@@ -64,10 +64,34 @@ interface FinishStep {
   traceparent: string;
 }
 
-/** Ledger answers that decline a payment (the buyer's problem), with the decline code the merchant sees. */
+/**
+ * Ledger refusals of a payment's transfers, by what they mean. Every refusal is deterministic (the same transfer
+ * against the same accounts is refused again), so none may leave its step processing: the resumer would submit
+ * it forever. Transient failures (the ledger unavailable, a deadline) are exceptions, not result codes, and do
+ * leave the step processing for a retry or the resumer.
+ *
+ * Refusals that the payment's own accounts cause, i.e. the buyer's funds or the merchant's configuration of its
+ * accounts: an authorization is declined with the decline code the merchant sees; a capture or refund fails with
+ * the ledger code (402 for a lack of funds, 422 otherwise, as for transfers).
+ * - exceeds_credits: an account that cannot be overdrawn: the wallet source of an authorization (the buyer's
+ *   insufficient funds), the destination of a refund (the merchant moved the money out).
+ * - exceeds_debits: an account with credits_must_not_exceed_debits, only ever the destination (the source is a
+ *   wallet, whose flag excludes this one, or card clearing, without flags): the merchant chose an account that
+ *   refuses the payment's credit. Not refused at validation: such an account accepts credits up to its debits.
+ * - account_closed: an account closed in the ledger.
+ * - overflow: a balance of the payment's accounts would pass the ledger's limit.
+ * Every other code (an account or the authorization not found, a ledger mismatch, an id taken by other fields, a
+ * pending transfer resolved outside the payment) means the books and the payment disagree: an invariant broken,
+ * not a business answer. See brokenStep.
+ */
+const BUSINESS_REFUSALS: ReadonlySet<TransferResultCode> = new Set(['exceeds_credits', 'exceeds_debits', 'account_closed', 'overflow']);
+
+/** The decline code of an authorization refused for a business reason (BUSINESS_REFUSALS). */
 const DECLINES: Partial<Record<TransferResultCode, string>> = {
   exceeds_credits: 'insufficient_funds',
+  exceeds_debits: 'destination_account_refused',
   account_closed: 'account_closed',
+  overflow: 'balance_overflow',
 };
 
 const notFound = (what: 'payment' | 'refund' | 'account' | 'merchant', field: string) => new AppError('not_found', `${what}_not_found`, `no such ${what}`, { field });
@@ -111,11 +135,14 @@ export class PaymentFlows {
     const { merchant, payment: existing } = await this.lookups.add({ merchantId: input.merchantId, paymentId: id });
     if (!merchant) throw notFound('merchant', 'merchant_id');
     if (existing) return this.repeatCreate(existing, input);
+    // Every refusal first, then the accounts made on first use: a refused payment (404, 400) writes nothing.
     const sourceAccountId = await this.sourceAccount(input, currency);
-    // The fee transfer of a capture credits the platform's revenue account: it must exist before any capture.
-    await this.platformAccount('fee_revenue', currency, AccountCode.platformRevenue);
     const destinationAccountId = await this.destinationAccount(input, currency);
     if (sourceAccountId === destinationAccountId) throw new ValidationError('destination_account_id', 'must differ from the source account', 'accounts_must_be_different');
+    if (input.source.kind === 'card') await this.platformAccount('card_clearing', currency, AccountCode.cardClearing);
+    // The fee transfer of a capture credits the platform's revenue account: it must exist before any capture.
+    await this.platformAccount('fee_revenue', currency, AccountCode.platformRevenue);
+    if (!input.destinationAccountId) await this.merchantBalanceAccount(input, destinationAccountId, currency);
 
     const risk = await this.assess(input, id, merchant.category);
     const decline = riskDecline(risk);
@@ -201,7 +228,8 @@ export class PaymentFlows {
     if (payment.status !== 'requires_capture') throw conflict('payment_not_cancelable', `a ${payment.status} payment cannot be canceled`);
     const op = this.newOperation(payment, 'cancel', opId, payment.amount, 0n);
     await this.startStep(op, (current, ops) => {
-      if (current.status !== 'requires_capture' || ops.some((o) => o.kind === 'capture')) throw conflict('payment_not_cancelable', `a ${current.status} payment cannot be canceled`);
+      // A failed capture moved nothing: the authorization can still be released.
+      if (current.status !== 'requires_capture' || ops.some((o) => o.kind === 'capture' && o.status !== 'failed')) throw conflict('payment_not_cancelable', `a ${current.status} payment cannot be canceled`);
     });
     return this.driveCancel(op);
   }
@@ -270,9 +298,15 @@ export class PaymentFlows {
       }));
     }
     const declineCode = DECLINES[code];
-    if (!declineCode) throw new InternalError(`authorization ${op.id} of payment ${payment.id} refused by the ledger: ${code}`);
+    if (!declineCode) {
+      return this.brokenStep(op, code, (p) => ({
+        next: { ...p, status: 'declined', declineCode: 'processing_error', declineReason: `the ledger refused the authorization: ${code}` },
+        events: ['payment.declined'],
+      }));
+    }
+    const refused = code === 'exceeds_debits' ? 'the destination account refused the credit (credits_must_not_exceed_debits)' : 'the ledger refused the transfer';
     return this.finish(op, 'failed', declineCode, (p) => ({
-      next: { ...p, status: 'declined', declineCode, declineReason: `the source account was refused: ${code}` },
+      next: { ...p, status: 'declined', declineCode, declineReason: `${refused}: ${code}` },
       events: ['payment.declined'],
     }));
   }
@@ -292,7 +326,12 @@ export class PaymentFlows {
       await this.finish(op, 'failed', 'authorization_expired', (p) => ({ next: { ...p, status: 'canceled' }, events: ['payment.canceled'] }));
       throw conflict('authorization_expired', 'the authorization expired before the capture; the amount was released');
     }
-    throw new InternalError(`capture ${op.id} of payment ${payment.id} refused by the ledger: ${code}`);
+    if (BUSINESS_REFUSALS.has(code)) {
+      // The payment stays authorized (nothing moved): it can be canceled, or its authorization expires.
+      await this.finish(op, 'failed', code, (p) => ({ next: p, events: [] }));
+      throw conflict(code, `the ledger refused the capture: ${code}`);
+    }
+    return this.brokenStep(op, code);
   }
 
   private async driveCancel(op: OperationRow): Promise<PaymentRow> {
@@ -303,8 +342,9 @@ export class PaymentFlows {
       flags: TransferFlag.voidPendingTransfer,
     };
     const code = firstFailure(await this.ledger.createTransfers([voidTransfer]));
-    // An expired authorization released its amount already: the cancel only records it.
-    if (code !== undefined && code !== 'pending_transfer_expired') throw new InternalError(`cancel ${op.id} of payment ${payment.id} refused by the ledger: ${code}`);
+    // An expired authorization released its amount already: the cancel only records it. A void refused otherwise
+    // (no business refusal applies to releasing an amount) is a broken invariant.
+    if (code !== undefined && code !== 'pending_transfer_expired') return this.brokenStep(op, code);
     return this.finish(op, 'succeeded', null, (p) => ({ next: { ...p, status: 'canceled' }, events: ['payment.canceled'] }));
   }
 
@@ -318,11 +358,30 @@ export class PaymentFlows {
         return { next: { ...p, amountRefunded, status: statusAfterRefund(p.amountCaptured, amountRefunded) }, events: ['payment.refunded'] };
       });
     }
-    if (code === 'account_closed' || code === 'exceeds_debits' || code === 'exceeds_credits') {
-      await this.finish(op, 'failed', code, (p) => ({ next: p, events: [] }));
-      throw conflict(`refund_${code}`, `the ledger refused the refund: ${code}`);
+    if (BUSINESS_REFUSALS.has(code)) {
+      // A business rejection, answered as POST /v1/transfers answers it (the ledger code: exceeds_credits, a
+      // drained destination, is 402), and nothing written: the step recorded processing (so that a crash before
+      // this answer is resumed) is removed, with its reservation of the refundable amount, not kept as failed.
+      // No failed record is needed for idempotency: the gateway replays this answer to the key for its TTL, and a
+      // repeat after that (or a gRPC caller's repeat) submits the same refund, same derived id, again, answered the
+      // same while the balances are the same, and applied once if the money is back.
+      await store.discardOperation(this.pool, op.id);
+      throw conflict(code, `the ledger refused the refund: ${code}`);
     }
-    throw new InternalError(`refund ${op.id} of payment ${payment.id} refused by the ledger: ${code}`);
+    return this.brokenStep(op, code);
+  }
+
+  /**
+   * A step the ledger refused with a code that means the books and the payment disagree (not BUSINESS_REFUSALS):
+   * retrying cannot help, so the step ends failed with `processing_error` (the payment as `apply` makes it,
+   * unchanged by default: nothing moved) instead of staying processing for the resumer to resubmit forever. It is
+   * still an internal error: logged for an operator, and this call answers 500; a repeat answers the recorded
+   * outcome (a declined payment, or the failed step's processing_error).
+   */
+  private async brokenStep(op: OperationRow, code: TransferResultCode, apply: Apply = (p) => ({ next: p, events: [] })): Promise<never> {
+    this.logger.error({ operation: op.id, kind: op.kind, payment: op.paymentId, ledgerCode: code }, 'payment step refused by the ledger against its invariants; ended as failed');
+    await this.finish(op, 'failed', 'processing_error', apply);
+    throw new InternalError(`${op.kind} ${op.id} of payment ${op.paymentId} refused by the ledger: ${code}`);
   }
 
   /** A step asked again (same id): drive it if it is still processing, answer what it became otherwise. */
@@ -412,8 +471,9 @@ export class PaymentFlows {
 
   // --- accounts, risk ------------------------------------------------------------------------------------
 
+  /** The payment's source account, validated; a card's clearing account is created by the caller afterwards. */
   private async sourceAccount(input: CreatePaymentInput, currency: Currency): Promise<string> {
-    if (input.source.kind === 'card') return this.platformAccount('card_clearing', currency, AccountCode.cardClearing);
+    if (input.source.kind === 'card') return platformAccountId('card_clearing', currency.code);
     const accountId = input.source.accountId;
     await this.requireOwnAccount(input.merchantId, accountId, currency, 'source.account');
     const [account] = await lookupAccounts(this.pool, [accountId]);
@@ -424,18 +484,27 @@ export class PaymentFlows {
     return accountId;
   }
 
+  /**
+   * The payment's destination account, validated: the merchant's own account in the payment's currency that the
+   * ledger knows (an owner row whose ledger account was never created would refuse the authorization with
+   * credit_account_not_found), or its balance account, created by the caller afterwards.
+   */
   private async destinationAccount(input: CreatePaymentInput, currency: Currency): Promise<string> {
     if (input.destinationAccountId) {
       await this.requireOwnAccount(input.merchantId, input.destinationAccountId, currency, 'destination_account_id');
+      const [account] = await lookupAccounts(this.pool, [input.destinationAccountId]);
+      if (!account) throw notFound('account', 'destination_account_id');
       return input.destinationAccountId;
     }
-    const id = merchantBalanceAccountId(input.merchantId, currency.code);
+    return merchantBalanceAccountId(input.merchantId, currency.code);
+  }
+
+  private async merchantBalanceAccount(input: CreatePaymentInput, id: string, currency: Currency): Promise<void> {
     await this.ensureAccount(id, async () => {
       // Ownership first: a ledger account nobody owns would be invisible to the merchant.
       await withTransaction(this.pool, (client) => store.recordBalanceAccount(client, input.merchantId, id, currency.code));
       await this.createAccount({ id, ledger: currency.ledger, code: AccountCode.merchantBalance, flags: 0, metadata: { merchant_id: input.merchantId, purpose: 'balance' }, balancesNonZero: false });
     });
-    return id;
   }
 
   private async requireOwnAccount(merchantId: string, accountId: string, currency: Currency, field: string): Promise<void> {

@@ -237,6 +237,12 @@ export async function insertOperation(db: Queryable, op: OperationRow): Promise<
   return r.rowCount === 1;
 }
 
+/** Removes a step still processing (one the ledger refused for good: nothing of it stays); false if it was not. */
+export async function discardOperation(db: Queryable, operationId: string): Promise<boolean> {
+  const r = await db.query({ name: 'pay-op-discard', text: `DELETE FROM payment_operations WHERE id = $1 AND status = 'processing'`, values: [operationId] });
+  return r.rowCount === 1;
+}
+
 export async function findOperation(db: Queryable, operationId: string): Promise<OperationRow | null> {
   const r = await db.query({ name: 'pay-op-find', text: `SELECT ${OPERATION_COLUMNS} FROM payment_operations WHERE id = $1`, values: [operationId] });
   return r.rows[0] ? operationFromRow(r.rows[0]) : null;
@@ -319,11 +325,17 @@ export async function staleOperations(db: Queryable, olderThanMs: number, limit:
   return r.rows.map(operationFromRow);
 }
 
-/** Payments still awaiting capture although authorized before `createdBefore` (ns): their authorization expired. */
+/**
+ * Payments still awaiting capture although authorized before `createdBefore` (ns): their authorization expired.
+ * Not those whose cancel failed (the ledger refused the void against an invariant: another cancel is refused the
+ * same, and they would fill every page of this query).
+ */
 export async function expiredAuthorizations(db: Queryable, createdBefore: bigint, limit: number): Promise<{ id: string; merchantId: string }[]> {
   const r = await db.query({
     name: 'pay-expired-authorizations',
-    text: `SELECT id, merchant_id FROM payments WHERE status = 'requires_capture' AND created_at < $1 ORDER BY created_at LIMIT $2`,
+    text: `SELECT id, merchant_id FROM payments p WHERE status = 'requires_capture' AND created_at < $1
+             AND NOT EXISTS (SELECT 1 FROM payment_operations o WHERE o.payment_id = p.id AND o.kind = 'cancel' AND o.status = 'failed')
+           ORDER BY created_at LIMIT $2`,
     values: [createdBefore, limit],
   });
   return r.rows.map((row) => ({ id: row.id, merchantId: row.merchant_id }));
