@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { isUniqueViolation, recordStatements, withTransaction, type Pool, type StatementTiming } from '../lib/db.js';
 import { InternalError } from '../lib/errors.js';
-import { BatchEvaluator } from './engine.js';
+import { BatchEvaluator, type BatchEffects } from './engine.js';
 import { AccountFlag, hasFlag, type Submission, type SubmissionResult } from './model.js';
 import { encodeEventBatch } from './outbox.js';
 import {
@@ -58,8 +58,8 @@ export async function executeBatch(pool: Pool, task: BatchTask): Promise<BatchOu
           const state = await loadBatchState(client, task.submissions, hints);
           const loadedTransferIds = new Set(state.transfers.keys());
           // History accounts order batches across shards: their balances rows must follow commit order.
-          const historyIds = [...state.accounts.values()].filter((a) => hasFlag(a.flags, AccountFlag.history)).map((a) => a.id);
-          const historyClock = await lockHistoryClocks(client, historyIds);
+          const lockedHistoryIds = [...state.accounts.values()].filter((a) => hasFlag(a.flags, AccountFlag.history)).map((a) => a.id);
+          const historyClock = await lockHistoryClocks(client, lockedHistoryIds);
           const now = BigInt(Date.now()) * 1_000_000n;
           const base = maxOf(now, clock.lastTimestamp + 1n, historyClock + 1n);
           const effects = new BatchEvaluator(state, base, task.shard).evaluate(task.submissions);
@@ -72,7 +72,10 @@ export async function executeBatch(pool: Pool, task: BatchTask): Promise<BatchOu
           const traceparent = task.traceparent ?? '';
           const outbox = { batchId, parts: encodeEventBatch(batchId, task.shard, effects.events, traceparent), traceparent };
           await writeBatchEffects(client, task.shard, effects, state, clock, outbox);
-          await advanceHistoryClocks(client, historyIds, maxOf(effects.lastTimestamp, historyClock));
+          // Every history account the batch locked, created or wrote rows for: one it created here has no clock
+          // row yet, and without one the next batch of another shard (clock behind) would record its next change
+          // under an earlier timestamp.
+          await advanceHistoryClocks(client, historyAccountIds(lockedHistoryIds, effects), maxOf(effects.lastTimestamp, historyClock));
           return { results: effects.results, events: effects.events.length, attempts, ...(statements ? { statements } : {}) };
         },
       );
@@ -95,6 +98,14 @@ export async function executeBatch(pool: Pool, task: BatchTask): Promise<BatchOu
       }
     }
   }
+}
+
+/** The history accounts whose clocks a batch advances: those it locked, those it created, those it wrote rows for. */
+function historyAccountIds(locked: readonly string[], effects: BatchEffects): string[] {
+  const ids = new Set(locked);
+  for (const a of effects.newAccounts) if (hasFlag(a.flags, AccountFlag.history)) ids.add(a.id);
+  for (const h of effects.history) ids.add(h.accountId);
+  return [...ids];
 }
 
 function maxOf(...values: bigint[]): bigint {
