@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { isUniqueViolation, recordStatements, withTransaction, type Pool, type StatementTiming } from '../lib/db.js';
+import { isUniqueViolation, recordStatements, sqlState, withTransaction, type Pool, type StatementTiming } from '../lib/db.js';
 import { InternalError } from '../lib/errors.js';
 import { BatchEvaluator, type BatchEffects } from './engine.js';
 import { AccountFlag, hasFlag, type Submission, type SubmissionResult } from './model.js';
@@ -8,6 +8,7 @@ import {
   BatchNeedsRerun,
   NO_HINTS,
   advanceHistoryClocks,
+  consolidateSlots,
   findExistingTransferIds,
   loadBatchState,
   lockHistoryClocks,
@@ -34,6 +35,9 @@ export interface BatchOutcome {
   statements?: StatementTiming[];
 }
 
+/** SQLSTATE numeric_value_out_of_range: an INT8 balance slot overflowed. */
+const NUMERIC_VALUE_OUT_OF_RANGE = '22003';
+
 /** A batch reruns at most this often for facts it learned (existing ids, wide accounts); each adds facts. */
 const MAX_RERUNS = 8;
 
@@ -41,7 +45,8 @@ const MAX_RERUNS = 8;
  * One shard batch as ONE database transaction, retried whole on serialization failure or deadlock. Rerun
  * with more facts when the optimistic first guess was wrong: a transfer id that already exists (committed
  * earlier, or meanwhile by another shard's batch: the rerun answers `exists` or `exists_with_different_fields`
- * instead of failing every caller), or an account that must be read in full.
+ * instead of failing every caller), an account that must be read in full, or a balance slot that overflowed
+ * INT8 while the account's totals are in range (its slots are consolidated first: store.ts consolidateSlots).
  */
 export async function executeBatch(pool: Pool, task: BatchTask): Promise<BatchOutcome> {
   let attempts = 0;
@@ -71,6 +76,7 @@ export async function executeBatch(pool: Pool, task: BatchTask): Promise<BatchOu
           const batchId = randomUUID();
           const traceparent = task.traceparent ?? '';
           const outbox = { batchId, parts: encodeEventBatch(batchId, task.shard, effects.events, traceparent), traceparent };
+          if (hints.consolidateSlots) await consolidateSlots(client, task.shard, effects, state);
           await writeBatchEffects(client, task.shard, effects, state, clock, outbox);
           // Every history account the batch locked, created or wrote rows for: one it created here has no clock
           // row yet, and without one the next batch of another shard (clock behind) would record its next change
@@ -84,7 +90,10 @@ export async function executeBatch(pool: Pool, task: BatchTask): Promise<BatchOu
         const detail = (error as { detail?: unknown }).detail ?? (error instanceof Error ? error.message : String(error));
         throw new InternalError(`shard ${task.shard} batch did not settle after ${MAX_RERUNS} reruns: ${String(detail)}`, { cause: error });
       }
-      if (isUniqueViolation(error)) {
+      if (sqlState(error) === NUMERIC_VALUE_OUT_OF_RANGE && !hints.consolidateSlots) {
+        // A balance slot overflowed INT8 although the account's totals are in range (store.ts consolidateSlots).
+        hints = { ...hints, consolidateSlots: true };
+      } else if (isUniqueViolation(error)) {
         // A transfer id of the batch exists (committed before, or meanwhile by another shard's batch).
         hints = { ...hints, lookUpAllTransferIds: true };
       } else if (error instanceof BatchNeedsRerun) {
