@@ -1,13 +1,14 @@
 import { randomUUID } from 'node:crypto';
-import { isUniqueViolation, recordStatements, withTransaction, type Pool, type StatementTiming } from '../lib/db.js';
+import { isUniqueViolation, recordStatements, sqlState, withTransaction, type Pool, type StatementTiming } from '../lib/db.js';
 import { InternalError } from '../lib/errors.js';
-import { BatchEvaluator } from './engine.js';
+import { BatchEvaluator, type BatchEffects } from './engine.js';
 import { AccountFlag, hasFlag, type Submission, type SubmissionResult } from './model.js';
 import { encodeEventBatch } from './outbox.js';
 import {
   BatchNeedsRerun,
   NO_HINTS,
   advanceHistoryClocks,
+  consolidateSlots,
   findExistingTransferIds,
   loadBatchState,
   lockHistoryClocks,
@@ -34,6 +35,9 @@ export interface BatchOutcome {
   statements?: StatementTiming[];
 }
 
+/** SQLSTATE numeric_value_out_of_range: an INT8 balance slot overflowed. */
+const NUMERIC_VALUE_OUT_OF_RANGE = '22003';
+
 /** A batch reruns at most this often for facts it learned (existing ids, wide accounts); each adds facts. */
 const MAX_RERUNS = 8;
 
@@ -41,7 +45,8 @@ const MAX_RERUNS = 8;
  * One shard batch as ONE database transaction, retried whole on serialization failure or deadlock. Rerun
  * with more facts when the optimistic first guess was wrong: a transfer id that already exists (committed
  * earlier, or meanwhile by another shard's batch: the rerun answers `exists` or `exists_with_different_fields`
- * instead of failing every caller), or an account that must be read in full.
+ * instead of failing every caller), an account that must be read in full, or a balance slot that overflowed
+ * INT8 while the account's totals are in range (its slots are consolidated first: store.ts consolidateSlots).
  */
 export async function executeBatch(pool: Pool, task: BatchTask): Promise<BatchOutcome> {
   let attempts = 0;
@@ -58,8 +63,8 @@ export async function executeBatch(pool: Pool, task: BatchTask): Promise<BatchOu
           const state = await loadBatchState(client, task.submissions, hints);
           const loadedTransferIds = new Set(state.transfers.keys());
           // History accounts order batches across shards: their balances rows must follow commit order.
-          const historyIds = [...state.accounts.values()].filter((a) => hasFlag(a.flags, AccountFlag.history)).map((a) => a.id);
-          const historyClock = await lockHistoryClocks(client, historyIds);
+          const lockedHistoryIds = [...state.accounts.values()].filter((a) => hasFlag(a.flags, AccountFlag.history)).map((a) => a.id);
+          const historyClock = await lockHistoryClocks(client, lockedHistoryIds);
           const now = BigInt(Date.now()) * 1_000_000n;
           const base = maxOf(now, clock.lastTimestamp + 1n, historyClock + 1n);
           const effects = new BatchEvaluator(state, base, task.shard).evaluate(task.submissions);
@@ -71,8 +76,12 @@ export async function executeBatch(pool: Pool, task: BatchTask): Promise<BatchOu
           const batchId = randomUUID();
           const traceparent = task.traceparent ?? '';
           const outbox = { batchId, parts: encodeEventBatch(batchId, task.shard, effects.events, traceparent), traceparent };
+          if (hints.consolidateSlots) await consolidateSlots(client, task.shard, effects, state);
           await writeBatchEffects(client, task.shard, effects, state, clock, outbox);
-          await advanceHistoryClocks(client, historyIds, maxOf(effects.lastTimestamp, historyClock));
+          // Every history account the batch locked, created or wrote rows for: one it created here has no clock
+          // row yet, and without one the next batch of another shard (clock behind) would record its next change
+          // under an earlier timestamp.
+          await advanceHistoryClocks(client, historyAccountIds(lockedHistoryIds, effects), maxOf(effects.lastTimestamp, historyClock));
           return { results: effects.results, events: effects.events.length, attempts, ...(statements ? { statements } : {}) };
         },
       );
@@ -81,7 +90,10 @@ export async function executeBatch(pool: Pool, task: BatchTask): Promise<BatchOu
         const detail = (error as { detail?: unknown }).detail ?? (error instanceof Error ? error.message : String(error));
         throw new InternalError(`shard ${task.shard} batch did not settle after ${MAX_RERUNS} reruns: ${String(detail)}`, { cause: error });
       }
-      if (isUniqueViolation(error)) {
+      if (sqlState(error) === NUMERIC_VALUE_OUT_OF_RANGE && !hints.consolidateSlots) {
+        // A balance slot overflowed INT8 although the account's totals are in range (store.ts consolidateSlots).
+        hints = { ...hints, consolidateSlots: true };
+      } else if (isUniqueViolation(error)) {
         // A transfer id of the batch exists (committed before, or meanwhile by another shard's batch).
         hints = { ...hints, lookUpAllTransferIds: true };
       } else if (error instanceof BatchNeedsRerun) {
@@ -95,6 +107,14 @@ export async function executeBatch(pool: Pool, task: BatchTask): Promise<BatchOu
       }
     }
   }
+}
+
+/** The history accounts whose clocks a batch advances: those it locked, those it created, those it wrote rows for. */
+function historyAccountIds(locked: readonly string[], effects: BatchEffects): string[] {
+  const ids = new Set(locked);
+  for (const a of effects.newAccounts) if (hasFlag(a.flags, AccountFlag.history)) ids.add(a.id);
+  for (const h of effects.history) ids.add(h.accountId);
+  return [...ids];
 }
 
 function maxOf(...values: bigint[]): bigint {

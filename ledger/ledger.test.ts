@@ -451,6 +451,53 @@ describe('ledger (gRPC, PostgreSQL)', function () {
       await expectBalances({ [d!]: [0n, 3n, 0n, 0n], [c!]: [0n, 0n, 0n, 3n] });
     });
 
+    it('a pending transfer and its void in one request on other shards than the chains they are in: evaluated in request order', async () => {
+      // d, c on shard 0; e, f on shard 1. A chain goes to the shard of its first event and a void without accounts
+      // to the shard of the pending's debit account: each pair below would run in two batches at once.
+      const [d, c] = [idOnShard(0), idOnShard(0)];
+      const [e, f] = [idOnShard(1), idOnShard(1)];
+      assert.deepEqual(await create(...[d, c, e, f].map((accountId) => account({ id: accountId }))), ['ok', 'ok', 'ok', 'ok']);
+      const lead = () => transfer({ debitAccountId: e, creditAccountId: f, amount: 1n, flags: { linked: true } });
+      for (let round = 0; round < 5; round++) {
+        // The pending inside a chain led by shard 1, its void after it.
+        const p = transfer({ debitAccountId: d, creditAccountId: c, amount: 7n, flags: { pending: true } });
+        assert.deepEqual(await send(lead(), p, resolve(p.id, VOID)), ['ok', 'ok', 'ok'], `round ${round}: pending in a chain, then its void`);
+        // The pending alone, its void inside a chain led by shard 1.
+        const q = transfer({ debitAccountId: d, creditAccountId: c, amount: 5n, flags: { pending: true } });
+        assert.deepEqual(await send(q, lead(), resolve(q.id, VOID)), ['ok', 'ok', 'ok'], `round ${round}: pending, then its void in a chain`);
+        // A void before its pending never sees it, whichever batch would commit first.
+        const v = transfer({ debitAccountId: d, creditAccountId: c, amount: 3n, flags: { pending: true } });
+        assert.deepEqual(await send(lead(), resolve(v.id, VOID), v), ['linked_event_failed', 'pending_transfer_not_found', 'ok'], `round ${round}: void before its pending`);
+      }
+      await expectBalances({ [d]: [15n, 0n, 0n, 0n], [c]: [0n, 0n, 15n, 0n], [e]: [0n, 10n, 0n, 0n], [f]: [0n, 0n, 0n, 10n] });
+    });
+
+    it('a pending resolved from another shard\'s batch, again and again with amounts near 2^62: no slot overflows, balances stay exact', async () => {
+      // d, c on shard 0; e, f on shard 1. A pending of d created on shard 0 and voided in a chain led by shard 1
+      // leaves d's slot 0 at +A and slot 1 at -A (totals 0): the next pending of A would take slot 0 to 2^63.
+      const [d, c] = [idOnShard(0), idOnShard(0)];
+      const [e, f] = [idOnShard(1), idOnShard(1)];
+      assert.deepEqual(await create(...[d, c, e, f].map((accountId) => account({ id: accountId }))), ['ok', 'ok', 'ok', 'ok']);
+      const A = 2n ** 62n;
+      const slots = async (accountId: string) =>
+        (await pool.query('SELECT shard, debits_pending, credits_pending FROM account_balance_slots WHERE account_id = $1 ORDER BY shard', [accountId])).rows.map((r) => [r.shard, r.debits_pending, r.credits_pending]);
+      for (let round = 0; round < 3; round++) {
+        const p = transfer({ debitAccountId: d, creditAccountId: c, amount: A, flags: { pending: true } });
+        assert.deepEqual(await send(p), ['ok'], `round ${round}: pending`);
+        await expectBalances({ [d]: [A, 0n, 0n, 0n], [c]: [0n, 0n, A, 0n] });
+        assert.deepEqual(await send(transfer({ debitAccountId: e, creditAccountId: f, amount: 1n, flags: { linked: true } }), resolve(p.id, VOID)), ['ok', 'ok'], `round ${round}: void`);
+        await expectBalances({ [d]: ZERO, [c]: ZERO, [e]: [0n, BigInt(round + 1), 0n, 0n] });
+      }
+      // The second and third pendings overflowed slot 0 and were rerun with d's and c's slots consolidated into it.
+      assert.deepEqual(await slots(d), [[0, A, 0n], [1, -A, 0n]]);
+      assert.deepEqual(await slots(c), [[0, 0n, A], [1, 0n, -A]]);
+      // The largest amounts the totals allow (slot 0 alone would overflow): consolidated again, exact to the unit.
+      assert.deepEqual(await send(transfer({ debitAccountId: d, creditAccountId: c, amount: MAX_BALANCE - 1n, flags: { pending: true } }), transfer({ debitAccountId: d, creditAccountId: c, amount: 1n })), ['ok', 'ok']);
+      await expectBalances({ [d]: [MAX_BALANCE - 1n, 1n, 0n, 0n], [c]: [0n, 0n, MAX_BALANCE - 1n, 1n] });
+      assert.deepEqual(await slots(d), [[0, MAX_BALANCE - 1n, 0n]]);
+      assert.deepEqual(await slots(c), [[0, 0n, MAX_BALANCE - 1n]]);
+    });
+
     it('expiry: the sweeper releases a pending transfer past its timeout; post and void are then pending_transfer_expired', async function () {
       this.timeout(20_000);
       const [h] = await accounts(1, { flags: { history: true } });

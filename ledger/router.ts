@@ -36,7 +36,9 @@ export class ShardNotOwnedError extends AppError {
 
 /**
  * Routes events to the batcher of the shard that owns them: transfers by debit account, accounts by id.
- * A linked chain travels whole with its first event, so it always runs inside one batch transaction.
+ * A linked chain travels whole with its first event, so it always runs inside one batch transaction. Chains of
+ * one request that depend on each other (a post/void naming a pending transfer of the same request) travel
+ * together with the first of them, in request order, so that they are evaluated in order in one batch.
  */
 export class LedgerRouter {
   private readonly batchers = new Map<number, ShardBatcher>();
@@ -60,12 +62,12 @@ export class LedgerRouter {
   }
 
   createAccounts(events: readonly AccountInput[]): Promise<EventResult<AccountResultCode>[]> {
-    return this.route(events, (e) => hasFlag(e.flags, AccountFlag.linked), (e) => e.id, (chunk) => ({ kind: 'accounts', events: chunk }));
+    return this.route(events, (e) => hasFlag(e.flags, AccountFlag.linked), (e) => e.id, (chunk) => ({ kind: 'accounts', events: chunk }), noDependencies);
   }
 
   /** `routingKey` names the account whose shard serializes a transfer (for post/void: the pending's debit account). */
   createTransfers(events: readonly TransferInput[], routingKey: (e: TransferInput) => string): Promise<EventResult<TransferResultCode>[]> {
-    return this.route(events, (e) => hasFlag(e.flags, TransferFlag.linked), routingKey, (chunk) => ({ kind: 'transfers', events: chunk }));
+    return this.route(events, (e) => hasFlag(e.flags, TransferFlag.linked), routingKey, (chunk) => ({ kind: 'transfers', events: chunk }), pendingDependencies);
   }
 
   async expire(shard: number, pendingIds: string[]): Promise<number> {
@@ -84,21 +86,40 @@ export class LedgerRouter {
     isLinked: (e: E) => boolean,
     key: (e: E) => string,
     toSubmission: (chunk: E[]) => Submission,
+    dependencies: (events: readonly E[]) => [number, number][],
   ): Promise<R[]> {
-    // Group into chains, then gather each shard's chains in request order.
-    const perShard = new Map<number, { events: E[]; indexes: number[] }>();
+    // Group into chains (chainOf: event index -> chain index).
+    const chains: { start: number; end: number }[] = [];
+    const chainOf: number[] = new Array(events.length);
     for (let start = 0; start < events.length; ) {
       let end = start;
       while (end < events.length - 1 && isLinked(events[end]!)) end++;
-      const shard = shardOf(key(events[start]!), this.shardCount);
+      for (let i = start; i <= end; i++) chainOf[i] = chains.length;
+      chains.push({ start, end });
+      start = end + 1;
+    }
+    // Chains that depend on each other go together (union-find; the root is the component's first chain), to the
+    // shard of the first: any shard's batch evaluates them correctly, one batch evaluates them in order.
+    const parent = chains.map((_, c) => c);
+    const root = (c: number): number => {
+      while (parent[c] !== c) c = parent[c] = parent[parent[c]!]!;
+      return c;
+    };
+    for (const [a, b] of dependencies(events)) {
+      const [ra, rb] = [root(chainOf[a]!), root(chainOf[b]!)];
+      if (ra !== rb) parent[Math.max(ra, rb)] = Math.min(ra, rb);
+    }
+    // Then gather each shard's chains in request order.
+    const perShard = new Map<number, { events: E[]; indexes: number[] }>();
+    chains.forEach(({ start, end }, c) => {
+      const shard = shardOf(key(events[chains[root(c)]!.start]!), this.shardCount);
       let group = perShard.get(shard);
       if (!group) perShard.set(shard, (group = { events: [], indexes: [] }));
       for (let i = start; i <= end; i++) {
         group.events.push(events[i]!);
         group.indexes.push(i);
       }
-      start = end + 1;
-    }
+    });
     // Admit the whole request or none of it: a refusal after some shards had queued their part would answer
     // an error for events that still commit.
     for (const shard of perShard.keys()) this.batcher(shard);
@@ -115,4 +136,27 @@ export class LedgerRouter {
     );
     return results;
   }
+}
+
+const noDependencies = (): [number, number][] => [];
+
+/**
+ * Pairs of event indexes of one request that must run in one batch: a post/void and the event of the same
+ * request whose id is its pending id (before it: the post/void must see the pending transfer; after it: it must
+ * not, whichever shard's batch commits first).
+ */
+function pendingDependencies(events: readonly TransferInput[]): [number, number][] {
+  const pairs: [number, number][] = [];
+  let indexOf: Map<string, number> | undefined;
+  events.forEach((e, i) => {
+    if (e.pendingId === '' || !hasFlag(e.flags, TransferFlag.postPendingTransfer | TransferFlag.voidPendingTransfer)) return;
+    if (!indexOf) {
+      // The first event with an id is the one that creates it (a later one with the same id is `exists`).
+      indexOf = new Map();
+      for (let j = events.length - 1; j >= 0; j--) indexOf.set(events[j]!.id, j);
+    }
+    const j = indexOf.get(e.pendingId);
+    if (j !== undefined) pairs.push([j, i]);
+  });
+  return pairs;
 }

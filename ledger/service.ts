@@ -34,7 +34,9 @@ export function createLedgerService(router: LedgerRouter, pool: Pool, logger: Lo
 
     createTransfers: unary(logger, 'CreateTransfers', async (request) => {
       const transfers = parseTransfers(request.transfers);
-      // A post/void of a pending transfer created earlier in the same request must follow it to its shard.
+      // A post/void goes to the shard of its pending's debit account (a pending of an earlier request is looked up).
+      // One of a pending of the same request goes with it, whatever this key says: the router keeps such
+      // dependent chains together (a pending inside a chain runs on the shard of the chain's first event).
       const debitOfPending = new Map(transfers.filter((t) => hasFlag(t.flags, TransferFlag.pending)).map((t) => [t.id, t.debitAccountId]));
       const unknown = unresolvedPendingIds(transfers).filter((pendingId) => !debitOfPending.has(pendingId));
       for (const [pendingId, debit] of await queries.pendingDebitAccounts(pool, unknown)) debitOfPending.set(pendingId, debit);

@@ -82,6 +82,11 @@ export interface BatchHints {
   lookUpAllTransferIds?: boolean;
   /** Accounts to read in full (and mark wide) although no flag asks for it. */
   fullAccountIds: ReadonlySet<string>;
+  /**
+   * Consolidate the slots of the accounts read in full that the batch changes into its own shard's slot before
+   * writing (consolidateSlots): after a slot of one of them overflowed INT8 (22003) although its total did not.
+   */
+  consolidateSlots?: boolean;
 }
 
 export const NO_HINTS: BatchHints = { existingTransferIds: new Set(), fullAccountIds: new Set() };
@@ -185,6 +190,47 @@ export async function loadBatchState(db: PoolClient, submissions: readonly Submi
     }
   }
   return { accounts, transfers, pendings, partialAccounts };
+}
+
+/**
+ * The rare path of a slot overflow. Slots hold deltas: a pending created on one shard and resolved from a batch
+ * of another (a linked chain led by another shard, or LEDGER_SHARDS changed) leaves one slot up and another down
+ * by its amount, and with amounts near 2^62 a slot of an account whose totals are in range can overflow INT8.
+ * Only accounts read in full (limit or history flags, wide) can have slots that large; for those of them the
+ * batch changes, this moves the sum of every slot into the batch's own shard's slot and deletes the others, so
+ * that slot is the account's true total, which the engine keeps in range (the write then adds the batch's net
+ * change to it). Two statements (CockroachDB refuses two changes of one table in one statement); the delete of
+ * other shards' slots may conflict with their batches, which retry (40001/40P01).
+ */
+export async function consolidateSlots(db: PoolClient, shard: number, effects: BatchEffects, state: BatchState): Promise<void> {
+  const created = new Set(effects.newAccounts.map((a) => a.id));
+  const deltas = new Map(effects.balanceDeltas.filter((d) => !state.partialAccounts?.has(d.accountId) && !created.has(d.accountId)).map((d) => [d.accountId, d]));
+  if (deltas.size === 0) return;
+  const ids = sqlArray([...deltas.keys()].sort());
+  const consolidated = await db.query({
+    name: 'consolidate-slots',
+    text: `INSERT INTO account_balance_slots AS s (account_id, shard, debits_pending, debits_posted, credits_pending, credits_posted)
+           SELECT account_id, $2::int4, sum(debits_pending)::INT8, sum(debits_posted)::INT8, sum(credits_pending)::INT8, sum(credits_posted)::INT8
+           FROM account_balance_slots WHERE account_id = ANY($1::uuid[]) GROUP BY account_id
+           ON CONFLICT (shard, account_id) DO UPDATE SET
+             debits_pending = excluded.debits_pending,
+             debits_posted = excluded.debits_posted,
+             credits_pending = excluded.credits_pending,
+             credits_posted = excluded.credits_posted
+           RETURNING account_id, debits_pending, debits_posted, credits_pending, credits_posted`,
+    values: [ids, shard],
+  });
+  await db.query({ name: 'delete-other-slots', text: 'DELETE FROM account_balance_slots WHERE account_id = ANY($1::uuid[]) AND shard <> $2::int4', values: [ids, shard] });
+  // The consolidated slot is the account's balance before the batch: with the batch's change it must give exactly
+  // what the engine computed (and checked to be in range).
+  for (const row of consolidated.rows) {
+    const a = state.accounts.get(row.account_id as string);
+    const d = deltas.get(row.account_id as string);
+    invariant(a && d, `consolidated slot of account ${String(row.account_id)} the batch does not change`);
+    const after = [row.debits_pending + d.debitsPending, row.debits_posted + d.debitsPosted, row.credits_pending + d.creditsPending, row.credits_posted + d.creditsPosted];
+    const expected = [a.debitsPending, a.debitsPosted, a.creditsPending, a.creditsPosted];
+    invariant(after.every((v, i) => v === expected[i]), `account ${a.id}: consolidated slot plus the batch's change ${after.join('/')} differs from its balances ${expected.join('/')}`);
+  }
 }
 
 /** Transfer ids among `ids` that exist: asked only for events that failed, whose answer might be `exists`. */
