@@ -14,7 +14,7 @@ import { isSealed, seal, unseal } from './sealed-answer.js';
 import type { Backends } from './backends.js';
 import { errorHandler, sendError } from './errors.js';
 import { NoQuery } from './schemas.js';
-import { IdempotencyStore, parseIdempotencyKey, requestFingerprint } from './idempotency.js';
+import { IdempotencyStore, parseIdempotencyKey, requestFingerprint, type HeldKey } from './idempotency.js';
 import { RateLimiter } from './rate-limit.js';
 import { accountRoutes } from './routes/accounts.js';
 import { healthRoutes } from './routes/health.js';
@@ -31,7 +31,7 @@ declare module 'fastify' {
     /** Of the body as sent, before validation fills in defaults. */
     fingerprint: string | null;
     /** The Idempotency-Key this request holds; with the caller key its answer is sealed under, if it is. */
-    idempotency: { scope: string; key: string; sealedFor?: string } | null;
+    idempotency: (HeldKey & { sealedFor?: string }) | null;
   }
   interface FastifyContextConfig {
     /**
@@ -176,7 +176,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
       if (body === undefined) throw new AppError('conflict', 'idempotency_answer_sealed', 'The answer to this Idempotency-Key was sealed under another API key and cannot be replayed', { field: 'Idempotency-Key' });
       return reply.code(begun.status).header('content-type', 'application/json; charset=utf-8').header('idempotent-replayed', 'true').send(body);
     }
-    request.idempotency = { scope, key, ...(sealedFor ? { sealedFor } : {}) };
+    request.idempotency = { scope, key, lockToken: begun.lockToken, ...(sealedFor ? { sealedFor } : {}) };
   });
 
   app.addHook('onSend', async (request, reply, payload) => {
@@ -186,8 +186,8 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
     const body = typeof payload === 'string' ? payload : Buffer.isBuffer(payload) ? payload.toString('utf8') : JSON.stringify(payload ?? null);
     // Retryable outcomes are not kept: the retry must run again. Everything else is the answer for good.
     try {
-      if (reply.statusCode >= 500 || reply.statusCode === 429) await idempotency.release(held.scope, held.key);
-      else await idempotency.complete(held.scope, held.key, reply.statusCode, held.sealedFor ? seal(body, held.sealedFor, held.key) : body);
+      if (reply.statusCode >= 500 || reply.statusCode === 429) await idempotency.release(held);
+      else await idempotency.complete(held, reply.statusCode, held.sealedFor ? seal(body, held.sealedFor, held.key) : body);
     } catch (error) {
       // The hooks after this one do not run: a request whose client is gone would never be finished.
       if (request.raw.destroyed) await finish(request);

@@ -419,6 +419,29 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       assert.equal((await api.post('/v1/accounts', keyA, { currency: 'USD', metadata: body }, key)).status, 201);
     });
 
+    it('a request whose stale key was taken over neither releases nor completes the key its successor holds', async () => {
+      const merchantId = (await stack.pool.query('SELECT merchant_id FROM api_keys WHERE key_hash = encode(sha256($1::bytea), $2)', [keyA, 'hex'])).rows[0].merchant_id;
+      const { IdempotencyStore } = await import('./idempotency.js');
+      const store = new IdempotencyStore(stack.pool, 24, 60_000);
+      const [key, fingerprint] = [randomUUID(), 'f'.repeat(64)];
+      const first = await store.begin(merchantId, key, fingerprint);
+      assert.equal(first.kind, 'proceed');
+      // The first request's gateway looked dead (its lock went stale): a retry takes the key over.
+      await stack.pool.query(`UPDATE idempotency_keys SET locked_at = now() - interval '5 minutes' WHERE key = $1`, [key]);
+      const second = await store.begin(merchantId, key, fingerprint);
+      assert.equal(second.kind, 'proceed');
+      if (first.kind !== 'proceed' || second.kind !== 'proceed') return;
+      assert.notEqual(second.lockToken, first.lockToken);
+      // The first was only slow: its late 5xx must not free the key while the second runs...
+      await store.release({ scope: merchantId, key, lockToken: first.lockToken });
+      await assert.rejects(store.begin(merchantId, key, fingerprint), (e: { code?: string }) => e.code === 'idempotency_key_in_use');
+      // ...and its late answer is not the key's: the second's is.
+      await store.complete({ scope: merchantId, key, lockToken: first.lockToken }, 201, '{"by":"first"}');
+      await assert.rejects(store.begin(merchantId, key, fingerprint), (e: { code?: string }) => e.code === 'idempotency_key_in_use');
+      await store.complete({ scope: merchantId, key, lockToken: second.lockToken }, 201, '{"by":"second"}');
+      assert.deepEqual(await store.begin(merchantId, key, fingerprint), { kind: 'replay', status: 201, body: '{"by":"second"}' });
+    });
+
     it('a key past its TTL starts afresh, and the cleanup deletes expired keys', async () => {
       const { IdempotencyStore } = await import('./idempotency.js');
       const store = new IdempotencyStore(stack.pool, 24);

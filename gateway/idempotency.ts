@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import type { PoolClient } from 'pg';
 import { statement, withTransaction, type Pool } from '../lib/db.js';
 import { Coalescer } from '../lib/coalesce.js';
@@ -10,10 +10,12 @@ import { hasControlCharacters } from '../ledger/validation.js';
  * first answer to a key (success or business error) is kept for the TTL and replayed byte for byte to a retry
  * with the same request fingerprint; other parameters are refused (422); a retry while the first request is
  * still running is refused (409) unless the lock is older than `lockTimeoutMs` (its gateway died): then the
- * retry takes the key over. 5xx and 429 answers are not kept, so a retry runs again.
+ * retry takes the key over. 5xx and 429 answers are not kept, so a retry runs again. Each holder of a key has
+ * its own lock token: a request that was only slow, not dead, cannot release or complete a key taken over.
  */
 
-export type Begin = { kind: 'proceed' } | { kind: 'replay'; status: number; body: string };
+/** `proceed`: this request holds the key; its lock token names it when it releases or completes the key. */
+export type Begin = { kind: 'proceed'; lockToken: string } | { kind: 'replay'; status: number; body: string };
 
 export const MAX_IDEMPOTENCY_KEY = 255;
 
@@ -44,12 +46,22 @@ interface KeyRecord {
   scope: string;
   key: string;
   fingerprint: string;
+  lockToken: string;
 }
+
+/** A key as the request that holds it names it. */
+export interface HeldKey {
+  scope: string;
+  key: string;
+  lockToken: string;
+}
+
+type Completion = HeldKey & { status: number; body: string };
 
 export class IdempotencyStore {
   /** New keys of concurrent requests are recorded together, and their results written together (group commit). */
   private readonly inserts = new Coalescer((records: KeyRecord[]) => this.insertMany(records));
-  private readonly completions = new Coalescer((results: (KeyRecord & { status: number; body: string })[]) => this.completeMany(results).then(() => results.map(() => undefined)));
+  private readonly completions = new Coalescer((results: Completion[]) => this.completeMany(results).then(() => results.map(() => undefined)));
 
   constructor(
     private readonly pool: Pool,
@@ -64,29 +76,30 @@ export class IdempotencyStore {
     const unique = [...first.values()];
     const inserted = await statement(this.pool, {
       name: 'gw-idem-insert-many',
-      text: `INSERT INTO idempotency_keys (merchant_id, key, fingerprint, state, locked_at)
-             SELECT s, k, f, 'in_flight', now() FROM unnest($1::uuid[], $2::text[], $3::text[]) AS r(s, k, f)
+      text: `INSERT INTO idempotency_keys (merchant_id, key, fingerprint, state, locked_at, lock_token)
+             SELECT s, k, f, 'in_flight', now(), t FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[]) AS r(s, k, f, t)
              ON CONFLICT DO NOTHING RETURNING merchant_id, key`,
-      values: [unique.map((r) => r.scope), unique.map((r) => r.key), unique.map((r) => r.fingerprint)],
+      values: [unique.map((r) => r.scope), unique.map((r) => r.key), unique.map((r) => r.fingerprint), unique.map((r) => r.lockToken)],
     });
     const recorded = new Set(inserted.rows.map((row) => `${row.merchant_id}\u0000${row.key}`));
     return records.map((r) => first.get(`${r.scope}\u0000${r.key}`) === r && recorded.has(`${r.scope}\u0000${r.key}`));
   }
 
-  private async completeMany(results: (KeyRecord & { status: number; body: string })[]): Promise<void> {
+  private async completeMany(results: Completion[]): Promise<void> {
     await statement(this.pool, {
       name: 'gw-idem-done-many',
       text: `UPDATE idempotency_keys i SET state = 'done', status = r.status, body = r.body
-             FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::text[]) AS r(s, k, status, body)
-             WHERE i.merchant_id = r.s AND i.key = r.k`,
-      values: [results.map((r) => r.scope), results.map((r) => r.key), results.map((r) => r.status), results.map((r) => r.body)],
+             FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::text[], $5::uuid[]) AS r(s, k, status, body, t)
+             WHERE i.merchant_id = r.s AND i.key = r.k AND i.lock_token = r.t AND i.state = 'in_flight'`,
+      values: [results.map((r) => r.scope), results.map((r) => r.key), results.map((r) => r.status), results.map((r) => r.body), results.map((r) => r.lockToken)],
     });
   }
 
   async begin(scope: string, key: string, fingerprint: string): Promise<Begin> {
     // A new key (the common case) is recorded with the other new keys of the moment; a key seen before is
     // read and decided in a transaction of its own.
-    if (await this.inserts.add({ scope, key, fingerprint })) return { kind: 'proceed' };
+    const lockToken = randomUUID();
+    if (await this.inserts.add({ scope, key, fingerprint, lockToken })) return { kind: 'proceed', lockToken };
     return withTransaction(this.pool, async (client) => {
       const r = await client.query({
         name: 'gw-idem-read',
@@ -102,12 +115,12 @@ export class IdempotencyStore {
         // An expired key starts afresh; a stale lock belonged to a gateway that died: take the key over.
         await client.query({
           name: 'gw-idem-take',
-          text: `UPDATE idempotency_keys SET fingerprint = $3, state = 'in_flight', status = NULL, body = NULL, locked_at = now(),
+          text: `UPDATE idempotency_keys SET fingerprint = $3, state = 'in_flight', status = NULL, body = NULL, locked_at = now(), lock_token = $5,
                    created_at = CASE WHEN created_at < now() - ($4::INT8 * INTERVAL '1 hour') THEN now() ELSE created_at END
                  WHERE merchant_id = $1 AND key = $2`,
-          values: [scope, key, fingerprint, this.ttlHours],
+          values: [scope, key, fingerprint, this.ttlHours, lockToken],
         });
-        return { kind: 'proceed' };
+        return { kind: 'proceed', lockToken };
       }
       if (row.fingerprint !== fingerprint) {
         throw new AppError('conflict', 'idempotency_key_reused', 'Keys for idempotent requests can only be used with the same parameters they were first used with', { field: 'Idempotency-Key' });
@@ -123,17 +136,26 @@ export class IdempotencyStore {
    * Records the answer inside the caller's transaction, so that it commits with the effect it describes: a retry
    * after a crash or a lost reply finds the answer instead of making the effect again.
    */
-  async completeWithin(client: PoolClient, scope: string, key: string, status: number, body: string): Promise<void> {
-    await client.query({ name: 'gw-idem-done', text: `UPDATE idempotency_keys SET state = 'done', status = $3, body = $4 WHERE merchant_id = $1 AND key = $2`, values: [scope, key, status, body] });
+  async completeWithin(client: PoolClient, held: HeldKey, status: number, body: string): Promise<void> {
+    await client.query({
+      name: 'gw-idem-done',
+      text: `UPDATE idempotency_keys SET state = 'done', status = $3, body = $4 WHERE merchant_id = $1 AND key = $2 AND lock_token = $5 AND state = 'in_flight'`,
+      values: [held.scope, held.key, status, body, held.lockToken],
+    });
   }
 
-  async complete(scope: string, key: string, status: number, body: string): Promise<void> {
-    await this.completions.add({ scope, key, fingerprint: '', status, body });
+  /** Records the answer of the request holding the key (nothing if the key was taken over meanwhile). */
+  async complete(held: HeldKey, status: number, body: string): Promise<void> {
+    await this.completions.add({ ...held, status, body });
   }
 
   /** Forgets a key whose request failed in a retryable way (5xx, 429): the retry runs again. */
-  async release(scope: string, key: string): Promise<void> {
-    await statement(this.pool, { name: 'gw-idem-release', text: `DELETE FROM idempotency_keys WHERE merchant_id = $1 AND key = $2 AND state = 'in_flight'`, values: [scope, key] });
+  async release(held: HeldKey): Promise<void> {
+    await statement(this.pool, {
+      name: 'gw-idem-release',
+      text: `DELETE FROM idempotency_keys WHERE merchant_id = $1 AND key = $2 AND lock_token = $3 AND state = 'in_flight'`,
+      values: [held.scope, held.key, held.lockToken],
+    });
   }
 
   /** Deletes keys past the TTL; returns how many. */

@@ -22,7 +22,7 @@ export function merchantRoutes(app: Gateway, ctx: RouteContext): void {
       let answer = '';
       await createMerchant(ctx.pool, request.body.name, ctx.config.PAYMENTS_DEFAULT_FEE_BPS, request.body.category, async (client, merchant) => {
         answer = JSON.stringify(merchant);
-        if (held?.sealedFor) await ctx.idempotency.completeWithin(client, held.scope, held.key, 201, seal(answer, held.sealedFor, held.key));
+        if (held?.sealedFor) await ctx.idempotency.completeWithin(client, held, 201, seal(answer, held.sealedFor, held.key));
       });
       request.idempotency = null; // recorded already
       // The recorded text itself (not the object serialized again): a replay is then byte for byte this answer.
