@@ -243,7 +243,7 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       assert.deepEqual(await businessTableCounts(stack.pool), before, 'a refused payment wrote ledger accounts');
     });
 
-    it('a refund the ledger refuses (destination drained) is 402 exceeds_credits, writes nothing, and a repeat answers the same', async () => {
+    it('a refund the ledger refuses (destination drained) is 402 exceeds_credits, recorded as failed, and a repeat answers the same', async () => {
       const dest = await account(keyA, { flags: ['debits_must_not_exceed_credits'] });
       const elsewhere = await account(keyA);
       const card = { token: 'tok_1', fingerprint: `fp_${randomUUID()}`, country: 'FR' };
@@ -251,18 +251,22 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       assert.equal(p.status, 201, p.text);
       const drain = await api.post('/v1/transfers', keyA, { debit_account_id: dest, credit_account_id: elsewhere, amount: 1_000 - p.body.fee, currency: 'USD' });
       assert.equal(drain.status, 201, drain.text);
-      const before = await businessTableCounts(stack.pool);
       const key = randomUUID();
       const refused = await api.post('/v1/refunds', keyA, { payment: p.body.id, amount: 500 }, key);
       expectError(refused, 402, 'exceeds_credits');
-      assert.deepEqual(await businessTableCounts(stack.pool), before, 'a refused refund wrote its step');
-      // Past the key's TTL the same refund is tried again: the same answer while the balances are the same.
+      // Recorded as failed, as a declined payment is (what the 4xx reports): nothing else is written.
+      const before = await businessTableCounts(stack.pool);
+      // Past the key's TTL the same refund (same key, same id) is answered from its record: the same answer.
       await stack.pool.query(`UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE key = $1`, [key]);
       const repeated = await api.post('/v1/refunds', keyA, { payment: p.body.id, amount: 500 }, key);
       assert.equal(repeated.headers.get('idempotent-replayed'), null);
-      assert.deepEqual([repeated.status, repeated.body], [refused.status, refused.body]);
+      assert.deepEqual([repeated.status, repeated.body.error.code], [refused.status, refused.body.error.code]);
       assert.deepEqual(await businessTableCounts(stack.pool), before);
       assert.equal((await api.get(`/v1/payments/${p.body.id}`, keyA)).body.amount_refunded, 0);
+      // The refused refund holds no part of the refundable amount: once the money is back, it can all be refunded.
+      assert.equal((await api.post('/v1/transfers', keyA, { debit_account_id: elsewhere, credit_account_id: dest, amount: 1_000, currency: 'USD' })).status, 201);
+      assert.equal((await api.post('/v1/refunds', keyA, { payment: p.body.id }, randomUUID())).status, 201);
+      assert.equal((await api.get(`/v1/payments/${p.body.id}`, keyA)).body.amount_refunded, 1_000);
     });
 
     it('a declined payment is 402 card_error with the payment; a card payment never shows its token', async () => {

@@ -237,10 +237,10 @@ export async function insertOperation(db: Queryable, op: OperationRow): Promise<
   return r.rowCount === 1;
 }
 
-/** Removes a step still processing (one the ledger refused for good: nothing of it stays); false if it was not. */
-export async function discardOperation(db: Queryable, operationId: string): Promise<boolean> {
-  const r = await db.query({ name: 'pay-op-discard', text: `DELETE FROM payment_operations WHERE id = $1 AND status = 'processing'`, values: [operationId] });
-  return r.rowCount === 1;
+/** The step, its row locked until the caller's transaction ends (one driver of a step at a time). */
+export async function lockOperation(db: PoolClient, operationId: string): Promise<OperationRow | null> {
+  const r = await db.query({ name: 'pay-op-lock', text: `SELECT ${OPERATION_COLUMNS} FROM payment_operations WHERE id = $1 FOR UPDATE`, values: [operationId] });
+  return r.rows[0] ? operationFromRow(r.rows[0]) : null;
 }
 
 export async function findOperation(db: Queryable, operationId: string): Promise<OperationRow | null> {
