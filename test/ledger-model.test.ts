@@ -675,7 +675,13 @@ describe('ledger against the reference model (randomized, seeded)', function () 
     // An instance that sweeps releases them.
     const sweeping = await startTestLedger();
     try {
-      await new Promise((resolve) => setTimeout(resolve, 800));
+      // Until its sweeps released them (a fixed wait failed on a loaded machine), then compare everything.
+      const deadline = Date.now() + 15_000;
+      const stillPending = async () => (await pool.query('SELECT count(*)::int AS n FROM pending_transfers WHERE id = ANY($1::uuid[]) AND state = 1', [short.map((t) => t.id)])).rows[0].n as number;
+      while ((await stillPending()) > 0) {
+        assert.ok(Date.now() < deadline, 'the sweeping instance did not release the expired pending transfers within 15 s');
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
       for (const p of short) model.expire(p.id);
       await compareBalances(sweeping.client, model, accountIds);
       await comparePendingStates(pool, model, [...short, ...long].map((t) => t.id));
