@@ -104,11 +104,11 @@ export class Settler {
    * account on to the window of its next entry (at most `upTo`), so idle windows cost one transaction in all.
    */
   async closeAccount(accountId: string, cut: bigint, skip?: { schedule: Schedule; upTo: bigint }): Promise<{ batch: store.Batch | null; closedThrough: bigint }> {
-    const available = await this.availableBalance(accountId);
     const outcome = await withTransaction(this.pool, async (tx) => {
       const account = await store.lockAccount(tx, accountId);
       invariant(account, `settlement account ${accountId} vanished`);
       if (cut <= account.closedThrough) return { batch: null, closedThrough: account.closedThrough };
+      const available = await this.availableBalance(tx, accountId);
       const id = derivedId('settlement-batch', `${accountId}:${cut}`);
       const lines = await store.takeEntries(tx, accountId, cut, id);
       if (lines.length === 0 && (account.carried <= 0n || available <= 0n)) {
@@ -164,11 +164,20 @@ export class Settler {
     return 'payout_failed';
   }
 
-  /** What the account can pay out now: posted credits less posted and pending debits. */
-  private async availableBalance(accountId: string): Promise<bigint> {
+  /**
+   * What the account can pay out now: posted credits less posted and pending debits, less the payouts of its
+   * batches that the ledger does not hold yet (a submission that failed, or is still to come): the next batch
+   * must not pay that money a second time. Read under the account's lock (a concurrent close waits, then sees
+   * the batch made before it), and the outstanding payouts before the balance: a payout posting in between is
+   * then counted twice, paid a batch later, rather than not at all.
+   */
+  private async availableBalance(tx: PoolClient, accountId: string): Promise<bigint> {
+    const outstanding = await store.outstandingPayouts(tx, accountId);
+    const posted = new Set(outstanding.length === 0 ? [] : (await this.ledger.lookupTransfers(outstanding.map((b) => b.payoutTransferId))).map((t) => t.id));
+    const unposted = outstanding.filter((b) => !posted.has(b.payoutTransferId)).reduce((sum, b) => sum + b.payout, 0n);
     const [account] = await this.ledger.lookupAccounts([accountId]);
     if (!account) throw new InternalError(`settled account ${accountId} is not in the ledger`);
-    return account.creditsPosted - account.debitsPosted - account.debitsPending;
+    return account.creditsPosted - account.debitsPosted - account.debitsPending - unposted;
   }
 
   private async nextNonEmptyWindowStart(tx: PoolClient, accountId: string, cut: bigint, skip: { schedule: Schedule; upTo: bigint }): Promise<bigint> {

@@ -296,6 +296,12 @@ export async function pendingPayouts(db: Queryable, olderThanMs: number): Promis
   return r.rows.map(batchFromRow);
 }
 
+/** The account's batches whose payout is not confirmed: their payout transfers may or may not be in the ledger. */
+export async function outstandingPayouts(tx: PoolClient, accountId: string): Promise<{ payout: bigint; payoutTransferId: string }[]> {
+  const r = await tx.query(`SELECT payout, payout_transfer_id FROM settlement_batches WHERE account_id = $1 AND status = 'payout_pending'`, [accountId]);
+  return r.rows.map((row) => ({ payout: row.payout as bigint, payoutTransferId: row.payout_transfer_id as string }));
+}
+
 export async function markPaid(pool: Pool, batchId: string): Promise<void> {
   await statement(pool, { name: 'stl-mark-paid', text: `UPDATE settlement_batches SET status = 'paid', updated_at = now() WHERE id = $1 AND status = 'payout_pending'`, values: [batchId] });
 }

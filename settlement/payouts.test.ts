@@ -1,0 +1,95 @@
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { after, before, describe, it } from 'mocha';
+import { withTransaction, type Pool } from '../lib/db.js';
+import { createLogger } from '../lib/logger.js';
+import { TransferCode } from '../ledger/payments/model.js';
+import type { EventEnvelope } from '../proto/gen/events/v1/events.js';
+import { account, startTestLedger, transfer, type TestLedger } from '../test/ledger-harness.js';
+import { testPool } from '../test/support.js';
+import { Settler, type SettlementLedger } from '../settlement/settler.js';
+import * as store from '../settlement/store.js';
+import { parseSchedule } from '../settlement/windows.js';
+
+const EUR = 978;
+const ns = (iso: string) => BigInt(Date.parse(iso)) * 1_000_000n;
+const DAY = 86_400_000_000_000n;
+
+/**
+ * A batch's payout that the ledger does not hold yet (its submission failed: a deadline, the ledger restarting)
+ * is still owed from the account: the next batch must not pay the same money out again.
+ */
+describe('settlement: a batch whose payout is still outstanding', function () {
+  this.timeout(60_000);
+  let ledger: TestLedger;
+  let pool: Pool;
+
+  before(async () => {
+    pool = testPool();
+    ledger = await startTestLedger();
+  });
+  after(async () => {
+    await ledger?.close();
+    await pool?.end();
+  });
+
+  it('the next batch does not pay out money that the outstanding payout will take (no overpayment)', async () => {
+    // A ledger whose first payout submission fails (gRPC deadline, ledger restarting): the batch stays payout_pending.
+    let failNextPayout = true;
+    const flaky: SettlementLedger = {
+      createAccounts: (a) => ledger.client.createAccounts(a),
+      lookupAccounts: (a) => ledger.client.lookupAccounts(a),
+      lookupTransfers: (a) => ledger.client.lookupTransfers(a),
+      getAccountTransfers: (a) => ledger.client.getAccountTransfers(a),
+      createTransfers: async (t) => {
+        if (failNextPayout && t.some((x) => x.code === TransferCode.payout)) {
+          failNextPayout = false;
+          throw new Error('DEADLINE_EXCEEDED (simulated)');
+        }
+        return ledger.client.createTransfers(t);
+      },
+    } as SettlementLedger;
+    const settler = new Settler(pool, flaky, { defaultSchedule: parseSchedule({ kind: 'interval', intervalMinutes: 60 }), resumePayoutsAfterMs: 1_000 }, createLogger('settlement-test', 'silent'));
+
+    const merchantId = randomUUID();
+    await pool.query('INSERT INTO merchants (id, name, fee_bps) VALUES ($1, $2, 100)', [merchantId, `m ${merchantId.slice(0, 8)}`]);
+    await store.saveProfile(pool, merchantId, { schedule: parseSchedule({ kind: 'daily', timeZone: 'UTC', cutoff: '00:00' }), payout: null });
+    const balance = account({ ledger: EUR }); // a merchant balance account: flags 0, as payments create it
+    const source = account({ ledger: EUR });
+    await ledger.client.createAccounts([balance, source]);
+    // 15,000 captured, but 5,000 of it left the account (the merchant's own transfer): 10,000 available.
+    await ledger.client.createTransfers([transfer({ ledger: EUR, debitAccountId: source.id, creditAccountId: balance.id, amount: 15_000n })]);
+    await ledger.client.createTransfers([transfer({ ledger: EUR, debitAccountId: balance.id, creditAccountId: source.id, amount: 5_000n })]);
+    const operationId = randomUUID();
+    const day1 = ns('2027-05-10T00:00:00Z');
+    const event: EventEnvelope = {
+      eventId: randomUUID(), type: 'payment.captured', aggregateId: randomUUID(), sequence: 1n, occurredAt: day1 + 1n, traceparent: '',
+      payload: { $case: 'payment', value: {
+        paymentId: randomUUID(), merchantId, currency: 'EUR', amount: 15_000n, amountCaptured: 15_000n, amountRefunded: 0n, fee: 0n, status: 'succeeded',
+        operationId, operationAmount: 15_000n, operationFee: 0n, declineCode: '', sourceAccountId: source.id, destinationAccountId: balance.id,
+        customerId: '', riskScorePpm: 0, riskModelVersion: '', cardFingerprint: '', cardCountry: '', cardType: '', deviceId: '', ipCountry: '',
+        merchantCategory: '', createdAt: day1, feeTransferId: '',
+      } },
+    };
+    await withTransaction(pool, (tx) => settler.handle(event, tx));
+
+    // Day 1 closes: payout 10,000 (all that is there), 5,000 carried; the payout submission fails.
+    // (This account only: closeEnded would close whatever else the shared test database holds first.)
+    await assert.rejects(settler.closeAccount(balance.id, day1 + DAY), /simulated/);
+    const [b1] = (await pool.query('SELECT id FROM settlement_batches WHERE account_id = $1', [balance.id])).rows;
+    const batch1 = (await store.findBatch(pool, b1.id))!;
+    assert.deepEqual([batch1.payout, batch1.carriedOut, batch1.status], [10_000n, 5_000n, 'payout_pending']);
+
+    // Day 2 closes (the closer runs before the resubmission picks batch 1 up): nothing new, 5,000 carried.
+    const { batch: second } = await settler.closeAccount(balance.id, day1 + 2n * DAY);
+    const made = second ? [second] : [];
+    // Then the outstanding payout of batch 1 is resubmitted.
+    await pool.query(`UPDATE settlement_batches SET updated_at = now() - interval '1 hour' WHERE id = $1`, [batch1.id]);
+    await settler.resumePayouts();
+
+    const [acc] = await ledger.client.lookupAccounts([balance.id]);
+    const paidOut = (await pool.query(`SELECT COALESCE(sum(payout), 0)::int8 AS s FROM settlement_batches WHERE account_id = $1 AND status = 'paid'`, [balance.id])).rows[0].s as bigint;
+    // 10,000 was all the account ever held for the merchant to be paid: paying more overdraws the merchant account.
+    assert.ok(paidOut <= 10_000n, `paid out ${paidOut} from an account that held 10,000 (second batch: ${made.map((b) => `payout ${b.payout} available ${b.available}`).join()}); ledger balance now ${acc!.creditsPosted - acc!.debitsPosted}`);
+  });
+});
