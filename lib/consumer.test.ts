@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { randomUUID } from 'node:crypto';
-import { commitTransfers, startTestLedger, type TestLedger } from '../test/ledger-harness.js';
+import { account, commitTransfers, startTestLedger, transfer, type TestLedger } from '../test/ledger-harness.js';
 import { TestNatsServer } from '../test/nats-server.js';
 import { testConfig, testPool } from '../test/support.js';
 import { EventBatch } from '../proto/gen/events/v1/events.js';
@@ -187,6 +187,40 @@ describe('event consumer framework (own NATS server, real PostgreSQL)', function
       await viaProxy.end();
       await proxy.cut();
     }
+  });
+
+  it('contention while a failing message is applied event by event dead-letters nothing: the event waits and is applied', async () => {
+    const name = `contended-${randomUUID().slice(0, 8)}`;
+    const config = testConfig(env);
+    // One request, one debit account: one shard batch, so one message with both events.
+    const [debit, credit] = [account(), account()];
+    assert.ok((await ledger.client.createAccounts([debit, credit])).every((r) => r.code === 1));
+    const [first, second] = [transfer({ debitAccountId: debit.id, creditAccountId: credit.id, amount: 1n }), transfer({ debitAccountId: debit.id, creditAccountId: credit.id, amount: 2n })];
+    assert.ok((await ledger.client.createTransfers([first, second])).every((r) => r.code === 1));
+    // The first event fails once (the whole message is then applied event by event, each in a savepoint); the
+    // second meets serialization failures for 12 s, longer than the whole message's own retries and maxDeliver
+    // attempts: the database's trouble, which must be waited out, never counted against the event.
+    let firstFailed = false;
+    let contendedUntil = 0;
+    const handler: EventHandler = async (event, tx) => {
+      if (event.payload?.$case !== 'transfer') return;
+      const id = event.payload.value.transferId;
+      if (id === first.id && !firstFailed) {
+        firstFailed = true;
+        throw new Error('refusing once');
+      }
+      if (id === second.id) {
+        contendedUntil ||= Date.now() + 12_000;
+        if (Date.now() < contendedUntil) throw Object.assign(new Error('could not serialize access due to read/write dependencies among transactions'), { code: '40001' });
+      }
+      await recordTransfer(name, () => false)(event, tx);
+    };
+    const consumer = new EventConsumer(nc, pool, config, { name, filter: 'ledger.>', maxDeliver: 2, ackWaitMs: 5_000, concurrency: 1 }, handler, logger);
+    await consumer.start();
+    await waitFor(async () => (await effects(name)).size === 2, 'both events applied');
+    await consumer.stop();
+    assert.equal(consumer.stats.deadLettered, 0);
+    assert.ok(Date.now() >= contendedUntil, 'the second event was applied only after the contention');
   });
 
   it('sends a poison message to the dead-letter subject after maxDeliver and keeps consuming; metrics count it', async () => {

@@ -259,6 +259,11 @@ export class EventConsumer {
         await tx.query('RELEASE SAVEPOINT event');
         applied++;
       } catch (error) {
+        // The database's trouble (contention, a lost connection) is not the event's fault: counted as its failure,
+        // a valid event would be dead-lettered under load. Thrown, it fails the transaction (retried, or waited out
+        // in place as unavailable by process()).
+        const cause = asAppError(error);
+        if (cause instanceof AppError && cause.kind === 'unavailable') throw error;
         await tx.query('ROLLBACK TO SAVEPOINT event');
         const later = events.slice(i).map((e) => e.eventId).filter((id) => todo.has(id));
         await tx.query('DELETE FROM consumer_inbox WHERE consumer = $1 AND event_id = ANY($2::text[])', [this.options.name, later]);
