@@ -37,10 +37,16 @@ const LOOKUP_CHUNK = 8190;
 /**
  * Three-way reconciliation of one batch: its lines (settlement_entries), the events settlement consumed
  * (settlement_events) and the ledger (the settled account's transfers). Every line must be a ledger transfer
- * of that amount on that account, in the right direction; every event effective in the window must have its
- * lines (in some batch: a late event's lines are in a later one); every posted ledger transfer of the account
- * in the window must be a line of some batch or a batch's payout; the batch's totals must be its lines' sums;
- * its payout must be in the ledger as recorded. Nothing is corrected: each difference is listed with its ids.
+ * of that amount on that account, in the right direction; every event effective in the range the batch
+ * accounts for must have its lines (in some batch: a late event's lines are in a later one); every posted
+ * ledger transfer of the account in that range must be a line of some batch or a batch's payout; the batch's
+ * totals must be its lines' sums; its payout must be in the ledger as recorded. Nothing is corrected: each
+ * difference is listed with its ids.
+ *
+ * The range a batch accounts for is its window plus what no batch covers before it: from the end of the
+ * previous batch of the account and currency (from the beginning for the first batch) to its window's end.
+ * The closer makes no batch for a window without entries, so a movement whose event was never consumed can
+ * sit in such a skipped window; it is reported by the next batch, and every instant is checked by one batch.
  */
 export async function reconcileBatch(pool: Pool, ledger: SettlementLedger, batch: store.Batch): Promise<Reconciliation> {
   const found: Discrepancy[] = [];
@@ -77,8 +83,12 @@ export async function reconcileBatch(pool: Pool, ledger: SettlementLedger, batch
     if (t.amount !== line.amount) report('amount_mismatch', `${line.kind} line differs from the ledger transfer`, [line.transferId, line.paymentId], t.amount, line.amount);
   }
 
-  // 3. Events consumed in the window against the lines (anywhere: late lines sit in a later batch).
-  const events = await store.journalEvents(pool, batch.accountId, batch.windowStart, batch.windowEnd);
+  // The range this batch accounts for: its window, and the windows skipped since the previous batch ended.
+  const previousEnd = await store.previousBatchEnd(pool, batch);
+  const from = previousEnd ?? 0n;
+
+  // 3. Events consumed in the range against the lines (anywhere: late lines sit in a later batch).
+  const events = await store.journalEvents(pool, batch.accountId, from, batch.windowEnd);
   const expectedLines = events.flatMap((e) => [
     { transferId: e.operationId, kind: (e.type === 'payment.captured' ? 'capture' : 'refund') as store.EntryKind, amount: e.amount, event: e },
     ...(e.feeTransferId ? [{ transferId: e.feeTransferId, kind: 'fee' as store.EntryKind, amount: e.fee, event: e }] : []),
@@ -97,12 +107,12 @@ export async function reconcileBatch(pool: Pool, ledger: SettlementLedger, batch
     else if (entry.amount !== expected.amount) report('amount_mismatch', `${expected.kind} line differs from its event`, [expected.transferId, expected.event.eventId], expected.amount, entry.amount);
   }
 
-  // 4. The ledger's transfers of the account in the window against the lines and payouts of every batch.
-  const ledgerTransfers = await accountTransfers(ledger, batch.accountId, batch.windowStart, batch.windowEnd);
+  // 4. The ledger's transfers of the account in the range against the lines and payouts of every batch.
+  const ledgerTransfers = await accountTransfers(ledger, batch.accountId, from, batch.windowEnd);
   const settled = ledgerTransfers.filter((t) => !t.flags?.pending && !t.flags?.voidPendingTransfer && t.code !== TransferCode.payout);
   const known = await store.entriesOf(pool, settled.map((t) => t.id));
   for (const t of settled) {
-    if (!known.has(t.id)) report('unsettled_ledger_transfer', `ledger transfer (code ${t.code}) on the account is in no settlement batch`, [t.id], t.creditAccountId === batch.accountId ? t.amount : -t.amount, 0n);
+    if (!known.has(t.id)) report('unsettled_ledger_transfer', `ledger transfer (code ${t.code}) on the account is in no settlement batch${t.timestamp < batch.windowStart ? ' (it is before the window, where no batch covers the account)' : ''}`, [t.id], t.creditAccountId === batch.accountId ? t.amount : -t.amount, 0n);
   }
   const payouts = await store.payoutTransferIds(pool, batch.accountId);
   for (const t of ledgerTransfers.filter((x) => x.code === TransferCode.payout)) {

@@ -276,6 +276,20 @@ export async function findBatch(db: Queryable, id: string): Promise<Batch | null
   return r.rows[0] ? batchFromRow(r.rows[0]) : null;
 }
 
+/**
+ * Where the batches of the account and currency before `batch` end (the latest window_end at or before its
+ * window_start), or null for its first batch. Empty windows the closer skipped lie between that and the
+ * batch's window_start.
+ */
+export async function previousBatchEnd(db: Queryable, batch: Pick<Batch, 'accountId' | 'currency' | 'windowStart'>): Promise<bigint | null> {
+  const r = await db.query(`SELECT max(window_end) AS previous_end FROM settlement_batches WHERE account_id = $1 AND currency = $2 AND window_end <= $3`, [
+    batch.accountId,
+    batch.currency,
+    batch.windowStart,
+  ]);
+  return (r.rows[0]?.previous_end as bigint | null) ?? null;
+}
+
 /** A merchant's batches, newest first, after the batch `startingAfter` (exclusive). */
 export async function listBatches(db: Queryable, merchantId: string, limit: number, startingAfter: Batch | null): Promise<Batch[]> {
   const r = await db.query(

@@ -1,10 +1,14 @@
-import { DateTime, IANAZone } from 'luxon';
+import { IANAZone } from 'luxon';
 import { ValidationError } from '../lib/errors.js';
 
 /**
  * Settlement windows. A window is [start, end) in nanoseconds since the Unix epoch: a movement at exactly a
- * cut-off belongs to the window that begins there. Daily windows end at a local time of day in the merchant's
- * time zone (so a window is 23 or 25 hours long across a daylight-saving change); interval windows are N
+ * cut-off belongs to the window that begins there. Daily windows end at a local time of day (wall-clock time)
+ * in the merchant's time zone, so a window is 23 or 25 hours long across a daylight-saving change; each daily
+ * window starts at the previous day's cut-off, so windows tile time with no gap and no overlap. The cut-off of
+ * a day is the first instant of that day at which the local clock reads the cut-off time or later: when the
+ * clocks go back and the time occurs twice, its first occurrence; when they go forward over it (e.g. 02:30 on
+ * a day that skips from 02:00 to 03:00), the instant the clocks jump (03:00 local). Interval windows are N
  * minutes long and aligned to the epoch, so every instance computes the same boundaries.
  */
 export type Schedule = { kind: 'daily'; timeZone: string; cutoffMinute: number } | { kind: 'interval'; minutes: number };
@@ -16,6 +20,8 @@ export interface Window {
 
 const NS_PER_MS = 1_000_000n;
 const NS_PER_MINUTE = 60_000n * NS_PER_MS;
+const MS_PER_MINUTE = 60_000;
+const MS_PER_DAY = 86_400_000;
 
 /** The window of `schedule` that contains the instant `at`. */
 export function windowContaining(schedule: Schedule, at: bigint): Window {
@@ -24,13 +30,47 @@ export function windowContaining(schedule: Schedule, at: bigint): Window {
     const start = floorDiv(at, length) * length;
     return { start, end: start + length };
   }
-  // Milliseconds are enough to place a boundary: cut-offs fall on whole minutes, and flooring keeps an instant
-  // a few nanoseconds before a cut-off before it.
-  const local = DateTime.fromMillis(Number(floorDiv(at, NS_PER_MS)), { zone: schedule.timeZone });
-  let end = local.startOf('day').plus({ minutes: schedule.cutoffMinute });
-  if (end <= local) end = end.plus({ days: 1 });
-  const start = end.minus({ days: 1 });
-  return { start: BigInt(start.toMillis()) * NS_PER_MS, end: BigInt(end.toMillis()) * NS_PER_MS };
+  // Milliseconds are enough to place a boundary: cut-offs fall on whole minutes (or on a daylight-saving
+  // transition, a whole second), and flooring keeps an instant a few nanoseconds before a cut-off before it.
+  const zone = IANAZone.create(schedule.timeZone);
+  const atMs = Number(floorDiv(at, NS_PER_MS));
+  // The local calendar day of `at`, as the UTC midnight of that date (days are then plain arithmetic).
+  let day = Math.floor((atMs + zone.offset(atMs) * MS_PER_MINUTE) / MS_PER_DAY) * MS_PER_DAY;
+  let end = cutoffOn(zone, day, schedule.cutoffMinute);
+  while (end <= atMs) {
+    day += MS_PER_DAY;
+    end = cutoffOn(zone, day, schedule.cutoffMinute);
+  }
+  let start = cutoffOn(zone, day - MS_PER_DAY, schedule.cutoffMinute);
+  while (start > atMs) {
+    day -= MS_PER_DAY;
+    end = start;
+    start = cutoffOn(zone, day - MS_PER_DAY, schedule.cutoffMinute);
+  }
+  return { start: BigInt(start) * NS_PER_MS, end: BigInt(end) * NS_PER_MS };
+}
+
+/**
+ * The instant (epoch milliseconds) of the cut-off on a local date (given as the UTC midnight of that date): the
+ * first instant at which the zone's clock reads that date and `cutoffMinute` or later. A time that occurs twice
+ * (clocks going back) is its first occurrence; a time the clocks skip is the instant they jump over it.
+ */
+function cutoffOn(zone: IANAZone, date: number, cutoffMinute: number): number {
+  const wall = date + cutoffMinute * MS_PER_MINUTE;
+  // The local time is within a day of UTC, so the offsets a day either side cover every candidate.
+  const offsets = [...new Set([zone.offset(wall - MS_PER_DAY), zone.offset(wall), zone.offset(wall + MS_PER_DAY)])];
+  const valid = offsets.map((o) => wall - o * MS_PER_MINUTE).filter((t) => zone.offset(t) * MS_PER_MINUTE === wall - t);
+  if (valid.length > 0) return Math.min(...valid);
+  // In a gap: the clock reads before the cut-off at `lo` and after it at `hi`; the jump is in between.
+  const localAt = (t: number) => t + zone.offset(t) * MS_PER_MINUTE;
+  let lo = wall - Math.max(...offsets) * MS_PER_MINUTE;
+  let hi = wall - Math.min(...offsets) * MS_PER_MINUTE;
+  while (hi - lo > 1) {
+    const mid = lo + Math.floor((hi - lo) / 2);
+    if (localAt(mid) >= wall) hi = mid;
+    else lo = mid;
+  }
+  return hi;
 }
 
 /** A schedule from its parts, validated (an unknown time zone or an out-of-range time is a ValidationError). */

@@ -1,0 +1,113 @@
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { after, before, describe, it } from 'mocha';
+import { withTransaction, type Pool } from '../lib/db.js';
+import { createLogger } from '../lib/logger.js';
+import { TransferCode, nowNanos } from '../ledger/payments/model.js';
+import type { EventEnvelope } from '../proto/gen/events/v1/events.js';
+import { account, startTestLedger, transfer, type TestLedger } from '../test/ledger-harness.js';
+import { testPool } from '../test/support.js';
+import { reconcileBatch } from './reconcile.js';
+import { Settler } from './settler.js';
+import * as store from './store.js';
+import { parseSchedule } from './windows.js';
+
+const EUR = 978;
+const MINUTE = 60_000_000_000n;
+
+/**
+ * Reconciliation of windows no batch covers: the closer makes no batch for a window without entries, so a
+ * ledger movement whose event was never consumed can sit in a skipped window (or before the first one). The
+ * ledger stamps transfers with the real time; the events' times and the closer's `now` place the windows
+ * around it (one-minute windows), so no test waits for a minute to pass.
+ */
+describe('settlement reconciliation over windows with no batch (real PostgreSQL and ledger)', function () {
+  this.timeout(60_000);
+  let ledger: TestLedger;
+  let pool: Pool;
+  let settler: Settler;
+
+  before(async () => {
+    pool = testPool();
+    ledger = await startTestLedger();
+    settler = new Settler(pool, ledger.client, { defaultSchedule: parseSchedule({ kind: 'interval', intervalMinutes: 1 }), resumePayoutsAfterMs: 1_000 }, createLogger('settlement-test', 'error'));
+  });
+  after(async () => {
+    await ledger?.close();
+    await pool?.end();
+  });
+
+  /** A merchant settled every minute, its EUR balance account and a customer account, in the ledger. */
+  async function merchantWithAccount(): Promise<{ merchantId: string; accountId: string; customerId: string }> {
+    const merchantId = randomUUID();
+    await pool.query('INSERT INTO merchants (id, name, fee_bps) VALUES ($1, $2, 100)', [merchantId, `reconciled ${merchantId.slice(0, 8)}`]);
+    await store.saveProfile(pool, merchantId, { schedule: parseSchedule({ kind: 'interval', intervalMinutes: 1 }), payout: null });
+    const balance = account({ ledger: EUR });
+    const customer = account({ ledger: EUR });
+    assert.deepEqual((await ledger.client.createAccounts([balance, customer])).map((r) => r.code), [1, 1]);
+    return { merchantId, accountId: balance.id, customerId: customer.id };
+  }
+
+  /** A capture posted in the ledger now, and its payment.captured event (occurred at `occurredAt`) consumed. */
+  async function captured(m: { merchantId: string; accountId: string; customerId: string }, amount: bigint, occurredAt: bigint): Promise<void> {
+    const t = transfer({ ledger: EUR, debitAccountId: m.customerId, creditAccountId: m.accountId, amount, code: TransferCode.payment });
+    assert.equal((await ledger.client.createTransfers([t]))[0]?.code, 1);
+    const e: EventEnvelope = {
+      eventId: randomUUID(), type: 'payment.captured', aggregateId: randomUUID(), sequence: 1n, occurredAt, traceparent: '',
+      payload: { $case: 'payment', value: {
+        paymentId: randomUUID(), merchantId: m.merchantId, currency: 'EUR', amount, amountCaptured: amount, amountRefunded: 0n, fee: 0n, status: 'succeeded',
+        operationId: t.id, operationAmount: amount, operationFee: 0n, declineCode: '', sourceAccountId: m.customerId, destinationAccountId: m.accountId,
+        customerId: '', riskScorePpm: 0, riskModelVersion: '', cardFingerprint: '', cardCountry: '', cardType: '', deviceId: '', ipCountry: '',
+        merchantCategory: '', createdAt: occurredAt, feeTransferId: '',
+      } },
+    };
+    await withTransaction(pool, (tx) => settler.handle(e, tx));
+  }
+
+  /** A refund of the merchant's money posted in the ledger now, whose payment.refunded event is never consumed. */
+  async function lostRefund(m: { accountId: string; customerId: string }, amount: bigint): Promise<{ id: string; timestamp: bigint }> {
+    const t = transfer({ ledger: EUR, debitAccountId: m.accountId, creditAccountId: m.customerId, amount, code: TransferCode.refund });
+    assert.equal((await ledger.client.createTransfers([t]))[0]?.code, 1);
+    const [posted] = await ledger.client.lookupTransfers([t.id]);
+    return { id: t.id, timestamp: posted!.timestamp };
+  }
+
+  async function reconciled(accountId: string, batches: store.Batch[]): Promise<[string, string, bigint][][]> {
+    const mine = batches.filter((b) => b.accountId === accountId).sort((a, b) => (a.windowEnd < b.windowEnd ? -1 : 1));
+    const found: [string, string, bigint][][] = [];
+    for (const b of mine) found.push((await reconcileBatch(pool, ledger.client, b)).discrepancies.map((d) => [d.kind, d.ids.join(','), d.expected]));
+    return found;
+  }
+
+  it('a ledger refund in a window the closer skipped (its event never consumed) is reported by the next batch, once', async () => {
+    const m = await merchantWithAccount();
+    const now = nowNanos();
+    await captured(m, 1_000n, now - 3n * MINUTE); // window A, three minutes ago
+    const refund = await lostRefund(m, 400n); // now: the windows between A and C have no entries
+    await captured(m, 500n, now + 3n * MINUTE); // window C, three minutes ahead
+
+    const made = (await settler.closeEnded(now + 5n * MINUTE)).filter((b) => b.accountId === m.accountId);
+    assert.equal(made.length, 2, 'a batch for A and one for C; the windows between were skipped');
+    const [a, c] = made.sort((x, y) => (x.windowEnd < y.windowEnd ? -1 : 1));
+    assert.ok(a!.windowEnd <= refund.timestamp && refund.timestamp < c!.windowStart, 'the refund is in no batch window');
+    // The payouts exceed what the merchant kept (1,500 captured, 400 refunded): the refund must be reported.
+    assert.deepEqual([a!.payout, c!.payout], [1_000n, 100n]);
+
+    assert.deepEqual(await reconciled(m.accountId, made), [[], [['unsettled_ledger_transfer', refund.id, -400n]]]);
+  });
+
+  it('a ledger refund before the first window of the account is reported by its first batch', async () => {
+    const m = await merchantWithAccount();
+    const now = nowNanos();
+    // A capture whose event was lost, then a refund of it whose event was lost too, then a consumed capture.
+    const t = transfer({ ledger: EUR, debitAccountId: m.customerId, creditAccountId: m.accountId, amount: 700n, code: TransferCode.payment });
+    assert.equal((await ledger.client.createTransfers([t]))[0]?.code, 1);
+    const refund = await lostRefund(m, 300n);
+    await captured(m, 500n, now + 2n * MINUTE);
+
+    const made = (await settler.closeEnded(now + 4n * MINUTE)).filter((b) => b.accountId === m.accountId);
+    assert.equal(made.length, 1);
+    assert.ok(refund.timestamp < made[0]!.windowStart, 'the refund is before the first window');
+    assert.deepEqual(await reconciled(m.accountId, made), [[['unsettled_ledger_transfer', t.id, 700n], ['unsettled_ledger_transfer', refund.id, -300n]]]);
+  });
+});
