@@ -1,12 +1,11 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { after, before, describe, it } from 'mocha';
-import { withTransaction, type Pool } from '../lib/db.js';
+import { describe, it } from 'mocha';
+import { withTransaction } from '../lib/db.js';
 import { createLogger } from '../lib/logger.js';
 import { TransferCode } from '../ledger/payments/model.js';
 import type { EventEnvelope } from '../proto/gen/events/v1/events.js';
-import { account, startTestLedger, transfer, type TestLedger } from '../test/ledger-harness.js';
-import { testPool } from '../test/support.js';
+import { account, ledgerForSuite, transfer } from '../test/ledger-harness.js';
 import { Settler, type SettlementLedger } from '../settlement/settler.js';
 import * as store from '../settlement/store.js';
 import { parseSchedule } from '../settlement/windows.js';
@@ -21,19 +20,10 @@ const DAY = 86_400_000_000_000n;
  */
 describe('settlement: a batch whose payout is still outstanding', function () {
   this.timeout(60_000);
-  let ledger: TestLedger;
-  let pool: Pool;
-
-  before(async () => {
-    pool = testPool();
-    ledger = await startTestLedger();
-  });
-  after(async () => {
-    await ledger?.close();
-    await pool?.end();
-  });
+  const suite = ledgerForSuite();
 
   it('the next batch does not pay out money that the outstanding payout will take (no overpayment)', async () => {
+    const { ledger, pool } = suite;
     // A ledger whose first payout submission fails (gRPC deadline, ledger restarting): the batch stays payout_pending.
     let failNextPayout = true;
     const flaky: SettlementLedger = {

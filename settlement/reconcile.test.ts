@@ -1,12 +1,11 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { after, before, describe, it } from 'mocha';
-import { withTransaction, type Pool } from '../lib/db.js';
+import { before, describe, it } from 'mocha';
+import { withTransaction } from '../lib/db.js';
 import { createLogger } from '../lib/logger.js';
 import { TransferCode, nowNanos } from '../ledger/payments/model.js';
 import type { EventEnvelope } from '../proto/gen/events/v1/events.js';
-import { account, startTestLedger, transfer, type TestLedger } from '../test/ledger-harness.js';
-import { testPool } from '../test/support.js';
+import { account, ledgerForSuite, transfer } from '../test/ledger-harness.js';
 import { reconcileBatch } from './reconcile.js';
 import { Settler } from './settler.js';
 import * as store from './store.js';
@@ -23,35 +22,28 @@ const MINUTE = 60_000_000_000n;
  */
 describe('settlement reconciliation over windows with no batch (real PostgreSQL and ledger)', function () {
   this.timeout(60_000);
-  let ledger: TestLedger;
-  let pool: Pool;
+  const suite = ledgerForSuite();
   let settler: Settler;
 
-  before(async () => {
-    pool = testPool();
-    ledger = await startTestLedger();
-    settler = new Settler(pool, ledger.client, { defaultSchedule: parseSchedule({ kind: 'interval', intervalMinutes: 1 }), resumePayoutsAfterMs: 1_000 }, createLogger('settlement-test', 'error'));
-  });
-  after(async () => {
-    await ledger?.close();
-    await pool?.end();
+  before(() => {
+    settler = new Settler(suite.pool, suite.ledger.client, { defaultSchedule: parseSchedule({ kind: 'interval', intervalMinutes: 1 }), resumePayoutsAfterMs: 1_000 }, createLogger('settlement-test', 'error'));
   });
 
   /** A merchant settled every minute, its EUR balance account and a customer account, in the ledger. */
   async function merchantWithAccount(): Promise<{ merchantId: string; accountId: string; customerId: string }> {
     const merchantId = randomUUID();
-    await pool.query('INSERT INTO merchants (id, name, fee_bps) VALUES ($1, $2, 100)', [merchantId, `reconciled ${merchantId.slice(0, 8)}`]);
-    await store.saveProfile(pool, merchantId, { schedule: parseSchedule({ kind: 'interval', intervalMinutes: 1 }), payout: null });
+    await suite.pool.query('INSERT INTO merchants (id, name, fee_bps) VALUES ($1, $2, 100)', [merchantId, `reconciled ${merchantId.slice(0, 8)}`]);
+    await store.saveProfile(suite.pool, merchantId, { schedule: parseSchedule({ kind: 'interval', intervalMinutes: 1 }), payout: null });
     const balance = account({ ledger: EUR });
     const customer = account({ ledger: EUR });
-    assert.deepEqual((await ledger.client.createAccounts([balance, customer])).map((r) => r.code), [1, 1]);
+    assert.deepEqual((await suite.ledger.client.createAccounts([balance, customer])).map((r) => r.code), [1, 1]);
     return { merchantId, accountId: balance.id, customerId: customer.id };
   }
 
   /** A capture posted in the ledger now, and its payment.captured event (occurred at `occurredAt`) consumed. */
   async function captured(m: { merchantId: string; accountId: string; customerId: string }, amount: bigint, occurredAt: bigint): Promise<void> {
     const t = transfer({ ledger: EUR, debitAccountId: m.customerId, creditAccountId: m.accountId, amount, code: TransferCode.payment });
-    assert.equal((await ledger.client.createTransfers([t]))[0]?.code, 1);
+    assert.equal((await suite.ledger.client.createTransfers([t]))[0]?.code, 1);
     const e: EventEnvelope = {
       eventId: randomUUID(), type: 'payment.captured', aggregateId: randomUUID(), sequence: 1n, occurredAt, traceparent: '',
       payload: { $case: 'payment', value: {
@@ -61,21 +53,21 @@ describe('settlement reconciliation over windows with no batch (real PostgreSQL 
         merchantCategory: '', createdAt: occurredAt, feeTransferId: '',
       } },
     };
-    await withTransaction(pool, (tx) => settler.handle(e, tx));
+    await withTransaction(suite.pool, (tx) => settler.handle(e, tx));
   }
 
   /** A refund of the merchant's money posted in the ledger now, whose payment.refunded event is never consumed. */
   async function lostRefund(m: { accountId: string; customerId: string }, amount: bigint): Promise<{ id: string; timestamp: bigint }> {
     const t = transfer({ ledger: EUR, debitAccountId: m.accountId, creditAccountId: m.customerId, amount, code: TransferCode.refund });
-    assert.equal((await ledger.client.createTransfers([t]))[0]?.code, 1);
-    const [posted] = await ledger.client.lookupTransfers([t.id]);
+    assert.equal((await suite.ledger.client.createTransfers([t]))[0]?.code, 1);
+    const [posted] = await suite.ledger.client.lookupTransfers([t.id]);
     return { id: t.id, timestamp: posted!.timestamp };
   }
 
   async function reconciled(accountId: string, batches: store.Batch[]): Promise<[string, string, bigint][][]> {
     const mine = batches.filter((b) => b.accountId === accountId).sort((a, b) => (a.windowEnd < b.windowEnd ? -1 : 1));
     const found: [string, string, bigint][][] = [];
-    for (const b of mine) found.push((await reconcileBatch(pool, ledger.client, b)).discrepancies.map((d) => [d.kind, d.ids.join(','), d.expected]));
+    for (const b of mine) found.push((await reconcileBatch(suite.pool, suite.ledger.client, b)).discrepancies.map((d) => [d.kind, d.ids.join(','), d.expected]));
     return found;
   }
 
@@ -101,7 +93,7 @@ describe('settlement reconciliation over windows with no batch (real PostgreSQL 
     const now = nowNanos();
     // A capture whose event was lost, then a refund of it whose event was lost too, then a consumed capture.
     const t = transfer({ ledger: EUR, debitAccountId: m.customerId, creditAccountId: m.accountId, amount: 700n, code: TransferCode.payment });
-    assert.equal((await ledger.client.createTransfers([t]))[0]?.code, 1);
+    assert.equal((await suite.ledger.client.createTransfers([t]))[0]?.code, 1);
     const refund = await lostRefund(m, 300n);
     await captured(m, 500n, now + 2n * MINUTE);
 

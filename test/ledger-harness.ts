@@ -4,7 +4,9 @@ import { createLogger, type Logger } from '../lib/logger.js';
 import { startLedger, type LedgerApp } from '../ledger/app.js';
 import { LedgerClient, newAccount, newTransfer, type LedgerClientOptions } from '../ledger/client.js';
 import type { Account, Transfer, TransferFlags, AccountFlags } from '../proto/gen/ledger/v1/ledger.js';
-import { testConfig } from './support.js';
+import { after, before } from 'mocha';
+import type { Pool } from '../lib/db.js';
+import { testConfig, testPool } from './support.js';
 
 export interface TestLedger {
   app: LedgerApp;
@@ -55,4 +57,21 @@ export async function commitTransfers(client: LedgerClient, n: number, accounts 
   const results = await Promise.all(Array.from({ length: Math.ceil(n / 100) }, (_, k) => client.createTransfers(transfers.slice(k * 100, (k + 1) * 100))));
   if (!results.flat().every((r) => r.code === 1)) throw new Error('a transfer was refused');
   return transfers;
+}
+
+/**
+ * A ledger and a pool on the test database for the tests of the calling `describe`: started before them and
+ * closed after. Read `ledger` and `pool` inside the tests (they are set once the suite has started).
+ */
+export function ledgerForSuite(env: Record<string, string> = {}): { ledger: TestLedger; pool: Pool } {
+  const suite = {} as { ledger: TestLedger; pool: Pool };
+  before(async () => {
+    suite.pool = testPool();
+    suite.ledger = await startTestLedger(env);
+  });
+  after(async () => {
+    await suite.ledger?.close();
+    await suite.pool?.end();
+  });
+  return suite;
 }

@@ -1,11 +1,9 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { after, before, describe, it } from 'mocha';
+import { describe, it } from 'mocha';
 import { derivedId } from '../../lib/derived-id.js';
 import { createLogger } from '../../lib/logger.js';
-import { account, startTestLedger, transfer, type TestLedger } from '../../test/ledger-harness.js';
-import { testPool } from '../../test/support.js';
-import type { Pool } from '../../lib/db.js';
+import { account, ledgerForSuite, transfer } from '../../test/ledger-harness.js';
 import { PaymentFlows, routerLedger, type PaymentLedger } from './flows.js';
 import * as store from './store.js';
 
@@ -27,18 +25,10 @@ async function waitFor(condition: () => Promise<boolean>, timeoutMs = 10_000): P
  */
 describe('payment steps: two drivers of one refund take turns', function () {
   this.timeout(60_000);
-  let ledger: TestLedger;
-  let pool: Pool;
-  before(async () => {
-    pool = testPool();
-    ledger = await startTestLedger();
-  });
-  after(async () => {
-    await ledger?.close();
-    await pool?.end();
-  });
+  const suite = ledgerForSuite();
 
   it('a refusal recorded while the money came back: the resumer waits for it and posts nothing; books and payment agree', async () => {
+    const { ledger, pool } = suite;
     const merchant = randomUUID();
     await pool.query('INSERT INTO merchants (id, name, fee_bps) VALUES ($1, $2, 0)', [merchant, 'm']);
     const w = account({ ledger: USD, flags: { debitsMustNotExceedCredits: true } });
