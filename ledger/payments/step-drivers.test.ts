@@ -5,6 +5,7 @@ import { derivedId } from '../../lib/derived-id.js';
 import { createLogger } from '../../lib/logger.js';
 import { account, ledgerForSuite, transfer } from '../../test/ledger-harness.js';
 import { PaymentFlows, routerLedger, type PaymentLedger } from './flows.js';
+import { TransferCode } from './model.js';
 import * as store from './store.js';
 
 const USD = 840;
@@ -43,33 +44,29 @@ describe('payment steps: two drivers of one refund take turns', function () {
     const logger = createLogger('payments-test', 'silent');
     const settings = { shardCount: 8, authorizationTimeoutSeconds: 3600, riskDeadlineMs: 2000, riskFailOpenBelowAmount: 0n };
     const approve = { score: async () => ({ scorePpm: 0, decision: 1, reasons: [], modelVersion: 'approve' }) };
+    /** The real ledger, holding each refund's answer (after telling `answered`) until `release` is called. */
+    const slowOnRefunds = (answered: () => void = () => undefined) => {
+      let release!: () => void;
+      const gate = new Promise<void>((r) => (release = r));
+      const slow: PaymentLedger = {
+        createAccounts: (a) => real.createAccounts(a),
+        createTransfers: async (t) => {
+          const results = await real.createTransfers(t);
+          if (t[0]?.code === TransferCode.refund) {
+            answered();
+            await gate;
+          }
+          return results;
+        },
+      };
+      return { slow, release };
+    };
     // Request R: its refund is refused by the ledger, and its process is slow to act on the answer.
-    let releaseR!: () => void;
-    const rGate = new Promise<void>((r) => (releaseR = r));
     let rRefused!: () => void;
     const rHasAnswer = new Promise<void>((r) => (rRefused = r));
-    const slowR: PaymentLedger = {
-      createAccounts: (a) => real.createAccounts(a),
-      createTransfers: async (t) => {
-        const results = await real.createTransfers(t);
-        if (t[0]?.code === 12) {
-          rRefused();
-          await rGate;
-        }
-        return results;
-      },
-    };
-    // The resumer: commits the same refund (the money is back meanwhile), then is slow to finish it.
-    let releaseS!: () => void;
-    const sGate = new Promise<void>((r) => (releaseS = r));
-    const slowS: PaymentLedger = {
-      createAccounts: (a) => real.createAccounts(a),
-      createTransfers: async (t) => {
-        const results = await real.createTransfers(t);
-        if (t[0]?.code === 12) await sGate;
-        return results;
-      },
-    };
+    const { slow: slowR, release: releaseR } = slowOnRefunds(() => rRefused());
+    // The resumer, driving the same step once the money is back.
+    const { slow: slowS, release: releaseS } = slowOnRefunds();
     const flowsR = new PaymentFlows(pool, slowR, approve, settings, logger);
     const flowsS = new PaymentFlows(pool, slowS, approve, settings, logger);
 
