@@ -237,12 +237,6 @@ export async function insertOperation(db: Queryable, op: OperationRow): Promise<
   return r.rowCount === 1;
 }
 
-/** The step, its row locked until the caller's transaction ends (one driver of a step at a time). */
-export async function lockOperation(db: PoolClient, operationId: string): Promise<OperationRow | null> {
-  const r = await db.query({ name: 'pay-op-lock', text: `SELECT ${OPERATION_COLUMNS} FROM payment_operations WHERE id = $1 FOR UPDATE`, values: [operationId] });
-  return r.rows[0] ? operationFromRow(r.rows[0]) : null;
-}
-
 export async function findOperation(db: Queryable, operationId: string): Promise<OperationRow | null> {
   const r = await db.query({ name: 'pay-op-find', text: `SELECT ${OPERATION_COLUMNS} FROM payment_operations WHERE id = $1`, values: [operationId] });
   return r.rows[0] ? operationFromRow(r.rows[0]) : null;
