@@ -55,6 +55,8 @@ export interface CreatePaymentInput {
 
 type StepEvents = store.PaymentEventType[];
 type Apply = (current: PaymentRow) => { next: PaymentRow; events: StepEvents };
+/** A step's end that changes nothing of the payment (nothing moved). */
+const unchanged: Apply = (p) => ({ next: p, events: [] });
 interface FinishStep {
   op: OperationRow;
   status: 'succeeded' | 'failed';
@@ -328,7 +330,7 @@ export class PaymentFlows {
     }
     if (BUSINESS_REFUSALS.has(code)) {
       // The payment stays authorized (nothing moved): it can be canceled, or its authorization expires.
-      await this.finish(op, 'failed', code, (p) => ({ next: p, events: [] }));
+      await this.finish(op, 'failed', code, unchanged);
       throw conflict(code, `the ledger refused the capture: ${code}`);
     }
     return this.brokenStep(op, code);
@@ -363,10 +365,11 @@ export class PaymentFlows {
       // destination, is 402). The refund stays recorded as failed, as a declined payment is: its reservation of the
       // refundable amount is released, and a repeat of the refund (same key, same id) answers the same. Known gap:
       // a second driver of the same step at the same moment (a gRPC caller's concurrent repeat; the resumer only
-      // takes steps left processing for PAYMENTS_RESUME_AFTER_MS, 30 s) whose transfer commits after the money came back would not be recorded.
-      // Serializing the drivers on the step's row (tried) closed it but made busy payments conflict at SERIALIZABLE:
-      // the 10,000-payment settlement test took 188-212 s instead of 105-117 s and a capture ran out of retries.
-      await this.finish(op, 'failed', code, (p) => ({ next: p, events: [] }));
+      // takes steps left processing for PAYMENTS_RESUME_AFTER_MS, 30 s) whose transfer commits after the money
+      // came back would not be recorded. Serializing the drivers on the step's row (tried) closed it but made busy
+      // payments conflict at SERIALIZABLE: the 10,000-payment settlement test took 188-212 s instead of 89-117 s,
+      // and a capture ran out of retries.
+      await this.finish(op, 'failed', code, unchanged);
       throw conflict(code, `the ledger refused the refund: ${code}`);
     }
     return this.brokenStep(op, code);
@@ -379,7 +382,7 @@ export class PaymentFlows {
    * still an internal error: logged for an operator, and this call answers 500; a repeat answers the recorded
    * outcome (a declined payment, or the failed step's processing_error).
    */
-  private async brokenStep(op: OperationRow, code: TransferResultCode, apply: Apply = (p) => ({ next: p, events: [] })): Promise<never> {
+  private async brokenStep(op: OperationRow, code: TransferResultCode, apply: Apply = unchanged): Promise<never> {
     this.logger.error({ operation: op.id, kind: op.kind, payment: op.paymentId, ledgerCode: code }, 'payment step refused by the ledger against its invariants; ended as failed');
     await this.finish(op, 'failed', 'processing_error', apply);
     throw new InternalError(`${op.kind} ${op.id} of payment ${op.paymentId} refused by the ledger: ${code}`);
