@@ -45,7 +45,7 @@ const MAX_RERUNS = 8;
  * One shard batch as ONE database transaction, retried whole on serialization failure or deadlock. Rerun
  * with more facts when the optimistic first guess was wrong: a transfer id that already exists (committed
  * earlier, or meanwhile by another shard's batch: the rerun answers `exists` or `exists_with_different_fields`
- * instead of failing every caller), an account that must be read in full, or a balance slot that overflowed
+ * instead of failing every caller) or was spent by an earlier transient failure (`id_already_failed`), an account that must be read in full, or a balance slot that overflowed
  * INT8 while the account's totals are in range (its slots are consolidated first: store.ts consolidateSlots).
  */
 export async function executeBatch(pool: Pool, task: BatchTask): Promise<BatchOutcome> {
@@ -62,6 +62,7 @@ export async function executeBatch(pool: Pool, task: BatchTask): Promise<BatchOu
           const clock = await lockShard(client, task.shard);
           const state = await loadBatchState(client, task.submissions, hints);
           const loadedTransferIds = new Set(state.transfers.keys());
+          const unlookedTransferIds = transferEventIds(task.submissions).filter((id) => !state.failedTransferIds.has(id));
           // History accounts order batches across shards: their balances rows must follow commit order.
           const lockedHistoryIds = [...state.accounts.values()].filter((a) => hasFlag(a.flags, AccountFlag.history)).map((a) => a.id);
           const historyClock = await lockHistoryClocks(client, lockedHistoryIds);
@@ -70,14 +71,14 @@ export async function executeBatch(pool: Pool, task: BatchTask): Promise<BatchOu
           const effects = new BatchEvaluator(state, base, task.shard).evaluate(task.submissions);
 
           // A failed event whose id exists must be answered `exists...`; ask only about those (rare).
-          const existing = await findExistingTransferIds(client, failedTransferIds(task.submissions, effects.results, loadedTransferIds));
+          const existing = await findExistingTransferIds(client, refusedTransferIds(task.submissions, effects.results, loadedTransferIds));
           if (existing.length > 0) throw new BatchNeedsRerun(existing, []);
 
           const batchId = randomUUID();
           const traceparent = task.traceparent ?? '';
           const outbox = { batchId, parts: encodeEventBatch(batchId, task.shard, effects.events, traceparent), traceparent };
           if (hints.consolidateSlots) await consolidateSlots(client, task.shard, effects, state);
-          await writeBatchEffects(client, task.shard, effects, state, clock, outbox);
+          await writeBatchEffects(client, task.shard, effects, state, clock, outbox, unlookedTransferIds);
           // Every history account the batch locked, created or wrote rows for: one it created here has no clock
           // row yet, and without one the next batch of another shard (clock behind) would record its next change
           // under an earlier timestamp.
@@ -100,6 +101,7 @@ export async function executeBatch(pool: Pool, task: BatchTask): Promise<BatchOu
         hints = {
           ...hints,
           existingTransferIds: new Set([...hints.existingTransferIds, ...error.existingTransferIds]),
+          failedTransferIds: new Set([...hints.failedTransferIds, ...error.failedTransferIds]),
           fullAccountIds: new Set([...hints.fullAccountIds, ...error.fullAccountIds]),
         };
       } else {
@@ -121,15 +123,22 @@ function maxOf(...values: bigint[]): bigint {
   return values.reduce((a, b) => (b > a ? b : a));
 }
 
-function failedTransferIds(submissions: readonly Submission[], results: readonly SubmissionResult[], known: ReadonlySet<string>): string[] {
+/** Ids of refused transfer events the batch did not look up (a spent id cannot exist: not asked). */
+function refusedTransferIds(submissions: readonly Submission[], results: readonly SubmissionResult[], known: ReadonlySet<string>): string[] {
   const ids = new Set<string>();
   submissions.forEach((s, i) => {
     const r = results[i];
     if (s.kind !== 'transfers' || r?.kind !== 'transfers') return;
     s.events.forEach((e, j) => {
       const code = r.results[j]?.code;
-      if (code !== 'ok' && code !== 'exists' && !known.has(e.id)) ids.add(e.id);
+      if (code !== 'ok' && code !== 'exists' && code !== 'id_already_failed' && !known.has(e.id)) ids.add(e.id);
     });
   });
   return [...ids];
+}
+
+function transferEventIds(submissions: readonly Submission[]): string[] {
+  const ids: string[] = [];
+  for (const s of submissions) if (s.kind === 'transfers') for (const e of s.events) ids.push(e.id);
+  return ids;
 }

@@ -82,6 +82,7 @@ function batchState(accounts: AccountRow[], transfers: TransferRow[] = [], pendi
     accounts: new Map(accounts.map((a) => [a.id, a])),
     transfers: new Map(transfers.map((t) => [t.id, t])),
     pendings: new Map(pendings.map((p) => [p.id, p])),
+    failedTransferIds: new Set(),
     ...(partial ? { partialAccounts: new Set(partial) } : {}),
   };
 }

@@ -3,6 +3,7 @@ import {
   AccountFlag,
   MAX_BALANCE,
   PendingState,
+  TRANSIENT_TRANSFER_FAILURES,
   TransferFlag,
   hasFlag,
   metadataEqual,
@@ -34,6 +35,11 @@ export interface BatchState {
   transfers: Map<string, TransferRow>;
   /** Locked pending-transfer rows referenced by the batch; mutated in place. */
   pendings: Map<string, PendingRow>;
+  /**
+   * Spent transfer ids (an earlier event with the id failed transiently) among those the batch looked up; the
+   * batch adds its own. Like transfers, not looked up for every event: the write checks (ledger/store.ts).
+   */
+  failedTransferIds: Set<string>;
   /**
    * Accounts whose balances were not read (no limit or history flag: no rule of the batch depends on them).
    * Their rows start at zero and the batch computes deltas; the store checks the sums against the per-slot
@@ -78,10 +84,18 @@ export interface BalanceDelta {
   creditsPosted: bigint;
 }
 
+/** A transfer event refused for a reason that depends on the moment (TRANSIENT_TRANSFER_FAILURES): its id is spent. */
+export interface FailedTransfer {
+  id: string;
+  code: TransferResultCode;
+  timestamp: bigint;
+}
+
 export interface BatchEffects {
   results: SubmissionResult[];
   newAccounts: AccountRow[];
   newTransfers: TransferRow[];
+  failedTransfers: FailedTransfer[];
   /** Net change of every account whose balances changed (new accounts included): what the batch adds to its slot. */
   balanceDeltas: BalanceDelta[];
   /** Pending transfers created by the batch (final state). */
@@ -103,6 +117,7 @@ export class BatchEvaluator {
   private inChain = false;
   private readonly newAccounts: AccountRow[] = [];
   private readonly newTransfers: TransferRow[] = [];
+  private readonly failedTransfers: FailedTransfer[] = [];
   private readonly newPendings: PendingRow[] = [];
   private readonly history: HistoryRow[] = [];
   private readonly events: LedgerEvent[] = [];
@@ -139,6 +154,7 @@ export class BatchEvaluator {
       results,
       newAccounts: this.newAccounts,
       newTransfers: this.newTransfers,
+      failedTransfers: this.failedTransfers,
       balanceDeltas: [...this.state.accounts.values()].filter((a) => this.balancesChanged(a)).map((a) => this.delta(a)),
       newPendings: this.newPendings,
       resolvedPendings: [...this.state.pendings.values()].filter((p) => this.originalPendingStates.has(p.id) && this.originalPendingStates.get(p.id) !== p.state),
@@ -255,7 +271,20 @@ export class BatchEvaluator {
     const voids = hasFlag(t.flags, TransferFlag.voidPendingTransfer);
     const pending = hasFlag(t.flags, TransferFlag.pending);
     if ((post ? 1 : 0) + (voids ? 1 : 0) + (pending ? 1 : 0) > 1) return failure('flags_are_mutually_exclusive');
-    return post || voids ? this.resolvePending(t, timestamp, post) : this.createSingle(t, timestamp, pending);
+    const result = post || voids ? this.resolvePending(t, timestamp, post) : this.createSingle(t, timestamp, pending);
+    if (TRANSIENT_TRANSFER_FAILURES.has(result.code)) {
+      // Spent for good, whatever its chain does: no undo (a chain's rollback does not give the id back).
+      this.state.failedTransferIds.add(t.id);
+      this.failedTransfers.push({ id: t.id, code: result.code, timestamp });
+    }
+    return result;
+  }
+
+  /** The answer to an event whose id exists or is spent; undefined for a new id. */
+  private takenId(t: TransferInput, same: (existing: TransferRow) => boolean): EventResult<TransferResultCode> | undefined {
+    if (this.state.failedTransferIds.has(t.id)) return failure('id_already_failed');
+    const existing = this.state.transfers.get(t.id);
+    return existing ? existsResult(existing, same(existing)) : undefined;
   }
 
   private createSingle(t: TransferInput, timestamp: bigint, pending: boolean): EventResult<TransferResultCode> {
@@ -266,8 +295,8 @@ export class BatchEvaluator {
     if (t.debitAccountId === t.creditAccountId) return failure('accounts_must_be_different');
     if (t.amount <= 0n) return failure('amount_must_be_positive');
 
-    const existing = this.state.transfers.get(t.id);
-    if (existing) return existsResult(existing, sameSingleTransfer(existing, t));
+    const taken = this.takenId(t, (existing) => sameSingleTransfer(existing, t));
+    if (taken) return taken;
 
     const dr = this.state.accounts.get(t.debitAccountId);
     if (!dr) return failure('debit_account_not_found');
@@ -348,8 +377,8 @@ export class BatchEvaluator {
     if (t.pendingId === t.id) return failure('pending_id_must_be_different');
     if (t.timeout !== 0) return failure('timeout_reserved_for_pending_transfer');
 
-    const existing = this.state.transfers.get(t.id);
-    if (existing) return existsResult(existing, sameResolution(existing, t));
+    const taken = this.takenId(t, (existing) => sameResolution(existing, t));
+    if (taken) return taken;
 
     const original = this.state.transfers.get(t.pendingId);
     if (!original) return failure('pending_transfer_not_found');
@@ -523,6 +552,7 @@ export class BatchEvaluator {
       perLedger.set(a.ledger, (perLedger.get(a.ledger) ?? 0n) + net);
     }
     for (const [ledger, net] of perLedger) invariant(net === 0n, `ledger ${ledger} debits and credits moved apart by ${net}`);
+    for (const f of this.failedTransfers) invariant(!this.state.transfers.has(f.id), `transfer id ${f.id} both spent and recorded`);
   }
 
 }

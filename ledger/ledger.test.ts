@@ -916,6 +916,51 @@ describe('ledger (gRPC, PostgreSQL)', function () {
       await expectBalances({ [x]: [0n, wins[x]!, 0n, 0n], [z]: [0n, wins[z]!, 0n, 0n], [credit!]: [0n, 0n, 0n, 20n] });
     });
 
+    it('one id on two shards at once, refused on one for lack of funds, able to post on the other: the id ends either spent or posted, never both', async () => {
+      const [credit] = await accounts(1);
+      const empty = idOnShard(1);
+      const open = idOnShard(6);
+      assert.deepEqual(await create(account({ id: empty, flags: { debitsMustNotExceedCredits: true } }), account({ id: open })), ['ok', 'ok']);
+      const [one, two] = [new LedgerClient(ledger.app.address, { autoBatch: false }), new LedgerClient(ledger.app.address, { autoBatch: false })];
+      const outcomes = new Map<string, number>();
+      let posted = 0n;
+      try {
+        for (let attempt = 0; attempt < 20; attempt++) {
+          const tid = id();
+          const [r1, r2] = await Promise.all([
+            one.createTransfers([transfer({ id: tid, debitAccountId: empty, creditAccountId: credit!, amount: 1n })]),
+            two.createTransfers([transfer({ id: tid, debitAccountId: open, creditAccountId: credit!, amount: 1n })]),
+          ]);
+          const codes = [transferCodeName(r1[0]!.code), transferCodeName(r2[0]!.code)];
+          codes.forEach((c) => seenTransferCodes.add(c));
+          const outcome = codes.join('/');
+          outcomes.set(outcome, (outcomes.get(outcome) ?? 0) + 1);
+          const rows = await countRows(tid);
+          const spent = (await pool.query('SELECT count(*)::int AS n FROM failed_transfer_ids WHERE id = $1', [tid])).rows[0].n as number;
+          if (outcome === 'exceeds_credits/id_already_failed') assert.deepEqual([rows, spent], [0, 1], outcome);
+          else if (outcome === 'exists_with_different_fields/ok') assert.deepEqual([rows, spent], [1, 0], outcome);
+          else assert.fail(`attempt ${attempt}: ${outcome} (${rows} rows, ${spent} spent)`);
+          posted += BigInt(rows);
+        }
+      } finally {
+        one.close();
+        two.close();
+      }
+      await expectBalances({ [empty]: [0n, 0n, 0n, 0n], [open]: [0n, posted, 0n, 0n], [credit!]: [0n, 0n, 0n, posted] });
+    });
+
+    it('a transfer refused for lack of funds, sent again by 50 concurrent callers after the funds arrived: refused to all of them', async () => {
+      const [w, funding] = await funded(5n, { flags: { debitsMustNotExceedCredits: true } });
+      const [sink] = await accounts(1);
+      const pay = transfer({ debitAccountId: w, creditAccountId: sink!, amount: 8n });
+      assert.deepEqual(await send(pay), ['exceeds_credits']);
+      assert.deepEqual(await send(transfer({ debitAccountId: funding, creditAccountId: w, amount: 5n })), ['ok']);
+      const results = await Promise.all(Array.from({ length: 50 }, () => ledger.client.createTransfers([pay])));
+      assert.deepEqual([...new Set(results.map(([r]) => transferCodeName(r!.code)))], ['id_already_failed']);
+      assert.equal(await countRows(pay.id), 0);
+      await expectBalances({ [w]: [0n, 0n, 0n, 10n], [sink!]: [0n, 0n, 0n, 0n] });
+    });
+
     it('a hot account: 2,000 transfers from 200 sources on every shard, all at once, each counted once', async () => {
       const sources = await accounts(200);
       const [hot] = await accounts(1);

@@ -143,8 +143,25 @@ export const TRANSFER_RESULT_CODES = [
   'pending_transfer_already_posted',
   'pending_transfer_already_voided',
   'pending_transfer_expired',
+  'id_already_failed',
 ] as const;
 export type TransferResultCode = (typeof TRANSFER_RESULT_CODES)[number];
+
+/**
+ * Refusals that depend on the ledger's state when the event is evaluated (TigerBeetle's "transient" results, plus
+ * `overflow`: here a balance limit that pending balances can fall back under). Sent again later, the same event
+ * could be applied: so the id of an event refused this way is spent, and any later event with it is answered
+ * `id_already_failed` (ledger/README.md, "Spent ids"). Every other refusal is the same whenever it is asked.
+ */
+export const TRANSIENT_TRANSFER_FAILURES: ReadonlySet<TransferResultCode> = new Set([
+  'debit_account_not_found',
+  'credit_account_not_found',
+  'pending_transfer_not_found',
+  'account_closed',
+  'exceeds_credits',
+  'exceeds_debits',
+  'overflow',
+]);
 
 export interface EventResult<Code extends string> {
   code: Code;

@@ -1,7 +1,7 @@
 import { withTransaction, type Pool } from '../lib/db.js';
 import { AppError, ValidationError } from '../lib/errors.js';
 import type { HistoryRow } from './engine.js';
-import { AccountFlag, MAX_BATCH_EVENTS, hasFlag, type AccountRow, type PendingState, type TransferRow } from './model.js';
+import { AccountFlag, MAX_BATCH_EVENTS, hasFlag, type AccountRow, type PendingState, type TransferResultCode, type TransferRow } from './model.js';
 import { ACCOUNT_COLUMNS, TRANSFER_COLUMNS, accountFromRow, transferFromRow } from './store.js';
 
 /**
@@ -56,6 +56,12 @@ export async function lookupAccounts(pool: Pool, ids: readonly string[]): Promis
   const r = await pool.query({ name: 'lookup-accounts', text: `SELECT ${ACCOUNT_COLUMNS} FROM account_balances_current WHERE id = ANY($1::uuid[])`, values: [ids] });
   const byId = new Map(r.rows.map((row) => [row.id as string, accountFromRow(row)]));
   return ids.flatMap((id) => byId.get(id) ?? []);
+}
+
+/** The refusal that spent a transfer id (ledger/README.md, "Spent ids"); undefined for an id not spent. */
+export async function spendingRefusal(pool: Pool, id: string): Promise<TransferResultCode | undefined> {
+  const r = await pool.query({ name: 'spending-refusal', text: 'SELECT code FROM failed_transfer_ids WHERE id = $1', values: [id] });
+  return r.rows[0]?.code as TransferResultCode | undefined;
 }
 
 export async function lookupTransfers(pool: Pool, ids: readonly string[]): Promise<TransferRow[]> {

@@ -192,6 +192,91 @@ describe('ledger result codes (gRPC, PostgreSQL)', function () {
     });
   });
 
+  describe('spent ids: id_already_failed', () => {
+    /** A wallet that cannot be overdrawn holding `amount`, its funding account and a sink. */
+    async function wallet(amount: bigint) {
+      const funding = account();
+      const w = account({ flags: { debitsMustNotExceedCredits: true } });
+      const sink = account();
+      assert.deepEqual(await createAccounts(funding, w, sink), ['ok', 'ok', 'ok']);
+      if (amount > 0n) assert.deepEqual(await send(transfer({ debitAccountId: funding.id, creditAccountId: w.id, amount })), ['ok']);
+      return { funding: funding.id, wallet: w.id, sink: sink.id };
+    }
+
+    it('a transfer refused for lack of funds stays refused: sent again after the funds arrive it is id_already_failed, and nothing moves', async () => {
+      const { funding, wallet: w, sink } = await wallet(10n);
+      const pay = transfer({ debitAccountId: w, creditAccountId: sink, amount: 30n });
+      assert.deepEqual(await send(pay), ['exceeds_credits']);
+      assert.deepEqual(await send(pay), ['id_already_failed']); // still short: the spent id, not a second refusal
+      assert.deepEqual(await send(transfer({ debitAccountId: funding, creditAccountId: w, amount: 100n })), ['ok']);
+      assert.deepEqual(await send(pay), ['id_already_failed']);
+      assert.deepEqual(await balances(w, sink), [[0n, 0n, 0n, 110n], [0n, 0n, 0n, 0n]]);
+      // The same payment under a new id goes through.
+      assert.deepEqual(await send({ ...pay, id: id() }), ['ok']);
+      assert.deepEqual(await balances(w, sink), [[0n, 30n, 0n, 110n], [0n, 0n, 0n, 30n]]);
+    });
+
+    it('within one request: the second event with a spent id is id_already_failed, though the first left room', async () => {
+      const { wallet: w, sink } = await wallet(50n);
+      const pay = transfer({ debitAccountId: w, creditAccountId: sink, amount: 60n });
+      assert.deepEqual(await send(pay, transfer({ debitAccountId: w, creditAccountId: sink, amount: 50n }), { ...pay, amount: 40n }), ['exceeds_credits', 'ok', 'id_already_failed']);
+      assert.deepEqual(await balances(w), [[0n, 50n, 0n, 50n]]);
+    });
+
+    it('spent whatever the event says next: other accounts (another shard), other amount, a pending transfer', async () => {
+      const { wallet: w, sink } = await wallet(0n);
+      const other = account();
+      await createAccounts(other);
+      const pay = transfer({ debitAccountId: w, creditAccountId: sink, amount: 5n });
+      assert.deepEqual(await send(pay), ['exceeds_credits']);
+      assert.deepEqual(
+        await send(
+          { ...pay, debitAccountId: other.id },
+          { ...pay, debitAccountId: other.id, amount: 1n },
+          transfer({ id: pay.id, debitAccountId: other.id, creditAccountId: sink, amount: 5n, flags: { pending: true } }),
+        ),
+        ['id_already_failed', 'id_already_failed', 'id_already_failed'],
+      );
+      assert.deepEqual(await balances(other.id, sink), [[0n, 0n, 0n, 0n], [0n, 0n, 0n, 0n]]);
+    });
+
+    it('every refusal of the moment spends the id (accounts or pending not found, exceeds_debits, overflow); a refusal of the event itself does not', async () => {
+      const later = account();
+      const { funding, sink } = await wallet(0n);
+      const toLater = transfer({ debitAccountId: funding, creditAccountId: later.id, amount: 1n });
+      const fromLater = transfer({ debitAccountId: later.id, creditAccountId: sink, amount: 1n });
+      const pendingId = id();
+      const post = transfer({ pendingId, flags: { postPendingTransfer: true }, ledger: 0, code: 0 });
+      assert.deepEqual(await send(toLater, fromLater, post), ['credit_account_not_found', 'debit_account_not_found', 'pending_transfer_not_found']);
+      const capped = account({ flags: { creditsMustNotExceedDebits: true } });
+      await createAccounts(later, capped);
+      const intoCapped = transfer({ debitAccountId: funding, creditAccountId: capped.id, amount: 1n });
+      const { d, c } = await pair();
+      assert.deepEqual(await send(transfer({ debitAccountId: d, creditAccountId: c, amount: MAX_BALANCE })), ['ok']);
+      const tooMuch = transfer({ debitAccountId: d, creditAccountId: c, amount: 1n });
+      assert.deepEqual(await send(intoCapped, tooMuch), ['exceeds_debits', 'overflow']);
+      // Now all but the overflow could be applied; none is.
+      assert.deepEqual(await send(transfer({ id: pendingId, debitAccountId: funding, creditAccountId: sink, amount: 1n, flags: { pending: true } })), ['ok']);
+      assert.deepEqual(await send(transfer({ debitAccountId: capped.id, creditAccountId: sink, amount: 1n })), ['ok']);
+      assert.deepEqual(await send(toLater, fromLater, post, intoCapped, tooMuch), ['id_already_failed', 'id_already_failed', 'id_already_failed', 'id_already_failed', 'id_already_failed']);
+      assert.deepEqual(await balances(later.id, capped.id, funding), [[0n, 0n, 0n, 0n], [0n, 1n, 0n, 0n], [1n, 0n, 0n, 0n]]);
+
+      const noAmount = transfer({ debitAccountId: funding, creditAccountId: sink, amount: 0n });
+      assert.deepEqual(await send(noAmount), ['amount_must_be_positive']);
+      assert.deepEqual(await send({ ...noAmount, amount: 2n }), ['ok']);
+    });
+
+    it('in a linked chain only the event refused for the moment is spent; the others can be sent again', async () => {
+      const { funding, wallet: w, sink } = await wallet(10n);
+      const first = transfer({ debitAccountId: funding, creditAccountId: sink, amount: 1n, flags: { linked: true } });
+      const short = transfer({ debitAccountId: w, creditAccountId: sink, amount: 11n });
+      assert.deepEqual(await send(first, short), ['linked_event_failed', 'exceeds_credits']);
+      assert.deepEqual(await send(transfer({ id: first.id, debitAccountId: funding, creditAccountId: sink, amount: 1n })), ['ok']);
+      assert.deepEqual(await send(short), ['id_already_failed']);
+      assert.deepEqual(await balances(w, sink), [[0n, 0n, 0n, 10n], [0n, 0n, 0n, 1n]]);
+    });
+  });
+
   describe('linked chains', () => {
     it('a failure rolls back the chain; events before and after it are untouched', async () => {
       const { d, c } = await pair();

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { sqlArray, type PoolClient, type Queryable } from '../lib/db.js';
 import { invariant } from '../lib/errors.js';
 import type { BatchEffects, BatchState } from './engine.js';
@@ -70,15 +71,18 @@ export class BatchNeedsRerun extends Error {
   constructor(
     readonly existingTransferIds: readonly string[],
     readonly fullAccountIds: readonly string[],
+    readonly failedTransferIds: readonly string[] = [],
   ) {
-    super(`batch rerun: ${existingTransferIds.length} existing transfer ids, ${fullAccountIds.length} accounts to read in full`);
+    super(`batch rerun: ${existingTransferIds.length} existing transfer ids, ${fullAccountIds.length} accounts to read in full, ${failedTransferIds.length} spent ids`);
   }
 }
 
 export interface BatchHints {
   /** Transfer ids known to exist: read them so that the engine answers `exists`. */
   existingTransferIds: ReadonlySet<string>;
-  /** Look every transfer id of the batch up (after a duplicate id broke the optimistic insert). */
+  /** Transfer ids known to be spent (failed_transfer_ids): the engine answers `id_already_failed`. */
+  failedTransferIds: ReadonlySet<string>;
+  /** Look every transfer id of the batch up, spent ones too (after a duplicate id broke an optimistic insert). */
   lookUpAllTransferIds?: boolean;
   /** Accounts to read in full (and mark wide) although no flag asks for it. */
   fullAccountIds: ReadonlySet<string>;
@@ -89,17 +93,19 @@ export interface BatchHints {
   consolidateSlots?: boolean;
 }
 
-export const NO_HINTS: BatchHints = { existingTransferIds: new Set(), fullAccountIds: new Set() };
+export const NO_HINTS: BatchHints = { existingTransferIds: new Set(), failedTransferIds: new Set(), fullAccountIds: new Set() };
 
 /**
  * Reads what a batch needs, taking as few read dependencies as possible: under SERIALIZABLE every read of a
  * row another shard writes is a chance of 40001. Pending transfers are locked (their shard owns them);
  * accounts are immutable identity rows; balances are read only for accounts whose rules depend on them
  * (limit or history flags, or wide), the others are changed blind through their own slot. Transfer ids of the
- * batch are not looked up at all: inserting an existing one fails (23505) and the batch reruns looking them up.
+ * batch are not looked up at all: inserting an existing one fails (23505) and the batch reruns looking them up;
+ * spent ones are found by the write (writeBatchEffects), and the batch reruns knowing them.
  */
 export async function loadBatchState(db: PoolClient, submissions: readonly Submission[], hints: BatchHints = NO_HINTS): Promise<BatchState> {
   const transferIds = new Set<string>(hints.existingTransferIds);
+  const spentCandidates = new Set<string>(hints.failedTransferIds);
   const pendingIds = new Set<string>();
   const accountIds = new Set<string>();
   // Whether an amount past the soft limit overflows depends on the true balances: read those accounts in full.
@@ -109,7 +115,10 @@ export async function loadBatchState(db: PoolClient, submissions: readonly Submi
       for (const a of s.events) accountIds.add(a.id);
     } else if (s.kind === 'transfers') {
       for (const t of s.events) {
-        if (hints.lookUpAllTransferIds) transferIds.add(t.id);
+        if (hints.lookUpAllTransferIds) {
+          transferIds.add(t.id);
+          spentCandidates.add(t.id);
+        }
         if (t.pendingId !== '') {
           transferIds.add(t.pendingId);
           if (hasFlag(t.flags, TransferFlag.postPendingTransfer | TransferFlag.voidPendingTransfer)) pendingIds.add(t.pendingId);
@@ -153,6 +162,12 @@ export async function loadBatchState(db: PoolClient, submissions: readonly Submi
     for (const row of r.rows) transfers.set(row.id, transferFromRow(row));
   }
 
+  const failedTransferIds = new Set<string>();
+  if (spentCandidates.size > 0) {
+    const r = await db.query({ name: 'find-failed-transfer-ids', text: 'SELECT id FROM failed_transfer_ids WHERE id = ANY($1::uuid[])', values: [sqlArray([...spentCandidates])] });
+    for (const row of r.rows) failedTransferIds.add(row.id as string);
+  }
+
   const markWide = [...hints.fullAccountIds];
   if (markWide.length > 0) {
     await db.query({ name: 'mark-wide', text: 'UPDATE accounts SET wide = true WHERE id = ANY($1::uuid[]) AND NOT wide', values: [markWide] });
@@ -189,7 +204,7 @@ export async function loadBatchState(db: PoolClient, submissions: readonly Submi
       }
     }
   }
-  return { accounts, transfers, pendings, partialAccounts };
+  return { accounts, transfers, pendings, failedTransferIds, partialAccounts };
 }
 
 /**
@@ -243,8 +258,9 @@ export async function findExistingTransferIds(db: Queryable, ids: readonly strin
 /**
  * One data-modifying statement: each table's rows are a CTE of their own (PostgreSQL and CockroachDB both run
  * every such CTE to completion), so a batch's writes cost one round trip instead of one per table. The text
- * depends on which parts a batch has, never on their values (those are all parameters): its prepared-statement
- * name says which parts, so one name is one text.
+ * depends on which parts a batch has, never on their values (those are all parameters), so few texts exist; each
+ * is prepared once per connection under a name made from its text (PostgreSQL cuts names at 63 bytes: a list of
+ * the parts would not fit, and two cut names would collide).
  */
 class CombinedWrite {
   private readonly parts: string[] = [];
@@ -267,7 +283,8 @@ class CombinedWrite {
   }
 
   query(select: string): { name: string; text: string; values: unknown[] } {
-    return { name: `write-batch:${this.parts.join('+')}`, text: `WITH ${this.ctes.join(',\n')}\n${select}`, values: this.values };
+    const text = `WITH ${this.ctes.join(',\n')}\n${select}`;
+    return { name: `write-batch:${createHash('sha256').update(text).digest('base64url').slice(0, 32)}`, text, values: this.values };
   }
 }
 
@@ -278,8 +295,9 @@ export async function writeBatchEffects(
   state: BatchState,
   clock: ShardClock,
   outbox: { batchId: string; parts: readonly Uint8Array[]; traceparent: string },
+  unlookedTransferIds: readonly string[],
 ): Promise<void> {
-  const { newAccounts, newTransfers, balanceDeltas, newPendings, resolvedPendings, history } = effects;
+  const { newAccounts, newTransfers, failedTransfers, balanceDeltas, newPendings, resolvedPendings, history } = effects;
   // A blind change larger than the soft limit could overflow the slot in SQL itself: read those in full first.
   const large = balanceDeltas
     .filter((d) => state.partialAccounts?.has(d.accountId) && [d.debitsPending, d.debitsPosted, d.creditsPending, d.creditsPosted].some((v) => v > SLOT_SOFT_LIMIT || v < -SLOT_SOFT_LIMIT))
@@ -288,6 +306,7 @@ export async function writeBatchEffects(
 
   const write = new CombinedWrite();
   const column = (values: readonly (string | number | bigint | null)[], type: string) => write.param(sqlArray(values), `${type}[]`);
+  let newTransferIds = '';
   if (newAccounts.length > 0) {
     write.add(
       'accounts',
@@ -304,11 +323,27 @@ export async function writeBatchEffects(
       'transfers',
       `INSERT INTO transfers (${TRANSFER_COLUMNS}, shard)
        SELECT *, ${write.param(shard, 'int4')} FROM unnest(
-         ${column(newTransfers.map((t) => t.id), 'uuid')}, ${column(newTransfers.map((t) => t.debitAccountId), 'uuid')}, ${column(newTransfers.map((t) => t.creditAccountId), 'uuid')},
+         ${(newTransferIds = column(newTransfers.map((t) => t.id), 'uuid'))}, ${column(newTransfers.map((t) => t.debitAccountId), 'uuid')}, ${column(newTransfers.map((t) => t.creditAccountId), 'uuid')},
          ${column(newTransfers.map((t) => t.amount), 'int8')}, ${column(newTransfers.map((t) => (t.pendingId === '' ? null : t.pendingId)), 'uuid')}, ${column(newTransfers.map((t) => t.ledger), 'int8')},
          ${column(newTransfers.map((t) => t.code), 'int8')}, ${column(newTransfers.map((t) => t.flags), 'int4')}, ${column(newTransfers.map((t) => t.timeout), 'int8')},
          ${write.param(newTransfers.map((t) => jsonOrEmpty(t.metadata)), 'jsonb[]')}, ${column(newTransfers.map((t) => t.timestamp), 'int8')})`,
     );
+  }
+  if (failedTransfers.length > 0) {
+    // A plain INSERT as for transfers: an id spent before (not looked up) raises 23505 and the batch reruns.
+    write.add(
+      'failures',
+      `INSERT INTO failed_transfer_ids (id, code, "timestamp", shard)
+       SELECT *, ${write.param(shard, 'int4')} FROM unnest(${column(failedTransfers.map((f) => f.id), 'uuid')}, ${column(failedTransfers.map((f) => f.code), 'text')},
+         ${column(failedTransfers.map((f) => f.timestamp), 'int8')})`,
+    );
+  }
+  if (unlookedTransferIds.length > 0) {
+    // Which ids of the batch were spent before: usually none, and then the batch stands. In the usual batch the
+    // ids are exactly the new transfers' ids, sent once for both.
+    const reuse = sameIds(unlookedTransferIds, newTransfers);
+    const ids = reuse ? newTransferIds : column(unlookedTransferIds, 'uuid');
+    write.add('spent', `SELECT id FROM failed_transfer_ids WHERE id = ANY(${ids})`);
   }
   if (balanceDeltas.length > 0) {
     // Only slots past the soft limit come back (the final SELECT): returning all cost a row per account.
@@ -357,14 +392,27 @@ export async function writeBatchEffects(
     write.add(`outbox${outbox.parts.length}`, `INSERT INTO outbox (shard, sequence, batch_id, part, event_count, payload, traceparent) VALUES ${rows.join(', ')}`);
   }
   write.add('clock', `UPDATE ledger_shards SET last_timestamp = ${write.param(effects.lastTimestamp, 'int8')}, last_sequence = ${write.param(lastSequence, 'int8')} WHERE shard = ${write.param(shard, 'int4')}`);
-  const beyondLimit = write.has('slots')
-    ? `SELECT account_id FROM slots WHERE debits_pending NOT BETWEEN -$L AND $L OR debits_posted NOT BETWEEN -$L AND $L OR credits_pending NOT BETWEEN -$L AND $L OR credits_posted NOT BETWEEN -$L AND $L`.replaceAll('$L', write.param(SLOT_SOFT_LIMIT, 'int8'))
-    : 'SELECT NULL::uuid AS account_id WHERE false';
-  const written = await db.query(write.query(beyondLimit));
+  // What the write found: slots past the soft limit (kind 'slot') and spent ids (kind 'spent').
+  const found = [
+    ...(write.has('slots')
+      ? [
+          `SELECT 'slot' AS kind, account_id AS id FROM slots WHERE debits_pending NOT BETWEEN -$L AND $L OR debits_posted NOT BETWEEN -$L AND $L OR credits_pending NOT BETWEEN -$L AND $L OR credits_posted NOT BETWEEN -$L AND $L`.replaceAll(
+            '$L',
+            write.param(SLOT_SOFT_LIMIT, 'int8'),
+          ),
+        ]
+      : []),
+    ...(write.has('spent') ? [`SELECT 'spent' AS kind, id FROM spent`] : []),
+  ];
+  const written = await db.query(write.query(found.length > 0 ? found.join('\nUNION ALL\n') : `SELECT NULL::text AS kind, NULL::uuid AS id WHERE false`));
+  const foundOf = (kind: string) => written.rows.filter((r) => r.kind === kind).map((r) => r.id as string);
 
+  // An id spent before: the batch's answer for it is `id_already_failed`, and the events after it may differ.
+  const spent = foundOf('spent');
+  if (spent.length > 0) throw new BatchNeedsRerun([], [], spent);
   // Past the soft limit an account is wide: read in full by every later batch. One changed blind must be
   // re-evaluated now (rerun); one read in full is just marked.
-  const beyondSoftLimit = written.rows.map((r) => r.account_id as string);
+  const beyondSoftLimit = foundOf('slot');
   const changedBlind = beyondSoftLimit.filter((accountId) => state.partialAccounts?.has(accountId));
   if (changedBlind.length > 0) throw new BatchNeedsRerun([], changedBlind);
   if (beyondSoftLimit.length > 0) {
@@ -387,6 +435,10 @@ export async function writeBatchEffects(
     });
     invariant(resolved.rowCount === resolvedPendings.length, 'a pending transfer left the pending state twice');
   }
+}
+
+function sameIds(ids: readonly string[], transfers: readonly TransferRow[]): boolean {
+  return ids.length === transfers.length && ids.every((id, i) => id === transfers[i]!.id);
 }
 
 /** Most events carry no metadata; the literal avoids a JSON.stringify per row. */

@@ -558,7 +558,7 @@ describe('ledger against the reference model (randomized, seeded)', function () 
       assert.ok(events >= 500 * RUNS, `only ${events} events were exercised`);
       // The generator must keep reaching the interesting outcomes, not only refusals (given enough events).
       if (RUNS >= 4)
-        for (const c of ['ok', 'exists', 'exists_with_different_fields', 'linked_event_failed', 'linked_event_chain_open', 'overflow', 'exceeds_credits', 'ledger_mismatch', 'account_closed', 'pending_transfer_already_posted'])
+        for (const c of ['ok', 'exists', 'exists_with_different_fields', 'linked_event_failed', 'linked_event_chain_open', 'overflow', 'exceeds_credits', 'ledger_mismatch', 'account_closed', 'pending_transfer_already_posted', 'id_already_failed'])
           assert.ok((codes.get(c) ?? 0) > 0, `no event was answered ${c}`);
       assert.ok((codes.get('ok') ?? 0) > events / 8, `too few ok events: ${codes.get('ok')} of ${events}`);
     });

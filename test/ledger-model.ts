@@ -69,12 +69,17 @@ function sameMetadata(a: Metadata, b: Metadata): boolean {
   return ka.length === Object.keys(b).length && ka.every((k) => Object.prototype.hasOwnProperty.call(b, k) && a[k] === b[k]);
 }
 
+/** Refusals that depend on the moment; they spend the event's id (README, "Spent ids"). */
+const SPENDING_REFUSALS: readonly TransferResultCode[] = ['debit_account_not_found', 'credit_account_not_found', 'pending_transfer_not_found', 'account_closed', 'exceeds_credits', 'exceeds_debits', 'overflow'];
+
 export class LedgerModel {
   private readonly accounts = new Map<string, ModelAccount>();
   private readonly transfers = new Map<string, ModelTransfer>();
   private readonly pendingStates = new Map<string, PendingStateName>();
   /** Pending transfers whose expiry time has passed (the sweeper may not have released them yet). */
   private readonly due = new Set<string>();
+  /** Ids of transfer events refused for a reason of the moment: spent for good (never journaled). */
+  private readonly spent = new Set<string>();
   /** Undo actions of the linked chain being evaluated (undefined outside a chain). */
   private journal: (() => void)[] | undefined;
 
@@ -246,8 +251,9 @@ export class LedgerModel {
     const flags = transferFlagBits(t.flags) & ~TransferFlag.linked;
     const kinds = [TransferFlag.pending, TransferFlag.postPendingTransfer, TransferFlag.voidPendingTransfer].filter((f) => has(flags, f)).length;
     if (kinds > 1) return 'flags_are_mutually_exclusive';
-    if (has(flags, TransferFlag.postPendingTransfer) || has(flags, TransferFlag.voidPendingTransfer)) return this.resolvePending(t, flags);
-    return this.singleOrPending(t, flags);
+    const code = has(flags, TransferFlag.postPendingTransfer) || has(flags, TransferFlag.voidPendingTransfer) ? this.resolvePending(t, flags) : this.singleOrPending(t, flags);
+    if (SPENDING_REFUSALS.includes(code)) this.spent.add(t.id);
+    return code;
   }
 
   private singleOrPending(t: Transfer, flags: number): TransferResultCode {
@@ -259,6 +265,7 @@ export class LedgerModel {
     if (t.debitAccountId === t.creditAccountId) return 'accounts_must_be_different';
     if (t.amount === 0n) return 'amount_must_be_positive';
 
+    if (this.spent.has(t.id)) return 'id_already_failed';
     const existing = this.transfers.get(t.id);
     if (existing) {
       const same =
@@ -318,6 +325,7 @@ export class LedgerModel {
     if (t.pendingId === t.id) return 'pending_id_must_be_different';
     if (t.timeout !== 0) return 'timeout_reserved_for_pending_transfer';
 
+    if (this.spent.has(t.id)) return 'id_already_failed';
     const existing = this.transfers.get(t.id);
     if (existing) {
       const same =

@@ -78,7 +78,7 @@ export function transferRoutes(app: Gateway, ctx: RouteContext): void {
       const stored = await lookUp(transfer.id);
       if (stored) return { status: code === 'ok' ? 201 : 200, body: transferView(stored) };
     }
-    throw refused(code, code.startsWith('exists') ? 'id' : undefined);
+    throw refused(code, code.startsWith('exists') || code === 'id_already_failed' ? 'id' : undefined);
   }
 
   app.post('/v1/transfers', { schema: { body: TransferBody, response: { 200: Transfer, 201: Transfer, 402: COMMON_ERRORS[400]!, ...COMMON_ERRORS } } }, async (request, reply) => {

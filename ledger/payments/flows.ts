@@ -8,7 +8,7 @@ import { AppError, InternalError, ValidationError, invariant } from '../../lib/e
 import type { Logger } from '../../lib/logger.js';
 import { Decision, type ScoreRequest, type ScoreResponse } from '../../proto/gen/risk/v1/risk.js';
 import { AccountFlag, TransferFlag, hasFlag, type AccountInput, type AccountResultCode, type EventResult, type Metadata, type TransferInput, type TransferResultCode } from '../model.js';
-import { lookupAccounts } from '../queries.js';
+import { lookupAccounts, spendingRefusal } from '../queries.js';
 import type { LedgerRouter } from '../router.js';
 import { AccountCode, TransferCode, feeOf, feeTransferId, merchantBalanceAccountId, platformAccountId, type PlatformAccount, nowNanos, statusAfterRefund, type CaptureMethod, type OperationRow, type PaymentRow, type RiskAssessment } from './model.js';
 import * as store from './store.js';
@@ -291,8 +291,7 @@ export class PaymentFlows {
       flags: automatic ? (op.fee > 0n ? TransferFlag.linked : 0) : TransferFlag.pending,
       timeout: automatic ? 0 : this.settings.authorizationTimeoutSeconds,
     };
-    const transfers = [main, ...(automatic ? this.feeTransfer(payment, op) : [])];
-    const code = firstFailure(await this.ledger.createTransfers(transfers));
+    const code = await this.submit([main, ...(automatic ? this.feeTransfer(payment, op) : [])]);
     if (code === undefined) {
       return this.finish(op, 'succeeded', null, (p) => ({
         next: automatic ? { ...p, status: 'succeeded', amountCaptured: p.amount, fee: op.fee } : { ...p, status: 'requires_capture' },
@@ -320,7 +319,7 @@ export class PaymentFlows {
       pendingId: authorizationId(payment.id),
       flags: TransferFlag.postPendingTransfer | (op.fee > 0n ? TransferFlag.linked : 0),
     };
-    const code = firstFailure(await this.ledger.createTransfers([post, ...this.feeTransfer(payment, op)]));
+    const code = await this.submit([post, ...this.feeTransfer(payment, op)]);
     if (code === undefined) {
       return this.finish(op, 'succeeded', null, (p) => ({ next: { ...p, status: 'succeeded', amountCaptured: op.amount, fee: op.fee }, events: ['payment.captured'] }));
     }
@@ -343,7 +342,7 @@ export class PaymentFlows {
       pendingId: authorizationId(payment.id),
       flags: TransferFlag.voidPendingTransfer,
     };
-    const code = firstFailure(await this.ledger.createTransfers([voidTransfer]));
+    const code = await this.submit([voidTransfer]);
     // An expired authorization released its amount already: the cancel only records it. A void refused otherwise
     // (no business refusal applies to releasing an amount) is a broken invariant.
     if (code !== undefined && code !== 'pending_transfer_expired') return this.brokenStep(op, code);
@@ -353,7 +352,7 @@ export class PaymentFlows {
   private async driveRefund(op: OperationRow): Promise<PaymentRow> {
     const payment = await this.requirePayment(op.merchantId, op.paymentId);
     const back = this.transfer(payment, op.id, payment.destinationAccountId, payment.sourceAccountId, op.amount, TransferCode.refund);
-    const code = firstFailure(await this.ledger.createTransfers([back]));
+    const code = await this.submit([back]);
     if (code === undefined) {
       return this.finish(op, 'succeeded', null, (p) => {
         const amountRefunded = p.amountRefunded + op.amount;
@@ -363,16 +362,31 @@ export class PaymentFlows {
     if (BUSINESS_REFUSALS.has(code)) {
       // A business rejection, answered as POST /v1/transfers answers it (the ledger code: exceeds_credits, a drained
       // destination, is 402). The refund stays recorded as failed, as a declined payment is: its reservation of the
-      // refundable amount is released, and a repeat of the refund (same key, same id) answers the same. Known gap:
-      // a second driver of the same step at the same moment (a gRPC caller's concurrent repeat; the resumer only
-      // takes steps left processing for PAYMENTS_RESUME_AFTER_MS, 30 s) whose transfer commits after the money
-      // came back would not be recorded. Serializing the drivers on the step's row (tried) closed it but made busy
-      // payments conflict at SERIALIZABLE: the 10,000-payment settlement test took 188-212 s instead of 89-117 s,
-      // and a capture ran out of retries.
+      // refundable amount is released, and a repeat of the refund (same key, same id) answers the same. The refusal
+      // is final in the ledger too (submit: the id is spent), so no other driver of this step can post it later.
       await this.finish(op, 'failed', code, unchanged);
       throw conflict(code, `the ledger refused the refund: ${code}`);
     }
     return this.brokenStep(op, code);
+  }
+
+  /**
+   * Submits a step's transfers; answers the refusal of the first one refused, or undefined when all are in the
+   * books (`ok`, or `exists` from an earlier submission). A refusal is final: the ledger spends the id of a
+   * transfer refused for a reason of the moment, so the step's transfers sent again by another driver of the step
+   * (a repeat, the resumer) are answered `id_already_failed`, which stands for the refusal that spent the id.
+   * Every driver of a step thus reaches the same end, whatever the accounts did in between (the money back in a
+   * drained destination), without holding the step's row across the ledger call.
+   */
+  private async submit(transfers: TransferInput[]): Promise<TransferResultCode | undefined> {
+    const results = await this.ledger.createTransfers(transfers);
+    const i = results.findIndex((r) => r.code !== 'ok' && r.code !== 'exists' && r.code !== 'linked_event_failed');
+    const refused = results[i];
+    if (!refused) return undefined;
+    if (refused.code !== 'id_already_failed') return refused.code;
+    const first = await spendingRefusal(this.pool, transfers[i]!.id);
+    invariant(first, `transfer ${transfers[i]!.id} answered id_already_failed but is not spent`);
+    return first;
   }
 
   /**
@@ -598,10 +612,6 @@ export class PaymentFlows {
 
 function authorizationId(paymentId: string): string {
   return derivedId('operation', `${paymentId}:authorize`);
-}
-
-function firstFailure(results: readonly EventResult<TransferResultCode>[]): TransferResultCode | undefined {
-  return results.find((r) => r.code !== 'ok' && r.code !== 'exists' && r.code !== 'linked_event_failed')?.code;
 }
 
 function riskDecline(risk: RiskAssessment): { code: string; reason: string } | null {

@@ -12,8 +12,9 @@ import { SERVICES, type ChaosStack, type ServiceName } from './stack.js';
  * The bank test, after Jepsen's: concurrent clients move money between wallets through the REST API (transfers,
  * and payments from customer wallets to the merchant) with Idempotency-Keys and retries, while the suite kills
  * services with SIGKILL, cuts the database off and restarts NATS. Then it checks what was kept:
- * - every request answered 2xx is in the ledger exactly once, every one refused (402) not at all, every one
- *   that went unanswered was settled by its retry, and no retry made a second payment;
+ * - every request answered 2xx is in the ledger exactly once, every one refused (402, or 422 id_already_failed
+ *   when the refusal's answer was lost) not at all, every one that went unanswered was settled by its retry,
+ *   and no retry made a second payment;
  * - each wallet's balance is its funding plus its acknowledged transfers, to the minor unit;
  * - per ledger, total debits equal total credits (posted and pending);
  * - snapshot reads taken during the run (one LookupAccounts of every bank wallet) always saw the same total;
@@ -182,8 +183,9 @@ async function check(stack: ChaosStack, run: Run, violations: string[]): Promise
       } else if (row.amount !== BigInt(t.amount)) violations.push(`transfer ${t.id}: amount ${row.amount} in the ledger, ${t.amount} sent`);
       expected.set(t.debit, expected.get(t.debit)! - BigInt(t.amount));
       expected.set(t.credit, expected.get(t.credit)! + BigInt(t.amount));
-    } else if (status === 402) {
-      if (row) violations.push(`transfer ${t.id}: refused with 402 but in the ledger`);
+    } else if (status === 402 || (status === 422 && t.answer?.body?.error?.code === 'id_already_failed')) {
+      // 422 id_already_failed: an earlier attempt was refused (402) and its answer lost; the id is spent.
+      if (row) violations.push(`transfer ${t.id}: refused with ${status} but in the ledger`);
     } else violations.push(`transfer ${t.id}: unexpected final answer ${status} ${JSON.stringify(t.answer?.body)}`);
     if (row && row.n > 1) duplicated += row.n - 1;
   }
