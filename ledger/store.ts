@@ -259,8 +259,8 @@ export async function findExistingTransferIds(db: Queryable, ids: readonly strin
  * One data-modifying statement: each table's rows are a CTE of their own (PostgreSQL and CockroachDB both run
  * every such CTE to completion), so a batch's writes cost one round trip instead of one per table. The text
  * depends on which parts a batch has, never on their values (those are all parameters), so few texts exist; each
- * is prepared once per connection under a name made from its text (PostgreSQL cuts names at 63 bytes: a list of
- * the parts would not fit, and two cut names would collide).
+ * is prepared once per connection under a name that starts with a hash of its text (PostgreSQL cuts names at 63
+ * bytes: a list of the parts alone would not fit, and two cut names would collide).
  */
 class CombinedWrite {
   private readonly parts: string[] = [];
@@ -284,7 +284,9 @@ class CombinedWrite {
 
   query(select: string): { name: string; text: string; values: unknown[] } {
     const text = `WITH ${this.ctes.join(',\n')}\n${select}`;
-    return { name: `write-batch:${createHash('sha256').update(text).digest('base64url').slice(0, 32)}`, text, values: this.values };
+    // The text's hash first (one name, one text), the parts after it for whoever reads statement timings.
+    const name = `write-batch:${createHash('sha256').update(text).digest('base64url').slice(0, 12)}:${this.parts.join('+')}`;
+    return { name: name.slice(0, 63), text, values: this.values };
   }
 }
 
