@@ -181,8 +181,10 @@ export class Api {
 /**
  * Every table a request could write: a refused request must change none of them. Not idempotency keys: a
  * request refused after validation (an unknown payment, a merchant key on an admin route) keeps its 4xx answer
- * for replay, as Stripe does (gateway/README.md). Nor the outbox: the ledger's expiry sweeper may meanwhile
- * expire pending transfers other tests left in the database, and their events are outbox rows.
+ * for replay, as Stripe does (gateway/README.md). Nor failed_transfer_ids: a transfer the ledger refused for a
+ * reason of the moment (402 exceeds_credits) spends its id, so that a retry cannot apply it later; like the key,
+ * a record of the answer (ledger/README.md, "Spent ids"). Nor the outbox: the ledger's expiry sweeper may
+ * meanwhile expire pending transfers other tests left in the database, and their events are outbox rows.
  */
 const BUSINESS_TABLES = ['merchants', 'api_keys', 'merchant_accounts', 'accounts', 'transfers', 'payments', 'payment_operations', 'settlement_batches'];
 
