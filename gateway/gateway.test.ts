@@ -409,6 +409,20 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       assert.equal(ledgerAccounts.rows[0].n, 1, 'one account for one request');
     });
 
+    it('a keyed transfer refused for lack of funds stays refused: repeated after the funds arrived and after the TTL, 422 id_already_failed', async () => {
+      const { wallet: w, funding } = await wallet(keyA, 100);
+      const to = await account(keyA);
+      const short = { debit_account_id: w, credit_account_id: to, amount: 150, currency: 'USD' };
+      const key = randomUUID();
+      expectError(await api.post('/v1/transfers', keyA, short, key), 402, 'exceeds_credits');
+      assert.equal((await api.post('/v1/transfers', keyA, { debit_account_id: funding, credit_account_id: w, amount: 100, currency: 'USD' })).status, 201);
+      const replay = await api.post('/v1/transfers', keyA, short, key);
+      assert.deepEqual([replay.status, replay.headers.get('idempotent-replayed')], [402, 'true'], 'within the TTL the first answer is replayed');
+      await stack.pool.query(`UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE key = $1`, [key]);
+      expectError(await api.post('/v1/transfers', keyA, short, key), 422, 'id_already_failed', 'id');
+      assert.deepEqual(await balances(keyA, w), { debits_pending: 0, debits_posted: 0, credits_pending: 0, credits_posted: 200 });
+    });
+
     it('a request while the first with the same key is in flight is 409', async () => {
       const merchantId = (await stack.pool.query('SELECT merchant_id FROM api_keys WHERE key_hash = encode(sha256($1::bytea), $2)', [keyA, 'hex'])).rows[0].merchant_id;
       const key = randomUUID();
