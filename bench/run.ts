@@ -15,7 +15,7 @@ import { channelCredentials } from '../lib/grpc-tls.js';
 import { createPool, isSerializationFailure } from '../lib/db.js';
 import { deleteStream } from '../lib/streams.js';
 import { LedgerClient, newAccount, newTransfer } from '../ledger/client.js';
-import type { Transfer } from '../proto/gen/ledger/v1/ledger.js';
+import { CreateTransferResultCode, type Transfer } from '../proto/gen/ledger/v1/ledger.js';
 import { cpuProfileArgs, spawnLedger } from '../test/ledger-process.js';
 
 const SECONDS = Number(process.env['BENCH_SECONDS'] ?? 6);
@@ -23,6 +23,12 @@ const SECONDS = Number(process.env['BENCH_SECONDS'] ?? 6);
 const WARMUP_SECONDS = Number(process.env['BENCH_WARMUP_SECONDS'] ?? 2);
 /** BENCH_LEDGER_RUNS: only these ledger runs (e.g. `8190x4,1x256`), for profiling one; default all. */
 const LEDGER_RUNS = process.env['BENCH_LEDGER_RUNS']?.split(',') ?? ['1x32', '100x16', '8190x4', '1x256'];
+/**
+ * BENCH_REFUSED_SHARE (default 0): this share of the ledger runs' transfers debits one of WALLETS empty accounts
+ * that cannot be overdrawn, so the ledger refuses it (exceeds_credits) and spends its id: what refusals cost.
+ */
+const REFUSED_SHARE = Number(process.env['BENCH_REFUSED_SHARE'] ?? 0);
+const WALLETS = 2_000;
 /** BENCH_PROFILE=1: the ledger process writes CPU profiles (main thread and workers) to /tmp/prof. */
 const PROFILE = process.env['BENCH_PROFILE'] ? cpuProfileArgs() : [];
 const ACCOUNTS = 10_000;
@@ -45,6 +51,8 @@ function report(row: Row): void {
 
 const accounts = Array.from({ length: ACCOUNTS }, () => randomUUID());
 const hot = randomUUID();
+const emptyWallets: string[] = Array.from({ length: REFUSED_SHARE > 0 ? WALLETS : 0 }, () => randomUUID());
+const isEmptyWallet = new Set(emptyWallets);
 
 function pick(): string {
   return accounts[Math.floor(Math.random() * ACCOUNTS)]!;
@@ -59,8 +67,9 @@ function pair(workload: 'uniform' | 'hot'): [string, string] {
   return [debit, credit];
 }
 
-function transfer(workload: 'uniform' | 'hot'): Transfer {
-  const [debitAccountId, creditAccountId] = pair(workload);
+function transfer(workload: 'uniform' | 'hot', refusable = false): Transfer {
+  const [debit, creditAccountId] = pair(workload);
+  const debitAccountId = refusable && Math.random() < REFUSED_SHARE ? emptyWallets[Math.floor(Math.random() * WALLETS)]! : debit;
   return newTransfer({ id: randomUUID(), debitAccountId, creditAccountId, amount: 1n + BigInt(Math.floor(Math.random() * 1000)), ledger: LEDGER, code: 1 });
 }
 
@@ -149,13 +158,19 @@ async function raw(): Promise<void> {
 async function ledgerBatches(client: LedgerClient, batchSize: number, concurrency: number, workload: 'uniform' | 'hot'): Promise<void> {
   if (!LEDGER_RUNS.includes(`${batchSize}x${concurrency}`)) return;
   let failures = 0;
+  let refused = 0;
   const tps = await timed(concurrency, async () => {
-    const results = await client.createTransfers(Array.from({ length: batchSize }, () => transfer(workload)));
-    failures += results.filter((r) => r.code !== 1).length;
+    const sent = Array.from({ length: batchSize }, () => transfer(workload, true));
+    const results = await client.createTransfers(sent);
+    results.forEach((r, i) => {
+      if (r.code === CreateTransferResultCode.CREATE_TRANSFER_RESULT_CODE_EXCEEDS_CREDITS && isEmptyWallet.has(sent[i]!.debitAccountId)) refused++;
+      else if (r.code !== CreateTransferResultCode.CREATE_TRANSFER_RESULT_CODE_OK) failures++;
+    });
     return results.length;
   });
   if (failures > 0) throw new Error(`${failures} transfers failed in the ledger benchmark`);
-  report({ scenario: `ledger: batches of ${batchSize}, ${concurrency} callers`, workload, transfersPerSecond: tps, note: await relayBacklog() });
+  const refusals = REFUSED_SHARE > 0 ? `; ${refused} refused (exceeds_credits), all runs` : '';
+  report({ scenario: `ledger: batches of ${batchSize}, ${concurrency} callers`, workload, transfersPerSecond: tps, note: (await relayBacklog()) + refusals });
 }
 
 /**
@@ -179,9 +194,9 @@ async function main(): Promise<void> {
   const direct = new LedgerClient(ledger.target, { autoBatch: false, credentials: channelCredentials(config) });
   const batching = new LedgerClient(ledger.target, { autoBatch: true, credentials: channelCredentials(config), maxInFlight: Number(process.env['BENCH_CLIENT_IN_FLIGHT'] ?? 4) });
   try {
-    const all = [...accounts, hot];
+    const all = [...accounts, hot, ...emptyWallets];
     for (let i = 0; i < all.length; i += 8190) {
-      const chunk = all.slice(i, i + 8190).map((id) => newAccount({ id, ledger: LEDGER, code: 1 }));
+      const chunk = all.slice(i, i + 8190).map((id) => newAccount({ id, ledger: LEDGER, code: 1, flags: { debitsMustNotExceedCredits: isEmptyWallet.has(id) } }));
       const results = await direct.createAccounts(chunk);
       if (results.some((r) => r.code !== 1)) throw new Error('account creation failed');
     }
