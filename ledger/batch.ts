@@ -45,8 +45,9 @@ const MAX_RERUNS = 8;
  * One shard batch as ONE database transaction, retried whole on serialization failure or deadlock. Rerun
  * with more facts when the optimistic first guess was wrong: a transfer id that already exists (committed
  * earlier, or meanwhile by another shard's batch: the rerun answers `exists` or `exists_with_different_fields`
- * instead of failing every caller) or was spent by an earlier transient failure (`id_already_failed`), an account that must be read in full, or a balance slot that overflowed
- * INT8 while the account's totals are in range (its slots are consolidated first: store.ts consolidateSlots).
+ * instead of failing every caller) or was spent by an earlier refusal (`id_already_failed`), an account that
+ * must be read in full, or a balance slot that overflowed INT8 while the account's totals are in range (its
+ * slots are consolidated first: store.ts consolidateSlots).
  */
 export async function executeBatch(pool: Pool, task: BatchTask): Promise<BatchOutcome> {
   let attempts = 0;
@@ -62,7 +63,8 @@ export async function executeBatch(pool: Pool, task: BatchTask): Promise<BatchOu
           const clock = await lockShard(client, task.shard);
           const state = await loadBatchState(client, task.submissions, hints);
           const loadedTransferIds = new Set(state.transfers.keys());
-          const unlookedTransferIds = transferEventIds(task.submissions).filter((id) => !state.failedTransferIds.has(id));
+          // Whether these are spent is asked by the write itself (the others were looked up: hints).
+          const uncheckedTransferIds = transferEventIds(task.submissions).filter((id) => !state.failedTransferIds.has(id));
           // History accounts order batches across shards: their balances rows must follow commit order.
           const lockedHistoryIds = [...state.accounts.values()].filter((a) => hasFlag(a.flags, AccountFlag.history)).map((a) => a.id);
           const historyClock = await lockHistoryClocks(client, lockedHistoryIds);
@@ -78,7 +80,7 @@ export async function executeBatch(pool: Pool, task: BatchTask): Promise<BatchOu
           const traceparent = task.traceparent ?? '';
           const outbox = { batchId, parts: encodeEventBatch(batchId, task.shard, effects.events, traceparent), traceparent };
           if (hints.consolidateSlots) await consolidateSlots(client, task.shard, effects, state);
-          await writeBatchEffects(client, task.shard, effects, state, clock, outbox, unlookedTransferIds);
+          await writeBatchEffects(client, task.shard, effects, state, clock, outbox, uncheckedTransferIds);
           // Every history account the batch locked, created or wrote rows for: one it created here has no clock
           // row yet, and without one the next batch of another shard (clock behind) would record its next change
           // under an earlier timestamp.

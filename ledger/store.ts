@@ -290,6 +290,10 @@ class CombinedWrite {
   }
 }
 
+/**
+ * Writes a batch's effects in one statement (CombinedWrite), which also asks which of `uncheckedTransferIds` are
+ * spent: any is a rerun (BatchNeedsRerun), as is a blind balance change past the soft limit.
+ */
 export async function writeBatchEffects(
   db: PoolClient,
   shard: number,
@@ -297,7 +301,7 @@ export async function writeBatchEffects(
   state: BatchState,
   clock: ShardClock,
   outbox: { batchId: string; parts: readonly Uint8Array[]; traceparent: string },
-  unlookedTransferIds: readonly string[],
+  uncheckedTransferIds: readonly string[],
 ): Promise<void> {
   const { newAccounts, newTransfers, failedTransfers, balanceDeltas, newPendings, resolvedPendings, history } = effects;
   // A blind change larger than the soft limit could overflow the slot in SQL itself: read those in full first.
@@ -340,11 +344,11 @@ export async function writeBatchEffects(
          ${column(failedTransfers.map((f) => f.timestamp), 'int8')})`,
     );
   }
-  if (unlookedTransferIds.length > 0) {
+  if (uncheckedTransferIds.length > 0) {
     // Which ids of the batch were spent before: usually none, and then the batch stands. In the usual batch the
     // ids are exactly the new transfers' ids, sent once for both.
-    const reuse = sameIds(unlookedTransferIds, newTransfers);
-    const ids = reuse ? newTransferIds : column(unlookedTransferIds, 'uuid');
+    const reuse = sameIds(uncheckedTransferIds, newTransfers);
+    const ids = reuse ? newTransferIds : column(uncheckedTransferIds, 'uuid');
     write.add('spent', `SELECT id FROM failed_transfer_ids WHERE id = ANY(${ids})`);
   }
   if (balanceDeltas.length > 0) {
