@@ -890,29 +890,40 @@ describe('ledger (gRPC, PostgreSQL)', function () {
       await expectBalances({ [d!]: [0n, 11n, 0n, 0n], [c!]: [0n, 0n, 0n, 11n] });
     });
 
-    it('the same transfer id on two shards at once: one ok, the other exists_with_different_fields, never an error', async () => {
-      const [credit] = await accounts(1);
-      const x = idOnShard(1);
-      const z = idOnShard(6);
-      assert.deepEqual(await create(account({ id: x }), account({ id: z })), ['ok', 'ok']);
+    /**
+     * 20 rounds of one new transfer id sent at the same moment by two callers (separate connections), debiting
+     * `first` and `second` (accounts on different shards); `check` gets each round's codes (first's, second's).
+     */
+    async function sameIdFromTwoShards(first: string, second: string, credit: string, check: (codes: string[], transferId: string, round: number) => Promise<void>): Promise<void> {
       const [one, two] = [new LedgerClient(ledger.app.address, { autoBatch: false }), new LedgerClient(ledger.app.address, { autoBatch: false })];
-      const wins = { [x]: 0n, [z]: 0n };
       try {
-        for (let attempt = 0; attempt < 20; attempt++) {
+        for (let round = 0; round < 20; round++) {
           const tid = id();
           const [r1, r2] = await Promise.all([
-            one.createTransfers([transfer({ id: tid, debitAccountId: x, creditAccountId: credit!, amount: 1n })]),
-            two.createTransfers([transfer({ id: tid, debitAccountId: z, creditAccountId: credit!, amount: 1n })]),
+            one.createTransfers([transfer({ id: tid, debitAccountId: first, creditAccountId: credit, amount: 1n })]),
+            two.createTransfers([transfer({ id: tid, debitAccountId: second, creditAccountId: credit, amount: 1n })]),
           ]);
           const codes = [transferCodeName(r1[0]!.code), transferCodeName(r2[0]!.code)];
-          assert.deepEqual([...codes].sort(), ['exists_with_different_fields', 'ok'], `attempt ${attempt}: ${codes.join(',')}`);
-          wins[codes[0] === 'ok' ? x : z]! += 1n;
-          assert.equal(await countRows(tid), 1);
+          codes.forEach((c) => seenTransferCodes.add(c));
+          await check(codes, tid, round);
         }
       } finally {
         one.close();
         two.close();
       }
+    }
+
+    it('the same transfer id on two shards at once: one ok, the other exists_with_different_fields, never an error', async () => {
+      const [credit] = await accounts(1);
+      const x = idOnShard(1);
+      const z = idOnShard(6);
+      assert.deepEqual(await create(account({ id: x }), account({ id: z })), ['ok', 'ok']);
+      const wins = { [x]: 0n, [z]: 0n };
+      await sameIdFromTwoShards(x, z, credit!, async (codes, tid, round) => {
+        assert.deepEqual([...codes].sort(), ['exists_with_different_fields', 'ok'], `round ${round}: ${codes.join(',')}`);
+        wins[codes[0] === 'ok' ? x : z]! += 1n;
+        assert.equal(await countRows(tid), 1);
+      });
       await expectBalances({ [x]: [0n, wins[x]!, 0n, 0n], [z]: [0n, wins[z]!, 0n, 0n], [credit!]: [0n, 0n, 0n, 20n] });
     });
 
@@ -921,31 +932,16 @@ describe('ledger (gRPC, PostgreSQL)', function () {
       const empty = idOnShard(1);
       const open = idOnShard(6);
       assert.deepEqual(await create(account({ id: empty, flags: { debitsMustNotExceedCredits: true } }), account({ id: open })), ['ok', 'ok']);
-      const [one, two] = [new LedgerClient(ledger.app.address, { autoBatch: false }), new LedgerClient(ledger.app.address, { autoBatch: false })];
-      const outcomes = new Map<string, number>();
       let posted = 0n;
-      try {
-        for (let attempt = 0; attempt < 20; attempt++) {
-          const tid = id();
-          const [r1, r2] = await Promise.all([
-            one.createTransfers([transfer({ id: tid, debitAccountId: empty, creditAccountId: credit!, amount: 1n })]),
-            two.createTransfers([transfer({ id: tid, debitAccountId: open, creditAccountId: credit!, amount: 1n })]),
-          ]);
-          const codes = [transferCodeName(r1[0]!.code), transferCodeName(r2[0]!.code)];
-          codes.forEach((c) => seenTransferCodes.add(c));
-          const outcome = codes.join('/');
-          outcomes.set(outcome, (outcomes.get(outcome) ?? 0) + 1);
-          const rows = await countRows(tid);
-          const spent = (await pool.query('SELECT count(*)::int AS n FROM failed_transfer_ids WHERE id = $1', [tid])).rows[0].n as number;
-          if (outcome === 'exceeds_credits/id_already_failed') assert.deepEqual([rows, spent], [0, 1], outcome);
-          else if (outcome === 'exists_with_different_fields/ok') assert.deepEqual([rows, spent], [1, 0], outcome);
-          else assert.fail(`attempt ${attempt}: ${outcome} (${rows} rows, ${spent} spent)`);
-          posted += BigInt(rows);
-        }
-      } finally {
-        one.close();
-        two.close();
-      }
+      await sameIdFromTwoShards(empty, open, credit!, async (codes, tid, round) => {
+        const outcome = codes.join('/');
+        const rows = await countRows(tid);
+        const spent = (await pool.query('SELECT count(*)::int AS n FROM failed_transfer_ids WHERE id = $1', [tid])).rows[0].n as number;
+        if (outcome === 'exceeds_credits/id_already_failed') assert.deepEqual([rows, spent], [0, 1], outcome);
+        else if (outcome === 'exists_with_different_fields/ok') assert.deepEqual([rows, spent], [1, 0], outcome);
+        else assert.fail(`round ${round}: ${outcome} (${rows} rows, ${spent} spent)`);
+        posted += BigInt(rows);
+      });
       await expectBalances({ [empty]: [0n, 0n, 0n, 0n], [open]: [0n, posted, 0n, 0n], [credit!]: [0n, 0n, 0n, posted] });
     });
 
