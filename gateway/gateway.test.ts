@@ -126,7 +126,9 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       const short = { ...body, id: randomUUID(), amount: 601 };
       expectError(await api.post('/v1/transfers', keyA, short), 402, 'exceeds_credits');
       // The refused id is spent: sent again (even once it could post) it is refused, never applied later.
-      expectError(await api.post('/v1/transfers', keyA, { ...short, amount: 1 }), 422, 'id_already_failed', 'id');
+      const again = await api.post('/v1/transfers', keyA, { ...short, amount: 1 });
+      expectError(again, 422, 'id_already_failed', 'id');
+      assert.match(again.body.error.message, /new id/);
       expectError(await api.post('/v1/transfers', keyA, { ...body, id: randomUUID(), credit_account_id: w }), 422, 'accounts_must_be_different');
       assert.deepEqual(await balances(keyA, w), { debits_pending: 0, debits_posted: 400, credits_pending: 0, credits_posted: 1_000 });
       assert.equal((await api.get(`/v1/transfers/${id}`, keyA)).body.id, id);

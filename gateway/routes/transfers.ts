@@ -20,7 +20,11 @@ const transferNotFound = (field: string) => new AppError('not_found', 'resource_
 
 /** A ledger refusal as the API's error: the ledger's result code is the error code (402 for a lack of funds). */
 function refused(code: string, field?: string): AppError {
-  return new AppError('conflict', code, `The ledger refused the transfer: ${code}`, field ? { field } : {});
+  const message =
+    code === 'id_already_failed'
+      ? 'An earlier transfer with this id was refused, and a refused id stays refused: send the transfer again with a new id'
+      : `The ledger refused the transfer: ${code}`;
+  return new AppError('conflict', code, message, field ? { field } : {});
 }
 
 export function transferRoutes(app: Gateway, ctx: RouteContext): void {
