@@ -18,13 +18,16 @@ const API_TRANSFER_CODE = 1;
 
 const transferNotFound = (field: string) => new AppError('not_found', 'resource_missing', 'No such transfer', { field });
 
-/** A ledger refusal as the API's error: the ledger's result code is the error code (402 for a lack of funds). */
-function refused(code: string, field?: string): AppError {
+/**
+ * A ledger refusal as the API's error: the ledger's result code is the error code (402 for a lack of funds); the
+ * codes about the id itself (taken by another transfer, or spent by a refusal) name the `id` field.
+ */
+function refused(code: string): AppError {
   const message =
     code === 'id_already_failed'
       ? 'An earlier transfer with this id was refused, and a refused id stays refused: send the transfer again with a new id'
       : `The ledger refused the transfer: ${code}`;
-  return new AppError('conflict', code, message, field ? { field } : {});
+  return new AppError('conflict', code, message, code.startsWith('exists') || code === 'id_already_failed' ? { field: 'id' } : {});
 }
 
 export function transferRoutes(app: Gateway, ctx: RouteContext): void {
@@ -82,7 +85,7 @@ export function transferRoutes(app: Gateway, ctx: RouteContext): void {
       const stored = await lookUp(transfer.id);
       if (stored) return { status: code === 'ok' ? 201 : 200, body: transferView(stored) };
     }
-    throw refused(code, code.startsWith('exists') || code === 'id_already_failed' ? 'id' : undefined);
+    throw refused(code);
   }
 
   app.post('/v1/transfers', { schema: { body: TransferBody, response: { 200: Transfer, 201: Transfer, 402: COMMON_ERRORS[400]!, ...COMMON_ERRORS } } }, async (request, reply) => {
