@@ -312,7 +312,6 @@ export async function writeBatchEffects(
 
   const write = new CombinedWrite();
   const column = (values: readonly (string | number | bigint | null)[], type: string) => write.param(sqlArray(values), `${type}[]`);
-  let newTransferIds = '';
   if (newAccounts.length > 0) {
     write.add(
       'accounts',
@@ -321,6 +320,8 @@ export async function writeBatchEffects(
                             ${column(newAccounts.map((a) => a.flags), 'int4')}, ${write.param(newAccounts.map((a) => jsonOrEmpty(a.metadata)), 'jsonb[]')}, ${column(newAccounts.map((a) => a.timestamp), 'int8')})`,
     );
   }
+  // The new transfers' ids, a parameter of their insert and, usually, of the spent-ids question too.
+  const newTransferIds = newTransfers.length > 0 ? column(newTransfers.map((t) => t.id), 'uuid') : '';
   if (newTransfers.length > 0) {
     // A plain INSERT: ON CONFLICT would probe the primary key as a read, and under PostgreSQL's SERIALIZABLE
     // those page-level read locks make concurrent batches conflict. A duplicate id raises 23505 instead, and
@@ -329,7 +330,7 @@ export async function writeBatchEffects(
       'transfers',
       `INSERT INTO transfers (${TRANSFER_COLUMNS}, shard)
        SELECT *, ${write.param(shard, 'int4')} FROM unnest(
-         ${(newTransferIds = column(newTransfers.map((t) => t.id), 'uuid'))}, ${column(newTransfers.map((t) => t.debitAccountId), 'uuid')}, ${column(newTransfers.map((t) => t.creditAccountId), 'uuid')},
+         ${newTransferIds}, ${column(newTransfers.map((t) => t.debitAccountId), 'uuid')}, ${column(newTransfers.map((t) => t.creditAccountId), 'uuid')},
          ${column(newTransfers.map((t) => t.amount), 'int8')}, ${column(newTransfers.map((t) => (t.pendingId === '' ? null : t.pendingId)), 'uuid')}, ${column(newTransfers.map((t) => t.ledger), 'int8')},
          ${column(newTransfers.map((t) => t.code), 'int8')}, ${column(newTransfers.map((t) => t.flags), 'int4')}, ${column(newTransfers.map((t) => t.timeout), 'int8')},
          ${write.param(newTransfers.map((t) => jsonOrEmpty(t.metadata)), 'jsonb[]')}, ${column(newTransfers.map((t) => t.timestamp), 'int8')})`,
