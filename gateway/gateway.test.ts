@@ -139,6 +139,21 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       assert.equal(next.body.data[0].credit_account_id, w, 'the funding transfer, older');
     });
 
+    it('balances beyond 2^53-1 are written as exact JSON integers', async () => {
+      const [from, to] = [await account(keyA), await account(keyA)];
+      for (let i = 0; i < 3; i++) {
+        const r = await api.post('/v1/transfers', keyA, { debit_account_id: from, credit_account_id: to, amount: Number.MAX_SAFE_INTEGER, currency: 'USD' });
+        assert.equal(r.status, 201, r.text);
+      }
+      const total = (3n * BigInt(Number.MAX_SAFE_INTEGER)).toString(); // 27021597764222973: no double holds it
+      const read = await api.get(`/v1/accounts/${to}`, keyA);
+      assert.equal(read.status, 200, read.text);
+      assert.match(read.text, new RegExp(`"credits_posted":${total}[,}]`));
+      const balance = await api.get(`/v1/accounts/${from}/balance`, keyA);
+      assert.equal(balance.status, 200, balance.text);
+      assert.match(balance.text, new RegExp(`"debits_posted":${total}[,}]`));
+    });
+
     it('pending, partial post, void: statuses and balances', async () => {
       const { wallet: w, funding } = await wallet(keyA, 1_000);
       const pending = await api.post('/v1/transfers', keyA, { debit_account_id: w, credit_account_id: funding, amount: 300, currency: 'USD', pending: true, timeout_seconds: 3600 });

@@ -65,7 +65,12 @@ export const AccountBody = Type.Object(
 );
 export type AccountBody = Static<typeof AccountBody>;
 
-const Balances = Type.Object({ debits_pending: Type.Integer(), debits_posted: Type.Integer(), credits_pending: Type.Integer(), credits_posted: Type.Integer() });
+/**
+ * A balance: a sum of amounts, which can pass 2^53-1 (a busy account's lifetime credits) though no one amount
+ * can. Written as the exact JSON integer, up to 2^64-1; read it into a 64-bit integer, not a double.
+ */
+const balance = () => Type.Unsafe<bigint>(Type.Integer({ minimum: 0, format: 'int64', description: 'Minor units; exact, may exceed 2^53-1' }));
+const Balances = Type.Object({ debits_pending: balance(), debits_posted: balance(), credits_pending: balance(), credits_posted: balance() });
 export const Account = Type.Object({
   id: uuid(),
   object: Type.Literal('account'),

@@ -6,7 +6,7 @@ import { BatchStatus, type SettlementBatch } from '../proto/gen/settlement/v1/se
 
 /** gRPC objects as the REST API shows them (snake_case, integers of minor units, RFC 3339 times). */
 
-/** A bigint as a JSON number; amounts and balances beyond 2^53-1 cannot be written exactly and are refused. */
+/** A bigint as a JSON number; an amount beyond 2^53-1 (none is accepted as input) cannot be written exactly and is refused. */
 export function jsonInt(value: bigint): number {
   if (value > BigInt(Number.MAX_SAFE_INTEGER) || value < -BigInt(Number.MAX_SAFE_INTEGER)) throw new InternalError(`amount ${value} beyond what JSON carries exactly`);
   return Number(value);
@@ -42,8 +42,9 @@ export function accountView(a: LedgerAccount) {
   };
 }
 
+/** Balances stay bigints: the response serializer writes them as exact JSON integers, beyond 2^53-1 too. */
 export function balancesView(b: { debitsPending: bigint; debitsPosted: bigint; creditsPending: bigint; creditsPosted: bigint }) {
-  return { debits_pending: jsonInt(b.debitsPending), debits_posted: jsonInt(b.debitsPosted), credits_pending: jsonInt(b.creditsPending), credits_posted: jsonInt(b.creditsPosted) };
+  return { debits_pending: b.debitsPending, debits_posted: b.debitsPosted, credits_pending: b.creditsPending, credits_posted: b.creditsPosted };
 }
 
 const PENDING_STATUS = { 1: 'pending', 2: 'posted', 3: 'voided', 4: 'expired' } as const;
