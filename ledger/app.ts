@@ -9,6 +9,7 @@ import type { Logger } from '../lib/logger.js';
 import { LedgerServiceService } from '../proto/gen/ledger/v1/ledger.js';
 import type { BatchTask } from './batch.js';
 import { leftoverOutboxShards, relayedOutboxShards } from './outbox.js';
+import { accountsWithBalanceRules } from './queries.js';
 import { LedgerRouter } from './router.js';
 import { createLedgerService } from './service.js';
 import { ensureShards } from './store.js';
@@ -77,7 +78,12 @@ export async function startLedger(config: Config, logger: Logger): Promise<Ledge
     config.LEDGER_SHARDS,
     shards,
     (task) => workers.run(task),
-    { maxEvents: config.LEDGER_BATCH_MAX, windowMs: config.LEDGER_BATCH_WINDOW_MS, maxQueuedEvents: config.LEDGER_MAX_QUEUED_EVENTS },
+    {
+      maxEvents: config.LEDGER_BATCH_MAX,
+      windowMs: config.LEDGER_BATCH_WINDOW_MS,
+      maxQueuedEvents: config.LEDGER_MAX_QUEUED_EVENTS,
+      readBalanceRules: (ids) => accountsWithBalanceRules(pool, ids),
+    },
     {
       onBatch(shard, events, _submissions, ms, attempts) {
         const attributes = { shard };

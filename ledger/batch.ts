@@ -33,6 +33,8 @@ export interface BatchOutcome {
   attempts: number;
   /** The statements of every attempt, when asked for (timeStatements). */
   statements?: StatementTiming[];
+  /** Accounts of the batch that are wide (read in full from now on): routing orders their events (router.ts). */
+  wideAccountIds?: string[];
 }
 
 /** SQLSTATE numeric_value_out_of_range: an INT8 balance slot overflowed. */
@@ -80,12 +82,18 @@ export async function executeBatch(pool: Pool, task: BatchTask): Promise<BatchOu
           const traceparent = task.traceparent ?? '';
           const outbox = { batchId, parts: encodeEventBatch(batchId, task.shard, effects.events, traceparent), traceparent };
           if (hints.consolidateSlots) await consolidateSlots(client, task.shard, effects, state);
-          await writeBatchEffects(client, task.shard, effects, state, clock, outbox, uncheckedTransferIds);
+          const { markedWide } = await writeBatchEffects(client, task.shard, effects, state, clock, outbox, uncheckedTransferIds);
           // Every history account the batch locked, created or wrote rows for: one it created here has no clock
           // row yet, and without one the next batch of another shard (clock behind) would record its next change
           // under an earlier timestamp.
           await advanceHistoryClocks(client, historyAccountIds(lockedHistoryIds, effects), maxOf(effects.lastTimestamp, historyClock));
-          return { results: effects.results, events: effects.events.length, attempts, ...(statements ? { statements } : {}) };
+          return {
+            results: effects.results,
+            events: effects.events.length,
+            attempts,
+            ...(statements ? { statements } : {}),
+            ...(state.wideAccountIds.length + markedWide.length > 0 ? { wideAccountIds: [...state.wideAccountIds, ...markedWide] } : {}),
+          };
         },
       );
     } catch (error) {

@@ -15,6 +15,7 @@ import { createPool } from '../lib/db.js';
 import { createLogger } from '../lib/logger.js';
 import { LedgerServiceService } from '../proto/gen/ledger/v1/ledger.js';
 import type { BatchTask } from './batch.js';
+import { accountsWithBalanceRules } from './queries.js';
 import { LedgerRouter } from './router.js';
 import { createLedgerService } from './service.js';
 import type { WorkerReply } from './worker.js';
@@ -197,8 +198,8 @@ describe('ledger failure behaviour: no database, and starting beside a running i
     before(async () => {
       const config = testConfig({ DATABASE_URL: CLOSED, LEDGER_SHARDS: '8' });
       workers = new Piscina<BatchTask, WorkerReply>({ filename: new URL('./worker.ts', import.meta.url).href, minThreads: 1, maxThreads: 1, workerData: { config } });
-      const router = new LedgerRouter(8, [0, 1, 2, 3, 4, 5, 6, 7], (task) => workers.run(task), { maxEvents: 8190, windowMs: 1, maxQueuedEvents: 200_000 });
       queryPool = createPool(config, { applicationName: 'ledger' });
+      const router = new LedgerRouter(8, [0, 1, 2, 3, 4, 5, 6, 7], (task) => workers.run(task), { maxEvents: 8190, windowMs: 1, maxQueuedEvents: 200_000, readBalanceRules: (ids) => accountsWithBalanceRules(queryPool, ids) });
       server = new GrpcServer();
       server.addService(LedgerServiceService, createLedgerService(router, queryPool, createLogger('ledger-test', 'silent')));
       const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (error, bound) => (error ? reject(error) : resolve(bound))));

@@ -23,6 +23,8 @@ const ZERO: Balances = [0n, 0n, 0n, 0n];
 const SHARDS = 8; // startTestLedger's LEDGER_SHARDS
 const POST = { postPendingTransfer: true } as const;
 const VOID = { voidPendingTransfer: true } as const;
+/** A post or void of `pendingId` naming no accounts. */
+const resolve = (pendingId: string, flags: typeof POST | typeof VOID, fields: Partial<Transfer> = {}) => transfer({ pendingId, ledger: 0, code: 0, flags, ...fields });
 
 describe('ledger (gRPC, PostgreSQL)', function () {
   this.timeout(60_000);
@@ -360,7 +362,6 @@ describe('ledger (gRPC, PostgreSQL)', function () {
       assert.deepEqual(await send(p), ['ok']);
       return p.id;
     }
-    const resolve = (pendingId: string, flags: typeof POST | typeof VOID, fields: Partial<Transfer> = {}) => transfer({ pendingId, ledger: 0, code: 0, flags, ...fields });
 
     it('pending reserves; post with amount 0 posts it all, recorded with the pending fields; retries and later resolutions', async () => {
       const [d, c] = await accounts(2);
@@ -594,6 +595,109 @@ describe('ledger (gRPC, PostgreSQL)', function () {
       const passing = failing.map((t) => ({ ...t, id: id(), ledger: 978 }));
       assert.deepEqual(await send(...passing), ['ok', 'ok', 'ok', 'ok']);
       await expectBalances({ [a]: [0n, 10n, 0n, 1n], [b]: [20n, 0n, 0n, 10n], [c]: [0n, 30n, 20n, 0n], [d]: [0n, 1n, 0n, 30n] });
+    });
+  });
+
+  describe('request order across shards', () => {
+    const ROUNDS = 8;
+
+    it('events sharing an account with a limit run in request order, whatever shards the other accounts are on', async () => {
+      for (let round = 0; round < ROUNDS; round++) {
+        // Each transfer goes to its debit account's shard: funding the wallet on 0, spending it on 1.
+        const [funding, wallet, shop] = [idOnShard(0), idOnShard(1), idOnShard(2)];
+        assert.deepEqual(await create(account({ id: funding }), account({ id: wallet, flags: { debitsMustNotExceedCredits: true } }), account({ id: shop })), ['ok', 'ok', 'ok']);
+        const fund = () => transfer({ debitAccountId: funding, creditAccountId: wallet, amount: 100n });
+        const spend = () => transfer({ debitAccountId: wallet, creditAccountId: shop, amount: 100n });
+        assert.deepEqual(await send(fund(), spend()), ['ok', 'ok'], `round ${round}: funded, then spent`);
+        assert.deepEqual(await send(spend(), fund()), ['exceeds_credits', 'ok'], `round ${round}: spent before funded`);
+        await expectBalances({ [wallet]: [0n, 100n, 0n, 200n], [shop]: [0n, 0n, 0n, 100n] });
+      }
+    });
+
+    it('a history account records the events of one request in request order', async () => {
+      for (let round = 0; round < ROUNDS; round++) {
+        const [a, h, b] = [idOnShard(3), idOnShard(4), idOnShard(5)];
+        assert.deepEqual(await create(account({ id: a }), account({ id: h, flags: { history: true } }), account({ id: b })), ['ok', 'ok', 'ok']);
+        const { codes, stamps } = await sendWithStamps(
+          transfer({ debitAccountId: a, creditAccountId: h, amount: 5n }),
+          transfer({ debitAccountId: h, creditAccountId: b, amount: 2n }),
+        );
+        assert.deepEqual(codes, ['ok', 'ok']);
+        assert.ok(stamps[0]! < stamps[1]!, `round ${round}: timestamps ${stamps.join(' ')} out of request order`);
+        const { balances } = await ledger.client.getAccountBalances({ accountId: h });
+        assert.deepEqual(balances.map((x) => [x.debitsPosted, x.creditsPosted]), [[0n, 5n], [2n, 5n]], `round ${round}`);
+      }
+    });
+
+    it('the same id twice in one request: the first is applied, the second answered from it, whatever their shards', async () => {
+      const [a, b, c, d] = [idOnShard(6), idOnShard(6), idOnShard(7), idOnShard(7)];
+      assert.deepEqual(await create(...[a, b, c, d].map((x) => account({ id: x }))), ['ok', 'ok', 'ok', 'ok']);
+      for (let round = 0; round < ROUNDS; round++) {
+        const first = transfer({ debitAccountId: c, creditAccountId: d, amount: 3n });
+        assert.deepEqual(await send(first, { ...first, debitAccountId: a, creditAccountId: b }), ['ok', 'exists_with_different_fields'], `round ${round}`);
+      }
+      await expectBalances({ [a]: ZERO, [b]: ZERO, [c]: [0n, 3n * BigInt(ROUNDS), 0n, 0n], [d]: [0n, 0n, 0n, 3n * BigInt(ROUNDS)] });
+    });
+
+    it('an account id twice in one request, once inside a chain led by another shard: the first creates it', async () => {
+      for (let round = 0; round < ROUNDS; round++) {
+        const lead = account({ id: idOnShard(0), flags: { linked: true } });
+        const twice = account({ id: idOnShard(1) });
+        assert.deepEqual(await create(lead, twice, { ...twice }), ['ok', 'ok', 'exists'], `round ${round}`);
+      }
+    });
+
+    it('a void naming no accounts is ordered with the events of its pending\'s accounts', async () => {
+      for (let round = 0; round < ROUNDS; round++) {
+        // The void goes to the shard of the pending's debit account (0); the credit to the limited account from 1.
+        const [source, limited, other, sink] = [idOnShard(0), idOnShard(2), idOnShard(1), idOnShard(3)];
+        assert.deepEqual(
+          await create(account({ id: source }), account({ id: limited, flags: { creditsMustNotExceedDebits: true } }), account({ id: other }), account({ id: sink })),
+          ['ok', 'ok', 'ok', 'ok'],
+        );
+        const pending = transfer({ debitAccountId: source, creditAccountId: limited, amount: 50n, flags: { pending: true } });
+        // limited may take credits up to its debits: 50, all reserved by the pending transfer.
+        assert.deepEqual(await send(transfer({ debitAccountId: limited, creditAccountId: sink, amount: 50n }), pending), ['ok', 'ok']);
+        const credit = () => transfer({ debitAccountId: other, creditAccountId: limited, amount: 50n });
+        assert.deepEqual(await send(credit(), resolve(pending.id, VOID)), ['exceeds_debits', 'ok'], `round ${round}: credited before the void`);
+        const again = transfer({ debitAccountId: source, creditAccountId: limited, amount: 50n, flags: { pending: true } });
+        assert.deepEqual(await send(again), ['ok']);
+        assert.deepEqual(await send(resolve(again.id, VOID), credit()), ['ok', 'ok'], `round ${round}: void, then credited`);
+        await expectBalances({ [limited]: [0n, 50n, 0n, 50n] });
+      }
+    });
+
+    it('an account made wide (balances read in full) is ordered too: overflow answers the later event', async () => {
+      for (let round = 0; round < ROUNDS / 2; round++) {
+        const [first, second, big] = [idOnShard(0), idOnShard(1), idOnShard(2)];
+        assert.deepEqual(await create(...[first, second, big].map((x) => account({ id: x }))), ['ok', 'ok', 'ok']);
+        // Within one request, a large amount makes its account ordered by itself.
+        const near = transfer({ debitAccountId: first, creditAccountId: big, amount: MAX_BALANCE - 1_000n });
+        assert.deepEqual(await send(near, transfer({ debitAccountId: second, creditAccountId: big, amount: 2_000n })), ['ok', 'overflow'], `round ${round}: in one request`);
+        // From then on the account is wide: small amounts of one request are ordered as well.
+        const small = (from: string) => transfer({ debitAccountId: from, creditAccountId: big, amount: 600n });
+        assert.deepEqual(await send(small(second), small(first)), ['ok', 'overflow'], `round ${round}: small amounts`);
+        await expectBalances({ [big]: [0n, 0n, 0n, MAX_BALANCE - 400n] });
+      }
+    });
+
+    it('accounts this instance did not create (another instance, an earlier run) are read once and ordered the same', async () => {
+      const other = await startTestLedger();
+      try {
+        const [funding, wallet, shop] = [idOnShard(0), idOnShard(1), idOnShard(2)];
+        const created = await other.client.createAccounts([account({ id: funding }), account({ id: wallet, flags: { debitsMustNotExceedCredits: true } }), account({ id: shop })]);
+        assert.deepEqual(created.map((r) => accountCodeName(r.code)), ['ok', 'ok', 'ok']);
+        for (let round = 0; round < ROUNDS; round++) {
+          assert.deepEqual(
+            await send(transfer({ debitAccountId: funding, creditAccountId: wallet, amount: 10n }), transfer({ debitAccountId: wallet, creditAccountId: shop, amount: 10n })),
+            ['ok', 'ok'],
+            `round ${round}`,
+          );
+        }
+        await expectBalances({ [wallet]: [0n, 10n * BigInt(ROUNDS), 0n, 10n * BigInt(ROUNDS)] });
+      } finally {
+        await other.close();
+      }
     });
   });
 

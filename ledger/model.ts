@@ -16,6 +16,12 @@ export const AccountFlag = {
   closed: 16,
 } as const;
 
+/**
+ * Flags whose rules read the account's balances (limits) or record them after each transfer (history): the
+ * results of an account's events then depend on the order they run in. Like every account flag, fixed at creation.
+ */
+export const BALANCE_RULE_FLAGS = AccountFlag.debitsMustNotExceedCredits | AccountFlag.creditsMustNotExceedDebits | AccountFlag.history;
+
 export const TransferFlag = {
   linked: 1,
   pending: 2,

@@ -1,7 +1,7 @@
 import { withTransaction, type Pool } from '../lib/db.js';
 import { AppError, ValidationError } from '../lib/errors.js';
 import type { HistoryRow } from './engine.js';
-import { AccountFlag, MAX_BATCH_EVENTS, hasFlag, type AccountRow, type PendingState, type TransferResultCode, type TransferRow } from './model.js';
+import { AccountFlag, BALANCE_RULE_FLAGS, MAX_BATCH_EVENTS, hasFlag, type AccountRow, type PendingState, type TransferResultCode, type TransferRow } from './model.js';
 import { ACCOUNT_COLUMNS, TRANSFER_COLUMNS, accountFromRow, transferFromRow } from './store.js';
 
 /**
@@ -75,11 +75,17 @@ export async function lookupTransfers(pool: Pool, ids: readonly string[]): Promi
   return ids.flatMap((id) => byId.get(id) ?? []);
 }
 
-/** Debit accounts of pending transfers, for routing post/void events to the shard of that account. */
-export async function pendingDebitAccounts(pool: Pool, pendingIds: readonly string[]): Promise<Map<string, string>> {
+/** Accounts of pending transfers, for routing a post/void that names none (to its debit account's shard, ordered with events of both). */
+export async function pendingAccounts(pool: Pool, pendingIds: readonly string[]): Promise<Map<string, { debit: string; credit: string }>> {
   if (pendingIds.length === 0) return new Map();
-  const r = await pool.query({ name: 'pending-debits', text: 'SELECT id, debit_account_id FROM pending_transfers WHERE id = ANY($1::uuid[])', values: [pendingIds] });
-  return new Map(r.rows.map((row) => [row.id as string, row.debit_account_id as string]));
+  const r = await pool.query({ name: 'pending-accounts', text: 'SELECT id, debit_account_id, credit_account_id FROM pending_transfers WHERE id = ANY($1::uuid[])', values: [pendingIds] });
+  return new Map(r.rows.map((row) => [row.id as string, { debit: row.debit_account_id as string, credit: row.credit_account_id as string }]));
+}
+
+/** For those of `ids` that exist, whether they have balance rules (flags or wide; routing: balance-rule-accounts.ts). */
+export async function accountsWithBalanceRules(pool: Pool, ids: readonly string[]): Promise<Map<string, boolean>> {
+  const r = await pool.query({ name: 'account-balance-rules', text: 'SELECT id, flags, wide FROM accounts WHERE id = ANY($1::uuid[])', values: [ids] });
+  return new Map(r.rows.map((row) => [row.id as string, row.wide === true || hasFlag(row.flags as number, BALANCE_RULE_FLAGS)]));
 }
 
 export async function getAccountTransfers(pool: Pool, filter: AccountFilter): Promise<Page<TransferRow>> {

@@ -1,7 +1,10 @@
 import { AppError, ResourceExhaustedError } from '../lib/errors.js';
+import { BalanceRuleAccounts, type BalanceRulesReader } from './balance-rule-accounts.js';
 import { ShardBatcher, QueueBudget, type BatchObserver, type BatchRunner, type BatcherOptions } from './batcher.js';
+import { SLOT_SOFT_LIMIT } from './store.js';
 import {
   AccountFlag,
+  BALANCE_RULE_FLAGS,
   TransferFlag,
   hasFlag,
   type AccountInput,
@@ -37,37 +40,80 @@ export class ShardNotOwnedError extends AppError {
 /**
  * Routes events to the batcher of the shard that owns them: transfers by debit account, accounts by id.
  * A linked chain travels whole with its first event, so it always runs inside one batch transaction. Chains of
- * one request that depend on each other (a post/void naming a pending transfer of the same request) travel
- * together with the first of them, in request order, so that they are evaluated in order in one batch.
+ * one request whose results depend on their order (two events with one id, a post/void naming a pending transfer of
+ * the same request, events sharing an account with balance rules: transferDependencies) travel together
+ * with the first of them, in request order, so that they are evaluated in order in one batch.
  */
 export class LedgerRouter {
   private readonly batchers = new Map<number, ShardBatcher>();
+  private readonly balanceRules: BalanceRuleAccounts;
   readonly budget: QueueBudget;
 
   constructor(
     readonly shardCount: number,
     readonly ownedShards: readonly number[],
     run: BatchRunner,
-    options: BatcherOptions & { maxQueuedEvents: number },
+    options: BatcherOptions & { maxQueuedEvents: number; readBalanceRules: BalanceRulesReader },
     observer: BatchObserver = {},
     /** host:port of the instance that owns each shard this one does not (where to send the caller). */
     private readonly owners: ReadonlyMap<number, string> = new Map(),
   ) {
+    this.balanceRules = new BalanceRuleAccounts(options.readBalanceRules);
     this.budget = new QueueBudget(options.maxQueuedEvents);
-    for (const shard of ownedShards) this.batchers.set(shard, new ShardBatcher(shard, run, options, this.budget, observer));
+    // Accounts a batch found wide have balance rules from now on.
+    const runNoticingWide: BatchRunner = async (task) => {
+      const reply = await run(task);
+      if (reply.ok) for (const id of reply.outcome.wideAccountIds ?? []) this.balanceRules.remember(id, true);
+      return reply;
+    };
+    for (const shard of ownedShards) this.batchers.set(shard, new ShardBatcher(shard, runNoticingWide, options, this.budget, observer));
   }
 
   queueDepths(): Map<number, number> {
     return new Map([...this.batchers].map(([shard, b]) => [shard, b.depth]));
   }
 
-  createAccounts(events: readonly AccountInput[]): Promise<EventResult<AccountResultCode>[]> {
-    return this.route(events, (e) => hasFlag(e.flags, AccountFlag.linked), (e) => e.id, (chunk) => ({ kind: 'accounts', events: chunk }), noDependencies);
+  async createAccounts(events: readonly AccountInput[]): Promise<EventResult<AccountResultCode>[]> {
+    const chains = chainsOf(events, (e) => hasFlag(e.flags, AccountFlag.linked));
+    const results = await this.route<AccountInput, EventResult<AccountResultCode>>(events, chains, (e) => e.id, (chunk) => ({ kind: 'accounts', events: chunk }), sameIdDependencies(events).pairs);
+    // `exists` means the same fields, flags included.
+    results.forEach((r, i) => (r.code === 'ok' || r.code === 'exists') && this.balanceRules.remember(events[i]!.id, hasFlag(events[i]!.flags, BALANCE_RULE_FLAGS)));
+    return results;
   }
 
-  /** `routingKey` names the account whose shard serializes a transfer (for post/void: the pending's debit account). */
-  createTransfers(events: readonly TransferInput[], routingKey: (e: TransferInput) => string): Promise<EventResult<TransferResultCode>[]> {
-    return this.route(events, (e) => hasFlag(e.flags, TransferFlag.linked), routingKey, (chunk) => ({ kind: 'transfers', events: chunk }), pendingDependencies);
+  /**
+   * `routingKey` names the account whose shard serializes a transfer (for post/void: the pending's debit account);
+   * `accountsOf` the accounts it changes (for a post/void naming none: its pending's, when that is known).
+   */
+  async createTransfers(
+    events: readonly TransferInput[],
+    routingKey: (e: TransferInput) => string,
+    accountsOf: (e: TransferInput) => readonly string[] = namedAccounts,
+  ): Promise<EventResult<TransferResultCode>[]> {
+    const chains = chainsOf(events, (e) => hasFlag(e.flags, TransferFlag.linked));
+    const ruled = await this.accountsToOrder(events, chains.chainOf, accountsOf);
+    return this.route(events, chains, routingKey, (chunk) => ({ kind: 'transfers', events: chunk }), transferDependencies(events, accountsOf, ruled));
+  }
+
+  /**
+   * Accounts whose events in this request must run in request order: named by more than one chain, and with
+   * balance rules, or made wide by an amount of the request (an overflow check then reads their balances).
+   */
+  private async accountsToOrder(events: readonly TransferInput[], chainOf: readonly number[], accountsOf: (e: TransferInput) => readonly string[]): Promise<ReadonlySet<string>> {
+    if (chainOf.length < 2 || chainOf[chainOf.length - 1] === 0) return NONE;
+    const firstChain = new Map<string, number>();
+    const shared = new Set<string>();
+    events.forEach((e, i) => {
+      for (const accountId of accountsOf(e)) {
+        const first = firstChain.get(accountId);
+        if (first === undefined) firstChain.set(accountId, chainOf[i]!);
+        else if (first !== chainOf[i]) shared.add(accountId);
+      }
+    });
+    if (shared.size === 0) return NONE;
+    const ruled = await this.balanceRules.among(shared);
+    for (const e of events) if (e.amount > SLOT_SOFT_LIMIT) for (const accountId of accountsOf(e)) if (shared.has(accountId)) ruled.add(accountId);
+    return ruled;
   }
 
   async expire(shard: number, pendingIds: string[]): Promise<number> {
@@ -83,21 +129,11 @@ export class LedgerRouter {
 
   private async route<E, R>(
     events: readonly E[],
-    isLinked: (e: E) => boolean,
+    { chains, chainOf }: Chains,
     key: (e: E) => string,
     toSubmission: (chunk: E[]) => Submission,
-    dependencies: (events: readonly E[]) => [number, number][],
+    dependencies: readonly [number, number][],
   ): Promise<R[]> {
-    // Group into chains (chainOf: event index -> chain index).
-    const chains: { start: number; end: number }[] = [];
-    const chainOf: number[] = new Array(events.length);
-    for (let start = 0; start < events.length; ) {
-      let end = start;
-      while (end < events.length - 1 && isLinked(events[end]!)) end++;
-      for (let i = start; i <= end; i++) chainOf[i] = chains.length;
-      chains.push({ start, end });
-      start = end + 1;
-    }
     // Chains that depend on each other go together (union-find; the root is the component's first chain), to the
     // shard of the first: any shard's batch evaluates them correctly, one batch evaluates them in order.
     const parent = chains.map((_, c) => c);
@@ -105,7 +141,7 @@ export class LedgerRouter {
       while (parent[c] !== c) c = parent[c] = parent[parent[c]!]!;
       return c;
     };
-    for (const [a, b] of dependencies(events)) {
+    for (const [a, b] of dependencies) {
       const [ra, rb] = [root(chainOf[a]!), root(chainOf[b]!)];
       if (ra !== rb) parent[Math.max(ra, rb)] = Math.min(ra, rb);
     }
@@ -138,25 +174,69 @@ export class LedgerRouter {
   }
 }
 
-const noDependencies = (): [number, number][] => [];
+interface Chains {
+  chains: { start: number; end: number }[];
+  /** Event index -> chain index. */
+  chainOf: number[];
+}
+
+/** A request's linked chains: a chain ends at the first event without the linked flag. */
+function chainsOf<E>(events: readonly E[], isLinked: (e: E) => boolean): Chains {
+  const chains: { start: number; end: number }[] = [];
+  const chainOf: number[] = new Array(events.length);
+  for (let start = 0; start < events.length; ) {
+    let end = start;
+    while (end < events.length - 1 && isLinked(events[end]!)) end++;
+    for (let i = start; i <= end; i++) chainOf[i] = chains.length;
+    chains.push({ start, end });
+    start = end + 1;
+  }
+  return { chains, chainOf };
+}
+
+const NONE: ReadonlySet<string> = new Set();
+
+/** The accounts a transfer event names (a post/void may name none). */
+const namedAccounts = (e: TransferInput): string[] => [e.debitAccountId, e.creditAccountId].filter((id) => id !== '');
 
 /**
- * Pairs of event indexes of one request that must run in one batch: a post/void and the event of the same
- * request whose id is its pending id (before it: the post/void must see the pending transfer; after it: it must
- * not, whichever shard's batch commits first).
+ * Pairs of event indexes of one request that must run in one batch, in request order: two events with the same
+ * id (the later one is answered from the earlier: `exists`, ...; chains of different shards can hold them).
+ * Returns, too, the index of the first event with each id (the one that creates it).
  */
-function pendingDependencies(events: readonly TransferInput[]): [number, number][] {
+function sameIdDependencies<E extends { id: string }>(events: readonly E[]): { pairs: [number, number][]; firstWithId: Map<string, number> } {
   const pairs: [number, number][] = [];
-  let indexOf: Map<string, number> | undefined;
+  const firstWithId = new Map<string, number>();
   events.forEach((e, i) => {
-    if (e.pendingId === '' || !hasFlag(e.flags, TransferFlag.postPendingTransfer | TransferFlag.voidPendingTransfer)) return;
-    if (!indexOf) {
-      // The first event with an id is the one that creates it (a later one with the same id is `exists`).
-      indexOf = new Map();
-      for (let j = events.length - 1; j >= 0; j--) indexOf.set(events[j]!.id, j);
+    const earlier = firstWithId.get(e.id);
+    if (earlier === undefined) firstWithId.set(e.id, i);
+    else pairs.push([earlier, i]);
+  });
+  return { pairs, firstWithId };
+}
+
+/**
+ * The same for transfers, and also:
+ * - a post/void and the event of the same request whose id is its pending id (before it: the post/void must see
+ *   the pending transfer; after it: it must not, whichever shard's batch commits first);
+ * - consecutive events changing an account of `ruled` (balance rules: a limit's or an overflow check, or the
+ *   balances history records, depends on every earlier event of the account).
+ */
+function transferDependencies(events: readonly TransferInput[], accountsOf: (e: TransferInput) => readonly string[], ruled: ReadonlySet<string>): [number, number][] {
+  const { pairs, firstWithId } = sameIdDependencies(events);
+  const lastOfAccount = new Map<string, number>();
+  events.forEach((e, i) => {
+    if (e.pendingId !== '' && hasFlag(e.flags, TransferFlag.postPendingTransfer | TransferFlag.voidPendingTransfer)) {
+      const j = firstWithId.get(e.pendingId);
+      if (j !== undefined) pairs.push([j, i]);
     }
-    const j = indexOf.get(e.pendingId);
-    if (j !== undefined) pairs.push([j, i]);
+    if (ruled.size === 0) return;
+    for (const accountId of accountsOf(e)) {
+      if (!ruled.has(accountId)) continue;
+      const previous = lastOfAccount.get(accountId);
+      if (previous !== undefined) pairs.push([previous, i]);
+      lastOfAccount.set(accountId, i);
+    }
   });
   return pairs;
 }

@@ -37,11 +37,18 @@ export function createLedgerService(router: LedgerRouter, pool: Pool, logger: Lo
       // A post/void goes to the shard of its pending's debit account (a pending of an earlier request is looked up).
       // One of a pending of the same request goes with it, whatever this key says: the router keeps such
       // dependent chains together (a pending inside a chain runs on the shard of the chain's first event).
-      const debitOfPending = new Map(transfers.filter((t) => hasFlag(t.flags, TransferFlag.pending)).map((t) => [t.id, t.debitAccountId]));
-      const unknown = unresolvedPendingIds(transfers).filter((pendingId) => !debitOfPending.has(pendingId));
-      for (const [pendingId, debit] of await queries.pendingDebitAccounts(pool, unknown)) debitOfPending.set(pendingId, debit);
+      const inRequest = new Set(transfers.filter((t) => hasFlag(t.flags, TransferFlag.pending)).map((t) => t.id));
+      const earlier = await queries.pendingAccounts(pool, unresolvedPendingIds(transfers).filter((pendingId) => !inRequest.has(pendingId)));
+      const debitOfPending = new Map(transfers.filter((t) => inRequest.has(t.id)).map((t) => [t.id, t.debitAccountId]));
+      for (const [pendingId, { debit }] of earlier) if (!debitOfPending.has(pendingId)) debitOfPending.set(pendingId, debit);
       const routingKey = (t: TransferInput) => t.debitAccountId || debitOfPending.get(t.pendingId) || t.id;
-      const results = await router.createTransfers(transfers, routingKey);
+      // A post/void naming no accounts changes its pending's (one of the same request is ordered with it anyway).
+      const accountsOf = (t: TransferInput): string[] => {
+        if (t.debitAccountId !== '' || t.creditAccountId !== '') return [t.debitAccountId, t.creditAccountId].filter((id) => id !== '');
+        const pending = earlier.get(t.pendingId);
+        return pending ? [pending.debit, pending.credit] : [];
+      };
+      const results = await router.createTransfers(transfers, routingKey, accountsOf);
       return { results: results.map(transferResultToProto) };
     }),
 

@@ -3,7 +3,7 @@ import { sqlArray, type PoolClient, type Queryable } from '../lib/db.js';
 import { invariant } from '../lib/errors.js';
 import type { BatchEffects, BatchState } from './engine.js';
 import { EVENTS_PER_MESSAGE } from './outbox.js';
-import { AccountFlag, MAX_BALANCE, TransferFlag, hasFlag, type AccountRow, type PendingRow, type PendingState, type Submission, type TransferRow } from './model.js';
+import { BALANCE_RULE_FLAGS, MAX_BALANCE, TransferFlag, hasFlag, type AccountRow, type PendingRow, type PendingState, type Submission, type TransferRow } from './model.js';
 
 /**
  * The ledger's SQL, in one place. A batch transaction: lock the shard row, lock the pending transfers it
@@ -61,7 +61,6 @@ const PENDING_COLUMNS = 'id, debit_account_id, credit_account_id, amount, ledger
  * can overflow 2^63-1 while nobody looks. Beyond it the account becomes "wide" and is always read in full.
  */
 export const SLOT_SOFT_LIMIT = MAX_BALANCE / 8192n;
-const FULL_BALANCE_FLAGS = AccountFlag.debitsMustNotExceedCredits | AccountFlag.creditsMustNotExceedDebits | AccountFlag.history;
 
 /**
  * What an earlier attempt of the same batch learned: a rerun with these facts is correct where the first
@@ -103,7 +102,10 @@ export const NO_HINTS: BatchHints = { existingTransferIds: new Set(), failedTran
  * batch are not looked up at all: inserting an existing one fails (23505) and the batch reruns looking them up;
  * spent ones are found by the write (writeBatchEffects), and the batch reruns knowing them.
  */
-export async function loadBatchState(db: PoolClient, submissions: readonly Submission[], hints: BatchHints = NO_HINTS): Promise<BatchState> {
+/** What a batch read, and which of its accounts are wide (routing treats those as having balance rules). */
+export type LoadedBatchState = BatchState & { wideAccountIds: string[] };
+
+export async function loadBatchState(db: PoolClient, submissions: readonly Submission[], hints: BatchHints = NO_HINTS): Promise<LoadedBatchState> {
   const transferIds = new Set<string>(hints.existingTransferIds);
   const spentCandidates = new Set<string>(hints.failedTransferIds);
   const pendingIds = new Set<string>();
@@ -175,6 +177,7 @@ export async function loadBatchState(db: PoolClient, submissions: readonly Submi
 
   const accounts = new Map<string, AccountRow>();
   const partialAccounts = new Set<string>();
+  const wideAccountIds: string[] = [];
   if (accountIds.size > 0) {
     const r = await db.query({
       name: 'find-accounts',
@@ -185,7 +188,8 @@ export async function loadBatchState(db: PoolClient, submissions: readonly Submi
     for (const row of r.rows) {
       const account = accountFromRow(row, false);
       accounts.set(account.id, account);
-      if (row.wide || hasFlag(account.flags, FULL_BALANCE_FLAGS) || fullAccountIds.has(account.id)) full.push(account.id);
+      if (row.wide) wideAccountIds.push(account.id);
+      if (row.wide || hasFlag(account.flags, BALANCE_RULE_FLAGS) || fullAccountIds.has(account.id)) full.push(account.id);
       else partialAccounts.add(account.id);
     }
     if (full.length > 0) {
@@ -204,7 +208,7 @@ export async function loadBatchState(db: PoolClient, submissions: readonly Submi
       }
     }
   }
-  return { accounts, transfers, pendings, failedTransferIds, partialAccounts };
+  return { accounts, transfers, pendings, failedTransferIds, partialAccounts, wideAccountIds };
 }
 
 /**
@@ -292,7 +296,8 @@ class CombinedWrite {
 
 /**
  * Writes a batch's effects in one statement (CombinedWrite), which also asks which of `uncheckedTransferIds` are
- * spent: any is a rerun (BatchNeedsRerun), as is a blind balance change past the soft limit.
+ * spent: any is a rerun (BatchNeedsRerun), as is a blind balance change past the soft limit. Returns the accounts
+ * it found past the soft limit and marked wide.
  */
 export async function writeBatchEffects(
   db: PoolClient,
@@ -302,7 +307,7 @@ export async function writeBatchEffects(
   clock: ShardClock,
   outbox: { batchId: string; parts: readonly Uint8Array[]; traceparent: string },
   uncheckedTransferIds: readonly string[],
-): Promise<void> {
+): Promise<{ markedWide: string[] }> {
   const { newAccounts, newTransfers, failedTransfers, balanceDeltas, newPendings, resolvedPendings, history } = effects;
   // A blind change larger than the soft limit could overflow the slot in SQL itself: read those in full first.
   const large = balanceDeltas
@@ -442,6 +447,7 @@ export async function writeBatchEffects(
     });
     invariant(resolved.rowCount === resolvedPendings.length, 'a pending transfer left the pending state twice');
   }
+  return { markedWide: beyondSoftLimit };
 }
 
 function sameIds(ids: readonly string[], transfers: readonly TransferRow[]): boolean {

@@ -470,12 +470,14 @@ describe('ledger against the reference model (randomized, seeded)', function () 
     await pool.end();
   });
 
-  describe('one shard, one request at a time', () => {
-    // One shard: every event of a request is then evaluated in request order, exactly as the model does.
+  for (const shards of [1, 8]) describe(`${shards === 1 ? 'one shard' : `${shards} shards`}, one request at a time`, () => {
+    // One shard evaluates every event of a request in request order, exactly as the model does. On several, the
+    // router sends the events whose results depend on their order (same account with balance rules, same id, a
+    // pending and its post/void) to one batch in request order: the answers must be the same (ledger/router.ts).
     let ledger: TestLedger | undefined;
     let client: LedgerClient;
     before(async () => {
-      ledger = await startTestLedger({ LEDGER_SHARDS: '1' });
+      ledger = await startTestLedger({ LEDGER_SHARDS: String(shards) });
       client = new LedgerClient(ledger.app.address, { autoBatch: false });
     });
     after(async () => {
