@@ -93,11 +93,17 @@ export function operatingPoint(rows: readonly Scored[], threshold: number, costM
   };
 }
 
+/**
+ * "Decline nothing" as a threshold no score reaches. Finite: the threshold is stored in the artefact's JSON, which
+ * writes Infinity as null, and a null threshold compares as 0 (decline everything).
+ */
+export const DECLINE_NOTHING = Number.MAX_VALUE;
+
 /** The threshold with the least expected cost on `rows` (chosen on training data, reported on the test set). */
 export function costOptimalThreshold(rows: readonly Scored[], costModel: CostModel = DEFAULT_COST): number {
   const candidates = [...new Set(rows.map((r) => r.score))].sort((a, b) => a - b);
   // Every distinct score is a candidate, plus "decline nothing".
-  let best = { threshold: Number.POSITIVE_INFINITY, cost: operatingPoint(rows, Number.POSITIVE_INFINITY, costModel).cost };
+  let best = { threshold: DECLINE_NOTHING, cost: operatingPoint(rows, DECLINE_NOTHING, costModel).cost };
   const step = Math.max(1, Math.floor(candidates.length / 2_000));
   for (let i = 0; i < candidates.length; i += step) {
     const cost = operatingPoint(rows, candidates[i]!, costModel).cost;

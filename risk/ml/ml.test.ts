@@ -6,6 +6,8 @@ import { calibration, costOptimalThreshold, operatingPoint, prAuc, recallAtFpr, 
 import { loadModel, GbtModel, LogisticModel } from './models.js';
 import { buildDataset, evaluateScores, labelKnownAt, rulesScores, timeSplit, type Dataset, type Split } from './pipeline.js';
 import { DEFAULT_SYNTH, generatePayments } from './synth.js';
+import { ModelScorer } from './serving.js';
+import { Decision } from '../../proto/gen/risk/v1/risk.js';
 
 const SMALL = { ...DEFAULT_SYNTH, seed: 11, weeks: 4, customers: 800, fraudIncidentsPerDay: 0.6 };
 const RULES = { maxAmount: 1_000_000n, velocityMax: 20, velocityWindowMs: 60_000, declineThresholdPpm: 800_000, reviewThresholdPpm: 500_000 };
@@ -122,6 +124,19 @@ describe('risk models: synthetic data, features, training and evaluation', funct
       const threshold = costOptimalThreshold(many);
       assert.equal(operatingPoint(many, threshold).recall, 0.5, 'declining above 0.099 catches one fraud for no good payment');
       assert.ok(calibration(many).expectedCalibrationError >= 0);
+    });
+
+    it('"decline nothing" as the cost-optimal threshold survives the artefact\'s JSON: the served model still declines nothing', async () => {
+      // No fraud known at the cut-off: every decline only costs, so the optimum is to decline nothing.
+      const legitimate = rows(Array.from({ length: 50 }, (_, i): [number, boolean] => [i / 100, false]));
+      const threshold = costOptimalThreshold(legitimate);
+      assert.equal(operatingPoint(legitimate, threshold).declineRate, 0);
+      const stored = (JSON.parse(JSON.stringify({ threshold })) as { threshold: number }).threshold;
+      assert.equal(operatingPoint(legitimate, stored).declineRate, 0, `threshold ${threshold} stored as ${stored}`);
+      const model = await loadModel({ kind: 'logistic', means: new Array<number>(16).fill(0), stds: new Array<number>(16).fill(1), weights: new Array<number>(16).fill(0), bias: -5 });
+      const scorer = new ModelScorer(model, new FeatureStore(), 'logistic-test', stored);
+      const answer = scorer.score({ paymentId: '', merchantId: 'm', customerId: 'c', amount: 1_000n, currency: 'USD', cardFingerprint: 'card', deviceId: 'd', cardCountry: 'US', ipCountry: 'US', cardType: 'debit', merchantCategory: 'grocery' });
+      assert.equal(answer.decision, Decision.DECISION_APPROVE);
     });
   });
 });
