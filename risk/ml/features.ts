@@ -70,11 +70,16 @@ class Window {
     if (key === '') return;
     const recent = this.keys.get(key) ?? { at: [], amount: [], tag: [] };
     this.keys.delete(key);
-    recent.at.push(at);
-    recent.amount.push(amount);
-    recent.tag.push(tag);
+    // In time order (the counts read from the newest back): the payment events of different shards reach the
+    // feed interleaved, so an event can be older than the last one seen.
+    let i = recent.at.length;
+    while (i > 0 && recent.at[i - 1]! > at) i--;
+    recent.at.splice(i, 0, at);
+    recent.amount.splice(i, 0, amount);
+    recent.tag.splice(i, 0, tag);
+    const newest = recent.at[recent.at.length - 1]!;
     let drop = 0;
-    while (drop < recent.at.length && (recent.at[drop]! <= at - DAY || recent.at.length - drop > MAX_EVENTS_PER_KEY)) drop++;
+    while (drop < recent.at.length && (recent.at[drop]! <= newest - DAY || recent.at.length - drop > MAX_EVENTS_PER_KEY)) drop++;
     if (drop > 0) for (const list of [recent.at, recent.amount, recent.tag] as unknown[][]) list.splice(0, drop);
     this.keys.set(key, recent);
     if (this.keys.size > this.maxKeys) this.keys.delete(this.keys.keys().next().value!);
@@ -185,6 +190,7 @@ export class FeatureStore {
     if (p.customerId === '') return;
     const stats = this.customers.get(p.customerId) ?? { firstSeen: p.at, n: 0, mean: 0, m2: 0, devices: [] };
     this.customers.delete(p.customerId);
+    stats.firstSeen = Math.min(stats.firstSeen, p.at);
     // Welford's running mean and variance of the log amount.
     stats.n++;
     const delta = logAmount - stats.mean;

@@ -60,6 +60,22 @@ describe('risk models: synthetic data, features, training and evaluation', funct
       assert.deepEqual(offlineFeatures(payments.slice(half), restored), offline.slice(half));
     });
 
+    it('events fed out of time order (payment events of several shards interleave) count as in order', () => {
+      const base = { merchantId: 'm', merchantCategory: 'general', customerId: 'm:c', cardFingerprint: 'card', cardType: 'debit', cardCountry: 'US', deviceId: 'd', ipCountry: 'US', amount: 1_000 };
+      // Shard 1's relay publishes the payment at 100 s before shard 0's publishes the one at 30 s.
+      const early = { ...base, at: 30_000 };
+      const late = { ...base, at: 100_000, amount: 5_000 };
+      const inOrder = new FeatureStore();
+      inOrder.observe(early);
+      inOrder.observe(late);
+      const asFed = new FeatureStore();
+      asFed.observe(late);
+      asFed.observe(early);
+      const now = { ...base, at: 150_000 };
+      const pick = (v: number[]) => [v[1], v[2], v[3], v[4], v[5], v[6], v[8], v[9], v[12]];
+      assert.deepEqual(pick(asFed.features(now)), pick(inOrder.features(now)), 'card 1m/1h/24h/sum, customer 1h/24h, customer age, device 1h, merchant 1h');
+    });
+
     it('see a card-testing burst, and keep memory bounded', () => {
       const store = new FeatureStore(50);
       const base = { merchantId: 'm', merchantCategory: 'gift_cards', customerId: 'c', cardFingerprint: 'card', cardType: 'prepaid', cardCountry: 'US', deviceId: 'd', ipCountry: 'RU', amount: 150 };
