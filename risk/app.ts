@@ -55,16 +55,18 @@ async function startScorer(config: Config, logger: Logger): Promise<{ scorer: Sc
   };
   let reference: number[] | undefined;
   let featureDrift: FeatureDriftMonitor | undefined;
-  // The champion's inputs are watched for drift (the challenger sees the same features).
-  const modelScorer = async (file: string, watched: boolean) => {
+  // The champion's inputs are watched for drift (the challenger sees the same features). The scores answered
+  // are the champion's: only its training scores are their reference (with the rules as champion, none: the
+  // first window is).
+  const modelScorer = async (file: string, watched: boolean, champion: boolean) => {
     const artefact = JSON.parse(await readFile(file, 'utf8')) as ModelArtefact;
-    reference ??= artefact.trainingScoreSample;
+    if (champion) reference = artefact.trainingScoreSample;
     if (watched) featureDrift = new FeatureDriftMonitor(artefact.features, artefact.trainingFeatureSample);
     return new ModelScorer(await loadModel(artefact.parameters), store, artefact.version, artefact.threshold, watched ? featureDrift : undefined);
   };
-  const champion = config.RISK_MODEL_PATH ? await modelScorer(config.RISK_MODEL_PATH, true) : rules;
+  const champion = config.RISK_MODEL_PATH ? await modelScorer(config.RISK_MODEL_PATH, true, true) : rules;
   if (!config.RISK_CHALLENGER_MODEL_PATH) return { scorer: champion, version: champion.version, reference, featureDrift, close: stopFeed };
-  const challenger = await modelScorer(config.RISK_CHALLENGER_MODEL_PATH, !config.RISK_MODEL_PATH);
+  const challenger = await modelScorer(config.RISK_CHALLENGER_MODEL_PATH, !config.RISK_MODEL_PATH, false);
   const nc = await connectNats(config, { name: 'risk-decisions' });
   const { js } = await connectJetStream(nc);
   const publish = (subject: string, payload: Uint8Array, msgID: string) => {

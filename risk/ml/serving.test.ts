@@ -3,13 +3,16 @@ import { randomUUID } from 'node:crypto';
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { credentials } from '@grpc/grpc-js';
 import { after, before, describe, it } from 'mocha';
+import { callUnary } from '../../lib/grpc.js';
+import { freePort } from '../../test/ledger-process.js';
 import { derivedId } from '../../lib/derived-id.js';
 import { createLogger } from '../../lib/logger.js';
 import { connectJetStream, connectNats } from '../../lib/nats.js';
 import { ensureEventStream } from '../../lib/streams.js';
 import { EventBatch } from '../../proto/gen/events/v1/events.js';
-import { Decision, type ScoreRequest } from '../../proto/gen/risk/v1/risk.js';
+import { Decision, RiskServiceClient, type ScoreRequest } from '../../proto/gen/risk/v1/risk.js';
 import { testConfig, testPool } from '../../test/support.js';
 import { startRisk } from '../app.js';
 import { RiskClient } from '../client.js';
@@ -99,6 +102,26 @@ describe('risk model serving: online features fed from payment events on JetStre
     } finally {
       await nc.close();
       client.close();
+      await app.close();
+    }
+  });
+
+  it('with the rules as champion and a model in shadow, risk_score_psi compares the rules\' scores with no model\'s training scores', async () => {
+    const port = await freePort();
+    const app = await startRisk({ ...config, RISK_GRPC_LISTEN: '127.0.0.1:0', METRICS_PORT: port, RISK_CHALLENGER_MODEL_PATH: modelFile, RISK_CHALLENGER_MODE: 'shadow' }, createLogger('risk-test', 'silent'));
+    const raw = new RiskServiceClient(app.address, credentials.createInsecure());
+    try {
+      // Two windows of 5,000 ordinary payments: the rules answer the same scores throughout (no drift).
+      const requests = Array.from({ length: 1_000 }, (_, i) => ({ ...request(log[i % log.length]!), cardFingerprint: '', deviceId: '', customerId: '' }));
+      for (let i = 0; i < 10; i++) {
+        const { responses } = await callUnary(raw, raw.scoreBatch, { requests }, 10_000);
+        assert.ok(responses.every((r) => r.modelVersion === 'rules-v1'));
+      }
+      const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+      const psi = Number(/^risk_score_psi(?:\{[^}]*\})? (\S+)$/m.exec(text)?.[1]);
+      assert.ok(psi < 0.1, `risk_score_psi ${psi} for the rules' unchanged scores`);
+    } finally {
+      raw.close();
       await app.close();
     }
   });
