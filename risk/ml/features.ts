@@ -18,6 +18,8 @@ export interface PaymentFacts {
   deviceId: string;
   ipCountry: string;
   amount: number;
+  /** The payment, when known: a payment observed again (its event delivered again) is not counted twice. */
+  paymentId?: string;
 }
 
 export const FEATURE_NAMES = [
@@ -131,6 +133,8 @@ export interface FeatureSnapshot {
   devices: [string, Recent][];
   merchants: [string, Recent][];
   customers: [string, CustomerStats][];
+  /** The payments observed (id, time), least recently first; absent in older snapshots. */
+  payments?: [string, number][];
 }
 
 interface CustomerStats {
@@ -147,6 +151,8 @@ export class FeatureStore {
   private readonly devices: Window;
   private readonly merchants: Window;
   private readonly customers = new Map<string, CustomerStats>();
+  /** Payments observed, by id (the last maxKeys): JetStream delivers at least once. */
+  private readonly payments = new Map<string, number>();
 
   constructor(private readonly maxKeys = 200_000) {
     this.cards = new Window(maxKeys);
@@ -181,13 +187,19 @@ export class FeatureStore {
     ];
   }
 
-  observe(p: PaymentFacts): void {
+  /** Adds `p` to the history; false (nothing changed) when its payment was observed already. */
+  observe(p: PaymentFacts): boolean {
+    if (p.paymentId) {
+      if (this.payments.has(p.paymentId)) return false;
+      this.payments.set(p.paymentId, p.at);
+      if (this.payments.size > this.maxKeys) this.payments.delete(this.payments.keys().next().value!);
+    }
     this.cards.add(p.cardFingerprint, p.at, p.amount);
     this.customersRecent.add(p.customerId, p.at, p.amount);
     this.devices.add(p.deviceId, p.at, p.amount, p.cardFingerprint);
     this.merchants.add(p.merchantId, p.at, p.amount);
     const logAmount = Math.log1p(p.amount);
-    if (p.customerId === '') return;
+    if (p.customerId === '') return true;
     const stats = this.customers.get(p.customerId) ?? { firstSeen: p.at, n: 0, mean: 0, m2: 0, devices: [] };
     this.customers.delete(p.customerId);
     stats.firstSeen = Math.min(stats.firstSeen, p.at);
@@ -199,6 +211,7 @@ export class FeatureStore {
     if (!stats.devices.includes(p.deviceId)) stats.devices = [...stats.devices.slice(-9), p.deviceId];
     this.customers.set(p.customerId, stats);
     if (this.customers.size > this.maxKeys) this.customers.delete(this.customers.keys().next().value!);
+    return true;
   }
 
   /** The whole state, as plain data: what a checkpoint stores (feature-checkpoints.ts). */
@@ -210,6 +223,7 @@ export class FeatureStore {
       devices: this.devices.entries(),
       merchants: this.merchants.entries(),
       customers: [...this.customers],
+      payments: [...this.payments],
     };
   }
 
@@ -222,6 +236,8 @@ export class FeatureStore {
     this.merchants.restore(snapshot.merchants);
     this.customers.clear();
     for (const [key, stats] of snapshot.customers.slice(-this.maxKeys)) this.customers.set(key, stats);
+    this.payments.clear();
+    for (const [id, at] of (snapshot.payments ?? []).slice(-this.maxKeys)) this.payments.set(id, at);
   }
 
   /** Keys held per entity kind (the memory bound is maxKeys each). */

@@ -216,3 +216,64 @@ describe('risk model serving: online features fed from payment events on JetStre
     }
   });
 });
+
+describe('risk feature feed: a payment event published again', function () {
+  this.timeout(60_000);
+  const suffix = randomUUID().slice(0, 8);
+  const config = testConfig({ EVENTS_STREAM: `RISK_TEST_DUP_${suffix}`, EVENTS_SUBJECT_PREFIX: `risktest-dup-${suffix}` });
+
+  after(async () => {
+    const nc = await connectNats(config, { name: 'risk-test-cleanup' });
+    await (await connectJetStream(nc)).jsm.streams.delete(config.EVENTS_STREAM).catch(() => undefined);
+    await nc.close();
+  });
+
+  it('counts the payment once (at least once delivery: the relay publishes again after the duplicate window)', async () => {
+    const now = Date.now();
+    const merchantId = randomUUID();
+    const message = (paymentId: string, at: number) =>
+      EventBatch.encode({
+        batchId: randomUUID(),
+        shard: 0,
+        events: [
+          {
+            eventId: derivedId('event', paymentId),
+            type: 'payment.authorized',
+            aggregateId: paymentId,
+            sequence: 1n,
+            occurredAt: BigInt(at) * 1_000_000n,
+            traceparent: '',
+            payload: {
+              $case: 'payment',
+              value: {
+                paymentId, merchantId, currency: 'USD', amount: 1_000n, amountCaptured: 0n, amountRefunded: 0n, fee: 0n,
+                status: 'requires_capture', operationId: '', operationAmount: 0n, operationFee: 0n, declineCode: '', sourceAccountId: '', destinationAccountId: '',
+                customerId: 'cust', riskScorePpm: 0, riskModelVersion: '', cardFingerprint: 'card-dup', cardCountry: 'US',
+                cardType: 'debit', deviceId: 'dev-dup', ipCountry: 'US', merchantCategory: 'general', createdAt: BigInt(at) * 1_000_000n, feeTransferId: '',
+              },
+            },
+          },
+        ],
+      }).finish();
+    const nc = await connectNats(config, { name: 'risk-test' });
+    const { js, jsm } = await connectJetStream(nc);
+    await ensureEventStream(jsm, config);
+    const payments = [randomUUID(), randomUUID(), randomUUID()];
+    for (const [i, id] of payments.entries()) await js.publish(`${config.EVENTS_SUBJECT_PREFIX}.payments.0`, message(id, now - 10_000 + i));
+    // The first payment's message again, as a relay that lost the acknowledgement republishes it later.
+    await js.publish(`${config.EVENTS_SUBJECT_PREFIX}.payments.0`, message(payments[0]!, now - 10_000));
+    await nc.close();
+
+    const store = new FeatureStore();
+    const feed = new PaymentFeatureFeed(store, config, createLogger('risk-test', 'silent'));
+    await feed.start();
+    try {
+      for (let waited = 0; feed.lastSeq < 4 && waited < 200; waited++) await new Promise((r) => setTimeout(r, 50));
+      assert.equal(feed.lastSeq, 4);
+      const v = store.features({ at: now, merchantId, merchantCategory: 'general', customerId: `${merchantId}:cust`, cardFingerprint: 'card-dup', cardType: 'debit', cardCountry: 'US', deviceId: 'dev-dup', ipCountry: 'US', amount: 1_000 });
+      assert.deepEqual([feed.applied, v[1], v[5], v[9], v[12]], [3, 3, 3, 3, 3], 'payments applied, card 1m, customer 1h, device 1h, merchant 1h');
+    } finally {
+      await feed.stop();
+    }
+  });
+});

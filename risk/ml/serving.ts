@@ -52,6 +52,7 @@ export function factsFromEvent(e: PaymentEvent): PaymentFacts {
     deviceId: e.deviceId,
     ipCountry: e.ipCountry,
     amount: Number(e.amount),
+    paymentId: e.paymentId,
   };
 }
 
@@ -109,8 +110,8 @@ export class PaymentFeatureFeed {
         try {
           for (const e of EventBatch.decode(m.data).events) {
             if (e.payload?.$case !== 'payment' || !OBSERVED.has(e.type)) continue;
-            this.store.observe(factsFromEvent(e.payload.value));
-            this.applied++;
+            // At least once: a payment whose event comes again is not counted again.
+            if (this.store.observe(factsFromEvent(e.payload.value))) this.applied++;
           }
         } catch (err) {
           span.recordException(err as Error);
