@@ -572,6 +572,10 @@ export class PaymentFlows {
     };
     try {
       const r = await this.risk.score(request, this.settings.riskDeadlineMs);
+      // No decision (unspecified, or an enum value newer than this code) is no answer, not an approval.
+      if (r.decision !== Decision.DECISION_APPROVE && r.decision !== Decision.DECISION_REVIEW && r.decision !== Decision.DECISION_DECLINE) {
+        throw new Error(`risk answered no known decision (${r.decision})`);
+      }
       return { outcome: 'scored', scorePpm: r.scorePpm, decision: decisionName(r.decision), reasons: r.reasons, modelVersion: r.modelVersion };
     } catch (error) {
       // No answer in time (or the scorer failed): the configured policy decides, and the payment records it.

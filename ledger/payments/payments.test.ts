@@ -328,6 +328,22 @@ describe('payments (gRPC, on the ledger, with the rules-only risk scorer)', func
     }
   });
 
+  it('risk answering no decision it knows (unspecified, or a newer enum value) is not an approval: the unavailable policy applies', async () => {
+    const merchant = await newMerchant();
+    const source = await wallet(merchant, 100_000n);
+    const settings = { shardCount: 8, authorizationTimeoutSeconds: 3600, riskDeadlineMs: 2000, riskFailOpenBelowAmount: 5_000n };
+    const input = { merchantId: merchant, idempotencyKey: '', currency: 'USD', source: { kind: 'account' as const, accountId: source }, destinationAccountId: '', captureMethod: 'automatic' as const, metadata: {}, deviceId: '', ipCountry: '', customerId: '' };
+    for (const decision of [0 /* UNSPECIFIED */, -1 /* UNRECOGNIZED */]) {
+      const undecided = { score: async () => ({ scorePpm: 0, decision, reasons: [], modelVersion: 'test-undecided' }) };
+      const flows = new PaymentFlows(pool, routerLedger(ledger.app.router), undecided, settings, createLogger('payments-test', 'silent'));
+      const large = await flows.createPayment({ ...input, amount: 6_000n });
+      assert.deepEqual([large.status, large.declineCode, large.risk.outcome], ['declined', 'risk_unavailable', 'fail_closed'], `decision ${decision}`);
+      const small = await flows.createPayment({ ...input, amount: 100n });
+      assert.deepEqual([small.status, small.risk.outcome], ['succeeded', 'fail_open'], `decision ${decision}`);
+    }
+    assert.deepEqual(await balances(source), [0n, 200n, 0n, 100_000n], 'only the small payments moved money');
+  });
+
   it('a crash between the ledger and the payment row: the resumer finishes the step, posting nothing twice', async () => {
     const merchant = await newMerchant();
     const source = await wallet(merchant, 10_000n);
