@@ -217,10 +217,38 @@ describe('risk model serving: online features fed from payment events on JetStre
   });
 });
 
-describe('risk feature feed: a payment event published again', function () {
+/** One payment.authorized event of `paymentId` (a card and device of the test), as the relay publishes it. */
+function paymentMessage(merchantId: string, paymentId: string, at: number): Uint8Array {
+  return EventBatch.encode({
+    batchId: randomUUID(),
+    shard: 0,
+    events: [
+      {
+        eventId: derivedId('event', paymentId),
+        type: 'payment.authorized',
+        aggregateId: paymentId,
+        sequence: 1n,
+        occurredAt: BigInt(at) * 1_000_000n,
+        traceparent: '',
+        payload: {
+          $case: 'payment',
+          value: {
+            paymentId, merchantId, currency: 'USD', amount: 1_000n, amountCaptured: 0n, amountRefunded: 0n, fee: 0n,
+            status: 'requires_capture', operationId: '', operationAmount: 0n, operationFee: 0n, declineCode: '', sourceAccountId: '', destinationAccountId: '',
+            customerId: 'cust', riskScorePpm: 0, riskModelVersion: '', cardFingerprint: 'card-dup', cardCountry: 'US',
+            cardType: 'debit', deviceId: 'dev-dup', ipCountry: 'US', merchantCategory: 'general', createdAt: BigInt(at) * 1_000_000n, feeTransferId: '',
+          },
+        },
+      },
+    ],
+  }).finish();
+}
+
+describe('risk feature feed: delivery', function () {
   this.timeout(60_000);
   const suffix = randomUUID().slice(0, 8);
   const config = testConfig({ EVENTS_STREAM: `RISK_TEST_DUP_${suffix}`, EVENTS_SUBJECT_PREFIX: `risktest-dup-${suffix}` });
+  const subject = `${config.EVENTS_SUBJECT_PREFIX}.payments.0`;
 
   after(async () => {
     const nc = await connectNats(config, { name: 'risk-test-cleanup' });
@@ -228,40 +256,16 @@ describe('risk feature feed: a payment event published again', function () {
     await nc.close();
   });
 
-  it('counts the payment once (at least once delivery: the relay publishes again after the duplicate window)', async () => {
+  it('a payment event published again counts the payment once (at least once delivery: the relay publishes again after the duplicate window)', async () => {
     const now = Date.now();
     const merchantId = randomUUID();
-    const message = (paymentId: string, at: number) =>
-      EventBatch.encode({
-        batchId: randomUUID(),
-        shard: 0,
-        events: [
-          {
-            eventId: derivedId('event', paymentId),
-            type: 'payment.authorized',
-            aggregateId: paymentId,
-            sequence: 1n,
-            occurredAt: BigInt(at) * 1_000_000n,
-            traceparent: '',
-            payload: {
-              $case: 'payment',
-              value: {
-                paymentId, merchantId, currency: 'USD', amount: 1_000n, amountCaptured: 0n, amountRefunded: 0n, fee: 0n,
-                status: 'requires_capture', operationId: '', operationAmount: 0n, operationFee: 0n, declineCode: '', sourceAccountId: '', destinationAccountId: '',
-                customerId: 'cust', riskScorePpm: 0, riskModelVersion: '', cardFingerprint: 'card-dup', cardCountry: 'US',
-                cardType: 'debit', deviceId: 'dev-dup', ipCountry: 'US', merchantCategory: 'general', createdAt: BigInt(at) * 1_000_000n, feeTransferId: '',
-              },
-            },
-          },
-        ],
-      }).finish();
     const nc = await connectNats(config, { name: 'risk-test' });
     const { js, jsm } = await connectJetStream(nc);
     await ensureEventStream(jsm, config);
     const payments = [randomUUID(), randomUUID(), randomUUID()];
-    for (const [i, id] of payments.entries()) await js.publish(`${config.EVENTS_SUBJECT_PREFIX}.payments.0`, message(id, now - 10_000 + i));
+    for (const [i, id] of payments.entries()) await js.publish(subject, paymentMessage(merchantId, id, now - 10_000 + i));
     // The first payment's message again, as a relay that lost the acknowledgement republishes it later.
-    await js.publish(`${config.EVENTS_SUBJECT_PREFIX}.payments.0`, message(payments[0]!, now - 10_000));
+    await js.publish(subject, paymentMessage(merchantId, payments[0]!, now - 10_000));
     await nc.close();
 
     const store = new FeatureStore();
@@ -272,6 +276,27 @@ describe('risk feature feed: a payment event published again', function () {
       assert.equal(feed.lastSeq, 4);
       const v = store.features({ at: now, merchantId, merchantCategory: 'general', customerId: `${merchantId}:cust`, cardFingerprint: 'card-dup', cardType: 'debit', cardCountry: 'US', deviceId: 'dev-dup', ipCountry: 'US', amount: 1_000 });
       assert.deepEqual([feed.applied, v[1], v[5], v[9], v[12]], [3, 3, 3, 3, 3], 'payments applied, card 1m, customer 1h, device 1h, merchant 1h');
+    } finally {
+      await feed.stop();
+    }
+  });
+
+  it('start() returns once the feed has caught up with the stream: Score never serves a store still replaying', async () => {
+    const now = Date.now();
+    const merchantId = randomUUID();
+    const nc = await connectNats(config, { name: 'risk-test' });
+    const { js, jsm } = await connectJetStream(nc);
+    await ensureEventStream(jsm, config);
+    const before = (await jsm.streams.info(config.EVENTS_STREAM)).state.messages;
+    await Promise.all(Array.from({ length: 2_000 }, (_, i) => js.publish(subject, paymentMessage(merchantId, randomUUID(), now - 60_000 + i))));
+    // Another subject last in the stream: what the feed does not read must not keep it waiting.
+    await js.publish(`${config.EVENTS_SUBJECT_PREFIX}.risk.decisions`, new Uint8Array());
+    await nc.close();
+
+    const feed = new PaymentFeatureFeed(new FeatureStore(), config, createLogger('risk-test', 'silent'));
+    await feed.start();
+    try {
+      assert.equal(feed.lastSeq, before + 2_000, 'every payment message of the stream applied when start() returns');
     } finally {
       await feed.stop();
     }

@@ -99,6 +99,13 @@ export class PaymentFeatureFeed {
     // After a checkpoint, from the message after it (or the oldest kept, if retention dropped that far).
     const from = this.lastSeq > 0 ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: this.lastSeq + 1 } : {};
     const consumer = await js.consumers.get(this.config.EVENTS_STREAM, { filter_subjects: PaymentFeatureFeed.subjects(this.config), ...from });
+    // Score serves only once the feed has caught up: start() returns when the payment message that is the last in
+    // the stream now is applied (a store still replaying would answer low velocities for a card-testing burst).
+    const last = await jsm.streams.getMessage(this.config.EVENTS_STREAM, { last_by_subj: PaymentFeatureFeed.subjects(this.config) });
+    const target = last?.seq ?? 0;
+    let caughtUp!: () => void;
+    const ready = new Promise<void>((resolve) => (caughtUp = resolve));
+    if (this.lastSeq >= target) caughtUp();
     const messages = await consumer.consume();
     this.checkpointTask?.start();
     this.loop = (async () => {
@@ -119,9 +126,11 @@ export class PaymentFeatureFeed {
         } finally {
           this.lastSeq = m.seq;
           span.end();
+          if (m.seq >= target) caughtUp();
         }
       }
-    })();
+    })().finally(() => caughtUp());
+    await ready;
   }
 
   /** Saves the store's state if it moved since the last checkpoint; state and sequence taken in one step. */
