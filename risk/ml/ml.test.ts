@@ -180,4 +180,26 @@ describe('risk retraining', function () {
     assert.equal(second.promoted, false, 'an equal challenger does not replace the champion');
     assert.equal(JSON.parse(await read(file, 'utf8')).version, first.challenger.version);
   });
+
+  it('trains the challenger on payments at least a week old, labelled with the chargebacks known at the run, not a week before', async () => {
+    const { mkdtemp, writeFile: write } = await import('node:fs/promises');
+    const os = await import('node:os');
+    const path = await import('node:path');
+    const { retrain } = await import('./retrain.js');
+    const { trainModels } = await import('./pipeline.js');
+    const synth = { ...SMALL, weeks: 3 };
+    const dataset = buildDataset(synth);
+    const [trained] = await trainModels(dataset, timeSplit(dataset, 2), synth);
+    const file = path.join(await mkdtemp(path.join(os.tmpdir(), 'champion-')), 'champion.json');
+    await write(file, JSON.stringify(trained));
+    const weeks = 4;
+    const { challenger } = await retrain(file, weeks);
+    const now = weeks * 7 * 86_400_000;
+    const all = buildDataset({ ...synth, weeks });
+    const split = timeSplit(all, weeks - 1);
+    const knownNow = split.train.filter((i) => labelKnownAt(all.payments[i]!, now)).length;
+    assert.ok(knownNow > split.train.filter((i) => labelKnownAt(all.payments[i]!, split.cutoff)).length, 'chargebacks arrived in the last week');
+    assert.equal(challenger.trainMetrics['positives'], knownNow, 'fraud labels the challenger learnt from');
+    assert.equal(challenger.trainingWindow.labelsKnownAtMs, now);
+  });
 });

@@ -26,6 +26,8 @@ export interface Split {
   test: number[];
   /** Training labels are those known at this time (chargebacks arrive late: recent fraud looks legitimate). */
   cutoff: number;
+  /** When labels are known from, if later than the cut-off (retraining: labelled as of the run). */
+  labelsAt?: number;
 }
 
 /** Earlier weeks train, later weeks test; indices into the data set. */
@@ -61,7 +63,8 @@ export interface ModelArtefact {
 
 export async function trainModels(dataset: Dataset, split: Split, synth: SynthOptions, cost: CostModel = DEFAULT_COST): Promise<ModelArtefact[]> {
   const rows = split.train.map((i) => dataset.vectors[i]!);
-  const labels = split.train.map((i) => labelKnownAt(dataset.payments[i]!, split.cutoff));
+  const labelsAt = split.labelsAt ?? split.cutoff;
+  const labels = split.train.map((i) => labelKnownAt(dataset.payments[i]!, labelsAt));
   const models: FraudModel[] = [LogisticModel.train(rows, labels), await GbtModel.train(rows, labels)];
   const createdAt = new Date().toISOString();
   return models.map((model) => {
@@ -72,7 +75,7 @@ export async function trainModels(dataset: Dataset, split: Split, synth: SynthOp
       version: `${model.kind}-${createdAt.replace(/[-:.]/g, '').slice(0, 15)}-s${synth.seed}`,
       kind: model.kind,
       features: [...FEATURE_NAMES],
-      trainingWindow: { fromMs: 0, toMs: split.cutoff, labelsKnownAtMs: split.cutoff },
+      trainingWindow: { fromMs: 0, toMs: split.cutoff, labelsKnownAtMs: labelsAt },
       seed: synth.seed,
       synth,
       threshold,

@@ -24,7 +24,8 @@ export async function retrain(championPath: string, weeks: number): Promise<Retr
   const champion = JSON.parse(await readFile(championPath, 'utf8')) as ModelArtefact;
   const synth = { ...champion.synth, weeks };
   const dataset = buildDataset(synth);
-  const split = timeSplit(dataset, weeks - 1);
+  // Payments at least a week old, labelled with every chargeback known now (the end of the history).
+  const split = { ...timeSplit(dataset, weeks - 1), labelsAt: weeks * 7 * 86_400_000 };
   const challenger = (await trainModels(dataset, split, synth)).find((a) => a.kind === champion.kind)!;
   const holdout = split.test.map((i) => dataset.payments[i]!);
   const cost = async (a: ModelArtefact) => {
