@@ -74,4 +74,15 @@ describe('risk rules-only scorer', () => {
     assert.equal(window.record('b', 1_900), 1, 'b was forgotten');
     assert.equal(window.record('c', 1_950), 2, 'c was kept');
   });
+
+  it('a burst on one key (a device hammering Score) costs constant time per payment, still over the limit', () => {
+    const scorer = new RulesScorer({ ...settings, velocityWindowMs: 3_600_000 });
+    const started = performance.now();
+    let last = scorer.score(request({ deviceId: 'hammer' }), 0);
+    for (let i = 1; i < 20_000; i++) last = scorer.score(request({ deviceId: 'hammer' }), i);
+    const ms = performance.now() - started;
+    assert.deepEqual(last.reasons, ['device_velocity']);
+    // Every Score of the instance waits behind these: each must not copy the key's whole history.
+    assert.ok(ms < 1_000, `20,000 payments of one device scored in ${Math.round(ms)} ms`);
+  });
 });

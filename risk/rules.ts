@@ -41,13 +41,19 @@ export class VelocityWindow {
   constructor(
     private readonly windowMs: number,
     private readonly maxKeys: number,
+    /** Payments kept per key, the most recent: a count above it is reported as it (a burst costs no more). */
+    private readonly maxCount = Number.POSITIVE_INFINITY,
   ) {}
 
-  /** Records one payment for `key` at `nowMs`; returns how many fall within the window, this one included. */
+  /**
+   * Records one payment for `key` at `nowMs`; returns how many fall within the window, this one included (at
+   * most `maxCount`).
+   */
   record(key: string, nowMs: number): number {
     const since = nowMs - this.windowMs;
     const times = (this.seen.get(key) ?? []).filter((t) => t > since);
     times.push(nowMs);
+    if (times.length > this.maxCount) times.splice(0, times.length - this.maxCount);
     this.seen.delete(key);
     this.seen.set(key, times);
     if (this.seen.size > this.maxKeys) this.seen.delete(this.seen.keys().next().value!);
@@ -64,7 +70,8 @@ export class RulesScorer {
   readonly version = RULES_MODEL_VERSION;
 
   constructor(private readonly settings: RulesSettings) {
-    this.velocity = new VelocityWindow(settings.velocityWindowMs, settings.maxTrackedKeys ?? 100_000);
+    // A rule only asks whether a count exceeds velocityMax: one more than it is all a key needs to keep.
+    this.velocity = new VelocityWindow(settings.velocityWindowMs, settings.maxTrackedKeys ?? 100_000, settings.velocityMax + 1);
   }
 
   score(request: ScoreRequest, nowMs = Date.now()): ScoreResponse {
