@@ -40,7 +40,7 @@ export function rulesSettings(config: Config): RulesSettings {
  * The scorer Score serves: the model artefact at RISK_MODEL_PATH with its online feature feed, or the
  * rules-only scorer when no model is configured.
  */
-async function startScorer(config: Config, logger: Logger): Promise<{ scorer: Scorer; version: string; reference?: number[]; featureDrift?: FeatureDriftMonitor; close(): Promise<void> }> {
+async function startScorer(config: Config, logger: Logger): Promise<{ scorer: Scorer; version: string; reference?: number[]; referenceVersion?: string; featureDrift?: FeatureDriftMonitor; close(): Promise<void> }> {
   const rules = new RulesScorer(rulesSettings(config));
   if (!config.RISK_MODEL_PATH && !config.RISK_CHALLENGER_MODEL_PATH) return { scorer: rules, version: RULES_MODEL_VERSION, close: async () => undefined };
   // One feature store for every model of the instance, fed from the payment events, checkpointed to PostgreSQL.
@@ -77,6 +77,7 @@ async function startScorer(config: Config, logger: Logger): Promise<{ scorer: Sc
     scorer,
     version: `${champion.version} vs ${challenger.version} (${config.RISK_CHALLENGER_MODE})`,
     reference,
+    referenceVersion: champion.version,
     featureDrift,
     async close() {
       await nc.drain();
@@ -86,7 +87,7 @@ async function startScorer(config: Config, logger: Logger): Promise<{ scorer: Sc
 }
 
 export async function startRisk(config: Config, logger: Logger): Promise<RiskApp> {
-  const { scorer, version, reference, featureDrift, close: closeScorer } = await startScorer(config, logger);
+  const { scorer, version, reference, referenceVersion, featureDrift, close: closeScorer } = await startScorer(config, logger);
   const metrics = await startMetrics('risk', config.METRICS_PORT, config.OTEL_EXPORTER_OTLP_ENDPOINT);
   if (featureDrift) {
     metrics.meter
@@ -97,7 +98,7 @@ export async function startRisk(config: Config, logger: Logger): Promise<RiskApp
   }
   const server = new Server(serverOptions(config));
   observeRpcServer(metrics.meter, ['risk.v1.RiskService']);
-  server.addService(RiskServiceService, createRiskService(new MonitoredScorer(scorer, metrics.meter, reference), logger));
+  server.addService(RiskServiceService, createRiskService(new MonitoredScorer(scorer, metrics.meter, reference, undefined, referenceVersion), logger));
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync(config.RISK_GRPC_LISTEN, serverCredentials(config), (error, bound) => (error ? reject(error) : resolve(bound))),
   );

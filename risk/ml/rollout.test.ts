@@ -1,9 +1,11 @@
 import assert from 'node:assert/strict';
+import type { Meter } from '@opentelemetry/api';
 import { describe, it } from 'mocha';
 import { createLogger } from '../../lib/logger.js';
 import { EventBatch } from '../../proto/gen/events/v1/events.js';
 import { Decision, type ScoreRequest, type ScoreResponse } from '../../proto/gen/risk/v1/risk.js';
 import { ChampionChallenger, assignmentKey, bucketOf } from './rollout.js';
+import { MonitoredScorer } from './score-monitor.js';
 
 const request = (customerId: string): ScoreRequest => ({
   paymentId: `p-${customerId}`,
@@ -53,5 +55,24 @@ describe('risk rollout: champion/challenger', () => {
         ['champion', 'shadow', 100_000, 900_000, 'chall-2'],
       );
     }
+  });
+
+  it('split: risk_score_psi watches the champion\'s scores against its training scores, not a mix with the challenger\'s', () => {
+    let n = 0;
+    // The champion scores as in training (uniform over 0..0.99); the challenger, otherwise.
+    const champion = { score: (): ScoreResponse => ({ scorePpm: (n++ % 100) * 10_000, decision: Decision.DECISION_APPROVE, reasons: [], modelVersion: 'champ-1' }) };
+    const split = new ChampionChallenger(champion, fixed(990_000, Decision.DECISION_DECLINE, 'chall-2'), 'split', 30, () => undefined, 'x.risk.decisions', createLogger('t', 'silent'));
+    let gauge: ((result: { observe(value: number): void }) => void) | undefined;
+    const meter = {
+      createCounter: () => ({ add: () => undefined }),
+      createHistogram: () => ({ record: () => undefined }),
+      createObservableGauge: () => ({ addCallback: (callback: typeof gauge) => (gauge = callback) }),
+    } as unknown as Meter;
+    const reference = Array.from({ length: 2_000 }, (_, i) => (i % 100) / 100);
+    const monitored = new MonitoredScorer(split, meter, reference, 5_000, 'champ-1');
+    for (let i = 0; i < 20_000; i++) monitored.score(request(`customer-${i}`));
+    let psi = NaN;
+    gauge!({ observe: (value) => (psi = value) });
+    assert.ok(psi < 0.1, `risk_score_psi ${psi} with the champion scoring exactly as in training`);
   });
 });

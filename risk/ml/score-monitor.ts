@@ -7,6 +7,8 @@ import { psi, ReferenceWindows } from './monitoring.js';
  * Live monitoring of Score for Prometheus: decisions by outcome, model version and segment (card country, card
  * type: decline-rate parity is a PromQL ratio of these), the score distribution, and the PSI of the last
  * `window` scores against a reference sample (the training scores of the artefact, or the first window seen).
+ * With a challenger deciding for a share (split), only the scores of `referenceVersion` (the champion) are
+ * compared: a mix of two models' scores has no reference.
  */
 export class MonitoredScorer implements Scorer {
   private readonly windows: ReferenceWindows<number, number>;
@@ -17,6 +19,7 @@ export class MonitoredScorer implements Scorer {
     meter: Meter,
     reference?: readonly number[],
     window = 5_000,
+    private readonly referenceVersion?: string,
   ) {
     this.windows = new ReferenceWindows(reference, window, psi);
     this.decisions = meter.createCounter('risk_decisions_total', { description: 'Score decisions by outcome, model version, card country and card type' });
@@ -33,7 +36,7 @@ export class MonitoredScorer implements Scorer {
     const decision = answer.decision === Decision.DECISION_DECLINE ? 'decline' : answer.decision === Decision.DECISION_REVIEW ? 'review' : 'approve';
     this.decisions.add(1, { decision, model_version: answer.modelVersion, card_country: request.cardCountry || 'none', card_type: request.cardType || 'none' });
     this.scores.record(score, { model_version: answer.modelVersion });
-    this.drift = this.windows.record(score) ?? this.drift;
+    if (this.referenceVersion === undefined || answer.modelVersion === this.referenceVersion) this.drift = this.windows.record(score) ?? this.drift;
     return answer;
   }
 }
