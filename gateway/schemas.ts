@@ -1,4 +1,5 @@
 import { Type, type Static, type TSchema } from 'typebox';
+import { CARD_TYPES } from '../lib/card-types.js';
 import { MERCHANT_CATEGORIES } from '../lib/merchant-categories.js';
 
 /**
@@ -132,7 +133,7 @@ export const BatchResult = Type.Object({
 });
 
 const CardInput = Type.Object(
-  { token: text(200), fingerprint: text(200), country, type: Type.Optional(Type.Union([Type.Literal('credit'), Type.Literal('debit'), Type.Literal('prepaid')])) },
+  { token: text(200), fingerprint: text(200), country, type: Type.Optional(Type.Union(CARD_TYPES.map((t) => Type.Literal(t)))) },
   strict,
 );
 export const PaymentBody = Type.Object(

@@ -71,6 +71,8 @@ describe('risk.v1.RiskService (gRPC)', () => {
       amounts.map((a) => (a > 10_000n ? Decision.DECISION_DECLINE : Decision.DECISION_APPROVE)),
     );
     const mixed = await Promise.allSettled([client.score(request({}), 2_000), client.score(request({ amount: 0n }), 2_000), client.score(request({}), 2_000)]);
+    // card_type labels the decision metrics: an unknown kind is refused, not a new series.
+    await assert.rejects(client.score(request({ cardType: 'gold-1234' }), 2_000), (error: ServiceError) => error.code === status.INVALID_ARGUMENT && String(error.metadata.get(ERROR_FIELD_KEY)[0]) === 'card_type');
     assert.deepEqual(mixed.map((m) => m.status), ['fulfilled', 'rejected', 'fulfilled']);
     assert.equal(((mixed[1] as PromiseRejectedResult).reason as ServiceError).code, status.INVALID_ARGUMENT);
     // The batch call itself names the request at fault.

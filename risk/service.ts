@@ -4,6 +4,7 @@ import { unary } from '../lib/grpc.js';
 import type { Logger } from '../lib/logger.js';
 import type { RiskServiceServer, ScoreRequest, ScoreResponse } from '../proto/gen/risk/v1/risk.js';
 import { parseId } from '../ledger/validation.js';
+import { CARD_TYPES, isCardTypeOrNone } from '../lib/card-types.js';
 
 /** The rules-only scorer or a trained model with its online features. */
 export interface Scorer {
@@ -47,10 +48,11 @@ function parseScoreRequest(r: ScoreRequest): ScoreRequest {
     ['customer_id', r.customerId],
     ['card_fingerprint', r.cardFingerprint],
     ['device_id', r.deviceId],
-    ['card_type', r.cardType],
     ['merchant_category', r.merchantCategory],
   ] as const) {
     if (value.length > 200) throw new ValidationError(field, 'at most 200 characters');
   }
+  // A label of the decision metrics: only the known kinds (an open set would grow the series without bound).
+  if (!isCardTypeOrNone(r.cardType)) throw new ValidationError('card_type', CARD_TYPES.join(', '));
   return { ...r, merchantId: parseId(r.merchantId, 'merchant_id'), paymentId: parseId(r.paymentId, 'payment_id', { optional: true }) };
 }

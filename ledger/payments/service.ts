@@ -19,6 +19,7 @@ import { hasControlCharacters, parseId, parseMetadata } from '../validation.js';
 import type { CreatePaymentInput, PaymentFlows } from './flows.js';
 import type { OperationRow, PaymentRow } from './model.js';
 import { contextOf, linkTo } from '../../observability/tracing.js';
+import { CARD_TYPES, isCardTypeOrNone } from '../../lib/card-types.js';
 
 /** Items of one CreatePayments call. */
 export const MAX_PAYMENTS_PER_CALL = 1_000;
@@ -97,7 +98,6 @@ export function createPaymentService(flows: PaymentFlows, logger: Logger): Payme
 }
 
 const COUNTRY = /^[A-Z]{2}$/;
-const CARD_TYPES = new Set(['', 'credit', 'debit', 'prepaid']);
 
 function parseAmount(amount: bigint, field: string, zeroMeansAll = false): bigint {
   if (amount === 0n && zeroMeansAll) return 0n;
@@ -127,7 +127,7 @@ function parseCreatePayment(r: CreatePaymentRequest): CreatePaymentInput {
     if (card.token === '') throw new ValidationError('source.card.token', 'required');
     if (card.fingerprint === '') throw new ValidationError('source.card.fingerprint', 'required');
     if (!COUNTRY.test(card.country)) throw new ValidationError('source.card.country', 'an ISO 3166-1 alpha-2 code (two capital letters)');
-    if (!CARD_TYPES.has(card.type)) throw new ValidationError('source.card.type', 'credit, debit or prepaid');
+    if (!isCardTypeOrNone(card.type)) throw new ValidationError('source.card.type', CARD_TYPES.join(', '));
     parsedSource = {
       kind: 'card',
       token: parseText(card.token, 'source.card.token', 200),
