@@ -68,13 +68,28 @@ export function newTransfer(fields: Partial<Omit<Transfer, 'flags'>> & { id: str
 
 interface QueuedCall {
   transfers: Transfer[];
+  /** An upper bound of the transfers' encoded size. */
+  bytes: number;
   resolve: (results: CreateTransferResult[]) => void;
   reject: (error: unknown) => void;
 }
 
 /**
+ * Bytes a merged request may have: well under the 32 MB a message may have (client and ledger, ledger/app.ts), so
+ * calls that each fit in a message also fit together (with full metadata a transfer is ~28 KB: 8,190 are ~225 MB).
+ */
+const MAX_MERGED_BYTES = 24 * 1024 * 1024;
+
+/** An upper bound of a transfer's encoded size: its strings (3 bytes a UTF-16 unit at most), integers and flags, and its metadata. */
+function encodedSizeBound(t: Transfer): number {
+  let bytes = 96 + 3 * (t.id.length + t.debitAccountId.length + t.creditAccountId.length + t.pendingId.length);
+  for (const key in t.metadata) bytes += 16 + Buffer.byteLength(key) + Buffer.byteLength(t.metadata[key]!);
+  return bytes;
+}
+
+/**
  * Promise client for ledger.v1.LedgerService. With auto-batching, many callers each sending a few transfers
- * share requests of up to 8,190 events, so small callers get the throughput of the batched API. A call whose
+ * share requests of up to 8,190 events (and MAX_MERGED_BYTES), so small callers get the throughput of the batched API. A call whose
  * last event opens a linked chain is never merged (the chain would swallow the next caller's events), and
  * when a merged request is refused as malformed each call is retried alone, so one bad caller fails alone.
  */
@@ -116,7 +131,7 @@ export class LedgerClient {
     // An empty call is a malformed request of its own: merged with others it would vanish unanswered.
     if (!this.autoBatch || transfers.length === 0) return this.sendTransfers(transfers);
     return new Promise((resolve, reject) => {
-      this.queue.push({ transfers, resolve, reject });
+      this.queue.push({ transfers, bytes: transfers.reduce((sum, t) => sum + encodedSizeBound(t), 0), resolve, reject });
       this.schedule();
     });
   }
@@ -159,12 +174,14 @@ export class LedgerClient {
     while (this.inFlight < this.maxInFlight && this.queue.length > 0) {
       const calls: QueuedCall[] = [];
       let size = 0;
+      let bytes = 0;
       while (this.queue.length > 0) {
         const next = this.queue[0]!;
         const opensChain = next.transfers[next.transfers.length - 1]?.flags?.linked === true;
-        if (calls.length > 0 && (size + next.transfers.length > MAX_BATCH_EVENTS || opensChain)) break;
+        if (calls.length > 0 && (size + next.transfers.length > MAX_BATCH_EVENTS || bytes + next.bytes > MAX_MERGED_BYTES || opensChain)) break;
         calls.push(this.queue.shift()!);
         size += next.transfers.length;
+        bytes += next.bytes;
         if (opensChain) break;
       }
       this.inFlight++;

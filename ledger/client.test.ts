@@ -1,0 +1,58 @@
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { Server, ServerCredentials, type ServerUnaryCall, type sendUnaryData, type UntypedServiceImplementation } from '@grpc/grpc-js';
+import { after, describe, it } from 'mocha';
+import {
+  CreateTransferResultCode,
+  LedgerServiceService,
+  type CreateTransfersRequest,
+  type CreateTransfersResponse,
+} from '../proto/gen/ledger/v1/ledger.js';
+import { LedgerClient, newTransfer, type LedgerClientOptions } from './client.js';
+
+/**
+ * The auto-batching client against a stand-in ledger (a gRPC server of the project's proto with the ledger's
+ * message limits, answering what each test needs): what each caller of a merged request gets.
+ */
+describe('ledger client: auto-batching', () => {
+  const servers: Server[] = [];
+  const clients: LedgerClient[] = [];
+  after(async () => {
+    for (const c of clients) c.close();
+    await Promise.all(servers.map((s) => new Promise<void>((resolve) => s.tryShutdown(() => resolve()))));
+  });
+
+  async function standIn(methods: UntypedServiceImplementation, options: LedgerClientOptions = {}): Promise<LedgerClient> {
+    // The ledger's own limits (ledger/app.ts).
+    const server = new Server({ 'grpc.max_receive_message_length': 32 * 1024 * 1024, 'grpc.max_send_message_length': 32 * 1024 * 1024 });
+    server.addService(LedgerServiceService, methods);
+    const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
+    servers.push(server);
+    const client = new LedgerClient(`127.0.0.1:${port}`, options);
+    clients.push(client);
+    return client;
+  }
+
+  const allOk = (call: ServerUnaryCall<CreateTransfersRequest, CreateTransfersResponse>, done: sendUnaryData<CreateTransfersResponse>) =>
+    done(null, { results: call.request.transfers.map((_, index) => ({ index, code: CreateTransferResultCode.CREATE_TRANSFER_RESULT_CODE_OK, timestamp: BigInt(index + 1) })) });
+
+  it('calls that each fit in a message are not merged into a request larger than the 32 MB the ledger accepts', async () => {
+    const sizes: number[] = [];
+    const client = await standIn({
+      createTransfers: (call: ServerUnaryCall<CreateTransfersRequest, CreateTransfersResponse>, done: sendUnaryData<CreateTransfersResponse>) => {
+        sizes.push(call.request.transfers.length);
+        allOk(call, done);
+      },
+    });
+    // The most metadata the ledger accepts: 16 entries of 64 + 512 three-byte characters, about 27 KB a transfer.
+    const metadata = Object.fromEntries(Array.from({ length: 16 }, (_, i) => [`${i}`.padEnd(64, '€'), '€'.repeat(512)]));
+    const call = () => Array.from({ length: 400 }, () => newTransfer({ id: randomUUID(), debitAccountId: randomUUID(), creditAccountId: randomUUID(), amount: 1n, ledger: 978, code: 1, metadata }));
+    // Four callers of about 11 MB each: each alone is well within the limit, the four together are not.
+    const results = await Promise.allSettled([call(), call(), call(), call()].map((transfers) => client.createTransfers(transfers)));
+    assert.deepEqual(
+      results.map((r) => (r.status === 'fulfilled' ? r.value.length : String(r.reason))),
+      [400, 400, 400, 400],
+    );
+    assert.equal(sizes.reduce((a, b) => a + b, 0), 1600);
+  });
+});
