@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { Server, ServerCredentials, type ServerUnaryCall, type sendUnaryData, type UntypedServiceImplementation } from '@grpc/grpc-js';
+import { Server, ServerCredentials, status, type ServiceError, type ServerUnaryCall, type sendUnaryData, type UntypedServiceImplementation } from '@grpc/grpc-js';
 import { after, describe, it } from 'mocha';
 import {
   CreateTransferResultCode,
@@ -19,7 +19,7 @@ describe('ledger client: auto-batching', () => {
   const clients: LedgerClient[] = [];
   after(async () => {
     for (const c of clients) c.close();
-    await Promise.all(servers.map((s) => new Promise<void>((resolve) => s.tryShutdown(() => resolve()))));
+    for (const s of servers) s.forceShutdown();
   });
 
   async function standIn(methods: UntypedServiceImplementation, options: LedgerClientOptions = {}): Promise<LedgerClient> {
@@ -54,5 +54,24 @@ describe('ledger client: auto-batching', () => {
       [400, 400, 400, 400],
     );
     assert.equal(sizes.reduce((a, b) => a + b, 0), 1600);
+  });
+
+  it('a call that waited in the queue past its deadline is answered DEADLINE_EXCEEDED, not sent after it', async () => {
+    let requests = 0;
+    const client = await standIn(
+      {
+        createTransfers: (call: ServerUnaryCall<CreateTransfersRequest, CreateTransfersResponse>, done: sendUnaryData<CreateTransfersResponse>) => {
+          // The first request is never answered (a stuck ledger): its caller's deadline ends it.
+          if (++requests > 1) allOk(call, done);
+        },
+      },
+      { maxInFlight: 1, deadlineMs: 500 },
+    );
+    const t = (linked = false) => newTransfer({ id: randomUUID(), debitAccountId: randomUUID(), creditAccountId: randomUUID(), amount: 1n, ledger: 978, code: 1, flags: { linked } });
+    // Two calls of one turn: the first (an open chain, never merged) takes the one request slot, the second waits.
+    const [first, second] = await Promise.allSettled([client.createTransfers([t(true)]), client.createTransfers([t()])]);
+    assert.equal(first.status === 'rejected' && (first.reason as ServiceError).code, status.DEADLINE_EXCEEDED);
+    assert.equal(second.status === 'rejected' && (second.reason as ServiceError).code, status.DEADLINE_EXCEEDED, `the second call was answered ${JSON.stringify(second.status === 'fulfilled' ? second.value.map((r) => r.code) : String(second.reason))}`);
+    assert.equal(requests, 1, 'the expired call was still sent (and its transfer written) after its caller had given up');
   });
 });

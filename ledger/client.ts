@@ -1,5 +1,5 @@
-import { credentials, status, type ChannelCredentials, type ServiceError } from '@grpc/grpc-js';
-import { callUnary, type UnaryMethod } from '../lib/grpc.js';
+import { credentials, Metadata, status, type ChannelCredentials, type ServiceError } from '@grpc/grpc-js';
+import { callUnary, raceDeadline, type UnaryMethod } from '../lib/grpc.js';
 import {
   LedgerServiceClient,
   PendingState,
@@ -70,6 +70,8 @@ interface QueuedCall {
   transfers: Transfer[];
   /** An upper bound of the transfers' encoded size. */
   bytes: number;
+  /** Epoch ms: the caller's deadline, counted from its call (as a lone call's would be), not from its request. */
+  deadline: number;
   resolve: (results: CreateTransferResult[]) => void;
   reject: (error: unknown) => void;
 }
@@ -130,10 +132,13 @@ export class LedgerClient {
   createTransfers(transfers: Transfer[]): Promise<CreateTransferResult[]> {
     // An empty call is a malformed request of its own: merged with others it would vanish unanswered.
     if (!this.autoBatch || transfers.length === 0) return this.sendTransfers(transfers);
-    return new Promise((resolve, reject) => {
-      this.queue.push({ transfers, bytes: transfers.reduce((sum, t) => sum + encodedSizeBound(t), 0), resolve, reject });
+    const deadline = Date.now() + this.deadlineMs;
+    const queued = new Promise<CreateTransferResult[]>((resolve, reject) => {
+      this.queue.push({ transfers, bytes: transfers.reduce((sum, t) => sum + encodedSizeBound(t), 0), deadline, resolve, reject });
       this.schedule();
     });
+    // Its own deadline, however long it waited for a request slot (a call still queued then is never sent).
+    return raceDeadline(queued, deadline, deadlineExceeded);
   }
 
   async lookupAccounts(ids: string[]): Promise<Account[]> {
@@ -156,8 +161,8 @@ export class LedgerClient {
     return (await this.call(this.raw.getAccountBalanceAt, { accountId, timestamp })).balance;
   }
 
-  private async sendTransfers(transfers: Transfer[]): Promise<CreateTransferResult[]> {
-    return (await this.call(this.raw.createTransfers, { transfers })).results;
+  private async sendTransfers(transfers: Transfer[], deadlineMs = this.deadlineMs): Promise<CreateTransferResult[]> {
+    return (await callUnary(this.raw, this.raw.createTransfers, { transfers }, deadlineMs)).results;
   }
 
   private schedule(): void {
@@ -175,8 +180,15 @@ export class LedgerClient {
       const calls: QueuedCall[] = [];
       let size = 0;
       let bytes = 0;
+      const now = Date.now();
       while (this.queue.length > 0) {
         const next = this.queue[0]!;
+        if (next.deadline <= now) {
+          // Its caller has been answered DEADLINE_EXCEEDED already: sent now, it would be written unknown to anyone.
+          this.queue.shift();
+          next.reject(deadlineExceeded());
+          continue;
+        }
         const opensChain = next.transfers[next.transfers.length - 1]?.flags?.linked === true;
         if (calls.length > 0 && (size + next.transfers.length > MAX_BATCH_EVENTS || bytes + next.bytes > MAX_MERGED_BYTES || opensChain)) break;
         calls.push(this.queue.shift()!);
@@ -184,6 +196,7 @@ export class LedgerClient {
         bytes += next.bytes;
         if (opensChain) break;
       }
+      if (calls.length === 0) break;
       this.inFlight++;
       void this.sendMerged(calls).finally(() => {
         this.inFlight--;
@@ -193,13 +206,15 @@ export class LedgerClient {
   }
 
   private async sendMerged(calls: QueuedCall[]): Promise<void> {
+    // Until the latest caller's deadline: each of them stops waiting at its own.
+    const remaining = (c: { deadline: number }) => Math.max(1, c.deadline - Date.now());
     if (calls.length === 1) {
       const only = calls[0]!;
-      await this.sendTransfers(only.transfers).then(only.resolve, only.reject);
+      await this.sendTransfers(only.transfers, remaining(only)).then(only.resolve, only.reject);
       return;
     }
     try {
-      const results = await this.sendTransfers(calls.flatMap((c) => c.transfers));
+      const results = await this.sendTransfers(calls.flatMap((c) => c.transfers), remaining({ deadline: Math.max(...calls.map((c) => c.deadline)) }));
       let offset = 0;
       for (const c of calls) {
         // Field by field: spreading an object with a bigint field takes V8's slow path (microseconds each).
@@ -209,12 +224,18 @@ export class LedgerClient {
       }
     } catch (error) {
       if ((error as ServiceError).code === status.INVALID_ARGUMENT) {
-        await Promise.all(calls.map((c) => this.sendTransfers(c.transfers).then(c.resolve, c.reject)));
+        await Promise.all(calls.map((c) => this.sendTransfers(c.transfers, remaining(c)).then(c.resolve, c.reject)));
       } else {
         for (const c of calls) c.reject(error);
       }
     }
   }
+}
+
+/** A queued call's deadline passing, as the status a call whose deadline passed in flight gets. */
+function deadlineExceeded(): ServiceError {
+  const details = 'deadline exceeded while waiting to be sent';
+  return Object.assign(new Error(`${status.DEADLINE_EXCEEDED} DEADLINE_EXCEEDED: ${details}`), { code: status.DEADLINE_EXCEEDED, details, metadata: new Metadata() });
 }
 
 function fullFilter(f: Partial<AccountFilter> & { accountId: string }): AccountFilter {
