@@ -102,4 +102,24 @@ describe('settlement reconciliation over windows with no batch (real PostgreSQL 
     assert.ok(refund.timestamp < made[0]!.windowStart, 'the refund is before the first window');
     assert.deepEqual(await reconciled(m.accountId, made), [[['unsettled_ledger_transfer', t.id, 700n], ['unsettled_ledger_transfer', refund.id, -300n]]]);
   });
+
+  it('an account with many transfers carrying full metadata is reconciled (each page of its transfers fits in a gRPC message)', async () => {
+    const m = await merchantWithAccount();
+    const now = nowNanos();
+    // The merchant's own transfers on the account, with the most metadata the ledger accepts (about 28 KB each):
+    // 1,300 of them are about 36 MB, more than one message may carry (32 MB).
+    const metadata = Object.fromEntries(Array.from({ length: 16 }, (_, i) => [`${i}`.padEnd(64, '€'), '€'.repeat(512)]));
+    const own = Array.from({ length: 1_300 }, () => transfer({ ledger: EUR, debitAccountId: m.customerId, creditAccountId: m.accountId, amount: 1n, metadata }));
+    for (let i = 0; i < own.length; i += 100) {
+      assert.ok((await suite.ledger.client.createTransfers(own.slice(i, i + 100))).every((r) => r.code === 1));
+    }
+    await captured(m, 500n, now + 2n * MINUTE);
+
+    const made = (await settler.closeEnded(now + 4n * MINUTE)).filter((b) => b.accountId === m.accountId);
+    assert.equal(made.length, 1);
+    const { discrepancies, ledgerTransfersChecked } = await reconcileBatch(suite.pool, suite.ledger.client, made[0]!);
+    assert.equal(ledgerTransfersChecked, 1_302, 'the 1,300 transfers, the capture and the payout');
+    assert.deepEqual(new Set(discrepancies.map((d) => d.kind)), new Set(['unsettled_ledger_transfer']));
+    assert.equal(discrepancies.length, 1_300);
+  });
 });

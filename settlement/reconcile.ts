@@ -33,6 +33,11 @@ export interface Reconciliation {
 }
 
 const LOOKUP_CHUNK = 8190;
+/**
+ * Transfers per page of the account's transfers: the account may hold any transfer (the merchant's own, with up
+ * to ~28 KB of metadata each), and a page must fit in one gRPC message (32 MB): 1,000 is at most ~28 MB.
+ */
+const PAGE = 1_000;
 
 /**
  * Three-way reconciliation of one batch: its lines (settlement_entries), the events settlement consumed
@@ -136,7 +141,7 @@ async function accountTransfers(ledger: SettlementLedger, accountId: string, sta
   const all: Transfer[] = [];
   let cursor = '';
   do {
-    const page = await ledger.getAccountTransfers({ accountId, timestampMin: start > 0n ? start : 1n, timestampMax: end - 1n, limit: LOOKUP_CHUNK, cursor });
+    const page = await ledger.getAccountTransfers({ accountId, timestampMin: start > 0n ? start : 1n, timestampMax: end - 1n, limit: PAGE, cursor });
     all.push(...page.transfers);
     cursor = page.nextCursor;
   } while (cursor);
