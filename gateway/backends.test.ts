@@ -11,6 +11,7 @@ import {
   type CreatePaymentsRequest,
   type CreatePaymentsResponse,
 } from '../proto/gen/payments/v1/payments.js';
+import { SettlementServiceService, type GetReportRequest, type GetReportResponse } from '../proto/gen/settlement/v1/settlement.js';
 import { testConfig } from '../test/support.js';
 import { Backends } from './backends.js';
 
@@ -84,5 +85,28 @@ describe('gateway backends: payment creations coalesced into CreatePayments', ()
     const results = await Promise.allSettled([1n, 2n].map((amount) => backends.createPayment(request(amount), false)));
     assert.ok(Date.now() - started < 900, 'answered at the deadline, not when the ledger did');
     for (const r of results) assert.equal(r.status === 'rejected' && (r.reason as AppError).kind, 'deadline_exceeded');
+  });
+});
+
+describe('gateway backends: settlement calls', () => {
+  it('a batch report of several MB (a batch of ~20,000 payments) reaches the gateway', async () => {
+    // The settlement service's server, as settlement/app.ts makes it (grpc-js sends messages of any size).
+    const server = new Server();
+    const header = 'record,batch_id,kind,payment_id,transfer_id,currency,amount,amount_major,occurred_at\n';
+    const line = `line,${randomUUID()},capture,${randomUUID()},${randomUUID()},EUR,1999,19.99,2026-12-01T10:00:00.123456789Z\n`;
+    // Two lines a payment (its capture and its fee): about 6 MB.
+    const csv = header + line.repeat(40_000);
+    server.addService(SettlementServiceService, {
+      getReport: (_call: ServerUnaryCall<GetReportRequest, GetReportResponse>, done: sendUnaryData<GetReportResponse>) => done(null, { csv }),
+    });
+    const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
+    const backends = new Backends(testConfig({ SETTLEMENT_GRPC_TARGET: `127.0.0.1:${port}` }));
+    try {
+      const report = await backends.settle((c) => c.getReport, { batchId: randomUUID(), merchantId: '' }, true);
+      assert.equal(report.csv.length, csv.length);
+    } finally {
+      backends.close();
+      server.forceShutdown();
+    }
   });
 });

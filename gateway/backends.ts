@@ -72,8 +72,12 @@ export class Backends {
           ...channel(i),
         }),
     );
-    // Settlement calls are few (admins, reports): one channel.
-    this.settlement = new SettlementServiceClient(config.SETTLEMENT_GRPC_TARGET, secured, { 'grpc.keepalive_time_ms': 30_000 });
+    // Settlement calls are few (admins, reports): one channel. A batch's report or reconciliation is several MB for
+    // a batch of tens of thousands of payments (grpc-js receives 4 MB by default).
+    this.settlement = new SettlementServiceClient(config.SETTLEMENT_GRPC_TARGET, secured, {
+      'grpc.keepalive_time_ms': 30_000,
+      'grpc.max_receive_message_length': 32 * 1024 * 1024,
+    });
   }
 
   /** A ledger client (auto-batching: concurrent transfer calls of this channel share requests). */
