@@ -33,4 +33,20 @@ describe('retry', () => {
     assert.equal(backoffDelay(20, 10, 1000, () => 0.5), 500);
     assert.equal(backoffDelay(5, 10, 1000, () => 0), 0);
   });
+
+  it('an abort during the backoff ends the retries: no attempt after it, the last error thrown', async () => {
+    const controller = new AbortController();
+    let calls = 0;
+    await assert.rejects(
+      retry(
+        async () => {
+          calls++;
+          throw new Error(`transient ${calls}`);
+        },
+        { attempts: 5, baseDelayMs: 60_000, maxDelayMs: 60_000, random: () => 1, isRetryable: () => true, signal: controller.signal, onRetry: () => setImmediate(() => controller.abort()) },
+      ),
+      /transient 1/,
+    );
+    assert.equal(calls, 1, 'an attempt was made after the abort');
+  });
 });

@@ -29,13 +29,15 @@ export async function retry<T>(operation: (attempt: number) => Promise<T>, optio
       const delayMs = backoffDelay(attempt, options.baseDelayMs, options.maxDelayMs, options.random);
       options.onRetry?.(error, attempt + 1, delayMs);
       await sleep(delayMs, options.signal);
+      // Aborted while waiting: no further attempt.
+      if (options.signal?.aborted) throw error;
     }
   }
 }
 
 export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
-    if (ms <= 0) return resolve();
+    if (ms <= 0 || signal?.aborted) return resolve();
     const timer = setTimeout(done, ms);
     signal?.addEventListener('abort', done, { once: true });
     function done(): void {
