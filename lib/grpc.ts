@@ -86,6 +86,20 @@ export function fromServiceError(error: ServiceError): AppError {
   );
 }
 
+/**
+ * A status received from a call to another service (the ledger, for settlement) that the handler let through:
+ * one the caller may retry (that service is down, overloaded or slow) is answered as such, with Retry-After, as a
+ * database that is down is; any other is this service's own fault (internal). Its message and field are about
+ * that other call, not the caller's: not passed on.
+ */
+function dependencyFailure(error: unknown): unknown {
+  if (!(error instanceof Error) || typeof (error as ServiceError).code !== 'number' || !((error as ServiceError).metadata instanceof Metadata)) return error;
+  const received = fromServiceError(error as ServiceError);
+  if (!received.retryable) return error;
+  const retryAfterSeconds = received.details.retryAfterSeconds;
+  return new AppError(received.kind, received.kind, `a service this call depends on answered ${status[(error as ServiceError).code]}; retry later`, retryAfterSeconds ? { retryAfterSeconds } : {}, { cause: error });
+}
+
 /** Error metadata keys: the problem code, the offending field and Retry-After, for the gateway to relay. */
 export const ERROR_CODE_KEY = 'x-error-code';
 export const ERROR_FIELD_KEY = 'x-error-field';
@@ -200,7 +214,7 @@ export async function serveCall<Res>(
     finish(status.OK);
     return { response };
   } catch (thrown) {
-    const error = asAppError(thrown);
+    const error = asAppError(dependencyFailure(thrown));
     if (!(error instanceof AppError) || error.kind === 'internal') context.with(active, () => logger.error({ err: error, method }, 'request failed'));
     const failure = callFailureOf(error);
     finish(failure.status);

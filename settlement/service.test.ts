@@ -1,0 +1,58 @@
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { credentials, Server, ServerCredentials, status, type ServiceError } from '@grpc/grpc-js';
+import { after, before, describe, it } from 'mocha';
+import { withTransaction, type Pool } from '../lib/db.js';
+import { callUnary } from '../lib/grpc.js';
+import { createLogger } from '../lib/logger.js';
+import { LedgerClient } from '../ledger/client.js';
+import { nowNanos } from '../ledger/payments/model.js';
+import { SettlementServiceClient, SettlementServiceService } from '../proto/gen/settlement/v1/settlement.js';
+import { testConfig, testPool } from '../test/support.js';
+import { createSettlementService } from './service.js';
+import { Settler } from './settler.js';
+import * as store from './store.js';
+import { parseSchedule } from './windows.js';
+
+/** The settlement service's gRPC answers when the ledger it calls is down. */
+describe('settlement service with the ledger down (real PostgreSQL)', function () {
+  this.timeout(60_000);
+  let pool: Pool;
+  let ledger: LedgerClient;
+  let server: Server;
+  let client: SettlementServiceClient;
+
+  before(async () => {
+    pool = testPool();
+    // Nothing listens there: every ledger call fails UNAVAILABLE at once.
+    ledger = new LedgerClient('127.0.0.1:1', { autoBatch: false, deadlineMs: 5_000 });
+    const logger = createLogger('settlement-test', 'silent');
+    const settler = new Settler(pool, ledger, { defaultSchedule: parseSchedule({ kind: 'interval', intervalMinutes: 1 }), resumePayoutsAfterMs: 1_000 }, logger);
+    server = new Server();
+    server.addService(SettlementServiceService, createSettlementService(pool, ledger, settler, testConfig(), logger));
+    const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
+    client = new SettlementServiceClient(`127.0.0.1:${port}`, credentials.createInsecure());
+  });
+  after(async () => {
+    client?.close();
+    server?.forceShutdown();
+    ledger?.close();
+    await pool?.end();
+  });
+
+  it('closing a window is answered UNAVAILABLE with Retry-After (the gateway: 503, retry), not INTERNAL', async () => {
+    const merchantId = randomUUID();
+    await pool.query('INSERT INTO merchants (id, name, fee_bps) VALUES ($1, $2, 100)', [merchantId, `ledger down ${merchantId.slice(0, 8)}`]);
+    const accountId = randomUUID();
+    await withTransaction(pool, (tx) => store.openAccount(tx, accountId, merchantId, 'EUR', nowNanos() - 60_000_000_000n));
+    const error = await callUnary(client, client.closeWindow, { merchantId, currency: 'EUR' }, 10_000)
+      .then(
+        () => assert.fail('closed a window without the ledger'),
+        (e: ServiceError) => e,
+      )
+      // The account is in no ledger: left in place, it would fail every later closer run on this database.
+      .finally(() => pool.query('DELETE FROM settlement_accounts WHERE account_id = $1', [accountId]));
+    assert.equal(status[error.code], status[status.UNAVAILABLE], `answered ${status[error.code]}: ${error.details}`);
+    assert.ok(Number(error.metadata.get('retry-after')[0]) > 0, 'no Retry-After');
+  });
+});
