@@ -1,5 +1,5 @@
 import type { Meter } from '@opentelemetry/api';
-import { AckPolicy, DeliverPolicy, type ConsumerMessages, type JsMsg } from '@nats-io/jetstream';
+import { AckPolicy, DeliverPolicy, JetStreamApiCodes, JetStreamApiError, type ConsumerMessages, type JsMsg } from '@nats-io/jetstream';
 import { headers } from '@nats-io/transport-node';
 import { EventBatch, type EventEnvelope } from '../proto/gen/events/v1/events.js';
 import type { Config } from './config.js';
@@ -75,6 +75,13 @@ export class EventConsumer {
     await ensureEventStream(jsm, this.config);
     await ensureDeadLetterStream(jsm, this.config.NATS_STREAM_REPLICAS);
     const start = this.options.start;
+    // The start position applies when the durable is created: JetStream refuses to change it afterwards ("deliver
+    // policy can not be updated"), and a replay (rewindConsumer) re-creates the durable with a position of its own,
+    // so an existing durable keeps the position it has.
+    const existing = await jsm.consumers.info(this.config.EVENTS_STREAM, this.options.name).catch((error: unknown) => {
+      if (error instanceof JetStreamApiError && error.code === JetStreamApiCodes.ConsumerNotFound) return undefined;
+      throw error;
+    });
     await jsm.consumers.add(this.config.EVENTS_STREAM, {
       durable_name: this.options.name,
       filter_subject: `${this.config.EVENTS_SUBJECT_PREFIX}.${this.options.filter}`,
@@ -84,7 +91,13 @@ export class EventConsumer {
       // only after a crash or a lost connection, and gives up only as a backstop far beyond that.
       max_deliver: (this.options.maxDeliver ?? 5) * 10,
       max_ack_pending: (this.options.concurrency ?? 8) * 4,
-      ...(start === undefined
+      ...(existing !== undefined
+        ? {
+            deliver_policy: existing.config.deliver_policy,
+            ...(existing.config.opt_start_seq !== undefined ? { opt_start_seq: existing.config.opt_start_seq } : {}),
+            ...(existing.config.opt_start_time !== undefined ? { opt_start_time: existing.config.opt_start_time } : {}),
+          }
+        : start === undefined
         ? { deliver_policy: DeliverPolicy.All }
         : 'sequence' in start
           ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: start.sequence }
