@@ -126,10 +126,10 @@ describe('event consumer framework (own NATS server, real PostgreSQL)', function
     await assertPerAccountOrder(name);
   });
 
-  it('replay: a consumer rewound to the start re-applies exactly the effects that were lost', async () => {
+  it('replay: a consumer rewound to the start re-applies exactly the effects that were lost, and starts again after it', async () => {
     const name = `replay-${randomUUID().slice(0, 8)}`;
     const config = testConfig(env);
-    const consumer = new EventConsumer(nc, pool, config, { name, filter: 'ledger.>', concurrency: 4 }, recordTransfer(name, () => false), logger);
+    let consumer = new EventConsumer(nc, pool, config, { name, filter: 'ledger.>', concurrency: 4 }, recordTransfer(name, () => false), logger);
     await consumer.start();
     try {
       const transfers = await commitTransfers(ledger.client, 600);
@@ -159,6 +159,13 @@ describe('event consumer framework (own NATS server, real PostgreSQL)', function
       await waitFor(async () => (await consumer.lag()).pending === 0, 'the replay to finish');
       const applied = await effects(name);
       for (const t of transfers) assert.deepEqual(applied.get(t.id), { count: 1, amount: t.amount }, `transfer ${t.id}`);
+
+      // The rewound durable keeps its start position: a restart (the next `make dev`) must not ask to change it.
+      await consumer.stop();
+      consumer = new EventConsumer(nc, pool, config, { name, filter: 'ledger.>', concurrency: 4 }, recordTransfer(name, () => false), logger);
+      await consumer.start();
+      const later = await commitTransfers(ledger.client, 100);
+      await waitFor(async () => (await effects(name)).size >= transfers.length + later.length, 'the transfers after the restart');
     } finally {
       await consumer.stop();
     }
