@@ -94,6 +94,7 @@ describe('database failures as callers see them (asAppError)', () => {
       ['40001', 'contention'],
       ['40P01', 'contention'],
       ['57P01', 'database_unavailable'],
+      ['40003', 'database_unavailable'], // CockroachDB: a COMMIT whose outcome is unknown ("result is ambiguous")
       ['53200', 'database_overloaded'],
       ['53300', 'database_overloaded'],
     ] as const) {

@@ -64,7 +64,11 @@ const RETRYABLE_SQLSTATES = new Set([
 ]);
 
 /** SQLSTATE classes / codes meaning the database cannot be reached or is going away. */
-const CONNECTION_SQLSTATES = new Set(['57P01', '57P02', '57P03', '08000', '08001', '08003', '08006']);
+/**
+ * The connection went away, or (40003, CockroachDB's "result is ambiguous") a COMMIT's outcome is unknown: the
+ * same for callers, never retried inside the transaction, answered UNAVAILABLE for an idempotent retry.
+ */
+const CONNECTION_SQLSTATES = new Set(['57P01', '57P02', '57P03', '08000', '08001', '08003', '08006', '40003']);
 const CONNECTION_ERRNOS = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ENOTFOUND', 'EHOSTUNREACH']);
 
 export function sqlState(error: unknown): string | undefined {
