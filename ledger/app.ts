@@ -3,7 +3,7 @@ import { Piscina } from 'piscina';
 import type { Config } from '../lib/config.js';
 import { ownedShards, shardOwners } from '../lib/config.js';
 import { createPool, withTransaction } from '../lib/db.js';
-import { drainHandlers, observeRpcServer } from '../lib/grpc.js';
+import { observeRpcServer, shutdownGrpcServer } from '../lib/grpc.js';
 import { channelCredentials, grpcTlsEnabled, serverCredentials, serverOptions } from '../lib/grpc-tls.js';
 import type { Logger } from '../lib/logger.js';
 import { LedgerServiceService } from '../proto/gen/ledger/v1/ledger.js';
@@ -164,19 +164,9 @@ export async function startLedger(config: Config, logger: Logger): Promise<Ledge
     async close() {
       await sweeper.stop();
       await resumer.task.stop();
-      // Let calls that wait on a batch finish (their batch commits either way); then stop hard.
-      await new Promise<void>((resolve) => {
-        const force = setTimeout(() => {
-          server.forceShutdown();
-          resolve();
-        }, 10_000);
-        server.tryShutdown(() => {
-          clearTimeout(force);
-          resolve();
-        });
-      });
-      // Handlers of calls their clients gave up on may still be running: they finish before the pools close.
-      await drainHandlers();
+      // Let calls that wait on a batch finish (their batch commits either way), and handlers of calls their clients
+      // gave up on, before the workers and pools close.
+      await shutdownGrpcServer(server);
       await workers.close();
       risk.close();
       // Metrics first: their last collection asks the relay for its lag, through the relay's own pool.

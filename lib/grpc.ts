@@ -1,4 +1,4 @@
-import { Metadata, status, type CallOptions, type ServiceError, type ServerUnaryCall, type sendUnaryData } from '@grpc/grpc-js';
+import { Metadata, status, type CallOptions, type Server, type ServiceError, type ServerUnaryCall, type sendUnaryData } from '@grpc/grpc-js';
 import { context, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Context, type Histogram, type Link, type Meter, type TextMapGetter, type TextMapSetter } from '@opentelemetry/api';
 import { asAppError } from './db.js';
 import { AppError, type ErrorKind } from './errors.js';
@@ -136,6 +136,25 @@ export async function drainHandlers(timeoutMs = 10_000): Promise<void> {
   let timer: NodeJS.Timeout | undefined;
   await Promise.race([Promise.allSettled([...handlers]), new Promise<void>((resolve) => (timer = setTimeout(resolve, timeoutMs)))]);
   clearTimeout(timer);
+}
+
+/**
+ * A service's gRPC server at shutdown: no new calls; the calls running may finish (cut after `timeoutMs`); then the
+ * handlers of calls their clients gave up on, which grpc-js no longer counts, finish too (drainHandlers), so that
+ * what they use (pools, clients) can be closed after this.
+ */
+export async function shutdownGrpcServer(server: Server, timeoutMs = 10_000): Promise<void> {
+  await new Promise<void>((resolve) => {
+    const force = setTimeout(() => {
+      server.forceShutdown();
+      resolve();
+    }, timeoutMs);
+    server.tryShutdown(() => {
+      clearTimeout(force);
+      resolve();
+    });
+  });
+  await drainHandlers(timeoutMs);
 }
 
 const metadataGetter: TextMapGetter<Metadata> = {

@@ -1,7 +1,7 @@
 import { Server } from '@grpc/grpc-js';
 import type { Config } from '../lib/config.js';
 import { createPool } from '../lib/db.js';
-import { observeRpcServer } from '../lib/grpc.js';
+import { observeRpcServer, shutdownGrpcServer } from '../lib/grpc.js';
 import { grpcTlsEnabled, serverCredentials, serverOptions } from '../lib/grpc-tls.js';
 import type { Logger } from '../lib/logger.js';
 import { RiskServiceService } from '../proto/gen/risk/v1/risk.js';
@@ -107,7 +107,8 @@ export async function startRisk(config: Config, logger: Logger): Promise<RiskApp
   return {
     address,
     async close() {
-      await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+      // Calls running, and handlers of calls given up on, finish before what they use is closed.
+      await shutdownGrpcServer(server);
       await closeScorer();
       await metrics.shutdown();
     },

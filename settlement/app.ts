@@ -1,6 +1,6 @@
 import { Server } from '@grpc/grpc-js';
 import type { Config } from '../lib/config.js';
-import { observeRpcServer } from '../lib/grpc.js';
+import { observeRpcServer, shutdownGrpcServer } from '../lib/grpc.js';
 import { channelCredentials, grpcTlsEnabled, serverCredentials, serverOptions } from '../lib/grpc-tls.js';
 import { EventConsumer, observeConsumer } from '../lib/consumer.js';
 import { createPool, type Pool } from '../lib/db.js';
@@ -78,7 +78,8 @@ export async function startSettlement(config: Config, logger: Logger): Promise<S
     consumer,
     pool,
     async close() {
-      await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+      // Calls running, and handlers of calls given up on, finish before what they use is closed.
+      await shutdownGrpcServer(server);
       await closer.stop();
       await consumer.stop();
       await relay.stop();
