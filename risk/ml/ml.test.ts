@@ -4,7 +4,7 @@ import { before, describe, it } from 'mocha';
 import { FeatureStore, offlineFeatures } from './features.js';
 import { calibration, costOptimalThreshold, operatingPoint, prAuc, recallAtFpr, rocAuc } from './metrics.js';
 import { loadModel, GbtModel, LogisticModel } from './models.js';
-import { buildDataset, evaluateScores, labelKnownAt, rulesScores, timeSplit, type Dataset, type Split } from './pipeline.js';
+import { buildDataset, evaluateScores, labelKnownAt, rulesScores, timeSplit, type Dataset, type ModelArtefact, type Split } from './pipeline.js';
 import { DEFAULT_SYNTH, generatePayments } from './synth.js';
 import { ModelScorer } from './serving.js';
 import { Decision } from '../../proto/gen/risk/v1/risk.js';
@@ -160,19 +160,25 @@ describe('risk models: synthetic data, features, training and evaluation', funct
 describe('risk retraining', function () {
   this.timeout(120_000);
 
-  it('promotes a challenger that is cheaper on the hold-out, and keeps a champion that is not beaten', async () => {
-    const { mkdtemp, writeFile: write, readFile: read } = await import('node:fs/promises');
+  const synth = { ...SMALL, weeks: 3 };
+  /** A champion trained on three weeks of SMALL, as `change` makes it, written to a fresh artefact file. */
+  async function championFile(change: (trained: ModelArtefact) => ModelArtefact = (trained) => trained): Promise<string> {
+    const { mkdtemp, writeFile } = await import('node:fs/promises');
     const os = await import('node:os');
     const path = await import('node:path');
-    const { retrain } = await import('./retrain.js');
     const { trainModels } = await import('./pipeline.js');
-    const synth = { ...SMALL, weeks: 3 };
     const dataset = buildDataset(synth);
     const [trained] = await trainModels(dataset, timeSplit(dataset, 2), synth);
     const file = path.join(await mkdtemp(path.join(os.tmpdir(), 'champion-')), 'champion.json');
+    await writeFile(file, JSON.stringify(change(trained!)));
+    return file;
+  }
+
+  it('promotes a challenger that is cheaper on the hold-out, and keeps a champion that is not beaten', async () => {
+    const { readFile: read } = await import('node:fs/promises');
+    const { retrain } = await import('./retrain.js');
     // A champion that declines nothing: every fraud of the hold-out is a loss.
-    const weak = { ...trained!, version: 'logistic-weak', threshold: 2 };
-    await write(file, JSON.stringify(weak));
+    const file = await championFile((trained) => ({ ...trained, version: 'logistic-weak', threshold: 2 }));
     const first = await retrain(file, 4);
     assert.ok(first.promoted, `challenger ${first.challengerCost} vs champion ${first.championCost}`);
     assert.equal(JSON.parse(await read(file, 'utf8')).version, first.challenger.version);
@@ -182,16 +188,8 @@ describe('risk retraining', function () {
   });
 
   it('trains the challenger on payments at least a week old, labelled with the chargebacks known at the run, not a week before', async () => {
-    const { mkdtemp, writeFile: write } = await import('node:fs/promises');
-    const os = await import('node:os');
-    const path = await import('node:path');
     const { retrain } = await import('./retrain.js');
-    const { trainModels } = await import('./pipeline.js');
-    const synth = { ...SMALL, weeks: 3 };
-    const dataset = buildDataset(synth);
-    const [trained] = await trainModels(dataset, timeSplit(dataset, 2), synth);
-    const file = path.join(await mkdtemp(path.join(os.tmpdir(), 'champion-')), 'champion.json');
-    await write(file, JSON.stringify(trained));
+    const file = await championFile();
     const weeks = 4;
     const { challenger } = await retrain(file, weeks);
     const now = weeks * 7 * 86_400_000;
