@@ -71,6 +71,29 @@ describe('gateway backends: payment creations coalesced into CreatePayments', ()
     assert.deepEqual(results.map((r) => (r.status === 'fulfilled' ? r.value.amount : (r.reason as AppError).kind)), [1n, 'not_found', 3n]);
   });
 
+  it('retries of an idempotent call share the caller\'s deadline: no attempt is given time beyond it', async () => {
+    const attempts: { deadline: number }[] = [];
+    const backends = await standIn(
+      {
+        getPayment: (call: ServerUnaryCall<unknown, unknown>, done: sendUnaryData<unknown>) => {
+          const deadline = call.getDeadline();
+          attempts.push({ deadline: deadline instanceof Date ? deadline.getTime() : Number(deadline) });
+          // A ledger that answers UNAVAILABLE after a while (its database unreachable, say).
+          setTimeout(() => done({ code: status.UNAVAILABLE, details: 'database unavailable' }), 150);
+        },
+      },
+      400,
+    );
+    const started = Date.now();
+    await assert.rejects(
+      backends.payment((c) => c.getPayment, { merchantId: randomUUID(), paymentId: randomUUID() }, true),
+      (e: AppError) => e.kind === 'unavailable' || e.kind === 'deadline_exceeded',
+    );
+    assert.ok(attempts.length >= 2, `${attempts.length} attempts: the UNAVAILABLE was not retried`);
+    // Each attempt's deadline as the server saw it: within the caller's 400 ms (plus the transit of the call), not 400 ms each.
+    for (const a of attempts) assert.ok(a.deadline <= started + 400 + 150, `an attempt had until ${a.deadline - started} ms after the call began`);
+  });
+
   it('each caller keeps its own deadline: creations the ledger does not answer in time are deadline errors at that deadline', async () => {
     const backends = await standIn(
       {

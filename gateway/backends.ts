@@ -22,6 +22,8 @@ interface PaymentCreation {
 /** A creation's answer: its payment, or the error its caller gets (an AppError, or the status of a lone call). */
 type CreationOutcome = { payment: Payment } | { error: unknown };
 
+/** Time an attempt needs to be worth making (a retry with less left would only answer DEADLINE_EXCEEDED). */
+const MIN_ATTEMPT_MS = 50;
 const creationExpired = () => new AppError('deadline_exceeded', 'deadline_exceeded', 'the ledger did not answer before the deadline');
 
 /** Payments per CreatePayments call (the ledger accepts up to 1,000). */
@@ -92,16 +94,16 @@ export class Backends {
 
   /** Calls a payments method; `idempotent` calls are retried on UNAVAILABLE. */
   payment<Req, Res>(pick: (client: PaymentServiceClient) => UnaryMethod<Req, Res>, request: Req, idempotent: boolean): Promise<Res> {
-    return this.call(() => {
+    return this.call((deadlineMs) => {
       const client = this.paymentClient();
-      return callUnary(client, pick(client), request, this.config.GATEWAY_GRPC_DEADLINE_MS);
+      return callUnary(client, pick(client), request, deadlineMs);
     }, idempotent);
   }
 
   /** Creates a payment (coalesced with concurrent ones); with an idempotency key it is retried on UNAVAILABLE. */
   createPayment(request: CreatePaymentRequest, idempotent: boolean): Promise<Payment> {
-    return this.call(async () => {
-      const deadline = Date.now() + this.config.GATEWAY_GRPC_DEADLINE_MS;
+    return this.call(async (deadlineMs) => {
+      const deadline = Date.now() + deadlineMs;
       // Its own deadline, whatever the call carrying it waits for.
       const outcome = await raceDeadline(this.creations.add({ request, caller: context.active(), deadline }), deadline, creationExpired);
       if ('error' in outcome) throw outcome.error;
@@ -111,10 +113,10 @@ export class Backends {
 
   /** Calls a settlement method, with the same retry rule and error mapping. */
   settle<Req, Res>(pick: (client: SettlementServiceClient) => UnaryMethod<Req, Res>, request: Req, idempotent: boolean): Promise<Res> {
-    return this.call(() => callUnary(this.settlement, pick(this.settlement), request, this.config.GATEWAY_GRPC_DEADLINE_MS), idempotent);
+    return this.call((deadlineMs) => callUnary(this.settlement, pick(this.settlement), request, deadlineMs), idempotent);
   }
 
-  /** Any ledger call, with the same retry rule and error mapping. */
+  /** Any ledger call, with the same retry rule and error mapping (each attempt with the ledger client's own deadline). */
   ledgerCall<T>(work: (ledger: LedgerClient) => Promise<T>, idempotent: boolean): Promise<T> {
     return this.call(() => work(this.ledger()), idempotent);
   }
@@ -159,14 +161,20 @@ export class Backends {
     }
   }
 
-  private async call<T>(attempt: () => Promise<T>, idempotent: boolean): Promise<T> {
+  /**
+   * Runs `attempt` with the time left of one GATEWAY_GRPC_DEADLINE_MS for the whole call: retries (idempotent calls,
+   * on UNAVAILABLE) share it, so a request waits at most that long however many attempts it takes.
+   */
+  private async call<T>(attempt: (deadlineMs: number) => Promise<T>, idempotent: boolean): Promise<T> {
+    const until = Date.now() + this.config.GATEWAY_GRPC_DEADLINE_MS;
+    const left = () => until - Date.now();
     try {
-      return await retry(attempt, {
+      return await retry(() => attempt(Math.max(1, left())), {
         attempts: idempotent ? 3 : 1,
         baseDelayMs: 20,
         maxDelayMs: 200,
-        // A batched item's own UNAVAILABLE arrives as the AppError it was on the server.
-        isRetryable: (error) => (error as ServiceError).code === status.UNAVAILABLE || (error instanceof AppError && error.kind === 'unavailable'),
+        // A batched item's own UNAVAILABLE arrives as the AppError it was on the server; no attempt without time left.
+        isRetryable: (error) => left() > MIN_ATTEMPT_MS && ((error as ServiceError).code === status.UNAVAILABLE || (error instanceof AppError && error.kind === 'unavailable')),
       });
     } catch (error) {
       if (error instanceof AppError) throw error;
