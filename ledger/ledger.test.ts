@@ -667,6 +667,23 @@ describe('ledger (gRPC, PostgreSQL)', function () {
       }
     });
 
+    it('two resolutions of one pending transfer, one inside a chain led by another shard: the first resolves it', async () => {
+      const [d, c, e, f] = [idOnShard(0), idOnShard(0), idOnShard(1), idOnShard(1)];
+      assert.deepEqual(await create(...[d, c, e, f].map((x) => account({ id: x }))), ['ok', 'ok', 'ok', 'ok']);
+      for (let round = 0; round < ROUNDS; round++) {
+        const pending = transfer({ debitAccountId: d, creditAccountId: c, amount: 9n, flags: { pending: true } });
+        assert.deepEqual(await send(pending), ['ok']);
+        // The chain goes to shard 1, the post (naming no accounts) to the pending's debit account's shard, 0.
+        const lead = transfer({ debitAccountId: e, creditAccountId: f, amount: 1n, flags: { linked: true } });
+        assert.deepEqual(
+          await send(lead, resolve(pending.id, VOID, { debitAccountId: d, creditAccountId: c }), resolve(pending.id, POST)),
+          ['ok', 'ok', 'pending_transfer_already_voided'],
+          `round ${round}`,
+        );
+      }
+      await expectBalances({ [d]: ZERO, [c]: ZERO, [e]: [0n, BigInt(ROUNDS), 0n, 0n] });
+    });
+
     it('an account made wide (balances read in full) is ordered too: overflow answers the later event', async () => {
       for (let round = 0; round < ROUNDS / 2; round++) {
         const [first, second, big] = [idOnShard(0), idOnShard(1), idOnShard(2)];

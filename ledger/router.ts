@@ -41,7 +41,8 @@ export class ShardNotOwnedError extends AppError {
  * Routes events to the batcher of the shard that owns them: transfers by debit account, accounts by id.
  * A linked chain travels whole with its first event, so it always runs inside one batch transaction. Chains of
  * one request whose results depend on their order (two events with one id, a post/void naming a pending transfer of
- * the same request, events sharing an account with balance rules: transferDependencies) travel together
+ * the same request, two posts/voids of one pending, events sharing an account with balance rules:
+ * transferDependencies) travel together
  * with the first of them, in request order, so that they are evaluated in order in one batch.
  */
 export class LedgerRouter {
@@ -219,16 +220,21 @@ function sameIdDependencies<E extends { id: string }>(events: readonly E[]): { p
  * The same for transfers, and also:
  * - a post/void and the event of the same request whose id is its pending id (before it: the post/void must see
  *   the pending transfer; after it: it must not, whichever shard's batch commits first);
+ * - two posts/voids of one pending transfer (the first resolves it; chains can carry them to different shards);
  * - consecutive events changing an account of `ruled` (balance rules: a limit's or an overflow check, or the
  *   balances history records, depends on every earlier event of the account).
  */
 function transferDependencies(events: readonly TransferInput[], accountsOf: (e: TransferInput) => readonly string[], ruled: ReadonlySet<string>): [number, number][] {
   const { pairs, firstWithId } = sameIdDependencies(events);
   const lastOfAccount = new Map<string, number>();
+  const lastResolutionOf = new Map<string, number>();
   events.forEach((e, i) => {
     if (e.pendingId !== '' && hasFlag(e.flags, TransferFlag.postPendingTransfer | TransferFlag.voidPendingTransfer)) {
       const j = firstWithId.get(e.pendingId);
       if (j !== undefined) pairs.push([j, i]);
+      const previous = lastResolutionOf.get(e.pendingId);
+      if (previous !== undefined) pairs.push([previous, i]);
+      lastResolutionOf.set(e.pendingId, i);
     }
     if (ruled.size === 0) return;
     for (const accountId of accountsOf(e)) {
