@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
+import { Metadata, status } from '@grpc/grpc-js';
 import { after, before, describe, it } from 'mocha';
 import { withTransaction, type Pool } from '../lib/db.js';
 import { createLogger } from '../lib/logger.js';
@@ -7,7 +8,7 @@ import { feeTransferId, platformAccountId } from '../ledger/payments/model.js';
 import type { EventEnvelope } from '../proto/gen/events/v1/events.js';
 import { account, startTestLedger, transfer, type TestLedger } from '../test/ledger-harness.js';
 import { testPool } from '../test/support.js';
-import { Settler } from './settler.js';
+import { Settler, type SettlementLedger } from './settler.js';
 import * as store from './store.js';
 import { parseSchedule } from './windows.js';
 
@@ -156,6 +157,30 @@ describe('settlement windows and payouts (real PostgreSQL and ledger)', function
     const [account] = await ledger.client.lookupAccounts([m.accountId]);
     assert.equal(account!.debitsPosted, 10_000n, 'the payout posted once');
     assert.deepEqual(await batchesOf(m.accountId), [batch!.id]);
+  });
+
+  it('an account that cannot be closed (not in the ledger) does not stop the closer from settling every other account', async () => {
+    const m = await merchantWithAccount(10_000n);
+    const at = ns('2026-05-04T10:00:00Z');
+    // An event that named a destination account the ledger does not hold: that account can never be closed.
+    // Its id sorts before every other account, and the closer walks the accounts in id order.
+    const stuck = { merchantId: m.merchantId, accountId: '00000000-0000-4000-8000-000000000000' };
+    await consume(event('payment.captured', stuck, 1_000n, 0n, at));
+    await consume(event('payment.captured', m, 10_000n, 0n, at));
+    try {
+      const made = await settler.closeEnded(ns('2026-05-05T16:00:00Z')).then((b) => b.filter((x) => x.accountId === m.accountId));
+      assert.deepEqual(made.map((b) => [b.net, b.payout, b.status]), [[10_000n, 10_000n, 'paid']]);
+      const stuckState = await pool.query('SELECT closed_through FROM settlement_accounts WHERE account_id = $1', [stuck.accountId]);
+      assert.ok(stuckState.rows[0].closed_through < ns('2026-05-04T16:00:00Z'), 'the failing account stays open, to be closed once it can be');
+      // The ledger down is no fault of one account's: the run stops, to be retried, rather than try every account.
+      const unavailable = Object.assign(new Error('14 UNAVAILABLE: ledger down (simulated)'), { code: status.UNAVAILABLE, details: 'ledger down', metadata: new Metadata() });
+      const down = { ...ledger.client, lookupAccounts: () => Promise.reject(unavailable), lookupTransfers: () => Promise.reject(unavailable) } as unknown as SettlementLedger;
+      const closer = new Settler(pool, down, { defaultSchedule: parseSchedule({ kind: 'interval', intervalMinutes: 60 }), resumePayoutsAfterMs: 1_000 }, createLogger('settlement-test', 'silent'));
+      await assert.rejects(closer.closeEnded(ns('2026-05-06T16:00:00Z')), /UNAVAILABLE/);
+    } finally {
+      await pool.query('DELETE FROM settlement_entries WHERE account_id = $1', [stuck.accountId]);
+      await pool.query('DELETE FROM settlement_accounts WHERE account_id = $1', [stuck.accountId]);
+    }
   });
 
   it('an event that cannot be settled fails (to be dead-lettered) and writes nothing', async () => {

@@ -1,7 +1,9 @@
 import { currencyOf } from '../lib/currency.js';
-import { withTransaction, type Pool, type PoolClient } from '../lib/db.js';
+import { Metadata, type ServiceError } from '@grpc/grpc-js';
+import { asAppError, withTransaction, type Pool, type PoolClient } from '../lib/db.js';
 import { derivedId } from '../lib/derived-id.js';
 import { AppError, InternalError, invariant } from '../lib/errors.js';
+import { fromServiceError } from '../lib/grpc.js';
 import type { Logger } from '../lib/logger.js';
 import { newAccount, newTransfer, type LedgerClient } from '../ledger/client.js';
 import { AccountCode, TransferCode, feeTransferId, nowNanos, platformAccountId } from '../ledger/payments/model.js';
@@ -66,19 +68,28 @@ export class Settler {
     await store.recordEvent(tx, consumed, effectiveAt, entries);
   };
 
-  /** Closes every window that has ended by `now` (each ended window its own batch; empty windows are skipped). */
+  /**
+   * Closes every window that has ended by `now` (each ended window its own batch; empty windows are skipped).
+   * An account that fails to close is logged and left for the next run: it must not hold up every account after
+   * it (an outage of the database or the ledger is thrown, to be waited out).
+   */
   async closeEnded(now = nowNanos()): Promise<store.Batch[]> {
     const made: store.Batch[] = [];
     for (const account of await store.settledAccounts(this.pool)) {
       const schedule = account.profile?.schedule ?? this.settings.defaultSchedule;
       const lastBoundary = windowContaining(schedule, now).start;
       let closedThrough = account.closedThrough;
-      while (closedThrough < lastBoundary) {
-        const cut = windowContaining(schedule, closedThrough).end;
-        const outcome = await this.closeAccount(account.accountId, cut, { schedule, upTo: lastBoundary });
-        if (outcome.batch) made.push(outcome.batch);
-        invariant(outcome.closedThrough > closedThrough, `settlement account ${account.accountId} did not move past ${closedThrough}`);
-        closedThrough = outcome.closedThrough;
+      try {
+        while (closedThrough < lastBoundary) {
+          const cut = windowContaining(schedule, closedThrough).end;
+          const outcome = await this.closeAccount(account.accountId, cut, { schedule, upTo: lastBoundary });
+          if (outcome.batch) made.push(outcome.batch);
+          invariant(outcome.closedThrough > closedThrough, `settlement account ${account.accountId} did not move past ${closedThrough}`);
+          closedThrough = outcome.closedThrough;
+        }
+      } catch (error) {
+        if (isOutage(error)) throw error;
+        this.logger.error({ err: error, account: account.accountId }, 'settlement account could not be closed; the others go on');
       }
     }
     return made;
@@ -243,6 +254,14 @@ function batchOf(id: string, account: store.SettledAccount, cut: bigint, lines: 
   invariant(batch.payout >= 0n && batch.payout <= (available > 0n ? available : 0n), `batch ${id}: payout ${batch.payout} outside 0..${available}`);
   invariant(batch.carriedOut === batch.net + batch.carriedIn - batch.payout, `batch ${id}: carried amounts do not add up`);
   return batch;
+}
+
+/** The database or the ledger is down, overloaded or slow: no fault of one account's, waited out by the caller. */
+function isOutage(error: unknown): boolean {
+  const cause = asAppError(error);
+  if (cause instanceof AppError) return cause.retryable;
+  const call = error as ServiceError;
+  return error instanceof Error && typeof call.code === 'number' && call.metadata instanceof Metadata && fromServiceError(call).retryable;
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
