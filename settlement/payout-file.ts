@@ -17,11 +17,15 @@ const isoId = (uuid: string) => uuid.replaceAll('-', '');
 /**
  * The payout of a batch as an ISO 20022 customer credit transfer initiation (pain.001.001.09): one payment
  * information block from the platform's account (the debtor) with one credit transfer to the merchant's bank
- * account (the creditor). MsgId is the batch id and EndToEndId the payout transfer id (dashes removed), so the
- * bank's statement lines lead back to the ledger. Amounts are decimal strings built from minor units.
+ * account (the creditor), once the ledger holds the payout (status paid). MsgId is the batch id and EndToEndId
+ * the payout transfer id (dashes removed), so the bank's statement lines lead back to the ledger. Amounts are
+ * decimal strings built from minor units.
  */
 export function payoutInitiationXml(batch: Batch, debtor: Debtor, creditor: PayoutAccount | null, createdAt: Date): string {
   if (batch.payout === 0n || batch.status === 'payout_failed') throw new AppError('conflict', 'no_payout', `batch ${batch.id} pays nothing out (status ${batch.status})`);
+  // Until the ledger holds the payout, the bank must not be told to pay it: a payout the ledger then refuses is
+  // carried into the next batch, whose file would pay the same money a second time.
+  if (batch.status !== 'paid') throw new AppError('conflict', 'payout_not_confirmed', `the payout of batch ${batch.id} is not in the ledger yet (status ${batch.status}); try again once it is`);
   if (!creditor) throw new AppError('conflict', 'no_bank_account', `merchant ${batch.merchantId} has no payout bank account on file`);
   invariant(isValidIBAN(creditor.iban) && isValidIBAN(debtor.iban), 'payout IBANs are validated when stored');
   const currency = currencyOf(batch.currency);
