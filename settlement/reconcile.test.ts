@@ -41,7 +41,7 @@ describe('settlement reconciliation over windows with no batch (real PostgreSQL 
   }
 
   /** A capture posted in the ledger now, and its payment.captured event (occurred at `occurredAt`) consumed. */
-  async function captured(m: { merchantId: string; accountId: string; customerId: string }, amount: bigint, occurredAt: bigint): Promise<void> {
+  async function captured(m: { merchantId: string; accountId: string; customerId: string }, amount: bigint, occurredAt: bigint): Promise<EventEnvelope> {
     const t = transfer({ ledger: EUR, debitAccountId: m.customerId, creditAccountId: m.accountId, amount, code: TransferCode.payment });
     assert.equal((await suite.ledger.client.createTransfers([t]))[0]?.code, 1);
     const e: EventEnvelope = {
@@ -54,6 +54,7 @@ describe('settlement reconciliation over windows with no batch (real PostgreSQL 
       } },
     };
     await withTransaction(suite.pool, (tx) => settler.handle(e, tx));
+    return e;
   }
 
   /** A refund of the merchant's money posted in the ledger now, whose payment.refunded event is never consumed. */
@@ -86,6 +87,25 @@ describe('settlement reconciliation over windows with no batch (real PostgreSQL 
     assert.deepEqual([a!.payout, c!.payout], [1_000n, 100n]);
 
     assert.deepEqual(await reconciled(m.accountId, made), [[], [['unsettled_ledger_transfer', refund.id, -400n]]]);
+  });
+
+  it('a second event for a capture already settled (arriving after its batch) is reported as duplicate_event, once', async () => {
+    const m = await merchantWithAccount();
+    const now = nowNanos();
+    const original = await captured(m, 1_000n, now - 5n * MINUTE);
+    const [first] = (await settler.closeEnded(now - 3n * MINUTE)).filter((b) => b.accountId === m.accountId);
+    assert.equal(first!.grossCaptured, 1_000n);
+    // The payments service reports the same capture again, under another event id: the inbox does not know it,
+    // the entry (keyed by the transfer) is kept once, and the journal has both events, the second one later.
+    const again: EventEnvelope = { ...original, eventId: randomUUID(), occurredAt: now - 2n * MINUTE };
+    await withTransaction(suite.pool, (tx) => settler.handle(again, tx));
+    await captured(m, 500n, now + 2n * MINUTE);
+    const later = (await settler.closeEnded(now + 4n * MINUTE)).filter((b) => b.accountId === m.accountId);
+    assert.deepEqual(later.map((b) => b.grossCaptured), [500n], 'the capture was settled once');
+
+    const found = (await reconciled(m.accountId, [first!, ...later])).flat();
+    const operationId = (original.payload as { value: { operationId: string } }).value.operationId;
+    assert.deepEqual(found, [['duplicate_event', `${operationId},${original.eventId},${again.eventId}`, 0n]]);
   });
 
   it('a ledger refund before the first window of the account is reported by its first batch', async () => {

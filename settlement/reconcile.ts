@@ -100,6 +100,7 @@ export async function reconcileBatch(pool: Pool, ledger: SettlementLedger, batch
   ]);
   const entries = await store.entriesOf(pool, [...new Set(expectedLines.map((l) => l.transferId))]);
   const seenTransfers = new Map<string, string>();
+  const inRange = new Set(events.map((e) => e.eventId));
   for (const expected of expectedLines) {
     const earlier = seenTransfers.get(`${expected.kind}:${expected.transferId}`);
     if (earlier !== undefined) {
@@ -109,7 +110,11 @@ export async function reconcileBatch(pool: Pool, ledger: SettlementLedger, batch
     seenTransfers.set(`${expected.kind}:${expected.transferId}`, expected.event.eventId);
     const entry = entries.get(expected.transferId);
     if (!entry) report('missing_line', `${expected.event.type} event of payment ${expected.event.paymentId} has no ${expected.kind} line in any batch`, [expected.transferId, expected.event.eventId, expected.event.paymentId], expected.amount, 0n);
-    else if (entry.amount !== expected.amount) report('amount_mismatch', `${expected.kind} line differs from its event`, [expected.transferId, expected.event.eventId], expected.amount, entry.amount);
+    // The line came from another event effective outside this range (its line is in another batch): a duplicate
+    // the check above cannot see, reported by the range of the event that made no line.
+    else if (entry.eventId !== expected.event.eventId && !inRange.has(entry.eventId)) {
+      report('duplicate_event', `events ${entry.eventId} and ${expected.event.eventId} both report ${expected.kind} ${expected.transferId}; it was settled once`, [expected.transferId, entry.eventId, expected.event.eventId]);
+    } else if (entry.amount !== expected.amount) report('amount_mismatch', `${expected.kind} line differs from its event`, [expected.transferId, expected.event.eventId], expected.amount, entry.amount);
   }
 
   // 4. The ledger's transfers of the account in the range against the lines and payouts of every batch.

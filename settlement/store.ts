@@ -419,11 +419,11 @@ export async function journalEvents(db: Queryable, accountId: string, start: big
   }));
 }
 
-/** Which of these transfers have an entry (in any batch, or still open), and in which batch. */
-export async function entriesOf(db: Queryable, transferIds: readonly string[]): Promise<Map<string, { batchId: string | null; amount: bigint; kind: EntryKind }>> {
+/** Which of these transfers have an entry (in any batch, or still open), in which batch, and from which event. */
+export async function entriesOf(db: Queryable, transferIds: readonly string[]): Promise<Map<string, { batchId: string | null; amount: bigint; kind: EntryKind; eventId: string }>> {
   if (transferIds.length === 0) return new Map();
-  const r = await db.query(`SELECT transfer_id, batch_id, amount, kind FROM settlement_entries WHERE transfer_id = ANY($1::uuid[])`, [transferIds]);
-  return new Map(r.rows.map((row) => [row.transfer_id as string, { batchId: row.batch_id, amount: row.amount, kind: row.kind }]));
+  const r = await db.query(`SELECT transfer_id, batch_id, amount, kind, event_id FROM settlement_entries WHERE transfer_id = ANY($1::uuid[])`, [transferIds]);
+  return new Map(r.rows.map((row) => [row.transfer_id as string, { batchId: row.batch_id, amount: row.amount, kind: row.kind, eventId: row.event_id }]));
 }
 
 /** Payout transfer ids of every batch of the account (a payout in the ledger that no batch made is unexpected). */
