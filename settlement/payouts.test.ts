@@ -6,6 +6,9 @@ import { createLogger } from '../lib/logger.js';
 import { TransferCode } from '../ledger/payments/model.js';
 import type { EventEnvelope } from '../proto/gen/events/v1/events.js';
 import { account, ledgerForSuite, transfer } from '../test/ledger-harness.js';
+import { CreateTransferResultCode } from '../proto/gen/ledger/v1/ledger.js';
+import { parse } from 'csv-parse/sync';
+import { batchReportCsv } from '../settlement/report.js';
 import { Settler, type SettlementLedger } from '../settlement/settler.js';
 import * as store from '../settlement/store.js';
 import { parseSchedule } from '../settlement/windows.js';
@@ -81,5 +84,55 @@ describe('settlement: a batch whose payout is still outstanding', function () {
     const paidOut = (await pool.query(`SELECT COALESCE(sum(payout), 0)::int8 AS s FROM settlement_batches WHERE account_id = $1 AND status = 'paid'`, [balance.id])).rows[0].s as bigint;
     // 10,000 was all the account ever held for the merchant to be paid: paying more overdraws the merchant account.
     assert.ok(paidOut <= 10_000n, `paid out ${paidOut} from an account that held 10,000 (second batch: ${made.map((b) => `payout ${b.payout} available ${b.available}`).join()}); ledger balance now ${acc!.creditsPosted - acc!.debitsPosted}`);
+  });
+
+  it("a refused payout is not in the batch's report as paid: its report carries it, as the next batch does", async () => {
+    const { ledger, pool } = suite;
+    // A ledger that refuses the first payout (the merchant account was closed, then reopened by an operator).
+    let refuseNextPayout = true;
+    const refusing: SettlementLedger = {
+      createAccounts: (a) => ledger.client.createAccounts(a),
+      lookupAccounts: (a) => ledger.client.lookupAccounts(a),
+      lookupTransfers: (a) => ledger.client.lookupTransfers(a),
+      getAccountTransfers: (a) => ledger.client.getAccountTransfers(a),
+      createTransfers: async (t) => {
+        if (refuseNextPayout && t.some((x) => x.code === TransferCode.payout)) {
+          refuseNextPayout = false;
+          return t.map((_, index) => ({ index, code: CreateTransferResultCode.CREATE_TRANSFER_RESULT_CODE_ACCOUNT_CLOSED }));
+        }
+        return ledger.client.createTransfers(t);
+      },
+    } as SettlementLedger;
+    const settler = new Settler(pool, refusing, { defaultSchedule: parseSchedule({ kind: 'interval', intervalMinutes: 60 }), resumePayoutsAfterMs: 1_000 }, createLogger('settlement-test', 'silent'));
+    const merchantId = randomUUID();
+    await pool.query('INSERT INTO merchants (id, name, fee_bps) VALUES ($1, $2, 100)', [merchantId, `m ${merchantId.slice(0, 8)}`]);
+    await store.saveProfile(pool, merchantId, { schedule: parseSchedule({ kind: 'daily', timeZone: 'UTC', cutoff: '00:00' }), payout: null });
+    const balance = account({ ledger: EUR });
+    const source = account({ ledger: EUR });
+    await ledger.client.createAccounts([balance, source]);
+    await ledger.client.createTransfers([transfer({ ledger: EUR, debitAccountId: source.id, creditAccountId: balance.id, amount: 10_000n })]);
+    const day1 = ns('2027-06-10T00:00:00Z');
+    const event: EventEnvelope = {
+      eventId: randomUUID(), type: 'payment.captured', aggregateId: randomUUID(), sequence: 1n, occurredAt: day1 + 1n, traceparent: '',
+      payload: { $case: 'payment', value: {
+        paymentId: randomUUID(), merchantId, currency: 'EUR', amount: 10_000n, amountCaptured: 10_000n, amountRefunded: 0n, fee: 0n, status: 'succeeded',
+        operationId: randomUUID(), operationAmount: 10_000n, operationFee: 0n, declineCode: '', sourceAccountId: source.id, destinationAccountId: balance.id,
+        customerId: '', riskScorePpm: 0, riskModelVersion: '', cardFingerprint: '', cardCountry: '', cardType: '', deviceId: '', ipCountry: '',
+        merchantCategory: '', createdAt: day1, feeTransferId: '',
+      } },
+    };
+    await withTransaction(pool, (tx) => settler.handle(event, tx));
+
+    const { batch: first } = await settler.closeAccount(balance.id, day1 + DAY);
+    assert.deepEqual([first!.payout, first!.status], [10_000n, 'payout_failed']);
+    const { batch: second } = await settler.closeAccount(balance.id, day1 + 2n * DAY);
+    assert.deepEqual([second!.lineCount, second!.carriedIn, second!.payout, second!.status], [0, 10_000n, 10_000n, 'paid']);
+
+    // The report of the first batch: nothing was paid, and the 10,000 was carried into the second batch.
+    const totals = (b: store.Batch) =>
+      Object.fromEntries((parse(batchReportCsv(b, []), { columns: true }) as Record<string, string>[]).filter((r) => r['record'] === 'total').map((r) => [r['kind'], r['amount']]));
+    const firstTotals = totals((await store.findBatch(pool, first!.id))!);
+    assert.deepEqual([firstTotals['net'], firstTotals['payout'], firstTotals['carried_out']], ['10000', '0', '10000']);
+    assert.equal(firstTotals['carried_out'], totals(second!)['carried_in'], "what one report carries out, the next carries in");
   });
 });

@@ -6,7 +6,8 @@ import { signedAmount, type Batch, type Entry } from './store.js';
  * The batch report (CSV, RFC 4180, one header row). One `line` record per movement in the batch (a capture,
  * its fee, a refund) and then `total` records. `amount` is in minor units and signed as it moves the merchant's
  * balance (captures positive, fees and refunds negative); `amount_major` is the same in major units, for people.
- * Times are RFC 3339 UTC with nanoseconds.
+ * Times are RFC 3339 UTC with nanoseconds. A payout the ledger refused (payout_failed) is reported as 0 and its
+ * amount as carried out, as the account carried it.
  */
 export const REPORT_COLUMNS = ['record', 'batch_id', 'kind', 'payment_id', 'transfer_id', 'currency', 'amount', 'amount_major', 'occurred_at'] as const;
 
@@ -24,16 +25,18 @@ export function batchReportCsv(batch: Batch, lines: readonly Entry[]): string {
     occurredAt,
   ];
   const records = lines.map((l) => row('line', l.kind, l.paymentId, l.transferId, signedAmount(l.kind, l.amount), rfc3339Nanos(l.occurredAt)));
+  // A payout the ledger refused was not paid: its amount was carried to the next batch (whose carried_in it is).
+  const paid = batch.status === 'payout_failed' ? 0n : batch.payout;
   const totals: [string, bigint][] = [
     ['gross_captured', batch.grossCaptured],
     ['refunds', -batch.refunds],
     ['fees', -batch.fees],
     ['net', batch.net],
     ['carried_in', batch.carriedIn],
-    ['payout', -batch.payout],
-    ['carried_out', batch.carriedOut],
+    ['payout', -paid],
+    ['carried_out', batch.carriedOut + batch.payout - paid],
   ];
-  for (const [name, amount] of totals) records.push(row('total', name, '', name === 'payout' ? batch.payoutTransferId : '', amount, rfc3339Nanos(batch.windowEnd)));
+  for (const [name, amount] of totals) records.push(row('total', name, '', name === 'payout' && paid > 0n ? batch.payoutTransferId : '', amount, rfc3339Nanos(batch.windowEnd)));
   return stringify([[...REPORT_COLUMNS], ...records]);
 }
 
