@@ -7,10 +7,13 @@ import { objectId } from './ids.js';
 
 const settlementNotFound = (field: string) => new AppError('not_found', 'resource_missing', 'No such settlement', { field });
 
-/** The settlement service names its parameters after its request: say them as the REST API does. */
-function restError(error: unknown): unknown {
+/**
+ * The settlement service names its parameters after its request: say them as the REST API does. A settlement not
+ * found is the one the route named in `settlementField` (its path's id, or the list's cursor).
+ */
+function restError(error: unknown, settlementField: string): unknown {
   if (!(error instanceof AppError)) return error;
-  if (error.kind === 'not_found') return error.code === 'merchant_not_found' ? new AppError('not_found', 'resource_missing', 'No such merchant', { field: 'merchant' }) : settlementNotFound('id');
+  if (error.kind === 'not_found') return error.code === 'merchant_not_found' ? new AppError('not_found', 'resource_missing', 'No such merchant', { field: 'merchant' }) : settlementNotFound(settlementField);
   if (error.details.field === 'merchant_id') return new AppError(error.kind, error.code, error.message, { ...error.details, field: 'merchant' });
   return error;
 }
@@ -21,7 +24,7 @@ function restError(error: unknown): unknown {
  */
 export function settlementRoutes(app: Gateway, ctx: RouteContext): void {
   const { backends } = ctx;
-  const settle = <T>(work: Promise<T>): Promise<T> => work.catch((error: unknown) => Promise.reject(restError(error)));
+  const settle = <T>(work: Promise<T>, settlementField = 'id'): Promise<T> => work.catch((error: unknown) => Promise.reject(restError(error, settlementField)));
   /** The admin sees every merchant's settlements; a merchant only its own (others are not found). */
   const scopeOf = (request: FastifyRequest) => (request.caller?.kind === 'admin' ? '' : ctx.merchantOf(request));
 
@@ -37,7 +40,7 @@ export function settlementRoutes(app: Gateway, ctx: RouteContext): void {
 
   app.get('/v1/settlements', { schema: { querystring: SettlementListQuery, response: { 200: listOf(Settlement), ...COMMON_ERRORS } } }, async (request) => {
     const { limit = 10, starting_after } = request.query;
-    const page = await settle(backends.settle((c) => c.listBatches, { merchantId: ctx.merchantOf(request), limit, startingAfter: starting_after ?? '' }, true));
+    const page = await settle(backends.settle((c) => c.listBatches, { merchantId: ctx.merchantOf(request), limit, startingAfter: starting_after ?? '' }, true), 'starting_after');
     return { object: 'list' as const, data: page.batches.map(settlementView), has_more: page.hasMore, url: '/v1/settlements' };
   });
 
