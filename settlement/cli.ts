@@ -66,9 +66,11 @@ function payoutArg(): store.PayoutAccount | null {
 try {
   if (command === 'set-profile') {
     const merchantId = parseId(values.merchant ?? '', 'merchant');
+    // The profile is replaced as a whole: a schedule left out would silently become daily at 00:00 UTC.
+    if (!values.every === !values.daily) throw new ValidationError('daily', 'give the schedule: --daily HH:MM or --every MINUTES, one of them');
     const schedule = values.every
       ? parseSchedule({ kind: 'interval', intervalMinutes: Number(values.every) })
-      : parseSchedule({ kind: 'daily', cutoff: values.daily ?? '00:00', timeZone: values['time-zone'] ?? 'UTC' });
+      : parseSchedule({ kind: 'daily', cutoff: values.daily, timeZone: values['time-zone'] ?? 'UTC' });
     await store.saveProfile(pool, merchantId, { schedule, payout: payoutArg() });
     console.log(json({ merchant_id: merchantId, schedule: describeSchedule(schedule), payout_account: payoutArg() }));
   } else if (command === 'close') {
