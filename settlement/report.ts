@@ -37,7 +37,8 @@ export function batchReportCsv(batch: Batch, lines: readonly Entry[]): string {
     ['carried_out', batch.carriedOut + batch.payout - paid],
   ];
   for (const [name, amount] of totals) records.push(row('total', name, '', name === 'payout' && paid > 0n ? batch.payoutTransferId : '', amount, rfc3339Nanos(batch.windowEnd)));
-  return stringify([[...REPORT_COLUMNS], ...records]);
+  // RFC 4180: records end with CRLF (csv-stringify's default is a bare LF).
+  return stringify([[...REPORT_COLUMNS], ...records], { record_delimiter: 'windows' });
 }
 
 /** 1764028800123456789n -> 2025-11-25T00:00:00.123456789Z */
