@@ -135,4 +135,55 @@ describe('settlement: a batch whose payout is still outstanding', function () {
     assert.deepEqual([firstTotals['net'], firstTotals['payout'], firstTotals['carried_out']], ['10000', '0', '10000']);
     assert.equal(firstTotals['carried_out'], totals(second!)['carried_in'], "what one report carries out, the next carries in");
   });
+
+  it('a pending payout that fails again and again does not hold up the resubmission of the others', async () => {
+    const { ledger, pool } = suite;
+    // Every payout submission fails at first (the batches stay payout_pending); later only one batch's keeps failing.
+    let phase: 'all fail' | 'one fails' = 'all fail';
+    let stuckPayout = '';
+    const failing: SettlementLedger = {
+      createAccounts: (a) => ledger.client.createAccounts(a),
+      lookupAccounts: (a) => ledger.client.lookupAccounts(a),
+      lookupTransfers: (a) => ledger.client.lookupTransfers(a),
+      getAccountTransfers: (a) => ledger.client.getAccountTransfers(a),
+      createTransfers: async (t) => {
+        const payout = t.find((x) => x.code === TransferCode.payout);
+        if (payout && (phase === 'all fail' || payout.id === stuckPayout)) throw new Error('payout refused by a bug (simulated)');
+        return ledger.client.createTransfers(t);
+      },
+    } as SettlementLedger;
+    const settler = new Settler(pool, failing, { defaultSchedule: parseSchedule({ kind: 'interval', intervalMinutes: 60 }), resumePayoutsAfterMs: 1_000 }, createLogger('settlement-test', 'silent'));
+    const day1 = ns('2027-07-10T00:00:00Z');
+    const batches: store.Batch[] = [];
+    for (let i = 0; i < 2; i++) {
+      const merchantId = randomUUID();
+      await pool.query('INSERT INTO merchants (id, name, fee_bps) VALUES ($1, $2, 0)', [merchantId, `m ${merchantId.slice(0, 8)}`]);
+      await store.saveProfile(pool, merchantId, { schedule: parseSchedule({ kind: 'daily', timeZone: 'UTC', cutoff: '00:00' }), payout: null });
+      const [balance, source] = [account({ ledger: EUR }), account({ ledger: EUR })];
+      await ledger.client.createAccounts([balance, source]);
+      await ledger.client.createTransfers([transfer({ ledger: EUR, debitAccountId: source.id, creditAccountId: balance.id, amount: 1_000n })]);
+      const event: EventEnvelope = {
+        eventId: randomUUID(), type: 'payment.captured', aggregateId: randomUUID(), sequence: 1n, occurredAt: day1 + 1n, traceparent: '',
+        payload: { $case: 'payment', value: {
+          paymentId: randomUUID(), merchantId, currency: 'EUR', amount: 1_000n, amountCaptured: 1_000n, amountRefunded: 0n, fee: 0n, status: 'succeeded',
+          operationId: randomUUID(), operationAmount: 1_000n, operationFee: 0n, declineCode: '', sourceAccountId: source.id, destinationAccountId: balance.id,
+          customerId: '', riskScorePpm: 0, riskModelVersion: '', cardFingerprint: '', cardCountry: '', cardType: '', deviceId: '', ipCountry: '',
+          merchantCategory: '', createdAt: day1, feeTransferId: '',
+        } },
+      };
+      await withTransaction(pool, (tx) => settler.handle(event, tx));
+      await assert.rejects(settler.closeAccount(balance.id, day1 + DAY), /simulated/);
+      const [row] = (await pool.query('SELECT id FROM settlement_batches WHERE account_id = $1', [balance.id])).rows;
+      batches.push((await store.findBatch(pool, row.id))!);
+    }
+    // The stuck one is the older: the resubmission takes it first.
+    const [stuck, other] = batches as [store.Batch, store.Batch];
+    stuckPayout = stuck.payoutTransferId;
+    phase = 'one fails';
+    await pool.query(`UPDATE settlement_batches SET updated_at = now() - interval '2 hours' WHERE id = $1`, [stuck.id]);
+    await pool.query(`UPDATE settlement_batches SET updated_at = now() - interval '1 hour' WHERE id = $1`, [other.id]);
+    await settler.resumePayouts();
+    const status = async (b: store.Batch) => (await store.findBatch(pool, b.id))!.status;
+    assert.deepEqual([await status(stuck), await status(other)], ['payout_pending', 'paid']);
+  });
 });

@@ -144,7 +144,15 @@ export class Settler {
   /** Submits the payouts of batches whose payout was not confirmed (the process stopped in between). */
   async resumePayouts(): Promise<number> {
     const pending = await store.pendingPayouts(this.pool, this.settings.resumePayoutsAfterMs);
-    for (const batch of pending) await this.payOut(batch);
+    for (const batch of pending) {
+      try {
+        await this.payOut(batch);
+      } catch (error) {
+        // As for closing: one batch's failure must not hold up every payout after it (an outage stops the run).
+        if (isOutage(error)) throw error;
+        this.logger.error({ err: error, batch: batch.id }, 'payout could not be submitted again; the others go on');
+      }
+    }
     return pending.length;
   }
 
