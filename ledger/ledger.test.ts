@@ -663,7 +663,11 @@ describe('ledger (gRPC, PostgreSQL)', function () {
         const again = transfer({ debitAccountId: source, creditAccountId: limited, amount: 50n, flags: { pending: true } });
         assert.deepEqual(await send(again), ['ok']);
         assert.deepEqual(await send(resolve(again.id, VOID), credit()), ['ok', 'ok'], `round ${round}: void, then credited`);
-        await expectBalances({ [limited]: [0n, 50n, 0n, 50n] });
+        // A void naming only the debit account changes the credit account all the same.
+        const third = transfer({ debitAccountId: source, creditAccountId: limited, amount: 50n, flags: { pending: true } });
+        assert.deepEqual(await send(transfer({ debitAccountId: limited, creditAccountId: sink, amount: 50n }), third), ['ok', 'ok']);
+        assert.deepEqual(await send(resolve(third.id, VOID, { debitAccountId: source }), credit()), ['ok', 'ok'], `round ${round}: void naming its debit account, then credited`);
+        await expectBalances({ [limited]: [0n, 100n, 0n, 100n] });
       }
     });
 

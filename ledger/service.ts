@@ -38,15 +38,15 @@ export function createLedgerService(router: LedgerRouter, pool: Pool, logger: Lo
       // One of a pending of the same request goes with it, whatever this key says: the router keeps such
       // dependent chains together (a pending inside a chain runs on the shard of the chain's first event).
       const inRequest = new Set(transfers.filter((t) => hasFlag(t.flags, TransferFlag.pending)).map((t) => t.id));
-      const earlier = await queries.pendingAccounts(pool, unresolvedPendingIds(transfers).filter((pendingId) => !inRequest.has(pendingId)));
+      const earlier = await queries.pendingAccounts(pool, resolvedPendingIds(transfers).filter((pendingId) => !inRequest.has(pendingId)));
       const debitOfPending = new Map(transfers.filter((t) => inRequest.has(t.id)).map((t) => [t.id, t.debitAccountId]));
       for (const [pendingId, { debit }] of earlier) if (!debitOfPending.has(pendingId)) debitOfPending.set(pendingId, debit);
       const routingKey = (t: TransferInput) => t.debitAccountId || debitOfPending.get(t.pendingId) || t.id;
-      // A post/void naming no accounts changes its pending's (one of the same request is ordered with it anyway).
+      // A post/void changes its pending's accounts, whichever it names (other names are refused; one of a pending
+      // of the same request is ordered with it anyway).
       const accountsOf = (t: TransferInput): string[] => {
-        if (t.debitAccountId !== '' || t.creditAccountId !== '') return [t.debitAccountId, t.creditAccountId].filter((id) => id !== '');
-        const pending = earlier.get(t.pendingId);
-        return pending ? [pending.debit, pending.credit] : [];
+        const pending = isResolution(t) ? earlier.get(t.pendingId) : undefined;
+        return pending ? [pending.debit, pending.credit] : [t.debitAccountId, t.creditAccountId].filter((id) => id !== '');
       };
       const results = await router.createTransfers(transfers, routingKey, accountsOf);
       return { results: results.map(transferResultToProto) };
@@ -81,11 +81,12 @@ export function createLedgerService(router: LedgerRouter, pool: Pool, logger: Lo
   };
 }
 
-/** Post/void events that do not name their debit account: their shard is that of the pending's debit account. */
-function unresolvedPendingIds(transfers: readonly TransferInput[]): string[] {
-  const ids = new Set<string>();
-  for (const t of transfers) {
-    if (t.debitAccountId === '' && t.pendingId !== '' && hasFlag(t.flags, TransferFlag.postPendingTransfer | TransferFlag.voidPendingTransfer)) ids.add(t.pendingId);
-  }
-  return [...ids];
+const isResolution = (t: TransferInput) => t.pendingId !== '' && hasFlag(t.flags, TransferFlag.postPendingTransfer | TransferFlag.voidPendingTransfer);
+
+/**
+ * Pending transfers that post/void events name: one naming no debit account goes to the shard of its pending's,
+ * and each is ordered with the other events of its pending's accounts (router.ts).
+ */
+function resolvedPendingIds(transfers: readonly TransferInput[]): string[] {
+  return [...new Set(transfers.filter(isResolution).map((t) => t.pendingId))];
 }
