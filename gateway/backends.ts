@@ -3,7 +3,7 @@ import { context, ROOT_CONTEXT, type Context } from '@opentelemetry/api';
 import { Coalescer } from '../lib/coalesce.js';
 import type { Config } from '../lib/config.js';
 import { AppError, InternalError } from '../lib/errors.js';
-import { appErrorOf, callUnary, fromServiceError, raceDeadline, type UnaryMethod } from '../lib/grpc.js';
+import { appErrorOf, callUnary, raceDeadline, receivedFailure, type UnaryMethod } from '../lib/grpc.js';
 import { channelCredentials, type GrpcTlsConfig } from '../lib/grpc-tls.js';
 import { retry } from '../lib/retry.js';
 import { LedgerClient } from '../ledger/client.js';
@@ -178,8 +178,7 @@ export class Backends {
       });
     } catch (error) {
       if (error instanceof AppError) throw error;
-      if (typeof (error as ServiceError).code === 'number' && (error as ServiceError).metadata !== undefined) throw fromServiceError(error as ServiceError);
-      throw error;
+      throw receivedFailure(error) ?? error;
     }
   }
 

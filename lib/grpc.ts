@@ -73,6 +73,12 @@ export function appErrorOf(failure: CallFailure, cause?: unknown): AppError {
   return new AppError(kind, code, message, { ...(failure.field ? { field: failure.field } : {}), ...(retryAfter ? { retryAfterSeconds: retryAfter } : {}) }, { cause });
 }
 
+/** A gRPC call's error (status and metadata, as grpc-js rejects with) as its AppError; undefined for any other error. */
+export function receivedFailure(error: unknown): AppError | undefined {
+  const call = error as ServiceError;
+  return error instanceof Error && typeof call.code === 'number' && call.metadata instanceof Metadata ? fromServiceError(call) : undefined;
+}
+
 /** A gRPC error received from another service as its AppError: code and field from the metadata (x-error-field is percent-encoded). */
 export function fromServiceError(error: ServiceError): AppError {
   const first = (key: string) => {
@@ -93,9 +99,8 @@ export function fromServiceError(error: ServiceError): AppError {
  * that other call, not the caller's: not passed on.
  */
 function dependencyFailure(error: unknown): unknown {
-  if (!(error instanceof Error) || typeof (error as ServiceError).code !== 'number' || !((error as ServiceError).metadata instanceof Metadata)) return error;
-  const received = fromServiceError(error as ServiceError);
-  if (!received.retryable) return error;
+  const received = receivedFailure(error);
+  if (!received?.retryable) return error;
   const retryAfterSeconds = received.details.retryAfterSeconds;
   return new AppError(received.kind, received.kind, `a service this call depends on answered ${status[(error as ServiceError).code]}; retry later`, retryAfterSeconds ? { retryAfterSeconds } : {}, { cause: error });
 }

@@ -1,9 +1,8 @@
 import { currencyOf } from '../lib/currency.js';
-import { Metadata, type ServiceError } from '@grpc/grpc-js';
 import { asAppError, withTransaction, type Pool, type PoolClient } from '../lib/db.js';
 import { derivedId } from '../lib/derived-id.js';
 import { AppError, InternalError, invariant } from '../lib/errors.js';
-import { fromServiceError } from '../lib/grpc.js';
+import { receivedFailure } from '../lib/grpc.js';
 import type { Logger } from '../lib/logger.js';
 import { newAccount, newTransfer, type LedgerClient } from '../ledger/client.js';
 import { AccountCode, TransferCode, feeTransferId, nowNanos, platformAccountId } from '../ledger/payments/model.js';
@@ -268,8 +267,7 @@ function batchOf(id: string, account: store.SettledAccount, cut: bigint, lines: 
 function isOutage(error: unknown): boolean {
   const cause = asAppError(error);
   if (cause instanceof AppError) return cause.retryable;
-  const call = error as ServiceError;
-  return error instanceof Error && typeof call.code === 'number' && call.metadata instanceof Metadata && fromServiceError(call).retryable;
+  return receivedFailure(error)?.retryable ?? false;
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
