@@ -75,7 +75,7 @@ export async function lookupTransfers(pool: Pool, ids: readonly string[]): Promi
   return ids.flatMap((id) => byId.get(id) ?? []);
 }
 
-/** Accounts of pending transfers, for routing a post/void that names none (to its debit account's shard, ordered with events of both). */
+/** Accounts of pending transfers, for routing post/void events: to the debit account's shard when they name none, ordered with the events of both. */
 export async function pendingAccounts(pool: Pool, pendingIds: readonly string[]): Promise<Map<string, { debit: string; credit: string }>> {
   if (pendingIds.length === 0) return new Map();
   const r = await pool.query({ name: 'pending-accounts', text: 'SELECT id, debit_account_id, credit_account_id FROM pending_transfers WHERE id = ANY($1::uuid[])', values: [pendingIds] });

@@ -92,29 +92,33 @@ export class LedgerRouter {
     accountsOf: (e: TransferInput) => readonly string[] = namedAccounts,
   ): Promise<EventResult<TransferResultCode>[]> {
     const chains = chainsOf(events, (e) => hasFlag(e.flags, TransferFlag.linked));
-    const ruled = await this.accountsToOrder(events, chains.chainOf, accountsOf);
-    return this.route(events, chains, routingKey, (chunk) => ({ kind: 'transfers', events: chunk }), transferDependencies(events, accountsOf, ruled));
+    const order = await this.accountsToOrder(events, chains.chainOf, accountsOf);
+    return this.route(events, chains, routingKey, (chunk) => ({ kind: 'transfers', events: chunk }), transferDependencies(events, order));
   }
 
   /**
-   * Accounts whose events in this request must run in request order: named by more than one chain, and with
-   * balance rules, or made wide by an amount of the request (an overflow check then reads their balances).
+   * Accounts whose events in this request must run in request order (`ruled`): named by more than one chain, and
+   * with balance rules, or made wide by an amount of the request (an overflow check then reads their balances).
+   * With them, each event's accounts (`accounts`, by event index; none for a request of one chain).
    */
-  private async accountsToOrder(events: readonly TransferInput[], chainOf: readonly number[], accountsOf: (e: TransferInput) => readonly string[]): Promise<ReadonlySet<string>> {
-    if (chainOf.length < 2 || chainOf[chainOf.length - 1] === 0) return NONE;
+  private async accountsToOrder(events: readonly TransferInput[], chainOf: readonly number[], accountsOf: (e: TransferInput) => readonly string[]): Promise<AccountsToOrder> {
+    if (chainOf.length < 2 || chainOf[chainOf.length - 1] === 0) return NOTHING_TO_ORDER;
+    const accounts = events.map(accountsOf);
     const firstChain = new Map<string, number>();
     const shared = new Set<string>();
-    events.forEach((e, i) => {
-      for (const accountId of accountsOf(e)) {
+    accounts.forEach((named, i) => {
+      for (const accountId of named) {
         const first = firstChain.get(accountId);
         if (first === undefined) firstChain.set(accountId, chainOf[i]!);
         else if (first !== chainOf[i]) shared.add(accountId);
       }
     });
-    if (shared.size === 0) return NONE;
+    if (shared.size === 0) return NOTHING_TO_ORDER;
     const ruled = await this.balanceRules.among(shared);
-    for (const e of events) if (e.amount > SLOT_SOFT_LIMIT) for (const accountId of accountsOf(e)) if (shared.has(accountId)) ruled.add(accountId);
-    return ruled;
+    events.forEach((e, i) => {
+      if (e.amount > SLOT_SOFT_LIMIT) for (const accountId of accounts[i]!) if (shared.has(accountId)) ruled.add(accountId);
+    });
+    return { ruled, accounts };
   }
 
   async expire(shard: number, pendingIds: string[]): Promise<number> {
@@ -195,7 +199,12 @@ function chainsOf<E>(events: readonly E[], isLinked: (e: E) => boolean): Chains 
   return { chains, chainOf };
 }
 
-const NONE: ReadonlySet<string> = new Set();
+interface AccountsToOrder {
+  ruled: ReadonlySet<string>;
+  accounts: readonly (readonly string[])[];
+}
+
+const NOTHING_TO_ORDER: AccountsToOrder = { ruled: new Set(), accounts: [] };
 
 /** The accounts a transfer event names (a post/void may name none). */
 const namedAccounts = (e: TransferInput): string[] => [e.debitAccountId, e.creditAccountId].filter((id) => id !== '');
@@ -224,7 +233,7 @@ function sameIdDependencies<E extends { id: string }>(events: readonly E[]): { p
  * - consecutive events changing an account of `ruled` (balance rules: a limit's or an overflow check, or the
  *   balances history records, depends on every earlier event of the account).
  */
-function transferDependencies(events: readonly TransferInput[], accountsOf: (e: TransferInput) => readonly string[], ruled: ReadonlySet<string>): [number, number][] {
+function transferDependencies(events: readonly TransferInput[], { ruled, accounts }: AccountsToOrder): [number, number][] {
   const { pairs, firstWithId } = sameIdDependencies(events);
   const lastOfAccount = new Map<string, number>();
   const lastResolutionOf = new Map<string, number>();
@@ -237,7 +246,7 @@ function transferDependencies(events: readonly TransferInput[], accountsOf: (e: 
       lastResolutionOf.set(e.pendingId, i);
     }
     if (ruled.size === 0) return;
-    for (const accountId of accountsOf(e)) {
+    for (const accountId of accounts[i]!) {
       if (!ruled.has(accountId)) continue;
       const previous = lastOfAccount.get(accountId);
       if (previous !== undefined) pairs.push([previous, i]);

@@ -94,6 +94,9 @@ export interface BatchHints {
 
 export const NO_HINTS: BatchHints = { existingTransferIds: new Set(), failedTransferIds: new Set(), fullAccountIds: new Set() };
 
+/** What a batch read, and which of its accounts are wide (routing treats those as having balance rules). */
+export type LoadedBatchState = BatchState & { wideAccountIds: string[] };
+
 /**
  * Reads what a batch needs, taking as few read dependencies as possible: under SERIALIZABLE every read of a
  * row another shard writes is a chance of 40001. Pending transfers are locked (their shard owns them);
@@ -102,9 +105,6 @@ export const NO_HINTS: BatchHints = { existingTransferIds: new Set(), failedTran
  * batch are not looked up at all: inserting an existing one fails (23505) and the batch reruns looking them up;
  * spent ones are found by the write (writeBatchEffects), and the batch reruns knowing them.
  */
-/** What a batch read, and which of its accounts are wide (routing treats those as having balance rules). */
-export type LoadedBatchState = BatchState & { wideAccountIds: string[] };
-
 export async function loadBatchState(db: PoolClient, submissions: readonly Submission[], hints: BatchHints = NO_HINTS): Promise<LoadedBatchState> {
   const transferIds = new Set<string>(hints.existingTransferIds);
   const spentCandidates = new Set<string>(hints.failedTransferIds);
