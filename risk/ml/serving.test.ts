@@ -256,17 +256,27 @@ describe('risk feature feed: delivery', function () {
     await nc.close();
   });
 
+  /** Runs `work` with JetStream on the suite's stream (made if absent), then closes the connection. */
+  async function onStream<T>(work: (jet: Awaited<ReturnType<typeof connectJetStream>>) => Promise<T>): Promise<T> {
+    const nc = await connectNats(config, { name: 'risk-test' });
+    try {
+      const jet = await connectJetStream(nc);
+      await ensureEventStream(jet.jsm, config);
+      return await work(jet);
+    } finally {
+      await nc.close();
+    }
+  }
+
   it('a payment event published again counts the payment once (at least once delivery: the relay publishes again after the duplicate window)', async () => {
     const now = Date.now();
     const merchantId = randomUUID();
-    const nc = await connectNats(config, { name: 'risk-test' });
-    const { js, jsm } = await connectJetStream(nc);
-    await ensureEventStream(jsm, config);
-    const payments = [randomUUID(), randomUUID(), randomUUID()];
-    for (const [i, id] of payments.entries()) await js.publish(subject, paymentMessage(merchantId, id, now - 10_000 + i));
-    // The first payment's message again, as a relay that lost the acknowledgement republishes it later.
-    await js.publish(subject, paymentMessage(merchantId, payments[0]!, now - 10_000));
-    await nc.close();
+    await onStream(async ({ js }) => {
+      const payments = [randomUUID(), randomUUID(), randomUUID()];
+      for (const [i, id] of payments.entries()) await js.publish(subject, paymentMessage(merchantId, id, now - 10_000 + i));
+      // The first payment's message again, as a relay that lost the acknowledgement republishes it later.
+      await js.publish(subject, paymentMessage(merchantId, payments[0]!, now - 10_000));
+    });
 
     const store = new FeatureStore();
     const feed = new PaymentFeatureFeed(store, config, createLogger('risk-test', 'silent'));
@@ -284,14 +294,13 @@ describe('risk feature feed: delivery', function () {
   it('start() returns once the feed has caught up with the stream: Score never serves a store still replaying', async () => {
     const now = Date.now();
     const merchantId = randomUUID();
-    const nc = await connectNats(config, { name: 'risk-test' });
-    const { js, jsm } = await connectJetStream(nc);
-    await ensureEventStream(jsm, config);
-    const before = (await jsm.streams.info(config.EVENTS_STREAM)).state.messages;
-    await Promise.all(Array.from({ length: 2_000 }, (_, i) => js.publish(subject, paymentMessage(merchantId, randomUUID(), now - 60_000 + i))));
-    // Another subject last in the stream: what the feed does not read must not keep it waiting.
-    await js.publish(`${config.EVENTS_SUBJECT_PREFIX}.risk.decisions`, new Uint8Array());
-    await nc.close();
+    const before = await onStream(async ({ js, jsm }) => {
+      const messages = (await jsm.streams.info(config.EVENTS_STREAM)).state.messages;
+      await Promise.all(Array.from({ length: 2_000 }, (_, i) => js.publish(subject, paymentMessage(merchantId, randomUUID(), now - 60_000 + i))));
+      // Another subject last in the stream: what the feed does not read must not keep it waiting.
+      await js.publish(`${config.EVENTS_SUBJECT_PREFIX}.risk.decisions`, new Uint8Array());
+      return messages;
+    });
 
     const feed = new PaymentFeatureFeed(new FeatureStore(), config, createLogger('risk-test', 'silent'));
     await feed.start();
