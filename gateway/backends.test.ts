@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { Server, ServerCredentials, status, type ServerUnaryCall, type sendUnaryData, type UntypedServiceImplementation } from '@grpc/grpc-js';
+import { Server, status, type ServerUnaryCall, type sendUnaryData, type UntypedServiceImplementation } from '@grpc/grpc-js';
 import { after, describe, it } from 'mocha';
 import { AppError } from '../lib/errors.js';
 import {
@@ -12,7 +12,7 @@ import {
   type CreatePaymentsResponse,
 } from '../proto/gen/payments/v1/payments.js';
 import { SettlementServiceService, type GetReportRequest, type GetReportResponse } from '../proto/gen/settlement/v1/settlement.js';
-import { testConfig } from '../test/support.js';
+import { testConfig, listenForTest } from '../test/support.js';
 import { Backends } from './backends.js';
 
 /**
@@ -31,9 +31,9 @@ describe('gateway backends: payment creations coalesced into CreatePayments', ()
     // The ledger's own limits (ledger/app.ts).
     const server = new Server({ 'grpc.max_receive_message_length': 32 * 1024 * 1024, 'grpc.max_send_message_length': 32 * 1024 * 1024 });
     server.addService(PaymentServiceService, methods);
-    const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
+    const address = await listenForTest(server);
     servers.push(server);
-    const backends = new Backends(testConfig({ LEDGER_GRPC_TARGET: `127.0.0.1:${port}`, GATEWAY_GRPC_DEADLINE_MS: String(deadlineMs) }));
+    const backends = new Backends(testConfig({ LEDGER_GRPC_TARGET: address, GATEWAY_GRPC_DEADLINE_MS: String(deadlineMs) }));
     clients.push(backends);
     return backends;
   }
@@ -122,8 +122,8 @@ describe('gateway backends: settlement calls', () => {
     server.addService(SettlementServiceService, {
       getReport: (_call: ServerUnaryCall<GetReportRequest, GetReportResponse>, done: sendUnaryData<GetReportResponse>) => done(null, { csv }),
     });
-    const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
-    const backends = new Backends(testConfig({ SETTLEMENT_GRPC_TARGET: `127.0.0.1:${port}` }));
+    const address = await listenForTest(server);
+    const backends = new Backends(testConfig({ SETTLEMENT_GRPC_TARGET: address }));
     try {
       const report = await backends.settle((c) => c.getReport, { batchId: randomUUID(), merchantId: '' }, true);
       assert.equal(report.csv.length, csv.length);

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { Server, ServerCredentials, status, type ServiceError, type ServerUnaryCall, type sendUnaryData, type UntypedServiceImplementation } from '@grpc/grpc-js';
+import { Server, status, type ServiceError, type ServerUnaryCall, type sendUnaryData, type UntypedServiceImplementation } from '@grpc/grpc-js';
 import { after, describe, it } from 'mocha';
 import {
   CreateTransferResultCode,
@@ -9,6 +9,7 @@ import {
   type CreateTransfersResponse,
 } from '../proto/gen/ledger/v1/ledger.js';
 import { LedgerClient, newTransfer, type LedgerClientOptions } from './client.js';
+import { listenForTest } from '../test/support.js';
 
 /**
  * The auto-batching client against a stand-in ledger (a gRPC server of the project's proto with the ledger's
@@ -26,9 +27,9 @@ describe('ledger client: auto-batching', () => {
     // The ledger's own limits (ledger/app.ts).
     const server = new Server({ 'grpc.max_receive_message_length': 32 * 1024 * 1024, 'grpc.max_send_message_length': 32 * 1024 * 1024 });
     server.addService(LedgerServiceService, methods);
-    const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
+    const address = await listenForTest(server);
     servers.push(server);
-    const client = new LedgerClient(`127.0.0.1:${port}`, options);
+    const client = new LedgerClient(address, options);
     clients.push(client);
     return client;
   }

@@ -3,13 +3,13 @@ import { status, type ServiceError } from '@grpc/grpc-js';
 import { account, startTestLedger, transfer, type TestLedger } from '../test/ledger-harness.js';
 import { spawnLedger } from '../test/ledger-process.js';
 import { TcpProxy } from '../test/tcp-proxy.js';
-import { testConfig, testPool } from '../test/support.js';
+import { testConfig, testPool, listenForTest } from '../test/support.js';
 import type { Pool } from '../lib/db.js';
 import type { Transfer } from '../proto/gen/ledger/v1/ledger.js';
 import { LedgerClient } from './client.js';
 import { transferCodeName } from './convert.js';
 import { randomUUID } from 'node:crypto';
-import { Server as GrpcServer, ServerCredentials } from '@grpc/grpc-js';
+import { Server as GrpcServer } from '@grpc/grpc-js';
 import { Piscina } from 'piscina';
 import { createPool } from '../lib/db.js';
 import { createLogger } from '../lib/logger.js';
@@ -202,8 +202,8 @@ describe('ledger failure behaviour: no database, and starting beside a running i
       const router = new LedgerRouter(8, [0, 1, 2, 3, 4, 5, 6, 7], (task) => workers.run(task), { maxEvents: 8190, windowMs: 1, maxQueuedEvents: 200_000, readBalanceRules: (ids) => accountsWithBalanceRules(queryPool, ids) });
       server = new GrpcServer();
       server.addService(LedgerServiceService, createLedgerService(router, queryPool, createLogger('ledger-test', 'silent')));
-      const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (error, bound) => (error ? reject(error) : resolve(bound))));
-      client = new LedgerClient(`127.0.0.1:${port}`, { autoBatch: false, deadlineMs: 15_000 });
+      const address = await listenForTest(server);
+      client = new LedgerClient(address, { autoBatch: false, deadlineMs: 15_000 });
     });
     after(async () => {
       client?.close();

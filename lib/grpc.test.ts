@@ -1,8 +1,9 @@
 import { strict as assert } from 'node:assert';
-import { Server, ServerCredentials, credentials, status, type ServiceError } from '@grpc/grpc-js';
+import { Server, credentials, status, type ServiceError } from '@grpc/grpc-js';
 import { Decision, RiskServiceClient, RiskServiceService, type ScoreRequest, type ScoreResponse } from '../proto/gen/risk/v1/risk.js';
 import { callUnary, shutdownGrpcServer, unary } from './grpc.js';
 import { createLogger } from './logger.js';
+import { listenForTest } from '../test/support.js';
 
 /** A gRPC server at shutdown (shutdownGrpcServer, used by every service's close). */
 describe('gRPC server shutdown', () => {
@@ -22,8 +23,8 @@ describe('gRPC server shutdown', () => {
       }),
       scoreBatch: unary(createLogger('grpc-test', 'silent'), 'ScoreBatch', async () => ({ responses: [] })),
     });
-    const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
-    return { server, client: new RiskServiceClient(`127.0.0.1:${port}`, credentials.createInsecure()), release, events };
+    const address = await listenForTest(server);
+    return { server, client: new RiskServiceClient(address, credentials.createInsecure()), release, events };
   }
   const request = { amount: 1n, currency: 'EUR', merchantId: '11111111-1111-4111-8111-111111111111' } as ScoreRequest;
 

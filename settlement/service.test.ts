@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { credentials, Server, ServerCredentials, status, type ServiceError } from '@grpc/grpc-js';
+import { credentials, Server, status, type ServiceError } from '@grpc/grpc-js';
 import { after, before, describe, it } from 'mocha';
 import { withTransaction, type Pool } from '../lib/db.js';
 import { callUnary } from '../lib/grpc.js';
@@ -8,7 +8,7 @@ import { createLogger } from '../lib/logger.js';
 import { LedgerClient } from '../ledger/client.js';
 import { nowNanos } from '../ledger/payments/model.js';
 import { SettlementServiceClient, SettlementServiceService } from '../proto/gen/settlement/v1/settlement.js';
-import { testConfig, testPool } from '../test/support.js';
+import { testConfig, testPool, listenForTest } from '../test/support.js';
 import { createSettlementService } from './service.js';
 import { Settler } from './settler.js';
 import * as store from './store.js';
@@ -30,8 +30,8 @@ describe('settlement service with the ledger down (real PostgreSQL)', function (
     const settler = new Settler(pool, ledger, { defaultSchedule: parseSchedule({ kind: 'interval', intervalMinutes: 1 }), resumePayoutsAfterMs: 1_000 }, logger);
     server = new Server();
     server.addService(SettlementServiceService, createSettlementService(pool, ledger, settler, testConfig(), logger));
-    const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
-    client = new SettlementServiceClient(`127.0.0.1:${port}`, credentials.createInsecure());
+    const address = await listenForTest(server);
+    client = new SettlementServiceClient(address, credentials.createInsecure());
   });
   after(async () => {
     client?.close();

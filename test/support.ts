@@ -1,3 +1,4 @@
+import { ServerCredentials, type Server } from '@grpc/grpc-js';
 import { loadConfig, type Config } from '../lib/config.js';
 import type { QueryResult, QueryResultRow } from 'pg';
 import { createPool, withTransaction, type Pool } from '../lib/db.js';
@@ -47,4 +48,10 @@ export async function migratedScratchDatabase(name: string): Promise<string> {
  */
 export function snapshotQuery<R extends QueryResultRow = any>(pool: Pool, text: string, values: unknown[] = []): Promise<QueryResult<R>> { // eslint-disable-line @typescript-eslint/no-explicit-any
   return withTransaction(pool, (c) => c.query<R>(text, values), { isolation: 'repeatable read', readOnly: true });
+}
+
+/** Binds a test's gRPC server to a free port of 127.0.0.1 (plaintext); its address. */
+export async function listenForTest(server: Server): Promise<string> {
+  const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (error, bound) => (error ? reject(error) : resolve(bound))));
+  return `127.0.0.1:${port}`;
 }

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { Server, ServerCredentials, credentials, status } from '@grpc/grpc-js';
+import { Server, credentials, status } from '@grpc/grpc-js';
 import { after, before, describe, it } from 'mocha';
 import { callUnary } from '../../lib/grpc.js';
 import { createLogger } from '../../lib/logger.js';
@@ -8,6 +8,7 @@ import { CaptureMethod, CreatePaymentRequest, PaymentServiceClient, PaymentServi
 import type { CreatePaymentInput, PaymentFlows } from './flows.js';
 import type { PaymentRow } from './model.js';
 import { createPaymentService } from './service.js';
+import { listenForTest } from '../../test/support.js';
 
 /**
  * CreatePayments' own rules, over flows that answer when the test says (the payments on the real ledger are
@@ -58,8 +59,8 @@ describe('payments.v1 CreatePayments: each item answered on its own', () => {
     } as unknown as PaymentFlows;
     server = new Server();
     server.addService(PaymentServiceService, createPaymentService(flows, createLogger('service-test', 'silent')));
-    const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
-    client = new PaymentServiceClient(`127.0.0.1:${port}`, credentials.createInsecure());
+    const address = await listenForTest(server);
+    client = new PaymentServiceClient(address, credentials.createInsecure());
   });
   after(() => {
     for (const r of release) r();
