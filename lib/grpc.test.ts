@@ -1,7 +1,7 @@
 import { strict as assert } from 'node:assert';
-import { Server, credentials, status, type ServiceError } from '@grpc/grpc-js';
+import { Metadata, Server, credentials, status, type ServiceError } from '@grpc/grpc-js';
 import { Decision, RiskServiceClient, RiskServiceService, type ScoreRequest, type ScoreResponse } from '../proto/gen/risk/v1/risk.js';
-import { callUnary, shutdownGrpcServer, unary } from './grpc.js';
+import { ERROR_CODE_KEY, ERROR_FIELD_KEY, callUnary, fromServiceError, headerSafe, shutdownGrpcServer, unary } from './grpc.js';
 import { createLogger } from './logger.js';
 import { listenForTest } from '../test/support.js';
 
@@ -57,5 +57,26 @@ describe('gRPC server shutdown', () => {
       release();
       client.close();
     }
+  });
+});
+
+describe('gRPC errors received from another service', () => {
+  function received(code: string, field: string): ServiceError {
+    const metadata = new Metadata();
+    metadata.set(ERROR_CODE_KEY, code);
+    metadata.set(ERROR_FIELD_KEY, field);
+    return Object.assign(new Error('refused'), { code: status.INVALID_ARGUMENT, details: 'refused', metadata });
+  }
+
+  it('gives back the code and field that headerSafe encoded', () => {
+    const error = fromServiceError(received('invalid_field', headerSafe('metadata.ключ%')));
+    assert.equal(error.code, 'invalid_field');
+    assert.equal(error.details.field, 'metadata.ключ%');
+  });
+
+  it('keeps a field that does not percent-decode as it came, instead of throwing', () => {
+    const error = fromServiceError(received('invalid_field', 'metadata.%E0%A4%A'));
+    assert.equal(error.kind, 'invalid_argument');
+    assert.equal(error.details.field, 'metadata.%E0%A4%A');
   });
 });

@@ -83,13 +83,25 @@ export function receivedFailure(error: unknown): AppError | undefined {
 export function fromServiceError(error: ServiceError): AppError {
   const first = (key: string) => {
     const value = error.metadata?.get(key)[0];
-    return value === undefined ? '' : decodeURIComponent(String(value));
+    return value === undefined ? '' : percentDecoded(String(value));
   };
   const retryAfter = Number(first(RETRY_AFTER_KEY));
   return appErrorOf(
     { status: error.code, message: error.details ?? '', code: first(ERROR_CODE_KEY), field: first(ERROR_FIELD_KEY), retryAfterSeconds: Number.isFinite(retryAfter) ? retryAfter : 0 },
     error,
   );
+}
+
+/**
+ * `value` percent-decoded (headerSafe's inverse); as it came when it does not decode (a peer that encodes
+ * otherwise): the error it describes must still reach the caller, not become a URIError of the client.
+ */
+function percentDecoded(value: string): string {
+  try {
+    return decodeURIComponent(value);
+  } catch {
+    return value;
+  }
 }
 
 /**
