@@ -105,7 +105,9 @@ async function introduce(): Promise<void> {
     } catch {
       // not listening yet
     }
-    if (attempt > 120 || stopping) return console.error('dev: the gateway did not become ready; see its log lines above');
+    // Stopping: a service exited, and its exit line above says which; the gateway is not the one to blame.
+    if (stopping) return;
+    if (attempt > 120) return console.error('dev: the gateway did not become ready in 60 s; see its log lines above');
     await sleep(500);
   }
   const r = await fetch(`${base}/v1/merchants`, {
