@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { Server, status, type ServerUnaryCall, type sendUnaryData, type UntypedServiceImplementation } from '@grpc/grpc-js';
+import { Server, status, type ServerUnaryCall, type ServiceDefinition, type sendUnaryData, type UntypedServiceImplementation } from '@grpc/grpc-js';
 import { after, describe, it } from 'mocha';
 import { AppError } from '../lib/errors.js';
 import {
@@ -11,6 +11,8 @@ import {
   type CreatePaymentsRequest,
   type CreatePaymentsResponse,
 } from '../proto/gen/payments/v1/payments.js';
+import { LedgerServiceService } from '../proto/gen/ledger/v1/ledger.js';
+import { newTransfer } from '../ledger/client.js';
 import { SettlementServiceService, type GetReportRequest, type GetReportResponse } from '../proto/gen/settlement/v1/settlement.js';
 import { testConfig, listenForTest } from '../test/support.js';
 import { Backends } from './backends.js';
@@ -27,10 +29,10 @@ describe('gateway backends: payment creations coalesced into CreatePayments', ()
     await Promise.all(servers.map((s) => new Promise<void>((resolve) => s.tryShutdown(() => resolve()))));
   });
 
-  async function standIn(methods: UntypedServiceImplementation, deadlineMs = 5_000): Promise<Backends> {
+  async function standIn(methods: UntypedServiceImplementation, deadlineMs = 5_000, service: ServiceDefinition = PaymentServiceService): Promise<Backends> {
     // The ledger's own limits (ledger/app.ts).
     const server = new Server({ 'grpc.max_receive_message_length': 32 * 1024 * 1024, 'grpc.max_send_message_length': 32 * 1024 * 1024 });
-    server.addService(PaymentServiceService, methods);
+    server.addService(service, methods);
     const address = await listenForTest(server);
     servers.push(server);
     const backends = new Backends(testConfig({ LEDGER_GRPC_TARGET: address, GATEWAY_GRPC_DEADLINE_MS: String(deadlineMs) }));
@@ -71,27 +73,40 @@ describe('gateway backends: payment creations coalesced into CreatePayments', ()
     assert.deepEqual(results.map((r) => (r.status === 'fulfilled' ? r.value.amount : (r.reason as AppError).kind)), [1n, 'not_found', 3n]);
   });
 
-  it('retries of an idempotent call share the caller\'s deadline: no attempt is given time beyond it', async () => {
-    const attempts: { deadline: number }[] = [];
+  /**
+   * Calls `invoke` against a stand-in whose `method` answers UNAVAILABLE after 150 ms (its database unreachable,
+   * say), with a deadline of 400 ms: every attempt's deadline, as the server saw it, must lie within the caller's
+   * (plus the transit of the call), not 400 ms each.
+   */
+  async function assertRetriesShareDeadline(service: ServiceDefinition, method: string, invoke: (backends: Backends) => Promise<unknown>): Promise<void> {
+    const attempts: number[] = [];
     const backends = await standIn(
       {
-        getPayment: (call: ServerUnaryCall<unknown, unknown>, done: sendUnaryData<unknown>) => {
+        [method]: (call: ServerUnaryCall<unknown, unknown>, done: sendUnaryData<unknown>) => {
           const deadline = call.getDeadline();
-          attempts.push({ deadline: deadline instanceof Date ? deadline.getTime() : Number(deadline) });
-          // A ledger that answers UNAVAILABLE after a while (its database unreachable, say).
+          attempts.push(deadline instanceof Date ? deadline.getTime() : Number(deadline));
           setTimeout(() => done({ code: status.UNAVAILABLE, details: 'database unavailable' }), 150);
         },
       },
       400,
+      service,
     );
     const started = Date.now();
-    await assert.rejects(
-      backends.payment((c) => c.getPayment, { merchantId: randomUUID(), paymentId: randomUUID() }, true),
-      (e: AppError) => e.kind === 'unavailable' || e.kind === 'deadline_exceeded',
-    );
+    await assert.rejects(invoke(backends), (e: AppError) => e.kind === 'unavailable' || e.kind === 'deadline_exceeded');
     assert.ok(attempts.length >= 2, `${attempts.length} attempts: the UNAVAILABLE was not retried`);
-    // Each attempt's deadline as the server saw it: within the caller's 400 ms (plus the transit of the call), not 400 ms each.
-    for (const a of attempts) assert.ok(a.deadline <= started + 400 + 150, `an attempt had until ${a.deadline - started} ms after the call began`);
+    for (const a of attempts) assert.ok(a <= started + 400 + 150, `an attempt had until ${a - started} ms after the call began`);
+  }
+
+  it('retries of an idempotent call share the caller\'s deadline: no attempt is given time beyond it', async () => {
+    await assertRetriesShareDeadline(PaymentServiceService, 'getPayment', (backends) =>
+      backends.payment((c) => c.getPayment, { merchantId: randomUUID(), paymentId: randomUUID() }, true),
+    );
+  });
+
+  it('so do retries of ledger calls: a lookup, and a transfer through the auto-batching client', async () => {
+    await assertRetriesShareDeadline(LedgerServiceService, 'lookupAccounts', (backends) => backends.ledgerCall((ledger, options) => ledger.lookupAccounts([randomUUID()], options), true));
+    const transfer = newTransfer({ id: randomUUID(), debitAccountId: randomUUID(), creditAccountId: randomUUID(), amount: 1n, ledger: 1, code: 1 });
+    await assertRetriesShareDeadline(LedgerServiceService, 'createTransfers', (backends) => backends.ledgerCall((ledger, options) => ledger.createTransfers([transfer], options), true));
   });
 
   it('each caller keeps its own deadline: creations the ledger does not answer in time are deadline errors at that deadline', async () => {

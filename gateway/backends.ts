@@ -6,7 +6,7 @@ import { AppError, InternalError } from '../lib/errors.js';
 import { appErrorOf, callUnary, raceDeadline, receivedFailure, type UnaryMethod } from '../lib/grpc.js';
 import { channelCredentials, type GrpcTlsConfig } from '../lib/grpc-tls.js';
 import { retry } from '../lib/retry.js';
-import { LedgerClient } from '../ledger/client.js';
+import { LedgerClient, type CallOptions } from '../ledger/client.js';
 import { linkTo, traceparentOf } from '../observability/tracing.js';
 import { PaymentServiceClient, type CreatePaymentOutcome, type CreatePaymentRequest, type Payment } from '../proto/gen/payments/v1/payments.js';
 import { SettlementServiceClient } from '../proto/gen/settlement/v1/settlement.js';
@@ -116,9 +116,9 @@ export class Backends {
     return this.call((deadlineMs) => callUnary(this.settlement, pick(this.settlement), request, deadlineMs), idempotent);
   }
 
-  /** Any ledger call, with the same retry rule and error mapping (each attempt with the ledger client's own deadline). */
-  ledgerCall<T>(work: (ledger: LedgerClient) => Promise<T>, idempotent: boolean): Promise<T> {
-    return this.call(() => work(this.ledger()), idempotent);
+  /** Any ledger call, with the same retry rule and error mapping; `work` passes `options` on (the deadline left). */
+  ledgerCall<T>(work: (ledger: LedgerClient, options: CallOptions) => Promise<T>, idempotent: boolean): Promise<T> {
+    return this.call((deadlineMs) => work(this.ledger(), { deadlineMs }), idempotent);
   }
 
   /**

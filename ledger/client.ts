@@ -29,6 +29,12 @@ export interface LedgerClientOptions {
   channelOptions?: Record<string, string | number>;
 }
 
+/** One call's own options. */
+export interface CallOptions {
+  /** This call's deadline instead of the client's `deadlineMs` (a caller sharing one deadline across retries). */
+  deadlineMs?: number;
+}
+
 const NO_ACCOUNT_FLAGS: AccountFlags = { linked: false, debitsMustNotExceedCredits: false, creditsMustNotExceedDebits: false, history: false, closed: false };
 const NO_TRANSFER_FLAGS: TransferFlags = { linked: false, pending: false, postPendingTransfer: false, voidPendingTransfer: false };
 
@@ -121,18 +127,19 @@ export class LedgerClient {
     this.raw.close();
   }
 
-  private call<Req, Res>(method: UnaryMethod<Req, Res>, request: Req): Promise<Res> {
-    return callUnary(this.raw, method, request, this.deadlineMs);
+  private call<Req, Res>(method: UnaryMethod<Req, Res>, request: Req, options: CallOptions): Promise<Res> {
+    return callUnary(this.raw, method, request, options.deadlineMs ?? this.deadlineMs);
   }
 
-  async createAccounts(accounts: Account[]): Promise<CreateAccountResult[]> {
-    return (await this.call(this.raw.createAccounts, { accounts })).results;
+  async createAccounts(accounts: Account[], options: CallOptions = {}): Promise<CreateAccountResult[]> {
+    return (await this.call(this.raw.createAccounts, { accounts }, options)).results;
   }
 
-  createTransfers(transfers: Transfer[]): Promise<CreateTransferResult[]> {
+  createTransfers(transfers: Transfer[], options: CallOptions = {}): Promise<CreateTransferResult[]> {
+    const deadlineMs = options.deadlineMs ?? this.deadlineMs;
     // An empty call is a malformed request of its own: merged with others it would vanish unanswered.
-    if (!this.autoBatch || transfers.length === 0) return this.sendTransfers(transfers);
-    const deadline = Date.now() + this.deadlineMs;
+    if (!this.autoBatch || transfers.length === 0) return this.sendTransfers(transfers, deadlineMs);
+    const deadline = Date.now() + deadlineMs;
     const queued = new Promise<CreateTransferResult[]>((resolve, reject) => {
       this.queue.push({ transfers, bytes: transfers.reduce((sum, t) => sum + encodedSizeBound(t), 0), deadline, resolve, reject });
       this.schedule();
@@ -141,27 +148,27 @@ export class LedgerClient {
     return raceDeadline(queued, deadline, deadlineExceeded);
   }
 
-  async lookupAccounts(ids: string[]): Promise<Account[]> {
-    return (await this.call(this.raw.lookupAccounts, { ids })).accounts;
+  async lookupAccounts(ids: string[], options: CallOptions = {}): Promise<Account[]> {
+    return (await this.call(this.raw.lookupAccounts, { ids }, options)).accounts;
   }
 
-  async lookupTransfers(ids: string[]): Promise<Transfer[]> {
-    return (await this.call(this.raw.lookupTransfers, { ids })).transfers;
+  async lookupTransfers(ids: string[], options: CallOptions = {}): Promise<Transfer[]> {
+    return (await this.call(this.raw.lookupTransfers, { ids }, options)).transfers;
   }
 
-  async getAccountTransfers(filter: Partial<AccountFilter> & { accountId: string }): Promise<{ transfers: Transfer[]; nextCursor: string }> {
-    return this.call(this.raw.getAccountTransfers, { filter: fullFilter(filter) });
+  async getAccountTransfers(filter: Partial<AccountFilter> & { accountId: string }, options: CallOptions = {}): Promise<{ transfers: Transfer[]; nextCursor: string }> {
+    return this.call(this.raw.getAccountTransfers, { filter: fullFilter(filter) }, options);
   }
 
-  async getAccountBalances(filter: Partial<AccountFilter> & { accountId: string }): Promise<{ balances: AccountBalance[]; nextCursor: string }> {
-    return this.call(this.raw.getAccountBalances, { filter: fullFilter(filter) });
+  async getAccountBalances(filter: Partial<AccountFilter> & { accountId: string }, options: CallOptions = {}): Promise<{ balances: AccountBalance[]; nextCursor: string }> {
+    return this.call(this.raw.getAccountBalances, { filter: fullFilter(filter) }, options);
   }
 
-  async getAccountBalanceAt(accountId: string, timestamp: bigint): Promise<AccountBalance | undefined> {
-    return (await this.call(this.raw.getAccountBalanceAt, { accountId, timestamp })).balance;
+  async getAccountBalanceAt(accountId: string, timestamp: bigint, options: CallOptions = {}): Promise<AccountBalance | undefined> {
+    return (await this.call(this.raw.getAccountBalanceAt, { accountId, timestamp }, options)).balance;
   }
 
-  private async sendTransfers(transfers: Transfer[], deadlineMs = this.deadlineMs): Promise<CreateTransferResult[]> {
+  private async sendTransfers(transfers: Transfer[], deadlineMs: number): Promise<CreateTransferResult[]> {
     return (await callUnary(this.raw, this.raw.createTransfers, { transfers }, deadlineMs)).results;
   }
 

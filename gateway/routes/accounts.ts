@@ -35,11 +35,11 @@ export function accountRoutes(app: Gateway, ctx: RouteContext): void {
       flags: { debitsMustNotExceedCredits: flags.has('debits_must_not_exceed_credits'), creditsMustNotExceedDebits: flags.has('credits_must_not_exceed_debits'), history: flags.has('history') },
       metadata: body.metadata ?? {},
     });
-    const [result] = await backends.ledgerCall((ledger) => ledger.createAccounts([account]), true);
+    const [result] = await backends.ledgerCall((ledger, options) => ledger.createAccounts([account], options), true);
     const code = result ? accountCodeName(result.code) : 'unspecified';
     if (code === 'ok') return reply.code(201).send(accountView({ ...account, timestamp: result!.timestamp }));
     if (code === 'exists') {
-      const [existing] = await backends.ledgerCall((ledger) => ledger.lookupAccounts([id]), true);
+      const [existing] = await backends.ledgerCall((ledger, options) => ledger.lookupAccounts([id], options), true);
       if (existing) return reply.code(200).send(accountView(existing));
     }
     // Refused: nothing of this request may stay behind.
@@ -57,7 +57,7 @@ export function accountRoutes(app: Gateway, ctx: RouteContext): void {
   app.get('/v1/accounts/:id', { schema: { params: IdParams, response: { 200: Account, ...COMMON_ERRORS } } }, async (request) => {
     const id = objectId(request.params.id, accountNotFound);
     await requireOwnedAccount(pool, ctx.merchantOf(request), id);
-    const [account] = await backends.ledgerCall((ledger) => ledger.lookupAccounts([id]), true);
+    const [account] = await backends.ledgerCall((ledger, options) => ledger.lookupAccounts([id], options), true);
     if (!account) throw accountNotFound('id');
     return accountView(account);
   });
@@ -67,13 +67,13 @@ export function accountRoutes(app: Gateway, ctx: RouteContext): void {
     await requireOwnedAccount(pool, ctx.merchantOf(request), id);
     const at = request.query.at;
     if (at === undefined) {
-      const [account] = await backends.ledgerCall((ledger) => ledger.lookupAccounts([id]), true);
+      const [account] = await backends.ledgerCall((ledger, options) => ledger.lookupAccounts([id], options), true);
       if (!account) throw accountNotFound('id');
       return { object: 'balance' as const, account: id, at: null, ...balancesView(account) };
     }
     const ms = Date.parse(at);
     if (!Number.isFinite(ms) || ms < 0) throw new ValidationError('at', 'an RFC 3339 timestamp after 1970');
-    const balance = await backends.ledgerCall((ledger) => ledger.getAccountBalanceAt(id, BigInt(ms) * 1_000_000n + 999_999n), true);
+    const balance = await backends.ledgerCall((ledger, options) => ledger.getAccountBalanceAt(id, BigInt(ms) * 1_000_000n + 999_999n, options), true);
     const zero = { debitsPending: 0n, debitsPosted: 0n, creditsPending: 0n, creditsPosted: 0n };
     return { object: 'balance' as const, account: id, at: new Date(ms).toISOString(), ...balancesView(balance ?? zero) };
   });
@@ -87,11 +87,11 @@ export function accountRoutes(app: Gateway, ctx: RouteContext): void {
     let cursor = '';
     const anchorId = after ?? before;
     if (anchorId) {
-      const [anchor] = await backends.ledgerCall((ledger) => ledger.lookupTransfers([anchorId.toLowerCase()]), true);
+      const [anchor] = await backends.ledgerCall((ledger, options) => ledger.lookupTransfers([anchorId.toLowerCase()], options), true);
       if (!anchor || (anchor.debitAccountId !== id && anchor.creditAccountId !== id)) throw new ValidationError(after ? 'starting_after' : 'ending_before', 'not a transfer of this account');
       cursor = encodeCursor(anchor.timestamp, anchor.id);
     }
-    const page = await backends.ledgerCall((ledger) => ledger.getAccountTransfers({ accountId: id, limit: limit + 1, reversed: !before, cursor }), true);
+    const page = await backends.ledgerCall((ledger, options) => ledger.getAccountTransfers({ accountId: id, limit: limit + 1, reversed: !before, cursor }, options), true);
     const items = page.transfers.slice(0, limit);
     return {
       object: 'list' as const,

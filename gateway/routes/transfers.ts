@@ -65,7 +65,7 @@ export function transferRoutes(app: Gateway, ctx: RouteContext): void {
   }
 
   async function lookUp(id: string): Promise<LedgerTransfer | undefined> {
-    const [found] = await backends.ledgerCall((ledger) => ledger.lookupTransfers([id]), true);
+    const [found] = await backends.ledgerCall((ledger, options) => ledger.lookupTransfers([id], options), true);
     return found;
   }
 
@@ -79,7 +79,7 @@ export function transferRoutes(app: Gateway, ctx: RouteContext): void {
 
   /** Submits one transfer: 201 created, 200 for the same transfer again, the ledger's code otherwise. */
   async function submit(transfer: LedgerTransfer): Promise<{ status: 201 | 200; body: ReturnType<typeof transferView> }> {
-    const [result] = await backends.ledgerCall((ledger) => ledger.createTransfers([transfer]), true);
+    const [result] = await backends.ledgerCall((ledger, options) => ledger.createTransfers([transfer], options), true);
     const code = result ? transferCodeName(result.code) : 'unspecified';
     if (code === 'ok' || code === 'exists') {
       const stored = await lookUp(transfer.id);
@@ -112,9 +112,9 @@ export function transferRoutes(app: Gateway, ctx: RouteContext): void {
       ),
     );
     if (new Set(transfers.map((t) => t.id)).size !== transfers.length) throw new ValidationError('transfers', 'ids must be unique within a batch', 'duplicate_id');
-    const results = await backends.ledgerCall((ledger) => ledger.createTransfers(transfers), true);
+    const results = await backends.ledgerCall((ledger, options) => ledger.createTransfers(transfers, options), true);
     const codes = results.map((r) => transferCodeName(r.code));
-    const stored = new Map((await backends.ledgerCall((ledger) => ledger.lookupTransfers(transfers.filter((_, i) => codes[i] === 'ok' || codes[i] === 'exists').map((t) => t.id)), true)).map((t) => [t.id, t]));
+    const stored = new Map((await backends.ledgerCall((ledger, options) => ledger.lookupTransfers(transfers.filter((_, i) => codes[i] === 'ok' || codes[i] === 'exists').map((t) => t.id), options), true)).map((t) => [t.id, t]));
     return {
       object: 'transfer_batch' as const,
       results: transfers.map((t, i) => {
