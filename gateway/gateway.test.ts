@@ -493,6 +493,13 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       await stack.pool.query(`UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE key = $1`, [key]);
       assert.ok((await store.deleteExpired()) >= 1);
       assert.equal((await stack.pool.query('SELECT count(*)::int AS n FROM idempotency_keys WHERE key = $1', [key])).rows[0].n, 0);
+
+      // A backlog larger than one statement's rows is cleared in one run, not a statement's worth per run.
+      const keys = [randomUUID(), randomUUID(), randomUUID()];
+      for (const k of keys) assert.equal((await api.post('/v1/accounts', keyA, { currency: 'USD' }, k)).status, 201);
+      await stack.pool.query(`UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE key = ANY($1)`, [keys]);
+      assert.ok((await store.deleteExpired(2)) >= 3);
+      assert.equal((await stack.pool.query('SELECT count(*)::int AS n FROM idempotency_keys WHERE key = ANY($1)', [keys])).rows[0].n, 0);
     });
 
     it('100 concurrent identical payments with one key make one payment', async () => {

@@ -1,6 +1,6 @@
 import { createHash, randomUUID } from 'node:crypto';
 import type { PoolClient } from 'pg';
-import { statement, withTransaction, type Pool } from '../lib/db.js';
+import { deleteInChunks, statement, withTransaction, type Pool } from '../lib/db.js';
 import { Coalescer } from '../lib/coalesce.js';
 import { AppError, ValidationError } from '../lib/errors.js';
 import { hasControlCharacters } from '../ledger/validation.js';
@@ -158,15 +158,17 @@ export class IdempotencyStore {
     });
   }
 
-  /** Deletes keys past the TTL; returns how many. */
-  async deleteExpired(limit = 10_000): Promise<number> {
-    const r = await withTransaction(this.pool, (client) =>
-      client.query(
-        `DELETE FROM idempotency_keys WHERE (merchant_id, key) IN (
-           SELECT merchant_id, key FROM idempotency_keys WHERE created_at < now() - ($1::INT8 * INTERVAL '1 hour') ORDER BY created_at LIMIT $2)`,
-        [this.ttlHours, limit],
-      ),
+  /** Deletes every key past the TTL, `rowsPerStatement` at a time; returns how many. */
+  async deleteExpired(rowsPerStatement = 10_000): Promise<number> {
+    return deleteInChunks(
+      this.pool,
+      {
+        name: 'gw-idem-expire',
+        text: `DELETE FROM idempotency_keys WHERE (merchant_id, key) IN (
+                 SELECT merchant_id, key FROM idempotency_keys WHERE created_at < now() - ($1::INT8 * INTERVAL '1 hour') ORDER BY created_at LIMIT $2)`,
+        values: [this.ttlHours],
+      },
+      rowsPerStatement,
     );
-    return r.rowCount ?? 0;
   }
 }

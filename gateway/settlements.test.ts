@@ -27,7 +27,7 @@ describe('REST settlements (gateway, payments, relay, JetStream, settlement serv
     // A NATS server of its own: streams reserve their maximum size on the server, and the shared one is for everyone.
     nats = await TestNatsServer.start();
     const suffix = randomUUID().slice(0, 8);
-    const env = { NATS_URL: nats.url, EVENTS_STREAM: `GWSTL_${suffix}`, EVENTS_SUBJECT_PREFIX: `gwstl-${suffix}`, METRICS_PORT: '0' };
+    const env = { NATS_URL: nats.url, EVENTS_STREAM: `GWSTL_${suffix}`, EVENTS_SUBJECT_PREFIX: `gwstl-${suffix}` };
     const logger = createLogger('settlement-gw-test', 'error');
     risk = await startRisk(testConfig({ ...env, RISK_GRPC_LISTEN: '127.0.0.1:0' }), logger);
     ledger = await startTestLedger({ ...env, LEDGER_RELAY_ENABLED: 'true', RISK_GRPC_TARGET: risk.address, RISK_DEADLINE_MS: '2000' });

@@ -42,6 +42,8 @@ describe('config', () => {
   it('checks settings against each other', () => {
     assert.throws(() => loadConfig({ LEDGER_MAX_QUEUED_EVENTS: '100' }), /LEDGER_MAX_QUEUED_EVENTS=100: must be at least LEDGER_BATCH_MAX/);
     assert.equal(loadConfig({ LEDGER_MAX_QUEUED_EVENTS: '100', LEDGER_BATCH_MAX: '100' }).LEDGER_MAX_QUEUED_EVENTS, 100);
+    assert.throws(() => loadConfig({ CONSUMER_INBOX_RETENTION_HOURS: '24' }), /CONSUMER_INBOX_RETENTION_HOURS=24: must be at least EVENTS_MAX_AGE_HOURS \(168\)/);
+    assert.equal(loadConfig({ CONSUMER_INBOX_RETENTION_HOURS: '24', EVENTS_MAX_AGE_HOURS: '24' }).CONSUMER_INBOX_RETENTION_HOURS, 24);
   });
 
   it('gRPC TLS: all three files or none; a partial setting names what is missing', () => {

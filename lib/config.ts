@@ -61,6 +61,11 @@ const schema = z.object({
   EVENTS_MAX_BYTES: positiveInt.default(10 * 1024 ** 3),
   /** JetStream drops a message whose Nats-Msg-Id it has seen within this window. */
   EVENTS_DUPLICATE_WINDOW_SECONDS: positiveInt.max(86_400).default(120),
+  /**
+   * How long a consumer remembers an applied event (its inbox row) before pruning it: at least
+   * EVENTS_MAX_AGE_HOURS, so that any delivery the stream can still make of it finds it (lib/consumer.ts).
+   */
+  CONSUMER_INBOX_RETENTION_HOURS: positiveInt.default(336),
 
   /**
    * Mutual TLS on every gRPC connection between the services (lib/grpc-tls.ts): PEM files of the CA that signs
@@ -202,6 +207,11 @@ function crossChecks(config: Config): string[] {
   }
   if (config.LEDGER_MAX_QUEUED_EVENTS < config.LEDGER_BATCH_MAX) {
     problems.push(`LEDGER_MAX_QUEUED_EVENTS=${config.LEDGER_MAX_QUEUED_EVENTS}: must be at least LEDGER_BATCH_MAX (${config.LEDGER_BATCH_MAX}), or a full request could never be admitted`);
+  }
+  if (config.CONSUMER_INBOX_RETENTION_HOURS < config.EVENTS_MAX_AGE_HOURS) {
+    problems.push(
+      `CONSUMER_INBOX_RETENTION_HOURS=${config.CONSUMER_INBOX_RETENTION_HOURS}: must be at least EVENTS_MAX_AGE_HOURS (${config.EVENTS_MAX_AGE_HOURS}), or an event replayed from the stream could be applied twice`,
+    );
   }
   if (config.RISK_REVIEW_THRESHOLD_PPM > config.RISK_DECLINE_THRESHOLD_PPM) {
     problems.push(`RISK_REVIEW_THRESHOLD_PPM=${config.RISK_REVIEW_THRESHOLD_PPM}: must not exceed RISK_DECLINE_THRESHOLD_PPM (${config.RISK_DECLINE_THRESHOLD_PPM})`);

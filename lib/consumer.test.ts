@@ -4,7 +4,7 @@ import { account, commitTransfers, startTestLedger, transfer, type TestLedger } 
 import { TestNatsServer } from '../test/nats-server.js';
 import { testConfig, testPool } from '../test/support.js';
 import { EventBatch } from '../proto/gen/events/v1/events.js';
-import { EventConsumer, deadLetterSubject, observeConsumer, rewindConsumer, type EventHandler } from './consumer.js';
+import { EventConsumer, deadLetterSubject, observeConsumer, pruneInbox, rewindConsumer, type EventHandler } from './consumer.js';
 import { startMetrics } from '../observability/metrics.js';
 import { freePort } from '../test/ledger-process.js';
 import { createPool, withTransaction, type Pool } from './db.js';
@@ -267,5 +267,35 @@ describe('event consumer framework (own NATS server, real PostgreSQL)', function
     assert.ok(value('events_consumer_applied_total') >= transfers.length + later.length - 1);
     assert.equal(value('events_consumer_lag_messages'), 0);
     await metrics.shutdown();
+  });
+});
+
+describe('consumer inbox pruning (real PostgreSQL)', () => {
+  let pool: Pool;
+  before(() => {
+    pool = testPool();
+  });
+  after(async () => {
+    await pool.end();
+  });
+
+  it('deletes a consumer\'s rows past the retention, a statement at a time until none is left; keeps newer rows and other consumers\'', async () => {
+    const [mine, other] = [`prune-${randomUUID()}`, `prune-${randomUUID()}`];
+    const insert = (consumer: string, count: number, hoursAgo: number) =>
+      pool.query(`INSERT INTO consumer_inbox (consumer, event_id, processed_at) SELECT $1, gen_random_uuid()::text, now() - ($3::INT8 * INTERVAL '1 hour') FROM generate_series(1, $2)`, [
+        consumer,
+        count,
+        hoursAgo,
+      ]);
+    await insert(mine, 7, 400);
+    await insert(mine, 3, 100);
+    await insert(other, 2, 400);
+    const left = async (consumer: string) => (await pool.query('SELECT count(*)::int AS n FROM consumer_inbox WHERE consumer = $1', [consumer])).rows[0].n as number;
+
+    assert.equal(await pruneInbox(pool, mine, 336, 3), 7, 'seven rows older than 336 h, three a statement');
+    assert.equal(await left(mine), 3, 'rows newer than the retention stay');
+    assert.equal(await left(other), 2, 'another consumer\'s rows are its own to prune');
+    assert.equal(await pruneInbox(pool, mine, 336, 3), 0);
+    await pool.query('DELETE FROM consumer_inbox WHERE consumer = ANY($1)', [[mine, other]]);
   });
 });

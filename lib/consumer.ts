@@ -3,10 +3,11 @@ import { AckPolicy, DeliverPolicy, JetStreamApiCodes, JetStreamApiError, type Co
 import { headers } from '@nats-io/transport-node';
 import { EventBatch, type EventEnvelope } from '../proto/gen/events/v1/events.js';
 import type { Config } from './config.js';
-import { asAppError, withTransaction, type Pool, type PoolClient } from './db.js';
+import { asAppError, deleteInChunks, withTransaction, type Pool, type PoolClient } from './db.js';
 import { AppError } from './errors.js';
 import type { Logger } from './logger.js';
 import { connectJetStream, type JetStreamClient, type NatsConnection } from './nats.js';
+import { PeriodicTask } from './periodic.js';
 import { sleep } from './retry.js';
 import { ensureEventStream } from './streams.js';
 import { SpanKind } from '@opentelemetry/api';
@@ -40,6 +41,32 @@ export interface ConsumerStats {
   deadLettered: number;
 }
 
+/** How often a consumer prunes its inbox (each run deletes every row past the retention). */
+const INBOX_PRUNE_INTERVAL_MS = 10 * 60_000;
+/** Inbox rows deleted per statement when pruning: short transactions beside the consumer's own inserts. */
+const INBOX_PRUNE_ROWS = 5_000;
+
+/**
+ * Deletes a consumer's inbox rows applied more than `retentionHours` ago; returns how many. Without this the
+ * inbox grows by a row per event for ever. A row may go once no delivery of its event can come any more: the
+ * stream discards events after EVENTS_MAX_AGE_HOURS, which the retention is at least (lib/config.ts), so a
+ * redelivery or a replay still finds the row. A relay publishing a committed row again (after a crash before
+ * it deleted the row) does so when its ledger is back: within the retention unless it was down longer.
+ */
+export async function pruneInbox(pool: Pool, consumer: string, retentionHours: number, rowsPerStatement = INBOX_PRUNE_ROWS): Promise<number> {
+  return deleteInChunks(
+    pool,
+    {
+      name: 'consumer-inbox-prune',
+      text: `DELETE FROM consumer_inbox WHERE (consumer, event_id) IN (
+               SELECT consumer, event_id FROM consumer_inbox WHERE consumer = $1 AND processed_at < now() - ($2::INT8 * INTERVAL '1 hour')
+               ORDER BY processed_at LIMIT $3)`,
+      values: [consumer, retentionHours],
+    },
+    rowsPerStatement,
+  );
+}
+
 /** Subject of a consumer's dead letters; outside the events stream, captured by the DEADLETTER stream. */
 export function deadLetterSubject(prefix: string, consumer: string): string {
   return `deadletter.${prefix}.${consumer}`;
@@ -59,11 +86,15 @@ export class EventConsumer {
   private stopping = false;
   private readonly chains = new Map<string, Promise<void>>();
   private js!: JetStreamClient;
+  private pruning: PeriodicTask | undefined;
 
   constructor(
     private readonly nc: NatsConnection,
     private readonly pool: Pool,
-    private readonly config: Pick<Config, 'EVENTS_STREAM' | 'EVENTS_SUBJECT_PREFIX' | 'EVENTS_MAX_AGE_HOURS' | 'EVENTS_MAX_BYTES' | 'EVENTS_DUPLICATE_WINDOW_SECONDS' | 'NATS_STREAM_REPLICAS'>,
+    private readonly config: Pick<
+      Config,
+      'EVENTS_STREAM' | 'EVENTS_SUBJECT_PREFIX' | 'EVENTS_MAX_AGE_HOURS' | 'EVENTS_MAX_BYTES' | 'EVENTS_DUPLICATE_WINDOW_SECONDS' | 'NATS_STREAM_REPLICAS' | 'CONSUMER_INBOX_RETENTION_HOURS'
+    >,
     private readonly options: ConsumerOptions,
     private readonly handler: EventHandler,
     private readonly logger: Logger,
@@ -107,6 +138,9 @@ export class EventConsumer {
     // Short pulls: a consumer re-created by a replay (or a lost server) is noticed within seconds.
     this.messages = await consumer.consume({ max_messages: this.options.concurrency ?? 8, expires: 5_000 });
     this.loop = this.dispatch(this.messages);
+    const { name } = this.options;
+    this.pruning = new PeriodicTask(`${name} inbox pruning`, () => pruneInbox(this.pool, name, this.config.CONSUMER_INBOX_RETENTION_HOURS), INBOX_PRUNE_INTERVAL_MS, this.logger);
+    this.pruning.start();
   }
 
   /** Messages of the stream this consumer has not yet acknowledged: pending delivery plus in hand. */
@@ -120,6 +154,7 @@ export class EventConsumer {
   async stop(): Promise<void> {
     this.stopping = true;
     this.messages?.stop();
+    await this.pruning?.stop();
     await this.loop;
     await Promise.all(this.chains.values());
   }

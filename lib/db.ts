@@ -205,6 +205,20 @@ export async function statement(pool: pg.Pool, query: pg.QueryConfig): Promise<p
 }
 
 /**
+ * Runs `query`, a DELETE whose last parameter is a row limit (`... IN (SELECT ... LIMIT $n)`: PostgreSQL has no
+ * DELETE ... LIMIT), `rowsPerStatement` rows at a time until a statement deletes fewer: each statement a short
+ * transaction of its own, so clearing a large backlog never holds locks long. Returns the rows deleted.
+ */
+export async function deleteInChunks(pool: pg.Pool, query: { name: string; text: string; values: unknown[] }, rowsPerStatement: number): Promise<number> {
+  let deleted = 0;
+  for (;;) {
+    const r = await statement(pool, { ...query, values: [...query.values, rowsPerStatement] });
+    deleted += r.rowCount ?? 0;
+    if ((r.rowCount ?? 0) < rowsPerStatement) return deleted;
+  }
+}
+
+/**
  * A PostgreSQL array literal for values whose text form needs no quoting: numbers, bigints and UUIDs (all
  * validated before they get here), or null. Several times cheaper than pg's general array serialization,
  * which escapes every element; it matters for the ledger's multi-row statements of 8,190 rows.

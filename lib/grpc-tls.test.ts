@@ -163,7 +163,7 @@ describe('gRPC mutual TLS (lib/grpc-tls.ts), with certificates made by openssl f
     let risk: RiskApp;
     const score = ScoreRequest.fromPartial({ merchantId: '11111111-1111-4111-8111-111111111111', amount: 500n, currency: 'EUR' });
     before(async () => {
-      risk = await startRisk(testConfig({ RISK_GRPC_LISTEN: '127.0.0.1:0', METRICS_PORT: '0', ...certs.env() }), createLogger('risk-test', 'silent'));
+      risk = await startRisk(testConfig({ RISK_GRPC_LISTEN: '127.0.0.1:0', ...certs.env() }), createLogger('risk-test', 'silent'));
     });
     after(async () => {
       await risk?.close();

@@ -17,7 +17,7 @@ export interface TestLedger {
 /** An in-process ledger on an ephemeral port against the test database, with its own client (secured as the ledger is: GRPC_TLS_* of `env`). */
 export async function startTestLedger(env: Record<string, string> = {}, clientOptions: LedgerClientOptions = {}, logger?: Logger): Promise<TestLedger> {
   // The relay is off unless a test turns it on (with its own stream and subjects: see ledger/relay.test.ts).
-  const config = testConfig({ LEDGER_GRPC_LISTEN: '127.0.0.1:0', LEDGER_SHARDS: '8', LEDGER_EXPIRY_SWEEP_MS: '100', LEDGER_WORKERS: '2', LEDGER_RELAY_ENABLED: 'false', METRICS_PORT: '0', ...env });
+  const config = testConfig({ LEDGER_GRPC_LISTEN: '127.0.0.1:0', LEDGER_SHARDS: '8', LEDGER_EXPIRY_SWEEP_MS: '100', LEDGER_WORKERS: '2', LEDGER_RELAY_ENABLED: 'false', ...env });
   // Internal errors are bugs: always shown (expected failures are AppErrors, which are not logged).
   const app = await startLedger(config, logger ?? createLogger('ledger-test', process.env['LEDGER_TEST_LOG'] ?? 'error'));
   const client = new LedgerClient(app.address, { credentials: channelCredentials(config), ...clientOptions });

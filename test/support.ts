@@ -10,6 +10,8 @@ export function testConfig(overrides: Record<string, string> = {}): Config {
     ...process.env,
     DATABASE_URL: process.env['DATABASE_URL'] ?? 'postgres://postgres@127.0.0.1:5432/ledgerline_test',
     LOG_LEVEL: process.env['LOG_LEVEL'] ?? 'silent',
+    // No fixed port: two test runs at once (or an exporter already on 9464) must not collide.
+    METRICS_PORT: '0',
     ...overrides,
   });
 }
