@@ -83,7 +83,7 @@ export class Backends {
   }
 
   /** A ledger client (auto-batching: concurrent transfer calls of this channel share requests). */
-  ledger(): LedgerClient {
+  private ledger(): LedgerClient {
     return this.ledgers[this.next++ % this.ledgers.length]!;
   }
 
