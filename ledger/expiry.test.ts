@@ -252,3 +252,34 @@ function assertTimestampsIncreasePerShard(outbox: readonly OutboxRow[]): void {
   }
   assert.ok(last.size > 1, `events of ${last.size} shard(s) only: the test must write to several`);
 }
+
+/**
+ * LEDGER_BATCH_MAX and LEDGER_MAX_QUEUED_EVENTS below 8,190 (the config only asks the queue to hold one batch):
+ * the sweeper must still release a shard with more expired pending transfers than the queue holds, one batch's
+ * worth per pass, instead of asking for more than the queue can ever admit on every pass.
+ */
+describe('pending expiry with a small batch size and queue', function () {
+  this.timeout(60_000);
+
+  it('more expired pending transfers on one shard than the queue holds all expire', async () => {
+    // One debit account: every pending transfer is recorded on its shard. Created by an instance that does not
+    // sweep, so that none expires (and takes queue room) while they are being created.
+    const debit = account();
+    const credit = account();
+    const pendings = Array.from({ length: 120 }, (_, i) => transfer({ debitAccountId: debit.id, creditAccountId: credit.id, amount: BigInt(1 + i), flags: { pending: true }, timeout: 1 }));
+    const creator = await startTestLedger({ LEDGER_EXPIRY_SWEEP_MS: '600000' });
+    try {
+      assert.ok((await creator.client.createAccounts([debit, credit])).every((r) => r.code === 1));
+      assert.ok((await creator.client.createTransfers(pendings)).every((r) => r.code === 1));
+    } finally {
+      await creator.close();
+    }
+    const small = await startTestLedger({ LEDGER_BATCH_MAX: '50', LEDGER_MAX_QUEUED_EVENTS: '50', LEDGER_EXPIRY_SWEEP_MS: '20' });
+    try {
+      await allExpired(small.client, pendings);
+      await assertReleasedOnce(small.client, small.client, credit, [debit]);
+    } finally {
+      await small.close();
+    }
+  });
+});

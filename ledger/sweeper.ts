@@ -37,7 +37,7 @@ export class ExpirySweeper {
    */
   async sweep(): Promise<number> {
     const now = BigInt(Date.now()) * 1_000_000n;
-    const { shardCount, ownedShards } = this.router;
+    const { shardCount, ownedShards, maxBatchEvents } = this.router;
     // Candidates only (the batch decides), so no SERIALIZABLE read locks in the batches' way: see lib/db.ts.
     const [own, leftover] = await withTransaction(
       this.pool,
@@ -61,7 +61,9 @@ export class ExpirySweeper {
     const add = (shard: number, id: string) => {
       if (!ownedShards.includes(shard)) return;
       const ids = perShard.get(shard) ?? [];
-      if (ids.length >= MAX_BATCH_EVENTS) return; // one batch's worth per shard and pass; the rest next pass
+      // One batch's worth (LEDGER_BATCH_MAX) per shard and pass; the rest next pass. More could exceed what the
+      // queue admits at all (LEDGER_MAX_QUEUED_EVENTS need only hold one batch): refused on every pass, never expired.
+      if (ids.length >= maxBatchEvents) return;
       ids.push(id);
       perShard.set(shard, ids);
     };
