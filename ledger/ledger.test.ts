@@ -990,6 +990,15 @@ describe('ledger (gRPC, PostgreSQL)', function () {
       assert.deepEqual(await ledger.client.getAccountTransfers({ accountId: a!, timestampMax: 2n ** 64n - 1n }), { transfers: [], nextCursor: '' });
       assert.deepEqual(await ledger.client.getAccountTransfers({ accountId: a!, timestampMin: 2n ** 64n - 1n }), { transfers: [], nextCursor: '' });
     });
+
+    it('GetAccountBalances: a malformed filter is INVALID_ARGUMENT whatever the account (unknown, or without history)', async () => {
+      const [a] = await accounts(1);
+      for (const accountId of [a!, id()]) {
+        await expectStatus(ledger.client.getAccountBalances({ accountId, limit: 8191 }), status.INVALID_ARGUMENT, /^filter\.limit$/);
+        await expectStatus(ledger.client.getAccountBalances({ accountId, timestampMin: 5n, timestampMax: 4n }), status.INVALID_ARGUMENT, /^filter\.timestamp_min$/);
+        await expectStatus(ledger.client.getAccountBalances({ accountId, cursor: '!!!' }), status.INVALID_ARGUMENT, /^filter\.cursor$/);
+      }
+    });
   });
 
   describe('concurrency', () => {
