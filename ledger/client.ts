@@ -89,7 +89,7 @@ interface QueuedCall {
 const MAX_MERGED_BYTES = 24 * 1024 * 1024;
 
 /** An upper bound of a transfer's encoded size: its strings (3 bytes a UTF-16 unit at most), integers and flags, and its metadata. */
-function encodedSizeBound(t: Transfer): number {
+export function encodedSizeBound(t: Transfer): number {
   let bytes = 96 + 3 * (t.id.length + t.debitAccountId.length + t.creditAccountId.length + t.pendingId.length);
   for (const key in t.metadata) bytes += 16 + Buffer.byteLength(key) + Buffer.byteLength(t.metadata[key]!);
   return bytes;

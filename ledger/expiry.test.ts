@@ -252,3 +252,71 @@ function assertTimestampsIncreasePerShard(outbox: readonly OutboxRow[]): void {
   }
   assert.ok(last.size > 1, `events of ${last.size} shard(s) only: the test must write to several`);
 }
+
+/**
+ * LEDGER_BATCH_MAX and LEDGER_MAX_QUEUED_EVENTS below 8,190 (the config only asks the queue to hold one batch):
+ * the sweeper must still release a shard with more expired pending transfers than the queue holds, one batch's
+ * worth per pass, instead of asking for more than the queue can ever admit on every pass.
+ */
+describe('pending expiry with a small batch size and queue', function () {
+  this.timeout(60_000);
+
+  it('more expired pending transfers on one shard than the queue holds all expire', async () => {
+    // One debit account: every pending transfer is recorded on its shard. Created by an instance that does not
+    // sweep, so that none expires (and takes queue room) while they are being created.
+    const debit = account();
+    const credit = account();
+    const pendings = Array.from({ length: 120 }, (_, i) => transfer({ debitAccountId: debit.id, creditAccountId: credit.id, amount: BigInt(1 + i), flags: { pending: true }, timeout: 1 }));
+    const creator = await startTestLedger({ LEDGER_EXPIRY_SWEEP_MS: '600000' });
+    try {
+      assert.ok((await creator.client.createAccounts([debit, credit])).every((r) => r.code === 1));
+      assert.ok((await creator.client.createTransfers(pendings)).every((r) => r.code === 1));
+    } finally {
+      await creator.close();
+    }
+    const small = await startTestLedger({ LEDGER_BATCH_MAX: '50', LEDGER_MAX_QUEUED_EVENTS: '50', LEDGER_EXPIRY_SWEEP_MS: '20' });
+    try {
+      await allExpired(small.client, pendings);
+      await assertReleasedOnce(small.client, small.client, credit, [debit]);
+    } finally {
+      await small.close();
+    }
+  });
+});
+
+/**
+ * One sweep takes candidates from every owned shard: a backlog of expired pending transfers on one shard (a full
+ * batch's worth, all older) must not keep those of the other shards waiting for later passes.
+ */
+describe('pending expiry: one shard\'s backlog and the other shards', function () {
+  this.timeout(120_000);
+
+  it('a sweep releases expired pending transfers of every shard, not only of the shard with the oldest backlog', async () => {
+    // No periodic sweeps: the test sweeps once by hand.
+    const ledger = await startTestLedger({ LEDGER_EXPIRY_SWEEP_MS: '600000' });
+    try {
+      const busy = account();
+      let quiet = account();
+      while (shardOf(quiet.id, 8) === shardOf(busy.id, 8)) quiet = account();
+      const credit = account();
+      assert.ok((await ledger.client.createAccounts([busy, quiet, credit])).every((r) => r.code === 1));
+      // A full batch of pending transfers on busy's shard, then one on quiet's shard: it expires last.
+      const backlog = Array.from({ length: 8190 }, () => transfer({ debitAccountId: busy.id, creditAccountId: credit.id, amount: 1n, flags: { pending: true }, timeout: 1 }));
+      assert.ok((await ledger.client.createTransfers(backlog)).every((r) => r.code === 1));
+      const last = transfer({ debitAccountId: quiet.id, creditAccountId: credit.id, amount: 1n, flags: { pending: true }, timeout: 1 });
+      const [created] = await ledger.client.createTransfers([last]);
+      assert.equal(created?.code, 1);
+      // Until every one of them is past its timeout.
+      while (BigInt(Date.now()) * 1_000_000n <= created.timestamp + 1_000_000_000n) await new Promise((resolve) => setTimeout(resolve, 50));
+
+      assert.ok((await ledger.app.sweeper.sweep()) > 0);
+      assert.equal((await ledger.client.lookupTransfers([last.id]))[0]?.pendingState, PendingState.PENDING_STATE_EXPIRED, 'the one on the quiet shard, by the first sweep');
+      // The backlog goes in the next passes (not left to the sweepers of later tests).
+      while ((await ledger.app.sweeper.sweep()) > 0);
+      const states = (await ledger.client.lookupTransfers(backlog.map((t) => t.id))).map((t) => t.pendingState);
+      assert.deepEqual(new Set(states), new Set([PendingState.PENDING_STATE_EXPIRED]), 'the backlog');
+    } finally {
+      await ledger.close();
+    }
+  });
+});

@@ -806,6 +806,20 @@ describe('ledger (gRPC, PostgreSQL)', function () {
         assert.deepEqual((await collect({ timestampMin: sent[9]!.timestamp + 1n })).flat(), []);
         assert.deepEqual((await collect({ timestampMax: from, debits: true })).flat(), sent.slice(0, 3).filter((t) => t.debitAccountId === a));
       });
+
+      it('a page of transfers with large metadata is cut short to fit one gRPC message, with a cursor to the rest', async () => {
+        // About 28 KB per transfer (16 entries of 3-byte characters at the size limits): 1,300 of them are more
+        // than the 32 MiB a reply may have, though the limit allows 8,190.
+        const [d, c] = await accounts(2);
+        const metadata = Object.fromEntries(Array.from({ length: 16 }, (_, i) => [String(i).padEnd(64, '€'), '€'.repeat(512)]));
+        const big = Array.from({ length: 1300 }, () => transfer({ debitAccountId: d!, creditAccountId: c!, amount: 1n, metadata }));
+        for (let i = 0; i < big.length; i += 650) assert.ok((await direct.createTransfers(big.slice(i, i + 650))).every((r) => r.code === 1));
+        const first = await ledger.client.getAccountTransfers({ accountId: d!, limit: 1300 });
+        assert.ok(first.transfers.length > 0 && first.transfers.length < big.length, `a page of ${first.transfers.length}`);
+        const rest = await ledger.client.getAccountTransfers({ accountId: d!, limit: 1300, cursor: first.nextCursor });
+        assert.deepEqual([...first.transfers, ...rest.transfers].map((t) => t.id), big.map((t) => t.id));
+        assert.equal(rest.nextCursor, '');
+      });
     });
 
     describe('GetAccountBalances / GetAccountBalanceAt', () => {
@@ -975,6 +989,15 @@ describe('ledger (gRPC, PostgreSQL)', function () {
       // timestamp_max above 2^63-1 is clamped; timestamp_min above it must not be an INTERNAL error either.
       assert.deepEqual(await ledger.client.getAccountTransfers({ accountId: a!, timestampMax: 2n ** 64n - 1n }), { transfers: [], nextCursor: '' });
       assert.deepEqual(await ledger.client.getAccountTransfers({ accountId: a!, timestampMin: 2n ** 64n - 1n }), { transfers: [], nextCursor: '' });
+    });
+
+    it('GetAccountBalances: a malformed filter is INVALID_ARGUMENT whatever the account (unknown, or without history)', async () => {
+      const [a] = await accounts(1);
+      for (const accountId of [a!, id()]) {
+        await expectStatus(ledger.client.getAccountBalances({ accountId, limit: 8191 }), status.INVALID_ARGUMENT, /^filter\.limit$/);
+        await expectStatus(ledger.client.getAccountBalances({ accountId, timestampMin: 5n, timestampMax: 4n }), status.INVALID_ARGUMENT, /^filter\.timestamp_min$/);
+        await expectStatus(ledger.client.getAccountBalances({ accountId, cursor: '!!!' }), status.INVALID_ARGUMENT, /^filter\.cursor$/);
+      }
     });
   });
 

@@ -115,8 +115,9 @@ async function requireHistoryAccount(pool: Pool, accountId: string, field: strin
 }
 
 export async function getAccountBalances(pool: Pool, filter: AccountFilter): Promise<Page<HistoryRow>> {
-  await requireHistoryAccount(pool, filter.accountId, 'filter.account_id');
+  // The filter first: a malformed one is INVALID_ARGUMENT whatever the account (not NOT_FOUND or FAILED_PRECONDITION).
   const { limit, min, max, after } = pageBounds(filter);
+  await requireHistoryAccount(pool, filter.accountId, 'filter.account_id');
   const cmp = filter.reversed ? '<' : '>';
   const order = filter.reversed ? 'DESC' : 'ASC';
   // Debits or credits only: keep the rows whose transfer has the account on that side (an expiry's row is

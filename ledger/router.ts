@@ -49,6 +49,8 @@ export class LedgerRouter {
   private readonly batchers = new Map<number, ShardBatcher>();
   private readonly balanceRules: BalanceRuleAccounts;
   readonly budget: QueueBudget;
+  /** Events per batch (LEDGER_BATCH_MAX): the most the sweeper submits to one shard at once. */
+  readonly maxBatchEvents: number;
 
   constructor(
     readonly shardCount: number,
@@ -61,6 +63,7 @@ export class LedgerRouter {
   ) {
     this.balanceRules = new BalanceRuleAccounts(options.readBalanceRules);
     this.budget = new QueueBudget(options.maxQueuedEvents);
+    this.maxBatchEvents = options.maxEvents;
     // Accounts a batch found wide have balance rules from now on.
     const runNoticingWide: BatchRunner = async (task) => {
       const reply = await run(task);

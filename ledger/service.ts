@@ -1,7 +1,8 @@
 import type { Pool } from '../lib/db.js';
 import { unary } from '../lib/grpc.js';
 import type { Logger } from '../lib/logger.js';
-import type { LedgerServiceServer } from '../proto/gen/ledger/v1/ledger.js';
+import type { LedgerServiceServer, Transfer } from '../proto/gen/ledger/v1/ledger.js';
+import { encodedSizeBound } from './client.js';
 import { accountResultToProto, accountToProto, balanceToProto, transferResultToProto, transferToProto } from './convert.js';
 import { TransferFlag, hasFlag, type TransferInput } from './model.js';
 import * as queries from './queries.js';
@@ -62,7 +63,7 @@ export function createLedgerService(router: LedgerRouter, pool: Pool, logger: Lo
 
     getAccountTransfers: unary(logger, 'GetAccountTransfers', async (request) => {
       const page = await queries.getAccountTransfers(pool, parseFilter(request.filter));
-      return { transfers: page.items.map(transferToProto), nextCursor: page.nextCursor };
+      return fitInReply(page.items.map(transferToProto), page.nextCursor);
     }),
 
     getAccountBalances: unary(logger, 'GetAccountBalances', async (request) => {
@@ -79,6 +80,30 @@ export function createLedgerService(router: LedgerRouter, pool: Pool, logger: Lo
       };
     }),
   };
+}
+
+/**
+ * Most bytes of transfers in one reply. The server sends at most 32 MiB (app.ts), and with metadata at its limits
+ * a transfer encodes to about 28 KB: a full page of 8,190 would be refused whole (RESOURCE_EXHAUSTED, which
+ * callers take for overload and retry). The same margin as the client's merged requests (client.ts).
+ */
+const MAX_REPLY_BYTES = 24 * 1024 * 1024;
+
+/**
+ * The longest prefix of a page that surely fits MAX_REPLY_BYTES; when cut short, the cursor continues after its
+ * last transfer. A bound, not the encoding (which would cost a second encoding of every page, ~60 ms for 8,190).
+ */
+function fitInReply(transfers: Transfer[], nextCursor: string): { transfers: Transfer[]; nextCursor: string } {
+  let bytes = 0;
+  for (let i = 0; i < transfers.length; i++) {
+    bytes += encodedSizeBound(transfers[i]!);
+    // i > 0: one transfer alone always fits (its metadata is bounded far below the budget).
+    if (bytes > MAX_REPLY_BYTES && i > 0) {
+      const last = transfers[i - 1]!;
+      return { transfers: transfers.slice(0, i), nextCursor: queries.encodeCursor(last.timestamp, last.id) };
+    }
+  }
+  return { transfers, nextCursor };
 }
 
 const isResolution = (t: TransferInput) => t.pendingId !== '' && hasFlag(t.flags, TransferFlag.postPendingTransfer | TransferFlag.voidPendingTransfer);
