@@ -445,6 +445,51 @@ describe('payments (gRPC, on the ledger, with the rules-only risk scorer)', func
     await expectError(capture(merchant, p.id), status.FAILED_PRECONDITION, 'payment_not_capturable');
   });
 
+  it('an authorization that reached the ledger after its payment was recorded is canceled by its ledger expiry, not by the payment\'s age', async () => {
+    const merchant = await newMerchant();
+    const source = await wallet(merchant, 1_000n);
+    const logger = createLogger('payments-test', 'silent');
+    const settings = { shardCount: 8, authorizationTimeoutSeconds: 60, riskDeadlineMs: 2000, riskFailOpenBelowAmount: 0n };
+    const approve = { score: async () => ({ scorePpm: 0, decision: 1, reasons: [], modelVersion: 'test-approve' }) };
+    const real = routerLedger(ledger.app.router);
+    // The process dies before the authorization reaches the ledger: the payment is recorded, nothing is held.
+    const dead: PaymentLedger = {
+      createAccounts: (a) => real.createAccounts(a),
+      createTransfers: async () => {
+        throw new Error('process killed before the ledger call');
+      },
+    };
+    const key = `late-${randomUUID()}`;
+    const input = {
+      merchantId: merchant,
+      idempotencyKey: key,
+      amount: 600n,
+      currency: 'USD',
+      source: { kind: 'account' as const, accountId: source },
+      destinationAccountId: '',
+      captureMethod: 'manual' as const,
+      metadata: {},
+      deviceId: '',
+      ipCountry: '',
+      customerId: '',
+    };
+    await assert.rejects(new PaymentFlows(pool, dead, approve, settings, logger).createPayment(input), /process killed/);
+    const paymentId = derivedId(`payment:${merchant}`, key);
+    // The caller retries with its key two minutes later (the payment keeps the time it was first recorded): the
+    // authorization is held from now, for the 60 s timeout.
+    await pool.query('UPDATE payments SET created_at = created_at - $2::INT8 WHERE id = $1', [paymentId, String(120n * 1_000_000_000n)]);
+    const flows = new PaymentFlows(pool, real, approve, settings, logger);
+    assert.equal((await flows.createPayment(input)).status, 'requires_capture');
+    assert.deepEqual(await balances(source), [600n, 0n, 0n, 1_000n]);
+
+    await new PaymentResumer(pool, flows, logger, 60_000, 60).resumeOnce();
+    assert.equal((await get(merchant, paymentId)).status, PaymentStatus.PAYMENT_STATUS_REQUIRES_CAPTURE, 'the ledger holds the authorization for another minute');
+    assert.deepEqual(await balances(source), [600n, 0n, 0n, 1_000n]);
+    assert.equal((await capture(merchant, paymentId)).status, PaymentStatus.PAYMENT_STATUS_SUCCEEDED);
+    assert.deepEqual(await balances(source), [0n, 600n, 0n, 1_000n]);
+    assert.deepEqual(await paymentEvents(paymentId), ['1:payment.authorized', '2:payment.captured']);
+  });
+
   it('lists a merchant\'s payments newest first with starting_after / ending_before', async () => {
     const merchant = await newMerchant();
     const source = await wallet(merchant, 100_000n);
