@@ -424,7 +424,9 @@ export class PaymentFlows {
     const sameSource =
       input.source.kind === existing.sourceKind &&
       (input.source.kind === 'account' ? input.source.accountId === existing.sourceAccountId : input.source.fingerprint === existing.cardFingerprint);
-    if (existing.amount !== input.amount || existing.currency !== input.currency || existing.captureMethod !== input.captureMethod || !sameSource) {
+    // Where the money goes is a parameter too: no destination named is the merchant's balance account.
+    const sameDestination = (input.destinationAccountId || merchantBalanceAccountId(input.merchantId, existing.currency)) === existing.destinationAccountId;
+    if (existing.amount !== input.amount || existing.currency !== input.currency || existing.captureMethod !== input.captureMethod || !sameSource || !sameDestination) {
       throw conflict('idempotency_key_reused', 'this idempotency key was used for a payment with other parameters', 'idempotency_key');
     }
     if (existing.status !== 'processing') return existing;

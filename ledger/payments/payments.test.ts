@@ -226,6 +226,24 @@ describe('payments (gRPC, on the ledger, with the rules-only risk scorer)', func
     assert.deepEqual(await balances(source), [0n, 700n, 0n, 100_000n]);
   });
 
+  it('the same idempotency key with another destination account is refused, not answered with the payment that pays elsewhere', async () => {
+    const merchant = await newMerchant();
+    const source = await wallet(merchant, 10_000n);
+    const elsewhere = await wallet(merchant, 0n);
+    const request = { merchantId: merchant, idempotencyKey: `key-${randomUUID()}`, amount: 700n, source: { kind: { $case: 'accountId' as const, value: source } }, captureMethod: CaptureMethod.CAPTURE_METHOD_AUTOMATIC };
+    const paid = await create(request);
+    assert.equal(paid.destinationAccountId, balanceAccount(merchant));
+    await expectError(create({ ...request, destinationAccountId: elsewhere }), status.FAILED_PRECONDITION, 'idempotency_key_reused', 'idempotency_key');
+    assert.equal((await create({ ...request, destinationAccountId: balanceAccount(merchant) })).id, paid.id, 'naming the account it went to is the same request');
+
+    const named = { ...request, idempotencyKey: `key-${randomUUID()}`, destinationAccountId: elsewhere };
+    const toElsewhere = await create(named);
+    assert.equal(toElsewhere.destinationAccountId, elsewhere);
+    await expectError(create({ ...named, destinationAccountId: '' }), status.FAILED_PRECONDITION, 'idempotency_key_reused', 'idempotency_key');
+    assert.equal((await create(named)).id, toElsewhere.id);
+    assert.deepEqual(await balances(elsewhere), [0n, 17n, 0n, 700n], 'paid once, its fee once');
+  });
+
   it("another merchant's payments, refunds and wallets are not found", async () => {
     const [a, b] = [await newMerchant(), await newMerchant()];
     const source = await wallet(a, 10_000n);
