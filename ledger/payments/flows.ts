@@ -8,7 +8,7 @@ import { AppError, InternalError, ValidationError, invariant } from '../../lib/e
 import type { Logger } from '../../lib/logger.js';
 import { Decision, type ScoreRequest, type ScoreResponse } from '../../proto/gen/risk/v1/risk.js';
 import { AccountFlag, TransferFlag, hasFlag, type AccountInput, type AccountResultCode, type EventResult, type Metadata, type TransferInput, type TransferResultCode } from '../model.js';
-import { lookupAccounts, spendingRefusal } from '../queries.js';
+import { lookupAccounts, lookupTransfers, spendingRefusal } from '../queries.js';
 import type { LedgerRouter } from '../router.js';
 import { AccountCode, TransferCode, feeOf, feeTransferId, merchantBalanceAccountId, platformAccountId, type PlatformAccount, nowNanos, statusAfterRefund, type CaptureMethod, type OperationRow, type PaymentRow, type RiskAssessment } from './model.js';
 import * as store from './store.js';
@@ -291,7 +291,8 @@ export class PaymentFlows {
       flags: automatic ? (op.fee > 0n ? TransferFlag.linked : 0) : TransferFlag.pending,
       timeout: automatic ? 0 : this.settings.authorizationTimeoutSeconds,
     };
-    const code = await this.submit([main, ...(automatic ? this.feeTransfer(payment, op) : [])]);
+    let code = await this.submit([main, ...(automatic ? this.feeTransfer(payment, op) : [])]);
+    if (code === 'exists_with_different_fields' && !automatic && (await this.heldWithOtherTimeout(main))) code = undefined;
     if (code === undefined) {
       return this.finish(op, 'succeeded', null, (p) => ({
         next: automatic ? { ...p, status: 'succeeded', amountCaptured: p.amount, fee: op.fee } : { ...p, status: 'requires_capture' },
@@ -387,6 +388,27 @@ export class PaymentFlows {
     const first = await spendingRefusal(this.pool, transfers[i]!.id);
     invariant(first, `transfer ${transfers[i]!.id} answered id_already_failed but is not spent`);
     return first;
+  }
+
+  /**
+   * Whether the pending transfer of a manual authorization, refused exists_with_different_fields, is in the books
+   * as sent but for its timeout: an earlier driver of the step (before a crash; the caller's retry or the resumer
+   * drives it again) submitted it under another PAYMENTS_AUTHORIZATION_TIMEOUT_SECONDS (a deploy in between). The
+   * ledger holds that authorization, with the expiry it was given then: declining the payment would hold the
+   * buyer's funds for a payment that says it took nothing, and that nobody could capture or cancel.
+   */
+  private async heldWithOtherTimeout(sent: TransferInput): Promise<boolean> {
+    const [held] = await lookupTransfers(this.pool, [sent.id]);
+    return (
+      held !== undefined &&
+      held.debitAccountId === sent.debitAccountId &&
+      held.creditAccountId === sent.creditAccountId &&
+      held.amount === sent.amount &&
+      held.ledger === sent.ledger &&
+      held.code === sent.code &&
+      held.flags === sent.flags &&
+      held.metadata['payment_id'] === sent.metadata['payment_id']
+    );
   }
 
   /**

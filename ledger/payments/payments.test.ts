@@ -409,6 +409,45 @@ describe('payments (gRPC, on the ledger, with the rules-only risk scorer)', func
     assert.equal((await create({ merchantId: merchant, idempotencyKey: key, amount: 3_000n, source: { kind: { $case: 'accountId', value: source } }, captureMethod: CaptureMethod.CAPTURE_METHOD_AUTOMATIC })).status, PaymentStatus.PAYMENT_STATUS_SUCCEEDED);
   });
 
+  it('an authorization held by the ledger before a crash, retried by an instance with another authorization timeout, is authorized, not declined', async () => {
+    const merchant = await newMerchant();
+    const source = await wallet(merchant, 10_000n);
+    const real = routerLedger(ledger.app.router);
+    const crashing: PaymentLedger = {
+      createAccounts: (a) => real.createAccounts(a),
+      createTransfers: async (t) => {
+        await real.createTransfers(t);
+        throw new Error('process killed after the ledger committed');
+      },
+    };
+    const logger = createLogger('payments-test', 'silent');
+    const settings = { shardCount: 8, authorizationTimeoutSeconds: 3600, riskDeadlineMs: 2000, riskFailOpenBelowAmount: 0n };
+    const approve = { score: async () => ({ scorePpm: 0, decision: 1, reasons: [], modelVersion: 'test-approve' }) };
+    const input = {
+      merchantId: merchant,
+      idempotencyKey: `timeout-${randomUUID()}`,
+      amount: 3_000n,
+      currency: 'USD',
+      source: { kind: 'account' as const, accountId: source },
+      destinationAccountId: '',
+      captureMethod: 'manual' as const,
+      metadata: {},
+      deviceId: '',
+      ipCountry: '',
+      customerId: '',
+    };
+    await assert.rejects(new PaymentFlows(pool, crashing, approve, settings, logger).createPayment(input), /process killed/);
+    assert.deepEqual(await balances(source), [3_000n, 0n, 0n, 10_000n], 'the ledger holds the authorization');
+
+    // PAYMENTS_AUTHORIZATION_TIMEOUT_SECONDS was changed meanwhile (a rolling deploy): the retry finds the hold.
+    const redeployed = new PaymentFlows(pool, real, approve, { ...settings, authorizationTimeoutSeconds: 1800 }, logger);
+    const retried = await redeployed.createPayment(input);
+    assert.deepEqual([retried.status, retried.declineCode], ['requires_capture', null]);
+    assert.equal((await capture(merchant, retried.id)).status, PaymentStatus.PAYMENT_STATUS_SUCCEEDED);
+    assert.deepEqual(await balances(source), [0n, 3_000n, 0n, 10_000n]);
+    assert.deepEqual(await paymentEvents(retried.id), ['1:payment.authorized', '2:payment.captured']);
+  });
+
   it("a new merchant's first payments, arriving together, create its balance account and the platform's accounts once", async () => {
     const merchant = await newMerchant();
     const real = routerLedger(ledger.app.router);
