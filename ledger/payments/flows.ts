@@ -8,7 +8,7 @@ import { AppError, InternalError, ValidationError, invariant } from '../../lib/e
 import type { Logger } from '../../lib/logger.js';
 import { Decision, type ScoreRequest, type ScoreResponse } from '../../proto/gen/risk/v1/risk.js';
 import { AccountFlag, TransferFlag, hasFlag, type AccountInput, type AccountResultCode, type EventResult, type Metadata, type TransferInput, type TransferResultCode } from '../model.js';
-import { lookupAccounts, spendingRefusal } from '../queries.js';
+import { lookupAccounts, lookupTransfers, spendingRefusal } from '../queries.js';
 import type { LedgerRouter } from '../router.js';
 import { AccountCode, TransferCode, feeOf, feeTransferId, merchantBalanceAccountId, platformAccountId, type PlatformAccount, nowNanos, statusAfterRefund, type CaptureMethod, type OperationRow, type PaymentRow, type RiskAssessment } from './model.js';
 import * as store from './store.js';
@@ -291,7 +291,8 @@ export class PaymentFlows {
       flags: automatic ? (op.fee > 0n ? TransferFlag.linked : 0) : TransferFlag.pending,
       timeout: automatic ? 0 : this.settings.authorizationTimeoutSeconds,
     };
-    const code = await this.submit([main, ...(automatic ? this.feeTransfer(payment, op) : [])]);
+    let code = await this.submit([main, ...(automatic ? this.feeTransfer(payment, op) : [])]);
+    if (code === 'exists_with_different_fields' && !automatic && (await this.heldWithOtherTimeout(main))) code = undefined;
     if (code === undefined) {
       return this.finish(op, 'succeeded', null, (p) => ({
         next: automatic ? { ...p, status: 'succeeded', amountCaptured: p.amount, fee: op.fee } : { ...p, status: 'requires_capture' },
@@ -390,6 +391,27 @@ export class PaymentFlows {
   }
 
   /**
+   * Whether the pending transfer of a manual authorization, refused exists_with_different_fields, is in the books
+   * as sent but for its timeout: an earlier driver of the step (before a crash; the caller's retry or the resumer
+   * drives it again) submitted it under another PAYMENTS_AUTHORIZATION_TIMEOUT_SECONDS (a deploy in between). The
+   * ledger holds that authorization, with the expiry it was given then: declining the payment would hold the
+   * buyer's funds for a payment that says it took nothing, and that nobody could capture or cancel.
+   */
+  private async heldWithOtherTimeout(sent: TransferInput): Promise<boolean> {
+    const [held] = await lookupTransfers(this.pool, [sent.id]);
+    return (
+      held !== undefined &&
+      held.debitAccountId === sent.debitAccountId &&
+      held.creditAccountId === sent.creditAccountId &&
+      held.amount === sent.amount &&
+      held.ledger === sent.ledger &&
+      held.code === sent.code &&
+      held.flags === sent.flags &&
+      held.metadata['payment_id'] === sent.metadata['payment_id']
+    );
+  }
+
+  /**
    * A step the ledger refused with a code that means the books and the payment disagree (not BUSINESS_REFUSALS):
    * retrying cannot help, so the step ends failed with `processing_error` (the payment as `apply` makes it,
    * unchanged by default: nothing moved) instead of staying processing for the resumer to resubmit forever. It is
@@ -424,7 +446,9 @@ export class PaymentFlows {
     const sameSource =
       input.source.kind === existing.sourceKind &&
       (input.source.kind === 'account' ? input.source.accountId === existing.sourceAccountId : input.source.fingerprint === existing.cardFingerprint);
-    if (existing.amount !== input.amount || existing.currency !== input.currency || existing.captureMethod !== input.captureMethod || !sameSource) {
+    // Where the money goes is a parameter too: no destination named is the merchant's balance account.
+    const sameDestination = (input.destinationAccountId || merchantBalanceAccountId(input.merchantId, existing.currency)) === existing.destinationAccountId;
+    if (existing.amount !== input.amount || existing.currency !== input.currency || existing.captureMethod !== input.captureMethod || !sameSource || !sameDestination) {
       throw conflict('idempotency_key_reused', 'this idempotency key was used for a payment with other parameters', 'idempotency_key');
     }
     if (existing.status !== 'processing') return existing;

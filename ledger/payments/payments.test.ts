@@ -226,6 +226,24 @@ describe('payments (gRPC, on the ledger, with the rules-only risk scorer)', func
     assert.deepEqual(await balances(source), [0n, 700n, 0n, 100_000n]);
   });
 
+  it('the same idempotency key with another destination account is refused, not answered with the payment that pays elsewhere', async () => {
+    const merchant = await newMerchant();
+    const source = await wallet(merchant, 10_000n);
+    const elsewhere = await wallet(merchant, 0n);
+    const request = { merchantId: merchant, idempotencyKey: `key-${randomUUID()}`, amount: 700n, source: { kind: { $case: 'accountId' as const, value: source } }, captureMethod: CaptureMethod.CAPTURE_METHOD_AUTOMATIC };
+    const paid = await create(request);
+    assert.equal(paid.destinationAccountId, balanceAccount(merchant));
+    await expectError(create({ ...request, destinationAccountId: elsewhere }), status.FAILED_PRECONDITION, 'idempotency_key_reused', 'idempotency_key');
+    assert.equal((await create({ ...request, destinationAccountId: balanceAccount(merchant) })).id, paid.id, 'naming the account it went to is the same request');
+
+    const named = { ...request, idempotencyKey: `key-${randomUUID()}`, destinationAccountId: elsewhere };
+    const toElsewhere = await create(named);
+    assert.equal(toElsewhere.destinationAccountId, elsewhere);
+    await expectError(create({ ...named, destinationAccountId: '' }), status.FAILED_PRECONDITION, 'idempotency_key_reused', 'idempotency_key');
+    assert.equal((await create(named)).id, toElsewhere.id);
+    assert.deepEqual(await balances(elsewhere), [0n, 17n, 0n, 700n], 'paid once, its fee once');
+  });
+
   it("another merchant's payments, refunds and wallets are not found", async () => {
     const [a, b] = [await newMerchant(), await newMerchant()];
     const source = await wallet(a, 10_000n);
@@ -391,6 +409,45 @@ describe('payments (gRPC, on the ledger, with the rules-only risk scorer)', func
     assert.equal((await create({ merchantId: merchant, idempotencyKey: key, amount: 3_000n, source: { kind: { $case: 'accountId', value: source } }, captureMethod: CaptureMethod.CAPTURE_METHOD_AUTOMATIC })).status, PaymentStatus.PAYMENT_STATUS_SUCCEEDED);
   });
 
+  it('an authorization held by the ledger before a crash, retried by an instance with another authorization timeout, is authorized, not declined', async () => {
+    const merchant = await newMerchant();
+    const source = await wallet(merchant, 10_000n);
+    const real = routerLedger(ledger.app.router);
+    const crashing: PaymentLedger = {
+      createAccounts: (a) => real.createAccounts(a),
+      createTransfers: async (t) => {
+        await real.createTransfers(t);
+        throw new Error('process killed after the ledger committed');
+      },
+    };
+    const logger = createLogger('payments-test', 'silent');
+    const settings = { shardCount: 8, authorizationTimeoutSeconds: 3600, riskDeadlineMs: 2000, riskFailOpenBelowAmount: 0n };
+    const approve = { score: async () => ({ scorePpm: 0, decision: 1, reasons: [], modelVersion: 'test-approve' }) };
+    const input = {
+      merchantId: merchant,
+      idempotencyKey: `timeout-${randomUUID()}`,
+      amount: 3_000n,
+      currency: 'USD',
+      source: { kind: 'account' as const, accountId: source },
+      destinationAccountId: '',
+      captureMethod: 'manual' as const,
+      metadata: {},
+      deviceId: '',
+      ipCountry: '',
+      customerId: '',
+    };
+    await assert.rejects(new PaymentFlows(pool, crashing, approve, settings, logger).createPayment(input), /process killed/);
+    assert.deepEqual(await balances(source), [3_000n, 0n, 0n, 10_000n], 'the ledger holds the authorization');
+
+    // PAYMENTS_AUTHORIZATION_TIMEOUT_SECONDS was changed meanwhile (a rolling deploy): the retry finds the hold.
+    const redeployed = new PaymentFlows(pool, real, approve, { ...settings, authorizationTimeoutSeconds: 1800 }, logger);
+    const retried = await redeployed.createPayment(input);
+    assert.deepEqual([retried.status, retried.declineCode], ['requires_capture', null]);
+    assert.equal((await capture(merchant, retried.id)).status, PaymentStatus.PAYMENT_STATUS_SUCCEEDED);
+    assert.deepEqual(await balances(source), [0n, 3_000n, 0n, 10_000n]);
+    assert.deepEqual(await paymentEvents(retried.id), ['1:payment.authorized', '2:payment.captured']);
+  });
+
   it("a new merchant's first payments, arriving together, create its balance account and the platform's accounts once", async () => {
     const merchant = await newMerchant();
     const real = routerLedger(ledger.app.router);
@@ -443,6 +500,51 @@ describe('payments (gRPC, on the ledger, with the rules-only risk scorer)', func
     await resumer.resumeOnce();
     assert.deepEqual(await paymentEvents(p.id), ['1:payment.authorized', '2:payment.canceled']);
     await expectError(capture(merchant, p.id), status.FAILED_PRECONDITION, 'payment_not_capturable');
+  });
+
+  it('an authorization that reached the ledger after its payment was recorded is canceled by its ledger expiry, not by the payment\'s age', async () => {
+    const merchant = await newMerchant();
+    const source = await wallet(merchant, 1_000n);
+    const logger = createLogger('payments-test', 'silent');
+    const settings = { shardCount: 8, authorizationTimeoutSeconds: 60, riskDeadlineMs: 2000, riskFailOpenBelowAmount: 0n };
+    const approve = { score: async () => ({ scorePpm: 0, decision: 1, reasons: [], modelVersion: 'test-approve' }) };
+    const real = routerLedger(ledger.app.router);
+    // The process dies before the authorization reaches the ledger: the payment is recorded, nothing is held.
+    const dead: PaymentLedger = {
+      createAccounts: (a) => real.createAccounts(a),
+      createTransfers: async () => {
+        throw new Error('process killed before the ledger call');
+      },
+    };
+    const key = `late-${randomUUID()}`;
+    const input = {
+      merchantId: merchant,
+      idempotencyKey: key,
+      amount: 600n,
+      currency: 'USD',
+      source: { kind: 'account' as const, accountId: source },
+      destinationAccountId: '',
+      captureMethod: 'manual' as const,
+      metadata: {},
+      deviceId: '',
+      ipCountry: '',
+      customerId: '',
+    };
+    await assert.rejects(new PaymentFlows(pool, dead, approve, settings, logger).createPayment(input), /process killed/);
+    const paymentId = derivedId(`payment:${merchant}`, key);
+    // The caller retries with its key two minutes later (the payment keeps the time it was first recorded): the
+    // authorization is held from now, for the 60 s timeout.
+    await pool.query('UPDATE payments SET created_at = created_at - $2::INT8 WHERE id = $1', [paymentId, String(120n * 1_000_000_000n)]);
+    const flows = new PaymentFlows(pool, real, approve, settings, logger);
+    assert.equal((await flows.createPayment(input)).status, 'requires_capture');
+    assert.deepEqual(await balances(source), [600n, 0n, 0n, 1_000n]);
+
+    await new PaymentResumer(pool, flows, logger, 60_000, 60).resumeOnce();
+    assert.equal((await get(merchant, paymentId)).status, PaymentStatus.PAYMENT_STATUS_REQUIRES_CAPTURE, 'the ledger holds the authorization for another minute');
+    assert.deepEqual(await balances(source), [600n, 0n, 0n, 1_000n]);
+    assert.equal((await capture(merchant, paymentId)).status, PaymentStatus.PAYMENT_STATUS_SUCCEEDED);
+    assert.deepEqual(await balances(source), [0n, 600n, 0n, 1_000n]);
+    assert.deepEqual(await paymentEvents(paymentId), ['1:payment.authorized', '2:payment.captured']);
   });
 
   it('lists a merchant\'s payments newest first with starting_after / ending_before', async () => {

@@ -37,8 +37,9 @@ export class PaymentResumer {
       }
     }
     // A second of slack: the ledger's sweeper releases the pending transfer first, the cancel records it.
-    const cutoff = BigInt(Date.now() - (this.authorizationTimeoutSeconds + 1) * 1000) * 1_000_000n;
-    for (const payment of await expiredAuthorizations(this.pool, cutoff, 100)) {
+    const expiredBefore = BigInt(Date.now() - 1000) * 1_000_000n;
+    const createdBefore = expiredBefore - BigInt(this.authorizationTimeoutSeconds) * 1_000_000_000n;
+    for (const payment of await expiredAuthorizations(this.pool, createdBefore, expiredBefore, 100)) {
       try {
         await this.flows.cancel(payment.merchantId, payment.id);
         resumed++;

@@ -320,17 +320,25 @@ export async function staleOperations(db: Queryable, olderThanMs: number, limit:
 }
 
 /**
- * Payments still awaiting capture although authorized before `createdBefore` (ns): their authorization expired.
+ * Payments still awaiting capture whose authorization the ledger holds no longer: its pending transfer (the
+ * authorize step's id) expires before `expiredBefore` (ns). Not the payment's age: an authorization that reached
+ * the ledger late (a crash before the ledger call, then a retry or the resumer) is held for its whole timeout
+ * from then, and canceling it earlier voids an authorization the merchant may still capture. `createdBefore` (the
+ * payment recorded at least one timeout ago, which its pending transfer never precedes) only narrows the scan to
+ * the index of payments awaiting capture.
  * Not those whose cancel failed (the ledger refused the void against an invariant: another cancel is refused the
  * same, and they would fill every page of this query).
  */
-export async function expiredAuthorizations(db: Queryable, createdBefore: bigint, limit: number): Promise<{ id: string; merchantId: string }[]> {
+export async function expiredAuthorizations(db: Queryable, createdBefore: bigint, expiredBefore: bigint, limit: number): Promise<{ id: string; merchantId: string }[]> {
   const r = await db.query({
     name: 'pay-expired-authorizations',
-    text: `SELECT id, merchant_id FROM payments p WHERE status = 'requires_capture' AND created_at < $1
+    text: `SELECT p.id, p.merchant_id FROM payments p
+             JOIN payment_operations a ON a.payment_id = p.id AND a.kind = 'authorize'
+             JOIN pending_transfers t ON t.id = a.id
+           WHERE p.status = 'requires_capture' AND p.created_at < $1 AND t.expires_at > 0 AND t.expires_at < $2
              AND NOT EXISTS (SELECT 1 FROM payment_operations o WHERE o.payment_id = p.id AND o.kind = 'cancel' AND o.status = 'failed')
-           ORDER BY created_at LIMIT $2`,
-    values: [createdBefore, limit],
+           ORDER BY p.created_at LIMIT $3`,
+    values: [createdBefore, expiredBefore, limit],
   });
   return r.rows.map((row) => ({ id: row.id, merchantId: row.merchant_id }));
 }
