@@ -1,10 +1,40 @@
 import { randomInt, randomUUID } from 'node:crypto';
 import { EventBatch, type EventEnvelope } from '../proto/gen/events/v1/events.js';
 import type { Queryable } from '../lib/db.js';
+import { invariant } from '../lib/errors.js';
 import type { LedgerEvent } from './engine.js';
 
-/** Events per message: 2,048 transfer events encode to about 400 KB, well under NATS's 1 MiB message limit. */
+/** Events per message at most: 2,048 transfer events without metadata encode to about 400 KB. */
 export const EVENTS_PER_MESSAGE = 2048;
+
+/**
+ * Encoded bytes per message at most. NATS refuses a message beyond its max_payload (1 MiB by default, headers
+ * included), and the relay would retry that row for ever, holding up its shard: transfers with metadata at its
+ * limits (16 entries of up to 64 + 512 characters, about 28 KB) pass 1 MiB at about 40 events.
+ */
+export const MAX_MESSAGE_BYTES = 960 * 1024;
+
+/**
+ * An upper bound of one event's encoded size inside an EventBatch, besides its traceparent and metadata: every
+ * field of the envelope and of a transfer at its longest (ids of 36 characters, varints of 10 bytes), tags and
+ * lengths included (about 310 bytes).
+ */
+const EVENT_FIXED_BYTES = 320;
+/** A metadata entry's tags and lengths at most, besides its key and value. */
+const METADATA_ENTRY_BYTES = 12;
+
+function encodedEventBound(e: LedgerEvent, traceparent: string): number {
+  let bytes = EVENT_FIXED_BYTES + traceparent.length;
+  const metadata = e.transfer?.metadata;
+  if (metadata) for (const key in metadata) bytes += METADATA_ENTRY_BYTES + Buffer.byteLength(key) + Buffer.byteLength(metadata[key]!);
+  return bytes;
+}
+
+/** One outbox row's message: its encoded EventBatch and how many events it holds. */
+export interface OutboxPart {
+  payload: Uint8Array;
+  events: number;
+}
 
 /**
  * Payment events share the outbox and its relay: they are written under outbox shard
@@ -65,13 +95,29 @@ export function outboxMessageId(batchId: string, part: number): string {
 
 /**
  * Packs the events of one committed ledger batch into events.v1.EventBatch messages of at most
- * EVENTS_PER_MESSAGE events: one outbox row and one NATS message each.
+ * EVENTS_PER_MESSAGE events and MAX_MESSAGE_BYTES: one outbox row and one NATS message each.
  */
-export function encodeEventBatch(batchId: string, shard: number, events: readonly LedgerEvent[], traceparent = ''): Uint8Array[] {
-  const parts: Uint8Array[] = [];
-  for (let start = 0; start < events.length; start += EVENTS_PER_MESSAGE) {
-    parts.push(EventBatch.encode({ batchId, shard, events: events.slice(start, start + EVENTS_PER_MESSAGE).map((e) => toEnvelope(e, traceparent)) }).finish());
+export function encodeEventBatch(batchId: string, shard: number, events: readonly LedgerEvent[], traceparent = ''): OutboxPart[] {
+  const parts: OutboxPart[] = [];
+  const pack = (start: number, end: number) => {
+    const payload = EventBatch.encode({ batchId, shard, events: events.slice(start, end).map((e) => toEnvelope(e, traceparent)) }).finish();
+    invariant(payload.byteLength <= MAX_MESSAGE_BYTES, `outbox part of ${end - start} events encodes to ${payload.byteLength} bytes, beyond ${MAX_MESSAGE_BYTES}`);
+    parts.push({ payload, events: end - start });
+  };
+  // The batch's own fields and the rest of the envelope's room.
+  const room = MAX_MESSAGE_BYTES - 128 - batchId.length;
+  let start = 0;
+  let bytes = 0;
+  for (let i = 0; i < events.length; i++) {
+    const size = encodedEventBound(events[i]!, traceparent);
+    if (i > start && (i - start >= EVENTS_PER_MESSAGE || bytes + size > room)) {
+      pack(start, i);
+      start = i;
+      bytes = 0;
+    }
+    bytes += size;
   }
+  if (events.length > start) pack(start, events.length);
   return parts;
 }
 

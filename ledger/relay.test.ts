@@ -4,7 +4,7 @@ import type { JetStreamManager } from '@nats-io/jetstream';
 import { connectJetStream, connectNats, type NatsConnection } from '../lib/nats.js';
 import type { Pool } from '../lib/db.js';
 import { EventBatch, type EventEnvelope } from '../proto/gen/events/v1/events.js';
-import { commitTransfers, startTestLedger } from '../test/ledger-harness.js';
+import { account, commitTransfers, startTestLedger, transfer } from '../test/ledger-harness.js';
 import { TestNatsServer } from '../test/nats-server.js';
 import { freePort } from '../test/ledger-process.js';
 import { testPool } from '../test/support.js';
@@ -104,6 +104,23 @@ describe('outbox relay to JetStream (own NATS server, real PostgreSQL)', functio
       assert.equal(value('ledger_outbox_published_total'), messages.length);
       assert.ok(value('ledger_batch_events_sum') >= transfers.length, 'batch sizes not recorded');
       assert.match(scrape, /^ledger_queue_events\{shard="0"[^}]*\} 0$/m);
+    } finally {
+      await ledger.close();
+    }
+  });
+
+  it('a batch of transfers with metadata at its limits (about 28 KB each) is published: no message beyond NATS\'s 1 MiB', async () => {
+    const ledger = await startTestLedger(env);
+    try {
+      const [from, to] = [account(), account()];
+      assert.deepEqual((await ledger.client.createAccounts([from, to])).map((r) => r.code), [1, 1]);
+      // 16 entries of a 64-character key and 512 three-byte characters: the largest metadata the ledger accepts.
+      const metadata = Object.fromEntries(Array.from({ length: 16 }, (_, i) => [`${i}`.padEnd(64, 'k'), '€'.repeat(512)]));
+      // One request, one shard (the debit account's): one batch of 200 events, about 5.5 MB of them.
+      const transfers = Array.from({ length: 200 }, () => transfer({ debitAccountId: from.id, creditAccountId: to.id, amount: 1n, metadata }));
+      assert.ok((await ledger.client.createTransfers(transfers)).every((r) => r.code === 1));
+      const messages = await publishedOnceEach(transfers);
+      assert.ok(messages.length >= 6, `${messages.length} messages for 5.5 MB of events`);
     } finally {
       await ledger.close();
     }

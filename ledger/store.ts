@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { sqlArray, type PoolClient, type Queryable } from '../lib/db.js';
 import { invariant } from '../lib/errors.js';
 import type { BatchEffects, BatchState } from './engine.js';
-import { EVENTS_PER_MESSAGE } from './outbox.js';
+import type { OutboxPart } from './outbox.js';
 import { BALANCE_RULE_FLAGS, MAX_BALANCE, TransferFlag, hasFlag, type AccountRow, type PendingRow, type PendingState, type Submission, type TransferRow } from './model.js';
 
 /**
@@ -305,7 +305,7 @@ export async function writeBatchEffects(
   effects: BatchEffects,
   state: BatchState,
   clock: ShardClock,
-  outbox: { batchId: string; parts: readonly Uint8Array[]; traceparent: string },
+  outbox: { batchId: string; parts: readonly OutboxPart[]; traceparent: string },
   uncheckedTransferIds: readonly string[],
 ): Promise<{ markedWide: string[] }> {
   const { newAccounts, newTransfers, failedTransfers, balanceDeltas, newPendings, resolvedPendings, history } = effects;
@@ -394,10 +394,9 @@ export async function writeBatchEffects(
   }
   let lastSequence = clock.lastSequence;
   if (outbox.parts.length > 0) {
-    // One row per part of at most EVENTS_PER_MESSAGE events; payloads go as binary parameters (8,190 events: 4).
-    const rows = outbox.parts.map((payload, part) => {
+    // One row per part (outbox.ts encodeEventBatch); payloads go as binary parameters (8,190 events: 4 parts).
+    const rows = outbox.parts.map(({ payload, events }, part) => {
       lastSequence += 1n;
-      const events = Math.min(EVENTS_PER_MESSAGE, effects.events.length - part * EVENTS_PER_MESSAGE);
       const bytes = Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength);
       return `(${write.param(shard, 'int4')}, ${write.param(lastSequence, 'int8')}, ${write.param(outbox.batchId, 'uuid')}, ${part}, ${write.param(events, 'int4')}, ${write.param(bytes, 'bytea')}, ${write.param(outbox.traceparent, 'text')})`;
     });
