@@ -90,8 +90,17 @@ const MAX_MERGED_BYTES = 24 * 1024 * 1024;
 
 /** An upper bound of a transfer's encoded size: its strings (3 bytes a UTF-16 unit at most), integers and flags, and its metadata. */
 export function encodedSizeBound(t: Transfer): number {
-  let bytes = 96 + 3 * (t.id.length + t.debitAccountId.length + t.creditAccountId.length + t.pendingId.length);
-  for (const key in t.metadata) bytes += 16 + Buffer.byteLength(key) + Buffer.byteLength(t.metadata[key]!);
+  return 96 + 3 * (t.id.length + t.debitAccountId.length + t.creditAccountId.length + t.pendingId.length) + metadataSizeBound(t.metadata);
+}
+
+/** The same for an account: its id, integers (four balances) and flags, and its metadata. */
+export function encodedAccountSizeBound(a: Account): number {
+  return 128 + 3 * a.id.length + metadataSizeBound(a.metadata);
+}
+
+function metadataSizeBound(metadata: Record<string, string>): number {
+  let bytes = 0;
+  for (const key in metadata) bytes += 16 + Buffer.byteLength(key) + Buffer.byteLength(metadata[key]!);
   return bytes;
 }
 

@@ -819,6 +819,15 @@ describe('ledger (gRPC, PostgreSQL)', function () {
         const rest = await ledger.client.getAccountTransfers({ accountId: d!, limit: 1300, cursor: first.nextCursor });
         assert.deepEqual([...first.transfers, ...rest.transfers].map((t) => t.id), big.map((t) => t.id));
         assert.equal(rest.nextCursor, '');
+
+        // A lookup has no cursor: too many of them at once is the caller's to split, told so (not RESOURCE_EXHAUSTED).
+        await assert.rejects(ledger.client.lookupTransfers(big.map((t) => t.id)), (e: ServiceError) => {
+          assert.equal(e.code, status.INVALID_ARGUMENT, e.message);
+          assert.equal(e.metadata.get('x-error-code')[0], 'reply_too_large');
+          assert.equal(e.metadata.get('x-error-field')[0], 'ids');
+          return true;
+        });
+        assert.deepEqual((await ledger.client.lookupTransfers(big.slice(0, 600).map((t) => t.id))).map((t) => t.id), big.slice(0, 600).map((t) => t.id));
       });
     });
 

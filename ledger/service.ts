@@ -1,8 +1,9 @@
 import type { Pool } from '../lib/db.js';
+import { ValidationError } from '../lib/errors.js';
 import { unary } from '../lib/grpc.js';
 import type { Logger } from '../lib/logger.js';
 import type { LedgerServiceServer, Transfer } from '../proto/gen/ledger/v1/ledger.js';
-import { encodedSizeBound } from './client.js';
+import { encodedAccountSizeBound, encodedSizeBound } from './client.js';
 import { accountResultToProto, accountToProto, balanceToProto, transferResultToProto, transferToProto } from './convert.js';
 import { TransferFlag, hasFlag, type TransferInput } from './model.js';
 import * as queries from './queries.js';
@@ -53,13 +54,17 @@ export function createLedgerService(router: LedgerRouter, pool: Pool, logger: Lo
       return { results: results.map(transferResultToProto) };
     }),
 
-    lookupAccounts: unary(logger, 'LookupAccounts', async (request) => ({
-      accounts: (await queries.lookupAccounts(pool, parseIds(request.ids))).map(accountToProto),
-    })),
+    lookupAccounts: unary(logger, 'LookupAccounts', async (request) => {
+      const accounts = (await queries.lookupAccounts(pool, parseIds(request.ids))).map(accountToProto);
+      assertFitsInReply(accounts, encodedAccountSizeBound, 'accounts');
+      return { accounts };
+    }),
 
-    lookupTransfers: unary(logger, 'LookupTransfers', async (request) => ({
-      transfers: (await queries.lookupTransfers(pool, parseIds(request.ids))).map(transferToProto),
-    })),
+    lookupTransfers: unary(logger, 'LookupTransfers', async (request) => {
+      const transfers = (await queries.lookupTransfers(pool, parseIds(request.ids))).map(transferToProto);
+      assertFitsInReply(transfers, encodedSizeBound, 'transfers');
+      return { transfers };
+    }),
 
     getAccountTransfers: unary(logger, 'GetAccountTransfers', async (request) => {
       const page = await queries.getAccountTransfers(pool, parseFilter(request.filter));
@@ -104,6 +109,18 @@ function fitInReply(transfers: Transfer[], nextCursor: string): { transfers: Tra
     }
   }
   return { transfers, nextCursor };
+}
+
+/**
+ * A lookup's answer must fit one reply too, and has no cursor to continue with (leaving some out would read as
+ * "not found"): when it does not, the caller is told to ask for fewer ids, instead of the RESOURCE_EXHAUSTED of a
+ * message too large, which callers take for overload and retry as it is.
+ */
+function assertFitsInReply<T>(objects: readonly T[], sizeBound: (o: T) => number, what: string): void {
+  const bytes = objects.reduce((sum, o) => sum + sizeBound(o), 0);
+  if (bytes > MAX_REPLY_BYTES) {
+    throw new ValidationError('ids', `the ${objects.length} ${what} found make more than ${MAX_REPLY_BYTES / 1024 / 1024} MiB with their metadata: look them up in smaller requests`, 'reply_too_large');
+  }
 }
 
 const isResolution = (t: TransferInput) => t.pendingId !== '' && hasFlag(t.flags, TransferFlag.postPendingTransfer | TransferFlag.voidPendingTransfer);
