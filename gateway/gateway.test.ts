@@ -180,6 +180,14 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       const foreign = await account(keyB);
       expectError(await api.post('/v1/transfers/batch', keyA, { transfers: [ok, { ...ok, credit_account_id: foreign }] }), 404, 'resource_missing', 'transfers.1.credit_account_id');
     });
+
+    it('batch: when every item is refused, still 200 with each item failed', async () => {
+      const { wallet: w, funding } = await wallet(keyA, 100);
+      const short = { debit_account_id: w, credit_account_id: funding, amount: 1_000, currency: 'USD' };
+      const r = await api.post('/v1/transfers/batch', keyA, { transfers: [short, { ...short, amount: 2_000 }] });
+      assert.equal(r.status, 200, r.text);
+      assert.deepEqual(r.body.results.map((x: { status: string; code?: string }) => [x.status, x.code]), [['failed', 'exceeds_credits'], ['failed', 'exceeds_credits']]);
+    });
   });
 
   describe('validation: 400 with the parameter, and nothing written', () => {

@@ -114,7 +114,10 @@ export function transferRoutes(app: Gateway, ctx: RouteContext): void {
     if (new Set(transfers.map((t) => t.id)).size !== transfers.length) throw new ValidationError('transfers', 'ids must be unique within a batch', 'duplicate_id');
     const results = await backends.ledgerCall((ledger, options) => ledger.createTransfers(transfers, options), true);
     const codes = results.map((r) => transferCodeName(r.code));
-    const stored = new Map((await backends.ledgerCall((ledger, options) => ledger.lookupTransfers(transfers.filter((_, i) => codes[i] === 'ok' || codes[i] === 'exists').map((t) => t.id), options), true)).map((t) => [t.id, t]));
+    const inBooks = transfers.filter((_, i) => codes[i] === 'ok' || codes[i] === 'exists').map((t) => t.id);
+    // The ledger refuses an empty lookup (400): a batch whose every item was refused has nothing to read back.
+    const found = inBooks.length === 0 ? [] : await backends.ledgerCall((ledger, options) => ledger.lookupTransfers(inBooks, options), true);
+    const stored = new Map(found.map((t) => [t.id, t]));
     return {
       object: 'transfer_batch' as const,
       results: transfers.map((t, i) => {
