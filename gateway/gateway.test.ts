@@ -210,6 +210,13 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       assert.deepEqual(await rowCounts(), before);
       assert.deepEqual(await balances(keyA, w), { debits_pending: 0, debits_posted: 0, credits_pending: 0, credits_posted: 100 });
     });
+
+    it('an account the ledger refuses as invalid (nil id, bad metadata) is 400 and leaves no ownership row behind', async () => {
+      const before = await businessTableCounts(stack.pool);
+      expectError(await api.post('/v1/accounts', keyA, { id: '00000000-0000-0000-0000-000000000000', currency: 'USD' }), 400, 'invalid_argument');
+      expectError(await api.post('/v1/accounts', keyA, { currency: 'USD', metadata: { note: 'a\u0001' } }), 400, 'invalid_argument');
+      assert.deepEqual(await businessTableCounts(stack.pool), before);
+    });
   });
 
   describe('payments and refunds', () => {

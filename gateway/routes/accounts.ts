@@ -5,6 +5,7 @@ import { newAccount } from '../../ledger/client.js';
 import { accountCodeName } from '../../ledger/convert.js';
 import { encodeCursor } from '../../ledger/queries.js';
 import type { Gateway, RouteContext } from '../app.js';
+import { httpStatusOf } from '../errors.js';
 import { accountNotFound, requireOwnedAccount } from '../ownership.js';
 import { Account, AccountBody, Balance, BalanceQuery, COMMON_ERRORS, IdParams, ListQuery, Transfer, listOf } from '../schemas.js';
 import { accountView, balancesView, transferView } from '../views.js';
@@ -35,7 +36,12 @@ export function accountRoutes(app: Gateway, ctx: RouteContext): void {
       flags: { debitsMustNotExceedCredits: flags.has('debits_must_not_exceed_credits'), creditsMustNotExceedDebits: flags.has('credits_must_not_exceed_debits'), history: flags.has('history') },
       metadata: body.metadata ?? {},
     });
-    const [result] = await backends.ledgerCall((ledger, options) => ledger.createAccounts([account], options), true);
+    const [result] = await backends.ledgerCall((ledger, options) => ledger.createAccounts([account], options), true).catch(async (error: unknown) => {
+      // The ledger refused the request itself (400: an id or metadata it does not take): nothing of it may stay
+      // behind. After a 5xx the claim stays: the ledger may have made the account, which must not be nobody's.
+      if (error instanceof AppError && httpStatusOf(error) < 500) await unclaim();
+      throw error;
+    });
     const code = result ? accountCodeName(result.code) : 'unspecified';
     if (code === 'ok') return reply.code(201).send(accountView({ ...account, timestamp: result!.timestamp }));
     if (code === 'exists') {
@@ -43,8 +49,13 @@ export function accountRoutes(app: Gateway, ctx: RouteContext): void {
       if (existing) return reply.code(200).send(accountView(existing));
     }
     // Refused: nothing of this request may stay behind.
-    if (claimed.rowCount === 1) await withTransaction(pool, (client) => client.query('DELETE FROM merchant_accounts WHERE account_id = $1 AND merchant_id = $2', [id, merchantId]));
+    await unclaim();
     throw new AppError('conflict', code, `The ledger refused the account: ${code}`, { field: code.startsWith('exists') ? 'id' : 'flags' });
+
+    /** Forgets the ownership row this request made (none if the merchant owned the id before). */
+    async function unclaim(): Promise<void> {
+      if (claimed.rowCount === 1) await withTransaction(pool, (client) => client.query('DELETE FROM merchant_accounts WHERE account_id = $1 AND merchant_id = $2', [id, merchantId]));
+    }
 
     async function ownsAccount(accountId: string): Promise<boolean> {
       return requireOwnedAccount(pool, merchantId, accountId).then(
