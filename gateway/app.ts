@@ -85,6 +85,9 @@ function validators() {
   const query = new Ajv({ coerceTypes: true, removeAdditional: false, useDefaults: true, allErrors: false, strict: false });
   addFormats.default(body);
   addFormats.default(query);
+  // ajv-formats' uuid also takes the URN form (urn:uuid:...), which neither PostgreSQL nor the ledger reads as an
+  // id: only the plain form is a UUID here.
+  for (const ajv of [body, query]) ajv.addFormat('uuid', /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i);
   return ({ schema, httpPart }: { schema: object; httpPart?: string }) => (httpPart === 'body' ? body : query).compile(schema);
 }
 

@@ -217,6 +217,15 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       expectError(await api.post('/v1/accounts', keyA, { currency: 'USD', metadata: { note: 'a\u0001' } }), 400, 'invalid_argument');
       assert.deepEqual(await businessTableCounts(stack.pool), before);
     });
+
+    it('an id in URN form (urn:uuid:...) is 400 with its parameter, as any id that is not a plain UUID', async () => {
+      const [from, to] = [await account(keyA), await account(keyA)];
+      const before = await businessTableCounts(stack.pool);
+      expectError(await api.post('/v1/accounts', keyA, { id: `urn:uuid:${randomUUID()}`, currency: 'USD' }), 400, 'parameter_invalid', 'id');
+      expectError(await api.post('/v1/transfers', keyA, { debit_account_id: `urn:uuid:${from}`, credit_account_id: to, amount: 1, currency: 'USD' }), 400, 'parameter_invalid', 'debit_account_id');
+      expectError(await api.get(`/v1/accounts/${from}/transfers?starting_after=urn:uuid:${randomUUID()}`, keyA), 400, 'parameter_invalid', 'starting_after');
+      assert.deepEqual(await businessTableCounts(stack.pool), before);
+    });
   });
 
   describe('payments and refunds', () => {

@@ -19,8 +19,8 @@ export function objectId(raw: string, notFound: (field: string) => AppError): st
  * merchant (the ledger answers `exists` to the rightful creator, or refuses it with `exists_with_different_fields`).
  */
 export function refuseReservedId(id: string, field: string): void {
-  // The version is the first digit of the third group (after any "urn:uuid:" prefix the uuid format allows).
-  if (id.slice(-36)[14] === '8') throw new ValidationError(field, 'version 8 UUIDs are reserved for ids the platform derives; use a version 4 or 7 UUID', 'id_reserved');
+  // The version is the first digit of the third group.
+  if (id[14] === '8') throw new ValidationError(field, 'version 8 UUIDs are reserved for ids the platform derives; use a version 4 or 7 UUID', 'id_reserved');
 }
 
 /**
