@@ -187,9 +187,11 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
     if (!held) return payload;
     request.idempotency = null;
     const body = typeof payload === 'string' ? payload : Buffer.isBuffer(payload) ? payload.toString('utf8') : JSON.stringify(payload ?? null);
-    // Retryable outcomes are not kept: the retry must run again. Everything else is the answer for good.
+    // Retryable outcomes are not kept: the retry must run again. Nor is a 400 the handler found (an unknown
+    // currency, a currency mismatch): invalid parameters record nothing, as those the schema refuses before the
+    // key is taken. Everything else is the answer for good.
     try {
-      if (reply.statusCode >= 500 || reply.statusCode === 429) await idempotency.release(held);
+      if (reply.statusCode >= 500 || reply.statusCode === 429 || reply.statusCode === 400) await idempotency.release(held);
       else await idempotency.complete(held, reply.statusCode, held.sealedFor ? seal(body, held.sealedFor, held.key) : body);
     } catch (error) {
       // The hooks after this one do not run: a request whose client is gone would never be finished.

@@ -464,6 +464,18 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       assert.deepEqual(await balances(keyA, w), { debits_pending: 0, debits_posted: 0, credits_pending: 0, credits_posted: 200 });
     });
 
+    it('a 400 found by the handler (unknown currency, currency mismatch) records no key either: the corrected request runs with it', async () => {
+      const [from, to] = [await account(keyA), await account(keyA)];
+      const key = randomUUID();
+      const keys = async () => (await stack.pool.query('SELECT count(*)::int AS n FROM idempotency_keys WHERE key = $1', [key])).rows[0].n;
+      const good = { debit_account_id: from, credit_account_id: to, amount: 5, currency: 'USD' };
+      expectError(await api.post('/v1/transfers', keyA, { ...good, currency: 'XXY' }, key), 400, 'invalid_currency', 'currency');
+      expectError(await api.post('/v1/transfers', keyA, { ...good, currency: 'EUR' }, key), 400, 'currency_mismatch', 'currency');
+      assert.equal(await keys(), 0, 'nothing is written on a 400');
+      const fixed = await api.post('/v1/transfers', keyA, good, key);
+      assert.equal(fixed.status, 201, fixed.text);
+    });
+
     it('a request while the first with the same key is in flight is 409', async () => {
       const merchantId = (await stack.pool.query('SELECT merchant_id FROM api_keys WHERE key_hash = encode(sha256($1::bytea), $2)', [keyA, 'hex'])).rows[0].merchant_id;
       const key = randomUUID();
