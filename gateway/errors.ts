@@ -70,6 +70,18 @@ export function sendError(reply: FastifyReply, error: AppError, extra: Record<st
   return reply.code(httpStatusOf(error)).send(errorBody(error, extra));
 }
 
+/**
+ * An error of a ledger call carrying one object of the request body (an account, a transfer), as the REST API names
+ * the field: the ledger names it by its place in its own request (`accounts.0.metadata.k`), the body by `metadata.k`.
+ */
+export function asBodyField(error: unknown, ledgerPrefix: string): unknown {
+  const field = error instanceof AppError ? error.details.field : undefined;
+  if (!(error instanceof AppError) || !field?.startsWith(ledgerPrefix)) return error;
+  const own = field.slice(ledgerPrefix.length);
+  const message = error.message.startsWith(`${field}: `) ? `${own}: ${error.message.slice(field.length + 2)}` : error.message;
+  return new AppError(error.kind, error.code, message, { ...error.details, field: own }, { cause: error });
+}
+
 /** JSON Schema validation failures: the first problem, with the parameter in Stripe's dotted form. */
 function fromValidation(error: FastifyError): AppError {
   const first = error.validation?.[0];

@@ -218,6 +218,21 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       assert.deepEqual(await businessTableCounts(stack.pool), before);
     });
 
+    it('a field the ledger refuses is named as the REST API names it, not by its place in the ledger call', async () => {
+      const [from, to] = [await account(keyA), await account(keyA)];
+      const before = await businessTableCounts(stack.pool);
+      expectError(await api.post('/v1/accounts', keyA, { id: '00000000-0000-0000-0000-000000000000', currency: 'USD' }), 400, 'invalid_argument', 'id');
+      expectError(await api.post('/v1/accounts', keyA, { currency: 'USD', metadata: { note: 'a\u0001' } }), 400, 'invalid_argument', 'metadata.note');
+      const transfer = { debit_account_id: from, credit_account_id: to, amount: 1, currency: 'USD' };
+      expectError(await api.post('/v1/transfers', keyA, { ...transfer, id: '00000000-0000-0000-0000-000000000000' }), 400, 'invalid_argument', 'id');
+      const refused = await api.post('/v1/transfers', keyA, { ...transfer, metadata: { note: 'a\u0001' } });
+      expectError(refused, 400, 'invalid_argument', 'metadata.note');
+      assert.match(refused.body.error.message, /^metadata\.note: /);
+      // A batch item keeps its place in the batch: that is its name in the request too.
+      expectError(await api.post('/v1/transfers/batch', keyA, { transfers: [transfer, { ...transfer, metadata: { note: 'a\u0001' } }] }), 400, 'invalid_argument', 'transfers.1.metadata.note');
+      assert.deepEqual(await businessTableCounts(stack.pool), before);
+    });
+
     it('an id in URN form (urn:uuid:...) is 400 with its parameter, as any id that is not a plain UUID', async () => {
       const [from, to] = [await account(keyA), await account(keyA)];
       const before = await businessTableCounts(stack.pool);

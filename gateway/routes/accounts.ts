@@ -5,7 +5,7 @@ import { newAccount } from '../../ledger/client.js';
 import { accountCodeName } from '../../ledger/convert.js';
 import { encodeCursor } from '../../ledger/queries.js';
 import type { Gateway, RouteContext } from '../app.js';
-import { httpStatusOf } from '../errors.js';
+import { asBodyField, httpStatusOf } from '../errors.js';
 import { accountNotFound, requireOwnedAccount } from '../ownership.js';
 import { Account, AccountBody, Balance, BalanceQuery, COMMON_ERRORS, IdParams, ListQuery, Transfer, listOf } from '../schemas.js';
 import { accountView, balancesView, transferView } from '../views.js';
@@ -40,7 +40,7 @@ export function accountRoutes(app: Gateway, ctx: RouteContext): void {
       // The ledger refused the request itself (400: an id or metadata it does not take): nothing of it may stay
       // behind. After a 5xx the claim stays: the ledger may have made the account, which must not be nobody's.
       if (error instanceof AppError && httpStatusOf(error) < 500) await unclaim();
-      throw error;
+      throw asBodyField(error, 'accounts.0.');
     });
     const code = result ? accountCodeName(result.code) : 'unspecified';
     if (code === 'ok') return reply.code(201).send(accountView({ ...account, timestamp: result!.timestamp }));

@@ -5,6 +5,7 @@ import { newTransfer } from '../../ledger/client.js';
 import { transferCodeName } from '../../ledger/convert.js';
 import type { Transfer as LedgerTransfer } from '../../proto/gen/ledger/v1/ledger.js';
 import type { Gateway, RouteContext } from '../app.js';
+import { asBodyField } from '../errors.js';
 import { ownedAccounts } from '../ownership.js';
 import { BatchBody, BatchResult, COMMON_ERRORS, EmptyBody, IdParams, PostBody, Transfer, TransferBody } from '../schemas.js';
 import { transferView } from '../views.js';
@@ -79,7 +80,9 @@ export function transferRoutes(app: Gateway, ctx: RouteContext): void {
 
   /** Submits one transfer: 201 created, 200 for the same transfer again, the ledger's code otherwise. */
   async function submit(transfer: LedgerTransfer): Promise<{ status: 201 | 200; body: ReturnType<typeof transferView> }> {
-    const [result] = await backends.ledgerCall((ledger, options) => ledger.createTransfers([transfer], options), true);
+    const [result] = await backends
+      .ledgerCall((ledger, options) => ledger.createTransfers([transfer], options), true)
+      .catch((error: unknown) => Promise.reject(asBodyField(error, 'transfers.0.')));
     const code = result ? transferCodeName(result.code) : 'unspecified';
     if (code === 'ok' || code === 'exists') {
       const stored = await lookUp(transfer.id);
