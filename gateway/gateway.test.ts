@@ -274,6 +274,11 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       expectError(await api.post(`/v1/payments/${q.body.id}/capture`, keyB, {}), 404, 'resource_missing');
     });
 
+    it('a refund naming a payment id the payment service refuses names the body\'s payment parameter', async () => {
+      const refused = await api.post('/v1/refunds', keyA, { payment: '00000000-0000-0000-0000-000000000000' });
+      expectError(refused, 400, 'invalid_argument', 'payment');
+    });
+
     it('a destination refusing the credit (credits_must_not_exceed_debits) declines the payment; nothing stays processing', async () => {
       const dest = await account(keyA, { flags: ['credits_must_not_exceed_debits'] });
       for (const capture_method of ['automatic', 'manual']) {
