@@ -154,6 +154,18 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       assert.match(balance.text, new RegExp(`"debits_posted":${total}[,}]`));
     });
 
+    it('balance at a time: before the account nothing, at any later time (up to year 9999) what it holds now', async () => {
+      const [from, to] = [await account(keyA), await account(keyA, { flags: ['history'] })];
+      assert.equal((await api.post('/v1/transfers', keyA, { debit_account_id: from, credit_account_id: to, amount: 250, currency: 'USD' })).status, 201);
+      const at = async (time: string) => api.get(`/v1/accounts/${to}/balance?at=${encodeURIComponent(time)}`, keyA);
+      assert.equal((await at('2000-01-01T00:00:00Z')).body.credits_posted, 0);
+      for (const time of ['2200-01-01T00:00:00Z', '9999-12-31T23:59:59Z']) {
+        const later = await at(time);
+        assert.equal(later.status, 200, later.text);
+        assert.deepEqual([later.body.at, later.body.credits_posted], [new Date(time).toISOString(), 250]);
+      }
+    });
+
     it('pending, partial post, void: statuses and balances', async () => {
       const { wallet: w, funding } = await wallet(keyA, 1_000);
       const pending = await api.post('/v1/transfers', keyA, { debit_account_id: w, credit_account_id: funding, amount: 300, currency: 'USD', pending: true, timeout_seconds: 3600 });

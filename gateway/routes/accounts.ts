@@ -11,6 +11,8 @@ import { Account, AccountBody, Balance, BalanceQuery, COMMON_ERRORS, IdParams, L
 import { accountView, balancesView, transferView } from '../views.js';
 import { createdObjectId, objectId, refuseReservedId } from './ids.js';
 
+const INT64_MAX = 2n ** 63n - 1n;
+
 export function accountRoutes(app: Gateway, ctx: RouteContext): void {
   const { backends, pool } = ctx;
 
@@ -84,7 +86,10 @@ export function accountRoutes(app: Gateway, ctx: RouteContext): void {
     }
     const ms = Date.parse(at);
     if (!Number.isFinite(ms) || ms < 0) throw new ValidationError('at', 'an RFC 3339 timestamp after 1970');
-    const balance = await backends.ledgerCall((ledger, options) => ledger.getAccountBalanceAt(id, BigInt(ms) * 1_000_000n + 999_999n, options), true);
+    // Ledger timestamps are nanoseconds below 2^63: a later time (after 2262; past 2554 it does not even fit the
+    // call's uint64) asks for the same balance as that bound.
+    const nanos = BigInt(ms) * 1_000_000n + 999_999n;
+    const balance = await backends.ledgerCall((ledger, options) => ledger.getAccountBalanceAt(id, nanos < INT64_MAX ? nanos : INT64_MAX, options), true);
     const zero = { debitsPending: 0n, debitsPosted: 0n, creditsPending: 0n, creditsPosted: 0n };
     return { object: 'balance' as const, account: id, at: new Date(ms).toISOString(), ...balancesView(balance ?? zero) };
   });
