@@ -1,4 +1,5 @@
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
+import { asAppError } from '../lib/db.js';
 import { AppError, type ErrorKind } from '../lib/errors.js';
 import type { Logger } from '../lib/logger.js';
 
@@ -114,11 +115,20 @@ function fromFastify(error: FastifyError): AppError | null {
   }
 }
 
+/**
+ * A database that cannot be reached (or a transaction to retry) as the 503 with Retry-After it is: the routes and
+ * the key check query the pool directly, whose errors are pg's own.
+ */
+function fromDatabase(error: Error): AppError | null {
+  const mapped = asAppError(error);
+  return mapped instanceof AppError ? mapped : null;
+}
+
 export function errorHandler(logger: Logger) {
   return (raw: FastifyError | Error, request: FastifyRequest, reply: FastifyReply): FastifyReply => {
     const fastifyError = raw as FastifyError;
     const error =
-      raw instanceof AppError ? raw : fastifyError.validation ? fromValidation(fastifyError) : (fromFastify(fastifyError) ?? new AppError('internal', 'internal', 'internal error', {}, { cause: raw }));
+      raw instanceof AppError ? raw : fastifyError.validation ? fromValidation(fastifyError) : (fromFastify(fastifyError) ?? fromDatabase(raw) ?? new AppError('internal', 'internal', 'internal error', {}, { cause: raw }));
     if (error.kind === 'internal') logger.error({ err: raw, method: request.method, route: request.routeOptions.url }, 'request failed');
     return sendError(reply, error);
   };

@@ -618,6 +618,20 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       }
     });
 
+    it('503 with Retry-After when the database is down, for any request (its key is checked there)', async () => {
+      const noDatabase = await startTestGateway(stack.ledger.app.address, { DATABASE_URL: `postgres://postgres@127.0.0.1:${await freePort()}/nowhere` });
+      try {
+        const down = await Api.connect(noDatabase.url);
+        for (const r of [await down.get('/v1/payments', keyA), await down.post('/v1/accounts', keyA, { currency: 'USD' })]) {
+          expectError(r, 503, 'database_unavailable');
+          assert.ok(Number(r.headers.get('retry-after')) >= 1);
+        }
+        assert.equal((await down.get('/readyz')).status, 503);
+      } finally {
+        await noDatabase.close();
+      }
+    });
+
     it('503 with Retry-After when the ledger is down; /readyz says so; /healthz stays up', async () => {
       const nowhere = await startTestGateway(`127.0.0.1:${await freePort()}`, { GATEWAY_GRPC_DEADLINE_MS: '1000' });
       try {
