@@ -245,6 +245,16 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       assert.deepEqual(await businessTableCounts(stack.pool), before);
     });
 
+    it('an account transfers cursor the ledger refuses (nil UUID) is answered as one that names no transfer', async () => {
+      const id = await account(keyA);
+      for (const cursor of ['starting_after', 'ending_before']) {
+        const nil = await api.get(`/v1/accounts/${id}/transfers?${cursor}=00000000-0000-0000-0000-000000000000`, keyA);
+        const missing = await api.get(`/v1/accounts/${id}/transfers?${cursor}=${randomUUID()}`, keyA);
+        expectError(nil, 400, missing.body.error.code, cursor);
+        assert.deepEqual(nil.body, missing.body);
+      }
+    });
+
     it('an id in URN form (urn:uuid:...) is 400 with its parameter, as any id that is not a plain UUID', async () => {
       const [from, to] = [await account(keyA), await account(keyA)];
       const before = await businessTableCounts(stack.pool);

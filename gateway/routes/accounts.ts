@@ -103,8 +103,12 @@ export function accountRoutes(app: Gateway, ctx: RouteContext): void {
     let cursor = '';
     const anchorId = after ?? before;
     if (anchorId) {
-      const [anchor] = await backends.ledgerCall((ledger, options) => ledger.lookupTransfers([anchorId.toLowerCase()], options), true);
-      if (!anchor || (anchor.debitAccountId !== id && anchor.creditAccountId !== id)) throw new ValidationError(after ? 'starting_after' : 'ending_before', 'not a transfer of this account');
+      const notOfThisAccount = new ValidationError(after ? 'starting_after' : 'ending_before', 'not a transfer of this account');
+      // An id the ledger refuses to look up (the nil UUID) names no transfer either.
+      const [anchor] = await backends
+        .ledgerCall((ledger, options) => ledger.lookupTransfers([anchorId.toLowerCase()], options), true)
+        .catch((error: unknown) => Promise.reject(error instanceof AppError && error.kind === 'invalid_argument' ? notOfThisAccount : error));
+      if (!anchor || (anchor.debitAccountId !== id && anchor.creditAccountId !== id)) throw notOfThisAccount;
       cursor = encodeCursor(anchor.timestamp, anchor.id);
     }
     const page = await backends.ledgerCall((ledger, options) => ledger.getAccountTransfers({ accountId: id, limit: limit + 1, reversed: !before, cursor }, options), true);
