@@ -166,6 +166,11 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       }
     });
 
+    it('balance at a time of an account without history is 422 history_not_enabled naming at', async () => {
+      const id = await account(keyA);
+      expectError(await api.get(`/v1/accounts/${id}/balance?at=2024-01-01T00:00:00Z`, keyA), 422, 'history_not_enabled', 'at');
+    });
+
     it('pending, partial post, void: statuses and balances', async () => {
       const { wallet: w, funding } = await wallet(keyA, 1_000);
       const pending = await api.post('/v1/transfers', keyA, { debit_account_id: w, credit_account_id: funding, amount: 300, currency: 'USD', pending: true, timeout_seconds: 3600 });

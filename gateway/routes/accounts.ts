@@ -89,7 +89,10 @@ export function accountRoutes(app: Gateway, ctx: RouteContext): void {
     // Ledger timestamps are nanoseconds below 2^63: a later time (after 2262; past 2554 it does not even fit the
     // call's uint64) asks for the same balance as that bound.
     const nanos = BigInt(ms) * 1_000_000n + 999_999n;
-    const balance = await backends.ledgerCall((ledger, options) => ledger.getAccountBalanceAt(id, nanos < INT64_MAX ? nanos : INT64_MAX, options), true);
+    const balance = await backends
+      .ledgerCall((ledger, options) => ledger.getAccountBalanceAt(id, nanos < INT64_MAX ? nanos : INT64_MAX, options), true)
+      // An account without the history flag has no balance as of a time: `at` is what cannot be answered.
+      .catch((error: unknown) => Promise.reject(error instanceof AppError && error.code === 'history_not_enabled' ? new AppError(error.kind, error.code, error.message, { ...error.details, field: 'at' }) : error));
     const zero = { debitsPending: 0n, debitsPosted: 0n, creditsPending: 0n, creditsPosted: 0n };
     return { object: 'balance' as const, account: id, at: new Date(ms).toISOString(), ...balancesView(balance ?? zero) };
   });
