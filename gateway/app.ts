@@ -91,6 +91,36 @@ function validators() {
   return ({ schema, httpPart }: { schema: object; httpPart?: string }) => (httpPart === 'body' ? body : query).compile(schema);
 }
 
+/** A JSON string (skipped) or number token. */
+const JSON_TOKEN = /"(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?/g;
+
+/**
+ * The request's JSON with every number that parses to an integer it is not written as, as a string instead: JSON.parse
+ * would round 1.0000000000000001 to the amount 1 and 9007199254740990.6 to 2^53-1, where validation must refuse a
+ * non-integer (naming its parameter). Integers written otherwise (100.0, 1e2) stay numbers.
+ */
+export function quoteInexactIntegers(json: string): string {
+  return json.replace(JSON_TOKEN, (token) => (token.startsWith('"') || isExact(token) ? token : `"${token}"`));
+}
+
+function isExact(token: string): boolean {
+  const value = Number(token);
+  // Not an integer at all: validation refuses it where an integer is expected.
+  if (!Number.isInteger(value)) return true;
+  const [, sign, whole, fraction = '', exponent = '0'] = /^(-?)(\d+)(?:\.(\d+))?(?:[eE]([+-]?\d+))?$/.exec(token)!;
+  let digits = (whole + fraction).replace(/^0+/, '');
+  if (digits === '') return true;
+  // Decimal digits only, no powers of ten: a huge negative exponent is a string slice, not a BigInt of its size.
+  const scale = Number(exponent) - fraction.length;
+  if (scale < 0) {
+    if (!/^0+$/.test(digits.slice(scale))) return false;
+    digits = digits.slice(0, scale);
+  } else {
+    digits += '0'.repeat(scale);
+  }
+  return `${sign}${digits}` === BigInt(value).toString();
+}
+
 export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
   const { config, pool, logger } = deps;
   const app = Fastify({
@@ -110,6 +140,9 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
   });
   // JSON only: Fastify would parse text/plain bodies too.
   app.removeContentTypeParser('text/plain');
+  const parseJson = app.getDefaultJsonParser('error', 'error');
+  app.removeContentTypeParser('application/json');
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => parseJson(request, quoteInexactIntegers(body as string), done));
   app.setErrorHandler(errorHandler(logger));
   app.setNotFoundHandler((request, reply) => sendError(reply, new AppError('not_found', 'resource_missing', `Unrecognized request URL (${request.method} ${request.url.split('?')[0]})`)));
 

@@ -228,6 +228,22 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       assert.deepEqual(await balances(keyA, w), { debits_pending: 0, debits_posted: 0, credits_pending: 0, credits_posted: 100 });
     });
 
+    it('an amount written with a fraction a JSON double rounds away (1.0000000000000001, 9007199254740990.6) is not an integer: 400', async () => {
+      const [from, to] = [await account(keyA), await account(keyA)];
+      const before = await businessTableCounts(stack.pool);
+      for (const amount of ['1.0000000000000001', '9007199254740990.6', '4503599627370495.5']) {
+        const raw = `{"debit_account_id":"${from}","credit_account_id":"${to}","amount":${amount},"currency":"USD","metadata":{"note":"1.5"}}`;
+        expectError(await api.request('POST', '/v1/transfers', { key: keyA, raw, headers: { 'content-type': 'application/json' } }), 400, 'parameter_invalid', 'amount');
+      }
+      assert.deepEqual(await businessTableCounts(stack.pool), before);
+      // Integers written otherwise are still integers.
+      for (const amount of ['100.0', '1e2', '1.00E+2']) {
+        const raw = `{"debit_account_id":"${from}","credit_account_id":"${to}","amount":${amount},"currency":"USD"}`;
+        const r = await api.request('POST', '/v1/transfers', { key: keyA, raw, headers: { 'content-type': 'application/json' } });
+        assert.deepEqual([r.status, r.body.amount], [201, 100], r.text);
+      }
+    });
+
     it('an account the ledger refuses as invalid (nil id, bad metadata) is 400 and leaves no ownership row behind', async () => {
       const before = await businessTableCounts(stack.pool);
       expectError(await api.post('/v1/accounts', keyA, { id: '00000000-0000-0000-0000-000000000000', currency: 'USD' }), 400, 'invalid_argument');
