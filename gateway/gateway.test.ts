@@ -276,6 +276,16 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       }
     });
 
+    it('the nil UUID in a path names nothing: 404 resource_missing, as an id that does not exist', async () => {
+      const nil = '00000000-0000-0000-0000-000000000000';
+      for (const path of [`/v1/payments/${nil}`, `/v1/refunds/${nil}`, `/v1/transfers/${nil}`, `/v1/accounts/${nil}`, `/v1/settlements/${nil}`, `/v1/settlements/${nil}/report.csv`]) {
+        expectError(await api.get(path, keyA), 404, 'resource_missing', 'id');
+      }
+      for (const path of [`/v1/payments/${nil}/capture`, `/v1/payments/${nil}/cancel`, `/v1/transfers/${nil}/post`, `/v1/transfers/${nil}/void`]) {
+        expectError(await api.post(path, keyA, {}), 404, 'resource_missing', 'id');
+      }
+    });
+
     it('an id in URN form (urn:uuid:...) is 400 with its parameter, as any id that is not a plain UUID', async () => {
       const [from, to] = [await account(keyA), await account(keyA)];
       const before = await businessTableCounts(stack.pool);

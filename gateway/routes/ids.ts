@@ -4,11 +4,15 @@ import { derivedId } from '../../lib/derived-id.js';
 import { ValidationError, type AppError } from '../../lib/errors.js';
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+const NIL_UUID = '00000000-0000-0000-0000-000000000000';
 
-/** A path id: a UUID (lower-cased), or "no such object" (an id we never issue cannot name anything). */
+/**
+ * A path id: a UUID (lower-cased), or "no such object" (an id we never issue cannot name anything: the nil UUID
+ * neither, which the backends refuse as an argument, 400, instead of not finding it).
+ */
 export function objectId(raw: string, notFound: (field: string) => AppError): string {
   const id = raw.toLowerCase();
-  if (!UUID.test(id)) throw notFound('id');
+  if (!UUID.test(id) || id === NIL_UUID) throw notFound('id');
   return id;
 }
 
