@@ -286,6 +286,13 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       }
     });
 
+    it('a settlements cursor the service refuses (nil UUID) is answered as one that names no settlement', async () => {
+      const nil = await api.get('/v1/settlements?starting_after=00000000-0000-0000-0000-000000000000', keyA);
+      const missing = await api.get(`/v1/settlements?starting_after=${randomUUID()}`, keyA);
+      expectError(missing, 404, 'resource_missing', 'starting_after');
+      assert.deepEqual([nil.status, nil.body], [missing.status, missing.body]);
+    });
+
     it('an id in URN form (urn:uuid:...) is 400 with its parameter, as any id that is not a plain UUID', async () => {
       const [from, to] = [await account(keyA), await account(keyA)];
       const before = await businessTableCounts(stack.pool);
