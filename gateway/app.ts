@@ -128,7 +128,8 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
     // No access log lines from Fastify: they would carry URLs and headers; errors are logged by errorHandler.
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: config.GATEWAY_BODY_LIMIT_BYTES,
-    return503OnClosing: true,
+    // Fastify's own 503 while closing has neither Retry-After nor the error object: ours is answered instead (below).
+    return503OnClosing: false,
     // Duplicate keys, prototype pollution: refused by the JSON parser.
     onProtoPoisoning: 'error',
     onConstructorPoisoning: 'error',
@@ -177,8 +178,16 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
     finished.add(request);
     inFlight.count--;
   };
+  // Requests still arriving on open connections while the gateway shuts down: refused before any work, so the
+  // client retries them on another instance (health stays answered: the process is up until it exits).
+  let closing = false;
+  app.addHook('preClose', (done) => {
+    closing = true;
+    done();
+  });
   app.addHook('onRequest', async (request) => {
     inFlight.count++;
+    if (closing && request.url !== '/healthz') throw new UnavailableError('shutting_down', 'This instance is shutting down: retry after the delay in Retry-After', 1);
     // Shed before any work (authentication included): health probes stay answered.
     if (inFlight.count > config.GATEWAY_MAX_IN_FLIGHT && request.url.startsWith('/v1/')) {
       shed?.add(1);

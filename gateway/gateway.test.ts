@@ -680,6 +680,49 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       }
     });
 
+    it('a request arriving while the gateway shuts down is 503 with Retry-After and the error object', async () => {
+      let release!: () => void;
+      const held = new Promise<void>((resolve) => (release = resolve));
+      let authStarted!: () => void;
+      const started = new Promise<void>((resolve) => (authStarted = resolve));
+      let first = true;
+      const wrapPool = (pool: Pool): Pool =>
+        new Proxy(pool, {
+          get(target, property) {
+            if (property !== 'query') return Reflect.get(target, property, target);
+            return async (query: { name?: string }, ...rest: unknown[]) => {
+              if (query?.name === 'gw-auth' && first) {
+                first = false;
+                authStarted();
+                await held;
+              }
+              return (target.query as (...args: unknown[]) => Promise<unknown>)(query, ...rest);
+            };
+          },
+        });
+      const gateway = await startTestGateway(stack.ledger.app.address, {}, { wrapPool });
+      const socket = connect(Number(new URL(gateway.url).port), '127.0.0.1');
+      await new Promise((resolve) => socket.once('connect', resolve));
+      let received = '';
+      socket.on('data', (chunk) => (received += chunk.toString('utf8')));
+      const ended = new Promise((resolve) => socket.once('close', resolve));
+      const get = `GET /v1/payments HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer ${keyA}\r\n\r\n`;
+      socket.write(get);
+      await started; // the first request is in flight: closing waits for it
+      const closed = gateway.close();
+      socket.write(get); // a second request on the same connection, while closing
+      await new Promise((resolve) => setImmediate(resolve));
+      release();
+      await closed;
+      await ended;
+      const second = received.slice(received.indexOf('HTTP/1.1', 1));
+      assert.match(second, /^HTTP\/1.1 503 /, received);
+      assert.match(second, /\r\nretry-after: \d+\r\n/i, received);
+      const body = JSON.parse(second.slice(second.indexOf('\r\n\r\n') + 4));
+      assert.deepEqual(Object.keys(body), ['error']);
+      assert.equal(typeof body.error.code, 'string');
+    });
+
     it('503 with Retry-After when the ledger is down; /readyz says so; /healthz stays up', async () => {
       const nowhere = await startTestGateway(`127.0.0.1:${await freePort()}`, { GATEWAY_GRPC_DEADLINE_MS: '1000' });
       try {
