@@ -6,7 +6,7 @@ import Fastify, { LogController, type FastifyInstance, type FastifyReply, type F
 import { context, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Meter, type Span } from '@opentelemetry/api';
 import type { Config } from '../lib/config.js';
 import type { Pool } from '../lib/db.js';
-import { AppError, UnavailableError } from '../lib/errors.js';
+import { AppError, UnavailableError, ValidationError } from '../lib/errors.js';
 import type { Logger } from '../lib/logger.js';
 import { PeriodicTask } from '../lib/periodic.js';
 import { ADMIN_SCOPE, Authenticator, bearerKey, type Caller } from './auth.js';
@@ -133,6 +133,16 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
     // Duplicate keys, prototype pollution: refused by the JSON parser.
     onProtoPoisoning: 'error',
     onConstructorPoisoning: 'error',
+    // Refused by Fastify's router before any hook (Fastify's own bodies are not the error object): a path that does
+    // not percent-decode names nothing, and a path parameter past maxParamLength is too long an id, as one past
+    // IdParams' 64 characters is.
+    frameworkErrors: (error, request, reply) =>
+      sendError(
+        reply,
+        error.code === 'FST_ERR_MAX_PARAM_LENGTH'
+          ? new ValidationError('id', 'must NOT have more than 64 characters', 'parameter_invalid')
+          : new AppError('not_found', 'resource_missing', `Unrecognized request URL (${request.method} ${request.url.split('?')[0]})`),
+      ),
   }).withTypeProvider<TypeBoxTypeProvider>();
   app.setValidatorCompiler(validators());
   // A route that takes no query parameters refuses any (400), as one that takes some refuses unknown ones.

@@ -293,6 +293,13 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       assert.deepEqual([nil.status, nil.body], [missing.status, missing.body]);
     });
 
+    it('a URL Fastify refuses before routing (bad percent-encoding, an id past 100 characters) is answered with the error object', async () => {
+      expectError(await api.get('/v1/payments/%E0%A4%A', keyA), 404, 'resource_missing');
+      // As an id of 65 to 100 characters is.
+      expectError(await api.get(`/v1/payments/${'a'.repeat(70)}`, keyA), 400, 'parameter_invalid', 'id');
+      expectError(await api.get(`/v1/payments/${'a'.repeat(101)}`, keyA), 400, 'parameter_invalid', 'id');
+    });
+
     it('an id in URN form (urn:uuid:...) is 400 with its parameter, as any id that is not a plain UUID', async () => {
       const [from, to] = [await account(keyA), await account(keyA)];
       const before = await businessTableCounts(stack.pool);
