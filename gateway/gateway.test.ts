@@ -346,6 +346,18 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       expectError(refused, 400, 'invalid_argument', 'payment');
     });
 
+    it('concurrent identical captures, and cancels, of one payment all answer the one outcome (none 422 payment_step_in_progress, kept for its key)', async () => {
+      for (let round = 0; round < 3; round++) {
+        const card = { token: 'tok_1', fingerprint: `fp_${randomUUID()}`, country: 'FR' };
+        const manual = { amount: 1_000, currency: 'USD', source: { card }, capture_method: 'manual' };
+        const [toCapture, toCancel] = [await api.post('/v1/payments', keyA, manual), await api.post('/v1/payments', keyA, manual)];
+        const captures = await Promise.all(Array.from({ length: 5 }, () => api.post(`/v1/payments/${toCapture.body.id}/capture`, keyA, {}, randomUUID())));
+        assert.deepEqual(new Set(captures.map((r) => `${r.status} ${r.body.status ?? r.body.error.code}`)), new Set(['200 succeeded']));
+        const cancels = await Promise.all(Array.from({ length: 5 }, () => api.post(`/v1/payments/${toCancel.body.id}/cancel`, keyA, {}, randomUUID())));
+        assert.deepEqual(new Set(cancels.map((r) => `${r.status} ${r.body.status ?? r.body.error.code}`)), new Set(['200 canceled']));
+      }
+    });
+
     it('a destination refusing the credit (credits_must_not_exceed_debits) declines the payment; nothing stays processing', async () => {
       const dest = await account(keyA, { flags: ['credits_must_not_exceed_debits'] });
       for (const capture_method of ['automatic', 'manual']) {
