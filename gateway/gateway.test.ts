@@ -549,6 +549,24 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       assert.equal(ledgerAccounts.rows[0].n, 1, 'one account for one request');
     });
 
+    it('a payment retried after a 504 whose creation committed, with the same key but another destination, is 422: not the first payment answered as this one', async () => {
+      const backends = stack.gateway.backends as unknown as { createPayment: (...args: unknown[]) => Promise<unknown> };
+      const original = backends.createPayment;
+      backends.createPayment = async (...args: unknown[]) => {
+        await original.apply(stack.gateway.backends, args);
+        backends.createPayment = original;
+        throw new AppError('deadline_exceeded', 'deadline_exceeded', 'the ledger did not answer before the deadline');
+      };
+      const [first, second] = [await account(keyA), await account(keyA)];
+      const card = { token: 'tok_1', fingerprint: `fp_${randomUUID()}`, country: 'FR' };
+      const body = { amount: 1_000, currency: 'USD', source: { card }, destination_account_id: first, capture_method: 'automatic' };
+      const key = randomUUID();
+      expectError(await api.post('/v1/payments', keyA, body, key), 504, 'deadline_exceeded');
+      expectError(await api.post('/v1/payments', keyA, { ...body, destination_account_id: second }, key), 422, 'idempotency_key_reused', 'Idempotency-Key');
+      assert.equal((await balances(keyA, first)).credits_posted, 1_000, 'the one payment, where it was asked to go first');
+      assert.equal((await balances(keyA, second)).credits_posted, 0);
+    });
+
     it('a keyed transfer refused for lack of funds stays refused: repeated after the funds arrived and after the TTL, 422 id_already_failed', async () => {
       const { wallet: w, funding } = await wallet(keyA, 100);
       const to = await account(keyA);

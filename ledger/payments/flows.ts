@@ -433,7 +433,9 @@ export class PaymentFlows {
     const sameSource =
       input.source.kind === existing.sourceKind &&
       (input.source.kind === 'account' ? input.source.accountId === existing.sourceAccountId : input.source.fingerprint === existing.cardFingerprint);
-    if (existing.amount !== input.amount || existing.currency !== input.currency || existing.captureMethod !== input.captureMethod || !sameSource) {
+    // Where the money goes is a parameter too: the destination named, or the merchant's balance account by default.
+    const sameDestination = existing.destinationAccountId === (input.destinationAccountId || merchantBalanceAccountId(input.merchantId, existing.currency));
+    if (existing.amount !== input.amount || existing.currency !== input.currency || existing.captureMethod !== input.captureMethod || !sameSource || !sameDestination) {
       throw conflict('idempotency_key_reused', 'this idempotency key was used for a payment with other parameters', 'idempotency_key');
     }
     if (existing.status !== 'processing') return existing;
