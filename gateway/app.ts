@@ -6,7 +6,7 @@ import Fastify, { LogController, type FastifyInstance, type FastifyReply, type F
 import { context, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Meter, type Span } from '@opentelemetry/api';
 import type { Config } from '../lib/config.js';
 import type { Pool } from '../lib/db.js';
-import { AppError, UnavailableError } from '../lib/errors.js';
+import { AppError, UnavailableError, ValidationError } from '../lib/errors.js';
 import type { Logger } from '../lib/logger.js';
 import { PeriodicTask } from '../lib/periodic.js';
 import { ADMIN_SCOPE, Authenticator, bearerKey, type Caller } from './auth.js';
@@ -85,7 +85,40 @@ function validators() {
   const query = new Ajv({ coerceTypes: true, removeAdditional: false, useDefaults: true, allErrors: false, strict: false });
   addFormats.default(body);
   addFormats.default(query);
+  // ajv-formats' uuid also takes the URN form (urn:uuid:...), which neither PostgreSQL nor the ledger reads as an
+  // id: only the plain form is a UUID here.
+  for (const ajv of [body, query]) ajv.addFormat('uuid', /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i);
   return ({ schema, httpPart }: { schema: object; httpPart?: string }) => (httpPart === 'body' ? body : query).compile(schema);
+}
+
+/** A JSON string (skipped) or number token. */
+const JSON_TOKEN = /"(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?/g;
+
+/**
+ * The request's JSON with every number that parses to an integer it is not written as, as a string instead: JSON.parse
+ * would round 1.0000000000000001 to the amount 1 and 9007199254740990.6 to 2^53-1, where validation must refuse a
+ * non-integer (naming its parameter). Integers written otherwise (100.0, 1e2) stay numbers.
+ */
+export function quoteInexactIntegers(json: string): string {
+  return json.replace(JSON_TOKEN, (token) => (token.startsWith('"') || isExact(token) ? token : `"${token}"`));
+}
+
+function isExact(token: string): boolean {
+  const value = Number(token);
+  // Not an integer at all: validation refuses it where an integer is expected.
+  if (!Number.isInteger(value)) return true;
+  const [, sign, whole, fraction = '', exponent = '0'] = /^(-?)(\d+)(?:\.(\d+))?(?:[eE]([+-]?\d+))?$/.exec(token)!;
+  let digits = (whole + fraction).replace(/^0+/, '');
+  if (digits === '') return true;
+  // Decimal digits only, no powers of ten: a huge negative exponent is a string slice, not a BigInt of its size.
+  const scale = Number(exponent) - fraction.length;
+  if (scale < 0) {
+    if (!/^0+$/.test(digits.slice(scale))) return false;
+    digits = digits.slice(0, scale);
+  } else {
+    digits += '0'.repeat(scale);
+  }
+  return `${sign}${digits}` === BigInt(value).toString();
 }
 
 export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
@@ -95,10 +128,21 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
     // No access log lines from Fastify: they would carry URLs and headers; errors are logged by errorHandler.
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: config.GATEWAY_BODY_LIMIT_BYTES,
-    return503OnClosing: true,
+    // Fastify's own 503 while closing has neither Retry-After nor the error object: ours is answered instead (below).
+    return503OnClosing: false,
     // Duplicate keys, prototype pollution: refused by the JSON parser.
     onProtoPoisoning: 'error',
     onConstructorPoisoning: 'error',
+    // Refused by Fastify's router before any hook (Fastify's own bodies are not the error object): a path that does
+    // not percent-decode names nothing, and a path parameter past maxParamLength is too long an id, as one past
+    // IdParams' 64 characters is.
+    frameworkErrors: (error, request, reply) =>
+      sendError(
+        reply,
+        error.code === 'FST_ERR_MAX_PARAM_LENGTH'
+          ? new ValidationError('id', 'must NOT have more than 64 characters', 'parameter_invalid')
+          : new AppError('not_found', 'resource_missing', `Unrecognized request URL (${request.method} ${request.url.split('?')[0]})`),
+      ),
   }).withTypeProvider<TypeBoxTypeProvider>();
   app.setValidatorCompiler(validators());
   // A route that takes no query parameters refuses any (400), as one that takes some refuses unknown ones.
@@ -107,6 +151,9 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
   });
   // JSON only: Fastify would parse text/plain bodies too.
   app.removeContentTypeParser('text/plain');
+  const parseJson = app.getDefaultJsonParser('error', 'error');
+  app.removeContentTypeParser('application/json');
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => parseJson(request, quoteInexactIntegers(body as string), done));
   app.setErrorHandler(errorHandler(logger));
   app.setNotFoundHandler((request, reply) => sendError(reply, new AppError('not_found', 'resource_missing', `Unrecognized request URL (${request.method} ${request.url.split('?')[0]})`)));
 
@@ -141,8 +188,16 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
     finished.add(request);
     inFlight.count--;
   };
+  // Requests still arriving on open connections while the gateway shuts down: refused before any work, so the
+  // client retries them on another instance (health stays answered: the process is up until it exits).
+  let closing = false;
+  app.addHook('preClose', (done) => {
+    closing = true;
+    done();
+  });
   app.addHook('onRequest', async (request) => {
     inFlight.count++;
+    if (closing && request.url !== '/healthz') throw new UnavailableError('shutting_down', 'This instance is shutting down: retry after the delay in Retry-After', 1);
     // Shed before any work (authentication included): health probes stay answered.
     if (inFlight.count > config.GATEWAY_MAX_IN_FLIGHT && request.url.startsWith('/v1/')) {
       shed?.add(1);
@@ -184,9 +239,11 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
     if (!held) return payload;
     request.idempotency = null;
     const body = typeof payload === 'string' ? payload : Buffer.isBuffer(payload) ? payload.toString('utf8') : JSON.stringify(payload ?? null);
-    // Retryable outcomes are not kept: the retry must run again. Everything else is the answer for good.
+    // Retryable outcomes are not kept: the retry must run again. Nor is a 400 the handler found (an unknown
+    // currency, a currency mismatch): invalid parameters record nothing, as those the schema refuses before the
+    // key is taken. Everything else is the answer for good.
     try {
-      if (reply.statusCode >= 500 || reply.statusCode === 429) await idempotency.release(held);
+      if (reply.statusCode >= 500 || reply.statusCode === 429 || reply.statusCode === 400) await idempotency.release(held);
       else await idempotency.complete(held, reply.statusCode, held.sealedFor ? seal(body, held.sealedFor, held.key) : body);
     } catch (error) {
       // The hooks after this one do not run: a request whose client is gone would never be finished.

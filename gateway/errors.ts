@@ -1,4 +1,5 @@
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
+import { asAppError } from '../lib/db.js';
 import { AppError, type ErrorKind } from '../lib/errors.js';
 import type { Logger } from '../lib/logger.js';
 
@@ -70,6 +71,18 @@ export function sendError(reply: FastifyReply, error: AppError, extra: Record<st
   return reply.code(httpStatusOf(error)).send(errorBody(error, extra));
 }
 
+/**
+ * An error of a ledger call carrying one object of the request body (an account, a transfer), as the REST API names
+ * the field: the ledger names it by its place in its own request (`accounts.0.metadata.k`), the body by `metadata.k`.
+ */
+export function asBodyField(error: unknown, ledgerPrefix: string): unknown {
+  const field = error instanceof AppError ? error.details.field : undefined;
+  if (!(error instanceof AppError) || !field?.startsWith(ledgerPrefix)) return error;
+  const own = field.slice(ledgerPrefix.length);
+  const message = error.message.startsWith(`${field}: `) ? `${own}: ${error.message.slice(field.length + 2)}` : error.message;
+  return new AppError(error.kind, error.code, message, { ...error.details, field: own }, { cause: error });
+}
+
 /** JSON Schema validation failures: the first problem, with the parameter in Stripe's dotted form. */
 function fromValidation(error: FastifyError): AppError {
   const first = error.validation?.[0];
@@ -102,11 +115,20 @@ function fromFastify(error: FastifyError): AppError | null {
   }
 }
 
+/**
+ * A database that cannot be reached (or a transaction to retry) as the 503 with Retry-After it is: the routes and
+ * the key check query the pool directly, whose errors are pg's own.
+ */
+function fromDatabase(error: Error): AppError | null {
+  const mapped = asAppError(error);
+  return mapped instanceof AppError ? mapped : null;
+}
+
 export function errorHandler(logger: Logger) {
   return (raw: FastifyError | Error, request: FastifyRequest, reply: FastifyReply): FastifyReply => {
     const fastifyError = raw as FastifyError;
     const error =
-      raw instanceof AppError ? raw : fastifyError.validation ? fromValidation(fastifyError) : (fromFastify(fastifyError) ?? new AppError('internal', 'internal', 'internal error', {}, { cause: raw }));
+      raw instanceof AppError ? raw : fastifyError.validation ? fromValidation(fastifyError) : (fromFastify(fastifyError) ?? fromDatabase(raw) ?? new AppError('internal', 'internal', 'internal error', {}, { cause: raw }));
     if (error.kind === 'internal') logger.error({ err: raw, method: request.method, route: request.routeOptions.url }, 'request failed');
     return sendError(reply, error);
   };

@@ -154,6 +154,23 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       assert.match(balance.text, new RegExp(`"debits_posted":${total}[,}]`));
     });
 
+    it('balance at a time: before the account nothing, at any later time (up to year 9999) what it holds now', async () => {
+      const [from, to] = [await account(keyA), await account(keyA, { flags: ['history'] })];
+      assert.equal((await api.post('/v1/transfers', keyA, { debit_account_id: from, credit_account_id: to, amount: 250, currency: 'USD' })).status, 201);
+      const at = async (time: string) => api.get(`/v1/accounts/${to}/balance?at=${encodeURIComponent(time)}`, keyA);
+      assert.equal((await at('2000-01-01T00:00:00Z')).body.credits_posted, 0);
+      for (const time of ['2200-01-01T00:00:00Z', '9999-12-31T23:59:59Z']) {
+        const later = await at(time);
+        assert.equal(later.status, 200, later.text);
+        assert.deepEqual([later.body.at, later.body.credits_posted], [new Date(time).toISOString(), 250]);
+      }
+    });
+
+    it('balance at a time of an account without history is 422 history_not_enabled naming at', async () => {
+      const id = await account(keyA);
+      expectError(await api.get(`/v1/accounts/${id}/balance?at=2024-01-01T00:00:00Z`, keyA), 422, 'history_not_enabled', 'at');
+    });
+
     it('pending, partial post, void: statuses and balances', async () => {
       const { wallet: w, funding } = await wallet(keyA, 1_000);
       const pending = await api.post('/v1/transfers', keyA, { debit_account_id: w, credit_account_id: funding, amount: 300, currency: 'USD', pending: true, timeout_seconds: 3600 });
@@ -180,6 +197,14 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       const foreign = await account(keyB);
       expectError(await api.post('/v1/transfers/batch', keyA, { transfers: [ok, { ...ok, credit_account_id: foreign }] }), 404, 'resource_missing', 'transfers.1.credit_account_id');
     });
+
+    it('batch: when every item is refused, still 200 with each item failed', async () => {
+      const { wallet: w, funding } = await wallet(keyA, 100);
+      const short = { debit_account_id: w, credit_account_id: funding, amount: 1_000, currency: 'USD' };
+      const r = await api.post('/v1/transfers/batch', keyA, { transfers: [short, { ...short, amount: 2_000 }] });
+      assert.equal(r.status, 200, r.text);
+      assert.deepEqual(r.body.results.map((x: { status: string; code?: string }) => [x.status, x.code]), [['failed', 'exceeds_credits'], ['failed', 'exceeds_credits']]);
+    });
   });
 
   describe('validation: 400 with the parameter, and nothing written', () => {
@@ -201,6 +226,87 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       expectError(await api.request('POST', '/v1/transfers', { key: keyA, raw: JSON.stringify({ ...good, metadata: { x: 'y'.repeat(2_000_000) } }), headers: { 'content-type': 'application/json' } }), 413, 'payload_too_large');
       assert.deepEqual(await rowCounts(), before);
       assert.deepEqual(await balances(keyA, w), { debits_pending: 0, debits_posted: 0, credits_pending: 0, credits_posted: 100 });
+    });
+
+    it('an amount written with a fraction a JSON double rounds away (1.0000000000000001, 9007199254740990.6) is not an integer: 400', async () => {
+      const [from, to] = [await account(keyA), await account(keyA)];
+      const before = await businessTableCounts(stack.pool);
+      for (const amount of ['1.0000000000000001', '9007199254740990.6', '4503599627370495.5']) {
+        const raw = `{"debit_account_id":"${from}","credit_account_id":"${to}","amount":${amount},"currency":"USD","metadata":{"note":"1.5"}}`;
+        expectError(await api.request('POST', '/v1/transfers', { key: keyA, raw, headers: { 'content-type': 'application/json' } }), 400, 'parameter_invalid', 'amount');
+      }
+      assert.deepEqual(await businessTableCounts(stack.pool), before);
+      // Integers written otherwise are still integers.
+      for (const amount of ['100.0', '1e2', '1.00E+2']) {
+        const raw = `{"debit_account_id":"${from}","credit_account_id":"${to}","amount":${amount},"currency":"USD"}`;
+        const r = await api.request('POST', '/v1/transfers', { key: keyA, raw, headers: { 'content-type': 'application/json' } });
+        assert.deepEqual([r.status, r.body.amount], [201, 100], r.text);
+      }
+    });
+
+    it('an account the ledger refuses as invalid (nil id, bad metadata) is 400 and leaves no ownership row behind', async () => {
+      const before = await businessTableCounts(stack.pool);
+      expectError(await api.post('/v1/accounts', keyA, { id: '00000000-0000-0000-0000-000000000000', currency: 'USD' }), 400, 'invalid_argument');
+      expectError(await api.post('/v1/accounts', keyA, { currency: 'USD', metadata: { note: 'a\u0001' } }), 400, 'invalid_argument');
+      assert.deepEqual(await businessTableCounts(stack.pool), before);
+    });
+
+    it('a field the ledger refuses is named as the REST API names it, not by its place in the ledger call', async () => {
+      const [from, to] = [await account(keyA), await account(keyA)];
+      const before = await businessTableCounts(stack.pool);
+      expectError(await api.post('/v1/accounts', keyA, { id: '00000000-0000-0000-0000-000000000000', currency: 'USD' }), 400, 'invalid_argument', 'id');
+      expectError(await api.post('/v1/accounts', keyA, { currency: 'USD', metadata: { note: 'a\u0001' } }), 400, 'invalid_argument', 'metadata.note');
+      const transfer = { debit_account_id: from, credit_account_id: to, amount: 1, currency: 'USD' };
+      expectError(await api.post('/v1/transfers', keyA, { ...transfer, id: '00000000-0000-0000-0000-000000000000' }), 400, 'invalid_argument', 'id');
+      const refused = await api.post('/v1/transfers', keyA, { ...transfer, metadata: { note: 'a\u0001' } });
+      expectError(refused, 400, 'invalid_argument', 'metadata.note');
+      assert.match(refused.body.error.message, /^metadata\.note: /);
+      // A batch item keeps its place in the batch: that is its name in the request too.
+      expectError(await api.post('/v1/transfers/batch', keyA, { transfers: [transfer, { ...transfer, metadata: { note: 'a\u0001' } }] }), 400, 'invalid_argument', 'transfers.1.metadata.note');
+      assert.deepEqual(await businessTableCounts(stack.pool), before);
+    });
+
+    it('an account transfers cursor the ledger refuses (nil UUID) is answered as one that names no transfer', async () => {
+      const id = await account(keyA);
+      for (const cursor of ['starting_after', 'ending_before']) {
+        const nil = await api.get(`/v1/accounts/${id}/transfers?${cursor}=00000000-0000-0000-0000-000000000000`, keyA);
+        const missing = await api.get(`/v1/accounts/${id}/transfers?${cursor}=${randomUUID()}`, keyA);
+        expectError(nil, 400, missing.body.error.code, cursor);
+        assert.deepEqual(nil.body, missing.body);
+      }
+    });
+
+    it('the nil UUID in a path names nothing: 404 resource_missing, as an id that does not exist', async () => {
+      const nil = '00000000-0000-0000-0000-000000000000';
+      for (const path of [`/v1/payments/${nil}`, `/v1/refunds/${nil}`, `/v1/transfers/${nil}`, `/v1/accounts/${nil}`, `/v1/settlements/${nil}`, `/v1/settlements/${nil}/report.csv`]) {
+        expectError(await api.get(path, keyA), 404, 'resource_missing', 'id');
+      }
+      for (const path of [`/v1/payments/${nil}/capture`, `/v1/payments/${nil}/cancel`, `/v1/transfers/${nil}/post`, `/v1/transfers/${nil}/void`]) {
+        expectError(await api.post(path, keyA, {}), 404, 'resource_missing', 'id');
+      }
+    });
+
+    it('a settlements cursor the service refuses (nil UUID) is answered as one that names no settlement', async () => {
+      const nil = await api.get('/v1/settlements?starting_after=00000000-0000-0000-0000-000000000000', keyA);
+      const missing = await api.get(`/v1/settlements?starting_after=${randomUUID()}`, keyA);
+      expectError(missing, 404, 'resource_missing', 'starting_after');
+      assert.deepEqual([nil.status, nil.body], [missing.status, missing.body]);
+    });
+
+    it('a URL Fastify refuses before routing (bad percent-encoding, an id past 100 characters) is answered with the error object', async () => {
+      expectError(await api.get('/v1/payments/%E0%A4%A', keyA), 404, 'resource_missing');
+      // As an id of 65 to 100 characters is.
+      expectError(await api.get(`/v1/payments/${'a'.repeat(70)}`, keyA), 400, 'parameter_invalid', 'id');
+      expectError(await api.get(`/v1/payments/${'a'.repeat(101)}`, keyA), 400, 'parameter_invalid', 'id');
+    });
+
+    it('an id in URN form (urn:uuid:...) is 400 with its parameter, as any id that is not a plain UUID', async () => {
+      const [from, to] = [await account(keyA), await account(keyA)];
+      const before = await businessTableCounts(stack.pool);
+      expectError(await api.post('/v1/accounts', keyA, { id: `urn:uuid:${randomUUID()}`, currency: 'USD' }), 400, 'parameter_invalid', 'id');
+      expectError(await api.post('/v1/transfers', keyA, { debit_account_id: `urn:uuid:${from}`, credit_account_id: to, amount: 1, currency: 'USD' }), 400, 'parameter_invalid', 'debit_account_id');
+      expectError(await api.get(`/v1/accounts/${from}/transfers?starting_after=urn:uuid:${randomUUID()}`, keyA), 400, 'parameter_invalid', 'starting_after');
+      assert.deepEqual(await businessTableCounts(stack.pool), before);
     });
   });
 
@@ -233,6 +339,23 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       assert.equal((await api.request('POST', `/v1/payments/${q.body.id}/cancel`, { key: keyA })).body.status, 'canceled');
       expectError(await api.post(`/v1/payments/${q.body.id}/capture`, keyA, {}), 422, 'payment_not_capturable');
       expectError(await api.post(`/v1/payments/${q.body.id}/capture`, keyB, {}), 404, 'resource_missing');
+    });
+
+    it('a refund naming a payment id the payment service refuses names the body\'s payment parameter', async () => {
+      const refused = await api.post('/v1/refunds', keyA, { payment: '00000000-0000-0000-0000-000000000000' });
+      expectError(refused, 400, 'invalid_argument', 'payment');
+    });
+
+    it('concurrent identical captures, and cancels, of one payment all answer the one outcome (none 422 payment_step_in_progress, kept for its key)', async () => {
+      for (let round = 0; round < 3; round++) {
+        const card = { token: 'tok_1', fingerprint: `fp_${randomUUID()}`, country: 'FR' };
+        const manual = { amount: 1_000, currency: 'USD', source: { card }, capture_method: 'manual' };
+        const [toCapture, toCancel] = [await api.post('/v1/payments', keyA, manual), await api.post('/v1/payments', keyA, manual)];
+        const captures = await Promise.all(Array.from({ length: 5 }, () => api.post(`/v1/payments/${toCapture.body.id}/capture`, keyA, {}, randomUUID())));
+        assert.deepEqual(new Set(captures.map((r) => `${r.status} ${r.body.status ?? r.body.error.code}`)), new Set(['200 succeeded']));
+        const cancels = await Promise.all(Array.from({ length: 5 }, () => api.post(`/v1/payments/${toCancel.body.id}/cancel`, keyA, {}, randomUUID())));
+        assert.deepEqual(new Set(cancels.map((r) => `${r.status} ${r.body.status ?? r.body.error.code}`)), new Set(['200 canceled']));
+      }
     });
 
     it('a destination refusing the credit (credits_must_not_exceed_debits) declines the payment; nothing stays processing', async () => {
@@ -426,6 +549,24 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       assert.equal(ledgerAccounts.rows[0].n, 1, 'one account for one request');
     });
 
+    it('a payment retried after a 504 whose creation committed, with the same key but another destination, is 422: not the first payment answered as this one', async () => {
+      const backends = stack.gateway.backends as unknown as { createPayment: (...args: unknown[]) => Promise<unknown> };
+      const original = backends.createPayment;
+      backends.createPayment = async (...args: unknown[]) => {
+        await original.apply(stack.gateway.backends, args);
+        backends.createPayment = original;
+        throw new AppError('deadline_exceeded', 'deadline_exceeded', 'the ledger did not answer before the deadline');
+      };
+      const [first, second] = [await account(keyA), await account(keyA)];
+      const card = { token: 'tok_1', fingerprint: `fp_${randomUUID()}`, country: 'FR' };
+      const body = { amount: 1_000, currency: 'USD', source: { card }, destination_account_id: first, capture_method: 'automatic' };
+      const key = randomUUID();
+      expectError(await api.post('/v1/payments', keyA, body, key), 504, 'deadline_exceeded');
+      expectError(await api.post('/v1/payments', keyA, { ...body, destination_account_id: second }, key), 422, 'idempotency_key_reused', 'Idempotency-Key');
+      assert.equal((await balances(keyA, first)).credits_posted, 1_000, 'the one payment, where it was asked to go first');
+      assert.equal((await balances(keyA, second)).credits_posted, 0);
+    });
+
     it('a keyed transfer refused for lack of funds stays refused: repeated after the funds arrived and after the TTL, 422 id_already_failed', async () => {
       const { wallet: w, funding } = await wallet(keyA, 100);
       const to = await account(keyA);
@@ -438,6 +579,18 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       await stack.pool.query(`UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE key = $1`, [key]);
       expectError(await api.post('/v1/transfers', keyA, short, key), 422, 'id_already_failed', 'id');
       assert.deepEqual(await balances(keyA, w), { debits_pending: 0, debits_posted: 0, credits_pending: 0, credits_posted: 200 });
+    });
+
+    it('a 400 found by the handler (unknown currency, currency mismatch) records no key either: the corrected request runs with it', async () => {
+      const [from, to] = [await account(keyA), await account(keyA)];
+      const key = randomUUID();
+      const keys = async () => (await stack.pool.query('SELECT count(*)::int AS n FROM idempotency_keys WHERE key = $1', [key])).rows[0].n;
+      const good = { debit_account_id: from, credit_account_id: to, amount: 5, currency: 'USD' };
+      expectError(await api.post('/v1/transfers', keyA, { ...good, currency: 'XXY' }, key), 400, 'invalid_currency', 'currency');
+      expectError(await api.post('/v1/transfers', keyA, { ...good, currency: 'EUR' }, key), 400, 'currency_mismatch', 'currency');
+      assert.equal(await keys(), 0, 'nothing is written on a 400');
+      const fixed = await api.post('/v1/transfers', keyA, good, key);
+      assert.equal(fixed.status, 201, fixed.text);
     });
 
     it('a request while the first with the same key is in flight is 409', async () => {
@@ -555,6 +708,63 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
         await stuck.close();
         blackHole.close();
       }
+    });
+
+    it('503 with Retry-After when the database is down, for any request (its key is checked there)', async () => {
+      const noDatabase = await startTestGateway(stack.ledger.app.address, { DATABASE_URL: `postgres://postgres@127.0.0.1:${await freePort()}/nowhere` });
+      try {
+        const down = await Api.connect(noDatabase.url);
+        for (const r of [await down.get('/v1/payments', keyA), await down.post('/v1/accounts', keyA, { currency: 'USD' })]) {
+          expectError(r, 503, 'database_unavailable');
+          assert.ok(Number(r.headers.get('retry-after')) >= 1);
+        }
+        assert.equal((await down.get('/readyz')).status, 503);
+      } finally {
+        await noDatabase.close();
+      }
+    });
+
+    it('a request arriving while the gateway shuts down is 503 with Retry-After and the error object', async () => {
+      let release!: () => void;
+      const held = new Promise<void>((resolve) => (release = resolve));
+      let authStarted!: () => void;
+      const started = new Promise<void>((resolve) => (authStarted = resolve));
+      let first = true;
+      const wrapPool = (pool: Pool): Pool =>
+        new Proxy(pool, {
+          get(target, property) {
+            if (property !== 'query') return Reflect.get(target, property, target);
+            return async (query: { name?: string }, ...rest: unknown[]) => {
+              if (query?.name === 'gw-auth' && first) {
+                first = false;
+                authStarted();
+                await held;
+              }
+              return (target.query as (...args: unknown[]) => Promise<unknown>)(query, ...rest);
+            };
+          },
+        });
+      const gateway = await startTestGateway(stack.ledger.app.address, {}, { wrapPool });
+      const socket = connect(Number(new URL(gateway.url).port), '127.0.0.1');
+      await new Promise((resolve) => socket.once('connect', resolve));
+      let received = '';
+      socket.on('data', (chunk) => (received += chunk.toString('utf8')));
+      const ended = new Promise((resolve) => socket.once('close', resolve));
+      const get = `GET /v1/payments HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer ${keyA}\r\n\r\n`;
+      socket.write(get);
+      await started; // the first request is in flight: closing waits for it
+      const closed = gateway.close();
+      socket.write(get); // a second request on the same connection, while closing
+      await new Promise((resolve) => setImmediate(resolve));
+      release();
+      await closed;
+      await ended;
+      const second = received.slice(received.indexOf('HTTP/1.1', 1));
+      assert.match(second, /^HTTP\/1.1 503 /, received);
+      assert.match(second, /\r\nretry-after: \d+\r\n/i, received);
+      const body = JSON.parse(second.slice(second.indexOf('\r\n\r\n') + 4));
+      assert.deepEqual(Object.keys(body), ['error']);
+      assert.equal(typeof body.error.code, 'string');
     });
 
     it('503 with Retry-After when the ledger is down; /readyz says so; /healthz stays up', async () => {

@@ -5,10 +5,13 @@ import { newAccount } from '../../ledger/client.js';
 import { accountCodeName } from '../../ledger/convert.js';
 import { encodeCursor } from '../../ledger/queries.js';
 import type { Gateway, RouteContext } from '../app.js';
+import { asBodyField, httpStatusOf } from '../errors.js';
 import { accountNotFound, requireOwnedAccount } from '../ownership.js';
 import { Account, AccountBody, Balance, BalanceQuery, COMMON_ERRORS, IdParams, ListQuery, Transfer, listOf } from '../schemas.js';
 import { accountView, balancesView, transferView } from '../views.js';
 import { createdObjectId, objectId, refuseReservedId } from './ids.js';
+
+const INT64_MAX = 2n ** 63n - 1n;
 
 export function accountRoutes(app: Gateway, ctx: RouteContext): void {
   const { backends, pool } = ctx;
@@ -35,7 +38,12 @@ export function accountRoutes(app: Gateway, ctx: RouteContext): void {
       flags: { debitsMustNotExceedCredits: flags.has('debits_must_not_exceed_credits'), creditsMustNotExceedDebits: flags.has('credits_must_not_exceed_debits'), history: flags.has('history') },
       metadata: body.metadata ?? {},
     });
-    const [result] = await backends.ledgerCall((ledger, options) => ledger.createAccounts([account], options), true);
+    const [result] = await backends.ledgerCall((ledger, options) => ledger.createAccounts([account], options), true).catch(async (error: unknown) => {
+      // The ledger refused the request itself (400: an id or metadata it does not take): nothing of it may stay
+      // behind. After a 5xx the claim stays: the ledger may have made the account, which must not be nobody's.
+      if (error instanceof AppError && httpStatusOf(error) < 500) await unclaim();
+      throw asBodyField(error, 'accounts.0.');
+    });
     const code = result ? accountCodeName(result.code) : 'unspecified';
     if (code === 'ok') return reply.code(201).send(accountView({ ...account, timestamp: result!.timestamp }));
     if (code === 'exists') {
@@ -43,8 +51,13 @@ export function accountRoutes(app: Gateway, ctx: RouteContext): void {
       if (existing) return reply.code(200).send(accountView(existing));
     }
     // Refused: nothing of this request may stay behind.
-    if (claimed.rowCount === 1) await withTransaction(pool, (client) => client.query('DELETE FROM merchant_accounts WHERE account_id = $1 AND merchant_id = $2', [id, merchantId]));
+    await unclaim();
     throw new AppError('conflict', code, `The ledger refused the account: ${code}`, { field: code.startsWith('exists') ? 'id' : 'flags' });
+
+    /** Forgets the ownership row this request made (none if the merchant owned the id before). */
+    async function unclaim(): Promise<void> {
+      if (claimed.rowCount === 1) await withTransaction(pool, (client) => client.query('DELETE FROM merchant_accounts WHERE account_id = $1 AND merchant_id = $2', [id, merchantId]));
+    }
 
     async function ownsAccount(accountId: string): Promise<boolean> {
       return requireOwnedAccount(pool, merchantId, accountId).then(
@@ -73,7 +86,13 @@ export function accountRoutes(app: Gateway, ctx: RouteContext): void {
     }
     const ms = Date.parse(at);
     if (!Number.isFinite(ms) || ms < 0) throw new ValidationError('at', 'an RFC 3339 timestamp after 1970');
-    const balance = await backends.ledgerCall((ledger, options) => ledger.getAccountBalanceAt(id, BigInt(ms) * 1_000_000n + 999_999n, options), true);
+    // Ledger timestamps are nanoseconds below 2^63: a later time (after 2262; past 2554 it does not even fit the
+    // call's uint64) asks for the same balance as that bound.
+    const nanos = BigInt(ms) * 1_000_000n + 999_999n;
+    const balance = await backends
+      .ledgerCall((ledger, options) => ledger.getAccountBalanceAt(id, nanos < INT64_MAX ? nanos : INT64_MAX, options), true)
+      // An account without the history flag has no balance as of a time: `at` is what cannot be answered.
+      .catch((error: unknown) => Promise.reject(error instanceof AppError && error.code === 'history_not_enabled' ? new AppError(error.kind, error.code, error.message, { ...error.details, field: 'at' }) : error));
     const zero = { debitsPending: 0n, debitsPosted: 0n, creditsPending: 0n, creditsPosted: 0n };
     return { object: 'balance' as const, account: id, at: new Date(ms).toISOString(), ...balancesView(balance ?? zero) };
   });
@@ -87,8 +106,12 @@ export function accountRoutes(app: Gateway, ctx: RouteContext): void {
     let cursor = '';
     const anchorId = after ?? before;
     if (anchorId) {
-      const [anchor] = await backends.ledgerCall((ledger, options) => ledger.lookupTransfers([anchorId.toLowerCase()], options), true);
-      if (!anchor || (anchor.debitAccountId !== id && anchor.creditAccountId !== id)) throw new ValidationError(after ? 'starting_after' : 'ending_before', 'not a transfer of this account');
+      const notOfThisAccount = new ValidationError(after ? 'starting_after' : 'ending_before', 'not a transfer of this account');
+      // An id the ledger refuses to look up (the nil UUID) names no transfer either.
+      const [anchor] = await backends
+        .ledgerCall((ledger, options) => ledger.lookupTransfers([anchorId.toLowerCase()], options), true)
+        .catch((error: unknown) => Promise.reject(error instanceof AppError && error.kind === 'invalid_argument' ? notOfThisAccount : error));
+      if (!anchor || (anchor.debitAccountId !== id && anchor.creditAccountId !== id)) throw notOfThisAccount;
       cursor = encodeCursor(anchor.timestamp, anchor.id);
     }
     const page = await backends.ledgerCall((ledger, options) => ledger.getAccountTransfers({ accountId: id, limit: limit + 1, reversed: !before, cursor }, options), true);

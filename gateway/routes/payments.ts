@@ -95,6 +95,10 @@ export function paymentRoutes(app: Gateway, ctx: RouteContext): void {
       ).catch((error: unknown) => {
         // The payment named in the body is the parameter at fault.
         if (error instanceof AppError && error.kind === 'not_found') throw new AppError('not_found', 'resource_missing', 'No such payment', { field: 'payment' });
+        // Here the service's payment_id is the body's payment, not the path's id (REST_FIELD).
+        if (error instanceof AppError && error.details.field === 'payment_id') {
+          throw new AppError(error.kind, error.code, error.message.replace(/^payment_id: /, 'payment: '), { ...error.details, field: 'payment' });
+        }
         throw error;
       }),
     );

@@ -14,6 +14,8 @@ const settlementNotFound = (field: string) => new AppError('not_found', 'resourc
 function restError(error: unknown, settlementField: string): unknown {
   if (!(error instanceof AppError)) return error;
   if (error.kind === 'not_found') return error.code === 'merchant_not_found' ? new AppError('not_found', 'resource_missing', 'No such merchant', { field: 'merchant' }) : settlementNotFound(settlementField);
+  // A settlement id the service refuses to look up (the nil UUID) names no settlement either.
+  if (error.kind === 'invalid_argument' && error.details.field === 'batch_id') return settlementNotFound(settlementField);
   if (error.details.field === 'merchant_id') return new AppError(error.kind, error.code, error.message, { ...error.details, field: 'merchant' });
   return error;
 }

@@ -5,6 +5,7 @@ import { newTransfer } from '../../ledger/client.js';
 import { transferCodeName } from '../../ledger/convert.js';
 import type { Transfer as LedgerTransfer } from '../../proto/gen/ledger/v1/ledger.js';
 import type { Gateway, RouteContext } from '../app.js';
+import { asBodyField } from '../errors.js';
 import { ownedAccounts } from '../ownership.js';
 import { BatchBody, BatchResult, COMMON_ERRORS, EmptyBody, IdParams, PostBody, Transfer, TransferBody } from '../schemas.js';
 import { transferView } from '../views.js';
@@ -79,7 +80,9 @@ export function transferRoutes(app: Gateway, ctx: RouteContext): void {
 
   /** Submits one transfer: 201 created, 200 for the same transfer again, the ledger's code otherwise. */
   async function submit(transfer: LedgerTransfer): Promise<{ status: 201 | 200; body: ReturnType<typeof transferView> }> {
-    const [result] = await backends.ledgerCall((ledger, options) => ledger.createTransfers([transfer], options), true);
+    const [result] = await backends
+      .ledgerCall((ledger, options) => ledger.createTransfers([transfer], options), true)
+      .catch((error: unknown) => Promise.reject(asBodyField(error, 'transfers.0.')));
     const code = result ? transferCodeName(result.code) : 'unspecified';
     if (code === 'ok' || code === 'exists') {
       const stored = await lookUp(transfer.id);
@@ -114,7 +117,10 @@ export function transferRoutes(app: Gateway, ctx: RouteContext): void {
     if (new Set(transfers.map((t) => t.id)).size !== transfers.length) throw new ValidationError('transfers', 'ids must be unique within a batch', 'duplicate_id');
     const results = await backends.ledgerCall((ledger, options) => ledger.createTransfers(transfers, options), true);
     const codes = results.map((r) => transferCodeName(r.code));
-    const stored = new Map((await backends.ledgerCall((ledger, options) => ledger.lookupTransfers(transfers.filter((_, i) => codes[i] === 'ok' || codes[i] === 'exists').map((t) => t.id), options), true)).map((t) => [t.id, t]));
+    const inBooks = transfers.filter((_, i) => codes[i] === 'ok' || codes[i] === 'exists').map((t) => t.id);
+    // The ledger refuses an empty lookup (400): a batch whose every item was refused has nothing to read back.
+    const found = inBooks.length === 0 ? [] : await backends.ledgerCall((ledger, options) => ledger.lookupTransfers(inBooks, options), true);
+    const stored = new Map(found.map((t) => [t.id, t]));
     return {
       object: 'transfer_batch' as const,
       results: transfers.map((t, i) => {

@@ -208,18 +208,22 @@ export class PaymentFlows {
     const payment = await this.requirePayment(merchantId, paymentId);
     const opId = derivedId('operation', `${paymentId}:capture`);
     const earlier = await store.findOperation(this.pool, opId);
-    if (earlier) {
-      if (amount !== 0n && amount !== earlier.amount) throw conflict('payment_already_captured', `payment was captured for ${earlier.amount}`, 'amount');
-      return this.repeatStep(earlier);
-    }
+    if (earlier) return this.repeatCapture(earlier, amount);
     if (payment.status !== 'requires_capture') throw conflict('payment_not_capturable', `a ${payment.status} payment cannot be captured`);
     const captureAmount = amount === 0n ? payment.amount : amount;
     if (captureAmount > payment.amount) throw new ValidationError('amount', `exceeds the authorized amount ${payment.amount}`, 'amount_too_large');
     const op = this.newOperation(payment, 'capture', opId, captureAmount, feeOf(captureAmount, payment.feeBps));
-    await this.startStep(op, (current, ops) => {
+    const started = await this.startStep(op, (current, ops) => {
       if (current.status !== 'requires_capture' || ops.some((o) => o.kind === 'cancel')) throw conflict('payment_not_capturable', `a ${current.status} payment cannot be captured`);
     });
+    if (!started) return this.repeatCapture((await store.findOperation(this.pool, opId))!, amount);
     return this.driveCapture(op);
+  }
+
+  /** The capture asked again: the one it was, for the amount it was made for (or none named). */
+  private repeatCapture(earlier: OperationRow, amount: bigint): Promise<PaymentRow> {
+    if (amount !== 0n && amount !== earlier.amount) throw conflict('payment_already_captured', `payment was captured for ${earlier.amount}`, 'amount');
+    return this.repeatStep(earlier);
   }
 
   async cancel(merchantId: string, paymentId: string): Promise<PaymentRow> {
@@ -229,28 +233,23 @@ export class PaymentFlows {
     if (earlier) return this.repeatStep(earlier);
     if (payment.status !== 'requires_capture') throw conflict('payment_not_cancelable', `a ${payment.status} payment cannot be canceled`);
     const op = this.newOperation(payment, 'cancel', opId, payment.amount, 0n);
-    await this.startStep(op, (current, ops) => {
+    const started = await this.startStep(op, (current, ops) => {
       // A failed capture moved nothing: the authorization can still be released.
       if (current.status !== 'requires_capture' || ops.some((o) => o.kind === 'capture' && o.status !== 'failed')) throw conflict('payment_not_cancelable', `a ${current.status} payment cannot be canceled`);
     });
+    if (!started) return this.repeatStep((await store.findOperation(this.pool, opId))!);
     return this.driveCancel(op);
   }
 
   async refund(merchantId: string, paymentId: string, amount: bigint, idempotencyKey: string, metadata: Metadata): Promise<OperationRow> {
     const id = idempotencyKey ? derivedId(`refund:${merchantId}`, idempotencyKey) : randomUUID();
     const earlier = await store.findOperation(this.pool, id);
-    if (earlier) {
-      if (earlier.paymentId !== paymentId || (amount !== 0n && amount !== earlier.amount)) {
-        throw conflict('idempotency_key_reused', 'this idempotency key was used for another refund', 'idempotency_key');
-      }
-      await this.repeatStep(earlier);
-      return (await store.findOperation(this.pool, id))!;
-    }
+    if (earlier) return this.repeatRefund(earlier, paymentId, amount);
     const payment = await this.requirePayment(merchantId, paymentId);
     const op = this.newOperation(payment, 'refund', id, amount, 0n);
     op.idempotencyKey = idempotencyKey || null;
     op.metadata = metadata;
-    await this.startStep(op, (current, ops) => {
+    const started = await this.startStep(op, (current, ops) => {
       if (current.status !== 'succeeded' && current.status !== 'partially_refunded') throw conflict('payment_not_refundable', `a ${current.status} payment cannot be refunded`);
       // Refunds in flight count: two concurrent refunds can never return more than was captured together.
       const reserved = ops.filter((o) => o.kind === 'refund' && o.status !== 'failed').reduce((sum, o) => sum + o.amount, 0n);
@@ -258,8 +257,18 @@ export class PaymentFlows {
       op.amount = amount === 0n ? remaining : amount;
       if (remaining <= 0n || op.amount > remaining) throw conflict('refund_exceeds_captured', `at most ${remaining} of the captured amount can still be refunded`, 'amount');
     });
+    if (!started) return this.repeatRefund((await store.findOperation(this.pool, id))!, paymentId, amount);
     await this.driveRefund(op);
     return (await store.findOperation(this.pool, id))!;
+  }
+
+  /** The refund of an idempotency key asked again: the one it was, if asked with its payment and amount. */
+  private async repeatRefund(earlier: OperationRow, paymentId: string, amount: bigint): Promise<OperationRow> {
+    if (earlier.paymentId !== paymentId || (amount !== 0n && amount !== earlier.amount)) {
+      throw conflict('idempotency_key_reused', 'this idempotency key was used for another refund', 'idempotency_key');
+    }
+    await this.repeatStep(earlier);
+    return (await store.findOperation(this.pool, earlier.id))!;
   }
 
   async getPayment(merchantId: string, paymentId: string): Promise<PaymentRow> {
@@ -457,14 +466,20 @@ export class PaymentFlows {
     return this.repeatStep(op);
   }
 
-  /** Records a new step as processing after `check` accepts the payment's current state and steps. */
-  private async startStep(op: OperationRow, check: (current: PaymentRow, ops: OperationRow[]) => void): Promise<void> {
-    await withTransaction(this.pool, async (client) => {
+  /**
+   * Records a new step as processing after `check` accepts the payment's current state and steps; false when the
+   * same step (same id) was recorded meanwhile. Concurrent starts of one step: one records it, the others are
+   * answered by repeatStep with what it becomes (not a refusal: their step is that one, already under way).
+   */
+  private async startStep(op: OperationRow, check: (current: PaymentRow, ops: OperationRow[]) => void): Promise<boolean> {
+    return withTransaction(this.pool, async (client) => {
       const current = await store.findPayment(client, op.merchantId, op.paymentId);
       invariant(current, `payment ${op.paymentId} vanished`);
-      check(current, await store.operationsOf(client, op.paymentId));
-      // Concurrent starts of the same step: one inserts, the other finds it and is answered by repeatStep.
-      if (!(await store.insertOperation(client, op))) throw conflict('payment_step_in_progress', `the ${op.kind} is already in progress`);
+      const ops = await store.operationsOf(client, op.paymentId);
+      // Before the check: the step may have moved the payment on already (a capture made it succeeded).
+      if (ops.some((o) => o.id === op.id)) return false;
+      check(current, ops);
+      return store.insertOperation(client, op);
     });
   }
 
