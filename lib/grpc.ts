@@ -33,6 +33,13 @@ export const KIND_OF_STATUS: Partial<Record<status, ErrorKind>> = {
   [status.CANCELLED]: 'unavailable',
 };
 
+/** What a caller is told of a transport failure, by kind (appErrorOf). */
+const TRANSPORT_MESSAGES: Partial<Record<ErrorKind, string>> = {
+  unavailable: 'a service this request needs is unavailable; retry later',
+  deadline_exceeded: 'a service this request needs did not answer in time',
+  resource_exhausted: 'a service this request needs refused the call for lack of resources; retry later',
+};
+
 /**
  * A failed call as the caller learns it: the status, its message, and the error's code, field and Retry-After.
  * A status carries it in metadata (toServiceError); a batched call's outcome carries it as a message
@@ -68,8 +75,10 @@ export function appErrorOf(failure: CallFailure, cause?: unknown): AppError {
   const kind = KIND_OF_STATUS[failure.status] ?? 'internal';
   const retryAfter = failure.retryAfterSeconds || (kind === 'unavailable' || kind === 'resource_exhausted' ? 1 : 0);
   const code = failure.code || kind;
-  // An internal error's message stays on the server that logged it.
-  const message = kind === 'internal' ? 'internal error' : failure.message || code;
+  // An internal error's message stays on the server that logged it. A status without an error code came from the
+  // transport (grpc-js: no connection, deadline), not from a service's own answer: its details name internal
+  // addresses and timings, which are for the logs, not for whoever the caller answers.
+  const message = kind === 'internal' ? 'internal error' : !failure.code ? (TRANSPORT_MESSAGES[kind] ?? kind) : failure.message || code;
   return new AppError(kind, code, message, { ...(failure.field ? { field: failure.field } : {}), ...(retryAfter ? { retryAfterSeconds: retryAfter } : {}) }, { cause });
 }
 
