@@ -109,6 +109,18 @@ describe('gateway backends: payment creations coalesced into CreatePayments', ()
     await assertRetriesShareDeadline(LedgerServiceService, 'createTransfers', (backends) => backends.ledgerCall((ledger, options) => ledger.createTransfers([transfer], options), true));
   });
 
+  it('a backend refusing the gateway\'s certificate (PERMISSION_DENIED) is the platform\'s fault: internal, not 403 with its details', async () => {
+    const backends = await standIn({
+      getPayment: (_call: ServerUnaryCall<unknown, unknown>, done: sendUnaryData<unknown>) =>
+        done({ code: status.PERMISSION_DENIED, details: 'client certificate "gateway" is not allowed here' }),
+    });
+    await assert.rejects(backends.payment((c) => c.getPayment, { merchantId: randomUUID(), paymentId: randomUUID() }, true), (e: AppError) => {
+      assert.equal(e.kind, 'internal');
+      assert.doesNotMatch(e.message, /certificate "gateway"/);
+      return true;
+    });
+  });
+
   it('each caller keeps its own deadline: creations the ledger does not answer in time are deadline errors at that deadline', async () => {
     const backends = await standIn(
       {

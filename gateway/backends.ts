@@ -177,8 +177,11 @@ export class Backends {
         isRetryable: (error) => left() > MIN_ATTEMPT_MS && ((error as ServiceError).code === status.UNAVAILABLE || (error instanceof AppError && error.kind === 'unavailable')),
       });
     } catch (error) {
-      if (error instanceof AppError) throw error;
-      throw receivedFailure(error) ?? error;
+      const failure = error instanceof AppError ? error : receivedFailure(error);
+      // A backend refusing the gateway itself (its client certificate not allowed: lib/grpc-tls.ts) is this
+      // platform's misconfiguration, not the merchant's lack of rights: a 500 (logged), not a 403 naming it.
+      if (failure?.kind === 'permission_denied' || failure?.kind === 'unauthenticated') throw new InternalError('a backend refused the gateway\'s credentials (GRPC_TLS_*)', { cause: error });
+      throw failure ?? error;
     }
   }
 
