@@ -362,6 +362,50 @@ describe('payments (gRPC, on the ledger, with the rules-only risk scorer)', func
     assert.deepEqual(await balances(source), [0n, 200n, 0n, 100_000n], 'only the small payments moved money');
   });
 
+  it('a step whose resume keeps failing goes to the back of the queue: the steps behind it are still finished', async () => {
+    const merchant = await newMerchant();
+    const source = await wallet(merchant, 10_000n);
+    const real = routerLedger(ledger.app.router);
+    const crashing: PaymentLedger = {
+      createAccounts: (a) => real.createAccounts(a),
+      createTransfers: async (t) => {
+        await real.createTransfers(t);
+        throw new Error('process killed after the ledger committed');
+      },
+    };
+    const logger = createLogger('payments-test', 'silent');
+    const settings = { shardCount: 8, authorizationTimeoutSeconds: 3600, riskDeadlineMs: 2000, riskFailOpenBelowAmount: 0n };
+    const riskClient = { score: async () => ({ scorePpm: 0, decision: 1, reasons: [], modelVersion: 'test-approve' }) };
+    const dying = new PaymentFlows(pool, crashing, riskClient, settings, logger);
+    const paymentIds: string[] = [];
+    for (const amount of [1_000n, 2_000n]) {
+      const key = `stuck-${randomUUID()}`;
+      const input = { merchantId: merchant, idempotencyKey: key, amount, currency: 'USD', source: { kind: 'account' as const, accountId: source }, destinationAccountId: '', captureMethod: 'automatic' as const, metadata: {}, deviceId: '', ipCountry: '', customerId: '' };
+      await assert.rejects(dying.createPayment(input), /process killed/);
+      paymentIds.push(derivedId(`payment:${merchant}`, key));
+    }
+    const [stuck, behind] = paymentIds as [string, string];
+    // The first one's step throws on every resume (whatever the cause); the others resume for real.
+    const flows = new PaymentFlows(pool, real, riskClient, settings, logger);
+    const failing = Object.assign(Object.create(flows) as PaymentFlows, {
+      resume: (op: Parameters<PaymentFlows['resume']>[0]) => (op.paymentId === stuck ? Promise.reject(new Error('still failing')) : flows.resume(op)),
+    });
+    // One step a pass, so that a step left first in line would be all every pass takes.
+    const resumer = new PaymentResumer(pool, failing, logger, 1, 3600, 1);
+    for (let pass = 0; pass < 20 && (await get(merchant, behind)).status !== PaymentStatus.PAYMENT_STATUS_SUCCEEDED; pass++) {
+      await new Promise((r) => setTimeout(r, 5));
+      await resumer.resumeOnce();
+    }
+    assert.equal((await get(merchant, behind)).status, PaymentStatus.PAYMENT_STATUS_SUCCEEDED, 'the step behind the failing one was never resumed');
+    assert.equal((await get(merchant, stuck)).status, PaymentStatus.PAYMENT_STATUS_PROCESSING);
+    // Finished once it stops failing, as any stale step.
+    for (let pass = 0; pass < 20 && (await get(merchant, stuck)).status !== PaymentStatus.PAYMENT_STATUS_SUCCEEDED; pass++) {
+      await new Promise((r) => setTimeout(r, 5));
+      await new PaymentResumer(pool, flows, logger, 1, 3600, 1).resumeOnce();
+    }
+    assert.equal((await get(merchant, stuck)).status, PaymentStatus.PAYMENT_STATUS_SUCCEEDED);
+  });
+
   it('a crash between the ledger and the payment row: the resumer finishes the step, posting nothing twice', async () => {
     const merchant = await newMerchant();
     const source = await wallet(merchant, 10_000n);

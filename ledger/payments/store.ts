@@ -319,6 +319,11 @@ export async function staleOperations(db: Queryable, olderThanMs: number, limit:
   return r.rows.map(operationFromRow);
 }
 
+/** Puts a step still processing at the back of the resumer's queue (staleOperations orders by updated_at). */
+export async function deferOperation(db: Queryable, operationId: string): Promise<void> {
+  await db.query({ name: 'pay-op-defer', text: `UPDATE payment_operations SET updated_at = now() WHERE id = $1 AND status = 'processing'`, values: [operationId] });
+}
+
 /**
  * Payments still awaiting capture whose authorization the ledger holds no longer: its pending transfer (the
  * authorize step's id) expires before `expiredBefore` (ns). Not the payment's age: an authorization that reached
