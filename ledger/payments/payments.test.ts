@@ -93,13 +93,22 @@ describe('payments (gRPC, on the ledger, with the rules-only risk scorer)', func
   const revenueAccount = derivedId('platform', 'fee_revenue:USD');
   const cardClearing = derivedId('platform', 'card_clearing:USD');
 
-  async function paymentEvents(paymentId: string): Promise<string[]> {
+  /** The envelopes of a payment's events in the outbox, in the payment's order. */
+  async function paymentEnvelopes(paymentId: string) {
     const r = await pool.query('SELECT payload FROM outbox WHERE shard >= $1 ORDER BY sequence', [PAYMENT_OUTBOX_SHARD_BASE]);
     return r.rows
       .flatMap((row) => EventBatch.decode(row.payload as Buffer).events)
       .filter((e) => e.aggregateId === paymentId)
-      .sort((a, b) => Number(a.sequence - b.sequence))
-      .map((e) => `${e.sequence}:${e.type}`);
+      .sort((a, b) => Number(a.sequence - b.sequence));
+  }
+
+  async function paymentEvents(paymentId: string): Promise<string[]> {
+    return (await paymentEnvelopes(paymentId)).map((e) => `${e.sequence}:${e.type}`);
+  }
+
+  /** The payment events of a payment in order, as consumers read them. */
+  async function paymentEventPayloads(paymentId: string) {
+    return (await paymentEnvelopes(paymentId)).flatMap((e) => (e.payload?.$case === 'payment' ? [e.payload.value] : []));
   }
 
   before(async () => {
@@ -176,6 +185,14 @@ describe('payments (gRPC, on the ledger, with the rules-only risk scorer)', func
     assert.equal(p.declineCode, 'insufficient_funds');
     assert.deepEqual(await balances(source), [0n, 0n, 0n, 999n]);
     assert.deepEqual(await paymentEvents(p.id), ['1:payment.declined']);
+    // No fee was taken: the event says so (its step would have taken one, had the capture posted).
+    const [declined] = await paymentEventPayloads(p.id);
+    assert.deepEqual([declined?.operationFee, declined?.feeTransferId], [0n, '']);
+
+    // A payment that posts does carry its step's fee, on both events of the automatic capture.
+    const paid = await create({ merchantId: merchant, amount: 900n, source: { kind: { $case: 'accountId', value: source } }, captureMethod: CaptureMethod.CAPTURE_METHOD_AUTOMATIC });
+    assert.equal(paid.status, PaymentStatus.PAYMENT_STATUS_SUCCEEDED);
+    for (const e of await paymentEventPayloads(paid.id)) assert.deepEqual([e.operationFee, e.feeTransferId !== ''], [paid.fee, paid.fee > 0n]);
   });
 
   it('cancel releases the authorization; capture after cancel is refused; cancel again answers the canceled payment', async () => {

@@ -367,6 +367,8 @@ function paymentEventsMessage(shardCount: number, events: readonly { type: Payme
   const paymentId = events[0]!.payment.id;
   const batchId = randomUUID();
   const occurredAt = BigInt(Date.now()) * 1_000_000n;
+  // Only a capture takes the fee: a step that ended otherwise (declined, canceled at an expired capture) took none.
+  const feeTaken = events.some((e) => e.type === 'payment.captured') ? op.fee : 0n;
   const payload = EventBatch.encode({
     batchId,
     shard: shardOf(paymentId, shardCount),
@@ -392,7 +394,7 @@ function paymentEventsMessage(shardCount: number, events: readonly { type: Payme
             status: payment.status,
             operationId: op.id,
             operationAmount: op.amount,
-            operationFee: op.fee,
+            operationFee: feeTaken,
             declineCode: payment.declineCode ?? '',
             sourceAccountId: payment.sourceAccountId,
             destinationAccountId: payment.destinationAccountId,
@@ -406,7 +408,7 @@ function paymentEventsMessage(shardCount: number, events: readonly { type: Payme
             ipCountry: payment.ipCountry ?? '',
             merchantCategory: payment.merchantCategory ?? '',
             createdAt: payment.createdAt,
-            feeTransferId: op.fee > 0n ? feeTransferId(op.id) : '',
+            feeTransferId: feeTaken > 0n ? feeTransferId(op.id) : '',
           },
         },
       };
