@@ -12,6 +12,7 @@ export type DiscrepancyKind =
   | 'account_mismatch'
   | 'duplicate_event'
   | 'batch_total_mismatch'
+  | 'carried_chain_break'
   | 'payout_missing'
   | 'payout_mismatch'
   | 'unexpected_payout';
@@ -45,8 +46,8 @@ const PAGE = 1_000;
  * of that amount on that account, in the right direction; every event effective in the range the batch
  * accounts for must have its lines (in some batch: a late event's lines are in a later one); every posted
  * ledger transfer of the account in that range must be a line of some batch or a batch's payout; the batch's
- * totals must be its lines' sums; its payout must be in the ledger as recorded. Nothing is corrected: each
- * difference is listed with its ids.
+ * totals must be its lines' sums; what it carried in must be what the previous batch carried out; its payout
+ * must be in the ledger as recorded. Nothing is corrected: each difference is listed with its ids.
  *
  * The range a batch accounts for is its window plus what no batch covers before it: from the end of the
  * previous batch of the account and currency (from the beginning for the first batch) to its window's end.
@@ -68,6 +69,13 @@ export async function reconcileBatch(pool: Pool, ledger: SettlementLedger, batch
   ];
   for (const [name, recorded, fromLines] of totals) {
     if (recorded !== fromLines) report('batch_total_mismatch', `${name} is ${recorded}, its lines add up to ${fromLines}`, [batch.id], recorded, fromLines);
+  }
+
+  // 1b. The chain of carried amounts: what the batch took in as owed is what the account's previous batch left
+  // owed (and the payouts refused since). A break is money owed that appeared or vanished between two batches.
+  const chain = await store.carriedInto(pool, batch);
+  if (batch.carriedIn !== chain.carried) {
+    report('carried_chain_break', `carried_in is ${batch.carriedIn}, ${chain.previousId ? 'the previous batch carried out' : 'the first batch of the account carries in'} ${chain.carried}`, [batch.id, ...(chain.previousId ? [chain.previousId] : [])], chain.carried, batch.carriedIn);
   }
 
   // 2. Lines against the ledger: the same transfer, amount and account, in the direction of its kind.
