@@ -192,4 +192,24 @@ describe('settlement reconciliation over windows with no batch (real PostgreSQL 
 
     assert.deepEqual(await reconciled(m.accountId, [(await store.findBatch(suite.pool, a!.id))!, b!]), [[], []]);
   });
+
+  it("an entry effective in a closed batch's range that is not a line of that batch is reported (detached_entry), by that batch only", async () => {
+    const m = await merchantWithAccount();
+    const now = nowNanos();
+    const inA = now - 3n * MINUTE;
+    await captured(m, 1_000n, inA);
+    const { batch: a } = await settler.closeAccount(m.accountId, cutAfter(inA));
+    // A capture recorded after A was made, yet effective in A's window (as a consumer that read closed_through
+    // before the close, outside its transaction, would record it): A paid out without it.
+    const late = await captured(m, 700n, now + 2n * MINUTE);
+    const lateTransfer = (late.payload as { value: { operationId: string } }).value.operationId;
+    await suite.pool.query('UPDATE settlement_entries SET effective_at = $2 WHERE transfer_id = $1', [lateTransfer, inA + 1n]);
+    await suite.pool.query('UPDATE settlement_events SET effective_at = $2 WHERE event_id = $1', [late.eventId, inA + 1n]);
+    assert.deepEqual(await reconciled(m.accountId, [a!]), [[['detached_entry', `${lateTransfer},${late.eventId}`, 700n]]], 'in no batch');
+
+    // The next close takes it (late): A still reports it, now in B; B's own range is clean.
+    const { batch: b } = await settler.closeAccount(m.accountId, cutAfter(now + 2n * MINUTE));
+    assert.equal(b!.grossCaptured, 700n);
+    assert.deepEqual(await reconciled(m.accountId, [a!, b!]), [[['detached_entry', `${lateTransfer},${late.eventId},${b!.id}`, 700n]], []]);
+  });
 });

@@ -11,6 +11,7 @@ export type DiscrepancyKind =
   | 'amount_mismatch'
   | 'account_mismatch'
   | 'duplicate_event'
+  | 'detached_entry'
   | 'batch_total_mismatch'
   | 'carried_chain_break'
   | 'payout_missing'
@@ -100,6 +101,13 @@ export async function reconcileBatch(pool: Pool, ledger: SettlementLedger, batch
   const previousEnd = await store.previousBatchEnd(pool, batch);
   const from = previousEnd ?? 0n;
 
+  // An entry is effective when its event was (same transaction), and closing at the batch's cut took every entry
+  // effective before it: an entry its event made in this range belongs to this batch. Anywhere else, the payout
+  // that covered it went without it: in no batch, it is not paid yet; in a later batch, paid late (and the
+  // window's report is wrong); in a batch that does not exist, never paid.
+  const reportDetached = (transferId: string, eventId: string, kind: store.EntryKind, entry: { batchId: string | null; amount: bigint }) =>
+    report('detached_entry', `${kind} line effective in this batch's range is ${entry.batchId ? `in batch ${entry.batchId}` : 'in no batch'}, not in this one`, [transferId, eventId, ...(entry.batchId ? [entry.batchId] : [])], store.signedAmount(kind, entry.amount), 0n);
+
   // 3. Events consumed in the range against the lines (anywhere: late lines sit in a later batch).
   const events = await store.journalEvents(pool, batch.accountId, from, batch.windowEnd);
   const expectedLines = events.flatMap((e) => [
@@ -123,6 +131,7 @@ export async function reconcileBatch(pool: Pool, ledger: SettlementLedger, batch
     else if (entry.eventId !== expected.event.eventId && !inRange.has(entry.eventId)) {
       report('duplicate_event', `events ${entry.eventId} and ${expected.event.eventId} both report ${expected.kind} ${expected.transferId}; it was settled once`, [expected.transferId, entry.eventId, expected.event.eventId]);
     } else if (entry.amount !== expected.amount) report('amount_mismatch', `${expected.kind} line differs from its event`, [expected.transferId, expected.event.eventId], expected.amount, entry.amount);
+    if (entry && entry.eventId === expected.event.eventId && entry.batchId !== batch.id) reportDetached(expected.transferId, expected.event.eventId, expected.kind, entry);
   }
 
   // 4. The ledger's transfers of the account in the range against the lines and payouts of every batch.
