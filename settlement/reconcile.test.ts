@@ -42,8 +42,8 @@ describe('settlement reconciliation over windows with no batch (real PostgreSQL 
   }
 
   /** A capture posted in the ledger now, and its payment.captured event (occurred at `occurredAt`) consumed. */
-  async function captured(m: { merchantId: string; accountId: string; customerId: string }, amount: bigint, occurredAt: bigint, by = settler): Promise<EventEnvelope> {
-    const t = transfer({ ledger: EUR, debitAccountId: m.customerId, creditAccountId: m.accountId, amount, code: TransferCode.payment });
+  async function captured(m: { merchantId: string; accountId: string; customerId: string }, amount: bigint, occurredAt: bigint, by = settler, fields: Parameters<typeof transfer>[0] = {}): Promise<EventEnvelope> {
+    const t = transfer({ ledger: EUR, debitAccountId: m.customerId, creditAccountId: m.accountId, amount, code: TransferCode.payment, ...fields });
     assert.equal((await suite.ledger.client.createTransfers([t]))[0]?.code, 1);
     const e: EventEnvelope = {
       eventId: randomUUID(), type: 'payment.captured', aggregateId: randomUUID(), sequence: 1n, occurredAt, traceparent: '',
@@ -211,5 +211,26 @@ describe('settlement reconciliation over windows with no batch (real PostgreSQL 
     const { batch: b } = await settler.closeAccount(m.accountId, cutAfter(now + 2n * MINUTE));
     assert.equal(b!.grossCaptured, 700n);
     assert.deepEqual(await reconciled(m.accountId, [a!, b!]), [[['detached_entry', `${lateTransfer},${late.eventId},${b!.id}`, 700n]], []]);
+  });
+
+  it("a line whose ledger transfer is pending or voided (not a posted movement) is reported (transfer_not_posted)", async () => {
+    const m = await merchantWithAccount();
+    const now = nowNanos();
+    await captured(m, 1_000n, now - 3n * MINUTE);
+    // Captures reported on reservations: one still pending, one voided since. Neither moved the merchant's money.
+    const held = await captured(m, 300n, now - 3n * MINUTE, settler, { flags: { pending: true } });
+    const voided = await captured(m, 200n, now - 3n * MINUTE, settler, { flags: { pending: true } });
+    const idOf = (e: EventEnvelope) => (e.payload as { value: { operationId: string } }).value.operationId;
+    const paymentOf = (e: EventEnvelope) => (e.payload as { value: { paymentId: string } }).value.paymentId;
+    const release = transfer({ ledger: EUR, debitAccountId: m.customerId, creditAccountId: m.accountId, amount: 0n, code: TransferCode.payment, pendingId: idOf(voided), flags: { voidPendingTransfer: true } });
+    assert.equal((await suite.ledger.client.createTransfers([release]))[0]?.code, 1);
+    const { batch } = await settler.closeAccount(m.accountId, cutAfter(now - 3n * MINUTE));
+    assert.deepEqual([batch!.grossCaptured, batch!.payout], [1_500n, 1_000n]);
+
+    const found = (await reconcileBatch(suite.pool, suite.ledger.client, batch!)).discrepancies.map((d) => [d.kind, d.ids.join(','), d.expected, d.actual]);
+    assert.deepEqual(found.sort(), [
+      ['transfer_not_posted', `${idOf(held)},${paymentOf(held)},${held.eventId}`, 300n, 0n],
+      ['transfer_not_posted', `${idOf(voided)},${paymentOf(voided)},${voided.eventId}`, 200n, 0n],
+    ].sort());
   });
 });

@@ -1,6 +1,6 @@
 import type { Pool } from '../lib/db.js';
 import { platformAccountId, TransferCode } from '../ledger/payments/model.js';
-import type { Transfer } from '../proto/gen/ledger/v1/ledger.js';
+import { pendingStateToJSON, type Transfer } from '../proto/gen/ledger/v1/ledger.js';
 import type { SettlementLedger } from './settler.js';
 import * as store from './store.js';
 
@@ -10,6 +10,7 @@ export type DiscrepancyKind =
   | 'unsettled_ledger_transfer'
   | 'amount_mismatch'
   | 'account_mismatch'
+  | 'transfer_not_posted'
   | 'duplicate_event'
   | 'detached_entry'
   | 'batch_total_mismatch'
@@ -95,6 +96,12 @@ export async function reconcileBatch(pool: Pool, ledger: SettlementLedger, batch
       report('account_mismatch', `${line.kind} line: the ledger transfer ${line.kind === 'capture' ? 'credits' : 'debits'} ${onAccount}, not the settled account`, [line.transferId, batch.accountId]);
     }
     if (t.amount !== line.amount) report('amount_mismatch', `${line.kind} line differs from the ledger transfer`, [line.transferId, line.paymentId], t.amount, line.amount);
+    // A reservation (pending, whatever became of it) or the void of one moved no money: the batch settled a movement
+    // the ledger does not hold. A capture on a posted reservation should name the transfer that posted it.
+    if (t.flags?.pending || t.flags?.voidPendingTransfer) {
+      const what = t.flags.pending ? `a pending transfer (${pendingStateToJSON(t.pendingState).replace('PENDING_STATE_', '').toLowerCase()})` : 'the void of a pending transfer';
+      report('transfer_not_posted', `${line.kind} line's ledger transfer is ${what}, not a posted movement`, [line.transferId, line.paymentId, line.eventId], store.signedAmount(line.kind, line.amount), 0n);
+    }
   }
 
   // The range this batch accounts for: its window, and the windows skipped since the previous batch ended.
