@@ -156,6 +156,8 @@ const schema = z.object({
   SETTLEMENT_INTERVAL_MINUTES: positiveInt.max(10_080).default(60),
   /** How often ended windows are looked for and closed, and stuck payouts resubmitted. */
   SETTLEMENT_CLOSE_EVERY_MS: positiveInt.default(10_000),
+  /** How far in the future a payment event's time may be (producers' clock skew); a later one is dead-lettered. */
+  SETTLEMENT_MAX_EVENT_SKEW_MS: positiveInt.default(300_000),
   /** The platform's own bank account, the debtor of the payout files (pain.001). */
   SETTLEMENT_DEBTOR_NAME: z.string().min(1).max(140).default('Ledgerline Platform'),
   SETTLEMENT_DEBTOR_IBAN: z.string().default('DE89370400440532013000'),

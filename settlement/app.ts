@@ -29,6 +29,7 @@ export function settlementSettings(config: Config): SettlementSettings {
   return {
     defaultSchedule: parseSchedule({ kind: config.SETTLEMENT_WINDOW, timeZone: config.SETTLEMENT_TIME_ZONE, cutoff: config.SETTLEMENT_CUTOFF, intervalMinutes: config.SETTLEMENT_INTERVAL_MINUTES }),
     resumePayoutsAfterMs: Math.max(1_000, config.SETTLEMENT_CLOSE_EVERY_MS * 3),
+    maxEventSkewMs: config.SETTLEMENT_MAX_EVENT_SKEW_MS,
   };
 }
 

@@ -77,7 +77,7 @@ describe('settlement: a batch whose payout is still outstanding', function () {
       }),
     );
     // 15,000 captured, but 5,000 of it left the account (the merchant's own transfer): 10,000 available.
-    const day1 = ns('2027-05-10T00:00:00Z');
+    const day1 = ns('2025-05-10T00:00:00Z');
     const { balance, source } = await capturedPayment(settler, 15_000n, 15_000n, day1);
     await ledger.client.createTransfers([transfer({ ledger: EUR, debitAccountId: balance, creditAccountId: source, amount: 5_000n })]);
 
@@ -112,7 +112,7 @@ describe('settlement: a batch whose payout is still outstanding', function () {
         return Promise.resolve(t.map((_, index) => ({ index, code: CreateTransferResultCode.CREATE_TRANSFER_RESULT_CODE_ACCOUNT_CLOSED, timestamp: 0n })));
       }),
     );
-    const day1 = ns('2027-06-10T00:00:00Z');
+    const day1 = ns('2025-06-10T00:00:00Z');
     const { balance } = await capturedPayment(settler, 10_000n, 10_000n, day1);
 
     const { batch: first } = await settler.closeAccount(balance, day1 + DAY);
@@ -136,7 +136,7 @@ describe('settlement: a batch whose payout is still outstanding', function () {
     const settler = settlerOn(
       ledgerWith((t) => (phase === 'all fail' || t.some((x) => x.id === stuckPayout) ? Promise.reject(new Error('payout refused by a bug (simulated)')) : undefined)),
     );
-    const day1 = ns('2027-07-10T00:00:00Z');
+    const day1 = ns('2025-07-10T00:00:00Z');
     const batches: store.Batch[] = [];
     for (let i = 0; i < 2; i++) {
       const { balance } = await capturedPayment(settler, 1_000n, 1_000n, day1);

@@ -5,11 +5,12 @@ import { withTransaction } from '../lib/db.js';
 import { createLogger } from '../lib/logger.js';
 import { TransferCode, nowNanos } from '../ledger/payments/model.js';
 import type { EventEnvelope } from '../proto/gen/events/v1/events.js';
+import { CreateTransferResultCode } from '../proto/gen/ledger/v1/ledger.js';
 import { account, ledgerForSuite, transfer } from '../test/ledger-harness.js';
 import { reconcileBatch } from './reconcile.js';
-import { Settler } from './settler.js';
+import { Settler, type SettlementLedger } from './settler.js';
 import * as store from './store.js';
-import { parseSchedule } from './windows.js';
+import { parseSchedule, windowContaining } from './windows.js';
 
 const EUR = 978;
 const MINUTE = 60_000_000_000n;
@@ -41,8 +42,8 @@ describe('settlement reconciliation over windows with no batch (real PostgreSQL 
   }
 
   /** A capture posted in the ledger now, and its payment.captured event (occurred at `occurredAt`) consumed. */
-  async function captured(m: { merchantId: string; accountId: string; customerId: string }, amount: bigint, occurredAt: bigint): Promise<EventEnvelope> {
-    const t = transfer({ ledger: EUR, debitAccountId: m.customerId, creditAccountId: m.accountId, amount, code: TransferCode.payment });
+  async function captured(m: { merchantId: string; accountId: string; customerId: string }, amount: bigint, occurredAt: bigint, by = settler, fields: Parameters<typeof transfer>[0] = {}): Promise<EventEnvelope> {
+    const t = transfer({ ledger: EUR, debitAccountId: m.customerId, creditAccountId: m.accountId, amount, code: TransferCode.payment, ...fields });
     assert.equal((await suite.ledger.client.createTransfers([t]))[0]?.code, 1);
     const e: EventEnvelope = {
       eventId: randomUUID(), type: 'payment.captured', aggregateId: randomUUID(), sequence: 1n, occurredAt, traceparent: '',
@@ -53,9 +54,12 @@ describe('settlement reconciliation over windows with no batch (real PostgreSQL 
         merchantCategory: '', createdAt: occurredAt, feeTransferId: '',
       } },
     };
-    await withTransaction(suite.pool, (tx) => settler.handle(e, tx));
+    await withTransaction(suite.pool, (tx) => by.handle(e, tx));
     return e;
   }
+
+  /** The end of the one-minute window containing `at`: the cut that closes it. */
+  const cutAfter = (at: bigint) => windowContaining({ kind: 'interval', minutes: 1 }, at).end;
 
   /** A refund of the merchant's money posted in the ledger now, whose payment.refunded event is never consumed. */
   async function lostRefund(m: { accountId: string; customerId: string }, amount: bigint): Promise<{ id: string; timestamp: bigint }> {
@@ -141,5 +145,92 @@ describe('settlement reconciliation over windows with no batch (real PostgreSQL 
     assert.equal(ledgerTransfersChecked, 1_302, 'the 1,300 transfers, the capture and the payout');
     assert.deepEqual(new Set(discrepancies.map((d) => d.kind)), new Set(['unsettled_ledger_transfer']));
     assert.equal(discrepancies.length, 1_300);
+  });
+
+  it("a batch whose carried_in is not what the account's previous batch carried out is reported (carried_chain_break)", async () => {
+    const m = await merchantWithAccount();
+    const now = nowNanos();
+    await captured(m, 1_000n, now - 3n * MINUTE);
+    const { batch: a } = await settler.closeAccount(m.accountId, cutAfter(now - 3n * MINUTE));
+    assert.deepEqual([a!.payout, a!.carriedOut], [1_000n, 0n]);
+    // Between the batches, 250 appears in what the account carries (a hand-made "correction", a bug): the next
+    // batch takes it in as owed to the merchant, and pays it out of the merchant's other money.
+    await suite.pool.query('UPDATE settlement_accounts SET carried = carried + 250 WHERE account_id = $1', [m.accountId]);
+    await captured(m, 500n, now + 2n * MINUTE);
+    const { batch: b } = await settler.closeAccount(m.accountId, cutAfter(now + 2n * MINUTE));
+    assert.equal(b!.carriedIn, 250n);
+
+    assert.deepEqual(await reconciled(m.accountId, [a!, b!]), [[], [['carried_chain_break', `${b!.id},${a!.id}`, 0n]]]);
+    const [found] = (await reconcileBatch(suite.pool, suite.ledger.client, b!)).discrepancies;
+    assert.deepEqual([found!.expected, found!.actual], [0n, 250n]);
+  });
+
+  it('a refused payout carried into the next batch keeps the chain of carried amounts (no discrepancy)', async () => {
+    const m = await merchantWithAccount();
+    const { client } = suite.ledger;
+    // The ledger refuses this account's first payout: its amount is carried into the next batch.
+    let refuse = true;
+    const refusing = {
+      createAccounts: (x) => client.createAccounts(x),
+      lookupAccounts: (x) => client.lookupAccounts(x),
+      lookupTransfers: (x) => client.lookupTransfers(x),
+      getAccountTransfers: (x) => client.getAccountTransfers(x),
+      createTransfers: (t) => {
+        if (!refuse || !t.some((x) => x.code === TransferCode.payout && x.debitAccountId === m.accountId)) return client.createTransfers(t);
+        refuse = false;
+        return Promise.resolve(t.map((_, index) => ({ index, code: CreateTransferResultCode.CREATE_TRANSFER_RESULT_CODE_ACCOUNT_CLOSED, timestamp: 0n })));
+      },
+    } as SettlementLedger;
+    const refusingSettler = new Settler(suite.pool, refusing, { defaultSchedule: parseSchedule({ kind: 'interval', intervalMinutes: 1 }), resumePayoutsAfterMs: 1_000 }, createLogger('settlement-test', 'silent'));
+    const now = nowNanos();
+    await captured(m, 1_000n, now - 3n * MINUTE, refusingSettler);
+    const { batch: a } = await refusingSettler.closeAccount(m.accountId, cutAfter(now - 3n * MINUTE));
+    assert.equal(a!.status, 'payout_failed');
+    await captured(m, 500n, now + 2n * MINUTE, refusingSettler);
+    const { batch: b } = await refusingSettler.closeAccount(m.accountId, cutAfter(now + 2n * MINUTE));
+    assert.deepEqual([b!.carriedIn, b!.payout, b!.status], [1_000n, 1_500n, 'paid']);
+
+    assert.deepEqual(await reconciled(m.accountId, [(await store.findBatch(suite.pool, a!.id))!, b!]), [[], []]);
+  });
+
+  it("an entry effective in a closed batch's range that is not a line of that batch is reported (detached_entry), by that batch only", async () => {
+    const m = await merchantWithAccount();
+    const now = nowNanos();
+    const inA = now - 3n * MINUTE;
+    await captured(m, 1_000n, inA);
+    const { batch: a } = await settler.closeAccount(m.accountId, cutAfter(inA));
+    // A capture recorded after A was made, yet effective in A's window (as a consumer that read closed_through
+    // before the close, outside its transaction, would record it): A paid out without it.
+    const late = await captured(m, 700n, now + 2n * MINUTE);
+    const lateTransfer = (late.payload as { value: { operationId: string } }).value.operationId;
+    await suite.pool.query('UPDATE settlement_entries SET effective_at = $2 WHERE transfer_id = $1', [lateTransfer, inA + 1n]);
+    await suite.pool.query('UPDATE settlement_events SET effective_at = $2 WHERE event_id = $1', [late.eventId, inA + 1n]);
+    assert.deepEqual(await reconciled(m.accountId, [a!]), [[['detached_entry', `${lateTransfer},${late.eventId}`, 700n]]], 'in no batch');
+
+    // The next close takes it (late): A still reports it, now in B; B's own range is clean.
+    const { batch: b } = await settler.closeAccount(m.accountId, cutAfter(now + 2n * MINUTE));
+    assert.equal(b!.grossCaptured, 700n);
+    assert.deepEqual(await reconciled(m.accountId, [a!, b!]), [[['detached_entry', `${lateTransfer},${late.eventId},${b!.id}`, 700n]], []]);
+  });
+
+  it("a line whose ledger transfer is pending or voided (not a posted movement) is reported (transfer_not_posted)", async () => {
+    const m = await merchantWithAccount();
+    const now = nowNanos();
+    await captured(m, 1_000n, now - 3n * MINUTE);
+    // Captures reported on reservations: one still pending, one voided since. Neither moved the merchant's money.
+    const held = await captured(m, 300n, now - 3n * MINUTE, settler, { flags: { pending: true } });
+    const voided = await captured(m, 200n, now - 3n * MINUTE, settler, { flags: { pending: true } });
+    const idOf = (e: EventEnvelope) => (e.payload as { value: { operationId: string } }).value.operationId;
+    const paymentOf = (e: EventEnvelope) => (e.payload as { value: { paymentId: string } }).value.paymentId;
+    const release = transfer({ ledger: EUR, debitAccountId: m.customerId, creditAccountId: m.accountId, amount: 0n, code: TransferCode.payment, pendingId: idOf(voided), flags: { voidPendingTransfer: true } });
+    assert.equal((await suite.ledger.client.createTransfers([release]))[0]?.code, 1);
+    const { batch } = await settler.closeAccount(m.accountId, cutAfter(now - 3n * MINUTE));
+    assert.deepEqual([batch!.grossCaptured, batch!.payout], [1_500n, 1_000n]);
+
+    const found = (await reconcileBatch(suite.pool, suite.ledger.client, batch!)).discrepancies.map((d) => [d.kind, d.ids.join(','), d.expected, d.actual]);
+    assert.deepEqual(found.sort(), [
+      ['transfer_not_posted', `${idOf(held)},${paymentOf(held)},${held.eventId}`, 300n, 0n],
+      ['transfer_not_posted', `${idOf(voided)},${paymentOf(voided)},${voided.eventId}`, 200n, 0n],
+    ].sort());
   });
 });

@@ -1,6 +1,6 @@
 import type { Pool } from '../lib/db.js';
 import { platformAccountId, TransferCode } from '../ledger/payments/model.js';
-import type { Transfer } from '../proto/gen/ledger/v1/ledger.js';
+import { pendingStateToJSON, type Transfer } from '../proto/gen/ledger/v1/ledger.js';
 import type { SettlementLedger } from './settler.js';
 import * as store from './store.js';
 
@@ -10,8 +10,11 @@ export type DiscrepancyKind =
   | 'unsettled_ledger_transfer'
   | 'amount_mismatch'
   | 'account_mismatch'
+  | 'transfer_not_posted'
   | 'duplicate_event'
+  | 'detached_entry'
   | 'batch_total_mismatch'
+  | 'carried_chain_break'
   | 'payout_missing'
   | 'payout_mismatch'
   | 'unexpected_payout';
@@ -45,8 +48,8 @@ const PAGE = 1_000;
  * of that amount on that account, in the right direction; every event effective in the range the batch
  * accounts for must have its lines (in some batch: a late event's lines are in a later one); every posted
  * ledger transfer of the account in that range must be a line of some batch or a batch's payout; the batch's
- * totals must be its lines' sums; its payout must be in the ledger as recorded. Nothing is corrected: each
- * difference is listed with its ids.
+ * totals must be its lines' sums; what it carried in must be what the previous batch carried out; its payout
+ * must be in the ledger as recorded. Nothing is corrected: each difference is listed with its ids.
  *
  * The range a batch accounts for is its window plus what no batch covers before it: from the end of the
  * previous batch of the account and currency (from the beginning for the first batch) to its window's end.
@@ -70,6 +73,13 @@ export async function reconcileBatch(pool: Pool, ledger: SettlementLedger, batch
     if (recorded !== fromLines) report('batch_total_mismatch', `${name} is ${recorded}, its lines add up to ${fromLines}`, [batch.id], recorded, fromLines);
   }
 
+  // 1b. The chain of carried amounts: what the batch took in as owed is what the account's previous batch left
+  // owed (and the payouts refused since). A break is money owed that appeared or vanished between two batches.
+  const chain = await store.carriedInto(pool, batch);
+  if (batch.carriedIn !== chain.carried) {
+    report('carried_chain_break', `carried_in is ${batch.carriedIn}, ${chain.previousId ? 'the previous batch carried out' : 'the first batch of the account carries in'} ${chain.carried}`, [batch.id, ...(chain.previousId ? [chain.previousId] : [])], chain.carried, batch.carriedIn);
+  }
+
   // 2. Lines against the ledger: the same transfer, amount and account, in the direction of its kind.
   const ledgerById = new Map<string, Transfer>();
   for (let i = 0; i < lines.length; i += LOOKUP_CHUNK) {
@@ -86,11 +96,24 @@ export async function reconcileBatch(pool: Pool, ledger: SettlementLedger, batch
       report('account_mismatch', `${line.kind} line: the ledger transfer ${line.kind === 'capture' ? 'credits' : 'debits'} ${onAccount}, not the settled account`, [line.transferId, batch.accountId]);
     }
     if (t.amount !== line.amount) report('amount_mismatch', `${line.kind} line differs from the ledger transfer`, [line.transferId, line.paymentId], t.amount, line.amount);
+    // A reservation (pending, whatever became of it) or the void of one moved no money: the batch settled a movement
+    // the ledger does not hold. A capture on a posted reservation should name the transfer that posted it.
+    if (t.flags?.pending || t.flags?.voidPendingTransfer) {
+      const what = t.flags.pending ? `a pending transfer (${pendingStateToJSON(t.pendingState).replace('PENDING_STATE_', '').toLowerCase()})` : 'the void of a pending transfer';
+      report('transfer_not_posted', `${line.kind} line's ledger transfer is ${what}, not a posted movement`, [line.transferId, line.paymentId, line.eventId], store.signedAmount(line.kind, line.amount), 0n);
+    }
   }
 
   // The range this batch accounts for: its window, and the windows skipped since the previous batch ended.
   const previousEnd = await store.previousBatchEnd(pool, batch);
   const from = previousEnd ?? 0n;
+
+  // An entry is effective when its event was (same transaction), and closing at the batch's cut took every entry
+  // effective before it: an entry its event made in this range belongs to this batch. Anywhere else, the payout
+  // that covered it went without it: in no batch, it is not paid yet; in a later batch, paid late (and the
+  // window's report is wrong); in a batch that does not exist, never paid.
+  const reportDetached = (transferId: string, eventId: string, kind: store.EntryKind, entry: { batchId: string | null; amount: bigint }) =>
+    report('detached_entry', `${kind} line effective in this batch's range is ${entry.batchId ? `in batch ${entry.batchId}` : 'in no batch'}, not in this one`, [transferId, eventId, ...(entry.batchId ? [entry.batchId] : [])], store.signedAmount(kind, entry.amount), 0n);
 
   // 3. Events consumed in the range against the lines (anywhere: late lines sit in a later batch).
   const events = await store.journalEvents(pool, batch.accountId, from, batch.windowEnd);
@@ -115,6 +138,7 @@ export async function reconcileBatch(pool: Pool, ledger: SettlementLedger, batch
     else if (entry.eventId !== expected.event.eventId && !inRange.has(entry.eventId)) {
       report('duplicate_event', `events ${entry.eventId} and ${expected.event.eventId} both report ${expected.kind} ${expected.transferId}; it was settled once`, [expected.transferId, entry.eventId, expected.event.eventId]);
     } else if (entry.amount !== expected.amount) report('amount_mismatch', `${expected.kind} line differs from its event`, [expected.transferId, expected.event.eventId], expected.amount, entry.amount);
+    if (entry && entry.eventId === expected.event.eventId && entry.batchId !== batch.id) reportDetached(expected.transferId, expected.event.eventId, expected.kind, entry);
   }
 
   // 4. The ledger's transfers of the account in the range against the lines and payouts of every batch.

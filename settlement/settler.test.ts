@@ -4,7 +4,7 @@ import { Metadata, status } from '@grpc/grpc-js';
 import { after, before, describe, it } from 'mocha';
 import { withTransaction, type Pool } from '../lib/db.js';
 import { createLogger } from '../lib/logger.js';
-import { feeTransferId, platformAccountId } from '../ledger/payments/model.js';
+import { feeTransferId, nowNanos, platformAccountId } from '../ledger/payments/model.js';
 import type { EventEnvelope } from '../proto/gen/events/v1/events.js';
 import { account, startTestLedger, transfer, type TestLedger } from '../test/ledger-harness.js';
 import { testPool } from '../test/support.js';
@@ -72,6 +72,18 @@ describe('settlement windows and payouts (real PostgreSQL and ledger)', function
   const batchesOf = async (accountId: string) =>
     (await pool.query('SELECT id FROM settlement_batches WHERE account_id = $1 ORDER BY window_end', [accountId])).rows.map((r) => r.id as string);
   const linesOf = async (batchId: string) => (await store.batchEntries(pool, batchId)).map((l) => `${l.kind}:${l.amount}`).sort();
+
+  it('an event dated beyond the allowed clock skew is refused (to be dead-lettered), and opens no window years ahead', async () => {
+    const m = await merchantWithAccount(0n);
+    const years = 2n * 365n * 86_400_000_000_000n;
+    const skewed = event('payment.captured', m, 10_000n, 100n, nowNanos() + years);
+    await assert.rejects(consume(skewed), /in the future/);
+    const recorded = await pool.query('SELECT (SELECT count(*) FROM settlement_accounts WHERE account_id = $1)::int8 AS accounts, (SELECT count(*) FROM settlement_events WHERE event_id = $2)::int8 AS events', [m.accountId, skewed.eventId]);
+    assert.deepEqual(recorded.rows[0], { accounts: 0n, events: 0n });
+    // Within the skew (a producer's clock a little ahead), the event is taken as it is.
+    await consume(event('payment.captured', m, 10_000n, 100n, nowNanos() + 60_000_000_000n));
+    assert.equal((await pool.query('SELECT 1 FROM settlement_accounts WHERE account_id = $1', [m.accountId])).rowCount, 1);
+  });
 
   it('an event exactly at the cut-off goes to the next window; a late event goes to the first open window, never lost, never twice', async () => {
     const m = await merchantWithAccount(1_000_000n);

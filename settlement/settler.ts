@@ -19,6 +19,11 @@ export interface SettlementSettings {
   defaultSchedule: Schedule;
   /** A batch whose payout is unconfirmed this long is submitted again (derived transfer id: at most once). */
   resumePayoutsAfterMs: number;
+  /**
+   * How far ahead of this process's clock an event's occurred_at may be (producers' clocks drift a little); an
+   * event dated later is refused, and dead-lettered by the consumer. Default DEFAULT_MAX_EVENT_SKEW_MS.
+   */
+  maxEventSkewMs?: number;
   /** Told of every batch made (scheduled or on demand), with its payout's outcome: metrics. */
   onBatch?: (batch: store.Batch) => void;
 }
@@ -26,6 +31,9 @@ export interface SettlementSettings {
 /** The event types that move money on a merchant's settled account. */
 const SETTLED_TYPES = new Set(['payment.captured', 'payment.refunded']);
 const PROFILE_CACHE_MS = 30_000;
+/** Minutes of drift between the producer's clock and settlement's; an event dated further ahead is refused. */
+export const DEFAULT_MAX_EVENT_SKEW_MS = 5 * 60_000;
+const NS_PER_MS = 1_000_000n;
 
 /**
  * Settlement's core. Consuming: each payment.captured / payment.refunded event becomes entries on the account
@@ -49,7 +57,7 @@ export class Settler {
   /** The consumer's handler: runs in the consumer's transaction, beside its inbox row. */
   readonly handle = async (event: EventEnvelope, tx: PoolClient): Promise<void> => {
     if (!SETTLED_TYPES.has(event.type)) return;
-    const consumed = settledMovement(event);
+    const consumed = settledMovement(event, nowNanos() + BigInt(this.settings.maxEventSkewMs ?? DEFAULT_MAX_EVENT_SKEW_MS) * NS_PER_MS);
     const schedule = await this.scheduleOf(consumed.merchantId, tx);
     const account = await store.openAccount(tx, consumed.accountId, consumed.merchantId, consumed.currency, windowContaining(schedule, consumed.occurredAt).start);
     invariant(
@@ -272,8 +280,14 @@ function isOutage(error: unknown): boolean {
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
-/** The money movement an event describes, validated: a malformed event fails (and is dead-lettered), never guessed. */
-function settledMovement(event: EventEnvelope): store.ConsumedEvent {
+/**
+ * The money movement an event describes, validated: a malformed event fails (and is dead-lettered), never guessed.
+ * That includes an occurred_at after `latest` (a producer's clock far ahead): taken as it is, it would settle in a
+ * window that closes only then (for a new account, every later event too, each late to that window), and moving
+ * it to now would be a guess. The movement's ledger transfer shows in reconciliation (unsettled_ledger_transfer)
+ * until the event is published again with its time corrected.
+ */
+function settledMovement(event: EventEnvelope, latest: bigint): store.ConsumedEvent {
   const p = event.payload?.$case === 'payment' ? event.payload.value : undefined;
   const bad = (why: string) => new InternalError(`event ${event.eventId} (${event.type}): ${why}`);
   if (!p) throw bad('no payment payload');
@@ -283,6 +297,7 @@ function settledMovement(event: EventEnvelope): store.ConsumedEvent {
   if (p.operationAmount <= 0n) throw bad(`operation_amount ${p.operationAmount} is not positive`);
   if (p.operationFee < 0n || p.operationFee > p.operationAmount) throw bad(`operation_fee ${p.operationFee} outside 0..${p.operationAmount}`);
   if (event.occurredAt <= 0n) throw bad('no occurred_at');
+  if (event.occurredAt > latest) throw bad(`occurred_at ${event.occurredAt} is in the future (later than ${latest}, the clock skew allowed)`);
   currencyOf(p.currency);
   const captured = event.type === 'payment.captured';
   return {

@@ -290,6 +290,28 @@ export async function previousBatchEnd(db: Queryable, batch: Pick<Batch, 'accoun
   return (r.rows[0]?.previous_end as bigint | null) ?? null;
 }
 
+/**
+ * What the account should have carried into `batch`: what its previous batch (of the account and currency)
+ * carried out, plus the payouts the ledger refused since that batch was made (a refused payout's amount is
+ * carried to the account's next batch: markPayoutFailed, whose updated_at is when it was refused), 0 before
+ * its first batch. Both write the account row (SERIALIZABLE), so a refusal committed before a batch is in it.
+ */
+export async function carriedInto(db: Queryable, batch: Pick<Batch, 'id' | 'accountId' | 'currency' | 'windowStart'>): Promise<{ previousId: string | null; carried: bigint }> {
+  const r = await db.query(
+    `WITH previous AS (
+       SELECT id, carried_out, created_at FROM settlement_batches WHERE account_id = $2 AND currency = $3 AND window_end <= $4 ORDER BY window_end DESC LIMIT 1
+     )
+     SELECT (SELECT id FROM previous) AS previous_id,
+            coalesce((SELECT carried_out FROM previous), 0) + coalesce((
+              SELECT sum(f.payout) FROM settlement_batches f, settlement_batches b
+              WHERE b.id = $1 AND f.account_id = $2 AND f.status = 'payout_failed' AND f.updated_at < b.created_at
+                AND ((SELECT created_at FROM previous) IS NULL OR f.updated_at >= (SELECT created_at FROM previous))
+            ), 0)::INT8 AS carried`,
+    [batch.id, batch.accountId, batch.currency, batch.windowStart],
+  );
+  return { previousId: (r.rows[0]?.previous_id as string | null) ?? null, carried: r.rows[0]?.carried as bigint };
+}
+
 /** A merchant's batches, newest first, after the batch `startingAfter` (exclusive). */
 export async function listBatches(db: Queryable, merchantId: string, limit: number, startingAfter: Batch | null): Promise<Batch[]> {
   const r = await db.query(
