@@ -16,7 +16,7 @@ import { createLogger } from '../lib/logger.js';
 import { LedgerServiceService } from '../proto/gen/ledger/v1/ledger.js';
 import type { BatchTask } from './batch.js';
 import { accountsWithBalanceRules } from './queries.js';
-import { LedgerRouter } from './router.js';
+import { LedgerRouter, shardOf } from './router.js';
 import { createLedgerService } from './service.js';
 import type { WorkerReply } from './worker.js';
 
@@ -165,6 +165,31 @@ describe('ledger failure behaviour', function () {
     } finally {
       await ledger.close();
       await proxy.cut().catch(() => undefined);
+    }
+  });
+
+  it('a shard locked by a session that went quiet: the batch times out with UNAVAILABLE and retry-after, then succeeds once the lock is gone', async () => {
+    // A vanished client (behind a middlebox) keeps its locks until DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS: the
+    // batches of its shard wait until their statement timeout, and their callers must be told to retry.
+    const ledger = await startTestLedger({ DATABASE_STATEMENT_TIMEOUT_MS: '500' }, { autoBatch: false });
+    const holder = await pool.connect();
+    try {
+      const accounts = await createAccounts(ledger.client, 2);
+      const request = [transfer({ debitAccountId: accounts[0]!, creditAccountId: accounts[1]!, amount: 1n })];
+      await holder.query('BEGIN');
+      await holder.query('SELECT 1 FROM ledger_shards WHERE shard = $1 FOR UPDATE', [shardOf(accounts[0]!, 8)]);
+      await assert.rejects(ledger.client.createTransfers(request), (e: ServiceError) => {
+        assert.equal(e.code, status.UNAVAILABLE, e.message);
+        assert.equal(e.metadata.get('retry-after').length, 1, 'no retry-after');
+        return true;
+      });
+      await holder.query('ROLLBACK');
+      await settle(ledger.client, [request]);
+      await assertAppliedExactlyOnce(request, accounts);
+    } finally {
+      await holder.query('ROLLBACK').catch(() => undefined);
+      holder.release();
+      await ledger.close();
     }
   });
 });

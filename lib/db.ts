@@ -92,7 +92,14 @@ export function isConnectionError(error: unknown): boolean {
 const isInsufficientResources = (error: unknown) => sqlState(error)?.startsWith('53') ?? false;
 
 /**
- * A database failure as callers see it: unreachable, contended past the retries, or short of resources is
+ * SQLSTATE 57014, query_canceled: a statement past DATABASE_STATEMENT_TIMEOUT_MS, typically waiting for a lock that a
+ * vanished session holds until the database ends it (DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS). Its transaction
+ * rolled back, so it is passing like contention, not a bug of the request.
+ */
+const isStatementTimeout = (error: unknown) => sqlState(error) === '57014';
+
+/**
+ * A database failure as callers see it: unreachable, contended past the retries, short of resources or timed out is
  * UNAVAILABLE with Retry-After (nothing was committed, so the same request may be sent again); anything else
  * is returned as it is (an AppError already, or a bug).
  */
@@ -101,6 +108,7 @@ export function asAppError(error: unknown): unknown {
   if (isConnectionError(error)) return new UnavailableError('database_unavailable', 'database unavailable', 1, { cause: error });
   if (isSerializationFailure(error)) return new UnavailableError('contention', 'conflicting concurrent update; retry', 1, { cause: error });
   if (isInsufficientResources(error)) return new UnavailableError('database_overloaded', 'database short of resources; retry', 1, { cause: error });
+  if (isStatementTimeout(error)) return new UnavailableError('database_timeout', 'database statement timed out; retry', 1, { cause: error });
   return error;
 }
 
