@@ -168,6 +168,28 @@ describe('ledger failure behaviour', function () {
     }
   });
 
+  it('a connection that goes silent mid-batch (a middlebox dropped it): the call fails with UNAVAILABLE, the shard is not stuck', async () => {
+    // One thread with one connection: the next batch surely runs on the connection that goes silent.
+    const proxy = await TcpProxy.start(new URL(testConfig().DATABASE_URL));
+    const env = { DATABASE_URL: proxy.via(testConfig().DATABASE_URL), DATABASE_STATEMENT_TIMEOUT_MS: '1000', LEDGER_WORKERS: '1', LEDGER_WORKER_CONCURRENCY: '1' };
+    const ledger = await startTestLedger(env, { autoBatch: false, deadlineMs: 30_000 });
+    try {
+      const accounts = await createAccounts(ledger.client, 2);
+      proxy.freeze();
+      const request = [transfer({ debitAccountId: accounts[0]!, creditAccountId: accounts[1]!, amount: 1n })];
+      await assert.rejects(ledger.client.createTransfers(request), (e: ServiceError) => {
+        assert.equal(e.code, status.UNAVAILABLE, e.message);
+        return true;
+      });
+      // The shard's next batches run on a new connection.
+      await settle(ledger.client, [request]);
+      await assertAppliedExactlyOnce(request, accounts);
+    } finally {
+      await proxy.cut();
+      await ledger.close();
+    }
+  });
+
   it('a shard locked by a session that went quiet: the batch times out with UNAVAILABLE and retry-after, then succeeds once the lock is gone', async () => {
     // A vanished client (behind a middlebox) keeps its locks until DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS: the
     // batches of its shard wait until their statement timeout, and their callers must be told to retry.
