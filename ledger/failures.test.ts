@@ -168,6 +168,25 @@ describe('ledger failure behaviour', function () {
     }
   });
 
+  it('the database ends the workers\' idle connections (a restart): later calls get new connections, none fails', async () => {
+    const ledger = await startTestLedger({}, { autoBatch: false });
+    try {
+      const accounts = await createAccounts(ledger.client, 20);
+      // Concurrent requests over every shard: each worker opens several connections, idle after.
+      const burst = () => Promise.all(Array.from({ length: 16 }, () => ledger.client.createTransfers(randomTransfers(accounts, 20)).then(() => 'ok', (e: ServiceError) => `${status[e.code]} ${e.details}`)));
+      assert.deepEqual(new Set(await burst()), new Set(['ok']));
+      const workerSessions = "FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'ledger-worker'";
+      const ended = await pool.query(`SELECT pg_terminate_backend(pid) ${workerSessions}`);
+      assert.ok(ended.rowCount! > 0, 'the workers had no connection open');
+      while ((await pool.query(`SELECT 1 ${workerSessions}`)).rowCount! > 0) await new Promise((r) => setTimeout(r, 50));
+      // The workers hear of the closed connections while idle (a second is ample); those are not handed out again.
+      await new Promise((r) => setTimeout(r, 1000));
+      assert.deepEqual(new Set(await burst()), new Set(['ok']));
+    } finally {
+      await ledger.close();
+    }
+  });
+
   it('a connection that goes silent mid-batch (a middlebox dropped it): the call fails with UNAVAILABLE, the shard is not stuck', async () => {
     // One thread with one connection: the next batch surely runs on the connection that goes silent.
     const proxy = await TcpProxy.start(new URL(testConfig().DATABASE_URL));
