@@ -75,4 +75,25 @@ describe('ledger client: auto-batching', () => {
     assert.equal(second.status === 'rejected' && (second.reason as ServiceError).code, status.DEADLINE_EXCEEDED, `the second call was answered ${JSON.stringify(second.status === 'fulfilled' ? second.value.map((r) => r.code) : String(second.reason))}`);
     assert.equal(requests, 1, 'the expired call was still sent (and its transfer written) after its caller had given up');
   });
+
+  it('a merged request refused as malformed is not sent again for a caller whose deadline passed meanwhile', async () => {
+    const received: string[][] = [];
+    const client = await standIn({
+      createTransfers: (call: ServerUnaryCall<CreateTransfersRequest, CreateTransfersResponse>, done: sendUnaryData<CreateTransfersResponse>) => {
+        const ids = call.request.transfers.map((t) => t.id);
+        received.push(ids);
+        // The merged request is refused (one caller's events are malformed), after the short caller's deadline.
+        if (ids.length > 1) setTimeout(() => done({ code: status.INVALID_ARGUMENT, details: 'transfers.1.id: malformed' }), 300);
+        else allOk(call, done);
+      },
+    });
+    const t = () => newTransfer({ id: randomUUID(), debitAccountId: randomUUID(), creditAccountId: randomUUID(), amount: 1n, ledger: 978, code: 1 });
+    const [short, long] = [t(), t()];
+    const [shortOutcome, longOutcome] = await Promise.allSettled([client.createTransfers([short], { deadlineMs: 100 }), client.createTransfers([long], { deadlineMs: 5_000 })]);
+    assert.equal(shortOutcome.status === 'rejected' && (shortOutcome.reason as ServiceError).code, status.DEADLINE_EXCEEDED);
+    assert.equal(longOutcome.status, 'fulfilled');
+    // Give a request sent for the short call time to arrive.
+    await new Promise((r) => setTimeout(r, 200));
+    assert.deepEqual(received, [[short.id, long.id], [long.id]], 'the call answered DEADLINE_EXCEEDED was sent again after its caller had given up');
+  });
 });

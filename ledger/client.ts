@@ -240,7 +240,10 @@ export class LedgerClient {
       }
     } catch (error) {
       if ((error as ServiceError).code === status.INVALID_ARGUMENT) {
-        await Promise.all(calls.map((c) => this.sendTransfers(c.transfers, remaining(c)).then(c.resolve, c.reject)));
+        // Not for a call whose deadline passed while the merged request ran: its caller has been answered
+        // DEADLINE_EXCEEDED, and sent now it would be written unknown to anyone.
+        const resend = (c: QueuedCall) => (c.deadline <= Date.now() ? Promise.reject(deadlineExceeded()) : this.sendTransfers(c.transfers, remaining(c)));
+        await Promise.all(calls.map((c) => resend(c).then(c.resolve, c.reject)));
       } else {
         for (const c of calls) c.reject(error);
       }

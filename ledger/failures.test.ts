@@ -16,7 +16,7 @@ import { createLogger } from '../lib/logger.js';
 import { LedgerServiceService } from '../proto/gen/ledger/v1/ledger.js';
 import type { BatchTask } from './batch.js';
 import { accountsWithBalanceRules } from './queries.js';
-import { LedgerRouter } from './router.js';
+import { LedgerRouter, shardOf } from './router.js';
 import { createLedgerService } from './service.js';
 import type { WorkerReply } from './worker.js';
 
@@ -165,6 +165,72 @@ describe('ledger failure behaviour', function () {
     } finally {
       await ledger.close();
       await proxy.cut().catch(() => undefined);
+    }
+  });
+
+  it('the database ends the workers\' idle connections (a restart): later calls get new connections, none fails', async () => {
+    const ledger = await startTestLedger({}, { autoBatch: false });
+    try {
+      const accounts = await createAccounts(ledger.client, 20);
+      // Concurrent requests over every shard: each worker opens several connections, idle after.
+      const burst = () => Promise.all(Array.from({ length: 16 }, () => ledger.client.createTransfers(randomTransfers(accounts, 20)).then(() => 'ok', (e: ServiceError) => `${status[e.code]} ${e.details}`)));
+      assert.deepEqual(new Set(await burst()), new Set(['ok']));
+      const workerSessions = "FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'ledger-worker'";
+      const ended = await pool.query(`SELECT pg_terminate_backend(pid) ${workerSessions}`);
+      assert.ok(ended.rowCount! > 0, 'the workers had no connection open');
+      while ((await pool.query(`SELECT 1 ${workerSessions}`)).rowCount! > 0) await new Promise((r) => setTimeout(r, 50));
+      // The workers hear of the closed connections while idle (a second is ample); those are not handed out again.
+      await new Promise((r) => setTimeout(r, 1000));
+      assert.deepEqual(new Set(await burst()), new Set(['ok']));
+    } finally {
+      await ledger.close();
+    }
+  });
+
+  it('a connection that goes silent mid-batch (a middlebox dropped it): the call fails with UNAVAILABLE, the shard is not stuck', async () => {
+    // One thread with one connection: the next batch surely runs on the connection that goes silent.
+    const proxy = await TcpProxy.start(new URL(testConfig().DATABASE_URL));
+    const env = { DATABASE_URL: proxy.via(testConfig().DATABASE_URL), DATABASE_STATEMENT_TIMEOUT_MS: '1000', LEDGER_WORKERS: '1', LEDGER_WORKER_CONCURRENCY: '1' };
+    const ledger = await startTestLedger(env, { autoBatch: false, deadlineMs: 30_000 });
+    try {
+      const accounts = await createAccounts(ledger.client, 2);
+      proxy.freeze();
+      const request = [transfer({ debitAccountId: accounts[0]!, creditAccountId: accounts[1]!, amount: 1n })];
+      await assert.rejects(ledger.client.createTransfers(request), (e: ServiceError) => {
+        assert.equal(e.code, status.UNAVAILABLE, e.message);
+        return true;
+      });
+      // The shard's next batches run on a new connection.
+      await settle(ledger.client, [request]);
+      await assertAppliedExactlyOnce(request, accounts);
+    } finally {
+      await proxy.cut();
+      await ledger.close();
+    }
+  });
+
+  it('a shard locked by a session that went quiet: the batch times out with UNAVAILABLE and retry-after, then succeeds once the lock is gone', async () => {
+    // A vanished client (behind a middlebox) keeps its locks until DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS: the
+    // batches of its shard wait until their statement timeout, and their callers must be told to retry.
+    const ledger = await startTestLedger({ DATABASE_STATEMENT_TIMEOUT_MS: '500' }, { autoBatch: false });
+    const holder = await pool.connect();
+    try {
+      const accounts = await createAccounts(ledger.client, 2);
+      const request = [transfer({ debitAccountId: accounts[0]!, creditAccountId: accounts[1]!, amount: 1n })];
+      await holder.query('BEGIN');
+      await holder.query('SELECT 1 FROM ledger_shards WHERE shard = $1 FOR UPDATE', [shardOf(accounts[0]!, 8)]);
+      await assert.rejects(ledger.client.createTransfers(request), (e: ServiceError) => {
+        assert.equal(e.code, status.UNAVAILABLE, e.message);
+        assert.equal(e.metadata.get('retry-after').length, 1, 'no retry-after');
+        return true;
+      });
+      await holder.query('ROLLBACK');
+      await settle(ledger.client, [request]);
+      await assertAppliedExactlyOnce(request, accounts);
+    } finally {
+      await holder.query('ROLLBACK').catch(() => undefined);
+      holder.release();
+      await ledger.close();
     }
   });
 });

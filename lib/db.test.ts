@@ -89,7 +89,7 @@ describe('database (PostgreSQL at SERIALIZABLE)', () => {
 describe('database failures as callers see them (asAppError)', () => {
   const failure = (code: string) => Object.assign(new Error(`sqlstate ${code}`), { code });
 
-  it('contention past the retries, a lost connection and a lack of resources are UNAVAILABLE; other errors stay as they are', () => {
+  it('contention past the retries, a lost connection, a lack of resources and a statement timeout are UNAVAILABLE; other errors stay as they are', () => {
     for (const [code, expected] of [
       ['40001', 'contention'],
       ['40P01', 'contention'],
@@ -97,6 +97,7 @@ describe('database failures as callers see them (asAppError)', () => {
       ['40003', 'database_unavailable'], // CockroachDB: a COMMIT whose outcome is unknown ("result is ambiguous")
       ['53200', 'database_overloaded'],
       ['53300', 'database_overloaded'],
+      ['57014', 'database_timeout'], // statement timeout (e.g. waiting for a lock a vanished session holds)
     ] as const) {
       const mapped = asAppError(failure(code));
       assert.ok(mapped instanceof AppError && mapped.kind === 'unavailable' && mapped.code === expected, `${code}: ${String(mapped)}`);

@@ -36,6 +36,9 @@ export interface PoolOptions {
 
 type PoolConfig = Pick<Config, 'DATABASE_URL' | 'DATABASE_DIALECT' | 'DATABASE_POOL_MAX' | 'DATABASE_STATEMENT_TIMEOUT_MS' | 'DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS'>;
 
+/** How long past statement_timeout a statement's answer may take to arrive before the connection is given up. */
+const QUERY_ANSWER_MARGIN_MS = 5_000;
+
 export function createPool(config: PoolConfig, options: PoolOptions = {}): pg.Pool {
   // Sessions run at SERIALIZABLE, whatever the server default, so local behaviour matches CockroachDB; only a
   // pool that asks for less (the outbox relay's) runs at REPEATABLE READ (on CockroachDB that is SERIALIZABLE
@@ -48,6 +51,10 @@ export function createPool(config: PoolConfig, options: PoolOptions = {}): pg.Po
     max: options.max ?? config.DATABASE_POOL_MAX,
     application_name: options.applicationName ?? 'ledgerline',
     statement_timeout: config.DATABASE_STATEMENT_TIMEOUT_MS,
+    // The database ends a statement at statement_timeout; an answer still missing well after it never comes (a
+    // middlebox dropped the connection without a reset). Without a limit here the transaction would wait for it for
+    // good, and with it a ledger shard's batch, and every batch of the shard after it.
+    query_timeout: config.DATABASE_STATEMENT_TIMEOUT_MS + QUERY_ANSWER_MARGIN_MS,
     connectionTimeoutMillis: 5_000,
     options: settings.join(' '),
   });
@@ -85,14 +92,21 @@ export function isConnectionError(error: unknown): boolean {
   const code = sqlState(error);
   if (code !== undefined && (CONNECTION_SQLSTATES.has(code) || CONNECTION_ERRNOS.has(code))) return true;
   const message = error instanceof Error ? error.message : '';
-  return /Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error/.test(message);
+  return /Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error|Query read timeout/.test(message);
 }
 
 /** SQLSTATE class 53, insufficient resources (out of memory or shared memory, too many connections): passing. */
 const isInsufficientResources = (error: unknown) => sqlState(error)?.startsWith('53') ?? false;
 
 /**
- * A database failure as callers see it: unreachable, contended past the retries, or short of resources is
+ * SQLSTATE 57014, query_canceled: a statement past DATABASE_STATEMENT_TIMEOUT_MS, typically waiting for a lock that a
+ * vanished session holds until the database ends it (DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS). Its transaction
+ * rolled back, so it is passing like contention, not a bug of the request.
+ */
+const isStatementTimeout = (error: unknown) => sqlState(error) === '57014';
+
+/**
+ * A database failure as callers see it: unreachable, contended past the retries, short of resources or timed out is
  * UNAVAILABLE with Retry-After (nothing was committed, so the same request may be sent again); anything else
  * is returned as it is (an AppError already, or a bug).
  */
@@ -101,6 +115,7 @@ export function asAppError(error: unknown): unknown {
   if (isConnectionError(error)) return new UnavailableError('database_unavailable', 'database unavailable', 1, { cause: error });
   if (isSerializationFailure(error)) return new UnavailableError('contention', 'conflicting concurrent update; retry', 1, { cause: error });
   if (isInsufficientResources(error)) return new UnavailableError('database_overloaded', 'database short of resources; retry', 1, { cause: error });
+  if (isStatementTimeout(error)) return new UnavailableError('database_timeout', 'database statement timed out; retry', 1, { cause: error });
   return error;
 }
 
@@ -154,16 +169,18 @@ export async function withTransaction<T>(pool: pg.Pool, work: (client: pg.PoolCl
         attempt?.end();
         return result;
       } catch (error) {
-        try {
-          await client.query('ROLLBACK');
-        } catch {
-          broken = true;
+        // A connection that failed is discarded (which ends its transaction): a ROLLBACK on it could only fail, or
+        // wait behind the statement whose answer never came.
+        if (isConnectionError(error)) broken = true;
+        else {
+          try {
+            await client.query('ROLLBACK');
+          } catch {
+            broken = true;
+          }
         }
         attempt?.end(error);
-        if (isConnectionError(error)) {
-          broken = true;
-          throw new UnavailableError('database_unavailable', 'database unavailable', 1, { cause: error });
-        }
+        if (isConnectionError(error)) throw new UnavailableError('database_unavailable', 'database unavailable', 1, { cause: error });
         throw error;
       } finally {
         untrace?.();

@@ -9,6 +9,8 @@ import { freePort } from './ledger-process.js';
  */
 export class TcpProxy {
   private readonly sockets = new Set<Socket>();
+  /** Each connection's two sides, for freeze(). */
+  private readonly pairs = new Set<readonly [Socket, Socket]>();
   private server: Server | undefined;
   private cutOff = false;
 
@@ -52,11 +54,28 @@ export class TcpProxy {
             peer.destroy();
           });
         }
+        const pair = [inbound, outbound] as const;
+        this.pairs.add(pair);
+        inbound.on('close', () => this.pairs.delete(pair));
         inbound.pipe(outbound).pipe(inbound);
       })
         .once('error', reject) // the port taken meanwhile: the test fails instead of hanging
         .listen(this.port, '127.0.0.1', () => resolve());
     });
+  }
+
+  /**
+   * Every open connection goes silent, as when a middlebox drops its flows: nothing passes either way from now
+   * on, and neither side hears of it (no reset, no close). New connections pass as before.
+   */
+  freeze(): void {
+    for (const [inbound, outbound] of this.pairs) {
+      inbound.unpipe(outbound);
+      outbound.unpipe(inbound);
+      inbound.pause();
+      outbound.pause();
+    }
+    this.pairs.clear();
   }
 
   /** Breaks every connection and stops listening. */
