@@ -171,13 +171,17 @@ export class LedgerRouter {
       throw new ResourceExhaustedError('ledger_overloaded', `ledger queue full (${this.budget.used} events waiting)`, 1);
     }
     const results: R[] = new Array(events.length);
-    await Promise.all(
+    // Every part settled before the caller hears anything: answered at the first failure, it could retry (or the
+    // server stop, its handlers done) while another part of the request was still committing.
+    const parts = await Promise.allSettled(
       [...perShard].map(async ([shard, group]) => {
         const reply: SubmissionResult = await this.batcher(shard).submit(toSubmission(group.events));
         if (reply.kind === 'expirations') throw new Error('unreachable: expiration reply to an event submission');
         reply.results.forEach((r, i) => (results[group.indexes[i]!] = r as R));
       }),
     );
+    const failed = parts.find((p): p is PromiseRejectedResult => p.status === 'rejected');
+    if (failed) throw failed.reason;
     return results;
   }
 }
