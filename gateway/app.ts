@@ -121,6 +121,14 @@ function isExact(token: string): boolean {
   return `${sign}${digits}` === BigInt(value).toString();
 }
 
+/**
+ * Whether a request is for the API (/v1/, which needs a key): by the route it matched, not its raw URL, since the
+ * router percent-decodes the path (/%761/payments is /v1/payments); by its URL when it matched none.
+ */
+function isApiRequest(request: FastifyRequest): boolean {
+  return request.routeOptions.url?.startsWith('/v1/') ?? request.url.startsWith('/v1/');
+}
+
 export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
   const { config, pool, logger } = deps;
   const app = Fastify({
@@ -199,7 +207,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
     inFlight.count++;
     if (closing && request.url !== '/healthz') throw new UnavailableError('shutting_down', 'This instance is shutting down: retry after the delay in Retry-After', 1);
     // Shed before any work (authentication included): health probes stay answered.
-    if (inFlight.count > config.GATEWAY_MAX_IN_FLIGHT && request.url.startsWith('/v1/')) {
+    if (inFlight.count > config.GATEWAY_MAX_IN_FLIGHT && isApiRequest(request)) {
       shed?.add(1);
       throw new UnavailableError('overloaded', 'The service is overloaded: retry after the delay in Retry-After', 1);
     }
@@ -207,7 +215,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
   app.addHook('onResponse', finish);
 
   app.addHook('onRequest', async (request) => {
-    if (!request.url.startsWith('/v1/')) return;
+    if (!isApiRequest(request)) return;
     request.caller = await authenticator.authenticate(request.headers.authorization);
     limiter.take(request.caller.kind === 'admin' ? 'admin' : request.caller.merchantId);
   });

@@ -66,6 +66,20 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       expectError(await api.get('/v1/payments', c.key), 401, 'invalid_api_key');
     });
 
+    it('a /v1/ route reached by a percent-encoded path (/%761/payments) goes through the same key check (and rate limit) as /v1/payments', async () => {
+      // The router decodes the path; a gate on the raw URL would let such a request past the key check to the handler.
+      const get = async (path: string, key?: string) => {
+        const r = await fetch(`${api.url}${path}`, { headers: key ? { authorization: `Bearer ${key}` } : {} });
+        return { status: r.status, body: (await r.json()) as { error?: { code: string } } };
+      };
+      for (const path of ['/%761/payments', '/%76%31/settlements']) {
+        const unauthenticated = await get(path);
+        assert.deepEqual([unauthenticated.status, unauthenticated.body.error?.code], [401, 'invalid_api_key'], `${path}: ${JSON.stringify(unauthenticated.body)}`);
+        const own = await get(path, keyA);
+        assert.equal(own.status, 200, `${path}: ${JSON.stringify(own.body)}`);
+      }
+    });
+
     it('a checked key is remembered for GATEWAY_AUTH_CACHE_MS: a revocation takes effect when that runs out', async () => {
       const { Authenticator } = await import('./auth.js');
       const c = await merchant('Merchant D');
