@@ -103,6 +103,26 @@ export function quoteInexactIntegers(json: string): string {
   return json.replace(JSON_TOKEN, (token) => (token.startsWith('"') || isExact(token) ? token : `"${token}"`));
 }
 
+/**
+ * Deeper than any body of the API (a batch's metadata is four levels down): the body's fingerprint is taken
+ * before validation, recursively, and a body nested a hundred thousand levels overflowed the stack (a 500).
+ */
+const MAX_BODY_DEPTH = 32;
+
+/** A JSON string (skipped) or bracket token. */
+const JSON_NESTING = /"(?:[^"\\]|\\.)*"|[[{\]}]/g;
+
+/** Whether the JSON text nests arrays and objects deeper than MAX_BODY_DEPTH (brackets in strings do not count). */
+function nestsTooDeep(json: string): boolean {
+  let depth = 0;
+  for (const [token] of json.matchAll(JSON_NESTING)) {
+    if (token === '[' || token === '{') depth++;
+    else if (token === ']' || token === '}') depth--;
+    if (depth > MAX_BODY_DEPTH) return true;
+  }
+  return false;
+}
+
 function isExact(token: string): boolean {
   const value = Number(token);
   // Not an integer at all: validation refuses it where an integer is expected.
@@ -161,7 +181,10 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
   app.removeContentTypeParser('text/plain');
   const parseJson = app.getDefaultJsonParser('error', 'error');
   app.removeContentTypeParser('application/json');
-  app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => parseJson(request, quoteInexactIntegers(body as string), done));
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => {
+    if (nestsTooDeep(body as string)) return done(new AppError('invalid_argument', 'body_invalid', `The request body nests arrays and objects deeper than ${MAX_BODY_DEPTH} levels`), undefined);
+    parseJson(request, quoteInexactIntegers(body as string), done);
+  });
   app.setErrorHandler(errorHandler(logger));
   app.setNotFoundHandler((request, reply) => sendError(reply, new AppError('not_found', 'resource_missing', `Unrecognized request URL (${request.method} ${request.url.split('?')[0]})`)));
 

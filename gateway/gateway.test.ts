@@ -243,6 +243,20 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       assert.deepEqual(await balances(keyA, w), { debits_pending: 0, debits_posted: 0, credits_pending: 0, credits_posted: 100 });
     });
 
+    it('a body nested deeper than any the API takes is 400 body_invalid, with or without an Idempotency-Key: not a 500 and an error logged', async () => {
+      const before = await rowCounts();
+      for (const depth of [100_000, 100]) {
+        const raw = `{"currency":"USD","metadata":${'['.repeat(depth)}${']'.repeat(depth)}}`;
+        for (const idempotencyKey of [undefined, randomUUID()]) {
+          expectError(await api.request('POST', '/v1/accounts', { key: keyA, raw, idempotencyKey, headers: { 'content-type': 'application/json' } }), 400, 'body_invalid');
+        }
+      }
+      // Brackets inside strings are text, not nesting.
+      const r = await api.post('/v1/accounts', keyA, { currency: 'USD', metadata: { note: '[['.repeat(200) } });
+      assert.equal(r.status, 201, r.text);
+      assert.equal((await rowCounts()).accounts, before.accounts + 1);
+    });
+
     it('an amount written with a fraction a JSON double rounds away (1.0000000000000001, 9007199254740990.6) is not an integer: 400', async () => {
       const [from, to] = [await account(keyA), await account(keyA)];
       const before = await businessTableCounts(stack.pool);
