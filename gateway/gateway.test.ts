@@ -126,6 +126,26 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       expectError(await api.get('/v1/accounts/not-a-uuid', keyA), 404, 'resource_missing');
     });
 
+    it("an account the ledger holds that no merchant owns (an operator's, made with the ledger's CLI) cannot be claimed by naming its id", async () => {
+      const { newAccount, newTransfer } = await import('../ledger/client.js');
+      const { currencyOf } = await import('../lib/currency.js');
+      const ledger = currencyOf('USD').ledger;
+      // An operator's account, with the defaults of POST /v1/accounts, pays merchant A: A sees its id in the transfer.
+      const operator = randomUUID();
+      const [made] = await stack.ledger.client.createAccounts([newAccount({ id: operator, ledger, code: 1 })]);
+      assert.equal(made?.code, 1, 'the operator account was made (CREATE_ACCOUNT_RESULT_CODE_OK)');
+      const credited = await account(keyA);
+      const paid = randomUUID();
+      await stack.ledger.client.createTransfers([newTransfer({ id: paid, debitAccountId: operator, creditAccountId: credited, amount: 1_000n, ledger, code: 1 })]);
+      const seen = await api.get(`/v1/transfers/${paid}`, keyA);
+      assert.equal(seen.body.debit_account_id, operator, seen.text);
+      const before = await rowCounts();
+      expectError(await api.post('/v1/accounts', keyA, { id: operator, currency: 'USD' }), 422, 'resource_already_exists', 'id');
+      assert.deepEqual(await rowCounts(), before, 'no ownership row');
+      expectError(await api.get(`/v1/accounts/${operator}`, keyA), 404, 'resource_missing');
+      expectError(await api.post('/v1/transfers', keyA, { debit_account_id: operator, credit_account_id: credited, amount: 1, currency: 'USD' }), 404, 'resource_missing', 'debit_account_id');
+    });
+
     it('a transfer posts once: the same id again is 200 with the same transfer; a lack of funds is 402 with the ledger code', async () => {
       const { wallet: w, funding } = await wallet(keyA, 1_000);
       const id = randomUUID();
