@@ -103,6 +103,26 @@ export function quoteInexactIntegers(json: string): string {
   return json.replace(JSON_TOKEN, (token) => (token.startsWith('"') || isExact(token) ? token : `"${token}"`));
 }
 
+/**
+ * Deeper than any body of the API (a batch's metadata is four levels down): the body's fingerprint is taken
+ * before validation, recursively, and a body nested a hundred thousand levels overflowed the stack (a 500).
+ */
+const MAX_BODY_DEPTH = 32;
+
+/** A JSON string (skipped) or bracket token. */
+const JSON_NESTING = /"(?:[^"\\]|\\.)*"|[[{\]}]/g;
+
+/** Whether the JSON text nests arrays and objects deeper than MAX_BODY_DEPTH (brackets in strings do not count). */
+function nestsTooDeep(json: string): boolean {
+  let depth = 0;
+  for (const [token] of json.matchAll(JSON_NESTING)) {
+    if (token === '[' || token === '{') depth++;
+    else if (token === ']' || token === '}') depth--;
+    if (depth > MAX_BODY_DEPTH) return true;
+  }
+  return false;
+}
+
 function isExact(token: string): boolean {
   const value = Number(token);
   // Not an integer at all: validation refuses it where an integer is expected.
@@ -119,6 +139,14 @@ function isExact(token: string): boolean {
     digits += '0'.repeat(scale);
   }
   return `${sign}${digits}` === BigInt(value).toString();
+}
+
+/**
+ * Whether a request is for the API (/v1/, which needs a key): by the route it matched, not its raw URL, since the
+ * router percent-decodes the path (/%761/payments is /v1/payments); by its URL when it matched none.
+ */
+function isApiRequest(request: FastifyRequest): boolean {
+  return request.routeOptions.url?.startsWith('/v1/') ?? request.url.startsWith('/v1/');
 }
 
 export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
@@ -153,7 +181,10 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
   app.removeContentTypeParser('text/plain');
   const parseJson = app.getDefaultJsonParser('error', 'error');
   app.removeContentTypeParser('application/json');
-  app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => parseJson(request, quoteInexactIntegers(body as string), done));
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => {
+    if (nestsTooDeep(body as string)) return done(new AppError('invalid_argument', 'body_invalid', `The request body nests arrays and objects deeper than ${MAX_BODY_DEPTH} levels`), undefined);
+    parseJson(request, quoteInexactIntegers(body as string), done);
+  });
   app.setErrorHandler(errorHandler(logger));
   app.setNotFoundHandler((request, reply) => sendError(reply, new AppError('not_found', 'resource_missing', `Unrecognized request URL (${request.method} ${request.url.split('?')[0]})`)));
 
@@ -199,7 +230,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
     inFlight.count++;
     if (closing && request.url !== '/healthz') throw new UnavailableError('shutting_down', 'This instance is shutting down: retry after the delay in Retry-After', 1);
     // Shed before any work (authentication included): health probes stay answered.
-    if (inFlight.count > config.GATEWAY_MAX_IN_FLIGHT && request.url.startsWith('/v1/')) {
+    if (inFlight.count > config.GATEWAY_MAX_IN_FLIGHT && isApiRequest(request)) {
       shed?.add(1);
       throw new UnavailableError('overloaded', 'The service is overloaded: retry after the delay in Retry-After', 1);
     }
@@ -207,7 +238,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
   app.addHook('onResponse', finish);
 
   app.addHook('onRequest', async (request) => {
-    if (!request.url.startsWith('/v1/')) return;
+    if (!isApiRequest(request)) return;
     request.caller = await authenticator.authenticate(request.headers.authorization);
     limiter.take(request.caller.kind === 'admin' ? 'admin' : request.caller.merchantId);
   });

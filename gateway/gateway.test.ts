@@ -66,6 +66,20 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       expectError(await api.get('/v1/payments', c.key), 401, 'invalid_api_key');
     });
 
+    it('a /v1/ route reached by a percent-encoded path (/%761/payments) goes through the same key check (and rate limit) as /v1/payments', async () => {
+      // The router decodes the path; a gate on the raw URL would let such a request past the key check to the handler.
+      const get = async (path: string, key?: string) => {
+        const r = await fetch(`${api.url}${path}`, { headers: key ? { authorization: `Bearer ${key}` } : {} });
+        return { status: r.status, body: (await r.json()) as { error?: { code: string } } };
+      };
+      for (const path of ['/%761/payments', '/%76%31/settlements']) {
+        const unauthenticated = await get(path);
+        assert.deepEqual([unauthenticated.status, unauthenticated.body.error?.code], [401, 'invalid_api_key'], `${path}: ${JSON.stringify(unauthenticated.body)}`);
+        const own = await get(path, keyA);
+        assert.equal(own.status, 200, `${path}: ${JSON.stringify(own.body)}`);
+      }
+    });
+
     it('a checked key is remembered for GATEWAY_AUTH_CACHE_MS: a revocation takes effect when that runs out', async () => {
       const { Authenticator } = await import('./auth.js');
       const c = await merchant('Merchant D');
@@ -110,6 +124,26 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       expectError(await api.get(`/v1/accounts/${id}/transfers`, keyB), 404, 'resource_missing');
       expectError(await api.post('/v1/accounts', keyB, { id, currency: 'EUR' }), 422, 'resource_already_exists');
       expectError(await api.get('/v1/accounts/not-a-uuid', keyA), 404, 'resource_missing');
+    });
+
+    it("an account the ledger holds that no merchant owns (an operator's, made with the ledger's CLI) cannot be claimed by naming its id", async () => {
+      const { newAccount, newTransfer } = await import('../ledger/client.js');
+      const { currencyOf } = await import('../lib/currency.js');
+      const ledger = currencyOf('USD').ledger;
+      // An operator's account, with the defaults of POST /v1/accounts, pays merchant A: A sees its id in the transfer.
+      const operator = randomUUID();
+      const [made] = await stack.ledger.client.createAccounts([newAccount({ id: operator, ledger, code: 1 })]);
+      assert.equal(made?.code, 1, 'the operator account was made (CREATE_ACCOUNT_RESULT_CODE_OK)');
+      const credited = await account(keyA);
+      const paid = randomUUID();
+      await stack.ledger.client.createTransfers([newTransfer({ id: paid, debitAccountId: operator, creditAccountId: credited, amount: 1_000n, ledger, code: 1 })]);
+      const seen = await api.get(`/v1/transfers/${paid}`, keyA);
+      assert.equal(seen.body.debit_account_id, operator, seen.text);
+      const before = await rowCounts();
+      expectError(await api.post('/v1/accounts', keyA, { id: operator, currency: 'USD' }), 422, 'resource_already_exists', 'id');
+      assert.deepEqual(await rowCounts(), before, 'no ownership row');
+      expectError(await api.get(`/v1/accounts/${operator}`, keyA), 404, 'resource_missing');
+      expectError(await api.post('/v1/transfers', keyA, { debit_account_id: operator, credit_account_id: credited, amount: 1, currency: 'USD' }), 404, 'resource_missing', 'debit_account_id');
     });
 
     it('a transfer posts once: the same id again is 200 with the same transfer; a lack of funds is 402 with the ledger code', async () => {
@@ -227,6 +261,20 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       expectError(await api.request('POST', '/v1/transfers', { key: keyA, raw: JSON.stringify({ ...good, metadata: { x: 'y'.repeat(2_000_000) } }), headers: { 'content-type': 'application/json' } }), 413, 'payload_too_large');
       assert.deepEqual(await rowCounts(), before);
       assert.deepEqual(await balances(keyA, w), { debits_pending: 0, debits_posted: 0, credits_pending: 0, credits_posted: 100 });
+    });
+
+    it('a body nested deeper than any the API takes is 400 body_invalid, with or without an Idempotency-Key: not a 500 and an error logged', async () => {
+      const before = await rowCounts();
+      for (const depth of [100_000, 100]) {
+        const raw = `{"currency":"USD","metadata":${'['.repeat(depth)}${']'.repeat(depth)}}`;
+        for (const idempotencyKey of [undefined, randomUUID()]) {
+          expectError(await api.request('POST', '/v1/accounts', { key: keyA, raw, idempotencyKey, headers: { 'content-type': 'application/json' } }), 400, 'body_invalid');
+        }
+      }
+      // Brackets inside strings are text, not nesting.
+      const r = await api.post('/v1/accounts', keyA, { currency: 'USD', metadata: { note: '[['.repeat(200) } });
+      assert.equal(r.status, 201, r.text);
+      assert.equal((await rowCounts()).accounts, before.accounts + 1);
     });
 
     it('an amount written with a fraction a JSON double rounds away (1.0000000000000001, 9007199254740990.6) is not an integer: 400', async () => {
@@ -721,7 +769,10 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
           expectError(r, 503, 'database_unavailable');
           assert.ok(Number(r.headers.get('retry-after')) >= 1);
         }
-        assert.equal((await down.get('/readyz')).status, 503);
+        const ready = await down.get('/readyz');
+        assert.equal(ready.status, 503);
+        // The driver's error (the database's address, user, name) is for the logs, not for whoever asks /readyz.
+        assert.doesNotMatch(ready.text, /127\.0\.0\.1|ECONNREFUSED|connect|nowhere|postgres/i, ready.text);
       } finally {
         await noDatabase.close();
       }

@@ -34,6 +34,22 @@ describe('config', () => {
     );
   });
 
+  it('names a rejected secret without showing it: the admin key, and the password in a URL', () => {
+    const adminKey = 'too-short-but-still-secret-key';
+    assert.throws(
+      () => loadConfig({ ADMIN_API_KEY: adminKey, DATABASE_URL: 'postgresql+psycopg://ledger:db-pa55word@db:5432/ledgerline', NATS_URL: 'natss://svc:nats-pa55word@nats:4222' }),
+      (error: unknown) => {
+        assert.ok(error instanceof ConfigError);
+        const text = error.message;
+        for (const secret of [adminKey, 'db-pa55word', 'nats-pa55word']) assert.ok(!text.includes(secret), `the configuration error shows a secret: ${text}`);
+        for (const expected of ['ADMIN_API_KEY=[redacted]: at least 32 characters', 'DATABASE_URL="postgresql+psycopg://ledger:[redacted]@db:5432/ledgerline"']) {
+          assert.ok(text.includes(expected), `${expected} missing from: ${text}`);
+        }
+        return true;
+      },
+    );
+  });
+
   it('rejects an unknown log level and a malformed shard list', () => {
     assert.throws(() => loadConfig({ LOG_LEVEL: 'loud' }), /LOG_LEVEL="loud"/);
     assert.throws(() => loadConfig({ LEDGER_OWNED_SHARDS: '1-' }), /LEDGER_OWNED_SHARDS/);

@@ -245,6 +245,19 @@ function grpcTlsProblems(config: Config): string[] {
   return [];
 }
 
+/** Settings that are secrets themselves: a configuration error names them but never shows their value. */
+const SECRET_SETTINGS: ReadonlySet<string> = new Set(['ADMIN_API_KEY']);
+
+/**
+ * A rejected value as a configuration error shows it (the error goes to stderr and the logs): a secret setting
+ * not at all, and a URL without the password it may carry (DATABASE_URL, NATS_URL: scheme://user:password@host).
+ */
+function shownValue(name: string, value: string | undefined): string {
+  if (value !== undefined && SECRET_SETTINGS.has(name)) return '[redacted]';
+  // Up to the last @ of the value: a password with an unencoded @ is hidden whole (at worst more is hidden).
+  return JSON.stringify(value?.replace(/^([^:/?#]+:\/\/[^:@/?#]*:).*@/, '$1[redacted]@') ?? null);
+}
+
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   // Empty strings mean "unset": `FOO= make dev` must not become an invalid value.
   const present = Object.fromEntries(Object.entries(env).filter(([, v]) => v !== undefined && v !== ''));
@@ -253,8 +266,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     throw new ConfigError(
       parsed.error.issues.map((issue) => {
         const name = issue.path.join('.');
-        const value = present[name];
-        return `${name}=${JSON.stringify(value ?? null)}: ${issue.message}`;
+        return `${name}=${shownValue(name, present[name])}: ${issue.message}`;
       }),
     );
   }

@@ -16,7 +16,7 @@ import { channelCredentials } from '../lib/grpc-tls.js';
 import { AppError, ValidationError } from '../lib/errors.js';
 import { createLogger } from '../lib/logger.js';
 import { LedgerClient } from '../ledger/client.js';
-import { parseId } from '../ledger/validation.js';
+import { hasControlCharacters, parseId } from '../ledger/validation.js';
 import { settlementSettings } from './app.js';
 import { payoutInitiationXml } from './payout-file.js';
 import { reconcileBatch } from './reconcile.js';
@@ -59,6 +59,9 @@ function payoutArg(): store.PayoutAccount | null {
   const iban = electronicFormatIBAN(values.iban ?? '') ?? '';
   if (!isValidIBAN(iban)) throw new ValidationError('iban', 'not a valid IBAN', 'invalid_iban');
   if (!values['payout-name']) throw new ValidationError('payout-name', 'the account holder is required with an IBAN');
+  // The pain.001 file carries the name as it is (Cdtr/Nm, Max140Text): a control character is not XML 1.0, and the
+  // bank would refuse the whole file.
+  if (values['payout-name'].length > 140 || hasControlCharacters(values['payout-name'])) throw new ValidationError('payout-name', '1-140 printable characters');
   if (values.bic && !isValidBIC(values.bic)) throw new ValidationError('bic', 'not a valid BIC', 'invalid_bic');
   return { name: values['payout-name'], iban, bic: values.bic ?? null };
 }

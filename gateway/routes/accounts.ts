@@ -26,11 +26,16 @@ export function accountRoutes(app: Gateway, ctx: RouteContext): void {
     }
     if (body.id !== undefined) refuseReservedId(body.id, 'id');
     const id = body.id?.toLowerCase() ?? createdObjectId(request, merchantId, 'account');
+    const taken = () => new AppError('conflict', 'resource_already_exists', 'An account with this id exists', { field: 'id' });
+    // An id the ledger holds already that is not this merchant's (an operator's account made with the ledger's CLI
+    // has no owner row): its creation would be answered `exists` with the account, handing it to whoever named it.
+    // Checked before claiming, so that a concurrent request of this merchant cannot have made it meanwhile.
+    if (body.id !== undefined && !(await ownsAccount(id)) && (await inLedger(id))) throw taken();
     // Ownership first: a ledger account without its owner row would be nobody's.
     const claimed = await withTransaction(pool, (client) =>
       client.query(`INSERT INTO merchant_accounts (account_id, merchant_id, currency, purpose) VALUES ($1, $2, $3, 'custom') ON CONFLICT (account_id) DO NOTHING`, [id, merchantId, currency.code]),
     );
-    if (claimed.rowCount === 0 && !(await ownsAccount(id))) throw new AppError('conflict', 'resource_already_exists', 'An account with this id exists', { field: 'id' });
+    if (claimed.rowCount === 0 && !(await ownsAccount(id))) throw taken();
     const account = newAccount({
       id,
       ledger: currency.ledger,
@@ -64,6 +69,14 @@ export function accountRoutes(app: Gateway, ctx: RouteContext): void {
         () => true,
         () => false,
       );
+    }
+
+    /** Whether the ledger holds the account (an id it refuses to look up it holds not: the creation says why). */
+    async function inLedger(accountId: string): Promise<boolean> {
+      const found = await backends
+        .ledgerCall((ledger, options) => ledger.lookupAccounts([accountId], options), true)
+        .catch((error: unknown) => (error instanceof AppError && error.kind === 'invalid_argument' ? [] : Promise.reject(error)));
+      return found.length > 0;
     }
   });
 
