@@ -111,6 +111,25 @@ describe('payments (gRPC, on the ledger, with the rules-only risk scorer)', func
     return (await paymentEnvelopes(paymentId)).flatMap((e) => (e.payload?.$case === 'payment' ? [e.payload.value] : []));
   }
 
+  /**
+   * Payment flows on the real ledger whose "process" dies right after the ledger committed (before recording the
+   * outcome), beside what a healthy instance of them needs.
+   */
+  function crashingAfterTheLedger() {
+    const real = routerLedger(ledger.app.router);
+    const crashing: PaymentLedger = {
+      createAccounts: (a) => real.createAccounts(a),
+      createTransfers: async (t) => {
+        await real.createTransfers(t);
+        throw new Error('process killed after the ledger committed');
+      },
+    };
+    const logger = createLogger('payments-test', 'silent');
+    const settings = { shardCount: 8, authorizationTimeoutSeconds: 3600, riskDeadlineMs: 2000, riskFailOpenBelowAmount: 0n };
+    const riskClient = { score: async () => ({ scorePpm: 0, decision: 1, reasons: [], modelVersion: 'test-approve' }) };
+    return { real, logger, settings, riskClient, dying: new PaymentFlows(pool, crashing, riskClient, settings, logger) };
+  }
+
   before(async () => {
     pool = testPool();
     risk = await startRisk(testConfig({ RISK_GRPC_LISTEN: '127.0.0.1:0', RISK_RULES_MAX_AMOUNT: '1000000' }), createLogger('risk-test', 'error'));
@@ -382,18 +401,7 @@ describe('payments (gRPC, on the ledger, with the rules-only risk scorer)', func
   it('a step whose resume keeps failing goes to the back of the queue: the steps behind it are still finished', async () => {
     const merchant = await newMerchant();
     const source = await wallet(merchant, 10_000n);
-    const real = routerLedger(ledger.app.router);
-    const crashing: PaymentLedger = {
-      createAccounts: (a) => real.createAccounts(a),
-      createTransfers: async (t) => {
-        await real.createTransfers(t);
-        throw new Error('process killed after the ledger committed');
-      },
-    };
-    const logger = createLogger('payments-test', 'silent');
-    const settings = { shardCount: 8, authorizationTimeoutSeconds: 3600, riskDeadlineMs: 2000, riskFailOpenBelowAmount: 0n };
-    const riskClient = { score: async () => ({ scorePpm: 0, decision: 1, reasons: [], modelVersion: 'test-approve' }) };
-    const dying = new PaymentFlows(pool, crashing, riskClient, settings, logger);
+    const { real, logger, settings, riskClient, dying } = crashingAfterTheLedger();
     const paymentIds: string[] = [];
     for (const amount of [1_000n, 2_000n]) {
       const key = `stuck-${randomUUID()}`;
@@ -426,19 +434,7 @@ describe('payments (gRPC, on the ledger, with the rules-only risk scorer)', func
   it('a crash between the ledger and the payment row: the resumer finishes the step, posting nothing twice', async () => {
     const merchant = await newMerchant();
     const source = await wallet(merchant, 10_000n);
-    // The ledger commits the transfers, then the "process" dies before recording the outcome.
-    const real = routerLedger(ledger.app.router);
-    const crashing: PaymentLedger = {
-      createAccounts: (a) => real.createAccounts(a),
-      createTransfers: async (t) => {
-        await real.createTransfers(t);
-        throw new Error('process killed after the ledger committed');
-      },
-    };
-    const logger = createLogger('payments-test', 'silent');
-    const settings = { shardCount: 8, authorizationTimeoutSeconds: 3600, riskDeadlineMs: 2000, riskFailOpenBelowAmount: 0n };
-    const riskClient = { score: async () => ({ scorePpm: 0, decision: 1, reasons: [], modelVersion: 'test-approve' }) };
-    const dying = new PaymentFlows(pool, crashing, riskClient, settings, logger);
+    const { real, logger, settings, riskClient, dying } = crashingAfterTheLedger();
     const key = `crash-${randomUUID()}`;
     const input = {
       merchantId: merchant,
