@@ -17,7 +17,7 @@ import { account, startTestLedger, transfer, type TestLedger } from '../../test/
 import { testConfig, testPool } from '../../test/support.js';
 import type { Pool } from '../../lib/db.js';
 import { PAYMENT_OUTBOX_SHARD_BASE } from '../outbox.js';
-import { PaymentFlows, routerLedger, type PaymentLedger } from './flows.js';
+import { PaymentFlows, routerLedger, type CreatePaymentInput, type PaymentLedger } from './flows.js';
 import { PaymentResumer } from './resumer.js';
 import { MAX_PAYMENTS_PER_CALL } from './service.js';
 
@@ -55,6 +55,11 @@ describe('payments (gRPC, on the ledger, with the rules-only risk scorer)', func
       customerId: '',
       ...r,
     };
+  }
+
+  /** A payment from a wallet of the merchant, as PaymentFlows.createPayment takes it. */
+  function walletPayment(merchantId: string, accountId: string, fields: Pick<CreatePaymentInput, 'idempotencyKey' | 'amount' | 'captureMethod'>): CreatePaymentInput {
+    return { merchantId, currency: 'USD', source: { kind: 'account', accountId }, destinationAccountId: '', metadata: {}, deviceId: '', ipCountry: '', customerId: '', ...fields };
   }
 
   async function expectError(promise: Promise<unknown>, code: status, errorCode: string, field?: string): Promise<void> {
@@ -386,7 +391,7 @@ describe('payments (gRPC, on the ledger, with the rules-only risk scorer)', func
     const merchant = await newMerchant();
     const source = await wallet(merchant, 100_000n);
     const settings = { shardCount: 8, authorizationTimeoutSeconds: 3600, riskDeadlineMs: 2000, riskFailOpenBelowAmount: 5_000n };
-    const input = { merchantId: merchant, idempotencyKey: '', currency: 'USD', source: { kind: 'account' as const, accountId: source }, destinationAccountId: '', captureMethod: 'automatic' as const, metadata: {}, deviceId: '', ipCountry: '', customerId: '' };
+    const input = walletPayment(merchant, source, { idempotencyKey: '', amount: 0n, captureMethod: 'automatic' });
     for (const decision of [0 /* UNSPECIFIED */, -1 /* UNRECOGNIZED */]) {
       const undecided = { score: async () => ({ scorePpm: 0, decision, reasons: [], modelVersion: 'test-undecided' }) };
       const flows = new PaymentFlows(pool, routerLedger(ledger.app.router), undecided, settings, createLogger('payments-test', 'silent'));
@@ -405,8 +410,7 @@ describe('payments (gRPC, on the ledger, with the rules-only risk scorer)', func
     const paymentIds: string[] = [];
     for (const amount of [1_000n, 2_000n]) {
       const key = `stuck-${randomUUID()}`;
-      const input = { merchantId: merchant, idempotencyKey: key, amount, currency: 'USD', source: { kind: 'account' as const, accountId: source }, destinationAccountId: '', captureMethod: 'automatic' as const, metadata: {}, deviceId: '', ipCountry: '', customerId: '' };
-      await assert.rejects(dying.createPayment(input), /process killed/);
+      await assert.rejects(dying.createPayment(walletPayment(merchant, source, { idempotencyKey: key, amount, captureMethod: 'automatic' })), /process killed/);
       paymentIds.push(derivedId(`payment:${merchant}`, key));
     }
     const [stuck, behind] = paymentIds as [string, string];
@@ -436,19 +440,7 @@ describe('payments (gRPC, on the ledger, with the rules-only risk scorer)', func
     const source = await wallet(merchant, 10_000n);
     const { real, logger, settings, riskClient, dying } = crashingAfterTheLedger();
     const key = `crash-${randomUUID()}`;
-    const input = {
-      merchantId: merchant,
-      idempotencyKey: key,
-      amount: 3_000n,
-      currency: 'USD',
-      source: { kind: 'account' as const, accountId: source },
-      destinationAccountId: '',
-      captureMethod: 'automatic' as const,
-      metadata: {},
-      deviceId: '',
-      ipCountry: '',
-      customerId: '',
-    };
+    const input = walletPayment(merchant, source, { idempotencyKey: key, amount: 3_000n, captureMethod: 'automatic' });
     await assert.rejects(dying.createPayment(input), /process killed/);
     const paymentId = derivedId(`payment:${merchant}`, key);
     assert.equal((await get(merchant, paymentId)).status, PaymentStatus.PAYMENT_STATUS_PROCESSING);
@@ -469,31 +461,9 @@ describe('payments (gRPC, on the ledger, with the rules-only risk scorer)', func
   it('an authorization held by the ledger before a crash, retried by an instance with another authorization timeout, is authorized, not declined', async () => {
     const merchant = await newMerchant();
     const source = await wallet(merchant, 10_000n);
-    const real = routerLedger(ledger.app.router);
-    const crashing: PaymentLedger = {
-      createAccounts: (a) => real.createAccounts(a),
-      createTransfers: async (t) => {
-        await real.createTransfers(t);
-        throw new Error('process killed after the ledger committed');
-      },
-    };
-    const logger = createLogger('payments-test', 'silent');
-    const settings = { shardCount: 8, authorizationTimeoutSeconds: 3600, riskDeadlineMs: 2000, riskFailOpenBelowAmount: 0n };
-    const approve = { score: async () => ({ scorePpm: 0, decision: 1, reasons: [], modelVersion: 'test-approve' }) };
-    const input = {
-      merchantId: merchant,
-      idempotencyKey: `timeout-${randomUUID()}`,
-      amount: 3_000n,
-      currency: 'USD',
-      source: { kind: 'account' as const, accountId: source },
-      destinationAccountId: '',
-      captureMethod: 'manual' as const,
-      metadata: {},
-      deviceId: '',
-      ipCountry: '',
-      customerId: '',
-    };
-    await assert.rejects(new PaymentFlows(pool, crashing, approve, settings, logger).createPayment(input), /process killed/);
+    const { real, logger, settings, riskClient: approve, dying } = crashingAfterTheLedger();
+    const input = walletPayment(merchant, source, { idempotencyKey: `timeout-${randomUUID()}`, amount: 3_000n, captureMethod: 'manual' });
+    await assert.rejects(dying.createPayment(input), /process killed/);
     assert.deepEqual(await balances(source), [3_000n, 0n, 0n, 10_000n], 'the ledger holds the authorization');
 
     // PAYMENTS_AUTHORIZATION_TIMEOUT_SECONDS was changed meanwhile (a rolling deploy): the retry finds the hold.
@@ -535,19 +505,7 @@ describe('payments (gRPC, on the ledger, with the rules-only risk scorer)', func
     const settings = { shardCount: 8, authorizationTimeoutSeconds: 1, riskDeadlineMs: 2000, riskFailOpenBelowAmount: 0n };
     const approve = { score: async () => ({ scorePpm: 0, decision: 1, reasons: [], modelVersion: 'test-approve' }) };
     const flows = new PaymentFlows(pool, routerLedger(ledger.app.router), approve, settings, logger);
-    const p = await flows.createPayment({
-      merchantId: merchant,
-      idempotencyKey: '',
-      amount: 600n,
-      currency: 'USD',
-      source: { kind: 'account', accountId: source },
-      destinationAccountId: '',
-      captureMethod: 'manual',
-      metadata: {},
-      deviceId: '',
-      ipCountry: '',
-      customerId: '',
-    });
+    const p = await flows.createPayment(walletPayment(merchant, source, { idempotencyKey: '', amount: 600n, captureMethod: 'manual' }));
     assert.deepEqual(await balances(source), [600n, 0n, 0n, 1_000n]);
     await new Promise((r) => setTimeout(r, 2_300)); // past the timeout and its second of slack
     const resumer = new PaymentResumer(pool, flows, logger, 60_000, 1);
@@ -574,19 +532,7 @@ describe('payments (gRPC, on the ledger, with the rules-only risk scorer)', func
       },
     };
     const key = `late-${randomUUID()}`;
-    const input = {
-      merchantId: merchant,
-      idempotencyKey: key,
-      amount: 600n,
-      currency: 'USD',
-      source: { kind: 'account' as const, accountId: source },
-      destinationAccountId: '',
-      captureMethod: 'manual' as const,
-      metadata: {},
-      deviceId: '',
-      ipCountry: '',
-      customerId: '',
-    };
+    const input = walletPayment(merchant, source, { idempotencyKey: key, amount: 600n, captureMethod: 'manual' });
     await assert.rejects(new PaymentFlows(pool, dead, approve, settings, logger).createPayment(input), /process killed/);
     const paymentId = derivedId(`payment:${merchant}`, key);
     // The caller retries with its key two minutes later (the payment keeps the time it was first recorded): the
