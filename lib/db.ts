@@ -147,12 +147,8 @@ export async function withTransaction<T>(pool: pg.Pool, work: (client: pg.PoolCl
   return retry(
     async () => {
       const attempt = queryTracing();
-      let client: pg.PoolClient;
-      try {
-        client = await pool.connect();
-      } catch (error) {
-        throw new UnavailableError('database_unavailable', 'database unavailable', 1, { cause: error });
-      }
+      const level = options.isolation === 'repeatable read' ? 'REPEATABLE READ' : 'SERIALIZABLE';
+      const client = await begun(pool, `BEGIN ISOLATION LEVEL ${level}${options.readOnly ? ' READ ONLY' : ''}`);
       let broken = false;
       // A checked-out client whose connection dies emits 'error'; unheard, that would crash the process. The
       // query in flight fails on its own and the client is discarded at release.
@@ -162,8 +158,6 @@ export async function withTransaction<T>(pool: pg.Pool, work: (client: pg.PoolCl
       client.on('error', onError);
       const untrace = attempt?.trace(client);
       try {
-        const level = options.isolation === 'repeatable read' ? 'REPEATABLE READ' : 'SERIALIZABLE';
-        await client.query(`BEGIN ISOLATION LEVEL ${level}${options.readOnly ? ' READ ONLY' : ''}`);
         const result = await work(client);
         await client.query('COMMIT');
         attempt?.end();
@@ -196,6 +190,35 @@ export async function withTransaction<T>(pool: pg.Pool, work: (client: pg.PoolCl
       isRetryable: (error) => isSerializationFailure(error) || (options.retryIf?.(error) ?? false),
     },
   );
+}
+
+/**
+ * A pooled connection with a transaction begun on it. A connection the database closed while it sat idle in the
+ * pool (a restart; or, in a worker thread paused between tasks, one it could not hear close) fails its BEGIN, which
+ * did nothing: it is discarded and another taken, up to as many as the pool holds, so a restart costs callers nothing.
+ */
+async function begun(pool: pg.Pool, begin: string): Promise<pg.PoolClient> {
+  for (let discarded = 0; ; discarded++) {
+    let client: pg.PoolClient;
+    try {
+      client = await pool.connect();
+    } catch (error) {
+      throw new UnavailableError('database_unavailable', 'database unavailable', 1, { cause: error });
+    }
+    // Heard while BEGIN runs: unheard, a connection's 'error' would crash the process.
+    const ignore = (): void => undefined;
+    client.on('error', ignore);
+    try {
+      await client.query(begin);
+      return client;
+    } catch (error) {
+      client.release(true);
+      if (!isConnectionError(error)) throw error;
+      if (discarded >= (pool.options.max ?? 10)) throw new UnavailableError('database_unavailable', 'database unavailable', 1, { cause: error });
+    } finally {
+      client.off('error', ignore);
+    }
+  }
 }
 
 /**
