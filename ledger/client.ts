@@ -12,6 +12,7 @@ import {
   type CreateTransferResult,
   type Transfer,
 } from '../proto/gen/ledger/v1/ledger.js';
+import { encodedSizeBound } from './encoded-size.js';
 import { MAX_BATCH_EVENTS } from './model.js';
 
 export interface LedgerClientOptions {
@@ -87,22 +88,6 @@ interface QueuedCall {
  * calls that each fit in a message also fit together (with full metadata a transfer is ~28 KB: 8,190 are ~225 MB).
  */
 const MAX_MERGED_BYTES = 24 * 1024 * 1024;
-
-/** An upper bound of a transfer's encoded size: its strings (3 bytes a UTF-16 unit at most), integers and flags, and its metadata. */
-export function encodedSizeBound(t: Transfer): number {
-  return 96 + 3 * (t.id.length + t.debitAccountId.length + t.creditAccountId.length + t.pendingId.length) + metadataSizeBound(t.metadata);
-}
-
-/** The same for an account: its id, integers (four balances) and flags, and its metadata. */
-export function encodedAccountSizeBound(a: Account): number {
-  return 128 + 3 * a.id.length + metadataSizeBound(a.metadata);
-}
-
-function metadataSizeBound(metadata: Record<string, string>): number {
-  let bytes = 0;
-  for (const key in metadata) bytes += 16 + Buffer.byteLength(key) + Buffer.byteLength(metadata[key]!);
-  return bytes;
-}
 
 /**
  * Promise client for ledger.v1.LedgerService. With auto-batching, many callers each sending a few transfers

@@ -2,6 +2,7 @@ import { randomInt, randomUUID } from 'node:crypto';
 import { EventBatch, type EventEnvelope } from '../proto/gen/events/v1/events.js';
 import type { Queryable } from '../lib/db.js';
 import { invariant } from '../lib/errors.js';
+import { metadataSizeBound } from './encoded-size.js';
 import type { LedgerEvent } from './engine.js';
 
 /** Events per message at most: 2,048 transfer events without metadata encode to about 400 KB. */
@@ -20,14 +21,9 @@ export const MAX_MESSAGE_BYTES = 960 * 1024;
  * lengths included (about 310 bytes).
  */
 const EVENT_FIXED_BYTES = 320;
-/** A metadata entry's tags and lengths at most, besides its key and value. */
-const METADATA_ENTRY_BYTES = 12;
 
 function encodedEventBound(e: LedgerEvent, traceparent: string): number {
-  let bytes = EVENT_FIXED_BYTES + traceparent.length;
-  const metadata = e.transfer?.metadata;
-  if (metadata) for (const key in metadata) bytes += METADATA_ENTRY_BYTES + Buffer.byteLength(key) + Buffer.byteLength(metadata[key]!);
-  return bytes;
+  return EVENT_FIXED_BYTES + traceparent.length + (e.transfer ? metadataSizeBound(e.transfer.metadata) : 0);
 }
 
 /** One outbox row's message: its encoded EventBatch and how many events it holds. */

@@ -3,7 +3,7 @@ import { ValidationError } from '../lib/errors.js';
 import { unary } from '../lib/grpc.js';
 import type { Logger } from '../lib/logger.js';
 import type { LedgerServiceServer, Transfer } from '../proto/gen/ledger/v1/ledger.js';
-import { encodedAccountSizeBound, encodedSizeBound } from './client.js';
+import { encodedAccountSizeBound, encodedSizeBound } from './encoded-size.js';
 import { accountResultToProto, accountToProto, balanceToProto, transferResultToProto, transferToProto } from './convert.js';
 import { TransferFlag, hasFlag, type TransferInput } from './model.js';
 import * as queries from './queries.js';
