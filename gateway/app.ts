@@ -91,36 +91,36 @@ function validators() {
   return ({ schema, httpPart }: { schema: object; httpPart?: string }) => (httpPart === 'body' ? body : query).compile(schema);
 }
 
-/** A JSON string (skipped) or number token. */
-const JSON_TOKEN = /"(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?/g;
-
-/**
- * The request's JSON with every number that parses to an integer it is not written as, as a string instead: JSON.parse
- * would round 1.0000000000000001 to the amount 1 and 9007199254740990.6 to 2^53-1, where validation must refuse a
- * non-integer (naming its parameter). Integers written otherwise (100.0, 1e2) stay numbers.
- */
-export function quoteInexactIntegers(json: string): string {
-  return json.replace(JSON_TOKEN, (token) => (token.startsWith('"') || isExact(token) ? token : `"${token}"`));
-}
-
 /**
  * Deeper than any body of the API (a batch's metadata is four levels down): the body's fingerprint is taken
  * before validation, recursively, and a body nested a hundred thousand levels overflowed the stack (a 500).
  */
 const MAX_BODY_DEPTH = 32;
 
-/** A JSON string (skipped) or bracket token. */
-const JSON_NESTING = /"(?:[^"\\]|\\.)*"|[[{\]}]/g;
+/** A JSON string (skipped: brackets and digits inside do not count), bracket or number token. */
+const JSON_TOKEN = /"(?:[^"\\]|\\.)*"|[[{\]}]|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?/g;
 
-/** Whether the JSON text nests arrays and objects deeper than MAX_BODY_DEPTH (brackets in strings do not count). */
-function nestsTooDeep(json: string): boolean {
+/**
+ * The request's JSON made ready for JSON.parse, in one pass over its tokens; undefined when it nests arrays and
+ * objects deeper than MAX_BODY_DEPTH. Every number that parses to an integer it is not written as becomes a string:
+ * JSON.parse would round 1.0000000000000001 to the amount 1 and 9007199254740990.6 to 2^53-1, where validation must
+ * refuse a non-integer (naming its parameter). Integers written otherwise (100.0, 1e2) stay numbers.
+ */
+function preparedJson(json: string): string | undefined {
   let depth = 0;
-  for (const [token] of json.matchAll(JSON_NESTING)) {
-    if (token === '[' || token === '{') depth++;
-    else if (token === ']' || token === '}') depth--;
-    if (depth > MAX_BODY_DEPTH) return true;
-  }
-  return false;
+  let tooDeep = false;
+  const prepared = json.replace(JSON_TOKEN, (token) => {
+    if (token === '[' || token === '{') {
+      if (++depth > MAX_BODY_DEPTH) tooDeep = true;
+      return token;
+    }
+    if (token === ']' || token === '}') {
+      depth--;
+      return token;
+    }
+    return token.startsWith('"') || isExact(token) ? token : `"${token}"`;
+  });
+  return tooDeep ? undefined : prepared;
 }
 
 function isExact(token: string): boolean {
@@ -182,8 +182,9 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
   const parseJson = app.getDefaultJsonParser('error', 'error');
   app.removeContentTypeParser('application/json');
   app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => {
-    if (nestsTooDeep(body as string)) return done(new AppError('invalid_argument', 'body_invalid', `The request body nests arrays and objects deeper than ${MAX_BODY_DEPTH} levels`), undefined);
-    parseJson(request, quoteInexactIntegers(body as string), done);
+    const prepared = preparedJson(body as string);
+    if (prepared === undefined) return done(new AppError('invalid_argument', 'body_invalid', `The request body nests arrays and objects deeper than ${MAX_BODY_DEPTH} levels`), undefined);
+    parseJson(request, prepared, done);
   });
   app.setErrorHandler(errorHandler(logger));
   app.setNotFoundHandler((request, reply) => sendError(reply, new AppError('not_found', 'resource_missing', `Unrecognized request URL (${request.method} ${request.url.split('?')[0]})`)));
