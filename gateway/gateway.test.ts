@@ -335,10 +335,22 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       }
     });
 
+    it('every list answers a cursor that names nothing with 400 resource_missing and the cursor as param, never an empty page', async () => {
+      const id = await account(keyA);
+      const lists = [
+        ['/v1/payments', ['starting_after', 'ending_before']],
+        [`/v1/accounts/${id}/transfers`, ['starting_after', 'ending_before']],
+        ['/v1/settlements', ['starting_after']],
+      ] as const;
+      for (const [path, cursors] of lists) {
+        for (const cursor of cursors) expectError(await api.get(`${path}?${cursor}=${randomUUID()}`, keyA), 400, 'resource_missing', cursor);
+      }
+    });
+
     it('a settlements cursor the service refuses (nil UUID) is answered as one that names no settlement', async () => {
       const nil = await api.get('/v1/settlements?starting_after=00000000-0000-0000-0000-000000000000', keyA);
       const missing = await api.get(`/v1/settlements?starting_after=${randomUUID()}`, keyA);
-      expectError(missing, 404, 'resource_missing', 'starting_after');
+      expectError(missing, 400, 'resource_missing', 'starting_after');
       assert.deepEqual([nil.status, nil.body], [missing.status, missing.body]);
     });
 

@@ -107,7 +107,7 @@ describe('REST settlements (gateway, payments, relay, JetStream, settlement serv
     assert.deepEqual(list.body.data.map((x: { id: string }) => x.id), [s.id]);
     assert.deepEqual((await api.get('/v1/settlements', b.key)).body.data, []);
     // Another merchant's settlement as a cursor is not found, and the error names the parameter given.
-    expectError(await api.get(`/v1/settlements?starting_after=${s.id}`, b.key), 404, 'resource_missing', 'starting_after');
+    expectError(await api.get(`/v1/settlements?starting_after=${s.id}`, b.key), 400, 'resource_missing', 'starting_after');
 
     const report = await api.get(`/v1/settlements/${s.id}/report.csv`, a.key);
     assert.equal(report.status, 200);

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { statement, type Pool, type PoolClient, type Queryable } from '../../lib/db.js';
-import { invariant } from '../../lib/errors.js';
+import { ValidationError, invariant } from '../../lib/errors.js';
 import { EventBatch } from '../../proto/gen/events/v1/events.js';
 import { PAYMENT_OUTBOX_SHARD_BASE, nextOutboxSequence } from '../outbox.js';
 import { shardOf } from '../router.js';
@@ -188,13 +188,17 @@ export interface PaymentPage {
   hasMore: boolean;
 }
 
-/** Newest first; `startingAfter` / `endingBefore` are payment ids of the merchant (others: as if absent). */
+/**
+ * Newest first; `startingAfter` / `endingBefore` are payment ids of the merchant. Any other id is refused
+ * (resource_missing), as every list of the API refuses a cursor naming nothing of the caller's: an empty page
+ * would end a client's paging as if it had read everything.
+ */
 export async function listPayments(db: Queryable, merchantId: string, limit: number, startingAfter: string | null, endingBefore: string | null): Promise<PaymentPage> {
   const anchorId = startingAfter ?? endingBefore;
   let anchor: { createdAt: bigint; id: string } | null = null;
   if (anchorId) {
     const a = await db.query({ name: 'pay-list-anchor', text: 'SELECT created_at, id FROM payments WHERE id = $1 AND merchant_id = $2', values: [anchorId, merchantId] });
-    if (!a.rows[0]) return { payments: [], hasMore: false };
+    if (!a.rows[0]) throw new ValidationError(startingAfter ? 'starting_after' : 'ending_before', 'no such payment', 'resource_missing');
     anchor = { createdAt: a.rows[0].created_at, id: a.rows[0].id };
   }
   // ending_before walks towards newer payments: read ascending from the anchor, then present newest first.
