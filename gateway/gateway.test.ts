@@ -492,6 +492,37 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
   });
 
   describe('Idempotency-Key', () => {
+    it('a retry that reaches the same route by a percent-encoded path (/%761/payments) is the same request: replayed, not 422', async () => {
+      const { wallet: w } = await wallet(keyA, 1_000);
+      const key = randomUUID();
+      const body = { amount: 100, currency: 'USD', source: { account: w }, capture_method: 'automatic' };
+      const first = await api.post('/v1/payments', keyA, body, key);
+      assert.equal(first.status, 201, first.text);
+      // Not through `api`: it checks each path against /openapi.json, where this spelling is not.
+      const retry = await fetch(`${api.url}/%761/payments`, { method: 'POST', headers: { authorization: `Bearer ${keyA}`, 'content-type': 'application/json', 'idempotency-key': key }, body: JSON.stringify(body) });
+      assert.equal(retry.status, 201);
+      assert.equal(await retry.text(), first.text);
+      assert.equal(retry.headers.get('idempotent-replayed'), 'true');
+    });
+
+    it('no answer may be kept by a cache or sniffed as another type: first answers, errors and replays alike', async () => {
+      const { wallet: w } = await wallet(keyA, 1_000);
+      const key = randomUUID();
+      const body = { amount: 100, currency: 'USD', source: { account: w }, capture_method: 'automatic' };
+      const answers = [
+        await api.post('/v1/payments', keyA, body, key),
+        await api.post('/v1/payments', keyA, body, key),
+        await api.get(`/v1/accounts/${w}`, keyA),
+        await api.get('/v1/payments', `sk_${randomUUID()}`),
+        await api.get(`/v1/payments/${randomUUID()}`, keyA),
+        await api.post('/v1/merchants', ADMIN_KEY, { name: 'Cache-Control check' }),
+      ];
+      for (const r of answers) {
+        assert.equal(r.headers.get('cache-control'), 'no-store', `${r.status} ${r.text}`);
+        assert.equal(r.headers.get('x-content-type-options'), 'nosniff', `${r.status} ${r.text}`);
+      }
+    });
+
     it('replays the first answer byte for byte, also an error, and also after a gateway restart; other parameters are 422', async () => {
       const { wallet: w } = await wallet(keyA, 1_000);
       const key = randomUUID();
