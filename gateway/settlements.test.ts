@@ -144,4 +144,44 @@ describe('REST settlements (gateway, payments, relay, JetStream, settlement serv
     assert.equal(reconciliation.body.lines_checked, s.line_count);
     assert.equal(reconciliation.body.events_checked, 3);
   });
+
+  it('pays out only money that came in by card: a wallet funded from an account that may go negative pays the merchant nothing, fees are still owed', async () => {
+    const m = await merchant('Wallet minter');
+    const created = async (body: object) => {
+      const r = await api.post('/v1/accounts', m.key, body);
+      assert.equal(r.status, 201, r.text);
+      return r.body.id as string;
+    };
+    // A custom account without limits can go negative: the merchant's own books, not money the platform holds.
+    const funding = await created({ currency: 'EUR' });
+    const wallet = await created({ currency: 'EUR', flags: ['debits_must_not_exceed_credits'] });
+    const funded = await api.post('/v1/transfers', m.key, { debit_account_id: funding, credit_account_id: wallet, amount: 1_000_000, currency: 'EUR' });
+    assert.equal(funded.status, 201, funded.text);
+    const byWallet = await api.post('/v1/payments', m.key, { amount: 1_000_000, currency: 'EUR', source: { account: wallet }, capture_method: 'automatic' }, randomUUID());
+    assert.equal(byWallet.status, 201, byWallet.text);
+    const walletRefund = await api.post('/v1/refunds', m.key, { payment: byWallet.body.id, amount: 1_000 }, randomUUID());
+    assert.equal(walletRefund.status, 201, walletRefund.text);
+    const byCard = await pay(m.key, 10_000);
+    await consumed([byWallet.body.id, byCard.id]);
+    const deadline = Date.now() + 30_000;
+    while ((await settlement.pool.query(`SELECT 1 FROM settlement_events WHERE type = 'payment.refunded' AND payment_id = $1`, [byWallet.body.id])).rowCount === 0) {
+      assert.ok(Date.now() < deadline, 'refund consumed');
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+
+    const closed = await api.post('/v1/settlements/close', ADMIN_KEY, { merchant: m.id, currency: 'EUR' });
+    assert.equal(closed.status, 200, closed.text);
+    assert.equal(closed.body.data.length, 1, closed.text);
+    const s = closed.body.data[0];
+    const fees = byWallet.body.fee + byCard.fee;
+    assert.ok(byWallet.body.fee > 0, 'the wallet payment took a fee');
+    // The card's money, less every fee the platform took (more than the card brought: owed, carried): the wallet's
+    // million never reaches the merchant's bank.
+    const net = 10_000 - fees;
+    const payout = Math.max(0, net);
+    assert.deepEqual([s.gross_captured, s.refunds, s.fees, s.net, s.payout, s.carried_out], [10_000, 0, fees, net, payout, net - payout]);
+    const reconciliation = await api.get(`/v1/settlements/${s.id}/reconciliation`, ADMIN_KEY);
+    assert.equal(reconciliation.status, 200, reconciliation.text);
+    assert.deepEqual(reconciliation.body.discrepancies, []);
+  });
 });

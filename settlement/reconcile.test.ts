@@ -51,7 +51,7 @@ describe('settlement reconciliation over windows with no batch (real PostgreSQL 
         paymentId: randomUUID(), merchantId: m.merchantId, currency: 'EUR', amount, amountCaptured: amount, amountRefunded: 0n, fee: 0n, status: 'succeeded',
         operationId: t.id, operationAmount: amount, operationFee: 0n, declineCode: '', sourceAccountId: m.customerId, destinationAccountId: m.accountId,
         customerId: '', riskScorePpm: 0, riskModelVersion: '', cardFingerprint: '', cardCountry: '', cardType: '', deviceId: '', ipCountry: '',
-        merchantCategory: '', createdAt: occurredAt, feeTransferId: '',
+        merchantCategory: '', createdAt: occurredAt, feeTransferId: '', sourceType: 'card',
       } },
     };
     await withTransaction(suite.pool, (tx) => by.handle(e, tx));

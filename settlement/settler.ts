@@ -65,14 +65,7 @@ export class Settler {
       `event ${consumed.eventId}: account ${consumed.accountId} is settled for ${account.merchantId} in ${account.currency}, not ${consumed.merchantId} in ${consumed.currency}`,
     );
     const effectiveAt = consumed.occurredAt > account.closedThrough ? consumed.occurredAt : account.closedThrough;
-    const entries: { transferId: string; kind: store.EntryKind; amount: bigint }[] =
-      consumed.type === 'payment.captured'
-        ? [
-            { transferId: consumed.operationId, kind: 'capture', amount: consumed.amount },
-            ...(consumed.fee > 0n ? [{ transferId: consumed.feeTransferId!, kind: 'fee' as const, amount: consumed.fee }] : []),
-          ]
-        : [{ transferId: consumed.operationId, kind: 'refund', amount: consumed.amount }];
-    await store.recordEvent(tx, consumed, effectiveAt, entries);
+    await store.recordEvent(tx, consumed, effectiveAt, entriesOf(consumed));
   };
 
   /**
@@ -278,6 +271,18 @@ function isOutage(error: unknown): boolean {
   return receivedFailure(error)?.retryable ?? false;
 }
 
+/**
+ * The entries of a movement. Only money the platform received is paid out: a card payment's capture and refund.
+ * A wallet payment moves money between the merchant's own accounts, which it may have funded from an account
+ * allowed to go negative: settled, it would be paid to the merchant's bank from nothing (or twice, once as the
+ * card payment that funded the wallet). Its fee is the platform's charge all the same, and is owed.
+ */
+function entriesOf(consumed: store.ConsumedEvent): store.EntryInput[] {
+  const fee: store.EntryInput[] = consumed.fee > 0n ? [{ transferId: consumed.feeTransferId!, kind: 'fee', amount: consumed.fee }] : [];
+  if (!consumed.cardFunded) return fee;
+  return consumed.type === 'payment.captured' ? [{ transferId: consumed.operationId, kind: 'capture', amount: consumed.amount }, ...fee] : [{ transferId: consumed.operationId, kind: 'refund', amount: consumed.amount }];
+}
+
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 /**
@@ -299,6 +304,7 @@ function settledMovement(event: EventEnvelope, latest: bigint): store.ConsumedEv
   if (event.occurredAt <= 0n) throw bad('no occurred_at');
   if (event.occurredAt > latest) throw bad(`occurred_at ${event.occurredAt} is in the future (later than ${latest}, the clock skew allowed)`);
   currencyOf(p.currency);
+  if (!['', 'card', 'account'].includes(p.sourceType)) throw bad(`source_type ${JSON.stringify(p.sourceType)} is neither card nor account`);
   const captured = event.type === 'payment.captured';
   return {
     eventId: event.eventId,
@@ -313,5 +319,7 @@ function settledMovement(event: EventEnvelope, latest: bigint): store.ConsumedEv
     // Events written before fee_transfer_id existed name the fee by the rule payments derive it with.
     feeTransferId: captured && p.operationFee > 0n ? p.feeTransferId || feeTransferId(p.operationId) : null,
     occurredAt: event.occurredAt,
+    // Events written before source_type existed: card, as they were all settled then.
+    cardFunded: p.sourceType !== 'account',
   };
 }

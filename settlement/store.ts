@@ -45,6 +45,8 @@ export interface ConsumedEvent {
   fee: bigint;
   feeTransferId: string | null;
   occurredAt: bigint;
+  /** Paid by card (money the platform holds), not from a wallet account of the merchant: see settler.ts. */
+  cardFunded: boolean;
 }
 
 export interface SettledAccount {
@@ -149,12 +151,14 @@ export async function openAccount(tx: PoolClient, accountId: string, merchantId:
 }
 
 /** Records a consumed event in the journal and its movements as entries (a movement already known is kept once). */
-export async function recordEvent(tx: PoolClient, event: ConsumedEvent, effectiveAt: bigint, entries: readonly Pick<Entry, 'transferId' | 'kind' | 'amount'>[]): Promise<void> {
+export type EntryInput = Pick<Entry, 'transferId' | 'kind' | 'amount'>;
+
+export async function recordEvent(tx: PoolClient, event: ConsumedEvent, effectiveAt: bigint, entries: readonly EntryInput[]): Promise<void> {
   await tx.query({
     name: 'stl-record-event',
     text: `WITH journal AS (
-             INSERT INTO settlement_events (event_id, type, payment_id, operation_id, account_id, amount, fee, fee_transfer_id, occurred_at, effective_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (event_id) DO NOTHING
+             INSERT INTO settlement_events (event_id, type, payment_id, operation_id, account_id, amount, fee, fee_transfer_id, occurred_at, effective_at, card_funded)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $14) ON CONFLICT (event_id) DO NOTHING
            )
            INSERT INTO settlement_entries (transfer_id, account_id, kind, amount, payment_id, event_id, occurred_at, effective_at)
            SELECT t, $5, k, a, $3, $1, $9, $10 FROM unnest($11::uuid[], $12::text[], $13::int8[]) AS e(t, k, a)
@@ -173,6 +177,7 @@ export async function recordEvent(tx: PoolClient, event: ConsumedEvent, effectiv
       entries.map((e) => e.transferId),
       entries.map((e) => e.kind),
       entries.map((e) => String(e.amount)),
+      event.cardFunded,
     ],
   });
 }
@@ -421,12 +426,13 @@ export interface JournalEvent {
   amount: bigint;
   fee: bigint;
   feeTransferId: string | null;
+  cardFunded: boolean;
 }
 
 /** The events consumed for the account that were effective in [start, end). */
 export async function journalEvents(db: Queryable, accountId: string, start: bigint, end: bigint): Promise<JournalEvent[]> {
   const r = await db.query(
-    `SELECT event_id, type, payment_id, operation_id, amount, fee, fee_transfer_id FROM settlement_events
+    `SELECT event_id, type, payment_id, operation_id, amount, fee, fee_transfer_id, card_funded FROM settlement_events
      WHERE account_id = $1 AND effective_at >= $2 AND effective_at < $3 ORDER BY occurred_at, event_id`,
     [accountId, start, end],
   );
@@ -438,7 +444,15 @@ export async function journalEvents(db: Queryable, accountId: string, start: big
     amount: row.amount,
     fee: row.fee,
     feeTransferId: row.fee_transfer_id,
+    cardFunded: row.card_funded,
   }));
+}
+
+/** Which of these transfers are the captures or refunds of wallet-paid payments settlement consumed (not paid out). */
+export async function walletMovements(db: Queryable, transferIds: readonly string[]): Promise<Set<string>> {
+  if (transferIds.length === 0) return new Set();
+  const r = await db.query('SELECT operation_id FROM settlement_events WHERE operation_id = ANY($1::uuid[]) AND NOT card_funded', [transferIds]);
+  return new Set(r.rows.map((row) => row.operation_id as string));
 }
 
 /** Which of these transfers have an entry (in any batch, or still open), in which batch, and from which event. */

@@ -401,6 +401,7 @@ function paymentEventsMessage(shardCount: number, events: readonly { type: Payme
             operationFee: feeTaken,
             declineCode: payment.declineCode ?? '',
             sourceAccountId: payment.sourceAccountId,
+            sourceType: payment.sourceKind,
             destinationAccountId: payment.destinationAccountId,
             customerId: payment.customerId ?? '',
             riskScorePpm: payment.risk.scorePpm,
