@@ -517,6 +517,41 @@ describe('payments (gRPC, on the ledger, with the rules-only risk scorer)', func
     await expectError(capture(merchant, p.id), status.FAILED_PRECONDITION, 'payment_not_capturable');
   });
 
+  it('an expired authorization whose cancel keeps throwing does not hold up the expired authorizations behind it', async () => {
+    const merchant = await newMerchant();
+    const source = await wallet(merchant, 1_000n);
+    const { real, logger, riskClient } = crashingAfterTheLedger();
+    const settings = { shardCount: 8, authorizationTimeoutSeconds: 1, riskDeadlineMs: 2000, riskFailOpenBelowAmount: 0n };
+    const flows = new PaymentFlows(pool, real, riskClient, settings, logger);
+    const stuck = await flows.createPayment(walletPayment(merchant, source, { idempotencyKey: '', amount: 100n, captureMethod: 'manual' }));
+    const behind = await flows.createPayment(walletPayment(merchant, source, { idempotencyKey: '', amount: 200n, captureMethod: 'manual' }));
+    // The oldest payments awaiting capture in the database, in this order: first in line of every pass.
+    await pool.query('UPDATE payments SET created_at = $2 WHERE id = $1', [stuck.id, '1']);
+    await pool.query('UPDATE payments SET created_at = $2 WHERE id = $1', [behind.id, '2']);
+    // The first one's cancel was recorded before a crash, and throws whenever it is driven again (whatever the cause).
+    const crashing: PaymentLedger = {
+      createAccounts: (a) => real.createAccounts(a),
+      createTransfers: async () => {
+        throw new Error('process killed before the ledger call');
+      },
+    };
+    await assert.rejects(new PaymentFlows(pool, crashing, riskClient, settings, logger).cancel(merchant, stuck.id), /process killed/);
+    const failing = Object.assign(Object.create(flows) as PaymentFlows, {
+      cancel: (m: string, id: string) => (id === stuck.id ? Promise.reject(new Error('still failing')) : flows.cancel(m, id)),
+      resume: (op: Parameters<PaymentFlows['resume']>[0]) => (op.paymentId === stuck.id ? Promise.reject(new Error('still failing')) : flows.resume(op)),
+    });
+    await new Promise((r) => setTimeout(r, 2_300)); // past the timeout and its second of slack
+    // One expired authorization a pass: one left first in line would be all every pass takes.
+    const resumer = new PaymentResumer(pool, failing, logger, 60_000, 1, 1);
+    for (let pass = 0; pass < 3 && (await get(merchant, behind.id)).status !== PaymentStatus.PAYMENT_STATUS_CANCELED; pass++) await resumer.resumeOnce();
+    assert.equal((await get(merchant, behind.id)).status, PaymentStatus.PAYMENT_STATUS_CANCELED, 'the expired authorization behind the failing cancel was never canceled');
+    // The failing cancel is a stale step like any other: finished once it stops failing.
+    await pool.query(`UPDATE payment_operations SET updated_at = now() - interval '1 hour' WHERE payment_id = $1 AND kind = 'cancel'`, [stuck.id]);
+    await new PaymentResumer(pool, flows, logger, 60_000, 1).resumeOnce();
+    assert.equal((await get(merchant, stuck.id)).status, PaymentStatus.PAYMENT_STATUS_CANCELED);
+    assert.deepEqual(await balances(source), [0n, 0n, 0n, 1_000n]);
+  });
+
   it('an authorization that reached the ledger after its payment was recorded is canceled by its ledger expiry, not by the payment\'s age', async () => {
     const merchant = await newMerchant();
     const source = await wallet(merchant, 1_000n);

@@ -335,8 +335,9 @@ export async function deferOperation(db: Queryable, operationId: string): Promis
  * from then, and canceling it earlier voids an authorization the merchant may still capture. `createdBefore` (the
  * payment recorded at least one timeout ago, which its pending transfer never precedes) only narrows the scan to
  * the index of payments awaiting capture.
- * Not those whose cancel failed (the ledger refused the void against an invariant: another cancel is refused the
- * same, and they would fill every page of this query).
+ * Not those with a cancel step already: failed (the ledger refused the void against an invariant: another cancel
+ * is refused the same), or processing, which the resumer's stale steps drive, sent to the back of the line when
+ * they throw (deferOperation). Either kind, taken here, could fill every page of this query for good.
  */
 export async function expiredAuthorizations(db: Queryable, createdBefore: bigint, expiredBefore: bigint, limit: number): Promise<{ id: string; merchantId: string }[]> {
   const r = await db.query({
@@ -345,7 +346,7 @@ export async function expiredAuthorizations(db: Queryable, createdBefore: bigint
              JOIN payment_operations a ON a.payment_id = p.id AND a.kind = 'authorize'
              JOIN pending_transfers t ON t.id = a.id
            WHERE p.status = 'requires_capture' AND p.created_at < $1 AND t.expires_at > 0 AND t.expires_at < $2
-             AND NOT EXISTS (SELECT 1 FROM payment_operations o WHERE o.payment_id = p.id AND o.kind = 'cancel' AND o.status = 'failed')
+             AND NOT EXISTS (SELECT 1 FROM payment_operations o WHERE o.payment_id = p.id AND o.kind = 'cancel')
            ORDER BY p.created_at LIMIT $3`,
     values: [createdBefore, expiredBefore, limit],
   });
