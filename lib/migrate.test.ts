@@ -2,6 +2,7 @@ import { strict as assert } from 'node:assert';
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import pg from 'pg';
 import { testConfig, scratchDatabaseUrl } from '../test/support.js';
 import { createPool, type Pool } from './db.js';
 import { ensureDatabase, loadMigrations, migrate, sqlServer } from './migrate.js';
@@ -55,6 +56,44 @@ describe('migration runner', () => {
     await writeFile(path.join(dir, '0003_serial.sql'), 'CREATE TABLE bad (id SERIAL PRIMARY KEY);');
     await assert.rejects(migrate(pool, await loadMigrations([dir])), /0003_serial.sql:1 serial/);
     assert.deepEqual(await tables(), []);
+  });
+
+  it('a second runner started while another applies a migration waits for it and counts it as applied', async () => {
+    // Two instances of a service starting at once both migrate. One holds 0001 applied but not yet committed
+    // (a runner of its own, by hand, so that the order is certain); the other starts meanwhile.
+    await migrate(pool, []);
+    const migrations = await loadMigrations([dir]);
+    const other = new pg.Client({ connectionString: url });
+    await other.connect();
+    try {
+      await other.query('BEGIN');
+      await other.query(migrations[0]!.sql);
+      await other.query('INSERT INTO schema_migrations (name, checksum) VALUES ($1, $2)', [migrations[0]!.name, migrations[0]!.checksum]);
+      const ours = migrate(pool, migrations);
+      ours.catch(() => undefined);
+      // Ours is waiting on the other's uncommitted table; then the other commits.
+      for (;;) {
+        const waiting = await other.query("SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()");
+        if (waiting.rowCount! > 0) break;
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+      await other.query('COMMIT');
+      assert.deepEqual(await ours, { applied: ['0002_second.sql'], alreadyApplied: ['0001_first.sql'] });
+    } finally {
+      await other.end();
+    }
+    assert.deepEqual(await tables(), ['first', 'schema_migrations', 'second']);
+  });
+
+  it('two runners at once on an empty database both succeed, each migration applied once', async () => {
+    const other = createPool({ ...testConfig(), DATABASE_URL: url }, { max: 1 });
+    try {
+      const migrations = await loadMigrations();
+      const [a, b] = await Promise.all([migrate(pool, migrations), migrate(other, migrations)]);
+      assert.deepEqual([...a.applied, ...b.applied].sort(), migrations.map((m) => m.name));
+    } finally {
+      await other.end();
+    }
   });
 
   it('runs a PostgreSQL-only file (*.postgresql.sql) on PostgreSQL, in its place in the order', async () => {
