@@ -48,7 +48,7 @@ describe('migration runner', () => {
 
   it('refuses a migration edited after it was applied', async () => {
     await migrate(pool, await loadMigrations([dir]));
-    await writeFile(path.join(dir, '0001_first.sql'), 'CREATE TABLE first (id UUID PRIMARY KEY, x INT);');
+    await writeFile(path.join(dir, '0001_first.sql'), 'CREATE TABLE first (id UUID PRIMARY KEY, x INT4);');
     await assert.rejects(migrate(pool, await loadMigrations([dir])), /0001_first.sql was changed after it was applied/);
   });
 
