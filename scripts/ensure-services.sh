@@ -45,11 +45,18 @@ ensure_postgres() {
   hba="/etc/postgresql/$version/main/pg_hba.conf"
   # A development machine: the postgres user connects over loopback without a password, as the services'
   # default DATABASE_URL expects. Production uses its own credentials in DATABASE_URL.
-  if ! grep -q '^host all postgres 127.0.0.1/32 trust' "$hba"; then
+  local hba_changed=
+  # pg_hba.conf is readable by postgres and root only.
+  if ! as_root grep -q '^host all postgres 127.0.0.1/32 trust' "$hba"; then
     as_root sed -i '1i host all postgres 127.0.0.1/32 trust' "$hba"
+    hba_changed=1
   fi
   say "starting PostgreSQL $version"
   as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+  # The package starts its cluster as it installs it (invoke-rc.d), before the line above was written, and the
+  # server reads pg_hba.conf only at start and on reload: without one the services' password-less connections
+  # are refused.
+  if [ -n "$hba_changed" ]; then as_root pg_ctlcluster --skip-systemctl-redirect "$version" main reload; fi
   wait_for PostgreSQL "$PGHOST_" "$PGPORT_"
 }
 
