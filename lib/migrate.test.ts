@@ -96,6 +96,24 @@ describe('migration runner', () => {
     }
   });
 
+  it('runners creating the database at once all succeed', async () => {
+    for (const name of ['ledgerline_migrate_test_a', 'ledgerline_migrate_test_b', 'ledgerline_migrate_test_c']) {
+      const created = scratchDatabaseUrl(name);
+      await ensureDatabase(created, { fresh: true });
+      const admin = new pg.Client({ connectionString: scratchDatabaseUrl('postgres') });
+      await admin.connect();
+      try {
+        await admin.query(`DROP DATABASE ${name} WITH (FORCE)`);
+        // Each finds it missing and creates it; all but one find it made meanwhile.
+        await Promise.all([ensureDatabase(created), ensureDatabase(created), ensureDatabase(created), ensureDatabase(created)]);
+        assert.equal((await admin.query('SELECT 1 FROM pg_database WHERE datname = $1', [name])).rowCount, 1);
+      } finally {
+        await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+        await admin.end();
+      }
+    }
+  });
+
   it('runs a PostgreSQL-only file (*.postgresql.sql) on PostgreSQL, in its place in the order', async () => {
     await writeFile(path.join(dir, '0003_tuning.postgresql.sql'), 'ALTER TABLE second ALTER COLUMN id SET STORAGE PLAIN;');
     const migrations = await loadMigrations([dir]);

@@ -3,7 +3,8 @@ import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { isUniqueViolation, withTransaction, sqlState, type Pool } from './db.js';
+import { isSerializationFailure, isUniqueViolation, withTransaction, sqlState, type Pool } from './db.js';
+import { retry } from './retry.js';
 import { InternalError } from './errors.js';
 import { findDialectViolations } from './sql-dialect.js';
 
@@ -151,10 +152,20 @@ export async function ensureDatabase(url: string, options: { fresh?: boolean } =
       try {
         await client.query(`CREATE DATABASE ${database}`);
       } catch (error) {
-        if (sqlState(error) !== '42P04') throw error; // created concurrently by another runner
+        // Created meanwhile by another runner: PostgreSQL waits for its creation and then answers 23505 on its
+        // catalog (42P04 only once it was committed before the CREATE began). Whatever the code, it exists now.
+        const now = await client.query('SELECT 1 FROM pg_database WHERE datname = $1', [database]);
+        if (now.rowCount === 0) throw error;
       }
     }
-    await client.query(`ALTER DATABASE ${database} SET default_transaction_isolation = 'serializable'`);
+    // Idempotent, but two runners at once collide on PostgreSQL's catalog row (23505 when both add it, "tuple
+    // concurrently updated", XX000, when both change it): the one that lost sets it again.
+    await retry(() => client.query(`ALTER DATABASE ${database} SET default_transaction_isolation = 'serializable'`), {
+      attempts: 5,
+      baseDelayMs: 10,
+      maxDelayMs: 200,
+      isRetryable: (error) => sqlState(error) === 'XX000' || isUniqueViolation(error) || isSerializationFailure(error),
+    });
   } finally {
     await client.end();
   }
