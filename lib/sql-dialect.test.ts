@@ -51,6 +51,7 @@ describe('SQL dialect rules (CockroachDB compatibility)', () => {
     inherits: 'CREATE TABLE t () INHERITS (u);',
     exclusion: 'CREATE TABLE t (r tsrange, EXCLUDE USING gist (r WITH &&));',
     'int-width': 'SELECT count(*)::int AS n FROM t;',
+    division: 'SELECT amount * fee_bps / 10000 AS fee FROM payments;',
   };
 
   for (const rule of FORBIDDEN_CONSTRUCTS) {

@@ -24,6 +24,9 @@ export const FORBIDDEN_CONSTRUCTS: readonly DialectRule[] = [
   // Runs on both, differently: a column or cast the code reads as a JS number on PostgreSQL comes back from
   // CockroachDB as INT8, which lib/db.ts parses to a bigint (a metric then drops it, arithmetic with numbers throws).
   { name: 'int-width', pattern: /\b(int|integer)\b/i, why: 'INT is INT8 on CockroachDB but INT4 on PostgreSQL: write INT4 or INT8' },
+  // Integers divided give a truncated integer on PostgreSQL and a DECIMAL on CockroachDB (which has // for the
+  // former, unknown to PostgreSQL): the same statement would compute different amounts.
+  { name: 'division', pattern: /\//, why: 'INT / INT is an integer on PostgreSQL, a DECIMAL on CockroachDB: divide in code' },
 ];
 
 export interface DialectViolation {
