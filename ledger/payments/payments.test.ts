@@ -387,6 +387,20 @@ describe('payments (gRPC, on the ledger, with the rules-only risk scorer)', func
     }
   });
 
+  it('risk unavailable: the fail-open amount of the payment\'s currency decides where one is set', async () => {
+    const merchant = await newMerchant();
+    const source = await wallet(merchant, 100_000n);
+    const unavailable = { score: async () => Promise.reject(new Error('risk down')) };
+    const settings = { shardCount: 8, authorizationTimeoutSeconds: 3600, riskDeadlineMs: 2000, riskFailOpenBelowAmount: 5_000n };
+    const input = walletPayment(merchant, source, { idempotencyKey: '', amount: 1_000n, captureMethod: 'automatic' });
+    const logger = createLogger('payments-test', 'silent');
+    const byDefault = await new PaymentFlows(pool, routerLedger(ledger.app.router), unavailable, settings, logger).createPayment(input);
+    assert.deepEqual([byDefault.status, byDefault.risk.outcome], ['succeeded', 'fail_open']);
+    const ownLimit = new PaymentFlows(pool, routerLedger(ledger.app.router), unavailable, { ...settings, riskFailOpenBelowAmountByCurrency: new Map([[input.currency, 500n]]) }, logger);
+    const byCurrency = await ownLimit.createPayment(input);
+    assert.deepEqual([byCurrency.status, byCurrency.declineCode, byCurrency.risk.outcome], ['declined', 'risk_unavailable', 'fail_closed']);
+  });
+
   it('risk answering no decision it knows (unspecified, or a newer enum value) is not an approval: the unavailable policy applies', async () => {
     const merchant = await newMerchant();
     const source = await wallet(merchant, 100_000n);
