@@ -185,6 +185,31 @@ describe('REST settlements (gateway, payments, relay, JetStream, settlement serv
     assert.deepEqual(reconciliation.body.discrepancies, []);
   });
 
+  it('the fees of wallet payments taken into an account of their own are collected from the card money of the merchant\'s other accounts', async () => {
+    const m = await merchant('Fee dodger');
+    const created = async (body: object) => {
+      const r = await api.post('/v1/accounts', m.key, body);
+      assert.equal(r.status, 201, r.text);
+      return r.body.id as string;
+    };
+    // Wallet payments (money of the merchant's own books) into an account that never sees card money: their fees
+    // are a debt of that account, which no card payment there ever covers.
+    const funding = await created({ currency: 'EUR' });
+    const wallet = await created({ currency: 'EUR', flags: ['debits_must_not_exceed_credits'] });
+    const walletTaken = await created({ currency: 'EUR' });
+    const funded = await api.post('/v1/transfers', m.key, { debit_account_id: funding, credit_account_id: wallet, amount: 1_000_000, currency: 'EUR' });
+    assert.equal(funded.status, 201, funded.text);
+    const byWallet = await api.post('/v1/payments', m.key, { amount: 1_000_000, currency: 'EUR', source: { account: wallet }, capture_method: 'automatic', destination_account_id: walletTaken }, randomUUID());
+    assert.equal(byWallet.status, 201, byWallet.text);
+    assert.ok(byWallet.body.fee > 0, 'the wallet payment took a fee');
+    const byCard = await pay(m.key, 100_000);
+    await consumed([byWallet.body.id, byCard.id]);
+    const closed = await api.post('/v1/settlements/close', ADMIN_KEY, { merchant: m.id, currency: 'EUR' });
+    assert.equal(closed.status, 200, closed.text);
+    const paid = (closed.body.data as { payout: number }[]).reduce((sum, s) => sum + s.payout, 0);
+    assert.equal(paid, 100_000 - byCard.fee - byWallet.body.fee, `paid out ${paid}: the card's money less both fees`);
+  });
+
   it('a debt left by a refund after its payout is recovered from the merchant\'s other accounts in the currency: a new destination account does not escape it', async () => {
     const m = await merchant('Debt escaper');
     const refunded = async (paymentId: string) => {
