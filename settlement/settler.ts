@@ -137,10 +137,11 @@ export class Settler {
       await store.insertBatch(tx, batch);
       await store.advanceAccount(tx, accountId, cut, batch.carriedOut);
       await store.writeBatchCreated(tx, batch, nowNanos());
-      return { batch, closedThrough: cut };
+      return { batch, closedThrough: cut, debtElsewhere };
     });
     if (outcome.batch) {
-      this.logger.info({ batch: outcome.batch.id, account: accountId, lines: outcome.batch.lineCount, net: String(outcome.batch.net), payout: String(outcome.batch.payout) }, 'settlement batch made');
+      const held = 'debtElsewhere' in outcome && outcome.debtElsewhere > 0n ? { debt_elsewhere: String(outcome.debtElsewhere) } : {};
+      this.logger.info({ batch: outcome.batch.id, account: accountId, lines: outcome.batch.lineCount, net: String(outcome.batch.net), payout: String(outcome.batch.payout), ...held }, 'settlement batch made');
       if (outcome.batch.status === 'payout_pending') outcome.batch.status = await this.payOut(outcome.batch);
       this.settings.onBatch?.(outcome.batch);
     }
