@@ -402,6 +402,24 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       expectError(await api.post(`/v1/payments/${q.body.id}/capture`, keyB, {}), 404, 'resource_missing');
     });
 
+    it('every captured amount pays the fee rate rounded up: small payments (1, 39 at 250 bps) are no fee-free path', async () => {
+      const card = () => ({ token: 'tok_test', fingerprint: `fp_${randomUUID()}`, country: 'US' });
+      // Each charge below 40 at 2.5% took no fee (rounded down to 0): a 10,000 order split into 257 charges of 39
+      // and one of 1 paid nothing, where in one charge it pays 250.
+      const fees: number[] = [];
+      for (const amount of [1, 39, 40, 41, 10_000]) {
+        const p = await api.post('/v1/payments', keyA, { amount, currency: 'USD', source: { card: card() }, capture_method: 'automatic' }, randomUUID());
+        assert.equal(p.status, 201, p.text);
+        fees.push(p.body.fee);
+      }
+      assert.deepEqual(fees, [1, 1, 1, 2, 250]);
+      // A partial capture likewise.
+      const manual = await api.post('/v1/payments', keyA, { amount: 10_000, currency: 'USD', source: { card: card() }, capture_method: 'manual' }, randomUUID());
+      assert.equal(manual.status, 201, manual.text);
+      const captured = await api.post(`/v1/payments/${manual.body.id}/capture`, keyA, { amount: 39 });
+      assert.deepEqual([captured.status, captured.body.amount_captured, captured.body.fee], [200, 39, 1]);
+    });
+
     it('a refund naming a payment id the payment service refuses names the body\'s payment parameter', async () => {
       const refused = await api.post('/v1/refunds', keyA, { payment: '00000000-0000-0000-0000-000000000000' });
       expectError(refused, 400, 'invalid_argument', 'payment');

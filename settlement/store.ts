@@ -218,6 +218,24 @@ export async function takeEntries(tx: PoolClient, accountId: string, cut: bigint
   return r.rows.map((row) => ({ kind: row.kind, amount: row.amount }));
 }
 
+/**
+ * What the merchant owes on its settled accounts in the account's currency other than `account` (0 when, together,
+ * they owe it nothing): what they carry (a debt is negative, a shortfall or an amount held back positive) plus
+ * their entries not yet in a batch that are effective before `cut`. Positive amounts count: money held back or
+ * owed on one account already covers that much of a debt on another (each close holds back only the net debt).
+ */
+export async function debtElsewhere(tx: PoolClient, account: Pick<SettledAccount, 'accountId' | 'merchantId' | 'currency'>, cut: bigint): Promise<bigint> {
+  const r = await tx.query(
+    `SELECT (coalesce((SELECT sum(carried) FROM settlement_accounts WHERE merchant_id = $1 AND currency = $2 AND account_id <> $3), 0)
+          + coalesce((SELECT sum(CASE WHEN e.kind = 'capture' THEN e.amount ELSE -e.amount END)
+                      FROM settlement_entries e JOIN settlement_accounts a ON a.account_id = e.account_id
+                      WHERE a.merchant_id = $1 AND a.currency = $2 AND e.account_id <> $3 AND e.batch_id IS NULL AND e.effective_at < $4), 0))::INT8 AS position`,
+    [account.merchantId, account.currency, account.accountId, cut],
+  );
+  const position = r.rows[0].position as bigint;
+  return position < 0n ? -position : 0n;
+}
+
 export async function advanceAccount(tx: PoolClient, accountId: string, closedThrough: bigint, carried: bigint): Promise<void> {
   const r = await tx.query('UPDATE settlement_accounts SET closed_through = $2, carried = $3 WHERE account_id = $1', [accountId, closedThrough, carried]);
   invariant(r.rowCount === 1, `settlement account ${accountId} vanished`);

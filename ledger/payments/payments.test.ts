@@ -282,7 +282,7 @@ describe('payments (gRPC, on the ledger, with the rules-only risk scorer)', func
     assert.equal(toElsewhere.destinationAccountId, elsewhere);
     await expectError(create({ ...named, destinationAccountId: '' }), status.FAILED_PRECONDITION, 'idempotency_key_reused', 'idempotency_key');
     assert.equal((await create(named)).id, toElsewhere.id);
-    assert.deepEqual(await balances(elsewhere), [0n, 17n, 0n, 700n], 'paid once, its fee once');
+    assert.deepEqual(await balances(elsewhere), [0n, 18n, 0n, 700n], 'paid once, its fee once (2.5% of 700, rounded up)');
   });
 
   it("another merchant's payments, refunds and wallets are not found", async () => {
