@@ -145,6 +145,24 @@ describe('REST settlements (gateway, payments, relay, JetStream, settlement serv
     assert.equal(reconciliation.body.events_checked, 3);
   });
 
+  it("a merchant's own transfers out of and back into its settled account are no discrepancy of the settlement", async () => {
+    const m = await merchant('Own transfers');
+    const paid = await pay(m.key, 10_000);
+    const other = await api.post('/v1/accounts', m.key, { currency: 'EUR' });
+    assert.equal(other.status, 201, other.text);
+    for (const [from, to] of [[paid.destination_account_id, other.body.id], [other.body.id, paid.destination_account_id]]) {
+      const moved = await api.post('/v1/transfers', m.key, { debit_account_id: from, credit_account_id: to, amount: 100, currency: 'EUR' });
+      assert.equal(moved.status, 201, moved.text);
+    }
+    await consumed([paid.id]);
+    const closed = await api.post('/v1/settlements/close', ADMIN_KEY, { merchant: m.id, currency: 'EUR' });
+    assert.equal(closed.status, 200, closed.text);
+    const s = closed.body.data[0];
+    assert.equal(s.payout, 10_000 - paid.fee);
+    const reconciliation = await api.get(`/v1/settlements/${s.id}/reconciliation`, ADMIN_KEY);
+    assert.deepEqual(reconciliation.body.discrepancies, []);
+  });
+
   it('pays out only money that came in by card: a wallet funded from an account that may go negative pays the merchant nothing, fees are still owed', async () => {
     const m = await merchant('Wallet minter');
     const created = async (body: object) => {
