@@ -37,6 +37,8 @@ describe('event consumer framework (own NATS server, real PostgreSQL)', function
   });
   afterEach(async () => {
     await ledger.close();
+    // Each stream reserves EVENTS_MAX_BYTES (10 GiB) of the test server's store: a few left behind fill it.
+    await (await connectJetStream(nc)).jsm.streams.delete(env['EVENTS_STREAM']!).catch(() => undefined);
   });
   after(async () => {
     await pool.query('DROP TABLE IF EXISTS consumer_test_effects');
@@ -189,6 +191,39 @@ describe('event consumer framework (own NATS server, real PostgreSQL)', function
       for (const t of transfers) assert.deepEqual(applied.get(t.id), { count: 1, amount: t.amount }, `transfer ${t.id}`);
       assert.equal(consumer.stats.deadLettered, 0);
       await assertPerAccountOrder(name);
+    } finally {
+      await consumer.stop();
+      await viaProxy.end();
+      await proxy.cut();
+    }
+  });
+
+  it('a database outage longer than ack_wait x max_deliver, then a restart: the messages queued in hand stay deliverable and are all applied', async () => {
+    const name = `long-outage-${randomUUID().slice(0, 8)}`;
+    const config = testConfig(env);
+    const proxy = await TcpProxy.start(new URL(config.DATABASE_URL));
+    const viaProxy = createPool(testConfig({ DATABASE_URL: proxy.via(config.DATABASE_URL) }), { max: 4 });
+    // ack_wait 1 s and maxDeliver 1 (JetStream's backstop: 10 deliveries): every message past the first of its
+    // subject waits in hand behind it, and would be delivered again each second if nothing kept it in hand.
+    // The old code let JetStream deliver them again until it gave up on them: none of the 300 came back.
+    const options = { name, filter: 'ledger.>', maxDeliver: 1, ackWaitMs: 1_000, concurrency: 8 };
+    let consumer = new EventConsumer(nc, viaProxy, config, options, recordTransfer(name, () => false), logger);
+    try {
+      await consumer.start();
+      await proxy.cut();
+      const transfers = await commitTransfers(ledger.client, 300);
+      const { jsm } = await connectJetStream(nc);
+      await waitFor(async () => (await jsm.consumers.info(env['EVENTS_STREAM']!, name)).num_ack_pending >= 8, 'messages in hand');
+      // Well past JetStream's 10 deliveries of 1 s: a message it had delivered again each time would be given up on.
+      await new Promise((resolve) => setTimeout(resolve, 25_000));
+      // The service restarts while the database is still down, then the database returns.
+      await consumer.stop();
+      await proxy.open();
+      consumer = new EventConsumer(nc, viaProxy, config, options, recordTransfer(name, () => false), logger);
+      await consumer.start();
+      await waitFor(async () => (await effects(name)).size >= transfers.length, 'every transfer applied after the outage and the restart');
+      const applied = await effects(name);
+      for (const t of transfers) assert.deepEqual(applied.get(t.id), { count: 1, amount: t.amount }, `transfer ${t.id}`);
     } finally {
       await consumer.stop();
       await viaProxy.end();

@@ -160,15 +160,29 @@ export class EventConsumer {
   }
 
   private async dispatch(messages: ConsumerMessages): Promise<void> {
+    const ackWaitMs = this.options.ackWaitMs ?? 30_000;
     for await (const m of messages) {
+      // The message stays in hand until it is processed: while it waits behind others of its subject (one retried
+      // in place through a database outage, say), its ack deadline is pushed back. Otherwise JetStream delivers it
+      // again every ack_wait, max_deliver times, and then gives up on it for good: an event lost once the process
+      // restarts before applying its first copy.
+      const keepAlive = setInterval(() => {
+        try {
+          m.working();
+        } catch {
+          // The connection is closed: JetStream delivers the message again after ack_wait.
+        }
+      }, ackWaitMs / 3);
       const previous = this.chains.get(m.subject) ?? Promise.resolve();
-      const next = previous.then(() =>
-        this.process(m).catch((error: unknown) => {
-          // NATS itself failed (ack, dead-letter publish): JetStream delivers the message again after
-          // ack_wait, and the inbox makes that safe. The subject's chain goes on.
-          this.logger.warn({ err: error, subject: m.subject }, 'event message left unacknowledged');
-        }),
-      );
+      const next = previous
+        .then(() =>
+          this.process(m).catch((error: unknown) => {
+            // NATS itself failed (ack, dead-letter publish): JetStream delivers the message again after
+            // ack_wait, and the inbox makes that safe. The subject's chain goes on.
+            this.logger.warn({ err: error, subject: m.subject }, 'event message left unacknowledged');
+          }),
+        )
+        .finally(() => clearInterval(keepAlive));
       this.chains.set(m.subject, next);
       void next.finally(() => {
         if (this.chains.get(m.subject) === next) this.chains.delete(m.subject);
