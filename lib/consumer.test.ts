@@ -1,5 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { randomUUID } from 'node:crypto';
+import { mkdirSync, rmSync } from 'node:fs';
 import { account, commitTransfers, startTestLedger, transfer, type TestLedger } from '../test/ledger-harness.js';
 import { TestNatsServer } from '../test/nats-server.js';
 import { testConfig, testPool } from '../test/support.js';
@@ -228,6 +229,27 @@ describe('event consumer framework (own NATS server, real PostgreSQL)', function
       await consumer.stop();
       await viaProxy.end();
       await proxy.cut();
+    }
+  });
+
+  it('NATS back with an empty store (the stream and the durable lost with it): the consumer sets itself up again and applies what comes next', async () => {
+    const name = `lost-store-${randomUUID().slice(0, 8)}`;
+    const consumer = new EventConsumer(nc, pool, testConfig(env), { name, filter: 'ledger.>', concurrency: 4 }, recordTransfer(name, () => false), logger);
+    await consumer.start();
+    try {
+      const before = await commitTransfers(ledger.client, 100);
+      await waitFor(async () => (await effects(name)).size >= before.length, 'the transfers before');
+      // A NATS node replaced, or its volume lost: the server returns without the stream and its consumers.
+      await nats.stop();
+      rmSync(nats.storeDir, { recursive: true, force: true });
+      mkdirSync(nats.storeDir);
+      await nats.restart();
+      const after = await commitTransfers(ledger.client, 200);
+      await waitFor(async () => (await effects(name)).size >= before.length + after.length, 'the transfers after NATS came back');
+      const applied = await effects(name);
+      for (const t of [...before, ...after]) assert.deepEqual(applied.get(t.id), { count: 1, amount: t.amount }, `transfer ${t.id}`);
+    } finally {
+      await consumer.stop();
     }
   });
 

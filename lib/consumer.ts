@@ -101,6 +101,15 @@ export class EventConsumer {
   ) {}
 
   async start(): Promise<void> {
+    this.messages = await this.subscribe();
+    this.loop = this.run();
+    const { name } = this.options;
+    this.pruning = new PeriodicTask(`${name} inbox pruning`, () => pruneInbox(this.pool, name, this.config.CONSUMER_INBOX_RETENTION_HOURS), INBOX_PRUNE_INTERVAL_MS, this.logger);
+    this.pruning.start();
+  }
+
+  /** Makes sure of the streams and of the durable, and pulls from it. */
+  private async subscribe(): Promise<ConsumerMessages> {
     const { js, jsm } = await connectJetStream(this.nc);
     this.js = js;
     await ensureEventStream(jsm, this.config);
@@ -135,12 +144,39 @@ export class EventConsumer {
           : { deliver_policy: DeliverPolicy.StartTime, opt_start_time: start.time.toISOString() }),
     });
     const consumer = await js.consumers.get(this.config.EVENTS_STREAM, this.options.name);
-    // Short pulls: a consumer re-created by a replay (or a lost server) is noticed within seconds.
-    this.messages = await consumer.consume({ max_messages: this.options.concurrency ?? 8, expires: 5_000 });
-    this.loop = this.dispatch(this.messages);
-    const { name } = this.options;
-    this.pruning = new PeriodicTask(`${name} inbox pruning`, () => pruneInbox(this.pool, name, this.config.CONSUMER_INBOX_RETENTION_HOURS), INBOX_PRUNE_INTERVAL_MS, this.logger);
-    this.pruning.start();
+    // Short pulls, and a durable or stream found missing ends the pulls: left to themselves, they would wait for
+    // ever for a durable that nobody creates again (NATS back without its store, the stream deleted); run() does.
+    return consumer.consume({ max_messages: this.options.concurrency ?? 8, expires: 5_000, abort_on_missing_resource: true });
+  }
+
+  /** Dispatches the messages pulled; when the durable or the stream is lost, makes sure of them again and goes on. */
+  private async run(): Promise<void> {
+    for (let messages = this.messages!; ; ) {
+      try {
+        await this.dispatch(messages);
+      } catch (error) {
+        if (!this.stopping) this.logger.warn({ err: error }, 'event consumer lost its durable or stream; setting it up again');
+      }
+      for (let attempt = 1; ; attempt++) {
+        if (this.stopping || this.nc.isClosed()) return;
+        // A pause first: a replay (rewindConsumer) deletes the durable and at once creates it again, at its own
+        // position, which subscribe() then keeps.
+        await sleep(Math.min(5_000, 1_000 * attempt));
+        if (this.stopping || this.nc.isClosed()) return;
+        try {
+          messages = await this.subscribe();
+        } catch (error) {
+          this.logger.warn({ err: error, attempt }, 'event consumer not set up again yet; retrying');
+          continue;
+        }
+        if (this.stopping) {
+          messages.stop();
+          return;
+        }
+        this.messages = messages;
+        break;
+      }
+    }
   }
 
   /** Messages of the stream this consumer has not yet acknowledged: pending delivery plus in hand. */
