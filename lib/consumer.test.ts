@@ -287,6 +287,42 @@ describe('event consumer framework (own NATS server, real PostgreSQL)', function
     assert.ok(Date.now() >= contendedUntil, 'the second event was applied only after the contention');
   });
 
+  it('a message whose every delivery dies with the process applying it (a crash loop) is dead-lettered at JetStream\'s last delivery, not dropped', async () => {
+    const name = `crash-loop-${randomUUID().slice(0, 8)}`;
+    const config = testConfig(env);
+    const [debit, credit] = [account(), account()];
+    assert.ok((await ledger.client.createAccounts([debit, credit])).every((r) => r.code === 1));
+    const deadly = transfer({ debitAccountId: debit.id, creditAccountId: credit.id, amount: 1n });
+    assert.ok((await ledger.client.createTransfers([deadly])).every((r) => r.code === 1));
+    const { jsm } = await connectJetStream(nc);
+    const deadLetter = () => jsm.streams.getMessage('DEADLETTER', { last_by_subj: deadLetterSubject(env['EVENTS_SUBJECT_PREFIX']!, name) }).catch(() => null);
+    // maxDeliver 1: JetStream's backstop is 10 deliveries. Each life is a process that dies while applying the
+    // message (its connection gone, nothing acknowledged); the next one starts, as a crash-looping service would.
+    for (let life = 1; life <= 11; life++) {
+      const own = await connectNats({ NATS_URL: nats.url }, { name: `${name}-${life}` });
+      let died = false;
+      const handler: EventHandler = async (event) => {
+        if (event.payload?.$case !== 'transfer' || event.payload.value.transferId !== deadly.id) return;
+        died = true;
+        await own.close();
+        throw new Error('the process died');
+      };
+      const consumer = new EventConsumer(own, pool, config, { name, filter: 'ledger.>', maxDeliver: 1, ackWaitMs: 1_000, concurrency: 1 }, handler, logger);
+      await consumer.start();
+      try {
+        await waitFor(async () => died || (await deadLetter()) !== null, `delivery ${life} of the message`, 30_000);
+      } finally {
+        await consumer.stop().catch(() => undefined);
+        await own.close().catch(() => undefined);
+      }
+      if (!died) break;
+    }
+    const dead = await deadLetter();
+    assert.ok(dead, 'the message is not in the dead letters');
+    assert.equal(dead.header.get('Ledgerline-Deliveries'), '10');
+    assert.deepEqual(EventBatch.decode(dead.data).events.map((e) => (e.payload?.$case === 'transfer' ? e.payload.value.transferId : e.type)), [deadly.id]);
+  });
+
   it('sends a poison message to the dead-letter subject after maxDeliver and keeps consuming; metrics count it', async () => {
     const name = `poison-${randomUUID().slice(0, 8)}`;
     const config = testConfig(env);

@@ -129,7 +129,7 @@ export class EventConsumer {
       ack_wait: (this.options.ackWaitMs ?? 30_000) * 1_000_000,
       // Dead-lettering is decided by this process's own attempts (retried in place); JetStream redelivers
       // only after a crash or a lost connection, and gives up only as a backstop far beyond that.
-      max_deliver: (this.options.maxDeliver ?? 5) * 10,
+      max_deliver: this.maxDeliveries,
       max_ack_pending: (this.options.concurrency ?? 8) * 4,
       ...(existing !== undefined
         ? {
@@ -177,6 +177,11 @@ export class EventConsumer {
         break;
       }
     }
+  }
+
+  /** JetStream's deliveries of a message at most: a backstop far beyond this process's own attempts. */
+  private get maxDeliveries(): number {
+    return (this.options.maxDeliver ?? 5) * 10;
   }
 
   /** Messages of the stream this consumer has not yet acknowledged: pending delivery plus in hand. */
@@ -245,6 +250,14 @@ export class EventConsumer {
 
   private async processInSpan(m: JsMsg): Promise<void> {
     if (m.info.deliveryCount > 1) this.stats.redeliveries++;
+    // JetStream's last delivery of the message: none before it was acknowledged, so the process holding it died
+    // each time (a message that crashes the process, a crash loop). Should this one die too, JetStream would drop
+    // the message without a trace; it goes to the dead letters instead, for a replay once the cause is fixed.
+    if (m.info.deliveryCount >= this.maxDeliveries) {
+      await this.deadLetter(m, m.data, `delivered ${m.info.deliveryCount} times without being acknowledged: the process applying it died each time?`, 0, '');
+      m.term();
+      return;
+    }
     let batch: EventBatch;
     try {
       batch = EventBatch.decode(m.data);
