@@ -143,7 +143,7 @@ describe('settlement reconciliation over windows with no batch (real PostgreSQL 
     assert.equal(made.length, 1);
     const { discrepancies, ledgerTransfersChecked } = await reconcileBatch(suite.pool, suite.ledger.client, made[0]!);
     assert.equal(ledgerTransfersChecked, 1_302, 'the 1,300 transfers, the capture and the payout');
-    // The merchant's own transfers (not payment-coded) are read, and are not settlement's to account for.
+    // The merchant's own transfers (code 1, as /v1/transfers makes) are read, and are not settlement's to account for.
     assert.deepEqual(discrepancies, []);
   });
 

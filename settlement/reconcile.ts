@@ -36,8 +36,6 @@ export interface Reconciliation {
 }
 
 const LOOKUP_CHUNK = 8190;
-/** The ledger codes of the transfers payments make, which settlement must account for (payouts are checked apart). */
-const PAYMENT_CODES: ReadonlySet<number> = new Set([TransferCode.payment, TransferCode.fee, TransferCode.refund]);
 /**
  * Transfers per page of the account's transfers: the account may hold any transfer (the merchant's own, with up
  * to ~28 KB of metadata each), and a page must fit in one gRPC message (32 MB): 1,000 is at most ~28 MB.
@@ -146,10 +144,10 @@ export async function reconcileBatch(pool: Pool, ledger: SettlementLedger, batch
 
   // 4. The ledger's transfers of the account in the range against the lines and payouts of every batch.
   const ledgerTransfers = await accountTransfers(ledger, batch.accountId, from, batch.windowEnd);
-  // Movements of payments only: the merchant's own transfers in and out of the account (/v1/transfers, code 1) are
-  // its business, not settlement's, and cost settlement nothing (a payout is capped by what the account holds). As
-  // discrepancies they failed every reconciliation of a merchant that uses transfers.
-  const settled = ledgerTransfers.filter((t) => !t.flags?.pending && !t.flags?.voidPendingTransfer && PAYMENT_CODES.has(t.code));
+  // Not the merchant's own transfers in and out of the account (/v1/transfers): its business, not settlement's, and
+  // they cost settlement nothing (a payout is capped by what the account holds). As discrepancies they failed every
+  // reconciliation of a merchant that uses transfers. Any other transfer outside the payment flow is reported.
+  const settled = ledgerTransfers.filter((t) => !t.flags?.pending && !t.flags?.voidPendingTransfer && t.code !== TransferCode.payout && t.code !== TransferCode.merchantTransfer);
   const known = await store.entriesOf(pool, settled.map((t) => t.id));
   // Consumed and deliberately not paid out: a wallet payment's capture or refund (its event is journaled).
   const walletMoves = await store.walletMovements(pool, settled.filter((t) => !known.has(t.id)).map((t) => t.id));

@@ -3,6 +3,7 @@ import { derivedId } from '../../lib/derived-id.js';
 import { AppError, ValidationError } from '../../lib/errors.js';
 import { newTransfer } from '../../ledger/client.js';
 import { transferCodeName } from '../../ledger/convert.js';
+import { TransferCode } from '../../ledger/payments/model.js';
 import type { Transfer as LedgerTransfer } from '../../proto/gen/ledger/v1/ledger.js';
 import type { Gateway, RouteContext } from '../app.js';
 import { asBodyField } from '../errors.js';
@@ -13,9 +14,9 @@ import { createdObjectId, objectId, refuseReservedId } from './ids.js';
 
 /**
  * The ledger code of the transfers this API makes. Payments and settlement make theirs with codes of their own
- * (ledger/payments/model.ts TransferCode) and drive them through their own steps.
+ * and drive them through their own steps.
  */
-const API_TRANSFER_CODE = 1;
+const API_TRANSFER_CODE = TransferCode.merchantTransfer;
 
 const transferNotFound = (field: string) => new AppError('not_found', 'resource_missing', 'No such transfer', { field });
 

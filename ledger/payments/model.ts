@@ -69,8 +69,11 @@ export interface OperationRow {
  * codes).
  */
 export const AccountCode = { merchantBalance: 2, cardClearing: 3, platformRevenue: 4, payoutClearing: 5 } as const;
-/** Ledger transfer codes of the transfers payments and settlement make. */
-export const TransferCode = { payment: 10, fee: 11, refund: 12, payout: 13 } as const;
+/**
+ * Ledger transfer codes of the transfers payments and settlement make, and of those merchants make between their
+ * own accounts through the REST API (`merchantTransfer`).
+ */
+export const TransferCode = { merchantTransfer: 1, payment: 10, fee: 11, refund: 12, payout: 13 } as const;
 
 export type PlatformAccount = 'card_clearing' | 'fee_revenue' | 'payout_clearing';
 
