@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { randomUUID } from 'node:crypto';
-import type { AddressInfo } from 'node:net';
+import { connect, type AddressInfo } from 'node:net';
 import { Writable } from 'node:stream';
 import { context, propagation, SpanKind, trace } from '@opentelemetry/api';
 import { InMemorySpanExporter, SimpleSpanProcessor, type ReadableSpan } from '@opentelemetry/sdk-trace-base';
@@ -276,6 +276,45 @@ describe('telemetry of one payment (traces, metrics, logs) across gateway, ledge
     for (const expr of expressions) {
       for (const name of seriesNames(expr)) assert.ok(exported.has(name), `${name} (in ${expr.trim().slice(0, 80)}...) is exported by no service`);
     }
+  });
+
+  it('a request whose client goes away before the answer still ends its span and has its metric sample and log line (status 499)', async () => {
+    const merchant = (await (await post('/v1/merchants', ADMIN_KEY, { name: 'Gone' })).json()) as { id: string; secret_key: string };
+    // The payment waits in the gateway until the client has gone (and the span has ended, or not).
+    let entered!: () => void;
+    const reached = new Promise<void>((resolve) => (entered = resolve));
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    const original = backends.createPayment;
+    let created: Promise<unknown> | undefined;
+    backends.createPayment = (...args) => {
+      entered();
+      created = gate.then(() => original.apply(backends, args));
+      return created as ReturnType<Backends['createPayment']>;
+    };
+    const traceId = randomUUID().replaceAll('-', '');
+    const body = JSON.stringify({ amount: 800, currency: 'EUR', source: { card: { token: 'tok', fingerprint: `fp_${randomUUID()}`, country: 'FR' } }, capture_method: 'automatic' });
+    const before = await (await fetch(`http://127.0.0.1:${gatewayMetrics.port}/metrics`)).text();
+    const gone = () => sample(before, 'http_server_request_duration_seconds_count', { route: '/v1/payments', method: 'POST', status_code: '499' }) ?? 0;
+    const socket = connect(Number(new URL(url).port), '127.0.0.1');
+    try {
+      await new Promise((resolve) => socket.once('connect', resolve));
+      socket.write(
+        `POST /v1/payments HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer ${merchant.secret_key}\r\ntraceparent: 00-${traceId}-00f067aa0ba902b7-01\r\n` +
+          `Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+      );
+      await reached;
+      socket.destroy();
+      await until('the request span to end', () => spans.getFinishedSpans().some((s) => s.spanContext().traceId === traceId && s.name === 'POST /v1/payments'));
+    } finally {
+      release();
+      backends.createPayment = original;
+      await created?.catch(() => undefined);
+    }
+    const after = await (await fetch(`http://127.0.0.1:${gatewayMetrics.port}/metrics`)).text();
+    assert.equal(sample(after, 'http_server_request_duration_seconds_count', { route: '/v1/payments', method: 'POST', status_code: '499' }), gone() + 1);
+    const line = logLines.map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l['msg'] === 'request' && l['trace_id'] === traceId);
+    assert.equal(line?.['status'], 499, 'an access log line for the request');
   });
 });
 
