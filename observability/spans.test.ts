@@ -5,6 +5,7 @@ import { context, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, ty
 import { InMemorySpanExporter, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base';
 import { after, before, describe, it } from 'mocha';
 import { LedgerClient, newTransfer } from '../ledger/client.js';
+import { Coalescer } from '../lib/coalesce.js';
 import { createPool, withTransaction } from '../lib/db.js';
 import { CreateTransferResultCode, LedgerServiceService, type CreateTransfersRequest, type CreateTransfersResponse } from '../proto/gen/ledger/v1/ledger.js';
 import { freePort } from '../test/ledger-process.js';
@@ -88,5 +89,36 @@ describe("spans of the shared layers: ended on failure paths, in their callers' 
     assert.equal(mergedSpan.parentSpanContext, undefined, `the merged request is in the trace of caller ${mergedSpan.parentSpanContext?.spanId === id(callers[0]!) ? 'a' : '?'} only`);
     assert.deepEqual(mergedSpan.links.map((l) => l.context.spanId), [id(callers[0]!), id(callers[1]!)]);
     assert.equal(aloneSpan.parentSpanContext?.spanId, id(callers[2]!), "c's request is in c's trace");
+  });
+
+  it("a group commit (Coalescer) runs in the trace of its batch's first caller, not in that of whichever batch came before it", async () => {
+    // One batch at a time (as the payment steps' completions): b is added while a's batch is being flushed.
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    const seenBy: string[][] = [];
+    const coalescer = new Coalescer(
+      async (items: string[]) => {
+        seenBy.push([...items, trace.getSpan(context.active())?.spanContext().spanId ?? 'none']);
+        if (items.includes('a')) await held;
+        return items;
+      },
+      1_000,
+      1,
+    );
+    const [a, b] = ['a', 'b'].map((name) => tracer('test').startSpan(`caller ${name}`, {}, ROOT_CONTEXT)) as [Span, Span];
+    try {
+      const first = context.with(trace.setSpan(ROOT_CONTEXT, a), () => coalescer.add('a'));
+      while (seenBy.length === 0) await new Promise((resolve) => setImmediate(resolve));
+      const second = context.with(trace.setSpan(ROOT_CONTEXT, b), () => coalescer.add('b'));
+      release();
+      await Promise.all([first, second]);
+    } finally {
+      a.end();
+      b.end();
+    }
+    assert.deepEqual(seenBy, [
+      ['a', a.spanContext().spanId],
+      ['b', b.spanContext().spanId],
+    ]);
   });
 });
