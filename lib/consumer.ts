@@ -370,15 +370,18 @@ export function observeConsumer(meter: Meter, consumer: EventConsumer, name: str
     redeliveries: meter.createObservableCounter('events_consumer_retries_total', { description: 'Deliveries and in-place attempts after the first' }),
     deadLettered: meter.createObservableCounter('events_consumer_dead_lettered_total', { description: 'Events sent to the dead-letter subject' }),
   };
-  const lag = meter.createObservableGauge('events_consumer_lag_messages', { description: 'Stream messages not yet delivered to the consumer' });
   meter.addBatchObservableCallback(
-    async (result) => {
+    (result) => {
       result.observe(counters.events, consumer.stats.events, attributes);
       result.observe(counters.duplicates, consumer.stats.duplicates, attributes);
       result.observe(counters.redeliveries, consumer.stats.redeliveries, attributes);
       result.observe(counters.deadLettered, consumer.stats.deadLettered, attributes);
-      result.observe(lag, (await consumer.lag()).pending, attributes);
     },
-    [...Object.values(counters), lag],
+    Object.values(counters),
   );
+  // Apart: the lag is a JetStream request, which fails while NATS reconnects (or the consumer is re-created by a
+  // replay); in one callback with the counters, that failure dropped them all from the collection (dead letters too).
+  meter.createObservableGauge('events_consumer_lag_messages', { description: 'Stream messages not yet delivered to the consumer' }).addCallback(async (result) => {
+    result.observe((await consumer.lag()).pending, attributes);
+  });
 }
