@@ -18,6 +18,8 @@ import { createPool, withTransaction, type Pool } from '../lib/db.js';
 import { createLogger } from '../lib/logger.js';
 import { CreateTransferResultCode, LedgerServiceService, type CreateTransfersRequest, type CreateTransfersResponse } from '../proto/gen/ledger/v1/ledger.js';
 import { CaptureMethod, CreatePaymentRequest, PaymentStatus } from '../proto/gen/payments/v1/payments.js';
+import { Decision, RiskServiceService, ScoreRequest, type ScoreBatchRequest, type ScoreBatchResponse, type ScoreResponse } from '../proto/gen/risk/v1/risk.js';
+import { RiskClient } from '../risk/client.js';
 import { startRisk, type RiskApp } from '../risk/app.js';
 import { FeatureStore } from '../risk/ml/features.js';
 import { PaymentFeatureFeed } from '../risk/ml/serving.js';
@@ -417,6 +419,30 @@ describe('telemetry of one payment (traces, metrics, logs) across gateway, ledge
         ['a', a.spanContext().spanId],
         ['b', b.spanContext().spanId],
       ]);
+    });
+
+    it("the risk client's Score calls coalesced into one ScoreBatch: a root span linked to each caller, so every payment's trace finds its score", async () => {
+      const answer = (): ScoreResponse => ({ scorePpm: 1, decision: Decision.DECISION_APPROVE, reasons: [], modelVersion: 'test' });
+      const server = new Server();
+      server.addService(RiskServiceService, {
+        score: (_call: ServerUnaryCall<ScoreRequest, ScoreResponse>, done: sendUnaryData<ScoreResponse>) => done(null, answer()),
+        scoreBatch: (call: ServerUnaryCall<ScoreBatchRequest, ScoreBatchResponse>, done: sendUnaryData<ScoreBatchResponse>) => done(null, { responses: call.request.requests.map(answer) }),
+      });
+      const client = new RiskClient(await listenForTest(server));
+      const callers = ['a', 'b'].map((name) => tracer('test').startSpan(`caller ${name}`, {}, ROOT_CONTEXT)) as [Span, Span];
+      spans.reset();
+      try {
+        // Two payments scored in one turn: one ScoreBatch call.
+        await Promise.all(callers.map((caller) => context.with(trace.setSpan(ROOT_CONTEXT, caller), () => client.score(ScoreRequest.fromPartial({ amount: 1n, currency: 'EUR' }), 5_000))));
+      } finally {
+        client.close();
+        server.forceShutdown();
+        for (const c of callers) c.end();
+      }
+      const batch = spans.getFinishedSpans().filter((s) => s.kind === SpanKind.CLIENT && s.name === 'risk.v1.RiskService/ScoreBatch');
+      assert.equal(batch.length, 1);
+      assert.equal(batch[0]!.parentSpanContext, undefined, 'in the trace of the first caller only');
+      assert.deepEqual(batch[0]!.links.map((l) => l.context.spanId), callers.map((c) => c.spanContext().spanId));
     });
   });
 });
