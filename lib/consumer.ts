@@ -205,11 +205,14 @@ export class EventConsumer {
     }
     const maxAttempts = this.options.maxDeliver ?? 5;
     const deadLettered = new Set<string>();
+    // Committed by an attempt that stopped at a later event: not sent through the inbox again at each retry, where
+    // they would count as duplicates (events_consumer_duplicates_total) though nothing was delivered twice.
+    const committed = new Set<string>();
     let failing = '';
     let attempts = 0;
     let outage = 0;
     for (;;) {
-      const events = batch.events.filter((e) => !deadLettered.has(e.eventId));
+      const events = batch.events.filter((e) => !deadLettered.has(e.eventId) && !committed.has(e.eventId));
       let failure: { eventId: string; reason: string } | undefined;
       try {
         failure = await this.applyInOrder(events);
@@ -233,6 +236,8 @@ export class EventConsumer {
         await m.ackAck();
         return;
       }
+      const failed = events.findIndex((e) => e.eventId === failure.eventId);
+      for (const e of events.slice(0, Math.max(0, failed))) committed.add(e.eventId);
       attempts = failure.eventId === failing ? attempts + 1 : 1;
       failing = failure.eventId;
       if (attempts >= maxAttempts) {
