@@ -20,6 +20,8 @@ import { CreateTransferResultCode, LedgerServiceService, type CreateTransfersReq
 import { CaptureMethod, CreatePaymentRequest, PaymentStatus } from '../proto/gen/payments/v1/payments.js';
 import { Decision, RiskServiceService, ScoreRequest, type ScoreBatchRequest, type ScoreBatchResponse, type ScoreResponse } from '../proto/gen/risk/v1/risk.js';
 import { RiskClient } from '../risk/client.js';
+import { ChampionChallenger } from '../risk/ml/rollout.js';
+import { EventBatch } from '../proto/gen/events/v1/events.js';
 import { startRisk, type RiskApp } from '../risk/app.js';
 import { FeatureStore } from '../risk/ml/features.js';
 import { PaymentFeatureFeed } from '../risk/ml/serving.js';
@@ -443,6 +445,19 @@ describe('telemetry of one payment (traces, metrics, logs) across gateway, ledge
       assert.equal(batch.length, 1);
       assert.equal(batch[0]!.parentSpanContext, undefined, 'in the trace of the first caller only');
       assert.deepEqual(batch[0]!.links.map((l) => l.context.spanId), callers.map((c) => c.spanContext().spanId));
+    });
+
+    it('a risk.decision event carries the trace of the Score call that made it (envelope and message header)', async () => {
+      const fixed = (scorePpm: number, modelVersion: string) => ({ score: (): ScoreResponse => ({ scorePpm, decision: Decision.DECISION_APPROVE, reasons: [], modelVersion }) });
+      const published: { payload: Uint8Array; traceparent: string }[] = [];
+      const rollout = new ChampionChallenger(fixed(1, 'champ'), fixed(2, 'chall'), 'shadow', 0, (_subject, payload, _msgId, traceparent) => published.push({ payload, traceparent }), 'x.risk.decisions', logger('risk'));
+      const caller = tracer('test').startSpan('Score', {}, ROOT_CONTEXT);
+      context.with(trace.setSpan(ROOT_CONTEXT, caller), () => rollout.score(ScoreRequest.fromPartial({ paymentId: randomUUID(), amount: 1n, currency: 'EUR' })));
+      caller.end();
+      const expected = `00-${caller.spanContext().traceId}-${caller.spanContext().spanId}-01`;
+      assert.equal(published.length, 1);
+      assert.equal(EventBatch.decode(published[0]!.payload).events[0]?.traceparent, expected, 'the envelope');
+      assert.equal(published[0]!.traceparent, expected, 'the message header');
     });
   });
 });

@@ -1,4 +1,5 @@
 import { Server } from '@grpc/grpc-js';
+import { headers } from '@nats-io/transport-node';
 import type { Config } from '../lib/config.js';
 import { createPool } from '../lib/db.js';
 import { observeRpcServer, shutdownGrpcServer } from '../lib/grpc.js';
@@ -69,8 +70,10 @@ async function startScorer(config: Config, logger: Logger): Promise<{ scorer: Sc
   const challenger = await modelScorer(config.RISK_CHALLENGER_MODEL_PATH, !config.RISK_MODEL_PATH, false);
   const nc = await connectNats(config, { name: 'risk-decisions' });
   const { js } = await connectJetStream(nc);
-  const publish = (subject: string, payload: Uint8Array, msgID: string) => {
-    js.publish(subject, payload, { msgID }).catch((err: unknown) => logger.warn({ err }, 'risk decision event not published'));
+  const publish = (subject: string, payload: Uint8Array, msgID: string, traceparent: string) => {
+    const h = headers();
+    if (traceparent) h.set('traceparent', traceparent);
+    js.publish(subject, payload, { msgID, headers: h }).catch((err: unknown) => logger.warn({ err }, 'risk decision event not published'));
   };
   const scorer = new ChampionChallenger(champion, challenger, config.RISK_CHALLENGER_MODE, config.RISK_CHALLENGER_PERCENT, publish, `${config.EVENTS_SUBJECT_PREFIX}.risk.decisions`, logger);
   return {
