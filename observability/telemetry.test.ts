@@ -459,6 +459,17 @@ describe('telemetry of one payment (traces, metrics, logs) across gateway, ledge
       assert.equal(EventBatch.decode(published[0]!.payload).events[0]?.traceparent, expected, 'the envelope');
       assert.equal(published[0]!.traceparent, expected, 'the message header');
     });
+
+    it("a gRPC call refused before it is sent (its client closed, at shutdown) ends its CLIENT span as an error", async () => {
+      const closed = new LedgerClient('127.0.0.1:1', { autoBatch: false });
+      closed.close();
+      const caller = tracer('test').startSpan('caller', {}, ROOT_CONTEXT);
+      spans.reset();
+      await assert.rejects(context.with(trace.setSpan(ROOT_CONTEXT, caller), () => closed.lookupAccounts([randomUUID()])));
+      caller.end();
+      const call = spans.getFinishedSpans().filter((s) => s.kind === SpanKind.CLIENT && s.parentSpanContext?.spanId === caller.spanContext().spanId);
+      assert.deepEqual(call.map((s) => [s.name, s.status.code]), [['ledger.v1.LedgerService/LookupAccounts', SpanStatusCode.ERROR]]);
+    });
   });
 });
 
