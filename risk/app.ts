@@ -1,5 +1,4 @@
 import { Server } from '@grpc/grpc-js';
-import { headers } from '@nats-io/transport-node';
 import type { Config } from '../lib/config.js';
 import { createPool } from '../lib/db.js';
 import { observeRpcServer, shutdownGrpcServer } from '../lib/grpc.js';
@@ -17,6 +16,7 @@ import { FeatureDriftMonitor } from './ml/monitoring.js';
 import { startMetrics } from '../observability/metrics.js';
 import { ModelScorer, PaymentFeatureFeed } from './ml/serving.js';
 import { connectJetStream, connectNats } from '../lib/nats.js';
+import { headers } from '@nats-io/transport-node';
 import { RULES_MODEL_VERSION, RulesScorer, type RulesSettings } from './rules.js';
 import type { Scorer } from './service.js';
 import { createRiskService } from './service.js';
