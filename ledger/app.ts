@@ -88,13 +88,12 @@ export async function startLedger(config: Config, logger: Logger): Promise<Ledge
       readBalanceRules: (ids) => accountsWithBalanceRules(pool, ids),
     },
     {
-      onBatch(shard, events, _submissions, ms, attempts) {
+      onBatch(shard, events, _submissions, ms, attempts, failed) {
         const attributes = { shard };
-        if (attempts === 0) batchFailures.add(1, attributes);
-        else {
-          batchEvents.record(events, attributes);
-          batchRetries.add(attempts - 1, attributes);
-        }
+        if (failed) batchFailures.add(1, attributes);
+        else batchEvents.record(events, attributes);
+        // A failed batch's retries too (contention that outlasted them all is when they matter most).
+        if (attempts > 1) batchRetries.add(attempts - 1, attributes);
         batchDuration.record(ms, attributes);
         batchStats.attempts += attempts;
         batchStats.batches++;

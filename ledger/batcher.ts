@@ -30,8 +30,8 @@ export interface BatcherOptions {
 export type BatchRunner = (task: BatchTask) => Promise<WorkerReply>;
 
 export interface BatchObserver {
-  /** After every batch: its size, how long it took, and how many transaction attempts it needed (0 if it failed). */
-  onBatch?(shard: number, events: number, submissions: number, ms: number, attempts: number): void;
+  /** After every batch: its size, how long it took, its transaction attempts (0 if unknown: the worker died), and whether it failed. */
+  onBatch?(shard: number, events: number, submissions: number, ms: number, attempts: number, failed: boolean): void;
 }
 
 /**
@@ -94,6 +94,7 @@ export class ShardBatcher {
     this.inFlight = true;
     const started = performance.now();
     let attempts = 0;
+    let failed = true;
     const span = batchSpan(this.shard, batch, events);
     const traced = span.isRecording();
     this.run({ shard: this.shard, submissions: batch.map((w) => w.submission), traceparent: traced ? traceparentOf(trace.setSpan(ROOT_CONTEXT, span)) : '', timeStatements: traced })
@@ -101,9 +102,13 @@ export class ShardBatcher {
         (reply) => {
           if (reply.ok) {
             attempts = reply.outcome.attempts;
+            failed = false;
             if (traced) statementSpans(span, reply.outcome.statements ?? []);
             reply.outcome.results.forEach((result, i) => batch[i]!.resolve(result));
           } else {
+            // Its attempts and statements too: a failed batch's trace shows which statement failed, how often.
+            attempts = reply.attempts ?? 0;
+            if (traced) statementSpans(span, reply.statements ?? []);
             const error = reply.kind === 'unavailable' ? new UnavailableError(reply.code, reply.message) : new InternalError(reply.message);
             span.setStatus({ code: SpanStatusCode.ERROR, message: reply.message });
             for (const w of batch) w.reject(error);
@@ -120,7 +125,7 @@ export class ShardBatcher {
       .finally(() => {
         span.setAttribute('ledger.batch.attempts', attempts);
         span.end();
-        this.observer.onBatch?.(this.shard, events, batch.length, performance.now() - started, attempts);
+        this.observer.onBatch?.(this.shard, events, batch.length, performance.now() - started, attempts, failed);
         this.inFlight = false;
         this.schedule();
       });

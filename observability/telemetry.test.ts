@@ -12,7 +12,10 @@ import { parse as parseYaml } from 'yaml';
 import { buildGateway, type Gateway } from '../gateway/app.js';
 import { Backends } from '../gateway/backends.js';
 import { startLedger, type LedgerApp } from '../ledger/app.js';
+import { executeBatch, type BatchProgress } from '../ledger/batch.js';
+import { QueueBudget, ShardBatcher } from '../ledger/batcher.js';
 import { LedgerClient, newTransfer } from '../ledger/client.js';
+import type { Submission } from '../ledger/model.js';
 import { Coalescer } from '../lib/coalesce.js';
 import { createPool, withTransaction, type Pool } from '../lib/db.js';
 import { createLogger } from '../lib/logger.js';
@@ -472,6 +475,37 @@ describe('telemetry of one payment (traces, metrics, logs) across gateway, ledge
       caller.end();
       const call = spans.getFinishedSpans().filter((s) => s.kind === SpanKind.CLIENT && s.parentSpanContext?.spanId === caller.spanContext().spanId);
       assert.deepEqual(call.map((s) => [s.name, s.status.code]), [['ledger.v1.LedgerService/LookupAccounts', SpanStatusCode.ERROR]]);
+    });
+
+    it('a ledger batch that fails keeps its SQL spans and its attempts (retries counted), as a committed one does', async () => {
+      // The worker side: a batch on a shard without its row fails at its first statement.
+      const progress: BatchProgress = { attempts: 0 };
+      const submissions: Submission[] = [{ kind: 'accounts', events: [] }];
+      await assert.rejects(executeBatch(pool, { shard: 1_000_000, submissions, timeStatements: true }, progress), /no ledger_shards row/);
+      assert.equal(progress.attempts, 1);
+      assert.deepEqual(progress.statements?.map((t) => [t.name || t.operation, t.failed]), [['lock-shard', false], ['ROLLBACK', false]]);
+
+      // The batcher side: a failure answered after three attempts, with the statements the worker timed.
+      const now = performance.timeOrigin + performance.now();
+      const statement = (attempt: number, failed: boolean) => ({ name: 'lock-shard', operation: 'SELECT', start: now, end: now + 1, attempt, failed });
+      const seen: { attempts: number; failed: boolean }[] = [];
+      const batcher = new ShardBatcher(
+        7,
+        async () => ({ ok: false, kind: 'unavailable', code: 'serialization_failure', message: 'could not serialize access', attempts: 3, statements: [statement(1, true), statement(2, true), statement(3, true)] }),
+        { maxEvents: 10, windowMs: 0 },
+        new QueueBudget(100),
+        { onBatch: (_shard, _events, _submissions, _ms, attempts, failed) => seen.push({ attempts, failed }) },
+      );
+      const caller = tracer('test').startSpan('caller', {}, ROOT_CONTEXT);
+      spans.reset();
+      await assert.rejects(context.with(trace.setSpan(ROOT_CONTEXT, caller), () => batcher.submit({ kind: 'accounts', events: [] })));
+      caller.end();
+      assert.deepEqual(seen, [{ attempts: 3, failed: true }]);
+      const batch = spans.getFinishedSpans().find((s) => s.name === 'ledger.batch' && s.parentSpanContext?.spanId === caller.spanContext().spanId);
+      assert.ok(batch, 'the batch span');
+      assert.equal(batch.attributes['ledger.batch.attempts'], 3);
+      const sql = spans.getFinishedSpans().filter((s) => s.parentSpanContext?.spanId === batch.spanContext().spanId);
+      assert.deepEqual(sql.map((s) => [s.name, s.status.code]), [1, 2, 3].map(() => ['pg lock-shard', SpanStatusCode.ERROR]));
     });
   });
 });
