@@ -247,7 +247,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
   app.addHook('preValidation', async (request) => {
     // A POST without a body (capture, cancel, void) means "no parameters", as an empty object.
     if (request.method === 'POST' && request.body === undefined) request.body = {};
-    if (request.method === 'POST') request.fingerprint = requestFingerprint(request.method, request.url.split('?')[0]!, request.body ?? {});
+    if (request.method === 'POST') request.fingerprint = requestFingerprint(request.method, routedPath(request), request.body ?? {});
   });
 
   // After validation: a malformed request records nothing, not even its idempotency key.
@@ -284,6 +284,12 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
     }
     return payload;
   });
+  // Answers carry balances, payments and (once) secret keys: no cache or proxy between keeps them, and no browser
+  // reads a JSON answer as anything else.
+  app.addHook('onSend', async (_request, reply, payload) => {
+    reply.header('cache-control', 'no-store').header('x-content-type-options', 'nosniff');
+    return payload;
+  });
   // A request whose client went away gets no onResponse: it is finished when its reply is produced, after the
   // hook above has stored its Idempotency-Key answer (shutdown waits for this before closing the pool).
   app.addHook('onSend', async (request, _reply, payload) => {
@@ -311,6 +317,17 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
   settlementRoutes(app, context);
   app.get('/openapi.json', { schema: { hide: true } }, async (_request: FastifyRequest, reply: FastifyReply) => reply.send(app.swagger()));
   return app;
+}
+
+/**
+ * The path as routed, percent-encodings decoded: `/%761/transfers` is the request `/v1/transfers` is, so one
+ * Idempotency-Key fingerprints both alike. A plain path is itself (keys stored before stay comparable).
+ */
+function routedPath(request: FastifyRequest): string {
+  const template = request.routeOptions.url;
+  if (!template) return request.url.split('?')[0]!;
+  const params = request.params as Record<string, string | undefined>;
+  return template.replace(/:(\w+)/g, (_, name: string) => params[name] ?? '');
 }
 
 const httpTracer = trace.getTracer('gateway');

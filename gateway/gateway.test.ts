@@ -335,10 +335,22 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       }
     });
 
+    it('every list answers a cursor that names nothing with 400 resource_missing and the cursor as param, never an empty page', async () => {
+      const id = await account(keyA);
+      const lists = [
+        ['/v1/payments', ['starting_after', 'ending_before']],
+        [`/v1/accounts/${id}/transfers`, ['starting_after', 'ending_before']],
+        ['/v1/settlements', ['starting_after']],
+      ] as const;
+      for (const [path, cursors] of lists) {
+        for (const cursor of cursors) expectError(await api.get(`${path}?${cursor}=${randomUUID()}`, keyA), 400, 'resource_missing', cursor);
+      }
+    });
+
     it('a settlements cursor the service refuses (nil UUID) is answered as one that names no settlement', async () => {
       const nil = await api.get('/v1/settlements?starting_after=00000000-0000-0000-0000-000000000000', keyA);
       const missing = await api.get(`/v1/settlements?starting_after=${randomUUID()}`, keyA);
-      expectError(missing, 404, 'resource_missing', 'starting_after');
+      expectError(missing, 400, 'resource_missing', 'starting_after');
       assert.deepEqual([nil.status, nil.body], [missing.status, missing.body]);
     });
 
@@ -388,6 +400,24 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       assert.equal((await api.request('POST', `/v1/payments/${q.body.id}/cancel`, { key: keyA })).body.status, 'canceled');
       expectError(await api.post(`/v1/payments/${q.body.id}/capture`, keyA, {}), 422, 'payment_not_capturable');
       expectError(await api.post(`/v1/payments/${q.body.id}/capture`, keyB, {}), 404, 'resource_missing');
+    });
+
+    it('every captured amount pays the fee rate rounded up: small payments (1, 39 at 250 bps) are no fee-free path', async () => {
+      const card = () => ({ token: 'tok_test', fingerprint: `fp_${randomUUID()}`, country: 'US' });
+      // Each charge below 40 at 2.5% took no fee (rounded down to 0): a 10,000 order split into 257 charges of 39
+      // and one of 1 paid nothing, where in one charge it pays 250.
+      const fees: number[] = [];
+      for (const amount of [1, 39, 40, 41, 10_000]) {
+        const p = await api.post('/v1/payments', keyA, { amount, currency: 'USD', source: { card: card() }, capture_method: 'automatic' }, randomUUID());
+        assert.equal(p.status, 201, p.text);
+        fees.push(p.body.fee);
+      }
+      assert.deepEqual(fees, [1, 1, 1, 2, 250]);
+      // A partial capture likewise.
+      const manual = await api.post('/v1/payments', keyA, { amount: 10_000, currency: 'USD', source: { card: card() }, capture_method: 'manual' }, randomUUID());
+      assert.equal(manual.status, 201, manual.text);
+      const captured = await api.post(`/v1/payments/${manual.body.id}/capture`, keyA, { amount: 39 });
+      assert.deepEqual([captured.status, captured.body.amount_captured, captured.body.fee], [200, 39, 1]);
     });
 
     it('a refund naming a payment id the payment service refuses names the body\'s payment parameter', async () => {
@@ -480,6 +510,37 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
   });
 
   describe('Idempotency-Key', () => {
+    it('a retry that reaches the same route by a percent-encoded path (/%761/payments) is the same request: replayed, not 422', async () => {
+      const { wallet: w } = await wallet(keyA, 1_000);
+      const key = randomUUID();
+      const body = { amount: 100, currency: 'USD', source: { account: w }, capture_method: 'automatic' };
+      const first = await api.post('/v1/payments', keyA, body, key);
+      assert.equal(first.status, 201, first.text);
+      // Not through `api`: it checks each path against /openapi.json, where this spelling is not.
+      const retry = await fetch(`${api.url}/%761/payments`, { method: 'POST', headers: { authorization: `Bearer ${keyA}`, 'content-type': 'application/json', 'idempotency-key': key }, body: JSON.stringify(body) });
+      assert.equal(retry.status, 201);
+      assert.equal(await retry.text(), first.text);
+      assert.equal(retry.headers.get('idempotent-replayed'), 'true');
+    });
+
+    it('no answer may be kept by a cache or sniffed as another type: first answers, errors and replays alike', async () => {
+      const { wallet: w } = await wallet(keyA, 1_000);
+      const key = randomUUID();
+      const body = { amount: 100, currency: 'USD', source: { account: w }, capture_method: 'automatic' };
+      const answers = [
+        await api.post('/v1/payments', keyA, body, key),
+        await api.post('/v1/payments', keyA, body, key),
+        await api.get(`/v1/accounts/${w}`, keyA),
+        await api.get('/v1/payments', `sk_${randomUUID()}`),
+        await api.get(`/v1/payments/${randomUUID()}`, keyA),
+        await api.post('/v1/merchants', ADMIN_KEY, { name: 'Cache-Control check' }),
+      ];
+      for (const r of answers) {
+        assert.equal(r.headers.get('cache-control'), 'no-store', `${r.status} ${r.text}`);
+        assert.equal(r.headers.get('x-content-type-options'), 'nosniff', `${r.status} ${r.text}`);
+      }
+    });
+
     it('replays the first answer byte for byte, also an error, and also after a gateway restart; other parameters are 422', async () => {
       const { wallet: w } = await wallet(keyA, 1_000);
       const key = randomUUID();

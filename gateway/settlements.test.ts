@@ -107,7 +107,7 @@ describe('REST settlements (gateway, payments, relay, JetStream, settlement serv
     assert.deepEqual(list.body.data.map((x: { id: string }) => x.id), [s.id]);
     assert.deepEqual((await api.get('/v1/settlements', b.key)).body.data, []);
     // Another merchant's settlement as a cursor is not found, and the error names the parameter given.
-    expectError(await api.get(`/v1/settlements?starting_after=${s.id}`, b.key), 404, 'resource_missing', 'starting_after');
+    expectError(await api.get(`/v1/settlements?starting_after=${s.id}`, b.key), 400, 'resource_missing', 'starting_after');
 
     const report = await api.get(`/v1/settlements/${s.id}/report.csv`, a.key);
     assert.equal(report.status, 200);
@@ -143,5 +143,137 @@ describe('REST settlements (gateway, payments, relay, JetStream, settlement serv
     assert.deepEqual(reconciliation.body.discrepancies, []);
     assert.equal(reconciliation.body.lines_checked, s.line_count);
     assert.equal(reconciliation.body.events_checked, 3);
+  });
+
+  it("a merchant's own transfers out of and back into its settled account are no discrepancy of the settlement", async () => {
+    const m = await merchant('Own transfers');
+    const paid = await pay(m.key, 10_000);
+    const other = await api.post('/v1/accounts', m.key, { currency: 'EUR' });
+    assert.equal(other.status, 201, other.text);
+    for (const [from, to] of [[paid.destination_account_id, other.body.id], [other.body.id, paid.destination_account_id]]) {
+      const moved = await api.post('/v1/transfers', m.key, { debit_account_id: from, credit_account_id: to, amount: 100, currency: 'EUR' });
+      assert.equal(moved.status, 201, moved.text);
+    }
+    await consumed([paid.id]);
+    const closed = await api.post('/v1/settlements/close', ADMIN_KEY, { merchant: m.id, currency: 'EUR' });
+    assert.equal(closed.status, 200, closed.text);
+    const s = closed.body.data[0];
+    assert.equal(s.payout, 10_000 - paid.fee);
+    const reconciliation = await api.get(`/v1/settlements/${s.id}/reconciliation`, ADMIN_KEY);
+    assert.deepEqual(reconciliation.body.discrepancies, []);
+  });
+
+  it('pays out only money that came in by card: a wallet funded from an account that may go negative pays the merchant nothing, fees are still owed', async () => {
+    const m = await merchant('Wallet minter');
+    const created = async (body: object) => {
+      const r = await api.post('/v1/accounts', m.key, body);
+      assert.equal(r.status, 201, r.text);
+      return r.body.id as string;
+    };
+    // A custom account without limits can go negative: the merchant's own books, not money the platform holds.
+    const funding = await created({ currency: 'EUR' });
+    const wallet = await created({ currency: 'EUR', flags: ['debits_must_not_exceed_credits'] });
+    const funded = await api.post('/v1/transfers', m.key, { debit_account_id: funding, credit_account_id: wallet, amount: 1_000_000, currency: 'EUR' });
+    assert.equal(funded.status, 201, funded.text);
+    const byWallet = await api.post('/v1/payments', m.key, { amount: 1_000_000, currency: 'EUR', source: { account: wallet }, capture_method: 'automatic' }, randomUUID());
+    assert.equal(byWallet.status, 201, byWallet.text);
+    const walletRefund = await api.post('/v1/refunds', m.key, { payment: byWallet.body.id, amount: 1_000 }, randomUUID());
+    assert.equal(walletRefund.status, 201, walletRefund.text);
+    const byCard = await pay(m.key, 10_000);
+    await consumed([byWallet.body.id, byCard.id]);
+    const deadline = Date.now() + 30_000;
+    while ((await settlement.pool.query(`SELECT 1 FROM settlement_events WHERE type = 'payment.refunded' AND payment_id = $1`, [byWallet.body.id])).rowCount === 0) {
+      assert.ok(Date.now() < deadline, 'refund consumed');
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+
+    const closed = await api.post('/v1/settlements/close', ADMIN_KEY, { merchant: m.id, currency: 'EUR' });
+    assert.equal(closed.status, 200, closed.text);
+    assert.equal(closed.body.data.length, 1, closed.text);
+    const s = closed.body.data[0];
+    const fees = byWallet.body.fee + byCard.fee;
+    assert.ok(byWallet.body.fee > 0, 'the wallet payment took a fee');
+    // The card's money, less every fee the platform took (more than the card brought: owed, carried): the wallet's
+    // million never reaches the merchant's bank.
+    const net = 10_000 - fees;
+    const payout = Math.max(0, net);
+    assert.deepEqual([s.gross_captured, s.refunds, s.fees, s.net, s.payout, s.carried_out], [10_000, 0, fees, net, payout, net - payout]);
+    const reconciliation = await api.get(`/v1/settlements/${s.id}/reconciliation`, ADMIN_KEY);
+    assert.equal(reconciliation.status, 200, reconciliation.text);
+    assert.deepEqual(reconciliation.body.discrepancies, []);
+  });
+
+  it('the fees of wallet payments taken into an account of their own are collected from the card money of the merchant\'s other accounts', async () => {
+    const m = await merchant('Fee dodger');
+    const created = async (body: object) => {
+      const r = await api.post('/v1/accounts', m.key, body);
+      assert.equal(r.status, 201, r.text);
+      return r.body.id as string;
+    };
+    // Wallet payments (money of the merchant's own books) into an account that never sees card money: their fees
+    // are a debt of that account, which no card payment there ever covers.
+    const funding = await created({ currency: 'EUR' });
+    const wallet = await created({ currency: 'EUR', flags: ['debits_must_not_exceed_credits'] });
+    const walletTaken = await created({ currency: 'EUR' });
+    const funded = await api.post('/v1/transfers', m.key, { debit_account_id: funding, credit_account_id: wallet, amount: 1_000_000, currency: 'EUR' });
+    assert.equal(funded.status, 201, funded.text);
+    const byWallet = await api.post('/v1/payments', m.key, { amount: 1_000_000, currency: 'EUR', source: { account: wallet }, capture_method: 'automatic', destination_account_id: walletTaken }, randomUUID());
+    assert.equal(byWallet.status, 201, byWallet.text);
+    assert.ok(byWallet.body.fee > 0, 'the wallet payment took a fee');
+    const byCard = await pay(m.key, 100_000);
+    await consumed([byWallet.body.id, byCard.id]);
+    const closed = await api.post('/v1/settlements/close', ADMIN_KEY, { merchant: m.id, currency: 'EUR' });
+    assert.equal(closed.status, 200, closed.text);
+    const paid = (closed.body.data as { payout: number }[]).reduce((sum, s) => sum + s.payout, 0);
+    assert.equal(paid, 100_000 - byCard.fee - byWallet.body.fee, `paid out ${paid}: the card's money less both fees`);
+  });
+
+  it('a debt left by a refund after its payout is recovered from the merchant\'s other accounts in the currency: a new destination account does not escape it', async () => {
+    const m = await merchant('Debt escaper');
+    const refunded = async (paymentId: string) => {
+      const deadline = Date.now() + 30_000;
+      while ((await settlement.pool.query(`SELECT 1 FROM settlement_events WHERE type = 'payment.refunded' AND payment_id = $1`, [paymentId])).rowCount === 0) {
+        assert.ok(Date.now() < deadline, 'refund consumed');
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+    };
+    const close = async () => {
+      const r = await api.post('/v1/settlements/close', ADMIN_KEY, { merchant: m.id, currency: 'EUR' });
+      assert.equal(r.status, 200, r.text);
+      return r.body.data as { account: string; net: number; payout: number; carried_out: number; id: string }[];
+    };
+    const paidOut: number[] = [];
+    // Paid by card into the balance account, and paid out to the merchant's bank.
+    const first = await pay(m.key, 10_000);
+    await consumed([first.id]);
+    paidOut.push(...(await close()).map((s) => s.payout));
+    // Then refunded in full: the card gets its 10,000 back from an account the merchant was paid out of.
+    const refund = await api.post('/v1/refunds', m.key, { payment: first.id }, randomUUID());
+    assert.equal(refund.status, 201, refund.text);
+    // New card money goes to a new account of the merchant.
+    const fresh = await api.post('/v1/accounts', m.key, { currency: 'EUR' });
+    assert.equal(fresh.status, 201, fresh.text);
+    const card = { token: 'tok_test', fingerprint: `fp_${randomUUID()}`, country: 'FR' };
+    const second = await api.post('/v1/payments', m.key, { amount: 10_000, currency: 'EUR', source: { card }, capture_method: 'automatic', destination_account_id: fresh.body.id }, randomUUID());
+    assert.equal(second.status, 201, second.text);
+    await consumed([second.body.id]);
+    await refunded(first.id);
+    const afterRefund = await close();
+    // The card brought 20,000, 10,000 went back to it, the platform took two fees: the merchant was owed 9,500 and
+    // has been paid 9,750 already. The new account's money covers the first account's debt: nothing more is paid.
+    assert.equal(20_000 - 10_000 - first.fee - second.body.fee < paidOut[0]!, true);
+    assert.deepEqual(afterRefund.map((s) => s.payout), [0, 0], `paid out ${paidOut.join(' + ')} then ${afterRefund.map((s) => s.payout).join(' + ')}`);
+    paidOut.push(...afterRefund.map((s) => s.payout));
+
+    // Once new money covers the rest of the debt, what was held back on the new account is paid: nothing is lost.
+    const third = await pay(m.key, 10_000);
+    await consumed([third.id]);
+    paidOut.push(...(await close()).map((s) => s.payout));
+    const owed = 30_000 - 10_000 - first.fee - second.body.fee - third.fee;
+    assert.equal(paidOut.reduce((a, b) => a + b, 0), owed, `paid out ${paidOut.join(' + ')}, owed ${owed}`);
+    for (const { id } of (await api.get('/v1/settlements?limit=100', m.key)).body.data as { id: string }[]) {
+      const reconciliation = await api.get(`/v1/settlements/${id}/reconciliation`, ADMIN_KEY);
+      assert.deepEqual(reconciliation.body.discrepancies, [], `settlement ${id}`);
+    }
   });
 });

@@ -1,7 +1,7 @@
 import { Server } from '@grpc/grpc-js';
 import { Piscina } from 'piscina';
 import type { Config } from '../lib/config.js';
-import { ownedShards, shardOwners } from '../lib/config.js';
+import { amountsByCurrency, ownedShards, shardOwners } from '../lib/config.js';
 import { createPool, withTransaction } from '../lib/db.js';
 import { observeRpcServer, shutdownGrpcServer } from '../lib/grpc.js';
 import { channelCredentials, grpcTlsEnabled, serverCredentials, serverOptions } from '../lib/grpc-tls.js';
@@ -118,6 +118,7 @@ export async function startLedger(config: Config, logger: Logger): Promise<Ledge
       authorizationTimeoutSeconds: config.PAYMENTS_AUTHORIZATION_TIMEOUT_SECONDS,
       riskDeadlineMs: config.RISK_DEADLINE_MS,
       riskFailOpenBelowAmount: BigInt(config.RISK_FAIL_OPEN_BELOW_AMOUNT),
+      riskFailOpenBelowAmountByCurrency: amountsByCurrency(config.RISK_FAIL_OPEN_BELOW_AMOUNT_BY_CURRENCY, 'RISK_FAIL_OPEN_BELOW_AMOUNT_BY_CURRENCY'),
     },
     logger,
   );

@@ -108,28 +108,37 @@ export async function executeBatch(pool: Pool, task: BatchTask, progress: BatchP
         },
       );
     } catch (error) {
+      const learned = factsLearned(error, hints);
+      // Anything else (a connection lost, a statement timeout, a bug) is the caller's to hear as it is.
+      if (!learned) throw error;
       if (rerun >= MAX_RERUNS) {
         const detail = (error as { detail?: unknown }).detail ?? (error instanceof Error ? error.message : String(error));
         throw new InternalError(`shard ${task.shard} batch did not settle after ${MAX_RERUNS} reruns: ${String(detail)}`, { cause: error });
       }
-      if (sqlState(error) === NUMERIC_VALUE_OUT_OF_RANGE && !hints.consolidateSlots) {
-        // A balance slot overflowed INT8 although the account's totals are in range (store.ts consolidateSlots).
-        hints = { ...hints, consolidateSlots: true };
-      } else if (isUniqueViolation(error)) {
-        // A transfer id of the batch exists (committed before, or meanwhile by another shard's batch).
-        hints = { ...hints, lookUpAllTransferIds: true };
-      } else if (error instanceof BatchNeedsRerun) {
-        hints = {
-          ...hints,
-          existingTransferIds: new Set([...hints.existingTransferIds, ...error.existingTransferIds]),
-          failedTransferIds: new Set([...hints.failedTransferIds, ...error.failedTransferIds]),
-          fullAccountIds: new Set([...hints.fullAccountIds, ...error.fullAccountIds]),
-        };
-      } else {
-        throw error;
-      }
+      hints = learned;
     }
   }
+}
+
+/** The hints a batch reruns with after `error`, or undefined when the error teaches nothing a rerun could use. */
+function factsLearned(error: unknown, hints: BatchHints): BatchHints | undefined {
+  if (sqlState(error) === NUMERIC_VALUE_OUT_OF_RANGE && !hints.consolidateSlots) {
+    // A balance slot overflowed INT8 although the account's totals are in range (store.ts consolidateSlots).
+    return { ...hints, consolidateSlots: true };
+  }
+  if (isUniqueViolation(error)) {
+    // A transfer id of the batch exists (committed before, or meanwhile by another shard's batch).
+    return { ...hints, lookUpAllTransferIds: true };
+  }
+  if (error instanceof BatchNeedsRerun) {
+    return {
+      ...hints,
+      existingTransferIds: new Set([...hints.existingTransferIds, ...error.existingTransferIds]),
+      failedTransferIds: new Set([...hints.failedTransferIds, ...error.failedTransferIds]),
+      fullAccountIds: new Set([...hints.fullAccountIds, ...error.fullAccountIds]),
+    };
+  }
+  return undefined;
 }
 
 /** The history accounts whose clocks a batch advances: those it locked, those it created, those it wrote rows for. */

@@ -59,7 +59,10 @@ export class ShardBatcher {
 
   submit(submission: Submission): Promise<SubmissionResult> {
     const size = submission.kind === 'expirations' ? submission.pendingIds.length : submission.events.length;
-    if (this.budget.used + size > this.budget.max) {
+    // The sweeper's releases are admitted whatever the callers filled: under sustained overload they would
+    // otherwise never run, and the expired holds stay on the accounts. They stay bounded (a batch's worth per
+    // shard and pass, one pass at a time: ExpirySweeper) and count against the callers' room while they wait.
+    if (submission.kind !== 'expirations' && this.budget.used + size > this.budget.max) {
       return Promise.reject(new ResourceExhaustedError('ledger_overloaded', `ledger queue full (${this.budget.used} events waiting)`, 1));
     }
     this.budget.used += size;
@@ -92,44 +95,64 @@ export class ShardBatcher {
     this.queuedEvents -= events;
     this.budget.used -= events;
     this.inFlight = true;
+    // Whatever happens in there, the shard takes its next batch: one stuck flag would hang every later call of it.
+    void this.runBatch(batch, events).finally(() => {
+      this.inFlight = false;
+      this.schedule();
+    });
+  }
+
+  /** Runs one batch and settles every caller in it, whatever throws: the runner, the worker or this bookkeeping. */
+  private async runBatch(batch: readonly Waiting[], events: number): Promise<void> {
     const started = performance.now();
     let attempts = 0;
     let failed = true;
-    const span = batchSpan(this.shard, batch, events);
-    const traced = span.isRecording();
-    this.run({ shard: this.shard, submissions: batch.map((w) => w.submission), traceparent: traced ? traceparentOf(trace.setSpan(ROOT_CONTEXT, span)) : '', timeStatements: traced })
-      .then(
-        (reply) => {
-          if (reply.ok) {
-            attempts = reply.outcome.attempts;
-            failed = false;
-            if (traced) statementSpans(span, reply.outcome.statements ?? []);
-            reply.outcome.results.forEach((result, i) => batch[i]!.resolve(result));
-          } else {
-            // Its attempts and statements too: a failed batch's trace shows which statement failed, how often.
-            attempts = reply.attempts ?? 0;
-            if (traced) statementSpans(span, reply.statements ?? []);
-            const error = reply.kind === 'unavailable' ? new UnavailableError(reply.code, reply.message) : new InternalError(reply.message);
-            span.setStatus({ code: SpanStatusCode.ERROR, message: reply.message });
-            for (const w of batch) w.reject(error);
-          }
-        },
-        (error: unknown) => {
-          // The worker thread died or was terminated: whether the batch committed is unknown. The callers
-          // retry with the same ids, which makes that safe.
-          const failure = new UnavailableError('ledger_worker_failed', 'ledger worker failed; retry with the same ids', 1, { cause: error });
-          span.setStatus({ code: SpanStatusCode.ERROR, message: 'worker failed' });
-          for (const w of batch) w.reject(failure);
-        },
-      )
-      .finally(() => {
-        span.setAttribute('ledger.batch.attempts', attempts);
-        span.end();
+    let span: Span | undefined;
+    try {
+      span = batchSpan(this.shard, batch, events);
+      const traced = span.isRecording();
+      let reply: WorkerReply;
+      try {
+        reply = await this.run({ shard: this.shard, submissions: batch.map((w) => w.submission), traceparent: traced ? traceparentOf(trace.setSpan(ROOT_CONTEXT, span)) : '', timeStatements: traced });
+      } catch (error) {
+        // The worker thread died or was terminated: whether the batch committed is unknown. The callers
+        // retry with the same ids, which makes that safe.
+        span.setStatus({ code: SpanStatusCode.ERROR, message: 'worker failed' });
+        rejectAll(batch, new UnavailableError('ledger_worker_failed', 'ledger worker failed; retry with the same ids', 1, { cause: error }));
+        return;
+      }
+      if (reply.ok) {
+        attempts = reply.outcome.attempts;
+        if (reply.outcome.results.length !== batch.length) throw new InternalError(`batch of ${batch.length} submissions answered with ${reply.outcome.results.length} results`);
+        reply.outcome.results.forEach((result, i) => batch[i]!.resolve(result));
+        failed = false;
+        if (traced) statementSpans(span, reply.outcome.statements ?? []);
+      } else {
+        // Its attempts and statements too: a failed batch's trace shows which statement failed, how often.
+        attempts = reply.attempts ?? 0;
+        if (traced) statementSpans(span, reply.statements ?? []);
+        span.setStatus({ code: SpanStatusCode.ERROR, message: reply.message });
+        rejectAll(batch, reply.kind === 'unavailable' ? new UnavailableError(reply.code, reply.message) : new InternalError(reply.message));
+      }
+    } catch (error) {
+      // A fault of this process's own (a span, a reply shorter than the batch): whether the batch committed is
+      // unknown to the callers not answered yet (settling the others again does nothing); their retries with the
+      // same ids are safe.
+      rejectAll(batch, new UnavailableError('ledger_batch_failed', 'ledger batch failed; retry with the same ids', 1, { cause: error }));
+    } finally {
+      try {
+        span?.setAttribute('ledger.batch.attempts', attempts);
+        span?.end();
         this.observer.onBatch?.(this.shard, events, batch.length, performance.now() - started, attempts, failed);
-        this.inFlight = false;
-        this.schedule();
-      });
+      } catch {
+        // Metrics and traces are not worth a stuck shard; their own failures show in them.
+      }
+    }
   }
+}
+
+function rejectAll(batch: readonly Waiting[], error: Error): void {
+  for (const w of batch) w.reject(error);
 }
 
 const ledgerTracer = tracer('ledger');

@@ -6,6 +6,7 @@
  *   npm run ledger -- lookup-accounts ID...                 npm run ledger -- lookup-transfers ID...
  *   npm run ledger -- account-transfers ID [--limit 20] [--reversed]
  * Target: LEDGER_GRPC_TARGET (default 127.0.0.1:50051), over mutual TLS when GRPC_TLS_* are set. Output: JSON, 64-bit numbers as strings.
+ * Creations take --id ID (default: a new one); one whose call failed says its id, to repeat the command with.
  */
 import { randomUUID } from 'node:crypto';
 import { parseArgs } from 'node:util';
@@ -38,6 +39,11 @@ const [command, ...args] = positionals;
 const config = loadConfig();
 const client = new LedgerClient(config.LEDGER_GRPC_TARGET, { autoBatch: false, credentials: channelCredentials(config) });
 const print = (value: unknown) => console.log(JSON.stringify(value, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v), 2));
+/**
+ * The id of the event being sent: a call that fails (its deadline, the connection lost) may still have been applied,
+ * and only the same id sent again tells without applying it twice (the ledger then answers `exists`).
+ */
+let sending: { kind: string; id: string } | undefined;
 const integer = (name: string, value: string) => {
   if (!/^\d+$/.test(value)) throw new Error(`--${name} must be a non-negative integer, got ${JSON.stringify(value)}`);
   return value;
@@ -46,19 +52,19 @@ const integer = (name: string, value: string) => {
 
 async function createTransfer(kind: 'transfer' | 'post' | 'void'): Promise<void> {
   const id = values.id ?? randomUUID();
-  const [result] = await client.createTransfers([
-    newTransfer({
-      id,
-      debitAccountId: values.debit,
-      creditAccountId: values.credit,
-      amount: BigInt(integer('amount', values.amount)),
-      pendingId: values['pending-id'],
-      ledger: kind === 'transfer' ? Number(integer('ledger', values.ledger)) : 0,
-      code: kind === 'transfer' ? Number(integer('code', values.code)) : 0,
-      flags: { pending: values.pending, postPendingTransfer: kind === 'post', voidPendingTransfer: kind === 'void' },
-      timeout: Number(integer('timeout', values.timeout)),
-    }),
-  ]);
+  const transfer = newTransfer({
+    id,
+    debitAccountId: values.debit,
+    creditAccountId: values.credit,
+    amount: BigInt(integer('amount', values.amount)),
+    pendingId: values['pending-id'],
+    ledger: kind === 'transfer' ? Number(integer('ledger', values.ledger)) : 0,
+    code: kind === 'transfer' ? Number(integer('code', values.code)) : 0,
+    flags: { pending: values.pending, postPendingTransfer: kind === 'post', voidPendingTransfer: kind === 'void' },
+    timeout: Number(integer('timeout', values.timeout)),
+  });
+  sending = { kind, id };
+  const [result] = await client.createTransfers([transfer]);
   print({ id, result: result ? transferCodeName(result.code) : 'none', timestamp: result?.timestamp });
 }
 
@@ -66,18 +72,18 @@ try {
   switch (command) {
     case 'create-account': {
       const id = values.id ?? randomUUID();
-      const [result] = await client.createAccounts([
-        newAccount({
-          id,
-          ledger: Number(integer('ledger', values.ledger)),
-          code: Number(integer('code', values.code)),
-          flags: {
-            debitsMustNotExceedCredits: values['debits-must-not-exceed-credits'],
-            creditsMustNotExceedDebits: values['credits-must-not-exceed-debits'],
-            history: values.history,
-          },
-        }),
-      ]);
+      const account = newAccount({
+        id,
+        ledger: Number(integer('ledger', values.ledger)),
+        code: Number(integer('code', values.code)),
+        flags: {
+          debitsMustNotExceedCredits: values['debits-must-not-exceed-credits'],
+          creditsMustNotExceedDebits: values['credits-must-not-exceed-debits'],
+          history: values.history,
+        },
+      });
+      sending = { kind: 'account', id };
+      const [result] = await client.createAccounts([account]);
       print({ id, result: result ? accountCodeName(result.code) : 'none', timestamp: result?.timestamp });
       break;
     }
@@ -101,6 +107,7 @@ try {
   }
 } catch (error) {
   console.error(error instanceof Error ? error.message : error);
+  if (sending) console.error(`the ${sending.kind} ${sending.id} may have been applied: repeat the command with --id ${sending.id} to find out`);
   process.exitCode = 1;
 } finally {
   client.close();

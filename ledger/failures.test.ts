@@ -14,7 +14,8 @@ import { Piscina } from 'piscina';
 import { createPool } from '../lib/db.js';
 import { createLogger } from '../lib/logger.js';
 import { LedgerServiceService } from '../proto/gen/ledger/v1/ledger.js';
-import type { BatchTask } from './batch.js';
+import { executeBatch, type BatchTask } from './batch.js';
+import { InternalError, UnavailableError } from '../lib/errors.js';
 import { accountsWithBalanceRules } from './queries.js';
 import { LedgerRouter, shardOf } from './router.js';
 import { createLedgerService } from './service.js';
@@ -346,5 +347,33 @@ describe('ledger failure behaviour: no database, and starting beside a running i
     } finally {
       await first.close();
     }
+  });
+});
+
+/** executeBatch's reruns over a stand-in pool: which failure its callers hear after the last rerun. */
+describe('ledger batch: a failure after its reruns', () => {
+  /** A pool whose transactions begin, then fail their first statement with the next of `failures`. */
+  function poolFailingWith(failures: Error[]): Pool {
+    const client = {
+      query: async (text: string) => {
+        if (/^(BEGIN|ROLLBACK)/.test(text)) return { rows: [], rowCount: 0 };
+        throw failures.shift() ?? new Error('no more failures scripted');
+      },
+      on: () => client,
+      off: () => client,
+      release: () => undefined,
+    };
+    return { connect: async () => client, options: { max: 1 } } as unknown as Pool;
+  }
+  const withCode = (code: string, message: string) => Object.assign(new Error(message), { code });
+
+  it('is UNAVAILABLE when the last attempt lost its connection, as on any other attempt', async () => {
+    const failures = [...Array.from({ length: 8 }, () => withCode('23505', 'duplicate key value violates unique constraint "transfers_pkey"')), withCode('ECONNRESET', 'read ECONNRESET')];
+    await assert.rejects(executeBatch(poolFailingWith(failures), { shard: 0, submissions: [] }), (e: unknown) => e instanceof UnavailableError && e.code === 'database_unavailable');
+  });
+
+  it('is INTERNAL when it still learns new facts after its last rerun', async () => {
+    const failures = Array.from({ length: 9 }, () => withCode('23505', 'duplicate key value violates unique constraint "transfers_pkey"'));
+    await assert.rejects(executeBatch(poolFailingWith(failures), { shard: 0, submissions: [] }), (e: unknown) => e instanceof InternalError && /did not settle after 8 reruns/.test(e.message));
   });
 });

@@ -86,8 +86,9 @@ export class OutboxRelay {
   }
 
   async lag(): Promise<RelayLag> {
+    // INT4, not INT: on CockroachDB INT is INT8, which comes back a bigint, and the lag gauges take numbers only.
     const r = await this.pool.query(
-      `SELECT count(*)::int AS rows, COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 AS oldest
+      `SELECT count(*)::int4 AS rows, COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 AS oldest
        FROM outbox WHERE shard = ANY($1::int4[])`,
       [sqlArray(this.shards)],
     );

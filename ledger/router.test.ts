@@ -4,6 +4,7 @@ import type { BatchTask } from './batch.js';
 import type { AccountInput, SubmissionResult } from './model.js';
 import { LedgerRouter, shardOf } from './router.js';
 import type { WorkerReply } from './worker.js';
+import { ResourceExhaustedError, UnavailableError } from '../lib/errors.js';
 
 /** The router alone, its batches run by a stand-in runner: what a caller of a request split across shards hears, and when. */
 describe('ledger router: a request split across shards', () => {
@@ -37,5 +38,70 @@ describe('ledger router: a request split across shards', () => {
     await answered;
     // Answered earlier, the caller could retry (or the server stop) while its other part still commits.
     assert.deepEqual(happened, ['shard 1 committed', 'answered with an error']);
+  });
+});
+
+/** One shard's batcher under faults of its own: whatever throws, every caller is answered and the shard goes on. */
+describe('ledger router: a shard after a fault in its batch bookkeeping', () => {
+  function account(): AccountInput {
+    return { id: randomUUID(), ledger: 1, code: 1, flags: 0, metadata: {}, balancesNonZero: false };
+  }
+  const okReply = (task: BatchTask): WorkerReply => ({
+    ok: true,
+    outcome: { results: task.submissions.map((s) => ({ kind: 'accounts', results: s.kind === 'accounts' ? s.events.map(() => ({ code: 'ok' as const, timestamp: 1n })) : [] })), events: 1, attempts: 1 },
+  });
+  const options = { maxEvents: 100, windowMs: 0, maxQueuedEvents: 1_000, readBalanceRules: async () => new Map() };
+
+  it('goes on serving after its batch observer throws', async () => {
+    let observed = 0;
+    const router = new LedgerRouter(1, [0], async (task) => okReply(task), options, {
+      onBatch() {
+        observed++;
+        throw new Error('metrics exporter bug');
+      },
+    });
+    assert.deepEqual((await router.createAccounts([account()])).map((r) => r.code), ['ok']);
+    const second = await Promise.race([router.createAccounts([account()]), new Promise<'stuck'>((resolve) => setTimeout(() => resolve('stuck'), 2_000))]);
+    assert.notEqual(second, 'stuck', 'the shard never took its next batch');
+    assert.equal(observed, 2);
+  });
+
+  it('answers every caller UNAVAILABLE when the runner throws at once, and goes on', async () => {
+    let calls = 0;
+    const router = new LedgerRouter(1, [0], (task) => {
+      if (calls++ === 0) throw new Error('runner bug');
+      return Promise.resolve(okReply(task));
+    }, options);
+    const first = await Promise.race([router.createAccounts([account()]).then(() => 'ok', (e: unknown) => e), new Promise<'stuck'>((resolve) => setTimeout(() => resolve('stuck'), 2_000))]);
+    assert.ok(first instanceof UnavailableError, `first call: ${String(first)}`);
+    assert.deepEqual((await router.createAccounts([account()])).map((r) => r.code), ['ok']);
+  });
+
+  it('answers the callers a short reply left out, instead of leaving them waiting', async () => {
+    const router = new LedgerRouter(1, [0], async (task) => {
+      const reply = okReply(task);
+      if (reply.ok) reply.outcome.results.pop();
+      return reply;
+    }, { ...options, windowMs: 20 });
+    const calls = [router.createAccounts([account()]), router.createAccounts([account()])].map((p) => p.then(() => 'ok', (e: unknown) => (e instanceof UnavailableError ? 'unavailable' : String(e))));
+    const answers = await Promise.race([Promise.all(calls), new Promise<'stuck'>((resolve) => setTimeout(() => resolve('stuck'), 2_000))]);
+    assert.deepEqual(answers, ['unavailable', 'unavailable']);
+  });
+
+  it('admits the sweeper\'s releases when callers have filled the queue', async () => {
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    const router = new LedgerRouter(1, [0], async (task) => {
+      await held;
+      return { ok: true, outcome: { results: task.submissions.map((s) => (s.kind === 'expirations' ? { kind: 'expirations', expired: s.pendingIds.length } : { kind: 'accounts', results: s.kind === 'accounts' ? s.events.map(() => ({ code: 'ok' as const, timestamp: 1n })) : [] })), events: 1, attempts: 1 } };
+    }, { ...options, maxEvents: 10, maxQueuedEvents: 10 });
+    const inFlight = router.createAccounts([account()]);
+    await new Promise((resolve) => setImmediate(resolve));
+    const queued = router.createAccounts(Array.from({ length: 10 }, account));
+    await assert.rejects(router.createAccounts([account()]), (e: unknown) => e instanceof ResourceExhaustedError);
+    const expired = router.expire(0, [randomUUID(), randomUUID()]);
+    release();
+    assert.equal(await expired, 2);
+    await Promise.all([inFlight, queued]);
   });
 });

@@ -38,7 +38,7 @@ export async function advanceHistoryClocks(db: PoolClient, accountIds: readonly 
   if (accountIds.length === 0) return;
   await db.query({
     name: 'advance-history-clocks',
-    text: `INSERT INTO account_history_clocks (account_id, last_timestamp) SELECT unnest($1::uuid[]), $2
+    text: `INSERT INTO account_history_clocks (account_id, last_timestamp) SELECT unnest($1::uuid[]), $2::int8
            ON CONFLICT (account_id) DO UPDATE SET last_timestamp = excluded.last_timestamp`,
     values: [sqlArray([...accountIds].sort()), timestamp],
   });

@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
 import os from 'node:os';
-import { loadConfig, ownedShards, shardOwners } from './config.js';
+import { amountsByCurrency, loadConfig, ownedShards, shardOwners } from './config.js';
 import { ConfigError } from './errors.js';
 
 describe('config', () => {
@@ -60,6 +60,16 @@ describe('config', () => {
     assert.equal(loadConfig({ LEDGER_MAX_QUEUED_EVENTS: '100', LEDGER_BATCH_MAX: '100' }).LEDGER_MAX_QUEUED_EVENTS, 100);
     assert.throws(() => loadConfig({ CONSUMER_INBOX_RETENTION_HOURS: '24' }), /CONSUMER_INBOX_RETENTION_HOURS=24: must be at least EVENTS_MAX_AGE_HOURS \(168\)/);
     assert.equal(loadConfig({ CONSUMER_INBOX_RETENTION_HOURS: '24', EVENTS_MAX_AGE_HOURS: '24' }).CONSUMER_INBOX_RETENTION_HOURS, 24);
+  });
+
+  it('per-currency amounts: ISO 4217 codes, each once, whole minor units', () => {
+    const config = loadConfig({ RISK_RULES_MAX_AMOUNT_BY_CURRENCY: 'JPY=1500000,IDR=15000000000' });
+    assert.deepEqual([...amountsByCurrency(config.RISK_RULES_MAX_AMOUNT_BY_CURRENCY, 'RISK_RULES_MAX_AMOUNT_BY_CURRENCY')], [['JPY', 1_500_000n], ['IDR', 15_000_000_000n]]);
+    assert.deepEqual([...amountsByCurrency(loadConfig({}).RISK_FAIL_OPEN_BELOW_AMOUNT_BY_CURRENCY, 'x')], []);
+    assert.throws(() => loadConfig({ RISK_RULES_MAX_AMOUNT_BY_CURRENCY: 'XXY=5' }), /RISK_RULES_MAX_AMOUNT_BY_CURRENCY="XXY=5": XXY is not an ISO 4217 currency code/);
+    assert.throws(() => loadConfig({ RISK_FAIL_OPEN_BELOW_AMOUNT_BY_CURRENCY: 'JPY=5,JPY=6' }), /JPY is named twice/);
+    assert.throws(() => loadConfig({ RISK_FAIL_OPEN_BELOW_AMOUNT_BY_CURRENCY: 'jpy=5' }), /RISK_FAIL_OPEN_BELOW_AMOUNT_BY_CURRENCY.*expected CUR=amount pairs/);
+    assert.throws(() => loadConfig({ RISK_FAIL_OPEN_BELOW_AMOUNT_BY_CURRENCY: 'JPY=1.5' }), /expected CUR=amount pairs/);
   });
 
   it('gRPC TLS: all three files or none; a partial setting names what is missing', () => {

@@ -2,6 +2,7 @@ import os from 'node:os';
 import { isValidIBAN } from 'ibantools';
 import { IANAZone } from 'luxon';
 import { z } from 'zod';
+import { isCurrencyCode } from './currency.js';
 import { ConfigError } from './errors.js';
 
 /**
@@ -26,6 +27,16 @@ const hostPort = z.string().regex(/^[^\s:]+:\d{1,5}$/, 'expected host:port');
 const bool = z
   .enum(['true', 'false', '1', '0', 'yes', 'no'])
   .transform((v) => v === 'true' || v === '1' || v === 'yes');
+
+/**
+ * Amounts per currency in its minor units, `CUR=amount` separated by commas (`JPY=1500000,KRW=13000000`): a limit in
+ * minor units means a different sum in every currency (1,000,000 is 10,000.00 USD, 1,000,000 JPY, 10,000.00 IDR), so
+ * a deployment serving several currencies names each one's own. Read with `amountsByCurrency`.
+ */
+const perCurrencyAmounts = z
+  .string()
+  .regex(/^([A-Z]{3}=\d{1,15}(,[A-Z]{3}=\d{1,15})*)?$/, 'expected CUR=amount pairs separated by commas, e.g. JPY=1500000,KRW=13000000')
+  .default('');
 
 /** Shard ownership: `all`, or a comma-separated list of shard numbers and inclusive ranges (`0-15,32`). */
 const shardList = z.string().regex(/^(all|\d+(-\d+)?(,\d+(-\d+)?)*)$/, 'expected "all" or a list like 0-15,32');
@@ -137,11 +148,15 @@ const schema = z.object({
   RISK_DEADLINE_MS: positiveInt.max(10_000).default(150),
   /** When Score does not answer in time: approve below this amount (minor units), decline at or above it. */
   RISK_FAIL_OPEN_BELOW_AMOUNT: nonNegativeInt.default(10_000),
+  /** The same per currency (e.g. JPY=15000), for currencies whose minor unit is worth far more or less than a cent. */
+  RISK_FAIL_OPEN_BELOW_AMOUNT_BY_CURRENCY: perCurrencyAmounts,
   /** Score (parts per million) at or above which a payment is declined, and sent to review. */
   RISK_DECLINE_THRESHOLD_PPM: z.coerce.number().int().min(0).max(1_000_000).default(800_000),
   RISK_REVIEW_THRESHOLD_PPM: z.coerce.number().int().min(0).max(1_000_000).default(500_000),
   /** Rules-only scorer: single-payment amount limit (minor units) and velocity per card or customer. */
   RISK_RULES_MAX_AMOUNT: positiveInt.default(1_000_000),
+  /** The amount limit per currency (e.g. JPY=1500000); RISK_RULES_MAX_AMOUNT for the currencies not named. */
+  RISK_RULES_MAX_AMOUNT_BY_CURRENCY: perCurrencyAmounts,
   RISK_RULES_VELOCITY_MAX: positiveInt.default(20),
   RISK_RULES_VELOCITY_WINDOW_SECONDS: positiveInt.default(60),
 
@@ -217,6 +232,13 @@ function crossChecks(config: Config): string[] {
   }
   if (config.RISK_REVIEW_THRESHOLD_PPM > config.RISK_DECLINE_THRESHOLD_PPM) {
     problems.push(`RISK_REVIEW_THRESHOLD_PPM=${config.RISK_REVIEW_THRESHOLD_PPM}: must not exceed RISK_DECLINE_THRESHOLD_PPM (${config.RISK_DECLINE_THRESHOLD_PPM})`);
+  }
+  for (const name of ['RISK_FAIL_OPEN_BELOW_AMOUNT_BY_CURRENCY', 'RISK_RULES_MAX_AMOUNT_BY_CURRENCY'] as const) {
+    try {
+      amountsByCurrency(config[name], name);
+    } catch (error) {
+      problems.push(...(error instanceof ConfigError ? error.problems : [String(error)]));
+    }
   }
   problems.push(...grpcTlsProblems(config));
   if (config.TRACES_EXPORTER === 'otlp' && !config.OTEL_EXPORTER_OTLP_ENDPOINT) problems.push('TRACES_EXPORTER=otlp: needs OTEL_EXPORTER_OTLP_ENDPOINT');
@@ -297,4 +319,19 @@ export function ownedShards(spec: string, shardCount: number): number[] {
     for (let s = lo; s <= hi; s++) owned.add(s);
   }
   return [...owned].sort((a, b) => a - b);
+}
+
+/**
+ * A per-currency amount setting (`JPY=1500000,KRW=13000000`) as a map from currency code to minor units; a currency
+ * that is not ISO 4217, or named twice, is a ConfigError naming the variable.
+ */
+export function amountsByCurrency(spec: string, name: string): Map<string, bigint> {
+  const amounts = new Map<string, bigint>();
+  for (const entry of spec ? spec.split(',') : []) {
+    const [code, amount] = entry.split('=') as [string, string];
+    if (!isCurrencyCode(code)) throw new ConfigError([`${name}=${JSON.stringify(spec)}: ${code} is not an ISO 4217 currency code`]);
+    if (amounts.has(code)) throw new ConfigError([`${name}=${JSON.stringify(spec)}: ${code} is named twice`]);
+    amounts.set(code, BigInt(amount));
+  }
+  return amounts;
 }

@@ -292,7 +292,7 @@ export class EventConsumer {
     stopAtFailure: boolean,
   ): Promise<{ seen: number; applied: number; failed?: { eventId: string; reason: string } }> {
     const fresh = await tx.query<{ event_id: string }>(
-      `INSERT INTO consumer_inbox (consumer, event_id) SELECT $1, unnest($2::text[])
+      `INSERT INTO consumer_inbox (consumer, event_id) SELECT $1::text, unnest($2::text[])
        ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id`,
       [this.options.name, events.map((e) => e.eventId)],
     );

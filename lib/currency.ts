@@ -19,6 +19,10 @@ for (const record of cc.data) {
 }
 const byLedger = new Map([...byCode.values()].map((c) => [c.ledger, c]));
 
+export function isCurrencyCode(code: string): boolean {
+  return byCode.has(code);
+}
+
 /** The currency of an ISO 4217 code, or a ValidationError naming `field`. */
 export function currencyOf(code: string, field = 'currency'): Currency {
   const currency = byCode.get(code);

@@ -2,6 +2,7 @@ import { strict as assert } from 'node:assert';
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import pg from 'pg';
 import { testConfig, scratchDatabaseUrl } from '../test/support.js';
 import { createPool, type Pool } from './db.js';
 import { ensureDatabase, loadMigrations, migrate, sqlServer } from './migrate.js';
@@ -47,7 +48,7 @@ describe('migration runner', () => {
 
   it('refuses a migration edited after it was applied', async () => {
     await migrate(pool, await loadMigrations([dir]));
-    await writeFile(path.join(dir, '0001_first.sql'), 'CREATE TABLE first (id UUID PRIMARY KEY, x INT);');
+    await writeFile(path.join(dir, '0001_first.sql'), 'CREATE TABLE first (id UUID PRIMARY KEY, x INT4);');
     await assert.rejects(migrate(pool, await loadMigrations([dir])), /0001_first.sql was changed after it was applied/);
   });
 
@@ -55,6 +56,62 @@ describe('migration runner', () => {
     await writeFile(path.join(dir, '0003_serial.sql'), 'CREATE TABLE bad (id SERIAL PRIMARY KEY);');
     await assert.rejects(migrate(pool, await loadMigrations([dir])), /0003_serial.sql:1 serial/);
     assert.deepEqual(await tables(), []);
+  });
+
+  it('a second runner started while another applies a migration waits for it and counts it as applied', async () => {
+    // Two instances of a service starting at once both migrate. One holds 0001 applied but not yet committed
+    // (a runner of its own, by hand, so that the order is certain); the other starts meanwhile.
+    await migrate(pool, []);
+    const migrations = await loadMigrations([dir]);
+    const other = new pg.Client({ connectionString: url });
+    await other.connect();
+    try {
+      await other.query('BEGIN');
+      await other.query(migrations[0]!.sql);
+      await other.query('INSERT INTO schema_migrations (name, checksum) VALUES ($1, $2)', [migrations[0]!.name, migrations[0]!.checksum]);
+      const ours = migrate(pool, migrations);
+      ours.catch(() => undefined);
+      // Ours is waiting on the other's uncommitted table; then the other commits.
+      for (;;) {
+        const waiting = await other.query("SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()");
+        if (waiting.rowCount! > 0) break;
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+      await other.query('COMMIT');
+      assert.deepEqual(await ours, { applied: ['0002_second.sql'], alreadyApplied: ['0001_first.sql'] });
+    } finally {
+      await other.end();
+    }
+    assert.deepEqual(await tables(), ['first', 'schema_migrations', 'second']);
+  });
+
+  it('two runners at once on an empty database both succeed, each migration applied once', async () => {
+    const other = createPool({ ...testConfig(), DATABASE_URL: url }, { max: 1 });
+    try {
+      const migrations = await loadMigrations();
+      const [a, b] = await Promise.all([migrate(pool, migrations), migrate(other, migrations)]);
+      assert.deepEqual([...a.applied, ...b.applied].sort(), migrations.map((m) => m.name));
+    } finally {
+      await other.end();
+    }
+  });
+
+  it('runners creating the database at once all succeed', async () => {
+    for (const name of ['ledgerline_migrate_test_a', 'ledgerline_migrate_test_b', 'ledgerline_migrate_test_c']) {
+      const created = scratchDatabaseUrl(name);
+      await ensureDatabase(created, { fresh: true });
+      const admin = new pg.Client({ connectionString: scratchDatabaseUrl('postgres') });
+      await admin.connect();
+      try {
+        await admin.query(`DROP DATABASE ${name} WITH (FORCE)`);
+        // Each finds it missing and creates it; all but one find it made meanwhile.
+        await Promise.all([ensureDatabase(created), ensureDatabase(created), ensureDatabase(created), ensureDatabase(created)]);
+        assert.equal((await admin.query('SELECT 1 FROM pg_database WHERE datname = $1', [name])).rowCount, 1);
+      } finally {
+        await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+        await admin.end();
+      }
+    }
   });
 
   it('runs a PostgreSQL-only file (*.postgresql.sql) on PostgreSQL, in its place in the order', async () => {

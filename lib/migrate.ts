@@ -3,15 +3,16 @@ import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { withTransaction, sqlState, type Pool } from './db.js';
+import { isSerializationFailure, isUniqueViolation, withTransaction, sqlState, type Pool } from './db.js';
+import { retry } from './retry.js';
 import { InternalError } from './errors.js';
 import { findDialectViolations } from './sql-dialect.js';
 
 /**
  * Plain-SQL migrations, applied in file-name order, each in its own transaction together with its record in
- * `schema_migrations`; running twice is a no-op, and a migration that fails leaves nothing behind. Each
- * service keeps its files in its own `migrations/` folder; names carry a global number (`0001_ledger.sql`)
- * so the order across services is explicit.
+ * `schema_migrations`; running twice is a no-op (also two runners at once), and a migration that fails leaves
+ * nothing behind. Each service keeps its files in its own `migrations/` folder; names carry a global number
+ * (`0001_ledger.sql`) so the order across services is explicit.
  *
  * A file named `*.postgresql.sql` holds physical tuning that only PostgreSQL understands (storage settings,
  * no schema): on CockroachDB it is recorded as applied without running, so both keep the same history.
@@ -73,17 +74,47 @@ export async function migrate(pool: Pool, migrations: readonly Migration[]): Pro
       throw new InternalError(`migration not CockroachDB-compatible: ${list}`);
     }
   }
-  await pool.query(
-    `CREATE TABLE IF NOT EXISTS schema_migrations (
-       name TEXT PRIMARY KEY,
-       checksum TEXT NOT NULL,
-       applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
-     )`,
-  );
+  try {
+    await pool.query(
+      `CREATE TABLE IF NOT EXISTS schema_migrations (
+         name TEXT PRIMARY KEY,
+         checksum TEXT NOT NULL,
+         applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+       )`,
+    );
+  } catch (error) {
+    // Another runner created it at the same moment: IF NOT EXISTS does not see an uncommitted table, so PostgreSQL
+    // waits for it and then refuses the name (23505 on its catalog, or 42P07). It exists now.
+    if (!isUniqueViolation(error) && sqlState(error) !== DUPLICATE_TABLE) throw error;
+  }
   const server = await sqlServer(pool);
   const result: MigrateResult = { applied: [], alreadyApplied: [] };
   for (const m of migrations) {
-    const outcome = await withTransaction(pool, async (client) => {
+    const outcome = await applyOnce(pool, m, server);
+    (outcome === 'applied' ? result.applied : result.alreadyApplied).push(m.name);
+  }
+  return result;
+}
+
+const DUPLICATE_TABLE = '42P07';
+/**
+ * How a runner's attempt collides with another runner's: the same catalog or record row (unique violation), an
+ * object the other created (duplicate table, object, column, schema), or contention (serialization failure,
+ * deadlock, once withTransaction's retries are spent). Any other failure is the migration's own, reported even
+ * when it is recorded: on CockroachDB a transaction whose schema change failed after its COMMIT (XXA00) keeps its
+ * record, and must not pass for applied.
+ */
+const COLLISIONS = new Set(['23505', DUPLICATE_TABLE, '42710', '42701', '42P06', '40001', '40P01']);
+
+/**
+ * Applies `m` unless it is recorded. Two runners at once (instances of a service starting together) both find it
+ * unrecorded and both apply it: the one that commits second collides with the first's objects or record (a unique
+ * violation, an object that exists, a serialization failure), which it waits for. Once the other has committed, a
+ * failed attempt whose migration is now recorded, with the same checksum, was that race: applied, by the other.
+ */
+async function applyOnce(pool: Pool, m: Migration, server: SqlServer): Promise<'applied' | 'already'> {
+  try {
+    return await withTransaction(pool, async (client) => {
       const existing = await client.query<{ checksum: string }>('SELECT checksum FROM schema_migrations WHERE name = $1', [m.name]);
       const row = existing.rows[0];
       if (row) {
@@ -96,9 +127,13 @@ export async function migrate(pool: Pool, migrations: readonly Migration[]): Pro
       await client.query('INSERT INTO schema_migrations (name, checksum) VALUES ($1, $2)', [m.name, m.checksum]);
       return 'applied' as const;
     });
-    (outcome === 'applied' ? result.applied : result.alreadyApplied).push(m.name);
+  } catch (error) {
+    if (!COLLISIONS.has(sqlState(error) ?? '')) throw error;
+    // Unable to tell (the database gone): the migration's own failure is the one to report.
+    const recorded = await pool.query<{ checksum: string }>('SELECT checksum FROM schema_migrations WHERE name = $1', [m.name]).catch(() => undefined);
+    if (recorded?.rows[0]?.checksum === m.checksum) return 'already';
+    throw error;
   }
-  return result;
 }
 
 /** Creates the database named in `url` if it does not exist, and makes SERIALIZABLE its default isolation. */
@@ -117,10 +152,20 @@ export async function ensureDatabase(url: string, options: { fresh?: boolean } =
       try {
         await client.query(`CREATE DATABASE ${database}`);
       } catch (error) {
-        if (sqlState(error) !== '42P04') throw error; // created concurrently by another runner
+        // Created meanwhile by another runner: PostgreSQL waits for its creation and then answers 23505 on its
+        // catalog (42P04 only once it was committed before the CREATE began). Whatever the code, it exists now.
+        const now = await client.query('SELECT 1 FROM pg_database WHERE datname = $1', [database]);
+        if (now.rowCount === 0) throw error;
       }
     }
-    await client.query(`ALTER DATABASE ${database} SET default_transaction_isolation = 'serializable'`);
+    // Idempotent, but two runners at once collide on PostgreSQL's catalog row (23505 when both add it, "tuple
+    // concurrently updated", XX000, when both change it): the one that lost sets it again.
+    await retry(() => client.query(`ALTER DATABASE ${database} SET default_transaction_isolation = 'serializable'`), {
+      attempts: 5,
+      baseDelayMs: 10,
+      maxDelayMs: 200,
+      isRetryable: (error) => sqlState(error) === 'XX000' || isUniqueViolation(error) || isSerializationFailure(error),
+    });
   } finally {
     await client.end();
   }

@@ -1,7 +1,7 @@
 /**
  * The SQL dialect rules of the project, in one place: every statement must run on PostgreSQL (local, tests)
- * and CockroachDB (production). These constructs either do not exist on CockroachDB or defeat its
- * distribution (a sequence or SERIAL is a single hot range; advisory locks and LISTEN/NOTIFY are unsupported;
+ * and CockroachDB (production). These constructs either do not exist on CockroachDB, mean something else there, or
+ * defeat its distribution (a sequence or SERIAL is a single hot range; advisory locks and LISTEN/NOTIFY are unsupported;
  * triggers and stored procedures hide writes from the code that reasons about them).
  */
 export interface DialectRule {
@@ -21,6 +21,12 @@ export const FORBIDDEN_CONSTRUCTS: readonly DialectRule[] = [
   { name: 'unlogged', pattern: /\bunlogged\b/i, why: 'unlogged tables lose data on crash' },
   { name: 'inherits', pattern: /\binherits\s*\(/i, why: 'table inheritance does not exist on CockroachDB' },
   { name: 'exclusion', pattern: /\bexclude\s+using\b/i, why: 'exclusion constraints do not exist on CockroachDB' },
+  // Runs on both, differently: a column or cast the code reads as a JS number on PostgreSQL comes back from
+  // CockroachDB as INT8, which lib/db.ts parses to a bigint (a metric then drops it, arithmetic with numbers throws).
+  { name: 'int-width', pattern: /\b(int|integer)\b/i, why: 'INT is INT8 on CockroachDB but INT4 on PostgreSQL: write INT4 or INT8' },
+  // Integers divided give a truncated integer on PostgreSQL and a DECIMAL on CockroachDB (which has // for the
+  // former, unknown to PostgreSQL): the same statement would compute different amounts.
+  { name: 'division', pattern: /\//, why: 'INT / INT is an integer on PostgreSQL, a DECIMAL on CockroachDB: divide in code' },
 ];
 
 export interface DialectViolation {

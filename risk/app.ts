@@ -1,5 +1,5 @@
 import { Server } from '@grpc/grpc-js';
-import type { Config } from '../lib/config.js';
+import { amountsByCurrency, type Config } from '../lib/config.js';
 import { createPool } from '../lib/db.js';
 import { observeRpcServer, shutdownGrpcServer } from '../lib/grpc.js';
 import { grpcTlsEnabled, serverCredentials, serverOptions } from '../lib/grpc-tls.js';
@@ -30,6 +30,7 @@ export interface RiskApp {
 export function rulesSettings(config: Config): RulesSettings {
   return {
     maxAmount: BigInt(config.RISK_RULES_MAX_AMOUNT),
+    maxAmountByCurrency: amountsByCurrency(config.RISK_RULES_MAX_AMOUNT_BY_CURRENCY, 'RISK_RULES_MAX_AMOUNT_BY_CURRENCY'),
     velocityMax: config.RISK_RULES_VELOCITY_MAX,
     velocityWindowMs: config.RISK_RULES_VELOCITY_WINDOW_SECONDS * 1000,
     declineThresholdPpm: config.RISK_DECLINE_THRESHOLD_PPM,

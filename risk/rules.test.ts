@@ -34,6 +34,16 @@ describe('risk rules-only scorer', () => {
     assert.deepEqual([above.decision, above.reasons, above.scorePpm], [Decision.DECISION_DECLINE, ['amount_above_limit'], RULE_WEIGHTS.amount_above_limit]);
   });
 
+  it('takes the amount limit of the payment\'s currency where one is set: minor units of JPY or IDR are not cents', () => {
+    const scorer = new RulesScorer({ ...settings, maxAmountByCurrency: new Map([['IDR', 150_000_000n], ['JPY', 15_000n]]) });
+    // 1,000,000.00 IDR (about 60 USD) is far below its limit, though far above the default's number.
+    assert.equal(scorer.score(request({ amount: 100_000_000n, currency: 'IDR' })).decision, Decision.DECISION_APPROVE);
+    assert.deepEqual(scorer.score(request({ amount: 150_000_001n, currency: 'IDR' })).reasons, ['amount_above_limit']);
+    assert.deepEqual(scorer.score(request({ amount: 15_001n, currency: 'JPY' })).reasons, ['amount_above_limit']);
+    // Currencies not named keep the default.
+    assert.deepEqual(scorer.score(request({ amount: 100_001n, currency: 'EUR' })).reasons, ['amount_above_limit']);
+  });
+
   it('sends a card past its velocity to review, across merchants, and a country mismatch on top declines', () => {
     const scorer = new RulesScorer(settings);
     const card = (merchantId: string, at: number, extra: Partial<ScoreRequest> = {}) => scorer.score(request({ merchantId, cardFingerprint: 'fp', ...extra }), at);

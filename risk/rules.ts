@@ -9,6 +9,8 @@ import { Decision, type ScoreRequest, type ScoreResponse } from '../proto/gen/ri
 export interface RulesSettings {
   /** Single-payment amount (minor units) above which `amount_above_limit` fires. */
   maxAmount: bigint;
+  /** The limit of the currencies named here instead (RISK_RULES_MAX_AMOUNT_BY_CURRENCY): minor units differ in worth. */
+  maxAmountByCurrency?: ReadonlyMap<string, bigint>;
   /** More than this many payments in the window for one card, customer or device fires its velocity rule. */
   velocityMax: number;
   velocityWindowMs: number;
@@ -76,7 +78,7 @@ export class RulesScorer {
 
   score(request: ScoreRequest, nowMs = Date.now()): ScoreResponse {
     const fired: RuleName[] = [];
-    if (request.amount > this.settings.maxAmount) fired.push('amount_above_limit');
+    if (request.amount > (this.settings.maxAmountByCurrency?.get(request.currency) ?? this.settings.maxAmount)) fired.push('amount_above_limit');
     // Every scored attempt counts, declined or not: card testing is a burst of attempts.
     // Cards and devices are counted across merchants (card testing hops between them); customer ids are the
     // merchant's own, so they are counted per merchant.

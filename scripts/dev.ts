@@ -131,10 +131,13 @@ dev: try it (in another terminal):
       -d "{\\"debit_account_id\\":\\"$F\\",\\"credit_account_id\\":\\"$W\\",\\"amount\\":50000,\\"currency\\":\\"USD\\"}"
   curl -s ${base}/v1/payments -H "Authorization: Bearer $K" -H 'Content-Type: application/json' -H "Idempotency-Key: order-1" \\
       -d "{\\"amount\\":1250,\\"currency\\":\\"USD\\",\\"source\\":{\\"account\\":\\"$W\\"},\\"capture_method\\":\\"automatic\\"}"
+  curl -s ${base}/v1/payments -H "Authorization: Bearer $K" -H 'Content-Type: application/json' -H "Idempotency-Key: order-2" \\
+      -d '{"amount":2000,"currency":"EUR","source":{"card":{"token":"tok_visa","fingerprint":"fp_1","country":"FR"}},"capture_method":"automatic"}'
   curl -s ${base}/v1/payments -H "Authorization: Bearer $K"
-  # settle now (admin), then read the settlement and its report as the merchant
+  # settle the card money now (admin), then read the settlement and its report as the merchant (a wallet
+  # payment moves money within the merchant's own accounts: only its fee is settled)
   S=$(curl -s ${base}/v1/settlements/close -H "Authorization: Bearer ${config.ADMIN_API_KEY}" -H 'Content-Type: application/json' \\
-      -d '{"merchant":"${merchant.id}","currency":"USD"}' | node -pe 'JSON.parse(require("fs").readFileSync(0, "utf8")).data[0]?.id')
+      -d '{"merchant":"${merchant.id}","currency":"EUR"}' | node -pe 'JSON.parse(require("fs").readFileSync(0, "utf8")).data[0]?.id')
   curl -s ${base}/v1/settlements/$S/report.csv -H "Authorization: Bearer $K"
   npm run -s trace      # the last payment's trace: gateway, gRPC, ledger batch, SQL, relay, consumers (${config.TRACES_FILE})
 dev: Ctrl-C stops every service.`);

@@ -45,20 +45,46 @@ ensure_postgres() {
   hba="/etc/postgresql/$version/main/pg_hba.conf"
   # A development machine: the postgres user connects over loopback without a password, as the services'
   # default DATABASE_URL expects. Production uses its own credentials in DATABASE_URL.
-  if ! grep -q '^host all postgres 127.0.0.1/32 trust' "$hba"; then
+  local hba_changed=
+  # pg_hba.conf is readable by postgres and root only.
+  if ! as_root grep -q '^host all postgres 127.0.0.1/32 trust' "$hba"; then
     as_root sed -i '1i host all postgres 127.0.0.1/32 trust' "$hba"
+    hba_changed=1
   fi
   say "starting PostgreSQL $version"
   as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+  # The package starts its cluster as it installs it (invoke-rc.d), before the line above was written, and the
+  # server reads pg_hba.conf only at start and on reload: without one the services' password-less connections
+  # are refused.
+  if [ -n "$hba_changed" ]; then as_root pg_ctlcluster --skip-systemctl-redirect "$version" main reload; fi
   wait_for PostgreSQL "$PGHOST_" "$PGPORT_"
 }
 
+# Every client is greeted with the server's INFO line, which says whether JetStream is on.
+has_jetstream() { timeout 2 bash -c "exec 3<>/dev/tcp/$1/$2 && head -n 1 <&3" 2>/dev/null | grep -q '"jetstream":true'; }
+
+# Debian's nats-server package enables and starts a service of its own on 127.0.0.1:4222 (with systemd), without
+# JetStream (its /etc/nats-server.conf has none): it takes the port ours needs, and again at every boot.
+packaged_nats_active() { [ -d /run/systemd/system ] && systemctl is-active --quiet nats-server.service; }
+disable_packaged_nats() {
+  say "disabling Debian's nats-server service (no JetStream) to run one with JetStream"
+  as_root systemctl disable --now nats-server.service
+}
+
 ensure_nats() {
-  answers "$NATS_HOST" "$NATS_PORT" && return 0
+  if answers "$NATS_HOST" "$NATS_PORT"; then
+    has_jetstream "$NATS_HOST" "$NATS_PORT" && return 0
+    if ! packaged_nats_active; then
+      say "NATS on $NATS_HOST:$NATS_PORT runs without JetStream, which the services need: restart it with -js"
+      exit 1
+    fi
+    disable_packaged_nats
+  fi
   need_debian NATS
   if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
     say "installing nats-server from Debian's packages"
     apt_install nats-server
+    if packaged_nats_active; then disable_packaged_nats; fi
   fi
   local bin
   bin=$(command -v nats-server || echo /usr/sbin/nats-server)
@@ -66,6 +92,10 @@ ensure_nats() {
   say "starting NATS with JetStream (store $DATA/nats, log $DATA/nats.log)"
   nohup "$bin" -a "$NATS_HOST" -p "$NATS_PORT" -js -sd "$DATA/nats" >"$DATA/nats.log" 2>&1 &
   wait_for NATS "$NATS_HOST" "$NATS_PORT"
+  if ! has_jetstream "$NATS_HOST" "$NATS_PORT"; then
+    say "a NATS without JetStream answers on $NATS_HOST:$NATS_PORT, not ours (see $DATA/nats.log)"
+    exit 1
+  fi
 }
 
 ensure_postgres

@@ -58,7 +58,7 @@ describe('settlement: a batch whose payout is still outstanding', function () {
         paymentId: randomUUID(), merchantId, currency: 'EUR', amount: captured, amountCaptured: captured, amountRefunded: 0n, fee: 0n, status: 'succeeded',
         operationId: randomUUID(), operationAmount: captured, operationFee: 0n, declineCode: '', sourceAccountId: source.id, destinationAccountId: balance.id,
         customerId: '', riskScorePpm: 0, riskModelVersion: '', cardFingerprint: '', cardCountry: '', cardType: '', deviceId: '', ipCountry: '',
-        merchantCategory: '', createdAt: at, feeTransferId: '',
+        merchantCategory: '', createdAt: at, feeTransferId: '', sourceType: 'card',
       } },
     };
     await withTransaction(pool, (tx) => settler.handle(event, tx));

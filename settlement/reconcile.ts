@@ -36,6 +36,8 @@ export interface Reconciliation {
 }
 
 const LOOKUP_CHUNK = 8190;
+/** The ledger codes of the transfers payments make, which settlement must account for (payouts are checked apart). */
+const PAYMENT_CODES: ReadonlySet<number> = new Set([TransferCode.payment, TransferCode.fee, TransferCode.refund]);
 /**
  * Transfers per page of the account's transfers: the account may hold any transfer (the merchant's own, with up
  * to ~28 KB of metadata each), and a page must fit in one gRPC message (32 MB): 1,000 is at most ~28 MB.
@@ -117,8 +119,9 @@ export async function reconcileBatch(pool: Pool, ledger: SettlementLedger, batch
 
   // 3. Events consumed in the range against the lines (anywhere: late lines sit in a later batch).
   const events = await store.journalEvents(pool, batch.accountId, from, batch.windowEnd);
+  // A wallet-paid payment's capture or refund is not paid out (settler.ts entriesOf): only its fee is a line.
   const expectedLines = events.flatMap((e) => [
-    { transferId: e.operationId, kind: (e.type === 'payment.captured' ? 'capture' : 'refund') as store.EntryKind, amount: e.amount, event: e },
+    ...(e.cardFunded ? [{ transferId: e.operationId, kind: (e.type === 'payment.captured' ? 'capture' : 'refund') as store.EntryKind, amount: e.amount, event: e }] : []),
     ...(e.feeTransferId ? [{ transferId: e.feeTransferId, kind: 'fee' as store.EntryKind, amount: e.fee, event: e }] : []),
   ]);
   const entries = await store.entriesOf(pool, [...new Set(expectedLines.map((l) => l.transferId))]);
@@ -143,10 +146,15 @@ export async function reconcileBatch(pool: Pool, ledger: SettlementLedger, batch
 
   // 4. The ledger's transfers of the account in the range against the lines and payouts of every batch.
   const ledgerTransfers = await accountTransfers(ledger, batch.accountId, from, batch.windowEnd);
-  const settled = ledgerTransfers.filter((t) => !t.flags?.pending && !t.flags?.voidPendingTransfer && t.code !== TransferCode.payout);
+  // Movements of payments only: the merchant's own transfers in and out of the account (/v1/transfers, code 1) are
+  // its business, not settlement's, and cost settlement nothing (a payout is capped by what the account holds). As
+  // discrepancies they failed every reconciliation of a merchant that uses transfers.
+  const settled = ledgerTransfers.filter((t) => !t.flags?.pending && !t.flags?.voidPendingTransfer && PAYMENT_CODES.has(t.code));
   const known = await store.entriesOf(pool, settled.map((t) => t.id));
+  // Consumed and deliberately not paid out: a wallet payment's capture or refund (its event is journaled).
+  const walletMoves = await store.walletMovements(pool, settled.filter((t) => !known.has(t.id)).map((t) => t.id));
   for (const t of settled) {
-    if (!known.has(t.id)) report('unsettled_ledger_transfer', `ledger transfer (code ${t.code}) on the account is in no settlement batch${t.timestamp < batch.windowStart ? ' (it is before the window, where no batch covers the account)' : ''}`, [t.id], t.creditAccountId === batch.accountId ? t.amount : -t.amount, 0n);
+    if (!known.has(t.id) && !walletMoves.has(t.id)) report('unsettled_ledger_transfer', `ledger transfer (code ${t.code}) on the account is in no settlement batch${t.timestamp < batch.windowStart ? ' (it is before the window, where no batch covers the account)' : ''}`, [t.id], t.creditAccountId === batch.accountId ? t.amount : -t.amount, 0n);
   }
   const payouts = await store.payoutTransferIds(pool, batch.accountId);
   for (const t of ledgerTransfers.filter((x) => x.code === TransferCode.payout)) {

@@ -62,7 +62,7 @@ describe('settlement windows and payouts (real PostgreSQL and ledger)', function
           paymentId: randomUUID(), merchantId: m.merchantId, currency: 'EUR', amount, amountCaptured: amount, amountRefunded: 0n, fee, status: 'succeeded',
           operationId, operationAmount: amount, operationFee: fee, declineCode: '', sourceAccountId: randomUUID(), destinationAccountId: m.accountId,
           customerId: '', riskScorePpm: 0, riskModelVersion: '', cardFingerprint: '', cardCountry: '', cardType: '', deviceId: '', ipCountry: '',
-          merchantCategory: '', createdAt: occurredAt, feeTransferId: fee > 0n ? feeTransferId(operationId) : '',
+          merchantCategory: '', createdAt: occurredAt, feeTransferId: fee > 0n ? feeTransferId(operationId) : '', sourceType: 'card',
         },
       },
     };

@@ -65,14 +65,7 @@ export class Settler {
       `event ${consumed.eventId}: account ${consumed.accountId} is settled for ${account.merchantId} in ${account.currency}, not ${consumed.merchantId} in ${consumed.currency}`,
     );
     const effectiveAt = consumed.occurredAt > account.closedThrough ? consumed.occurredAt : account.closedThrough;
-    const entries: { transferId: string; kind: store.EntryKind; amount: bigint }[] =
-      consumed.type === 'payment.captured'
-        ? [
-            { transferId: consumed.operationId, kind: 'capture', amount: consumed.amount },
-            ...(consumed.fee > 0n ? [{ transferId: consumed.feeTransferId!, kind: 'fee' as const, amount: consumed.fee }] : []),
-          ]
-        : [{ transferId: consumed.operationId, kind: 'refund', amount: consumed.amount }];
-    await store.recordEvent(tx, consumed, effectiveAt, entries);
+    await store.recordEvent(tx, consumed, effectiveAt, entriesOf(consumed));
   };
 
   /**
@@ -129,19 +122,26 @@ export class Settler {
       const available = await this.availableBalance(tx, accountId);
       const id = derivedId('settlement-batch', `${accountId}:${cut}`);
       const lines = await store.takeEntries(tx, accountId, cut, id);
-      if (lines.length === 0 && (account.carried <= 0n || available <= 0n)) {
+      const due = lines.reduce((s, l) => s + store.signedAmount(l.kind, l.amount), 0n) + account.carried;
+      // What the merchant owes on its other accounts in the currency (a refund after their payout): held back here.
+      // Settled per account alone, a debt stays on the account that ran it up, and the merchant escapes it by taking
+      // its next payments into another account. Read in this transaction: a concurrent close or event that changes
+      // it conflicts (SERIALIZABLE), and the next close sees the batch made here.
+      const debtElsewhere = due > 0n && available > 0n ? await store.debtElsewhere(tx, account, cut) : 0n;
+      if (lines.length === 0 && (account.carried - debtElsewhere <= 0n || available <= 0n)) {
         const next = skip ? await this.nextNonEmptyWindowStart(tx, accountId, cut, skip) : cut;
         await store.advanceAccount(tx, accountId, next, account.carried);
         return { batch: null, closedThrough: next };
       }
-      const batch = batchOf(id, account, cut, lines, available);
+      const batch = batchOf(id, account, cut, lines, available, debtElsewhere);
       await store.insertBatch(tx, batch);
       await store.advanceAccount(tx, accountId, cut, batch.carriedOut);
       await store.writeBatchCreated(tx, batch, nowNanos());
-      return { batch, closedThrough: cut };
+      return { batch, closedThrough: cut, debtElsewhere };
     });
     if (outcome.batch) {
-      this.logger.info({ batch: outcome.batch.id, account: accountId, lines: outcome.batch.lineCount, net: String(outcome.batch.net), payout: String(outcome.batch.payout) }, 'settlement batch made');
+      const held = 'debtElsewhere' in outcome && outcome.debtElsewhere > 0n ? { debt_elsewhere: String(outcome.debtElsewhere) } : {};
+      this.logger.info({ batch: outcome.batch.id, account: accountId, lines: outcome.batch.lineCount, net: String(outcome.batch.net), payout: String(outcome.batch.payout), ...held }, 'settlement batch made');
       if (outcome.batch.status === 'payout_pending') outcome.batch.status = await this.payOut(outcome.batch);
       this.settings.onBatch?.(outcome.batch);
     }
@@ -238,16 +238,21 @@ export class Settler {
   }
 }
 
-/** The batch of `lines` closing the account's window at `cut`, with its payout decided. */
-function batchOf(id: string, account: store.SettledAccount, cut: bigint, lines: readonly { kind: store.EntryKind; amount: bigint }[], available: bigint): store.Batch {
+/**
+ * The batch of `lines` closing the account's window at `cut`, with its payout decided: what is due, less what the
+ * merchant owes on its other accounts in the currency (`debtElsewhere`), and never more than `available`.
+ */
+function batchOf(id: string, account: store.SettledAccount, cut: bigint, lines: readonly { kind: store.EntryKind; amount: bigint }[], available: bigint, debtElsewhere: bigint): store.Batch {
   const sum = (kind: store.EntryKind) => lines.filter((l) => l.kind === kind).reduce((s, l) => s + l.amount, 0n);
   const grossCaptured = sum('capture');
   const refunds = sum('refund');
   const fees = sum('fee');
   const net = grossCaptured - refunds - fees;
   const due = net + account.carried;
-  // Never more than is there: a shortfall (or a debt, when refunds and fees exceed captures) is carried over.
-  const payout = due <= 0n || available <= 0n ? 0n : due < available ? due : available;
+  // Never more than is there: a shortfall (or a debt, when refunds and fees exceed captures) is carried over, and
+  // so is what is held back for the merchant's debt elsewhere (paid once that debt is covered).
+  const payable = due - debtElsewhere;
+  const payout = payable <= 0n || available <= 0n ? 0n : payable < available ? payable : available;
   const batch: store.Batch = {
     id,
     merchantId: account.merchantId,
@@ -281,6 +286,18 @@ function isOutage(error: unknown): boolean {
   return receivedFailure(error)?.retryable ?? false;
 }
 
+/**
+ * The entries of a movement. Only money the platform received is paid out: a card payment's capture and refund.
+ * A wallet payment moves money between the merchant's own accounts, which it may have funded from an account
+ * allowed to go negative: settled, it would be paid to the merchant's bank from nothing (or twice, once as the
+ * card payment that funded the wallet). Its fee is the platform's charge all the same, and is owed.
+ */
+function entriesOf(consumed: store.ConsumedEvent): store.EntryInput[] {
+  const fee: store.EntryInput[] = consumed.fee > 0n ? [{ transferId: consumed.feeTransferId!, kind: 'fee', amount: consumed.fee }] : [];
+  if (!consumed.cardFunded) return fee;
+  return consumed.type === 'payment.captured' ? [{ transferId: consumed.operationId, kind: 'capture', amount: consumed.amount }, ...fee] : [{ transferId: consumed.operationId, kind: 'refund', amount: consumed.amount }];
+}
+
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 /**
@@ -302,6 +319,7 @@ function settledMovement(event: EventEnvelope, latest: bigint): store.ConsumedEv
   if (event.occurredAt <= 0n) throw bad('no occurred_at');
   if (event.occurredAt > latest) throw bad(`occurred_at ${event.occurredAt} is in the future (later than ${latest}, the clock skew allowed)`);
   currencyOf(p.currency);
+  if (!['', 'card', 'account'].includes(p.sourceType)) throw bad(`source_type ${JSON.stringify(p.sourceType)} is neither card nor account`);
   const captured = event.type === 'payment.captured';
   return {
     eventId: event.eventId,
@@ -316,5 +334,7 @@ function settledMovement(event: EventEnvelope, latest: bigint): store.ConsumedEv
     // Events written before fee_transfer_id existed name the fee by the rule payments derive it with.
     feeTransferId: captured && p.operationFee > 0n ? p.feeTransferId || feeTransferId(p.operationId) : null,
     occurredAt: event.occurredAt,
+    // Events written before source_type existed: card, as they were all settled then.
+    cardFunded: p.sourceType !== 'account',
   };
 }

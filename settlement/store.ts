@@ -45,6 +45,8 @@ export interface ConsumedEvent {
   fee: bigint;
   feeTransferId: string | null;
   occurredAt: bigint;
+  /** Paid by card (money the platform holds), not from a wallet account of the merchant: see settler.ts. */
+  cardFunded: boolean;
 }
 
 export interface SettledAccount {
@@ -149,12 +151,14 @@ export async function openAccount(tx: PoolClient, accountId: string, merchantId:
 }
 
 /** Records a consumed event in the journal and its movements as entries (a movement already known is kept once). */
-export async function recordEvent(tx: PoolClient, event: ConsumedEvent, effectiveAt: bigint, entries: readonly Pick<Entry, 'transferId' | 'kind' | 'amount'>[]): Promise<void> {
+export type EntryInput = Pick<Entry, 'transferId' | 'kind' | 'amount'>;
+
+export async function recordEvent(tx: PoolClient, event: ConsumedEvent, effectiveAt: bigint, entries: readonly EntryInput[]): Promise<void> {
   await tx.query({
     name: 'stl-record-event',
     text: `WITH journal AS (
-             INSERT INTO settlement_events (event_id, type, payment_id, operation_id, account_id, amount, fee, fee_transfer_id, occurred_at, effective_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (event_id) DO NOTHING
+             INSERT INTO settlement_events (event_id, type, payment_id, operation_id, account_id, amount, fee, fee_transfer_id, occurred_at, effective_at, card_funded)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $14) ON CONFLICT (event_id) DO NOTHING
            )
            INSERT INTO settlement_entries (transfer_id, account_id, kind, amount, payment_id, event_id, occurred_at, effective_at)
            SELECT t, $5, k, a, $3, $1, $9, $10 FROM unnest($11::uuid[], $12::text[], $13::int8[]) AS e(t, k, a)
@@ -173,6 +177,7 @@ export async function recordEvent(tx: PoolClient, event: ConsumedEvent, effectiv
       entries.map((e) => e.transferId),
       entries.map((e) => e.kind),
       entries.map((e) => String(e.amount)),
+      event.cardFunded,
     ],
   });
 }
@@ -211,6 +216,24 @@ export async function takeEntries(tx: PoolClient, accountId: string, cut: bigint
     [accountId, cut, batchId],
   );
   return r.rows.map((row) => ({ kind: row.kind, amount: row.amount }));
+}
+
+/**
+ * What the merchant owes on its settled accounts in the account's currency other than `account` (0 when, together,
+ * they owe it nothing): what they carry (a debt is negative, a shortfall or an amount held back positive) plus
+ * their entries not yet in a batch that are effective before `cut`. Positive amounts count: money held back or
+ * owed on one account already covers that much of a debt on another (each close holds back only the net debt).
+ */
+export async function debtElsewhere(tx: PoolClient, account: Pick<SettledAccount, 'accountId' | 'merchantId' | 'currency'>, cut: bigint): Promise<bigint> {
+  const r = await tx.query(
+    `SELECT (coalesce((SELECT sum(carried) FROM settlement_accounts WHERE merchant_id = $1 AND currency = $2 AND account_id <> $3), 0)
+          + coalesce((SELECT sum(CASE WHEN e.kind = 'capture' THEN e.amount ELSE -e.amount END)
+                      FROM settlement_entries e JOIN settlement_accounts a ON a.account_id = e.account_id
+                      WHERE a.merchant_id = $1 AND a.currency = $2 AND e.account_id <> $3 AND e.batch_id IS NULL AND e.effective_at < $4), 0))::INT8 AS position`,
+    [account.merchantId, account.currency, account.accountId, cut],
+  );
+  const position = r.rows[0].position as bigint;
+  return position < 0n ? -position : 0n;
 }
 
 export async function advanceAccount(tx: PoolClient, accountId: string, closedThrough: bigint, carried: bigint): Promise<void> {
@@ -421,12 +444,13 @@ export interface JournalEvent {
   amount: bigint;
   fee: bigint;
   feeTransferId: string | null;
+  cardFunded: boolean;
 }
 
 /** The events consumed for the account that were effective in [start, end). */
 export async function journalEvents(db: Queryable, accountId: string, start: bigint, end: bigint): Promise<JournalEvent[]> {
   const r = await db.query(
-    `SELECT event_id, type, payment_id, operation_id, amount, fee, fee_transfer_id FROM settlement_events
+    `SELECT event_id, type, payment_id, operation_id, amount, fee, fee_transfer_id, card_funded FROM settlement_events
      WHERE account_id = $1 AND effective_at >= $2 AND effective_at < $3 ORDER BY occurred_at, event_id`,
     [accountId, start, end],
   );
@@ -438,7 +462,15 @@ export async function journalEvents(db: Queryable, accountId: string, start: big
     amount: row.amount,
     fee: row.fee,
     feeTransferId: row.fee_transfer_id,
+    cardFunded: row.card_funded,
   }));
+}
+
+/** Which of these transfers are the captures or refunds of wallet-paid payments settlement consumed (not paid out). */
+export async function walletMovements(db: Queryable, transferIds: readonly string[]): Promise<Set<string>> {
+  if (transferIds.length === 0) return new Set();
+  const r = await db.query('SELECT operation_id FROM settlement_events WHERE operation_id = ANY($1::uuid[]) AND NOT card_funded', [transferIds]);
+  return new Set(r.rows.map((row) => row.operation_id as string));
 }
 
 /** Which of these transfers have an entry (in any batch, or still open), in which batch, and from which event. */

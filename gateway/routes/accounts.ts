@@ -119,7 +119,8 @@ export function accountRoutes(app: Gateway, ctx: RouteContext): void {
     let cursor = '';
     const anchorId = after ?? before;
     if (anchorId) {
-      const notOfThisAccount = new ValidationError(after ? 'starting_after' : 'ending_before', 'not a transfer of this account');
+      // As every list answers a cursor that names nothing of the caller's (Stripe's 400 resource_missing).
+      const notOfThisAccount = new ValidationError(after ? 'starting_after' : 'ending_before', 'no such transfer of this account', 'resource_missing');
       // An id the ledger refuses to look up (the nil UUID) names no transfer either.
       const [anchor] = await backends
         .ledgerCall((ledger, options) => ledger.lookupTransfers([anchorId.toLowerCase()], options), true)

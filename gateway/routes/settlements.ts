@@ -1,11 +1,13 @@
 import type { FastifyRequest } from 'fastify';
-import { AppError } from '../../lib/errors.js';
+import { AppError, ValidationError } from '../../lib/errors.js';
 import type { Gateway, RouteContext } from '../app.js';
 import { COMMON_ERRORS, IdParams, Reconciliation, Settlement, SettlementCloseBody, SettlementListQuery, listOf, textBody } from '../schemas.js';
 import { jsonInt, settlementView } from '../views.js';
 import { objectId } from './ids.js';
 
-const settlementNotFound = (field: string) => new AppError('not_found', 'resource_missing', 'No such settlement', { field });
+/** A path's id naming no settlement of the caller's is 404; a list's cursor naming none is 400, as every list's. */
+const settlementNotFound = (field: string) =>
+  field === 'id' ? new AppError('not_found', 'resource_missing', 'No such settlement', { field }) : new ValidationError(field, 'no such settlement', 'resource_missing');
 
 /**
  * The settlement service names its parameters after its request: say them as the REST API does. A settlement not

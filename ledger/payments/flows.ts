@@ -37,6 +37,8 @@ export interface PaymentSettings {
   authorizationTimeoutSeconds: number;
   riskDeadlineMs: number;
   riskFailOpenBelowAmount: bigint;
+  /** The fail-open amount of the currencies named here instead (RISK_FAIL_OPEN_BELOW_AMOUNT_BY_CURRENCY). */
+  riskFailOpenBelowAmountByCurrency?: ReadonlyMap<string, bigint>;
 }
 
 export interface CreatePaymentInput {
@@ -618,7 +620,7 @@ export class PaymentFlows {
       return { outcome: 'scored', scorePpm: r.scorePpm, decision: decisionName(r.decision), reasons: r.reasons, modelVersion: r.modelVersion };
     } catch (error) {
       // No answer in time (or the scorer failed): the configured policy decides, and the payment records it.
-      const failOpen = input.amount < this.settings.riskFailOpenBelowAmount;
+      const failOpen = input.amount < (this.settings.riskFailOpenBelowAmountByCurrency?.get(request.currency) ?? this.settings.riskFailOpenBelowAmount);
       // A gRPC status (deadline, unavailable) is an expected condition with nothing to debug in its stack, and
       // under overload it is every payment: logged by code and message only.
       const code = (error as Partial<ServiceError>).code;

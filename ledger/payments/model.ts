@@ -89,9 +89,13 @@ export function feeTransferId(operationId: string): string {
   return derivedId('transfer', `${operationId}:fee`);
 }
 
-/** The platform fee of a captured amount: basis points, rounded down (never more than the amount). */
+/**
+ * The platform fee of a captured amount: basis points, rounded up (never more than the amount: fee_bps is at most
+ * 10,000). Rounded down, every amount below 10,000 / fee_bps (40 at 250 bps) paid no fee at all: a merchant that
+ * splits its charges that small pays none.
+ */
 export function feeOf(amount: bigint, feeBps: number): bigint {
-  return (amount * BigInt(feeBps)) / 10_000n;
+  return (amount * BigInt(feeBps) + 9_999n) / 10_000n;
 }
 
 /** Status after refunds: refunded once everything captured went back. */

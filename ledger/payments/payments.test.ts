@@ -282,7 +282,7 @@ describe('payments (gRPC, on the ledger, with the rules-only risk scorer)', func
     assert.equal(toElsewhere.destinationAccountId, elsewhere);
     await expectError(create({ ...named, destinationAccountId: '' }), status.FAILED_PRECONDITION, 'idempotency_key_reused', 'idempotency_key');
     assert.equal((await create(named)).id, toElsewhere.id);
-    assert.deepEqual(await balances(elsewhere), [0n, 17n, 0n, 700n], 'paid once, its fee once');
+    assert.deepEqual(await balances(elsewhere), [0n, 18n, 0n, 700n], 'paid once, its fee once (2.5% of 700, rounded up)');
   });
 
   it("another merchant's payments, refunds and wallets are not found", async () => {
@@ -385,6 +385,20 @@ describe('payments (gRPC, on the ledger, with the rules-only risk scorer)', func
       otherClient.close();
       await noRisk.close();
     }
+  });
+
+  it('risk unavailable: the fail-open amount of the payment\'s currency decides where one is set', async () => {
+    const merchant = await newMerchant();
+    const source = await wallet(merchant, 100_000n);
+    const unavailable = { score: async () => Promise.reject(new Error('risk down')) };
+    const settings = { shardCount: 8, authorizationTimeoutSeconds: 3600, riskDeadlineMs: 2000, riskFailOpenBelowAmount: 5_000n };
+    const input = walletPayment(merchant, source, { idempotencyKey: '', amount: 1_000n, captureMethod: 'automatic' });
+    const logger = createLogger('payments-test', 'silent');
+    const byDefault = await new PaymentFlows(pool, routerLedger(ledger.app.router), unavailable, settings, logger).createPayment(input);
+    assert.deepEqual([byDefault.status, byDefault.risk.outcome], ['succeeded', 'fail_open']);
+    const ownLimit = new PaymentFlows(pool, routerLedger(ledger.app.router), unavailable, { ...settings, riskFailOpenBelowAmountByCurrency: new Map([[input.currency, 500n]]) }, logger);
+    const byCurrency = await ownLimit.createPayment(input);
+    assert.deepEqual([byCurrency.status, byCurrency.declineCode, byCurrency.risk.outcome], ['declined', 'risk_unavailable', 'fail_closed']);
   });
 
   it('risk answering no decision it knows (unspecified, or a newer enum value) is not an approval: the unavailable policy applies', async () => {
@@ -515,6 +529,41 @@ describe('payments (gRPC, on the ledger, with the rules-only risk scorer)', func
     await resumer.resumeOnce();
     assert.deepEqual(await paymentEvents(p.id), ['1:payment.authorized', '2:payment.canceled']);
     await expectError(capture(merchant, p.id), status.FAILED_PRECONDITION, 'payment_not_capturable');
+  });
+
+  it('an expired authorization whose cancel keeps throwing does not hold up the expired authorizations behind it', async () => {
+    const merchant = await newMerchant();
+    const source = await wallet(merchant, 1_000n);
+    const { real, logger, riskClient } = crashingAfterTheLedger();
+    const settings = { shardCount: 8, authorizationTimeoutSeconds: 1, riskDeadlineMs: 2000, riskFailOpenBelowAmount: 0n };
+    const flows = new PaymentFlows(pool, real, riskClient, settings, logger);
+    const stuck = await flows.createPayment(walletPayment(merchant, source, { idempotencyKey: '', amount: 100n, captureMethod: 'manual' }));
+    const behind = await flows.createPayment(walletPayment(merchant, source, { idempotencyKey: '', amount: 200n, captureMethod: 'manual' }));
+    // The oldest payments awaiting capture in the database, in this order: first in line of every pass.
+    await pool.query('UPDATE payments SET created_at = $2 WHERE id = $1', [stuck.id, '1']);
+    await pool.query('UPDATE payments SET created_at = $2 WHERE id = $1', [behind.id, '2']);
+    // The first one's cancel was recorded before a crash, and throws whenever it is driven again (whatever the cause).
+    const crashing: PaymentLedger = {
+      createAccounts: (a) => real.createAccounts(a),
+      createTransfers: async () => {
+        throw new Error('process killed before the ledger call');
+      },
+    };
+    await assert.rejects(new PaymentFlows(pool, crashing, riskClient, settings, logger).cancel(merchant, stuck.id), /process killed/);
+    const failing = Object.assign(Object.create(flows) as PaymentFlows, {
+      cancel: (m: string, id: string) => (id === stuck.id ? Promise.reject(new Error('still failing')) : flows.cancel(m, id)),
+      resume: (op: Parameters<PaymentFlows['resume']>[0]) => (op.paymentId === stuck.id ? Promise.reject(new Error('still failing')) : flows.resume(op)),
+    });
+    await new Promise((r) => setTimeout(r, 2_300)); // past the timeout and its second of slack
+    // One expired authorization a pass: one left first in line would be all every pass takes.
+    const resumer = new PaymentResumer(pool, failing, logger, 60_000, 1, 1);
+    for (let pass = 0; pass < 3 && (await get(merchant, behind.id)).status !== PaymentStatus.PAYMENT_STATUS_CANCELED; pass++) await resumer.resumeOnce();
+    assert.equal((await get(merchant, behind.id)).status, PaymentStatus.PAYMENT_STATUS_CANCELED, 'the expired authorization behind the failing cancel was never canceled');
+    // The failing cancel is a stale step like any other: finished once it stops failing.
+    await pool.query(`UPDATE payment_operations SET updated_at = now() - interval '1 hour' WHERE payment_id = $1 AND kind = 'cancel'`, [stuck.id]);
+    await new PaymentResumer(pool, flows, logger, 60_000, 1).resumeOnce();
+    assert.equal((await get(merchant, stuck.id)).status, PaymentStatus.PAYMENT_STATUS_CANCELED);
+    assert.deepEqual(await balances(source), [0n, 0n, 0n, 1_000n]);
   });
 
   it('an authorization that reached the ledger after its payment was recorded is canceled by its ledger expiry, not by the payment\'s age', async () => {

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { statement, type Pool, type PoolClient, type Queryable } from '../../lib/db.js';
-import { invariant } from '../../lib/errors.js';
+import { ValidationError, invariant } from '../../lib/errors.js';
 import { EventBatch } from '../../proto/gen/events/v1/events.js';
 import { PAYMENT_OUTBOX_SHARD_BASE, nextOutboxSequence } from '../outbox.js';
 import { shardOf } from '../router.js';
@@ -188,13 +188,17 @@ export interface PaymentPage {
   hasMore: boolean;
 }
 
-/** Newest first; `startingAfter` / `endingBefore` are payment ids of the merchant (others: as if absent). */
+/**
+ * Newest first; `startingAfter` / `endingBefore` are payment ids of the merchant. Any other id is refused
+ * (resource_missing), as every list of the API refuses a cursor naming nothing of the caller's: an empty page
+ * would end a client's paging as if it had read everything.
+ */
 export async function listPayments(db: Queryable, merchantId: string, limit: number, startingAfter: string | null, endingBefore: string | null): Promise<PaymentPage> {
   const anchorId = startingAfter ?? endingBefore;
   let anchor: { createdAt: bigint; id: string } | null = null;
   if (anchorId) {
     const a = await db.query({ name: 'pay-list-anchor', text: 'SELECT created_at, id FROM payments WHERE id = $1 AND merchant_id = $2', values: [anchorId, merchantId] });
-    if (!a.rows[0]) return { payments: [], hasMore: false };
+    if (!a.rows[0]) throw new ValidationError(startingAfter ? 'starting_after' : 'ending_before', 'no such payment', 'resource_missing');
     anchor = { createdAt: a.rows[0].created_at, id: a.rows[0].id };
   }
   // ending_before walks towards newer payments: read ascending from the anchor, then present newest first.
@@ -331,8 +335,9 @@ export async function deferOperation(db: Queryable, operationId: string): Promis
  * from then, and canceling it earlier voids an authorization the merchant may still capture. `createdBefore` (the
  * payment recorded at least one timeout ago, which its pending transfer never precedes) only narrows the scan to
  * the index of payments awaiting capture.
- * Not those whose cancel failed (the ledger refused the void against an invariant: another cancel is refused the
- * same, and they would fill every page of this query).
+ * Not those with a cancel step already: failed (the ledger refused the void against an invariant: another cancel
+ * is refused the same), or processing, which the resumer's stale steps drive, sent to the back of the line when
+ * they throw (deferOperation). Either kind, taken here, could fill every page of this query for good.
  */
 export async function expiredAuthorizations(db: Queryable, createdBefore: bigint, expiredBefore: bigint, limit: number): Promise<{ id: string; merchantId: string }[]> {
   const r = await db.query({
@@ -341,7 +346,7 @@ export async function expiredAuthorizations(db: Queryable, createdBefore: bigint
              JOIN payment_operations a ON a.payment_id = p.id AND a.kind = 'authorize'
              JOIN pending_transfers t ON t.id = a.id
            WHERE p.status = 'requires_capture' AND p.created_at < $1 AND t.expires_at > 0 AND t.expires_at < $2
-             AND NOT EXISTS (SELECT 1 FROM payment_operations o WHERE o.payment_id = p.id AND o.kind = 'cancel' AND o.status = 'failed')
+             AND NOT EXISTS (SELECT 1 FROM payment_operations o WHERE o.payment_id = p.id AND o.kind = 'cancel')
            ORDER BY p.created_at LIMIT $3`,
     values: [createdBefore, expiredBefore, limit],
   });
@@ -397,6 +402,7 @@ function paymentEventsMessage(shardCount: number, events: readonly { type: Payme
             operationFee: feeTaken,
             declineCode: payment.declineCode ?? '',
             sourceAccountId: payment.sourceAccountId,
+            sourceType: payment.sourceKind,
             destinationAccountId: payment.destinationAccountId,
             customerId: payment.customerId ?? '',
             riskScorePpm: payment.risk.scorePpm,

@@ -72,7 +72,7 @@ describe('risk model serving: online features fed from payment events on JetStre
             paymentId: uuid(p.id), merchantId: uuid(p.merchantId), currency: 'USD', amount: BigInt(p.amount), amountCaptured: 0n, amountRefunded: 0n, fee: 0n,
             status: 'succeeded', operationId: '', operationAmount: 0n, operationFee: 0n, declineCode: '', sourceAccountId: '', destinationAccountId: '',
             customerId: p.customerId, riskScorePpm: 0, riskModelVersion: '', cardFingerprint: p.cardFingerprint, cardCountry: p.cardCountry,
-            cardType: p.cardType, deviceId: p.deviceId, ipCountry: p.ipCountry, merchantCategory: p.merchantCategory, createdAt: BigInt(base + p.at) * 1_000_000n, feeTransferId: '',
+            cardType: p.cardType, deviceId: p.deviceId, ipCountry: p.ipCountry, merchantCategory: p.merchantCategory, createdAt: BigInt(base + p.at) * 1_000_000n, feeTransferId: '', sourceType: 'card',
           },
         },
       }));
@@ -236,7 +236,7 @@ function paymentMessage(merchantId: string, paymentId: string, at: number): Uint
             paymentId, merchantId, currency: 'USD', amount: 1_000n, amountCaptured: 0n, amountRefunded: 0n, fee: 0n,
             status: 'requires_capture', operationId: '', operationAmount: 0n, operationFee: 0n, declineCode: '', sourceAccountId: '', destinationAccountId: '',
             customerId: 'cust', riskScorePpm: 0, riskModelVersion: '', cardFingerprint: 'card-dup', cardCountry: 'US',
-            cardType: 'debit', deviceId: 'dev-dup', ipCountry: 'US', merchantCategory: 'general', createdAt: BigInt(at) * 1_000_000n, feeTransferId: '',
+            cardType: 'debit', deviceId: 'dev-dup', ipCountry: 'US', merchantCategory: 'general', createdAt: BigInt(at) * 1_000_000n, feeTransferId: '', sourceType: 'card',
           },
         },
       },

@@ -232,14 +232,20 @@ async function check(stack: ChaosStack, run: Run, violations: string[]): Promise
   );
   for (const r of books.rows) if (r.dp !== r.cp || r.dq !== r.cq) violations.push(`ledger ${r.ledger}: debits ${r.dp}/${r.dq} pending, credits ${r.cp}/${r.cq} pending`);
 
-  // Each captured payment reached the settlement consumer once in effect: one capture entry of its amount.
+  // Each captured payment reached the settlement consumer once in effect: one payment.captured event of its amount
+  // in settlement's journal. Paid from customer wallets, none of it is paid out: no capture entry.
   const capturedIds = [...capturedAmounts.keys()];
   if (capturedIds.length === 0) violations.push('no payment succeeded: the consumer check saw nothing');
   const consumedBy = Date.now() + 90_000;
-  let entries: Map<string, { n: number; amount: bigint }>;
+  let entries: Map<string, { n: number; amount: bigint; paidOut: number }>;
   for (;;) {
-    const r = await pool.query(`SELECT payment_id, count(*)::int AS n, sum(amount)::int8 AS amount FROM settlement_entries WHERE kind = 'capture' AND payment_id = ANY($1::uuid[]) GROUP BY payment_id`, [capturedIds]);
-    entries = new Map(r.rows.map((e) => [e.payment_id, { n: e.n, amount: e.amount }]));
+    const r = await pool.query(
+      `SELECT e.payment_id, count(*)::int AS n, sum(e.amount)::int8 AS amount,
+              (SELECT count(*) FROM settlement_entries s WHERE s.payment_id = e.payment_id AND s.kind = 'capture')::int AS paid_out
+       FROM settlement_events e WHERE e.type = 'payment.captured' AND e.payment_id = ANY($1::uuid[]) GROUP BY e.payment_id`,
+      [capturedIds],
+    );
+    entries = new Map(r.rows.map((e) => [e.payment_id, { n: e.n, amount: e.amount, paidOut: e.paid_out }]));
     if (entries.size === capturedIds.length || Date.now() > consumedBy) break;
     await sleep(500);
   }
@@ -247,8 +253,9 @@ async function check(stack: ChaosStack, run: Run, violations: string[]): Promise
   for (const id of capturedIds) {
     const e = entries.get(id);
     if (!e) notConsumed++;
-    else if (e.n !== 1) violations.push(`payment ${id}: ${e.n} settlement capture entries`);
-    else if (e.amount !== capturedAmounts.get(id)) violations.push(`payment ${id}: settled ${e.amount}, captured ${capturedAmounts.get(id)}`);
+    else if (e.n !== 1) violations.push(`payment ${id}: ${e.n} payment.captured events consumed by settlement`);
+    else if (e.amount !== capturedAmounts.get(id)) violations.push(`payment ${id}: settlement consumed ${e.amount}, captured ${capturedAmounts.get(id)}`);
+    else if (e.paidOut !== 0) violations.push(`payment ${id}: paid from a wallet, yet ${e.paidOut} capture entries to pay out`);
   }
   if (notConsumed > 0) violations.push(`${notConsumed} captured payments never reached settlement`);
   // No event was poison here: anything dead-lettered was lost to its consumer by a fault.
