@@ -1,5 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { randomUUID } from 'node:crypto';
+import { mkdirSync, rmSync } from 'node:fs';
 import type { JetStreamManager } from '@nats-io/jetstream';
 import { connectJetStream, connectNats, type NatsConnection } from '../lib/nats.js';
 import type { Pool } from '../lib/db.js';
@@ -31,6 +32,10 @@ describe('outbox relay to JetStream (own NATS server, real PostgreSQL)', functio
     await pool.query('DELETE FROM outbox');
     const suffix = randomUUID().slice(0, 8);
     env = { LEDGER_RELAY_ENABLED: 'true', NATS_URL: nats.url, EVENTS_STREAM: `RELAY_TEST_${suffix}`, EVENTS_SUBJECT_PREFIX: `relaytest-${suffix}` };
+  });
+  afterEach(async () => {
+    // Each stream reserves EVENTS_MAX_BYTES (10 GiB) of the test server's store: a few left behind fill it.
+    await jsm.streams.delete(env['EVENTS_STREAM']!).catch(() => undefined);
   });
   after(async () => {
     await observer.close();
@@ -139,6 +144,24 @@ describe('outbox relay to JetStream (own NATS server, real PostgreSQL)', functio
       await waitForEmptyOutbox(60_000);
       const messages = await streamMessages(env['EVENTS_STREAM']!);
       assertEveryTransferOnceInShardOrder(messages, [...before, ...during], env['EVENTS_SUBJECT_PREFIX']!);
+    } finally {
+      await ledger.close();
+    }
+  });
+
+  it('NATS back with an empty store (the stream lost with it): the relay creates the stream again and the outbox drains', async () => {
+    const ledger = await startTestLedger(env);
+    try {
+      await commitTransfers(ledger.client, 200);
+      await waitForEmptyOutbox();
+      // A NATS node replaced, or its volume lost: the server returns without the events stream.
+      await nats.stop();
+      rmSync(nats.storeDir, { recursive: true, force: true });
+      mkdirSync(nats.storeDir);
+      await nats.restart();
+      const after = await commitTransfers(ledger.client, 300);
+      await waitForEmptyOutbox(60_000);
+      assertEveryTransferOnceInShardOrder(await streamMessages(env['EVENTS_STREAM']!), after, env['EVENTS_SUBJECT_PREFIX']!);
     } finally {
       await ledger.close();
     }

@@ -105,6 +105,9 @@ export class OutboxRelay {
         failures = 0;
         if (sent === 0) await sleep(20);
       } catch (error) {
+        // The next round makes sure of the stream again: a NATS that came back without it (a node replaced, its
+        // store lost, the stream deleted) answers every publish with "no responders", for ever, until it is created.
+        this.js = undefined;
         failures++;
         if (failures === 1 || failures % 50 === 0) this.logger.warn({ err: error, failures }, 'outbox relay round failed; retrying');
         await sleep(Math.min(1000, 50 * failures));

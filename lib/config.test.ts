@@ -72,6 +72,14 @@ describe('config', () => {
     assert.throws(() => loadConfig({ RISK_FAIL_OPEN_BELOW_AMOUNT_BY_CURRENCY: 'JPY=1.5' }), /expected CUR=amount pairs/);
   });
 
+  it('refuses a duplicate window longer than the events\' max age: JetStream would refuse the stream, and no event would ever be published', () => {
+    assert.throws(
+      () => loadConfig({ EVENTS_MAX_AGE_HOURS: '1', CONSUMER_INBOX_RETENTION_HOURS: '1', EVENTS_DUPLICATE_WINDOW_SECONDS: '7200' }),
+      /EVENTS_DUPLICATE_WINDOW_SECONDS=7200: must not exceed EVENTS_MAX_AGE_HOURS \(1 h = 3600 s\)/,
+    );
+    assert.equal(loadConfig({ EVENTS_MAX_AGE_HOURS: '1', CONSUMER_INBOX_RETENTION_HOURS: '1', EVENTS_DUPLICATE_WINDOW_SECONDS: '3600' }).EVENTS_DUPLICATE_WINDOW_SECONDS, 3600);
+  });
+
   it('gRPC TLS: all three files or none; a partial setting names what is missing', () => {
     const files = { GRPC_TLS_CA: '/etc/ledgerline/ca.pem', GRPC_TLS_CERT: '/etc/ledgerline/ledger.pem', GRPC_TLS_KEY: '/etc/ledgerline/ledger.key' };
     assert.equal(loadConfig({}).GRPC_TLS_CA, undefined);

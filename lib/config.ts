@@ -230,6 +230,11 @@ function crossChecks(config: Config): string[] {
       `CONSUMER_INBOX_RETENTION_HOURS=${config.CONSUMER_INBOX_RETENTION_HOURS}: must be at least EVENTS_MAX_AGE_HOURS (${config.EVENTS_MAX_AGE_HOURS}), or an event replayed from the stream could be applied twice`,
     );
   }
+  if (config.EVENTS_DUPLICATE_WINDOW_SECONDS > config.EVENTS_MAX_AGE_HOURS * 3600) {
+    problems.push(
+      `EVENTS_DUPLICATE_WINDOW_SECONDS=${config.EVENTS_DUPLICATE_WINDOW_SECONDS}: must not exceed EVENTS_MAX_AGE_HOURS (${config.EVENTS_MAX_AGE_HOURS} h = ${config.EVENTS_MAX_AGE_HOURS * 3600} s), or JetStream refuses the events stream and nothing is ever published`,
+    );
+  }
   if (config.RISK_REVIEW_THRESHOLD_PPM > config.RISK_DECLINE_THRESHOLD_PPM) {
     problems.push(`RISK_REVIEW_THRESHOLD_PPM=${config.RISK_REVIEW_THRESHOLD_PPM}: must not exceed RISK_DECLINE_THRESHOLD_PPM (${config.RISK_DECLINE_THRESHOLD_PPM})`);
   }

@@ -1,5 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { randomUUID } from 'node:crypto';
+import { mkdirSync, rmSync } from 'node:fs';
 import { account, commitTransfers, startTestLedger, transfer, type TestLedger } from '../test/ledger-harness.js';
 import { TestNatsServer } from '../test/nats-server.js';
 import { testConfig, testPool } from '../test/support.js';
@@ -37,6 +38,8 @@ describe('event consumer framework (own NATS server, real PostgreSQL)', function
   });
   afterEach(async () => {
     await ledger.close();
+    // Each stream reserves EVENTS_MAX_BYTES (10 GiB) of the test server's store: a few left behind fill it.
+    await (await connectJetStream(nc)).jsm.streams.delete(env['EVENTS_STREAM']!).catch(() => undefined);
   });
   after(async () => {
     await pool.query('DROP TABLE IF EXISTS consumer_test_effects');
@@ -196,6 +199,60 @@ describe('event consumer framework (own NATS server, real PostgreSQL)', function
     }
   });
 
+  it('a database outage longer than ack_wait x max_deliver, then a restart: the messages queued in hand stay deliverable and are all applied', async () => {
+    const name = `long-outage-${randomUUID().slice(0, 8)}`;
+    const config = testConfig(env);
+    const proxy = await TcpProxy.start(new URL(config.DATABASE_URL));
+    const viaProxy = createPool(testConfig({ DATABASE_URL: proxy.via(config.DATABASE_URL) }), { max: 4 });
+    // ack_wait 1 s and maxDeliver 1 (JetStream's backstop: 10 deliveries): every message past the first of its
+    // subject waits in hand behind it, and would be delivered again each second if nothing kept it in hand.
+    // The old code let JetStream deliver them again until it gave up on them: none of the 300 came back.
+    const options = { name, filter: 'ledger.>', maxDeliver: 1, ackWaitMs: 1_000, concurrency: 8 };
+    let consumer = new EventConsumer(nc, viaProxy, config, options, recordTransfer(name, () => false), logger);
+    try {
+      await consumer.start();
+      await proxy.cut();
+      const transfers = await commitTransfers(ledger.client, 300);
+      const { jsm } = await connectJetStream(nc);
+      await waitFor(async () => (await jsm.consumers.info(env['EVENTS_STREAM']!, name)).num_ack_pending >= 8, 'messages in hand');
+      // Well past JetStream's 10 deliveries of 1 s: a message it had delivered again each time would be given up on.
+      await new Promise((resolve) => setTimeout(resolve, 25_000));
+      // The service restarts while the database is still down, then the database returns.
+      await consumer.stop();
+      await proxy.open();
+      consumer = new EventConsumer(nc, viaProxy, config, options, recordTransfer(name, () => false), logger);
+      await consumer.start();
+      await waitFor(async () => (await effects(name)).size >= transfers.length, 'every transfer applied after the outage and the restart');
+      const applied = await effects(name);
+      for (const t of transfers) assert.deepEqual(applied.get(t.id), { count: 1, amount: t.amount }, `transfer ${t.id}`);
+    } finally {
+      await consumer.stop();
+      await viaProxy.end();
+      await proxy.cut();
+    }
+  });
+
+  it('NATS back with an empty store (the stream and the durable lost with it): the consumer sets itself up again and applies what comes next', async () => {
+    const name = `lost-store-${randomUUID().slice(0, 8)}`;
+    const consumer = new EventConsumer(nc, pool, testConfig(env), { name, filter: 'ledger.>', concurrency: 4 }, recordTransfer(name, () => false), logger);
+    await consumer.start();
+    try {
+      const before = await commitTransfers(ledger.client, 100);
+      await waitFor(async () => (await effects(name)).size >= before.length, 'the transfers before');
+      // A NATS node replaced, or its volume lost: the server returns without the stream and its consumers.
+      await nats.stop();
+      rmSync(nats.storeDir, { recursive: true, force: true });
+      mkdirSync(nats.storeDir);
+      await nats.restart();
+      const after = await commitTransfers(ledger.client, 200);
+      await waitFor(async () => (await effects(name)).size >= before.length + after.length, 'the transfers after NATS came back');
+      const applied = await effects(name);
+      for (const t of [...before, ...after]) assert.deepEqual(applied.get(t.id), { count: 1, amount: t.amount }, `transfer ${t.id}`);
+    } finally {
+      await consumer.stop();
+    }
+  });
+
   it('contention while a failing message is applied event by event dead-letters nothing: the event waits and is applied', async () => {
     const name = `contended-${randomUUID().slice(0, 8)}`;
     const config = testConfig(env);
@@ -228,6 +285,42 @@ describe('event consumer framework (own NATS server, real PostgreSQL)', function
     await consumer.stop();
     assert.equal(consumer.stats.deadLettered, 0);
     assert.ok(Date.now() >= contendedUntil, 'the second event was applied only after the contention');
+  });
+
+  it('a message whose every delivery dies with the process applying it (a crash loop) is dead-lettered at JetStream\'s last delivery, not dropped', async () => {
+    const name = `crash-loop-${randomUUID().slice(0, 8)}`;
+    const config = testConfig(env);
+    const [debit, credit] = [account(), account()];
+    assert.ok((await ledger.client.createAccounts([debit, credit])).every((r) => r.code === 1));
+    const deadly = transfer({ debitAccountId: debit.id, creditAccountId: credit.id, amount: 1n });
+    assert.ok((await ledger.client.createTransfers([deadly])).every((r) => r.code === 1));
+    const { jsm } = await connectJetStream(nc);
+    const deadLetter = () => jsm.streams.getMessage('DEADLETTER', { last_by_subj: deadLetterSubject(env['EVENTS_SUBJECT_PREFIX']!, name) }).catch(() => null);
+    // maxDeliver 1: JetStream's backstop is 10 deliveries. Each life is a process that dies while applying the
+    // message (its connection gone, nothing acknowledged); the next one starts, as a crash-looping service would.
+    for (let life = 1; life <= 11; life++) {
+      const own = await connectNats({ NATS_URL: nats.url }, { name: `${name}-${life}` });
+      let died = false;
+      const handler: EventHandler = async (event) => {
+        if (event.payload?.$case !== 'transfer' || event.payload.value.transferId !== deadly.id) return;
+        died = true;
+        await own.close();
+        throw new Error('the process died');
+      };
+      const consumer = new EventConsumer(own, pool, config, { name, filter: 'ledger.>', maxDeliver: 1, ackWaitMs: 1_000, concurrency: 1 }, handler, logger);
+      await consumer.start();
+      try {
+        await waitFor(async () => died || (await deadLetter()) !== null, `delivery ${life} of the message`, 30_000);
+      } finally {
+        await consumer.stop().catch(() => undefined);
+        await own.close().catch(() => undefined);
+      }
+      if (!died) break;
+    }
+    const dead = await deadLetter();
+    assert.ok(dead, 'the message is not in the dead letters');
+    assert.equal(dead.header.get('Ledgerline-Deliveries'), '10');
+    assert.deepEqual(EventBatch.decode(dead.data).events.map((e) => (e.payload?.$case === 'transfer' ? e.payload.value.transferId : e.type)), [deadly.id]);
   });
 
   it('sends a poison message to the dead-letter subject after maxDeliver and keeps consuming; metrics count it', async () => {

@@ -101,6 +101,15 @@ export class EventConsumer {
   ) {}
 
   async start(): Promise<void> {
+    this.messages = await this.subscribe();
+    this.loop = this.run();
+    const { name } = this.options;
+    this.pruning = new PeriodicTask(`${name} inbox pruning`, () => pruneInbox(this.pool, name, this.config.CONSUMER_INBOX_RETENTION_HOURS), INBOX_PRUNE_INTERVAL_MS, this.logger);
+    this.pruning.start();
+  }
+
+  /** Makes sure of the streams and of the durable, and pulls from it. */
+  private async subscribe(): Promise<ConsumerMessages> {
     const { js, jsm } = await connectJetStream(this.nc);
     this.js = js;
     await ensureEventStream(jsm, this.config);
@@ -120,7 +129,7 @@ export class EventConsumer {
       ack_wait: (this.options.ackWaitMs ?? 30_000) * 1_000_000,
       // Dead-lettering is decided by this process's own attempts (retried in place); JetStream redelivers
       // only after a crash or a lost connection, and gives up only as a backstop far beyond that.
-      max_deliver: (this.options.maxDeliver ?? 5) * 10,
+      max_deliver: this.maxDeliveries,
       max_ack_pending: (this.options.concurrency ?? 8) * 4,
       ...(existing !== undefined
         ? {
@@ -135,12 +144,44 @@ export class EventConsumer {
           : { deliver_policy: DeliverPolicy.StartTime, opt_start_time: start.time.toISOString() }),
     });
     const consumer = await js.consumers.get(this.config.EVENTS_STREAM, this.options.name);
-    // Short pulls: a consumer re-created by a replay (or a lost server) is noticed within seconds.
-    this.messages = await consumer.consume({ max_messages: this.options.concurrency ?? 8, expires: 5_000 });
-    this.loop = this.dispatch(this.messages);
-    const { name } = this.options;
-    this.pruning = new PeriodicTask(`${name} inbox pruning`, () => pruneInbox(this.pool, name, this.config.CONSUMER_INBOX_RETENTION_HOURS), INBOX_PRUNE_INTERVAL_MS, this.logger);
-    this.pruning.start();
+    // Short pulls, and a durable or stream found missing ends the pulls: left to themselves, they would wait for
+    // ever for a durable that nobody creates again (NATS back without its store, the stream deleted); run() does.
+    return consumer.consume({ max_messages: this.options.concurrency ?? 8, expires: 5_000, abort_on_missing_resource: true });
+  }
+
+  /** Dispatches the messages pulled; when the durable or the stream is lost, makes sure of them again and goes on. */
+  private async run(): Promise<void> {
+    for (let messages = this.messages!; ; ) {
+      try {
+        await this.dispatch(messages);
+      } catch (error) {
+        if (!this.stopping) this.logger.warn({ err: error }, 'event consumer lost its durable or stream; setting it up again');
+      }
+      for (let attempt = 1; ; attempt++) {
+        if (this.stopping || this.nc.isClosed()) return;
+        // A pause first: a replay (rewindConsumer) deletes the durable and at once creates it again, at its own
+        // position, which subscribe() then keeps.
+        await sleep(Math.min(5_000, 1_000 * attempt));
+        if (this.stopping || this.nc.isClosed()) return;
+        try {
+          messages = await this.subscribe();
+        } catch (error) {
+          this.logger.warn({ err: error, attempt }, 'event consumer not set up again yet; retrying');
+          continue;
+        }
+        if (this.stopping) {
+          messages.stop();
+          return;
+        }
+        this.messages = messages;
+        break;
+      }
+    }
+  }
+
+  /** JetStream's deliveries of a message at most: a backstop far beyond this process's own attempts. */
+  private get maxDeliveries(): number {
+    return (this.options.maxDeliver ?? 5) * 10;
   }
 
   /** Messages of the stream this consumer has not yet acknowledged: pending delivery plus in hand. */
@@ -160,15 +201,29 @@ export class EventConsumer {
   }
 
   private async dispatch(messages: ConsumerMessages): Promise<void> {
+    const ackWaitMs = this.options.ackWaitMs ?? 30_000;
     for await (const m of messages) {
+      // The message stays in hand until it is processed: while it waits behind others of its subject (one retried
+      // in place through a database outage, say), its ack deadline is pushed back. Otherwise JetStream delivers it
+      // again every ack_wait, max_deliver times, and then gives up on it for good: an event lost once the process
+      // restarts before applying its first copy.
+      const keepAlive = setInterval(() => {
+        try {
+          m.working();
+        } catch {
+          // The connection is closed: JetStream delivers the message again after ack_wait.
+        }
+      }, ackWaitMs / 3);
       const previous = this.chains.get(m.subject) ?? Promise.resolve();
-      const next = previous.then(() =>
-        this.process(m).catch((error: unknown) => {
-          // NATS itself failed (ack, dead-letter publish): JetStream delivers the message again after
-          // ack_wait, and the inbox makes that safe. The subject's chain goes on.
-          this.logger.warn({ err: error, subject: m.subject }, 'event message left unacknowledged');
-        }),
-      );
+      const next = previous
+        .then(() =>
+          this.process(m).catch((error: unknown) => {
+            // NATS itself failed (ack, dead-letter publish): JetStream delivers the message again after
+            // ack_wait, and the inbox makes that safe. The subject's chain goes on.
+            this.logger.warn({ err: error, subject: m.subject }, 'event message left unacknowledged');
+          }),
+        )
+        .finally(() => clearInterval(keepAlive));
       this.chains.set(m.subject, next);
       void next.finally(() => {
         if (this.chains.get(m.subject) === next) this.chains.delete(m.subject);
@@ -195,6 +250,14 @@ export class EventConsumer {
 
   private async processInSpan(m: JsMsg): Promise<void> {
     if (m.info.deliveryCount > 1) this.stats.redeliveries++;
+    // JetStream's last delivery of the message: none before it was acknowledged, so the process holding it died
+    // each time (a message that crashes the process, a crash loop). Should this one die too, JetStream would drop
+    // the message without a trace; it goes to the dead letters instead, for a replay once the cause is fixed.
+    if (m.info.deliveryCount >= this.maxDeliveries) {
+      await this.deadLetter(m, m.data, `delivered ${m.info.deliveryCount} times without being acknowledged: the process applying it died each time?`, 0, '');
+      m.term();
+      return;
+    }
     let batch: EventBatch;
     try {
       batch = EventBatch.decode(m.data);

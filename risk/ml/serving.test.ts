@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
+import { mkdirSync, rmSync } from 'node:fs';
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -7,6 +8,7 @@ import { credentials } from '@grpc/grpc-js';
 import { after, before, describe, it } from 'mocha';
 import { callUnary } from '../../lib/grpc.js';
 import { freePort } from '../../test/ledger-process.js';
+import { TestNatsServer } from '../../test/nats-server.js';
 import { derivedId } from '../../lib/derived-id.js';
 import { createLogger } from '../../lib/logger.js';
 import { connectJetStream, connectNats } from '../../lib/nats.js';
@@ -288,6 +290,39 @@ describe('risk feature feed: delivery', function () {
       assert.deepEqual([feed.applied, v[1], v[5], v[9], v[12]], [3, 3, 3, 3, 3], 'payments applied, card 1m, customer 1h, device 1h, merchant 1h');
     } finally {
       await feed.stop();
+    }
+  });
+
+  it('NATS back with an empty store (the stream created again by the relay): the feed reads the new stream from its start', async () => {
+    const nats = await TestNatsServer.start();
+    const own = { ...config, NATS_URL: nats.url };
+    const publish = async (count: number) => {
+      const nc = await connectNats(own, { name: 'risk-test' });
+      try {
+        const { js, jsm } = await connectJetStream(nc);
+        await ensureEventStream(jsm, own);
+        for (let i = 0; i < count; i++) await js.publish(subject, paymentMessage(randomUUID(), randomUUID(), Date.now()));
+      } finally {
+        await nc.close();
+      }
+    };
+    const feed = new PaymentFeatureFeed(new FeatureStore(), own, createLogger('risk-test', 'silent'));
+    try {
+      await publish(20);
+      await feed.start();
+      assert.equal(feed.applied, 20);
+      // A NATS node replaced, or its volume lost: the server returns without the stream; the relay creates it again
+      // and publishes the next payments, at stream sequences from 1 again.
+      await nats.stop();
+      rmSync(nats.storeDir, { recursive: true, force: true });
+      mkdirSync(nats.storeDir);
+      await nats.restart();
+      await publish(5);
+      for (let waited = 0; feed.applied < 25 && waited < 600; waited++) await new Promise((r) => setTimeout(r, 50));
+      assert.equal(feed.applied, 25, 'the payments of the new stream observed');
+    } finally {
+      await feed.stop();
+      await nats.stop();
     }
   });
 

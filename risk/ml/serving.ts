@@ -1,4 +1,4 @@
-import { DeliverPolicy } from '@nats-io/jetstream';
+import { DeliverPolicy, type ConsumerMessages, type JetStreamManager } from '@nats-io/jetstream';
 import { SpanKind } from '@opentelemetry/api';
 import { contextOf, tracer } from '../../observability/tracing.js';
 import type { Config } from '../../lib/config.js';
@@ -70,6 +70,8 @@ export class PaymentFeatureFeed {
   /** The last stream message applied (from the checkpoint restored at start, then the feed). */
   lastSeq = 0;
   private checkpointedSeq = 0;
+  /** When the stream read was created: a different one is a new stream, whose sequences start again. */
+  private streamCreated = '';
 
   constructor(
     private readonly store: FeatureStore,
@@ -98,6 +100,7 @@ export class PaymentFeatureFeed {
     await ensureEventStream(jsm, this.config);
     // After a checkpoint, from the message after it (or the oldest kept, if retention dropped that far).
     const from = this.lastSeq > 0 ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: this.lastSeq + 1 } : {};
+    this.streamCreated = (await jsm.streams.info(this.config.EVENTS_STREAM)).created;
     const consumer = await js.consumers.get(this.config.EVENTS_STREAM, { filter_subjects: PaymentFeatureFeed.subjects(this.config), ...from });
     // Score serves only once the feed has caught up: start() returns when the payment message that is the last in
     // the stream now is applied (a store still replaying would answer low velocities for a card-testing burst).
@@ -106,31 +109,61 @@ export class PaymentFeatureFeed {
     let caughtUp!: () => void;
     const ready = new Promise<void>((resolve) => (caughtUp = resolve));
     if (this.lastSeq >= target) caughtUp();
-    const messages = await consumer.consume();
+    let messages = await consumer.consume();
     this.checkpointTask?.start();
     this.loop = (async () => {
-      for await (const m of messages) {
-        if (this.stopped) break;
-        // A CONSUMER span in the trace of the payment that produced the message (traceparent header).
-        const parent = contextOf(m.headers?.get('traceparent'));
-        const span = feedTracer.startSpan(`${m.subject} process`, { kind: SpanKind.CONSUMER, attributes: { 'messaging.system': 'nats', 'messaging.destination.name': m.subject } }, parent);
-        try {
-          for (const e of EventBatch.decode(m.data).events) {
-            if (e.payload?.$case !== 'payment' || !OBSERVED.has(e.type)) continue;
-            // At least once: a payment whose event comes again is not counted again.
-            if (this.store.observe(factsFromEvent(e.payload.value))) this.applied++;
-          }
-        } catch (err) {
-          span.recordException(err as Error);
-          this.logger.error({ err, seq: m.seq }, 'payment event could not be read; skipped');
-        } finally {
-          this.lastSeq = m.seq;
-          span.end();
-          if (m.seq >= target) caughtUp();
-        }
+      for (;;) {
+        const renewed = this.watchForNewStream(jsm, messages);
+        await this.apply(messages, target, caughtUp);
+        if (this.stopped || !(await renewed)) return;
+        // The stream was created anew (NATS back without its store, the relay made it again): its sequences start
+        // at 1 again, and the ordered consumer would go on after the last one seen here, skipping as many payments.
+        // Read from its start; the store counts a payment observed before only once.
+        this.lastSeq = this.checkpointedSeq = 0;
+        messages = await (await js.consumers.get(this.config.EVENTS_STREAM, { filter_subjects: PaymentFeatureFeed.subjects(this.config) })).consume();
       }
     })().finally(() => caughtUp());
     await ready;
+  }
+
+  /**
+   * Whether the stream `messages` read was replaced by a new one (then `messages` is stopped): checked when the
+   * ordered consumer had to be created again, as it is after the stream was lost.
+   */
+  private async watchForNewStream(jsm: JetStreamManager, messages: ConsumerMessages): Promise<boolean> {
+    for await (const status of messages.status()) {
+      if (status.type !== 'ordered_consumer_recreated') continue;
+      const info = await jsm.streams.info(this.config.EVENTS_STREAM).catch(() => undefined);
+      if (info && info.created !== this.streamCreated) {
+        this.streamCreated = info.created;
+        messages.stop();
+        return true;
+      }
+    }
+    return false;
+  }
+
+  private async apply(messages: ConsumerMessages, target: number, caughtUp: () => void): Promise<void> {
+    for await (const m of messages) {
+      if (this.stopped) break;
+      // A CONSUMER span in the trace of the payment that produced the message (traceparent header).
+      const parent = contextOf(m.headers?.get('traceparent'));
+      const span = feedTracer.startSpan(`${m.subject} process`, { kind: SpanKind.CONSUMER, attributes: { 'messaging.system': 'nats', 'messaging.destination.name': m.subject } }, parent);
+      try {
+        for (const e of EventBatch.decode(m.data).events) {
+          if (e.payload?.$case !== 'payment' || !OBSERVED.has(e.type)) continue;
+          // At least once: a payment whose event comes again is not counted again.
+          if (this.store.observe(factsFromEvent(e.payload.value))) this.applied++;
+        }
+      } catch (err) {
+        span.recordException(err as Error);
+        this.logger.error({ err, seq: m.seq }, 'payment event could not be read; skipped');
+      } finally {
+        this.lastSeq = m.seq;
+        span.end();
+        if (m.seq >= target) caughtUp();
+      }
+    }
   }
 
   /** Saves the store's state if it moved since the last checkpoint; state and sequence taken in one step. */
