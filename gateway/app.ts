@@ -343,18 +343,27 @@ function traceRequests(app: Gateway, logger: Logger, meter: Meter | undefined): 
     description: 'REST requests: duration by route, method and status (rate and errors from the counts)',
     advice: { explicitBucketBoundaries: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10] },
   });
-  app.addHook('onRequest', (request, _reply, done) => {
+  app.addHook('onRequest', (request, reply, done) => {
     const route = request.routeOptions.url ?? 'unmatched';
     const parent = propagation.extract(ROOT_CONTEXT, request.headers);
     const span = httpTracer.startSpan(`${request.method} ${route}`, { kind: SpanKind.SERVER, attributes: { 'http.request.method': request.method, 'http.route': route } }, parent);
     request.span = span;
+    // A client that goes away before the answer is written gets no onResponse (the response never finishes):
+    // without this its span would never end (the trace loses its root), and the request would be missing from
+    // the latency histogram and the access log, though clients giving up are the slowest requests. Recorded
+    // when the connection closes, as 499 (the client closed the request), while the handler runs on.
+    reply.raw.once('close', () => {
+      if (!reply.raw.writableFinished) end(request, reply, CLIENT_GONE);
+    });
     context.with(trace.setSpan(parent, span), done);
   });
-  app.addHook('onResponse', async (request, reply) => {
+  app.addHook('onResponse', async (request, reply) => end(request, reply, reply.statusCode));
+  /** Ends the request's span, records its sample and writes its line: once, on the first of onResponse and close. */
+  function end(request: FastifyRequest, reply: FastifyReply, status: number): void {
     const span = request.span;
     if (!span) return;
+    request.span = null;
     const route = request.routeOptions.url ?? 'unmatched';
-    const status = reply.statusCode;
     span.setAttribute('http.response.status_code', status);
     if (status >= 500) span.setStatus({ code: SpanStatusCode.ERROR });
     span.end();
@@ -363,5 +372,8 @@ function traceRequests(app: Gateway, logger: Logger, meter: Meter | undefined): 
     context.with(trace.setSpan(ROOT_CONTEXT, span), () =>
       logger.info({ method: request.method, route, status, duration_ms: Math.round(reply.elapsedTime * 10) / 10, merchant: request.caller?.kind === 'merchant' ? request.caller.merchantId : request.caller?.kind }, 'request'),
     );
-  });
+  }
 }
+
+/** The status recorded for a request whose client closed the connection before its answer (nginx's 499). */
+const CLIENT_GONE = 499;

@@ -13,7 +13,7 @@ import { accountsWithBalanceRules } from './queries.js';
 import { LedgerRouter } from './router.js';
 import { createLedgerService } from './service.js';
 import { ensureShards } from './store.js';
-import { OutboxRelay } from './relay.js';
+import { observeRelay, OutboxRelay } from './relay.js';
 import { ExpirySweeper } from './sweeper.js';
 import { startMetrics } from '../observability/metrics.js';
 import type { WorkerReply } from './worker.js';
@@ -88,13 +88,12 @@ export async function startLedger(config: Config, logger: Logger): Promise<Ledge
       readBalanceRules: (ids) => accountsWithBalanceRules(pool, ids),
     },
     {
-      onBatch(shard, events, _submissions, ms, attempts) {
+      onBatch(shard, events, _submissions, ms, attempts, failed) {
         const attributes = { shard };
-        if (attempts === 0) batchFailures.add(1, attributes);
-        else {
-          batchEvents.record(events, attributes);
-          batchRetries.add(attempts - 1, attributes);
-        }
+        if (failed) batchFailures.add(1, attributes);
+        else batchEvents.record(events, attributes);
+        // A failed batch's retries too (contention that outlasted them all is when they matter most).
+        if (attempts > 1) batchRetries.add(attempts - 1, attributes);
         batchDuration.record(ms, attributes);
         batchStats.attempts += attempts;
         batchStats.batches++;
@@ -141,20 +140,7 @@ export async function startLedger(config: Config, logger: Logger): Promise<Ledge
   metrics.meter.createObservableGauge('ledger_queue_events', { description: 'Events waiting in each shard queue' }).addCallback((result) => {
     for (const [shard, depth] of router.queueDepths()) result.observe(depth, { shard });
   });
-  if (relay) {
-    const lagRows = metrics.meter.createObservableGauge('ledger_outbox_lag_rows', { description: 'Outbox messages not yet acknowledged by JetStream' });
-    const lagSeconds = metrics.meter.createObservableGauge('ledger_outbox_lag_seconds', { description: 'Age of the oldest unpublished outbox message', unit: 's' });
-    const published = metrics.meter.createObservableCounter('ledger_outbox_published_total', { description: 'Outbox messages published and acknowledged' });
-    metrics.meter.addBatchObservableCallback(
-      async (result) => {
-        const lag = await relay.lag();
-        result.observe(lagRows, lag.rows);
-        result.observe(lagSeconds, lag.oldestSeconds);
-        result.observe(published, relay.publishedCount);
-      },
-      [lagRows, lagSeconds, published],
-    );
-  }
+  if (relay) observeRelay(metrics.meter, relay);
   logger.info({ address, tls: grpcTlsEnabled(config), shards: shards.length, shardCount: config.LEDGER_SHARDS, workers: workerThreads }, 'ledger listening');
 
   return {

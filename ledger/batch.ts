@@ -26,6 +26,17 @@ export interface BatchTask {
   timeStatements?: boolean;
 }
 
+/**
+ * What a batch has done so far, filled in as it runs (executeBatch's caller keeps it): a batch that fails is
+ * reported with its attempts and statements too (retries counted, its SQL under its span), as a committed one.
+ */
+export interface BatchProgress {
+  /** Transaction attempts so far. */
+  attempts: number;
+  /** The statements of every attempt, when asked for (timeStatements). */
+  statements?: StatementTiming[];
+}
+
 export interface BatchOutcome {
   results: SubmissionResult[];
   events: number;
@@ -51,17 +62,17 @@ const MAX_RERUNS = 8;
  * must be read in full, or a balance slot that overflowed INT8 while the account's totals are in range (its
  * slots are consolidated first: store.ts consolidateSlots).
  */
-export async function executeBatch(pool: Pool, task: BatchTask): Promise<BatchOutcome> {
-  let attempts = 0;
+export async function executeBatch(pool: Pool, task: BatchTask, progress: BatchProgress = { attempts: 0 }): Promise<BatchOutcome> {
   let hints: BatchHints = NO_HINTS;
-  const statements: StatementTiming[] | undefined = task.timeStatements ? [] : undefined;
+  if (task.timeStatements) progress.statements ??= [];
+  const statements = progress.statements;
   for (let rerun = 0; ; rerun++) {
     try {
       return await withTransaction(
         pool,
         async (client) => {
-          attempts++;
-          if (statements) recordStatements(client, statements, attempts);
+          const attempt = ++progress.attempts;
+          if (statements) recordStatements(client, statements, attempt);
           const clock = await lockShard(client, task.shard);
           const state = await loadBatchState(client, task.submissions, hints);
           const loadedTransferIds = new Set(state.transfers.keys());
@@ -90,7 +101,7 @@ export async function executeBatch(pool: Pool, task: BatchTask): Promise<BatchOu
           return {
             results: effects.results,
             events: effects.events.length,
-            attempts,
+            attempts: progress.attempts,
             ...(statements ? { statements } : {}),
             ...(state.wideAccountIds.length + markedWide.length > 0 ? { wideAccountIds: [...state.wideAccountIds, ...markedWide] } : {}),
           };

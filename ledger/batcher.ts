@@ -30,8 +30,8 @@ export interface BatcherOptions {
 export type BatchRunner = (task: BatchTask) => Promise<WorkerReply>;
 
 export interface BatchObserver {
-  /** After every batch: its size, how long it took, and how many transaction attempts it needed (0 if it failed). */
-  onBatch?(shard: number, events: number, submissions: number, ms: number, attempts: number): void;
+  /** After every batch: its size, how long it took, its transaction attempts (0 if unknown: the worker died), and whether it failed. */
+  onBatch?(shard: number, events: number, submissions: number, ms: number, attempts: number, failed: boolean): void;
 }
 
 /**
@@ -106,6 +106,7 @@ export class ShardBatcher {
   private async runBatch(batch: readonly Waiting[], events: number): Promise<void> {
     const started = performance.now();
     let attempts = 0;
+    let failed = true;
     let span: Span | undefined;
     try {
       span = batchSpan(this.shard, batch, events);
@@ -124,8 +125,12 @@ export class ShardBatcher {
         attempts = reply.outcome.attempts;
         if (reply.outcome.results.length !== batch.length) throw new InternalError(`batch of ${batch.length} submissions answered with ${reply.outcome.results.length} results`);
         reply.outcome.results.forEach((result, i) => batch[i]!.resolve(result));
+        failed = false;
         if (traced) statementSpans(span, reply.outcome.statements ?? []);
       } else {
+        // Its attempts and statements too: a failed batch's trace shows which statement failed, how often.
+        attempts = reply.attempts ?? 0;
+        if (traced) statementSpans(span, reply.statements ?? []);
         span.setStatus({ code: SpanStatusCode.ERROR, message: reply.message });
         rejectAll(batch, reply.kind === 'unavailable' ? new UnavailableError(reply.code, reply.message) : new InternalError(reply.message));
       }
@@ -138,7 +143,7 @@ export class ShardBatcher {
       try {
         span?.setAttribute('ledger.batch.attempts', attempts);
         span?.end();
-        this.observer.onBatch?.(this.shard, events, batch.length, performance.now() - started, attempts);
+        this.observer.onBatch?.(this.shard, events, batch.length, performance.now() - started, attempts, failed);
       } catch {
         // Metrics and traces are not worth a stuck shard; their own failures show in them.
       }

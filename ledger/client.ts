@@ -1,5 +1,7 @@
 import { credentials, Metadata, status, type ChannelCredentials, type ServiceError } from '@grpc/grpc-js';
+import { context, ROOT_CONTEXT, type Context, type Link } from '@opentelemetry/api';
 import { callUnary, raceDeadline, type UnaryMethod } from '../lib/grpc.js';
+import { linkTo } from '../observability/tracing.js';
 import {
   LedgerServiceClient,
   PendingState,
@@ -79,6 +81,8 @@ interface QueuedCall {
   bytes: number;
   /** Epoch ms: the caller's deadline, counted from its call (as a lone call's would be), not from its request. */
   deadline: number;
+  /** The caller's trace context: its request is sent in it, or linked to it when merged with others'. */
+  context: Context;
   resolve: (results: CreateTransferResult[]) => void;
   reject: (error: unknown) => void;
 }
@@ -88,6 +92,8 @@ interface QueuedCall {
  * calls that each fit in a message also fit together (with full metadata a transfer is ~28 KB: 8,190 are ~225 MB).
  */
 const MAX_MERGED_BYTES = 24 * 1024 * 1024;
+/** Links of a merged request's span to its callers: bounded, as the ledger batch's (OpenTelemetry keeps 128). */
+const MAX_LINKS = 128;
 
 /**
  * Promise client for ledger.v1.LedgerService. With auto-batching, many callers each sending a few transfers
@@ -135,7 +141,7 @@ export class LedgerClient {
     if (!this.autoBatch || transfers.length === 0) return this.sendTransfers(transfers, deadlineMs);
     const deadline = Date.now() + deadlineMs;
     const queued = new Promise<CreateTransferResult[]>((resolve, reject) => {
-      this.queue.push({ transfers, bytes: transfers.reduce((sum, t) => sum + encodedSizeBound(t), 0), deadline, resolve, reject });
+      this.queue.push({ transfers, bytes: transfers.reduce((sum, t) => sum + encodedSizeBound(t), 0), deadline, context: context.active(), resolve, reject });
       this.schedule();
     });
     // Its own deadline, however long it waited for a request slot (a call still queued then is never sent).
@@ -162,8 +168,8 @@ export class LedgerClient {
     return (await this.call(this.raw.getAccountBalanceAt, { accountId, timestamp }, options)).balance;
   }
 
-  private async sendTransfers(transfers: Transfer[], deadlineMs: number): Promise<CreateTransferResult[]> {
-    return (await callUnary(this.raw, this.raw.createTransfers, { transfers }, deadlineMs)).results;
+  private async sendTransfers(transfers: Transfer[], deadlineMs: number, span?: { parent: Context; links?: Link[] }): Promise<CreateTransferResult[]> {
+    return (await callUnary(this.raw, this.raw.createTransfers, { transfers }, deadlineMs, span)).results;
   }
 
   private schedule(): void {
@@ -211,11 +217,14 @@ export class LedgerClient {
     const remaining = (c: { deadline: number }) => Math.max(1, c.deadline - Date.now());
     if (calls.length === 1) {
       const only = calls[0]!;
-      await this.sendTransfers(only.transfers, remaining(only)).then(only.resolve, only.reject);
+      await this.sendTransfers(only.transfers, remaining(only), { parent: only.context }).then(only.resolve, only.reject);
       return;
     }
+    // Sent from a timer whose context is whichever caller's scheduled it (or an earlier request's): the request of
+    // one caller is in that caller's trace, and a merged one is a root span linked to each caller, as CreatePayments.
+    const span = { parent: ROOT_CONTEXT, links: calls.slice(0, MAX_LINKS).flatMap((c) => linkTo(c.context)) };
     try {
-      const results = await this.sendTransfers(calls.flatMap((c) => c.transfers), remaining({ deadline: Math.max(...calls.map((c) => c.deadline)) }));
+      const results = await this.sendTransfers(calls.flatMap((c) => c.transfers), remaining({ deadline: Math.max(...calls.map((c) => c.deadline)) }), span);
       let offset = 0;
       for (const c of calls) {
         // Field by field: spreading an object with a bigint field takes V8's slow path (microseconds each).
@@ -227,7 +236,7 @@ export class LedgerClient {
       if ((error as ServiceError).code === status.INVALID_ARGUMENT) {
         // Not for a call whose deadline passed while the merged request ran: its caller has been answered
         // DEADLINE_EXCEEDED, and sent now it would be written unknown to anyone.
-        const resend = (c: QueuedCall) => (c.deadline <= Date.now() ? Promise.reject(deadlineExceeded()) : this.sendTransfers(c.transfers, remaining(c)));
+        const resend = (c: QueuedCall) => (c.deadline <= Date.now() ? Promise.reject(deadlineExceeded()) : this.sendTransfers(c.transfers, remaining(c), { parent: c.context }));
         await Promise.all(calls.map((c) => resend(c).then(c.resolve, c.reject)));
       } else {
         for (const c of calls) c.reject(error);

@@ -4,7 +4,7 @@ import type { Logger } from '../lib/logger.js';
 import { connectJetStream, connectNats, type JetStreamClient, type NatsConnection } from '../lib/nats.js';
 import { sleep } from '../lib/retry.js';
 import { ensureEventStream } from '../lib/streams.js';
-import { SpanKind, trace } from '@opentelemetry/api';
+import { SpanKind, trace, type Meter } from '@opentelemetry/api';
 import { headers } from '@nats-io/transport-node';
 import { contextOf, inSpan, traceparentOf, tracer } from '../observability/tracing.js';
 import { outboxSubject, outboxMessageId } from './outbox.js';
@@ -182,4 +182,23 @@ export class OutboxRelay {
     if (firstError !== undefined) throw firstError;
     return done.length;
   }
+}
+
+/** Exports the relay's progress as metrics: messages published, and the outbox's lag (rows, age of the oldest). */
+export function observeRelay(meter: Meter, relay: OutboxRelay): void {
+  meter.createObservableCounter('ledger_outbox_published_total', { description: 'Outbox messages published and acknowledged' }).addCallback((result) => {
+    result.observe(relay.publishedCount);
+  });
+  // Apart from the count: the lag is a query, which fails while the database is unreachable, and in one callback
+  // that failure dropped the published count from the collection too.
+  const lagRows = meter.createObservableGauge('ledger_outbox_lag_rows', { description: 'Outbox messages not yet acknowledged by JetStream' });
+  const lagSeconds = meter.createObservableGauge('ledger_outbox_lag_seconds', { description: 'Age of the oldest unpublished outbox message', unit: 's' });
+  meter.addBatchObservableCallback(
+    async (result) => {
+      const lag = await relay.lag();
+      result.observe(lagRows, lag.rows);
+      result.observe(lagSeconds, lag.oldestSeconds);
+    },
+    [lagRows, lagSeconds],
+  );
 }

@@ -268,11 +268,14 @@ export class EventConsumer {
     }
     const maxAttempts = this.options.maxDeliver ?? 5;
     const deadLettered = new Set<string>();
+    // Committed by an attempt that stopped at a later event: not sent through the inbox again at each retry, where
+    // they would count as duplicates (events_consumer_duplicates_total) though nothing was delivered twice.
+    const committed = new Set<string>();
     let failing = '';
     let attempts = 0;
     let outage = 0;
     for (;;) {
-      const events = batch.events.filter((e) => !deadLettered.has(e.eventId));
+      const events = batch.events.filter((e) => !deadLettered.has(e.eventId) && !committed.has(e.eventId));
       let failure: { eventId: string; reason: string } | undefined;
       try {
         failure = await this.applyInOrder(events);
@@ -296,6 +299,8 @@ export class EventConsumer {
         await m.ackAck();
         return;
       }
+      const failed = events.findIndex((e) => e.eventId === failure.eventId);
+      for (const e of events.slice(0, Math.max(0, failed))) committed.add(e.eventId);
       attempts = failure.eventId === failing ? attempts + 1 : 1;
       failing = failure.eventId;
       if (attempts >= maxAttempts) {
@@ -433,15 +438,18 @@ export function observeConsumer(meter: Meter, consumer: EventConsumer, name: str
     redeliveries: meter.createObservableCounter('events_consumer_retries_total', { description: 'Deliveries and in-place attempts after the first' }),
     deadLettered: meter.createObservableCounter('events_consumer_dead_lettered_total', { description: 'Events sent to the dead-letter subject' }),
   };
-  const lag = meter.createObservableGauge('events_consumer_lag_messages', { description: 'Stream messages not yet delivered to the consumer' });
   meter.addBatchObservableCallback(
-    async (result) => {
+    (result) => {
       result.observe(counters.events, consumer.stats.events, attributes);
       result.observe(counters.duplicates, consumer.stats.duplicates, attributes);
       result.observe(counters.redeliveries, consumer.stats.redeliveries, attributes);
       result.observe(counters.deadLettered, consumer.stats.deadLettered, attributes);
-      result.observe(lag, (await consumer.lag()).pending, attributes);
     },
-    [...Object.values(counters), lag],
+    Object.values(counters),
   );
+  // Apart: the lag is a JetStream request, which fails while NATS reconnects (or the consumer is re-created by a
+  // replay); in one callback with the counters, that failure dropped them all from the collection (dead letters too).
+  meter.createObservableGauge('events_consumer_lag_messages', { description: 'Stream messages not yet delivered to the consumer' }).addCallback(async (result) => {
+    result.observe((await consumer.lag()).pending, attributes);
+  });
 }

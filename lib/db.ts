@@ -148,7 +148,14 @@ export async function withTransaction<T>(pool: pg.Pool, work: (client: pg.PoolCl
     async () => {
       const attempt = queryTracing();
       const level = options.isolation === 'repeatable read' ? 'REPEATABLE READ' : 'SERIALIZABLE';
-      const client = await begun(pool, `BEGIN ISOLATION LEVEL ${level}${options.readOnly ? ' READ ONLY' : ''}`);
+      let client: pg.PoolClient;
+      try {
+        client = await begun(pool, `BEGIN ISOLATION LEVEL ${level}${options.readOnly ? ' READ ONLY' : ''}`);
+      } catch (error) {
+        // No connection, or BEGIN refused (a database outage): the attempt's span ends too, with the error.
+        attempt?.end(error);
+        throw error;
+      }
       let broken = false;
       // A checked-out client whose connection dies emits 'error'; unheard, that would crash the process. The
       // query in flight fails on its own and the client is discarded at release.

@@ -303,12 +303,19 @@ export function callUnary<Client, Req, Res>(
   const metadata = new Metadata();
   propagation.inject(trace.setSpan(parent, clientSpan), metadata, metadataSetter);
   return new Promise((resolve, reject) => {
-    method.call(client, request, metadata, { deadline: Date.now() + deadlineMs }, (error, response) => {
-      clientSpan.setAttribute('rpc.grpc.status_code', error ? error.code : status.OK);
-      if (error) clientSpan.setStatus({ code: SpanStatusCode.ERROR, message: status[error.code] });
+    try {
+      method.call(client, request, metadata, { deadline: Date.now() + deadlineMs }, (error, response) => {
+        clientSpan.setAttribute('rpc.grpc.status_code', error ? error.code : status.OK);
+        if (error) clientSpan.setStatus({ code: SpanStatusCode.ERROR, message: status[error.code] });
+        clientSpan.end();
+        if (error) reject(error);
+        else resolve(response);
+      });
+    } catch (error) {
+      // Refused before it was sent (grpc-js throws for a closed channel): the span ends too, with the error.
+      clientSpan.setStatus({ code: SpanStatusCode.ERROR, message: error instanceof Error ? error.message : String(error) });
       clientSpan.end();
-      if (error) reject(error);
-      else resolve(response);
-    });
+      reject(error);
+    }
   });
 }

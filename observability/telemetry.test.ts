@@ -2,18 +2,29 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { randomUUID } from 'node:crypto';
-import type { AddressInfo } from 'node:net';
+import { connect, type AddressInfo } from 'node:net';
 import { Writable } from 'node:stream';
-import { context, propagation, SpanKind, trace } from '@opentelemetry/api';
+import { Server, type sendUnaryData, type ServerUnaryCall } from '@grpc/grpc-js';
+import { context, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Span } from '@opentelemetry/api';
 import { InMemorySpanExporter, SimpleSpanProcessor, type ReadableSpan } from '@opentelemetry/sdk-trace-base';
 import { after, before, describe, it } from 'mocha';
 import { parse as parseYaml } from 'yaml';
 import { buildGateway, type Gateway } from '../gateway/app.js';
 import { Backends } from '../gateway/backends.js';
 import { startLedger, type LedgerApp } from '../ledger/app.js';
-import { createPool, type Pool } from '../lib/db.js';
+import { executeBatch, type BatchProgress } from '../ledger/batch.js';
+import { QueueBudget, ShardBatcher } from '../ledger/batcher.js';
+import { LedgerClient, newTransfer } from '../ledger/client.js';
+import type { Submission } from '../ledger/model.js';
+import { Coalescer } from '../lib/coalesce.js';
+import { createPool, withTransaction, type Pool } from '../lib/db.js';
 import { createLogger } from '../lib/logger.js';
+import { CreateTransferResultCode, LedgerServiceService, type CreateTransfersRequest, type CreateTransfersResponse } from '../proto/gen/ledger/v1/ledger.js';
 import { CaptureMethod, CreatePaymentRequest, PaymentStatus } from '../proto/gen/payments/v1/payments.js';
+import { Decision, RiskServiceService, ScoreRequest, type ScoreBatchRequest, type ScoreBatchResponse, type ScoreResponse } from '../proto/gen/risk/v1/risk.js';
+import { RiskClient } from '../risk/client.js';
+import { ChampionChallenger } from '../risk/ml/rollout.js';
+import { EventBatch } from '../proto/gen/events/v1/events.js';
 import { startRisk, type RiskApp } from '../risk/app.js';
 import { FeatureStore } from '../risk/ml/features.js';
 import { PaymentFeatureFeed } from '../risk/ml/serving.js';
@@ -21,9 +32,9 @@ import { startSettlement, type SettlementApp } from '../settlement/app.js';
 import { ADMIN_KEY } from '../test/gateway-harness.js';
 import { freePort } from '../test/ledger-process.js';
 import { TestNatsServer } from '../test/nats-server.js';
-import { testConfig } from '../test/support.js';
+import { listenForTest, testConfig } from '../test/support.js';
 import { startMetrics, type ServiceMetrics } from './metrics.js';
-import { contextOf, startTracing, type Tracing } from './tracing.js';
+import { contextOf, startTracing, tracer, type Tracing } from './tracing.js';
 
 /**
  * One payment, one trace: REST -> gRPC -> ledger batch (worker thread) -> SQL -> outbox -> relay -> NATS ->
@@ -154,8 +165,11 @@ describe('telemetry of one payment (traces, metrics, logs) across gateway, ledge
     // The ledger batch: a child of the payment's span, linked to it, with the worker's statements under it.
     const batch = one('ledger', 'ledger.batch');
     assert.ok(batch.links.some((l) => l.context.traceId === callerTraceId), 'the batch span links to its caller');
-    const batchSql = all.filter((s) => parentOf(s) === batch);
+    // Its other children: the relay publishing the batch's own ledger events, when it has done so by now (a batch
+    // that creates the platform's accounts, as a fresh database's first card payment does).
+    const [batchSql, batchEvents] = [all.filter((s) => parentOf(s) === batch && s.kind !== SpanKind.PRODUCER), all.filter((s) => parentOf(s) === batch && s.kind === SpanKind.PRODUCER)];
     assert.ok(batchSql.length >= 3 && batchSql.every((s) => s.name.startsWith('pg ') && s.kind === SpanKind.CLIENT), batchSql.map((s) => s.name).join(', '));
+    assert.ok(batchEvents.every((s) => s.instrumentationScope.name === 'outbox-relay' && /\.ledger\.\d+ publish$/.test(s.name)), batchEvents.map((s) => s.name).join(', '));
     // SQL of the main thread (authentication, the payment rows) in its own spans.
     assert.ok(find('pg', /^pg /, SpanKind.CLIENT).length >= 2);
 
@@ -276,6 +290,223 @@ describe('telemetry of one payment (traces, metrics, logs) across gateway, ledge
     for (const expr of expressions) {
       for (const name of seriesNames(expr)) assert.ok(exported.has(name), `${name} (in ${expr.trim().slice(0, 80)}...) is exported by no service`);
     }
+  });
+
+  it('a request whose client goes away before the answer still ends its span and has its metric sample and log line (status 499)', async () => {
+    const merchant = (await (await post('/v1/merchants', ADMIN_KEY, { name: 'Gone' })).json()) as { id: string; secret_key: string };
+    // The payment waits in the gateway until the client has gone (and the span has ended, or not).
+    let entered!: () => void;
+    const reached = new Promise<void>((resolve) => (entered = resolve));
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    const original = backends.createPayment;
+    let created: Promise<unknown> | undefined;
+    backends.createPayment = (...args) => {
+      entered();
+      created = gate.then(() => original.apply(backends, args));
+      return created as ReturnType<Backends['createPayment']>;
+    };
+    const traceId = randomUUID().replaceAll('-', '');
+    const body = JSON.stringify({ amount: 800, currency: 'EUR', source: { card: { token: 'tok', fingerprint: `fp_${randomUUID()}`, country: 'FR' } }, capture_method: 'automatic' });
+    const before = await (await fetch(`http://127.0.0.1:${gatewayMetrics.port}/metrics`)).text();
+    const gone = () => sample(before, 'http_server_request_duration_seconds_count', { route: '/v1/payments', method: 'POST', status_code: '499' }) ?? 0;
+    const socket = connect(Number(new URL(url).port), '127.0.0.1');
+    try {
+      await new Promise((resolve) => socket.once('connect', resolve));
+      socket.write(
+        `POST /v1/payments HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer ${merchant.secret_key}\r\ntraceparent: 00-${traceId}-00f067aa0ba902b7-01\r\n` +
+          `Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+      );
+      await reached;
+      socket.destroy();
+      await until('the request span to end', () => spans.getFinishedSpans().some((s) => s.spanContext().traceId === traceId && s.name === 'POST /v1/payments'));
+    } finally {
+      release();
+      backends.createPayment = original;
+      await created?.catch(() => undefined);
+    }
+    const after = await (await fetch(`http://127.0.0.1:${gatewayMetrics.port}/metrics`)).text();
+    assert.equal(sample(after, 'http_server_request_duration_seconds_count', { route: '/v1/payments', method: 'POST', status_code: '499' }), gone() + 1);
+    const line = logLines.map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l['msg'] === 'request' && l['trace_id'] === traceId);
+    assert.equal(line?.['status'], 499, 'an access log line for the request');
+  });
+
+  /**
+   * Spans of the shared layers on their own: ended on failure paths (with the error), and each in its caller's trace
+   * when work of several callers is coalesced (group commits, merged gRPC requests).
+   */
+  describe("spans of the shared layers: ended on failure paths, in their callers' traces", () => {
+    it('a transaction that cannot begin (no connection to be had) ends its db.transaction span as an error', async () => {
+      // Nothing listens there: the connection is refused, as in a database outage.
+      const unreachable = createPool(testConfig({ DATABASE_URL: `postgres://postgres@127.0.0.1:${await freePort()}/none` }), { max: 1 });
+      spans.reset();
+      const caller = tracer('test').startSpan('caller', {}, ROOT_CONTEXT);
+      try {
+        await assert.rejects(
+          context.with(trace.setSpan(ROOT_CONTEXT, caller), () => withTransaction(unreachable, (client) => client.query('SELECT 1'))),
+          (error: Error) => error.message === 'database unavailable',
+        );
+      } finally {
+        caller.end();
+        await unreachable.end();
+      }
+      const transaction = spans.getFinishedSpans().filter((s) => s.name === 'db.transaction' && s.spanContext().traceId === caller.spanContext().traceId);
+      assert.equal(transaction.length, 1, `spans ended: ${spans.getFinishedSpans().map((s) => s.name).join(', ')}`);
+      assert.equal(transaction[0]!.parentSpanContext?.spanId, caller.spanContext().spanId);
+      assert.equal(transaction[0]!.status.code, SpanStatusCode.ERROR);
+    });
+
+    it("the auto-batching ledger client's calls stay in their callers' traces: a merged request is a root linked to each caller, a lone one its caller's child", async () => {
+      // A stand-in ledger that holds its first request until told, so that a third call queues behind it.
+      let received!: () => void;
+      const firstReceived = new Promise<void>((resolve) => (received = resolve));
+      let answerFirst: (() => void) | undefined;
+      const server = new Server();
+      server.addService(LedgerServiceService, {
+        createTransfers: (call: ServerUnaryCall<CreateTransfersRequest, CreateTransfersResponse>, done: sendUnaryData<CreateTransfersResponse>) => {
+          const answer = () => done(null, { results: call.request.transfers.map((_, index) => ({ index, code: CreateTransferResultCode.CREATE_TRANSFER_RESULT_CODE_OK, timestamp: 1n })) });
+          if (answerFirst !== undefined || call.request.transfers.length === 1) return answer();
+          answerFirst = answer;
+          received();
+        },
+      });
+      const client = new LedgerClient(await listenForTest(server), { maxInFlight: 1 });
+      const transfer = () => newTransfer({ id: randomUUID(), debitAccountId: randomUUID(), creditAccountId: randomUUID(), amount: 1n, ledger: 978, code: 1 });
+      const callers = ['a', 'b', 'c'].map((name) => tracer('test').startSpan(`caller ${name}`, {}, ROOT_CONTEXT));
+      const inTraceOf = (caller: Span) => context.with(trace.setSpan(ROOT_CONTEXT, caller), () => client.createTransfers([transfer()]));
+      spans.reset();
+      try {
+        // a and b in one turn: one merged request. c while it is in flight: sent alone after it.
+        const merged = [inTraceOf(callers[0]!), inTraceOf(callers[1]!)];
+        await firstReceived;
+        const alone = inTraceOf(callers[2]!);
+        answerFirst!();
+        await Promise.all([...merged, alone]);
+      } finally {
+        client.close();
+        server.forceShutdown();
+        for (const c of callers) c.end();
+      }
+      const [mergedSpan, aloneSpan] = spans
+        .getFinishedSpans()
+        .filter((s) => s.kind === SpanKind.CLIENT && s.name === 'ledger.v1.LedgerService/CreateTransfers')
+        .sort((x, y) => x.startTime[0] - y.startTime[0] || x.startTime[1] - y.startTime[1]);
+      const id = (s: Span) => s.spanContext().spanId;
+      assert.ok(mergedSpan && aloneSpan, 'two requests sent');
+      assert.equal(mergedSpan.parentSpanContext, undefined, `the merged request is in the trace of caller ${mergedSpan.parentSpanContext?.spanId === id(callers[0]!) ? 'a' : '?'} only`);
+      assert.deepEqual(mergedSpan.links.map((l) => l.context.spanId), [id(callers[0]!), id(callers[1]!)]);
+      assert.equal(aloneSpan.parentSpanContext?.spanId, id(callers[2]!), "c's request is in c's trace");
+    });
+
+    it("a group commit (Coalescer) runs in the trace of its batch's first caller, not in that of whichever batch came before it", async () => {
+      // One batch at a time (as the payment steps' completions): b is added while a's batch is being flushed.
+      let release!: () => void;
+      const held = new Promise<void>((resolve) => (release = resolve));
+      const seenBy: string[][] = [];
+      const coalescer = new Coalescer(
+        async (items: string[]) => {
+          seenBy.push([...items, trace.getSpan(context.active())?.spanContext().spanId ?? 'none']);
+          if (items.includes('a')) await held;
+          return items;
+        },
+        1_000,
+        1,
+      );
+      const [a, b] = ['a', 'b'].map((name) => tracer('test').startSpan(`caller ${name}`, {}, ROOT_CONTEXT)) as [Span, Span];
+      try {
+        const first = context.with(trace.setSpan(ROOT_CONTEXT, a), () => coalescer.add('a'));
+        while (seenBy.length === 0) await new Promise((resolve) => setImmediate(resolve));
+        const second = context.with(trace.setSpan(ROOT_CONTEXT, b), () => coalescer.add('b'));
+        release();
+        await Promise.all([first, second]);
+      } finally {
+        a.end();
+        b.end();
+      }
+      assert.deepEqual(seenBy, [
+        ['a', a.spanContext().spanId],
+        ['b', b.spanContext().spanId],
+      ]);
+    });
+
+    it("the risk client's Score calls coalesced into one ScoreBatch: a root span linked to each caller, so every payment's trace finds its score", async () => {
+      const answer = (): ScoreResponse => ({ scorePpm: 1, decision: Decision.DECISION_APPROVE, reasons: [], modelVersion: 'test' });
+      const server = new Server();
+      server.addService(RiskServiceService, {
+        score: (_call: ServerUnaryCall<ScoreRequest, ScoreResponse>, done: sendUnaryData<ScoreResponse>) => done(null, answer()),
+        scoreBatch: (call: ServerUnaryCall<ScoreBatchRequest, ScoreBatchResponse>, done: sendUnaryData<ScoreBatchResponse>) => done(null, { responses: call.request.requests.map(answer) }),
+      });
+      const client = new RiskClient(await listenForTest(server));
+      const callers = ['a', 'b'].map((name) => tracer('test').startSpan(`caller ${name}`, {}, ROOT_CONTEXT)) as [Span, Span];
+      spans.reset();
+      try {
+        // Two payments scored in one turn: one ScoreBatch call.
+        await Promise.all(callers.map((caller) => context.with(trace.setSpan(ROOT_CONTEXT, caller), () => client.score(ScoreRequest.fromPartial({ amount: 1n, currency: 'EUR' }), 5_000))));
+      } finally {
+        client.close();
+        server.forceShutdown();
+        for (const c of callers) c.end();
+      }
+      const batch = spans.getFinishedSpans().filter((s) => s.kind === SpanKind.CLIENT && s.name === 'risk.v1.RiskService/ScoreBatch');
+      assert.equal(batch.length, 1);
+      assert.equal(batch[0]!.parentSpanContext, undefined, 'in the trace of the first caller only');
+      assert.deepEqual(batch[0]!.links.map((l) => l.context.spanId), callers.map((c) => c.spanContext().spanId));
+    });
+
+    it('a risk.decision event carries the trace of the Score call that made it (envelope and message header)', async () => {
+      const fixed = (scorePpm: number, modelVersion: string) => ({ score: (): ScoreResponse => ({ scorePpm, decision: Decision.DECISION_APPROVE, reasons: [], modelVersion }) });
+      const published: { payload: Uint8Array; traceparent: string }[] = [];
+      const rollout = new ChampionChallenger(fixed(1, 'champ'), fixed(2, 'chall'), 'shadow', 0, (_subject, payload, _msgId, traceparent) => published.push({ payload, traceparent }), 'x.risk.decisions', logger('risk'));
+      const caller = tracer('test').startSpan('Score', {}, ROOT_CONTEXT);
+      context.with(trace.setSpan(ROOT_CONTEXT, caller), () => rollout.score(ScoreRequest.fromPartial({ paymentId: randomUUID(), amount: 1n, currency: 'EUR' })));
+      caller.end();
+      const expected = `00-${caller.spanContext().traceId}-${caller.spanContext().spanId}-01`;
+      assert.equal(published.length, 1);
+      assert.equal(EventBatch.decode(published[0]!.payload).events[0]?.traceparent, expected, 'the envelope');
+      assert.equal(published[0]!.traceparent, expected, 'the message header');
+    });
+
+    it("a gRPC call refused before it is sent (its client closed, at shutdown) ends its CLIENT span as an error", async () => {
+      const closed = new LedgerClient('127.0.0.1:1', { autoBatch: false });
+      closed.close();
+      const caller = tracer('test').startSpan('caller', {}, ROOT_CONTEXT);
+      spans.reset();
+      await assert.rejects(context.with(trace.setSpan(ROOT_CONTEXT, caller), () => closed.lookupAccounts([randomUUID()])));
+      caller.end();
+      const call = spans.getFinishedSpans().filter((s) => s.kind === SpanKind.CLIENT && s.parentSpanContext?.spanId === caller.spanContext().spanId);
+      assert.deepEqual(call.map((s) => [s.name, s.status.code]), [['ledger.v1.LedgerService/LookupAccounts', SpanStatusCode.ERROR]]);
+    });
+
+    it('a ledger batch that fails keeps its SQL spans and its attempts (retries counted), as a committed one does', async () => {
+      // The worker side: a batch on a shard without its row fails at its first statement.
+      const progress: BatchProgress = { attempts: 0 };
+      const submissions: Submission[] = [{ kind: 'accounts', events: [] }];
+      await assert.rejects(executeBatch(pool, { shard: 1_000_000, submissions, timeStatements: true }, progress), /no ledger_shards row/);
+      assert.equal(progress.attempts, 1);
+      assert.deepEqual(progress.statements?.map((t) => [t.name || t.operation, t.failed]), [['lock-shard', false], ['ROLLBACK', false]]);
+
+      // The batcher side: a failure answered after three attempts, with the statements the worker timed.
+      const now = performance.timeOrigin + performance.now();
+      const statement = (attempt: number, failed: boolean) => ({ name: 'lock-shard', operation: 'SELECT', start: now, end: now + 1, attempt, failed });
+      const seen: { attempts: number; failed: boolean }[] = [];
+      const batcher = new ShardBatcher(
+        7,
+        async () => ({ ok: false, kind: 'unavailable', code: 'serialization_failure', message: 'could not serialize access', attempts: 3, statements: [statement(1, true), statement(2, true), statement(3, true)] }),
+        { maxEvents: 10, windowMs: 0 },
+        new QueueBudget(100),
+        { onBatch: (_shard, _events, _submissions, _ms, attempts, failed) => seen.push({ attempts, failed }) },
+      );
+      const caller = tracer('test').startSpan('caller', {}, ROOT_CONTEXT);
+      spans.reset();
+      await assert.rejects(context.with(trace.setSpan(ROOT_CONTEXT, caller), () => batcher.submit({ kind: 'accounts', events: [] })));
+      caller.end();
+      assert.deepEqual(seen, [{ attempts: 3, failed: true }]);
+      const batch = spans.getFinishedSpans().find((s) => s.name === 'ledger.batch' && s.parentSpanContext?.spanId === caller.spanContext().spanId);
+      assert.ok(batch, 'the batch span');
+      assert.equal(batch.attributes['ledger.batch.attempts'], 3);
+      const sql = spans.getFinishedSpans().filter((s) => s.parentSpanContext?.spanId === batch.spanContext().spanId);
+      assert.deepEqual(sql.map((s) => [s.name, s.status.code]), [1, 2, 3].map(() => ['pg lock-shard', SpanStatusCode.ERROR]));
+    });
   });
 });
 

@@ -16,6 +16,7 @@ import { FeatureDriftMonitor } from './ml/monitoring.js';
 import { startMetrics } from '../observability/metrics.js';
 import { ModelScorer, PaymentFeatureFeed } from './ml/serving.js';
 import { connectJetStream, connectNats } from '../lib/nats.js';
+import { headers } from '@nats-io/transport-node';
 import { RULES_MODEL_VERSION, RulesScorer, type RulesSettings } from './rules.js';
 import type { Scorer } from './service.js';
 import { createRiskService } from './service.js';
@@ -70,8 +71,10 @@ async function startScorer(config: Config, logger: Logger): Promise<{ scorer: Sc
   const challenger = await modelScorer(config.RISK_CHALLENGER_MODEL_PATH, !config.RISK_MODEL_PATH, false);
   const nc = await connectNats(config, { name: 'risk-decisions' });
   const { js } = await connectJetStream(nc);
-  const publish = (subject: string, payload: Uint8Array, msgID: string) => {
-    js.publish(subject, payload, { msgID }).catch((err: unknown) => logger.warn({ err }, 'risk decision event not published'));
+  const publish = (subject: string, payload: Uint8Array, msgID: string, traceparent: string) => {
+    const h = headers();
+    if (traceparent) h.set('traceparent', traceparent);
+    js.publish(subject, payload, { msgID, headers: h }).catch((err: unknown) => logger.warn({ err }, 'risk decision event not published'));
   };
   const scorer = new ChampionChallenger(champion, challenger, config.RISK_CHALLENGER_MODE, config.RISK_CHALLENGER_PERCENT, publish, `${config.EVENTS_SUBJECT_PREFIX}.risk.decisions`, logger);
   return {

@@ -1,5 +1,7 @@
 import { credentials, status, type ChannelCredentials, type ServiceError } from '@grpc/grpc-js';
+import { context, ROOT_CONTEXT, type Context } from '@opentelemetry/api';
 import { callUnary } from '../lib/grpc.js';
+import { linkTo } from '../observability/tracing.js';
 import { RiskServiceClient, type ScoreRequest, type ScoreResponse } from '../proto/gen/risk/v1/risk.js';
 
 /** Requests per ScoreBatch call (the service accepts up to 1,000). */
@@ -8,6 +10,8 @@ const MAX_BATCH = 500;
 interface Pending {
   request: ScoreRequest;
   deadline: number;
+  /** The caller's trace context: its call is made in it, or linked to it when coalesced with others'. */
+  context: Context;
   resolve: (response: ScoreResponse) => void;
   reject: (error: unknown) => void;
 }
@@ -38,7 +42,7 @@ export class RiskClient {
 
   score(request: ScoreRequest, deadlineMs: number): Promise<ScoreResponse> {
     return new Promise((resolve, reject) => {
-      this.queue.push({ request, deadline: Date.now() + deadlineMs, resolve, reject });
+      this.queue.push({ request, deadline: Date.now() + deadlineMs, context: context.active(), resolve, reject });
       if (!this.scheduled) {
         this.scheduled = true;
         setImmediate(() => this.flush());
@@ -57,14 +61,17 @@ export class RiskClient {
     const remaining = Math.max(1, Math.min(...calls.map((c) => c.deadline)) - Date.now());
     if (calls.length === 1) {
       const [only] = calls as [Pending];
-      callUnary(this.raw, this.raw.score, only.request, remaining).then(only.resolve, only.reject);
+      callUnary(this.raw, this.raw.score, only.request, remaining, { parent: only.context }).then(only.resolve, only.reject);
       return;
     }
-    callUnary(this.raw, this.raw.scoreBatch, { requests: calls.map((c) => c.request) }, remaining).then(
+    // One call for several payments: a root span linked to each caller (as the ledger batch and CreatePayments), not
+    // a child of whichever caller's turn flushed it, which left the other payments' traces without their score.
+    const span = { parent: ROOT_CONTEXT, links: calls.flatMap((c) => linkTo(c.context)) };
+    callUnary(this.raw, this.raw.scoreBatch, { requests: calls.map((c) => c.request) }, remaining, span).then(
       ({ responses }) => calls.forEach((c, i) => (responses[i] ? c.resolve(responses[i]) : c.reject(new Error('ScoreBatch answered fewer responses than requests')))),
       (error: ServiceError) => {
         if (error.code !== status.INVALID_ARGUMENT) return calls.forEach((c) => c.reject(error));
-        for (const c of calls) callUnary(this.raw, this.raw.score, c.request, Math.max(1, c.deadline - Date.now())).then(c.resolve, c.reject);
+        for (const c of calls) callUnary(this.raw, this.raw.score, c.request, Math.max(1, c.deadline - Date.now()), { parent: c.context }).then(c.resolve, c.reject);
       },
     );
   }

@@ -128,6 +128,38 @@ describe('settlement: a batch whose payout is still outstanding', function () {
     assert.equal(firstTotals['carried_out'], totals(second!)['carried_in'], "what one report carries out, the next carries in");
   });
 
+  it('a batch whose payout is decided on resubmission is counted then (settlement_batches_total), a refusal as payout_failed', async () => {
+    const { pool } = suite;
+    // The first submission of this account's payout fails (a deadline); its resubmission is refused (account closed).
+    let mine = '';
+    let submissions = 0;
+    const counted: { id: string; status: string }[] = [];
+    const settler = new Settler(
+      suite.pool,
+      ledgerWith((t) => {
+        if (!t.some((x) => x.debitAccountId === mine)) return undefined;
+        if (submissions++ === 0) return Promise.reject(new Error('DEADLINE_EXCEEDED (simulated)'));
+        return Promise.resolve(t.map((_, index) => ({ index, code: CreateTransferResultCode.CREATE_TRANSFER_RESULT_CODE_ACCOUNT_CLOSED, timestamp: 0n })));
+      }),
+      { defaultSchedule: parseSchedule({ kind: 'interval', intervalMinutes: 60 }), resumePayoutsAfterMs: 1_000, onBatch: (b) => counted.push({ id: b.id, status: b.status }) },
+      createLogger('settlement-test', 'silent'),
+    );
+    const day1 = ns('2025-08-10T00:00:00Z');
+    const { balance } = await capturedPayment(settler, 2_000n, 2_000n, day1);
+    mine = balance;
+    await assert.rejects(settler.closeAccount(balance, day1 + DAY), /simulated/);
+    const [made] = (await pool.query('SELECT id FROM settlement_batches WHERE account_id = $1', [balance])).rows;
+    assert.equal(counted.length, 0, 'not counted while its payout is undecided');
+    await pool.query(`UPDATE settlement_batches SET updated_at = now() - interval '1 hour' WHERE id = $1`, [made.id]);
+    await settler.resumePayouts();
+    assert.equal((await store.findBatch(pool, made.id))!.status, 'payout_failed');
+    assert.deepEqual(counted.filter((c) => c.id === made.id), [{ id: made.id, status: 'payout_failed' }]);
+    // The next window pays what was carried (and leaves nothing owed for the closers of other tests).
+    mine = '';
+    const { batch: next } = await settler.closeAccount(balance, day1 + 2n * DAY);
+    assert.deepEqual([next!.carriedIn, next!.payout, next!.status], [2_000n, 2_000n, 'paid']);
+  });
+
   it('a pending payout that fails again and again does not hold up the resubmission of the others', async () => {
     const { pool } = suite;
     // Every payout submission fails at first (the batches stay payout_pending); later only one batch's keeps failing.

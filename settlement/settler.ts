@@ -153,7 +153,10 @@ export class Settler {
     const pending = await store.pendingPayouts(this.pool, this.settings.resumePayoutsAfterMs);
     for (const batch of pending) {
       try {
-        await this.payOut(batch);
+        // Counted now that its payout is decided, as closeAccount counts the others: its close failed to submit the
+        // payout (or the process stopped), so it was never counted, and a refusal here would page no one.
+        const status = await this.payOut(batch);
+        this.settings.onBatch?.({ ...batch, status });
       } catch (error) {
         // As for closing: one batch's failure must not hold up every payout after it (an outage stops the run).
         if (isOutage(error)) throw error;

@@ -1,5 +1,6 @@
 import { createHash, randomUUID } from 'node:crypto';
 import type { Logger } from '../../lib/logger.js';
+import { traceparentOf } from '../../observability/tracing.js';
 import { EventBatch } from '../../proto/gen/events/v1/events.js';
 import { Decision, type ScoreRequest, type ScoreResponse } from '../../proto/gen/risk/v1/risk.js';
 import type { Scorer } from '../service.js';
@@ -22,7 +23,8 @@ export function assignmentKey(r: ScoreRequest): string {
   return r.customerId !== '' ? `${r.merchantId}:${r.customerId}` : r.cardFingerprint !== '' ? `card:${r.cardFingerprint}` : `payment:${r.paymentId}`;
 }
 
-export type DecisionPublisher = (subject: string, payload: Uint8Array, msgId: string) => void;
+/** `traceparent`: of the Score call that decided ('' untraced), for the message's header as the relay sets it. */
+export type DecisionPublisher = (subject: string, payload: Uint8Array, msgId: string, traceparent: string) => void;
 
 const DECISION_NAMES: Record<number, string> = { [Decision.DECISION_APPROVE]: 'approve', [Decision.DECISION_REVIEW]: 'review', [Decision.DECISION_DECLINE]: 'decline' };
 
@@ -44,6 +46,8 @@ export class ChampionChallenger implements Scorer {
     const chosen = variant === 'challenger' ? challenger : champion;
     try {
       const eventId = randomUUID();
+      // In the trace of the Score call (as payment events are in their operation's): a consumer continues it.
+      const traceparent = traceparentOf();
       const payload = EventBatch.encode({
         batchId: eventId,
         shard: 0,
@@ -54,7 +58,7 @@ export class ChampionChallenger implements Scorer {
             aggregateId: request.paymentId,
             sequence: 1n,
             occurredAt: BigInt(nowMs) * 1_000_000n,
-            traceparent: '',
+            traceparent,
             payload: {
               $case: 'riskDecision',
               value: {
@@ -73,7 +77,7 @@ export class ChampionChallenger implements Scorer {
           },
         ],
       }).finish();
-      this.publish(this.subject, payload, eventId);
+      this.publish(this.subject, payload, eventId, traceparent);
     } catch (err) {
       this.logger.warn({ err }, 'risk decision event not published');
     }
