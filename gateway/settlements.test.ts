@@ -58,6 +58,22 @@ describe('REST settlements (gateway, payments, relay, JetStream, settlement serv
     assert.equal(r.status, 201, r.text);
     return r.body;
   };
+  const accountOf = async (key: string, body: object) => {
+    const r = await api.post('/v1/accounts', key, body);
+    assert.equal(r.status, 201, r.text);
+    return r.body.id as string;
+  };
+  /**
+   * A EUR wallet of the merchant holding `amount`, funded from a custom account without limits, which goes negative
+   * for it: the merchant's own books, not money the platform holds.
+   */
+  const fundedWallet = async (key: string, amount: number) => {
+    const funding = await accountOf(key, { currency: 'EUR' });
+    const wallet = await accountOf(key, { currency: 'EUR', flags: ['debits_must_not_exceed_credits'] });
+    const funded = await api.post('/v1/transfers', key, { debit_account_id: funding, credit_account_id: wallet, amount, currency: 'EUR' });
+    assert.equal(funded.status, 201, funded.text);
+    return wallet;
+  };
   const consumed = async (paymentIds: string[]) => {
     const deadline = Date.now() + 30_000;
     for (;;) {
@@ -165,16 +181,7 @@ describe('REST settlements (gateway, payments, relay, JetStream, settlement serv
 
   it('pays out only money that came in by card: a wallet funded from an account that may go negative pays the merchant nothing, fees are still owed', async () => {
     const m = await merchant('Wallet minter');
-    const created = async (body: object) => {
-      const r = await api.post('/v1/accounts', m.key, body);
-      assert.equal(r.status, 201, r.text);
-      return r.body.id as string;
-    };
-    // A custom account without limits can go negative: the merchant's own books, not money the platform holds.
-    const funding = await created({ currency: 'EUR' });
-    const wallet = await created({ currency: 'EUR', flags: ['debits_must_not_exceed_credits'] });
-    const funded = await api.post('/v1/transfers', m.key, { debit_account_id: funding, credit_account_id: wallet, amount: 1_000_000, currency: 'EUR' });
-    assert.equal(funded.status, 201, funded.text);
+    const wallet = await fundedWallet(m.key, 1_000_000);
     const byWallet = await api.post('/v1/payments', m.key, { amount: 1_000_000, currency: 'EUR', source: { account: wallet }, capture_method: 'automatic' }, randomUUID());
     assert.equal(byWallet.status, 201, byWallet.text);
     const walletRefund = await api.post('/v1/refunds', m.key, { payment: byWallet.body.id, amount: 1_000 }, randomUUID());
@@ -205,18 +212,10 @@ describe('REST settlements (gateway, payments, relay, JetStream, settlement serv
 
   it('the fees of wallet payments taken into an account of their own are collected from the card money of the merchant\'s other accounts', async () => {
     const m = await merchant('Fee dodger');
-    const created = async (body: object) => {
-      const r = await api.post('/v1/accounts', m.key, body);
-      assert.equal(r.status, 201, r.text);
-      return r.body.id as string;
-    };
     // Wallet payments (money of the merchant's own books) into an account that never sees card money: their fees
     // are a debt of that account, which no card payment there ever covers.
-    const funding = await created({ currency: 'EUR' });
-    const wallet = await created({ currency: 'EUR', flags: ['debits_must_not_exceed_credits'] });
-    const walletTaken = await created({ currency: 'EUR' });
-    const funded = await api.post('/v1/transfers', m.key, { debit_account_id: funding, credit_account_id: wallet, amount: 1_000_000, currency: 'EUR' });
-    assert.equal(funded.status, 201, funded.text);
+    const wallet = await fundedWallet(m.key, 1_000_000);
+    const walletTaken = await accountOf(m.key, { currency: 'EUR' });
     const byWallet = await api.post('/v1/payments', m.key, { amount: 1_000_000, currency: 'EUR', source: { account: wallet }, capture_method: 'automatic', destination_account_id: walletTaken }, randomUUID());
     assert.equal(byWallet.status, 201, byWallet.text);
     assert.ok(byWallet.body.fee > 0, 'the wallet payment took a fee');
