@@ -1,7 +1,7 @@
 import type { Pool } from '../lib/db.js';
 import { platformAccountId, TransferCode } from '../ledger/payments/model.js';
 import { pendingStateToJSON, type Transfer } from '../proto/gen/ledger/v1/ledger.js';
-import type { SettlementLedger } from './settler.js';
+import { movementEntries, type SettlementLedger } from './settler.js';
 import * as store from './store.js';
 
 export type DiscrepancyKind =
@@ -117,11 +117,7 @@ export async function reconcileBatch(pool: Pool, ledger: SettlementLedger, batch
 
   // 3. Events consumed in the range against the lines (anywhere: late lines sit in a later batch).
   const events = await store.journalEvents(pool, batch.accountId, from, batch.windowEnd);
-  // A wallet-paid payment's capture or refund is not paid out (settler.ts entriesOf): only its fee is a line.
-  const expectedLines = events.flatMap((e) => [
-    ...(e.cardFunded ? [{ transferId: e.operationId, kind: (e.type === 'payment.captured' ? 'capture' : 'refund') as store.EntryKind, amount: e.amount, event: e }] : []),
-    ...(e.feeTransferId ? [{ transferId: e.feeTransferId, kind: 'fee' as store.EntryKind, amount: e.fee, event: e }] : []),
-  ]);
+  const expectedLines = events.flatMap((e) => movementEntries(e).map((line) => ({ ...line, event: e })));
   const entries = await store.entriesOf(pool, [...new Set(expectedLines.map((l) => l.transferId))]);
   const seenTransfers = new Map<string, string>();
   const inRange = new Set(events.map((e) => e.eventId));

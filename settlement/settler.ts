@@ -65,7 +65,7 @@ export class Settler {
       `event ${consumed.eventId}: account ${consumed.accountId} is settled for ${account.merchantId} in ${account.currency}, not ${consumed.merchantId} in ${consumed.currency}`,
     );
     const effectiveAt = consumed.occurredAt > account.closedThrough ? consumed.occurredAt : account.closedThrough;
-    await store.recordEvent(tx, consumed, effectiveAt, entriesOf(consumed));
+    await store.recordEvent(tx, consumed, effectiveAt, movementEntries(consumed));
   };
 
   /**
@@ -287,13 +287,15 @@ function isOutage(error: unknown): boolean {
 }
 
 /**
- * The entries of a movement. Only money the platform received is paid out: a card payment's capture and refund.
- * A wallet payment moves money between the merchant's own accounts, which it may have funded from an account
- * allowed to go negative: settled, it would be paid to the merchant's bank from nothing (or twice, once as the
- * card payment that funded the wallet). Its fee is the platform's charge all the same, and is owed.
+ * The entries of a movement, as consumed and as journaled (reconciliation expects the same). Only money the platform
+ * received is paid out: a card payment's capture and refund. A wallet payment moves money between the merchant's
+ * own accounts, which it may have funded from an account allowed to go negative: settled, it would be paid to the
+ * merchant's bank from nothing (or twice, once as the card payment that funded the wallet). Its fee is the
+ * platform's charge all the same, and is owed.
  */
-function entriesOf(consumed: store.ConsumedEvent): store.EntryInput[] {
-  const fee: store.EntryInput[] = consumed.fee > 0n ? [{ transferId: consumed.feeTransferId!, kind: 'fee', amount: consumed.fee }] : [];
+export function movementEntries(consumed: Pick<store.ConsumedEvent, 'type' | 'operationId' | 'amount' | 'fee' | 'feeTransferId' | 'cardFunded'>): store.EntryInput[] {
+  // A fee has its transfer id whenever it is above 0 (settledMovement, and the journal written from it).
+  const fee: store.EntryInput[] = consumed.fee > 0n && consumed.feeTransferId ? [{ transferId: consumed.feeTransferId, kind: 'fee', amount: consumed.fee }] : [];
   if (!consumed.cardFunded) return fee;
   return consumed.type === 'payment.captured' ? [{ transferId: consumed.operationId, kind: 'capture', amount: consumed.amount }, ...fee] : [{ transferId: consumed.operationId, kind: 'refund', amount: consumed.amount }];
 }
