@@ -1,5 +1,5 @@
 import { status, type ServiceError } from '@grpc/grpc-js';
-import { context, ROOT_CONTEXT, type Context } from '@opentelemetry/api';
+import { context, type Context } from '@opentelemetry/api';
 import { Coalescer } from '../lib/coalesce.js';
 import type { Config } from '../lib/config.js';
 import { AppError, InternalError } from '../lib/errors.js';
@@ -7,7 +7,7 @@ import { appErrorOf, callUnary, raceDeadline, receivedFailure, type UnaryMethod 
 import { channelCredentials, type GrpcTlsConfig } from '../lib/grpc-tls.js';
 import { retry } from '../lib/retry.js';
 import { LedgerClient, type CallOptions } from '../ledger/client.js';
-import { linkTo, traceparentOf } from '../observability/tracing.js';
+import { mergedCallSpan, traceparentOf } from '../observability/tracing.js';
 import { PaymentServiceClient, type CreatePaymentOutcome, type CreatePaymentRequest, type Payment } from '../proto/gen/payments/v1/payments.js';
 import { SettlementServiceClient } from '../proto/gen/settlement/v1/settlement.js';
 
@@ -138,7 +138,7 @@ export class Backends {
       const payments = live.map((i) => ({ request: i.request, traceparent: traceparentOf(i.caller) }));
       const deadlineMs = Math.max(...live.map((i) => i.deadline)) - now;
       try {
-        const { outcomes } = await callUnary(client, client.createPayments, { payments }, deadlineMs, { parent: ROOT_CONTEXT, links: live.flatMap((i) => linkTo(i.caller)) });
+        const { outcomes } = await callUnary(client, client.createPayments, { payments }, deadlineMs, mergedCallSpan(live.map((i) => i.caller)));
         if (outcomes.length !== live.length) throw new InternalError(`CreatePayments answered ${outcomes.length} outcomes for ${live.length} payments`);
         live.forEach((item, n) => answers.set(item, outcomeOf(outcomes[n]!)));
       } catch (error) {

@@ -1,7 +1,7 @@
 import { context, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Context, type Span } from '@opentelemetry/api';
 import { InternalError, ResourceExhaustedError, UnavailableError } from '../lib/errors.js';
 import type { StatementTiming } from '../lib/db.js';
-import { linkTo, traceparentOf, tracer } from '../observability/tracing.js';
+import { linksTo, traceparentOf, tracer } from '../observability/tracing.js';
 import type { BatchTask } from './batch.js';
 import type { Submission, SubmissionResult } from './model.js';
 import type { WorkerReply } from './worker.js';
@@ -156,8 +156,6 @@ function rejectAll(batch: readonly Waiting[], error: Error): void {
 }
 
 const ledgerTracer = tracer('ledger');
-/** Links per batch span: enough to find the callers of a batch, bounded for batches of thousands of calls. */
-const MAX_LINKS = 128;
 
 /**
  * One batch serves many requests: its span is a child of the first traced caller (so a lone request's trace
@@ -170,7 +168,7 @@ function batchSpan(shard: number, batch: readonly Waiting[], events: number): Sp
     {
       kind: SpanKind.INTERNAL,
       attributes: { 'ledger.shard': shard, 'ledger.batch.events': events, 'ledger.batch.submissions': batch.length },
-      links: batch.slice(0, MAX_LINKS).flatMap((w) => linkTo(w.context)),
+      links: linksTo(batch.map((w) => w.context)),
     },
     parent,
   );

@@ -1,7 +1,7 @@
 import { credentials, Metadata, status, type ChannelCredentials, type ServiceError } from '@grpc/grpc-js';
-import { context, ROOT_CONTEXT, type Context, type Link } from '@opentelemetry/api';
+import { context, type Context, type Link } from '@opentelemetry/api';
 import { callUnary, raceDeadline, type UnaryMethod } from '../lib/grpc.js';
-import { linkTo } from '../observability/tracing.js';
+import { mergedCallSpan } from '../observability/tracing.js';
 import {
   LedgerServiceClient,
   PendingState,
@@ -92,8 +92,6 @@ interface QueuedCall {
  * calls that each fit in a message also fit together (with full metadata a transfer is ~28 KB: 8,190 are ~225 MB).
  */
 const MAX_MERGED_BYTES = 24 * 1024 * 1024;
-/** Links of a merged request's span to its callers: bounded, as the ledger batch's (OpenTelemetry keeps 128). */
-const MAX_LINKS = 128;
 
 /**
  * Promise client for ledger.v1.LedgerService. With auto-batching, many callers each sending a few transfers
@@ -222,7 +220,7 @@ export class LedgerClient {
     }
     // Sent from a timer whose context is whichever caller's scheduled it (or an earlier request's): the request of
     // one caller is in that caller's trace, and a merged one is a root span linked to each caller, as CreatePayments.
-    const span = { parent: ROOT_CONTEXT, links: calls.slice(0, MAX_LINKS).flatMap((c) => linkTo(c.context)) };
+    const span = mergedCallSpan(calls.map((c) => c.context));
     try {
       const results = await this.sendTransfers(calls.flatMap((c) => c.transfers), remaining({ deadline: Math.max(...calls.map((c) => c.deadline)) }), span);
       let offset = 0;

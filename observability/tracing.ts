@@ -152,6 +152,22 @@ export function linkTo(ctx: Context): Link[] {
   return sc && trace.isSpanContextValid(sc) ? [{ context: sc }] : [];
 }
 
+/** Links a span keeps at most: OpenTelemetry's default limit; building more is work the SDK drops. */
+const MAX_LINKS = 128;
+
+/** Links to the spans of the first callers' contexts (at most MAX_LINKS): one span that serves many requests. */
+export function linksTo(contexts: readonly Context[]): Link[] {
+  return contexts.slice(0, MAX_LINKS).flatMap(linkTo);
+}
+
+/**
+ * The span of one call made for several callers: a root span linked to each of them, not a child of whichever
+ * caller's turn happened to send it (the others' traces would lack it, and that one's would hold theirs).
+ */
+export function mergedCallSpan(contexts: readonly Context[]): { parent: Context; links: Link[] } {
+  return { parent: ROOT_CONTEXT, links: linksTo(contexts) };
+}
+
 /** Whether spans made now would be recorded (a sampled span is active): cheap paths skip span work otherwise. */
 export function recording(ctx: Context = context.active()): boolean {
   return trace.getSpan(ctx)?.isRecording() ?? false;

@@ -1,7 +1,7 @@
 import { credentials, status, type ChannelCredentials, type ServiceError } from '@grpc/grpc-js';
-import { context, ROOT_CONTEXT, type Context } from '@opentelemetry/api';
+import { context, type Context } from '@opentelemetry/api';
 import { callUnary } from '../lib/grpc.js';
-import { linkTo } from '../observability/tracing.js';
+import { mergedCallSpan } from '../observability/tracing.js';
 import { RiskServiceClient, type ScoreRequest, type ScoreResponse } from '../proto/gen/risk/v1/risk.js';
 
 /** Requests per ScoreBatch call (the service accepts up to 1,000). */
@@ -66,7 +66,7 @@ export class RiskClient {
     }
     // One call for several payments: a root span linked to each caller (as the ledger batch and CreatePayments), not
     // a child of whichever caller's turn flushed it, which left the other payments' traces without their score.
-    const span = { parent: ROOT_CONTEXT, links: calls.flatMap((c) => linkTo(c.context)) };
+    const span = mergedCallSpan(calls.map((c) => c.context));
     callUnary(this.raw, this.raw.scoreBatch, { requests: calls.map((c) => c.request) }, remaining, span).then(
       ({ responses }) => calls.forEach((c, i) => (responses[i] ? c.resolve(responses[i]) : c.reject(new Error('ScoreBatch answered fewer responses than requests')))),
       (error: ServiceError) => {
