@@ -196,7 +196,7 @@ describe('risk model serving: online features fed from payment events on JetStre
         await second.stop();
       }
       assert.equal((await checkpoints.load())?.seq, second.lastSeq, 'the later checkpoint replaced the earlier');
-      assert.equal(await checkpoints.save({ seq: first.lastSeq, snapshot: new FeatureStore().snapshot() }), false, 'an older checkpoint never replaces a later one');
+      assert.equal(await checkpoints.save({ seq: first.lastSeq, streamCreated: saved!.streamCreated, snapshot: new FeatureStore().snapshot() }), false, 'an older checkpoint never replaces a later one');
     } finally {
       await pool.end();
     }
@@ -322,6 +322,55 @@ describe('risk feature feed: delivery', function () {
       assert.equal(feed.applied, 25, 'the payments of the new stream observed');
     } finally {
       await feed.stop();
+      await nats.stop();
+    }
+  });
+
+  it('restarted after NATS came back without its store: the checkpoint restored, the new stream read from its start, and checkpointed again', async () => {
+    const nats = await TestNatsServer.start();
+    const own = { ...config, NATS_URL: nats.url };
+    const pool = testPool();
+    const checkpoints = new FeatureCheckpoints(pool, `${own.EVENTS_STREAM}:restart-test-${randomUUID()}`);
+    const logger = createLogger('risk-test', 'silent');
+    const merchantId = randomUUID();
+    const publish = async (count: number) => {
+      const nc = await connectNats(own, { name: 'risk-test' });
+      try {
+        const { js, jsm } = await connectJetStream(nc);
+        await ensureEventStream(jsm, own);
+        for (let i = 0; i < count; i++) await js.publish(subject, paymentMessage(merchantId, randomUUID(), Date.now()));
+      } finally {
+        await nc.close();
+      }
+    };
+    try {
+      await publish(20);
+      const first = new PaymentFeatureFeed(new FeatureStore(), own, logger, checkpoints);
+      await first.start();
+      await first.stop(); // checkpointed at the old stream's sequence 20
+      assert.equal((await checkpoints.load())?.seq, 20);
+      // While no instance runs, NATS returns without its store; the relay creates the stream again and publishes
+      // the next payments at sequences 1 to 5: below the checkpoint's 20.
+      await nats.stop();
+      rmSync(nats.storeDir, { recursive: true, force: true });
+      mkdirSync(nats.storeDir);
+      await nats.restart();
+      await publish(5);
+      const store = new FeatureStore();
+      const second = new PaymentFeatureFeed(store, own, logger, checkpoints);
+      await second.start();
+      await second.stop();
+      const v = store.features({ at: Date.now(), merchantId, merchantCategory: 'general', customerId: '', cardFingerprint: 'none', cardType: 'debit', cardCountry: 'US', deviceId: 'none', ipCountry: 'US', amount: 1_000 });
+      assert.deepEqual([second.applied, v[12]], [5, 25], 'the new stream\'s payments applied, on top of the restored history (merchant 1h)');
+      const saved = await checkpoints.load();
+      assert.equal(saved?.seq, 5, 'the new stream\'s checkpoint replaced the old stream\'s later-numbered one');
+      await publish(2);
+      const third = new PaymentFeatureFeed(new FeatureStore(), own, logger, checkpoints);
+      await third.start();
+      await third.stop();
+      assert.equal(third.applied, 2, 'a restart on the same stream resumes after its checkpoint');
+    } finally {
+      await pool.end();
       await nats.stop();
     }
   });

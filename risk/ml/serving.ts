@@ -89,18 +89,22 @@ export class PaymentFeatureFeed {
   }
 
   async start(): Promise<void> {
-    const restored = await this.checkpoints?.load();
-    if (restored) {
-      this.store.restore(restored.snapshot);
-      this.lastSeq = this.checkpointedSeq = restored.seq;
-      this.logger.info({ seq: restored.seq, keys: this.store.sizes() }, 'feature store restored from its checkpoint');
-    }
     this.nc = await connectNats(this.config, { name: 'risk-feature-feed' });
     const { js, jsm } = await connectJetStream(this.nc);
     await ensureEventStream(jsm, this.config);
+    this.streamCreated = (await jsm.streams.info(this.config.EVENTS_STREAM)).created;
+    const restored = await this.checkpoints?.load();
+    if (restored) {
+      this.store.restore(restored.snapshot);
+      // A checkpoint of another stream (NATS came back without its store while no instance ran) keeps the history
+      // it holds, but its sequence counts in the old stream: resuming after it would skip as many of the new
+      // stream's payments. The new stream is read from its start; a payment observed before counts once.
+      const sameStream = restored.streamCreated === this.streamCreated;
+      this.lastSeq = this.checkpointedSeq = sameStream ? restored.seq : 0;
+      this.logger.info({ seq: restored.seq, sameStream, keys: this.store.sizes() }, 'feature store restored from its checkpoint');
+    }
     // After a checkpoint, from the message after it (or the oldest kept, if retention dropped that far).
     const from = this.lastSeq > 0 ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: this.lastSeq + 1 } : {};
-    this.streamCreated = (await jsm.streams.info(this.config.EVENTS_STREAM)).created;
     const consumer = await js.consumers.get(this.config.EVENTS_STREAM, { filter_subjects: PaymentFeatureFeed.subjects(this.config), ...from });
     // Score serves only once the feed has caught up: start() returns when the payment message that is the last in
     // the stream now is applied (a store still replaying would answer low velocities for a card-testing burst).
@@ -115,10 +119,13 @@ export class PaymentFeatureFeed {
       for (;;) {
         const renewed = this.watchForNewStream(jsm, messages);
         await this.apply(messages, target, caughtUp);
-        if (this.stopped || !(await renewed)) return;
+        const created = await renewed;
+        if (this.stopped || created === undefined) return;
         // The stream was created anew (NATS back without its store, the relay made it again): its sequences start
         // at 1 again, and the ordered consumer would go on after the last one seen here, skipping as many payments.
-        // Read from its start; the store counts a payment observed before only once.
+        // Read from its start; the store counts a payment observed before only once. Stream and sequence change
+        // together, so no checkpoint names the new stream with a sequence of the old one.
+        this.streamCreated = created;
         this.lastSeq = this.checkpointedSeq = 0;
         messages = await (await js.consumers.get(this.config.EVENTS_STREAM, { filter_subjects: PaymentFeatureFeed.subjects(this.config) })).consume();
       }
@@ -127,20 +134,20 @@ export class PaymentFeatureFeed {
   }
 
   /**
-   * Whether the stream `messages` read was replaced by a new one (then `messages` is stopped): checked when the
-   * ordered consumer had to be created again, as it is after the stream was lost.
+   * The creation time of the stream that replaced the one `messages` read (then `messages` is stopped), or
+   * undefined when `messages` ended otherwise: checked when the ordered consumer had to be created again, as it
+   * is after the stream was lost.
    */
-  private async watchForNewStream(jsm: JetStreamManager, messages: ConsumerMessages): Promise<boolean> {
+  private async watchForNewStream(jsm: JetStreamManager, messages: ConsumerMessages): Promise<string | undefined> {
     for await (const status of messages.status()) {
       if (status.type !== 'ordered_consumer_recreated') continue;
       const info = await jsm.streams.info(this.config.EVENTS_STREAM).catch(() => undefined);
       if (info && info.created !== this.streamCreated) {
-        this.streamCreated = info.created;
         messages.stop();
-        return true;
+        return info.created;
       }
     }
-    return false;
+    return undefined;
   }
 
   private async apply(messages: ConsumerMessages, target: number, caughtUp: () => void): Promise<void> {
@@ -170,7 +177,7 @@ export class PaymentFeatureFeed {
   async checkpoint(): Promise<void> {
     if (!this.checkpoints || this.lastSeq <= this.checkpointedSeq) return;
     const seq = this.lastSeq;
-    await this.checkpoints.save({ seq, snapshot: this.store.snapshot() });
+    await this.checkpoints.save({ seq, streamCreated: this.streamCreated, snapshot: this.store.snapshot() });
     this.checkpointedSeq = seq;
   }
 
