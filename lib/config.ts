@@ -70,6 +70,9 @@ const schema = z.object({
   /** Retention: events older than this or beyond this size are discarded (oldest first); see README. */
   EVENTS_MAX_AGE_HOURS: positiveInt.default(168),
   EVENTS_MAX_BYTES: positiveInt.default(10 * 1024 ** 3),
+  /** Retention of the DEADLETTER stream (oldest discarded first): how long an operator has to act on one. */
+  DEADLETTER_MAX_AGE_DAYS: positiveInt.default(90),
+  DEADLETTER_MAX_BYTES: positiveInt.default(1024 ** 3),
   /** JetStream drops a message whose Nats-Msg-Id it has seen within this window. */
   EVENTS_DUPLICATE_WINDOW_SECONDS: positiveInt.max(86_400).default(120),
   /**

@@ -9,7 +9,7 @@ import type { Logger } from './logger.js';
 import { connectJetStream, type JetStreamClient, type NatsConnection } from './nats.js';
 import { PeriodicTask } from './periodic.js';
 import { sleep } from './retry.js';
-import { ensureEventStream } from './streams.js';
+import { ensureDeadLetterStream, ensureEventStream } from './streams.js';
 import { SpanKind } from '@opentelemetry/api';
 import { contextOf, inSpan, tracer } from '../observability/tracing.js';
 
@@ -93,7 +93,7 @@ export class EventConsumer {
     private readonly pool: Pool,
     private readonly config: Pick<
       Config,
-      'EVENTS_STREAM' | 'EVENTS_SUBJECT_PREFIX' | 'EVENTS_MAX_AGE_HOURS' | 'EVENTS_MAX_BYTES' | 'EVENTS_DUPLICATE_WINDOW_SECONDS' | 'NATS_STREAM_REPLICAS' | 'CONSUMER_INBOX_RETENTION_HOURS'
+      'EVENTS_STREAM' | 'EVENTS_SUBJECT_PREFIX' | 'EVENTS_MAX_AGE_HOURS' | 'EVENTS_MAX_BYTES' | 'EVENTS_DUPLICATE_WINDOW_SECONDS' | 'NATS_STREAM_REPLICAS' | 'CONSUMER_INBOX_RETENTION_HOURS' | 'DEADLETTER_MAX_AGE_DAYS' | 'DEADLETTER_MAX_BYTES'
     >,
     private readonly options: ConsumerOptions,
     private readonly handler: EventHandler,
@@ -113,7 +113,7 @@ export class EventConsumer {
     const { js, jsm } = await connectJetStream(this.nc);
     this.js = js;
     await ensureEventStream(jsm, this.config);
-    await ensureDeadLetterStream(jsm, this.config.NATS_STREAM_REPLICAS);
+    await ensureDeadLetterStream(jsm, this.config);
     const start = this.options.start;
     // The start position applies when the durable is created: JetStream refuses to change it afterwards ("deliver
     // policy can not be updated"), and a replay (rewindConsumer) re-creates the durable with a position of its own,
@@ -399,14 +399,6 @@ export class EventConsumer {
     await this.js.publish(deadLetterSubject(this.config.EVENTS_SUBJECT_PREFIX, this.options.name), data, { headers: h, msgID: `${this.options.name}.${m.seq}.${eventId || 'all'}` });
     this.stats.deadLettered++;
     this.logger.error({ subject: m.subject, seq: m.seq, reason }, 'events dead-lettered');
-  }
-}
-
-async function ensureDeadLetterStream(jsm: Awaited<ReturnType<typeof connectJetStream>>['jsm'], replicas: number): Promise<void> {
-  try {
-    await jsm.streams.info('DEADLETTER');
-  } catch {
-    await jsm.streams.add({ name: 'DEADLETTER', subjects: ['deadletter.>'], num_replicas: replicas, duplicate_window: 120 * 1_000_000_000 });
   }
 }
 

@@ -1,8 +1,9 @@
 import { strict as assert } from 'node:assert';
 import { randomUUID } from 'node:crypto';
+import { TestNatsServer } from '../test/nats-server.js';
 import { testConfig } from '../test/support.js';
 import { connectJetStream, connectNats, type NatsConnection } from './nats.js';
-import { ensureEventStream } from './streams.js';
+import { ensureDeadLetterStream, ensureEventStream } from './streams.js';
 
 describe('events stream set-up', () => {
   let nc: NatsConnection;
@@ -35,5 +36,24 @@ describe('events stream set-up', () => {
     info = await jsm.streams.info(config.EVENTS_STREAM);
     assert.equal(info.config.max_age, 24 * 3600 * 1e9);
     assert.equal(info.config.duplicate_window, 300 * 1e9);
+  });
+
+  it('bounds the DEADLETTER stream, also one made before it had limits', async () => {
+    // A NATS of its own: DEADLETTER is one stream for every prefix, so the shared server's is not the test's.
+    const nats = await TestNatsServer.start();
+    const own = await connectNats({ ...config, NATS_URL: nats.url }, { name: 'streams-test-deadletter' });
+    try {
+      const { jsm } = await connectJetStream(own);
+      await jsm.streams.add({ name: 'DEADLETTER', subjects: ['deadletter.>'], duplicate_window: 120 * 1e9 });
+      await ensureDeadLetterStream(jsm, config);
+      let info = await jsm.streams.info('DEADLETTER');
+      assert.deepEqual([info.config.subjects, info.config.discard, info.config.max_age, info.config.max_bytes], [['deadletter.>'], 'old', 90 * 86_400 * 1e9, 1024 ** 3]);
+      await ensureDeadLetterStream(jsm, { ...config, DEADLETTER_MAX_AGE_DAYS: 7, DEADLETTER_MAX_BYTES: 1024 ** 2 });
+      info = await jsm.streams.info('DEADLETTER');
+      assert.deepEqual([info.config.max_age, info.config.max_bytes], [7 * 86_400 * 1e9, 1024 ** 2]);
+    } finally {
+      await own.close();
+      await nats.stop();
+    }
   });
 });

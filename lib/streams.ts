@@ -24,8 +24,36 @@ export function eventStreamConfig(config: Pick<Config, 'EVENTS_STREAM' | 'EVENTS
   };
 }
 
+/**
+ * The stream of the consumers' dead letters (`deadletter.>`, lib/consumer.ts), shared by every prefix. Bounded
+ * like the events stream, oldest discarded first: each dead letter raises an alert (observability/alerts.yml) and
+ * is for an operator to republish or write off within DEADLETTER_MAX_AGE_DAYS; unbounded, a consumer
+ * dead-lettering a flood would fill NATS's disk and stop every stream on it.
+ */
+export function deadLetterStreamConfig(config: Pick<Config, 'DEADLETTER_MAX_AGE_DAYS' | 'DEADLETTER_MAX_BYTES' | 'NATS_STREAM_REPLICAS'>): Partial<StreamConfig> & { name: string } {
+  return {
+    name: 'DEADLETTER',
+    subjects: ['deadletter.>'],
+    retention: RetentionPolicy.Limits,
+    storage: StorageType.File,
+    discard: DiscardPolicy.Old,
+    num_replicas: config.NATS_STREAM_REPLICAS,
+    max_age: config.DEADLETTER_MAX_AGE_DAYS * 86_400 * NANOS_PER_SECOND,
+    max_bytes: config.DEADLETTER_MAX_BYTES,
+    duplicate_window: 120 * NANOS_PER_SECOND,
+  };
+}
+
 export async function ensureEventStream(jsm: JetStreamManager, config: Parameters<typeof eventStreamConfig>[0]): Promise<void> {
-  const wanted = eventStreamConfig(config);
+  await ensureStream(jsm, eventStreamConfig(config));
+}
+
+export async function ensureDeadLetterStream(jsm: JetStreamManager, config: Parameters<typeof deadLetterStreamConfig>[0]): Promise<void> {
+  await ensureStream(jsm, deadLetterStreamConfig(config));
+}
+
+/** Creates the stream `wanted` describes, or brings an existing one's settings up to it. */
+async function ensureStream(jsm: JetStreamManager, wanted: Partial<StreamConfig> & { name: string }): Promise<void> {
   try {
     const info = await jsm.streams.info(wanted.name);
     const current = info.config;
