@@ -222,6 +222,7 @@ export const Settlement = Type.Object({
   payout: minorUnits('Paid out: net + carried_in, but never more than available'),
   carried_out: signedAmount('net + carried_in - payout, carried to the next settlement'),
   shortfall: minorUnits('Due but not paid for lack of balance'),
+  held_for_debt: minorUnits("Due but held back for what the merchant owes on its other settled accounts in the currency (a refund after their payout); carried, and paid once that debt is covered"),
   payout_transfer: uuid('The ledger transfer of the payout'),
   line_count: Type.Integer({ minimum: 0 }),
   status: Type.Union([Type.Literal('payout_pending'), Type.Literal('paid'), Type.Literal('payout_failed')]),

@@ -239,7 +239,7 @@ describe('REST settlements (gateway, payments, relay, JetStream, settlement serv
     const close = async () => {
       const r = await api.post('/v1/settlements/close', ADMIN_KEY, { merchant: m.id, currency: 'EUR' });
       assert.equal(r.status, 200, r.text);
-      return r.body.data as { account: string; net: number; payout: number; carried_out: number; id: string }[];
+      return r.body.data as { account: string; net: number; payout: number; carried_out: number; held_for_debt: number; shortfall: number; id: string }[];
     };
     const paidOut: number[] = [];
     // Paid by card into the balance account, and paid out to the merchant's bank.
@@ -263,6 +263,11 @@ describe('REST settlements (gateway, payments, relay, JetStream, settlement serv
     assert.equal(20_000 - 10_000 - first.fee - second.body.fee < paidOut[0]!, true);
     assert.deepEqual(afterRefund.map((s) => s.payout), [0, 0], `paid out ${paidOut.join(' + ')} then ${afterRefund.map((s) => s.payout).join(' + ')}`);
     paidOut.push(...afterRefund.map((s) => s.payout));
+    // The merchant is told why: the new account's money is held for the debt, not short of balance.
+    const held = afterRefund.find((s) => s.account === fresh.body.id)!;
+    assert.deepEqual([held.held_for_debt, held.shortfall, held.carried_out], [10_000 - second.body.fee, 0, 10_000 - second.body.fee]);
+    const indebted = afterRefund.find((s) => s.account !== fresh.body.id)!;
+    assert.deepEqual([indebted.held_for_debt, indebted.shortfall], [0, 0]);
 
     // Once new money covers the rest of the debt, what was held back on the new account is paid: nothing is lost.
     const third = await pay(m.key, 10_000);

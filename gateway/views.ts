@@ -158,6 +158,7 @@ export function settlementView(b: SettlementBatch) {
     payout: jsonInt(b.payout),
     carried_out: jsonInt(b.carriedOut),
     shortfall: jsonInt(b.shortfall),
+    held_for_debt: jsonInt(b.heldForDebt),
     payout_transfer: b.payoutTransferId,
     line_count: b.lineCount,
     status,

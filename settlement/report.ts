@@ -35,6 +35,8 @@ export function batchReportCsv(batch: Batch, lines: readonly Entry[]): string {
     ['carried_in', batch.carriedIn],
     ['payout', -paid],
     ['carried_out', batch.carriedOut + batch.payout - paid],
+    // Of carried_out, what was held back for the merchant's debt on its other accounts (not a lack of balance).
+    ['held_for_debt', batch.heldForDebt],
   ];
   for (const [name, amount] of totals) records.push(row('total', name, '', name === 'payout' && paid > 0n ? batch.payoutTransferId : '', amount, rfc3339Nanos(batch.windowEnd)));
   // RFC 4180: records end with CRLF (csv-stringify's default is a bare LF).

@@ -251,7 +251,8 @@ function batchOf(id: string, account: store.SettledAccount, cut: bigint, lines: 
   const due = net + account.carried;
   // Never more than is there: a shortfall (or a debt, when refunds and fees exceed captures) is carried over, and
   // so is what is held back for the merchant's debt elsewhere (paid once that debt is covered).
-  const payable = due - debtElsewhere;
+  const heldForDebt = due > 0n && debtElsewhere > 0n ? (debtElsewhere < due ? debtElsewhere : due) : 0n;
+  const payable = due - heldForDebt;
   const payout = payable <= 0n || available <= 0n ? 0n : payable < available ? payable : available;
   const batch: store.Batch = {
     id,
@@ -269,6 +270,7 @@ function batchOf(id: string, account: store.SettledAccount, cut: bigint, lines: 
     available,
     payout,
     carriedOut: due - payout,
+    heldForDebt,
     payoutTransferId: derivedId('payout', id),
     status: payout > 0n ? 'payout_pending' : 'paid',
     failureCode: null,
@@ -276,6 +278,7 @@ function batchOf(id: string, account: store.SettledAccount, cut: bigint, lines: 
   invariant(batch.net === lines.reduce((s, l) => s + store.signedAmount(l.kind, l.amount), 0n), `batch ${id}: net differs from its lines`);
   invariant(batch.payout >= 0n && batch.payout <= (available > 0n ? available : 0n), `batch ${id}: payout ${batch.payout} outside 0..${available}`);
   invariant(batch.carriedOut === batch.net + batch.carriedIn - batch.payout, `batch ${id}: carried amounts do not add up`);
+  invariant(heldForDebt >= 0n && heldForDebt <= (batch.carriedOut > 0n ? batch.carriedOut : 0n), `batch ${id}: held ${heldForDebt} for a debt beyond what it carries out`);
   return batch;
 }
 

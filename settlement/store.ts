@@ -73,6 +73,8 @@ export interface Batch {
   available: bigint;
   payout: bigint;
   carriedOut: bigint;
+  /** Of a positive carriedOut, what was held back for the merchant's debt on its other accounts in the currency. */
+  heldForDebt: bigint;
   payoutTransferId: string;
   status: BatchStatus;
   failureCode: string | null;
@@ -242,12 +244,12 @@ export async function advanceAccount(tx: PoolClient, accountId: string, closedTh
 }
 
 const BATCH_COLUMNS = `id, merchant_id, account_id, currency, window_start, window_end, gross_captured, refunds, fees, line_count, net,
-  carried_in, available, payout, carried_out, payout_transfer_id, status, failure_code`;
+  carried_in, available, payout, carried_out, held_for_debt, payout_transfer_id, status, failure_code`;
 
 export async function insertBatch(tx: PoolClient, b: Batch): Promise<void> {
   await tx.query({
     name: 'stl-insert-batch',
-    text: `INSERT INTO settlement_batches (${BATCH_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)`,
+    text: `INSERT INTO settlement_batches (${BATCH_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)`,
     values: [
       b.id,
       b.merchantId,
@@ -264,6 +266,7 @@ export async function insertBatch(tx: PoolClient, b: Batch): Promise<void> {
       b.available,
       b.payout,
       b.carriedOut,
+      b.heldForDebt,
       b.payoutTransferId,
       b.status,
       b.failureCode,
@@ -288,6 +291,7 @@ function batchFromRow(r: Record<string, unknown>): Batch {
     available: r.available as bigint,
     payout: r.payout as bigint,
     carriedOut: r.carried_out as bigint,
+    heldForDebt: r.held_for_debt as bigint,
     payoutTransferId: r.payout_transfer_id as string,
     status: r.status as BatchStatus,
     failureCode: (r.failure_code as string | null) ?? null,
