@@ -2,7 +2,7 @@ import { createHash, randomBytes, randomUUID, timingSafeEqual } from 'node:crypt
 import type { PoolClient } from 'pg';
 import { withTransaction, type Pool } from '../lib/db.js';
 import { AppError, ValidationError } from '../lib/errors.js';
-import { hasControlCharacters } from '../ledger/validation.js';
+import { hasControlCharacters, parseId } from '../ledger/validation.js';
 import { MERCHANT_CATEGORIES } from '../lib/merchant-categories.js';
 
 /** Who is calling: a merchant (by one of its secret keys) or the platform admin (ADMIN_API_KEY). */
@@ -86,10 +86,37 @@ export async function createMerchant(pool: Pool, name: string, feeBps: number, c
   const merchant: NewMerchant = { id: randomUUID(), object: 'merchant', name: trimmed, secret_key: newSecretKey() };
   await withTransaction(pool, async (client) => {
     await client.query('INSERT INTO merchants (id, name, fee_bps, category) VALUES ($1, $2, $3, $4)', [merchant.id, trimmed, feeBps, category]);
-    await client.query('INSERT INTO api_keys (key_hash, merchant_id, prefix) VALUES ($1, $2, $3)', [hashKey(merchant.secret_key), merchant.id, keyPrefix(merchant.secret_key)]);
+    await insertKey(client, merchant.id, merchant.secret_key);
     await withinTransaction?.(client, merchant);
   });
   return merchant;
+}
+
+async function insertKey(client: PoolClient, merchantId: string, key: string): Promise<void> {
+  await client.query('INSERT INTO api_keys (key_hash, merchant_id, prefix) VALUES ($1, $2, $3)', [hashKey(key), merchantId, keyPrefix(key)]);
+}
+
+export interface NewKey {
+  object: 'api_key';
+  merchant: string;
+  prefix: string;
+  secret_key: string;
+}
+
+/**
+ * Another secret key for an existing merchant (shown once), its other keys left working: how a key is rolled.
+ * A merchant whose only key leaked could otherwise only revoke it and be left with none. Roll: create, move the
+ * integration to the new key, then revoke the old one.
+ */
+export async function createKey(pool: Pool, merchant: string): Promise<NewKey> {
+  const merchantId = parseId(merchant, 'merchant');
+  const key = newSecretKey();
+  await withTransaction(pool, async (client) => {
+    const found = await client.query('SELECT 1 FROM merchants WHERE id = $1', [merchantId]);
+    if (found.rowCount !== 1) throw new AppError('not_found', 'resource_missing', `No merchant ${merchantId}`);
+    await insertKey(client, merchantId, key);
+  });
+  return { object: 'api_key', merchant: merchantId, prefix: keyPrefix(key), secret_key: key };
 }
 
 /** The key of an `Authorization: Bearer <key>` header; 401 when there is none. */

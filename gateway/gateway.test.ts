@@ -103,6 +103,34 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       expectError(await api.get('/v1/payments', created.secret_key), 401, 'invalid_api_key');
     });
 
+    it('the admin CLI rolls a key: a second key of the merchant works beside the first, which is then revoked', async () => {
+      const { execFile } = await import('node:child_process');
+      const { promisify } = await import('node:util');
+      const run = async (...args: string[]) => JSON.parse((await promisify(execFile)(process.execPath, ['--import', 'tsx', 'gateway/admin.ts', ...args], { env: process.env })).stdout);
+      const created = await run('create-merchant', '--name', 'Rolling its key');
+      const account = await api.post('/v1/accounts', created.secret_key, { currency: 'EUR' });
+      assert.equal(account.status, 201, account.text);
+      const rolled = await run('create-key', '--merchant', created.id);
+      assert.deepEqual([rolled.object, rolled.merchant, rolled.prefix], ['api_key', created.id, rolled.secret_key.slice(0, 7)]);
+      assert.match(rolled.secret_key, /^sk_[A-Za-z0-9_-]{43}$/);
+      assert.notEqual(rolled.secret_key, created.secret_key);
+      // The same merchant: its objects, seen with either key.
+      assert.equal((await api.get(`/v1/accounts/${account.body.id}`, rolled.secret_key)).status, 200);
+      assert.equal((await api.get(`/v1/accounts/${account.body.id}`, created.secret_key)).status, 200);
+      assert.deepEqual(await run('revoke-key', '--key', created.secret_key), { revoked: true });
+      expectError(await api.get('/v1/payments', created.secret_key), 401, 'invalid_api_key');
+      assert.equal((await api.get(`/v1/accounts/${account.body.id}`, rolled.secret_key)).status, 200, 'the new key outlives the old');
+      // No key for a merchant that does not exist, or for no merchant id at all.
+      for (const merchant of [randomUUID(), 'not-a-uuid']) {
+        const refused = await promisify(execFile)(process.execPath, ['--import', 'tsx', 'gateway/admin.ts', 'create-key', '--merchant', merchant], { env: process.env }).then(
+          () => assert.fail(`a key was made for ${merchant}`),
+          (error: { code: number; stderr: string }) => error,
+        );
+        assert.equal(refused.code, 1);
+        assert.match(JSON.parse(refused.stderr).error.code, /^(resource_missing|invalid_argument)$/);
+      }
+    });
+
     it('stores keys only hashed', async () => {
       const r = await stack.pool.query('SELECT count(*)::int AS n FROM api_keys WHERE key_hash = $1 OR prefix = $1', [keyA]);
       assert.equal(r.rows[0].n, 0);
