@@ -3,7 +3,7 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Ajv } from 'ajv';
 import addFormats from 'ajv-formats';
 import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
-import { context, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Meter, type Span } from '@opentelemetry/api';
+import { context, isSpanContextValid, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Meter, type Span } from '@opentelemetry/api';
 import type { Config } from '../lib/config.js';
 import type { Pool } from '../lib/db.js';
 import { AppError, UnavailableError, ValidationError } from '../lib/errors.js';
@@ -198,7 +198,7 @@ export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {
     },
   });
 
-  traceRequests(app, logger, deps.meter);
+  traceRequests(app, logger, deps.meter, config.GATEWAY_TRACE_INCOMING);
 
   const authenticator = new Authenticator(pool, config.ADMIN_API_KEY, config.GATEWAY_AUTH_CACHE_MS);
   const limiter = new RateLimiter(config.GATEWAY_RATE_LIMIT_PER_SECOND, config.GATEWAY_RATE_LIMIT_BURST);
@@ -333,20 +333,26 @@ function routedPath(request: FastifyRequest): string {
 const httpTracer = trace.getTracer('gateway');
 
 /**
- * Every request is a SERVER span continuing the caller's W3C traceparent, active for the hooks and the handler
+ * Every request is a SERVER span, in the caller's trace or (`link`, the default) the root of a new one linked to
+ * the caller's W3C traceparent, active for the hooks and the handler
  * (so gRPC calls and SQL below it are its children), a sample of http_server_request_duration_seconds (RED by
  * route template, method and status) and one access log line with its trace id. The line names the route
  * template, never the URL: query strings and ids stay out of the logs.
  */
-function traceRequests(app: Gateway, logger: Logger, meter: Meter | undefined): void {
+function traceRequests(app: Gateway, logger: Logger, meter: Meter | undefined, incoming: Config['GATEWAY_TRACE_INCOMING']): void {
   const duration = meter?.createHistogram('http_server_request_duration_seconds', {
     description: 'REST requests: duration by route, method and status (rate and errors from the counts)',
     advice: { explicitBucketBoundaries: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10] },
   });
   app.addHook('onRequest', (request, reply, done) => {
     const route = request.routeOptions.url ?? 'unmatched';
-    const parent = propagation.extract(ROOT_CONTEXT, request.headers);
-    const span = httpTracer.startSpan(`${request.method} ${route}`, { kind: SpanKind.SERVER, attributes: { 'http.request.method': request.method, 'http.route': route } }, parent);
+    const caller = propagation.extract(ROOT_CONTEXT, request.headers);
+    // A public endpoint's caller is not trusted with the sampling decision or the trace id (nor with baggage):
+    // its span context is a link, and the trace ours (OpenTelemetry's guidance for public endpoints).
+    const parent = incoming === 'continue' ? caller : ROOT_CONTEXT;
+    const callerSpan = incoming === 'continue' ? undefined : trace.getSpanContext(caller);
+    const links = callerSpan && isSpanContextValid(callerSpan) ? [{ context: callerSpan }] : [];
+    const span = httpTracer.startSpan(`${request.method} ${route}`, { kind: SpanKind.SERVER, attributes: { 'http.request.method': request.method, 'http.route': route }, links }, parent);
     request.span = span;
     // A client that goes away before the answer is written gets no onResponse (the response never finishes):
     // without this its span would never end (the trace loses its root), and the request would be missing from

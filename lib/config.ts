@@ -209,6 +209,13 @@ const schema = z.object({
   GATEWAY_GRPC_DEADLINE_MS: positiveInt.max(60_000).default(5_000),
   /** HTTP/2 channels per backend (one channel is one TCP connection and one event-loop turn at a time). */
   GATEWAY_GRPC_CHANNELS: positiveInt.max(64).default(4),
+  /**
+   * What a request's W3C `traceparent` starts: `link` (a public endpoint: a new trace, sampled by
+   * TRACES_SAMPLING_RATIO, linked to the caller's span) or `continue` (the caller's trace: only behind a proxy of
+   * the platform's own that strips or sets the header). Continued, any client could force its requests to be
+   * sampled (a sampled traceparent is always followed) and write spans into traces of its choosing.
+   */
+  GATEWAY_TRACE_INCOMING: z.enum(['link', 'continue']).default('link'),
   /** How long a checked secret key is remembered (0: checked in the database on every request). */
   GATEWAY_AUTH_CACHE_MS: nonNegativeInt.max(600_000).default(5_000),
   IDEMPOTENCY_TTL_HOURS: positiveInt.max(24 * 30).default(24),

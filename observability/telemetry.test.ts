@@ -65,12 +65,13 @@ describe('telemetry of one payment (traces, metrics, logs) across gateway, ledge
   let url: string;
   let ledgerMetricsPort: number;
   let metricsPorts: { risk: number; settlement: number };
+  let env: Record<string, string>;
 
   before(async () => {
     tracing = startTracing({ service: 'telemetry-test', version: 'test', exporter: 'none', samplingRatio: 1 }, [new SimpleSpanProcessor(spans)]);
     nats = await TestNatsServer.start();
     const suffix = randomUUID().slice(0, 8);
-    const env = { NATS_URL: nats.url, EVENTS_STREAM: `TEL_${suffix}`, EVENTS_SUBJECT_PREFIX: `tel-${suffix}` };
+    env = { NATS_URL: nats.url, EVENTS_STREAM: `TEL_${suffix}`, EVENTS_SUBJECT_PREFIX: `tel-${suffix}` };
     metricsPorts = { risk: await freePort(), settlement: await freePort() };
     risk = await startRisk(testConfig({ ...env, RISK_GRPC_LISTEN: '127.0.0.1:0', METRICS_PORT: String(metricsPorts.risk) }), logger('risk'));
     ledgerMetricsPort = await freePort();
@@ -84,7 +85,7 @@ describe('telemetry of one payment (traces, metrics, logs) across gateway, ledge
     );
     feed = new PaymentFeatureFeed(new FeatureStore(), testConfig(env), logger('risk-features'));
     await feed.start();
-    const config = testConfig({ ...env, LEDGER_GRPC_TARGET: ledger.address, SETTLEMENT_GRPC_TARGET: settlement.address, ADMIN_API_KEY: ADMIN_KEY, GATEWAY_AUTH_CACHE_MS: '0' });
+    const config = testConfig({ ...env, LEDGER_GRPC_TARGET: ledger.address, SETTLEMENT_GRPC_TARGET: settlement.address, ADMIN_API_KEY: ADMIN_KEY, GATEWAY_AUTH_CACHE_MS: '0', GATEWAY_TRACE_INCOMING: 'continue' });
     pool = createPool(config, { max: 4, applicationName: 'telemetry-test' });
     backends = new Backends(config);
     gatewayMetrics = await startMetrics('gateway', await freePort());
@@ -194,6 +195,31 @@ describe('telemetry of one payment (traces, metrics, logs) across gateway, ledge
     assert.ok(!text.includes(merchant.secret_key), 'the secret key is not logged');
     assert.ok(!text.includes(cardToken), 'the card token is not logged');
     assert.ok(!text.includes(ADMIN_KEY), 'the admin key is not logged');
+  });
+
+  it('a public gateway (GATEWAY_TRACE_INCOMING=link, the default) starts its own trace, linked to the caller\'s: a client cannot choose the trace or force sampling', async () => {
+    const merchant = (await (await post('/v1/merchants', ADMIN_KEY, { name: 'Untrusted tracer' })).json()) as { secret_key: string };
+    const config = testConfig({ ...env, LEDGER_GRPC_TARGET: ledger.address, SETTLEMENT_GRPC_TARGET: settlement.address, ADMIN_API_KEY: ADMIN_KEY });
+    assert.equal(config.GATEWAY_TRACE_INCOMING, 'link');
+    const publicBackends = new Backends(config);
+    const publicGateway = await buildGateway({ config, pool, backends: publicBackends, logger: logger('gateway'), meter: gatewayMetrics.meter });
+    try {
+      await publicGateway.listen({ port: 0, host: '127.0.0.1' });
+      const callerTraceId = randomUUID().replaceAll('-', '');
+      const response = await fetch(`http://127.0.0.1:${(publicGateway.server.address() as AddressInfo).port}/v1/payments?limit=1`, {
+        headers: { authorization: `Bearer ${merchant.secret_key}`, traceparent: `00-${callerTraceId}-00f067aa0ba902b7-01` },
+      });
+      assert.equal(response.status, 200, await response.text());
+      await until('the request span to end', () => spans.getFinishedSpans().some((s) => s.name === 'GET /v1/payments' && s.links.some((l) => l.context.traceId === callerTraceId)));
+      assert.equal(spans.getFinishedSpans().filter((s) => s.spanContext().traceId === callerTraceId).length, 0, 'nothing in the caller\'s trace');
+      const root = spans.getFinishedSpans().find((s) => s.name === 'GET /v1/payments' && s.links.some((l) => l.context.traceId === callerTraceId))!;
+      assert.equal(root.parentSpanContext, undefined, 'a root span');
+      assert.equal(root.links[0]!.context.spanId, '00f067aa0ba902b7');
+      assert.ok(spans.getFinishedSpans().some((s) => s !== root && s.spanContext().traceId === root.spanContext().traceId), 'the work below it is in its trace');
+    } finally {
+      await publicGateway.close();
+      publicBackends.close();
+    }
   });
 
   it('RED metrics after traffic: REST routes and gRPC methods, counts equal to the requests sent', async () => {
