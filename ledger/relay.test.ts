@@ -181,6 +181,37 @@ describe('outbox relay to JetStream (own NATS server, real PostgreSQL)', functio
     }
   });
 
+  it('a backlog is drained from every shard in turn: one shard\'s backlog does not hold the others back', async () => {
+    // Rows as batches leave them, the relay off: ten on shard 0 (say, the ledger's), two on shard 5 (payments').
+    const rows = [...Array.from({ length: 10 }, (_, i) => [0, i + 1]), [5, 1], [5, 2]];
+    for (const [shard, sequence] of rows) {
+      await pool.query('INSERT INTO outbox (shard, sequence, batch_id, part, event_count, payload) VALUES ($1, $2, $3, 0, 1, $4)', [shard, sequence, randomUUID(), Buffer.from(`row ${shard}/${sequence}`)]);
+    }
+    const { OutboxRelay } = await import('./relay.js');
+    const { ensureEventStream } = await import('../lib/streams.js');
+    const { testConfig } = await import('../test/support.js');
+    const { createLogger } = await import('../lib/logger.js');
+    const config = testConfig({ ...env, LEDGER_RELAY_BATCH_ROWS: '4' });
+    const { js, jsm: manager } = await connectJetStream(observer);
+    await ensureEventStream(manager, config);
+    const relay = new OutboxRelay(config, [0, 5], createLogger('relay-test', 'silent'));
+    try {
+      assert.equal(await relay.drainOnce(js), 4);
+      const left = async () => (await pool.query('SELECT shard, sequence FROM outbox ORDER BY shard, sequence')).rows.map((r) => `${r.shard}/${r.sequence}`);
+      // One round of four: the two oldest of each shard, not the four oldest of shard 0.
+      assert.deepEqual(await left(), ['0/3', '0/4', '0/5', '0/6', '0/7', '0/8', '0/9', '0/10']);
+      // Shard 5 drained, shard 0 alone gets whole rounds; per shard, the stream has them in order.
+      assert.equal(await relay.drainOnce(js), 4);
+      assert.deepEqual(await left(), ['0/7', '0/8', '0/9', '0/10']);
+      const published = [];
+      const info = await manager.streams.info(config.EVENTS_STREAM);
+      for (let seq = info.state.first_seq; seq <= info.state.last_seq; seq++) published.push(Buffer.from((await manager.streams.getMessage(config.EVENTS_STREAM, { seq }))!.data).toString());
+      assert.deepEqual(published, ['row 0/1', 'row 5/1', 'row 0/2', 'row 5/2', 'row 0/3', 'row 0/4', 'row 0/5', 'row 0/6']);
+    } finally {
+      await relay.stop();
+    }
+  });
+
   it('a relay that published and died before deleting: the rows go out again and JetStream keeps one copy', async () => {
     // Commit with the relay off, then publish the rows as a relay would have, without deleting them.
     const quiet = await startTestLedger({ ...env, LEDGER_RELAY_ENABLED: 'false' });

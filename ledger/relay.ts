@@ -131,13 +131,25 @@ export class OutboxRelay {
     return js;
   }
 
-  /** One round: publish up to LEDGER_RELAY_BATCH_ROWS rows, delete the acknowledged prefix of each shard. */
+  /**
+   * One round: publish up to LEDGER_RELAY_BATCH_ROWS rows, delete the acknowledged prefix of each shard. The rows
+   * are taken from the shards in turn (each shard's oldest first, then each one's second, ...): read in shard
+   * order, a backlog (after NATS was down) held back every shard behind the first until that one had drained,
+   * so payment events reached risk and settlement only after all the ledger's. A shard with a backlog alone
+   * still gets the whole round.
+   */
   async drainOnce(js: JetStreamClient): Promise<number> {
     const rows = (
       await statement(this.pool, {
         name: 'relay-read',
-        text: `SELECT shard, sequence, batch_id, part, payload, traceparent FROM outbox
-               WHERE shard = ANY($1::int4[]) ORDER BY shard, sequence LIMIT $2`,
+        text: `SELECT shard, sequence, batch_id, part, payload, traceparent FROM (
+                 SELECT o.shard, o.sequence, o.batch_id, o.part, o.payload, o.traceparent,
+                        row_number() OVER (PARTITION BY o.shard ORDER BY o.sequence) AS turn
+                 FROM unnest($1::int4[]) AS s (shard),
+                      LATERAL (SELECT shard, sequence, batch_id, part, payload, traceparent FROM outbox
+                               WHERE outbox.shard = s.shard ORDER BY sequence LIMIT $2) AS o
+               ) AS taken
+               ORDER BY turn, shard LIMIT $2`,
         values: [sqlArray(this.shards), this.config.LEDGER_RELAY_BATCH_ROWS],
       })
     ).rows.map((r): OutboxRow => ({ shard: r.shard, sequence: r.sequence, batchId: r.batch_id, part: r.part, payload: r.payload, traceparent: r.traceparent }));
