@@ -56,9 +56,18 @@ describe('outbox relay to JetStream (own NATS server, real PostgreSQL)', functio
     }
   }
 
-  /** Every message of the stream, in stream order, with its subject and events. */
+  /**
+   * Every message of the stream, in stream order, with its subject and events. After the test's NATS restarted,
+   * the observer's first request can be lost with the old connection (a timeout): it is asked again.
+   */
   async function streamMessages(stream: string): Promise<{ subject: string; msgId: string; events: EventEnvelope[] }[]> {
-    const info = await jsm.streams.info(stream);
+    let info;
+    for (let attempt = 1; !info; attempt++) {
+      info = await jsm.streams.info(stream).catch((error: unknown) => {
+        if (attempt >= 5 || (error as Error).name !== 'TimeoutError') throw error;
+        return undefined;
+      });
+    }
     const messages = [];
     for (let seq = info.state.first_seq; seq <= info.state.last_seq && info.state.messages > 0; seq++) {
       const m = await jsm.streams.getMessage(stream, { seq });
