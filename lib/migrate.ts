@@ -123,6 +123,13 @@ async function applyOnce(pool: Pool, m: Migration, server: SqlServer): Promise<'
         }
         return 'already' as const;
       }
+      if (server === 'cockroachdb') {
+        // From v25.1 CockroachDB commits the open transaction before each schema change (autocommit_before_ddl,
+        // on by default): the migration, its record and the check above would be separate transactions, so a
+        // crash between them leaves a migration applied but unrecorded, and two runners both apply it. Off for
+        // this transaction only (the variable exists from v24.1; docker-compose.yml runs v24.3).
+        await client.query('SET LOCAL autocommit_before_ddl = off');
+      }
       if (server === 'postgresql' || !m.postgresqlOnly) await client.query(m.sql);
       await client.query('INSERT INTO schema_migrations (name, checksum) VALUES ($1, $2)', [m.name, m.checksum]);
       return 'applied' as const;
