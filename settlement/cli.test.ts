@@ -43,10 +43,10 @@ describe('settlement command line', function () {
     assert.deepEqual([saved?.schedule, saved?.payout?.iban], [paris, 'FR1420041010050500013M02606']);
   });
 
-  it('set-profile refuses an account holder name the pain.001 file cannot carry: control characters (not XML 1.0), more than 140 characters', async () => {
+  it('set-profile refuses an account holder name the pain.001 file cannot carry: control characters (not XML 1.0), more than 140 characters, no Latin letter (SEPA)', async () => {
     const merchantId = randomUUID();
     await pool.query('INSERT INTO merchants (id, name, fee_bps) VALUES ($1, $2, 100)', [merchantId, `cli ${merchantId.slice(0, 8)}`]);
-    for (const name of ['Acme\u0001SARL', 'Acme\u000bSARL', 'A'.repeat(141)]) {
+    for (const name of ['Acme\u0001SARL', 'Acme\u000bSARL', 'A'.repeat(141), '株式会社']) {
       assert.equal(await cli('set-profile', '--merchant', merchantId, '--every', '60', '--payout-name', name, '--iban', 'FR1420041010050500013M02606'), 1, JSON.stringify(name));
       assert.equal((await store.findProfile(pool, merchantId))?.payout ?? null, null, 'no bank account recorded');
     }

@@ -18,7 +18,7 @@ import { createLogger } from '../lib/logger.js';
 import { LedgerClient } from '../ledger/client.js';
 import { hasControlCharacters, parseId } from '../ledger/validation.js';
 import { settlementSettings } from './app.js';
-import { payoutInitiationXml } from './payout-file.js';
+import { payoutInitiationXml, sepaText } from './payout-file.js';
 import { reconcileBatch } from './reconcile.js';
 import { batchReportCsv } from './report.js';
 import { batchToProto } from './service.js';
@@ -59,9 +59,10 @@ function payoutArg(): store.PayoutAccount | null {
   const iban = electronicFormatIBAN(values.iban ?? '') ?? '';
   if (!isValidIBAN(iban)) throw new ValidationError('iban', 'not a valid IBAN', 'invalid_iban');
   if (!values['payout-name']) throw new ValidationError('payout-name', 'the account holder is required with an IBAN');
-  // The pain.001 file carries the name as it is (Cdtr/Nm, Max140Text): a control character is not XML 1.0, and the
-  // bank would refuse the whole file.
+  // The pain.001 file carries the name in SEPA's Latin character set (sepaText): a name with nothing of it (one in
+  // another script) would leave the file without a creditor name, which the bank refuses.
   if (values['payout-name'].length > 140 || hasControlCharacters(values['payout-name'])) throw new ValidationError('payout-name', '1-140 printable characters');
+  if (sepaText(values['payout-name']) === '') throw new ValidationError('payout-name', 'the account holder as the bank knows it, in Latin letters (SEPA files carry no other script)');
   if (values.bic && !isValidBIC(values.bic)) throw new ValidationError('bic', 'not a valid BIC', 'invalid_bic');
   return { name: values['payout-name'], iban, bic: values.bic ?? null };
 }
