@@ -8,6 +8,7 @@ import { connectJetStream, connectNats, type NatsConnection } from '../../lib/na
 import { ensureEventStream } from '../../lib/streams.js';
 import { EventBatch, type PaymentEvent } from '../../proto/gen/events/v1/events.js';
 import { Decision, type ScoreRequest, type ScoreResponse } from '../../proto/gen/risk/v1/risk.js';
+import { comparableAmount } from './amounts.js';
 import type { FeatureCheckpoints } from './feature-checkpoints.js';
 import { FeatureStore, type PaymentFacts } from './features.js';
 import type { FraudModel } from './models.js';
@@ -36,7 +37,7 @@ export function factsFromScore(r: ScoreRequest, at: number): PaymentFacts {
     cardCountry: r.cardCountry,
     deviceId: r.deviceId,
     ipCountry: r.ipCountry,
-    amount: Number(r.amount),
+    amount: comparableAmount(r.amount, r.currency),
   };
 }
 
@@ -51,7 +52,7 @@ export function factsFromEvent(e: PaymentEvent): PaymentFacts {
     cardCountry: e.cardCountry,
     deviceId: e.deviceId,
     ipCountry: e.ipCountry,
-    amount: Number(e.amount),
+    amount: comparableAmount(e.amount, e.currency),
     paymentId: e.paymentId,
   };
 }
