@@ -1,6 +1,7 @@
 import { strict as assert } from 'node:assert';
 import { randomUUID } from 'node:crypto';
 import { mkdirSync, rmSync } from 'node:fs';
+import { Writable } from 'node:stream';
 import type { JetStreamManager } from '@nats-io/jetstream';
 import { connectJetStream, connectNats, type NatsConnection } from '../lib/nats.js';
 import type { Pool } from '../lib/db.js';
@@ -9,6 +10,7 @@ import { account, commitTransfers, startTestLedger, transfer } from '../test/led
 import { TestNatsServer } from '../test/nats-server.js';
 import { freePort } from '../test/ledger-process.js';
 import { testPool } from '../test/support.js';
+import { createLogger } from '../lib/logger.js';
 import type { Transfer } from '../proto/gen/ledger/v1/ledger.js';
 import { outboxMessageId, outboxSubject } from './outbox.js';
 
@@ -158,8 +160,15 @@ describe('outbox relay to JetStream (own NATS server, real PostgreSQL)', functio
     }
   });
 
-  it('NATS back with an empty store (the stream lost with it): the relay creates the stream again and the outbox drains', async () => {
-    const ledger = await startTestLedger(env);
+  it('NATS back with an empty store (the stream lost with it): the relay creates the stream again and the outbox drains, publishing nothing into the dead connection', async () => {
+    const warnings: string[] = [];
+    const logs = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        warnings.push(...chunk.toString('utf8').split('\n').filter(Boolean));
+        done();
+      },
+    });
+    const ledger = await startTestLedger(env, {}, createLogger('ledger-test', 'warn', logs));
     try {
       await commitTransfers(ledger.client, 200);
       await waitForEmptyOutbox();
@@ -171,6 +180,10 @@ describe('outbox relay to JetStream (own NATS server, real PostgreSQL)', functio
       const after = await commitTransfers(ledger.client, 300);
       await waitForEmptyOutbox(60_000);
       assertEveryTransferOnceInShardOrder(await streamMessages(env['EVENTS_STREAM']!), after, env['EVENTS_SUBJECT_PREFIX']!);
+      // A message published while the connection was down waits in the client's buffer and is never acknowledged:
+      // its round waited out the whole publish timeout (10 s) before the relay went on.
+      const timedOut = warnings.filter((line) => (JSON.parse(line) as { err?: { type?: string } }).err?.type === 'TimeoutError');
+      assert.deepEqual(timedOut, [], 'no publish timed out');
     } finally {
       await ledger.close();
     }
@@ -199,7 +212,6 @@ describe('outbox relay to JetStream (own NATS server, real PostgreSQL)', functio
     const { OutboxRelay } = await import('./relay.js');
     const { ensureEventStream } = await import('../lib/streams.js');
     const { testConfig } = await import('../test/support.js');
-    const { createLogger } = await import('../lib/logger.js');
     const config = testConfig({ ...env, LEDGER_RELAY_BATCH_ROWS: '4' });
     const { js, jsm: manager } = await connectJetStream(observer);
     await ensureEventStream(manager, config);

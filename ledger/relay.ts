@@ -36,6 +36,8 @@ export class OutboxRelay {
   private running = false;
   private loop: Promise<void> | undefined;
   private nc: NatsConnection | undefined;
+  /** Whether `nc` is connected now (it reconnects by itself after a loss). */
+  private connected = false;
   private js: JetStreamClient | undefined;
   private published = 0;
 
@@ -101,6 +103,13 @@ export class OutboxRelay {
       try {
         await this.discover();
         const js = await this.jetstream();
+        if (!this.connected) {
+          // Published while the connection is down, a message waits in the client's buffer and its acknowledgement
+          // never comes: the round would wait out the whole publish timeout (10 s) after NATS is back. Wait for the
+          // connection to come back instead.
+          await sleep(20);
+          continue;
+        }
         const sent = await this.drainOnce(js);
         failures = 0;
         if (sent === 0) await sleep(20);
@@ -115,6 +124,14 @@ export class OutboxRelay {
     }
   }
 
+  /** Keeps `connected` up to date: the client reconnects by itself, for ever (lib/nats.ts). */
+  private async followConnection(nc: NatsConnection): Promise<void> {
+    for await (const s of nc.status()) {
+      if (s.type === 'disconnect') this.connected = false;
+      else if (s.type === 'reconnect') this.connected = true;
+    }
+  }
+
   private async discover(): Promise<void> {
     if (!this.discoverShards || Date.now() < this.nextDiscovery) return;
     const found = await this.discoverShards(this.pool);
@@ -124,7 +141,11 @@ export class OutboxRelay {
 
   private async jetstream(): Promise<JetStreamClient> {
     if (this.js) return this.js;
-    this.nc ??= await connectNats(this.config, { name: 'ledger-outbox-relay' });
+    if (!this.nc) {
+      this.nc = await connectNats(this.config, { name: 'ledger-outbox-relay' });
+      this.connected = true;
+      void this.followConnection(this.nc);
+    }
     const { js, jsm } = await connectJetStream(this.nc);
     await ensureEventStream(jsm, this.config);
     this.js = js;
