@@ -157,6 +157,25 @@ describe('risk models: synthetic data, features, training and evaluation', funct
   });
 });
 
+describe('risk model serving: decisions', () => {
+  const request = { paymentId: '', merchantId: 'm', customerId: 'c', amount: 1_000n, currency: 'USD', cardFingerprint: 'card', deviceId: 'd', cardCountry: 'US', ipCountry: 'US', cardType: 'debit', merchantCategory: 'grocery' };
+
+  it('a score that is not a number (the model overflowed to +Infinity - Infinity) declines, never approves', async () => {
+    const weights = new Array<number>(16).fill(0);
+    // log_amount and card_sum_1h_log with weights that overflow in opposite directions: the sum is NaN.
+    weights[0] = 1e308;
+    weights[4] = -1e308;
+    const model = await loadModel({ kind: 'logistic', means: new Array<number>(16).fill(0), stds: new Array<number>(16).fill(1), weights, bias: 0 });
+    const store = new FeatureStore();
+    store.observe({ at: 0, merchantId: 'm', merchantCategory: 'grocery', customerId: 'm:c', cardFingerprint: 'card', cardType: 'debit', cardCountry: 'US', deviceId: 'd', ipCountry: 'US', amount: 1_000 });
+    assert.ok(Number.isNaN(model.score(store.features({ ...request, at: 1_000, customerId: 'm:c', amount: 1_000 }))), 'the model answers NaN here');
+    const answer = new ModelScorer(model, store, 'logistic-overflow', 0.5).score(request, 1_000);
+    assert.equal(answer.decision, Decision.DECISION_DECLINE);
+    assert.deepEqual(answer.reasons, ['score_not_finite']);
+    assert.equal(answer.scorePpm, 1_000_000);
+  });
+});
+
 describe('risk retraining', function () {
   this.timeout(120_000);
 
