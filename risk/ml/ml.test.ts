@@ -142,6 +142,14 @@ describe('risk models: synthetic data, features, training and evaluation', funct
       assert.ok(calibration(many).expectedCalibrationError >= 0);
     });
 
+    it('the cost-optimal threshold is exact among many distinct scores: the one fraud at the top is declined alone', () => {
+      // 4,001 good payments with distinct scores below the one fraud: declining it alone costs nothing.
+      const many = rows([...Array.from({ length: 4_001 }, (_, i): [number, boolean] => [i / 10_000, false]), [0.9, true]]);
+      const threshold = costOptimalThreshold(many);
+      assert.equal(threshold, 0.9);
+      assert.deepEqual([operatingPoint(many, threshold).cost, operatingPoint(many, threshold).falsePositiveRate], [0, 0]);
+    });
+
     it('"decline nothing" as the cost-optimal threshold survives the artefact\'s JSON: the served model still declines nothing', async () => {
       // No fraud known at the cut-off: every decline only costs, so the optimum is to decline nothing.
       const legitimate = rows(Array.from({ length: 50 }, (_, i): [number, boolean] => [i / 100, false]));
