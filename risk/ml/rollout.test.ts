@@ -51,8 +51,8 @@ describe('risk rollout: champion/challenger', () => {
     assert.equal(last.payload?.$case, 'riskDecision');
     if (last.payload?.$case === 'riskDecision') {
       assert.deepEqual(
-        [last.payload.value.variant, last.payload.value.mode, last.payload.value.championScorePpm, last.payload.value.challengerScorePpm, last.payload.value.challengerVersion],
-        ['champion', 'shadow', 100_000, 900_000, 'chall-2'],
+        [last.payload.value.variant, last.payload.value.mode, last.payload.value.championScorePpm, last.payload.value.challengerScorePpm, last.payload.value.challengerVersion, last.payload.value.amount, last.payload.value.currency],
+        ['champion', 'shadow', 100_000, 900_000, 'chall-2', 500n, 'USD'],
       );
     }
   });

@@ -80,6 +80,7 @@ export class ChampionChallenger implements Scorer {
                 challengerScorePpm: challenger?.scorePpm ?? 0,
                 challengerVersion: challenger?.modelVersion ?? '',
                 amount: request.amount,
+                currency: request.currency,
               },
             },
           },
