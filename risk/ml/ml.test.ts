@@ -4,7 +4,7 @@ import { before, describe, it } from 'mocha';
 import { FeatureStore, offlineFeatures } from './features.js';
 import { calibration, costOptimalThreshold, operatingPoint, prAuc, recallAtFpr, rocAuc } from './metrics.js';
 import { loadModel, GbtModel, LogisticModel } from './models.js';
-import { buildDataset, evaluateScores, labelKnownAt, rulesScores, timeSplit, type Dataset, type ModelArtefact, type Split } from './pipeline.js';
+import { buildDataset, comparableArtefacts, evaluateScores, labelKnownAt, rulesScores, timeSplit, type Dataset, type ModelArtefact, type Split } from './pipeline.js';
 import { DEFAULT_SYNTH, generatePayments } from './synth.js';
 import { ModelScorer } from './serving.js';
 import { Decision } from '../../proto/gen/risk/v1/risk.js';
@@ -162,6 +162,27 @@ describe('risk models: synthetic data, features, training and evaluation', funct
       const answer = scorer.score({ paymentId: '', merchantId: 'm', customerId: 'c', amount: 1_000n, currency: 'USD', cardFingerprint: 'card', deviceId: 'd', cardCountry: 'US', ipCountry: 'US', cardType: 'debit', merchantCategory: 'grocery' });
       assert.equal(answer.decision, Decision.DECISION_APPROVE);
     });
+  });
+});
+
+describe('risk evaluation: one hold-out for every model compared', function () {
+  this.timeout(60_000);
+
+  it('scores no model on payments it trained on or on other generated data: only those trained up to the hold-out, on the same data', async () => {
+    const { trainModels } = await import('./pipeline.js');
+    const synth = { ...SMALL, weeks: 3 };
+    const dataset = buildDataset(synth);
+    const [logistic] = await trainModels(dataset, timeSplit(dataset, 2), synth);
+    const at = (artefact: ModelArtefact, createdAt: string) => ({ artefact: { ...artefact, createdAt } });
+    // The newest: trained on weeks 0-1, so the hold-out is week 2.
+    const newest = at(logistic!, '2026-12-06T10:00:00.000Z');
+    const olderSameData = at({ ...logistic!, version: 'older', synth: { ...synth, weeks: 4 } }, '2026-12-05T10:00:00.000Z');
+    const intoHoldout = at({ ...logistic!, version: 'into-holdout', trainingWindow: { ...logistic!.trainingWindow, toMs: 3 * 7 * 86_400_000 } }, '2026-12-04T10:00:00.000Z');
+    const otherSeed = at({ ...logistic!, version: 'other-seed', synth: { ...synth, seed: 99 } }, '2026-12-03T10:00:00.000Z');
+    const { reference, comparable, skipped } = comparableArtefacts([otherSeed, olderSameData, intoHoldout, newest]);
+    assert.equal(reference, newest.artefact);
+    assert.deepEqual(comparable.map((c) => c.artefact.version), ['older', logistic!.version]);
+    assert.deepEqual(skipped.map((s) => s.candidate.artefact.version), ['other-seed', 'into-holdout']);
   });
 });
 
