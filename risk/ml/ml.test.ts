@@ -235,6 +235,13 @@ describe('risk retraining', function () {
     assert.equal(JSON.parse(await read(file, 'utf8')).version, first.challenger.version);
   });
 
+  it('refuses to compare with a champion trained on the hold-out week (its cost there would be in-sample)', async () => {
+    const { retrain } = await import('./retrain.js');
+    // The champion trained on weeks 0-1; a retraining with two weeks of history holds out week 1.
+    const file = await championFile();
+    await assert.rejects(retrain(file, 2), /trained up to day 14, into the hold-out week \(from day 7\)/);
+  });
+
   it('trains the challenger on payments at least a week old, labelled with the chargebacks known at the run, not a week before', async () => {
     const { retrain } = await import('./retrain.js');
     const file = await championFile();

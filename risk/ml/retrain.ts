@@ -27,6 +27,11 @@ export async function retrain(championPath: string, weeks: number): Promise<Retr
   const dataset = buildDataset(synth);
   // Payments at least a week old, labelled with every chargeback known now (the end of the history).
   const split = { ...timeSplit(dataset, weeks - 1), labelsAt: weeks * 7 * 86_400_000 };
+  // A champion that trained on the hold-out week would be costed on its own training payments (in-sample, so
+  // cheaper than it is) and a better challenger would not be promoted: no comparison then.
+  if (champion.trainingWindow.toMs > split.cutoff) {
+    throw new Error(`champion ${champion.version} was trained up to day ${champion.trainingWindow.toMs / 86_400_000}, into the hold-out week (from day ${split.cutoff / 86_400_000}): retrain with more weeks of history`);
+  }
   const challenger = (await trainModels(dataset, split, synth)).find((a) => a.kind === champion.kind)!;
   const holdout = split.test.map((i) => dataset.payments[i]!);
   const cost = (a: ModelArtefact, model: FraudModel) => evaluateScores(a.version, split.test.map((i) => model.score(dataset.vectors[i]!)), holdout, a.threshold).cost;
