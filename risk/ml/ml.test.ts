@@ -76,6 +76,15 @@ describe('risk models: synthetic data, features, training and evaluation', funct
       assert.deepEqual(pick(asFed.features(now)), pick(inOrder.features(now)), 'card 1m/1h/24h/sum, customer 1h/24h, customer age, device 1h, merchant 1h');
     });
 
+    it('a wallet payment (no card) on a device is not one more distinct card on it', () => {
+      const store = new FeatureStore();
+      const base = { merchantId: 'm', merchantCategory: 'general', customerId: 'm:c', cardType: '', cardCountry: '', deviceId: 'd', ipCountry: 'US', amount: 1_000 };
+      store.observe({ ...base, at: 0, cardFingerprint: '' });
+      store.observe({ ...base, at: 1_000, cardFingerprint: '' });
+      store.observe({ ...base, at: 2_000, cardFingerprint: 'card', cardType: 'debit', cardCountry: 'US' });
+      assert.equal(store.features({ ...base, at: 3_000, cardFingerprint: 'card' })[10], 1, 'device_distinct_cards_24h');
+    });
+
     it('see a card-testing burst, and keep memory bounded', () => {
       const store = new FeatureStore(50);
       const base = { merchantId: 'm', merchantCategory: 'gift_cards', customerId: 'c', cardFingerprint: 'card', cardType: 'prepaid', cardCountry: 'US', deviceId: 'd', ipCountry: 'RU', amount: 150 };
