@@ -5,10 +5,10 @@ import { observeRpcServer, shutdownGrpcServer } from '../lib/grpc.js';
 import { grpcTlsEnabled, serverCredentials, serverOptions } from '../lib/grpc-tls.js';
 import type { Logger } from '../lib/logger.js';
 import { RiskServiceService } from '../proto/gen/risk/v1/risk.js';
-import { readFile } from 'node:fs/promises';
 import { FeatureCheckpoints } from './ml/feature-checkpoints.js';
 import { FeatureStore } from './ml/features.js';
-import { loadModel } from './ml/models.js';
+import { readArtefact } from './ml/artefact.js';
+import type { FraudModel } from './ml/models.js';
 import type { ModelArtefact } from './ml/pipeline.js';
 import { ChampionChallenger } from './ml/rollout.js';
 import { MonitoredScorer } from './ml/score-monitor.js';
@@ -45,6 +45,9 @@ export function rulesSettings(config: Config): RulesSettings {
 async function startScorer(config: Config, logger: Logger): Promise<{ scorer: Scorer; version: string; reference?: number[]; referenceVersion?: string; featureDrift?: FeatureDriftMonitor; close(): Promise<void> }> {
   const rules = new RulesScorer(rulesSettings(config));
   if (!config.RISK_MODEL_PATH && !config.RISK_CHALLENGER_MODEL_PATH) return { scorer: rules, version: RULES_MODEL_VERSION, close: async () => undefined };
+  // Both artefacts are read and checked first: a broken one stops the start before any feed or connection opens.
+  const championModel = config.RISK_MODEL_PATH ? await readArtefact(config.RISK_MODEL_PATH) : undefined;
+  const challengerModel = config.RISK_CHALLENGER_MODEL_PATH ? await readArtefact(config.RISK_CHALLENGER_MODEL_PATH) : undefined;
   // One feature store for every model of the instance, fed from the payment events, checkpointed to PostgreSQL.
   const store = new FeatureStore();
   const pool = createPool(config, { max: 2, applicationName: 'risk-features' });
@@ -60,15 +63,14 @@ async function startScorer(config: Config, logger: Logger): Promise<{ scorer: Sc
   // The champion's inputs are watched for drift (the challenger sees the same features). The scores answered
   // are the champion's: only its training scores are their reference (with the rules as champion, none: the
   // first window is).
-  const modelScorer = async (file: string, watched: boolean, champion: boolean) => {
-    const artefact = JSON.parse(await readFile(file, 'utf8')) as ModelArtefact;
+  const modelScorer = ({ artefact, model }: { artefact: ModelArtefact; model: FraudModel }, watched: boolean, champion: boolean) => {
     if (champion) reference = artefact.trainingScoreSample;
     if (watched) featureDrift = new FeatureDriftMonitor(artefact.features, artefact.trainingFeatureSample);
-    return new ModelScorer(await loadModel(artefact.parameters), store, artefact.version, artefact.threshold, watched ? featureDrift : undefined);
+    return new ModelScorer(model, store, artefact.version, artefact.threshold, watched ? featureDrift : undefined);
   };
-  const champion = config.RISK_MODEL_PATH ? await modelScorer(config.RISK_MODEL_PATH, true, true) : rules;
-  if (!config.RISK_CHALLENGER_MODEL_PATH) return { scorer: champion, version: champion.version, reference, featureDrift, close: stopFeed };
-  const challenger = await modelScorer(config.RISK_CHALLENGER_MODEL_PATH, !config.RISK_MODEL_PATH, false);
+  const champion = championModel ? modelScorer(championModel, true, true) : rules;
+  if (!challengerModel) return { scorer: champion, version: champion.version, reference, featureDrift, close: stopFeed };
+  const challenger = modelScorer(challengerModel, !championModel, false);
   const nc = await connectNats(config, { name: 'risk-decisions' });
   const { js } = await connectJetStream(nc);
   const publish = (subject: string, payload: Uint8Array, msgID: string, traceparent: string) => {

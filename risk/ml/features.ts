@@ -105,7 +105,8 @@ class Window {
   distinctTags(key: string, since: number): number {
     const recent = this.keys.get(key);
     const tags = new Set<string>();
-    if (recent) for (let i = recent.at.length - 1; i >= 0 && recent.at[i]! > since; i--) tags.add(recent.tag[i]!);
+    // An empty tag is no card (a wallet payment): it is not one more distinct card on the device.
+    if (recent) for (let i = recent.at.length - 1; i >= 0 && recent.at[i]! > since; i--) if (recent.tag[i] !== '') tags.add(recent.tag[i]!);
     return tags.size;
   }
 

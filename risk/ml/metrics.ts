@@ -99,15 +99,25 @@ export function operatingPoint(rows: readonly Scored[], threshold: number, costM
  */
 export const DECLINE_NOTHING = Number.MAX_VALUE;
 
-/** The threshold with the least expected cost on `rows` (chosen on training data, reported on the test set). */
+/**
+ * The threshold with the least expected cost on `rows` (chosen on training data, reported on the test set). Every
+ * distinct score is a candidate, plus "decline nothing", in one sweep from the highest score down: a grid of 2,000
+ * candidates skipped most of the few high scores where the optimum lies (on 36,000 training rows every 18th
+ * score), and could return a threshold that declines good payments the exact one spares. On equal cost the
+ * higher threshold (fewer declines) wins.
+ */
 export function costOptimalThreshold(rows: readonly Scored[], costModel: CostModel = DEFAULT_COST): number {
-  const candidates = [...new Set(rows.map((r) => r.score))].sort((a, b) => a - b);
-  // Every distinct score is a candidate, plus "decline nothing".
-  let best = { threshold: DECLINE_NOTHING, cost: operatingPoint(rows, DECLINE_NOTHING, costModel).cost };
-  const step = Math.max(1, Math.floor(candidates.length / 2_000));
-  for (let i = 0; i < candidates.length; i += step) {
-    const cost = operatingPoint(rows, candidates[i]!, costModel).cost;
-    if (cost < best.cost) best = { threshold: candidates[i]!, cost };
+  const sorted = byScoreDesc(rows);
+  let cost = sorted.reduce((sum, r) => sum + (r.fraud ? r.amount : 0), 0);
+  let best = { threshold: DECLINE_NOTHING, cost };
+  for (let i = 0; i < sorted.length; ) {
+    const score = sorted[i]!.score;
+    // Declining at `score` declines every row scored at it: the fraud is no longer lost, the good ones cost.
+    for (; i < sorted.length && sorted[i]!.score === score; i++) {
+      const r = sorted[i]!;
+      cost += r.fraud ? -r.amount : r.amount * costModel.declineCostRate + costModel.declineCostFixed;
+    }
+    if (cost < best.cost) best = { threshold: score, cost };
   }
   return best.threshold;
 }

@@ -4,7 +4,7 @@ import { before, describe, it } from 'mocha';
 import { FeatureStore, offlineFeatures } from './features.js';
 import { calibration, costOptimalThreshold, operatingPoint, prAuc, recallAtFpr, rocAuc } from './metrics.js';
 import { loadModel, GbtModel, LogisticModel } from './models.js';
-import { buildDataset, evaluateScores, labelKnownAt, rulesScores, timeSplit, type Dataset, type ModelArtefact, type Split } from './pipeline.js';
+import { buildDataset, comparableArtefacts, evaluateScores, labelKnownAt, rulesScores, timeSplit, type Dataset, type ModelArtefact, type Split } from './pipeline.js';
 import { DEFAULT_SYNTH, generatePayments } from './synth.js';
 import { ModelScorer } from './serving.js';
 import { Decision } from '../../proto/gen/risk/v1/risk.js';
@@ -76,6 +76,15 @@ describe('risk models: synthetic data, features, training and evaluation', funct
       assert.deepEqual(pick(asFed.features(now)), pick(inOrder.features(now)), 'card 1m/1h/24h/sum, customer 1h/24h, customer age, device 1h, merchant 1h');
     });
 
+    it('a wallet payment (no card) on a device is not one more distinct card on it', () => {
+      const store = new FeatureStore();
+      const base = { merchantId: 'm', merchantCategory: 'general', customerId: 'm:c', cardType: '', cardCountry: '', deviceId: 'd', ipCountry: 'US', amount: 1_000 };
+      store.observe({ ...base, at: 0, cardFingerprint: '' });
+      store.observe({ ...base, at: 1_000, cardFingerprint: '' });
+      store.observe({ ...base, at: 2_000, cardFingerprint: 'card', cardType: 'debit', cardCountry: 'US' });
+      assert.equal(store.features({ ...base, at: 3_000, cardFingerprint: 'card' })[10], 1, 'device_distinct_cards_24h');
+    });
+
     it('see a card-testing burst, and keep memory bounded', () => {
       const store = new FeatureStore(50);
       const base = { merchantId: 'm', merchantCategory: 'gift_cards', customerId: 'c', cardFingerprint: 'card', cardType: 'prepaid', cardCountry: 'US', deviceId: 'd', ipCountry: 'RU', amount: 150 };
@@ -142,6 +151,14 @@ describe('risk models: synthetic data, features, training and evaluation', funct
       assert.ok(calibration(many).expectedCalibrationError >= 0);
     });
 
+    it('the cost-optimal threshold is exact among many distinct scores: the one fraud at the top is declined alone', () => {
+      // 4,001 good payments with distinct scores below the one fraud: declining it alone costs nothing.
+      const many = rows([...Array.from({ length: 4_001 }, (_, i): [number, boolean] => [i / 10_000, false]), [0.9, true]]);
+      const threshold = costOptimalThreshold(many);
+      assert.equal(threshold, 0.9);
+      assert.deepEqual([operatingPoint(many, threshold).cost, operatingPoint(many, threshold).falsePositiveRate], [0, 0]);
+    });
+
     it('"decline nothing" as the cost-optimal threshold survives the artefact\'s JSON: the served model still declines nothing', async () => {
       // No fraud known at the cut-off: every decline only costs, so the optimum is to decline nothing.
       const legitimate = rows(Array.from({ length: 50 }, (_, i): [number, boolean] => [i / 100, false]));
@@ -154,6 +171,46 @@ describe('risk models: synthetic data, features, training and evaluation', funct
       const answer = scorer.score({ paymentId: '', merchantId: 'm', customerId: 'c', amount: 1_000n, currency: 'USD', cardFingerprint: 'card', deviceId: 'd', cardCountry: 'US', ipCountry: 'US', cardType: 'debit', merchantCategory: 'grocery' });
       assert.equal(answer.decision, Decision.DECISION_APPROVE);
     });
+  });
+});
+
+describe('risk evaluation: one hold-out for every model compared', function () {
+  this.timeout(60_000);
+
+  it('scores no model on payments it trained on or on other generated data: only those trained up to the hold-out, on the same data', async () => {
+    const { trainModels } = await import('./pipeline.js');
+    const synth = { ...SMALL, weeks: 3 };
+    const dataset = buildDataset(synth);
+    const [logistic] = await trainModels(dataset, timeSplit(dataset, 2), synth);
+    const at = (artefact: ModelArtefact, createdAt: string) => ({ artefact: { ...artefact, createdAt } });
+    // The newest: trained on weeks 0-1, so the hold-out is week 2.
+    const newest = at(logistic!, '2026-12-06T10:00:00.000Z');
+    const olderSameData = at({ ...logistic!, version: 'older', synth: { ...synth, weeks: 4 } }, '2026-12-05T10:00:00.000Z');
+    const intoHoldout = at({ ...logistic!, version: 'into-holdout', trainingWindow: { ...logistic!.trainingWindow, toMs: 3 * 7 * 86_400_000 } }, '2026-12-04T10:00:00.000Z');
+    const otherSeed = at({ ...logistic!, version: 'other-seed', synth: { ...synth, seed: 99 } }, '2026-12-03T10:00:00.000Z');
+    const { reference, comparable, skipped } = comparableArtefacts([otherSeed, olderSameData, intoHoldout, newest]);
+    assert.equal(reference, newest.artefact);
+    assert.deepEqual(comparable.map((c) => c.artefact.version), ['older', logistic!.version]);
+    assert.deepEqual(skipped.map((s) => s.candidate.artefact.version), ['other-seed', 'into-holdout']);
+  });
+});
+
+describe('risk model serving: decisions', () => {
+  const request = { paymentId: '', merchantId: 'm', customerId: 'c', amount: 1_000n, currency: 'USD', cardFingerprint: 'card', deviceId: 'd', cardCountry: 'US', ipCountry: 'US', cardType: 'debit', merchantCategory: 'grocery' };
+
+  it('a score that is not a number (the model overflowed to +Infinity - Infinity) declines, never approves', async () => {
+    const weights = new Array<number>(16).fill(0);
+    // log_amount and card_sum_1h_log with weights that overflow in opposite directions: the sum is NaN.
+    weights[0] = 1e308;
+    weights[4] = -1e308;
+    const model = await loadModel({ kind: 'logistic', means: new Array<number>(16).fill(0), stds: new Array<number>(16).fill(1), weights, bias: 0 });
+    const store = new FeatureStore();
+    store.observe({ at: 0, merchantId: 'm', merchantCategory: 'grocery', customerId: 'm:c', cardFingerprint: 'card', cardType: 'debit', cardCountry: 'US', deviceId: 'd', ipCountry: 'US', amount: 1_000 });
+    assert.ok(Number.isNaN(model.score(store.features({ ...request, at: 1_000, customerId: 'm:c', amount: 1_000 }))), 'the model answers NaN here');
+    const answer = new ModelScorer(model, store, 'logistic-overflow', 0.5).score(request, 1_000);
+    assert.equal(answer.decision, Decision.DECISION_DECLINE);
+    assert.deepEqual(answer.reasons, ['score_not_finite']);
+    assert.equal(answer.scorePpm, 1_000_000);
   });
 });
 
@@ -185,6 +242,13 @@ describe('risk retraining', function () {
     const second = await retrain(file, 4);
     assert.equal(second.promoted, false, 'an equal challenger does not replace the champion');
     assert.equal(JSON.parse(await read(file, 'utf8')).version, first.challenger.version);
+  });
+
+  it('refuses to compare with a champion trained on the hold-out week (its cost there would be in-sample)', async () => {
+    const { retrain } = await import('./retrain.js');
+    // The champion trained on weeks 0-1; a retraining with two weeks of history holds out week 1.
+    const file = await championFile();
+    await assert.rejects(retrain(file, 2), /trained up to day 14, into the hold-out week \(from day 7\)/);
   });
 
   it('trains the challenger on payments at least a week old, labelled with the chargebacks known at the run, not a week before', async () => {

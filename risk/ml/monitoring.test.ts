@@ -15,6 +15,16 @@ describe('risk monitoring: drift (PSI) and fairness', () => {
     assert.ok(psi(training, normal(20_000, 1)) >= 0.25);
   });
 
+  it('PSI sees drift in a flag or a count that is mostly 0 (its deciles all tie at 0)', () => {
+    // country_mismatch on 3% of training payments, then on 30%; card_count_1m mostly 0, then bursts.
+    const flag = (n: number, share: number) => Array.from({ length: n }, () => (rng.chance(share) ? 1 : 0));
+    const training = flag(5_000, 0.03);
+    assert.ok(psi(training, flag(5_000, 0.03)) < 0.1, 'the same share is stable');
+    assert.ok(psi(training, flag(5_000, 0.3)) >= 0.25, `3% -> 30%: ${psi(training, flag(5_000, 0.3))}`);
+    const counts = (n: number, burst: number) => Array.from({ length: n }, () => (rng.chance(burst) ? rng.int(5, 20) : rng.chance(0.05) ? 1 : 0));
+    assert.ok(psi(counts(5_000, 0), counts(5_000, 0.2)) >= 0.25, 'a card-testing burst in a count that is mostly 0');
+  });
+
   it('flags the shifted feature and the score, not the others', () => {
     const training = Array.from({ length: 5_000 }, () => [rng.normal(), rng.normal()]);
     // The current window: amounts (feature 0) tripled in scale, feature 1 unchanged.

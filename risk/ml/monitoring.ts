@@ -17,25 +17,37 @@ export interface Drift {
 }
 
 /**
- * PSI of `actual` against `expected`, over ten bins cut at the deciles of `expected` (tied cut points merge).
- * Empty bins count as 0.5 observations, so a bin that empties never divides by zero.
+ * PSI of `actual` against `expected`, over bins cut at the deciles of `expected` (tied cut points merge). Each cut
+ * value is a bin of its own between the intervals around it: most model inputs are counts and flags, mostly 0,
+ * whose deciles all tie at 0, and with intervals alone every value fell into one bin ([0, inf)), so a flag going
+ * from 3% to 50% of payments, or a burst of card counts, read as no drift at all. Empty bins count as 0.5
+ * observations, so a bin that empties never divides by zero; bins empty in both samples are left out.
  */
 export function psi(expected: readonly number[], actual: readonly number[]): number {
   if (expected.length === 0 || actual.length === 0) return 0;
   const sorted = [...expected].sort((a, b) => a - b);
   const cuts = [...new Set(Array.from({ length: 9 }, (_, i) => sorted[Math.floor(((i + 1) * sorted.length) / 10)]!))];
+  // Bins 0, 2, ..., 2m: the open intervals below, between and above the cuts; bin 2k+1: the value cuts[k] itself.
+  const binOf = (v: number) => {
+    let k = 0;
+    while (k < cuts.length && v > cuts[k]!) k++;
+    return k < cuts.length && v === cuts[k] ? 2 * k + 1 : 2 * k;
+  };
   const histogram = (values: readonly number[]) => {
-    const counts = new Array<number>(cuts.length + 1).fill(0);
-    for (const v of values) {
-      let bin = 0;
-      while (bin < cuts.length && v >= cuts[bin]!) bin++;
-      counts[bin]!++;
-    }
-    return counts.map((c) => Math.max(c, 0.5) / values.length);
+    const counts = new Array<number>(2 * cuts.length + 1).fill(0);
+    for (const v of values) counts[binOf(v)]!++;
+    return counts;
   };
   const e = histogram(expected);
   const a = histogram(actual);
-  return e.reduce((sum, ei, i) => sum + (a[i]! - ei) * Math.log(a[i]! / ei), 0);
+  let sum = 0;
+  for (let i = 0; i < e.length; i++) {
+    if (e[i] === 0 && a[i] === 0) continue;
+    const ei = Math.max(e[i]!, 0.5) / expected.length;
+    const ai = Math.max(a[i]!, 0.5) / actual.length;
+    sum += (ai - ei) * Math.log(ai / ei);
+  }
+  return sum;
 }
 
 export function driftStatus(value: number): DriftStatus {

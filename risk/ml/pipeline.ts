@@ -88,6 +88,29 @@ export async function trainModels(dataset: Dataset, split: Split, synth: SynthOp
   });
 }
 
+/**
+ * The artefacts one evaluation compares on one hold-out: the newest artefact's data set and hold-out (the weeks
+ * after its training cut-off), and of the others those trained on the same generated data (same generator
+ * settings, whatever the weeks) up to that cut-off at the latest. The evaluation took the data set and cut-off of
+ * whichever artefact it read first and scored the others on it: a model trained a week longer was scored on
+ * its own training payments (inflated PR-AUC and cost), and one of another seed on payments it never modelled.
+ */
+export function comparableArtefacts<T extends { artefact: ModelArtefact }>(candidates: readonly T[]): { reference: ModelArtefact; comparable: T[]; skipped: { candidate: T; why: string }[] } {
+  const newest = [...candidates].sort((a, b) => a.artefact.createdAt.localeCompare(b.artefact.createdAt)).pop();
+  if (!newest) throw new Error('no model artefact to evaluate');
+  const reference = newest.artefact;
+  const sameData = (a: SynthOptions) => (Object.keys(reference.synth) as (keyof SynthOptions)[]).every((k) => k === 'weeks' || a[k] === reference.synth[k]);
+  const comparable: T[] = [];
+  const skipped: { candidate: T; why: string }[] = [];
+  for (const candidate of candidates) {
+    const a = candidate.artefact;
+    if (!sameData(a.synth)) skipped.push({ candidate, why: `trained on other generated data (${JSON.stringify(a.synth)}) than ${reference.version}` });
+    else if (a.trainingWindow.toMs > reference.trainingWindow.toMs) skipped.push({ candidate, why: `trained up to ${a.trainingWindow.toMs} ms, into the hold-out of ${reference.version} (from ${reference.trainingWindow.toMs} ms)` });
+    else comparable.push(candidate);
+  }
+  return { reference, comparable, skipped };
+}
+
 /** A synthetic payment as the payment service's Score request; `id` maps the generator's ids (e.g. to UUIDs). */
 export function synthScoreRequest(p: SynthPayment, id: (raw: string) => string = (raw) => raw): ScoreRequest {
   return {

@@ -4,21 +4,20 @@
  * 0.1 watch, 0.25 alert), and fairness (false-positive and decline rates per card country and card type,
  * flagged when a segment's legitimate payments are declined markedly and significantly more than the others'). Writes .data/risk/monitoring.json.
  */
-import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { FEATURE_NAMES } from './features.js';
-import { loadModel } from './models.js';
+import { readArtefact } from './artefact.js';
 import { driftReport, fairnessReport } from './monitoring.js';
-import { buildDataset, timeSplit, type ModelArtefact } from './pipeline.js';
+import { buildDataset, timeSplit } from './pipeline.js';
 
 const { values } = parseArgs({ options: { kind: { type: 'string' } } });
 const kind = values.kind ?? 'logistic';
 const dir = process.env['RISK_MODEL_DIR'] ?? '.data/risk/models';
 const file = (await readdir(dir)).filter((f) => f.startsWith(`${kind}-`) && f.endsWith('.json')).sort().pop();
 if (!file) throw new Error(`no ${kind} model in ${dir}: run npm run risk:train first`);
-const artefact = JSON.parse(await readFile(path.join(dir, file), 'utf8')) as ModelArtefact;
-const model = await loadModel(artefact.parameters);
+const { artefact, model } = await readArtefact(path.join(dir, file));
 const dataset = buildDataset(artefact.synth);
 const split = timeSplit(dataset, artefact.trainingWindow.toMs / (7 * 86_400_000));
 const vectors = (idx: number[]) => idx.map((i) => dataset.vectors[i]!);

@@ -8,7 +8,8 @@
 import { readFile, writeFile, mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { loadModel } from './models.js';
+import { parseArtefact, readArtefact } from './artefact.js';
+import type { FraudModel } from './models.js';
 import { buildDataset, evaluateScores, timeSplit, trainModels, type ModelArtefact } from './pipeline.js';
 import { DEFAULT_SYNTH } from './synth.js';
 
@@ -21,19 +22,21 @@ export interface RetrainOutcome {
 
 /** Trains and compares; promotes by writing `championPath` when the challenger is cheaper on the hold-out. */
 export async function retrain(championPath: string, weeks: number): Promise<RetrainOutcome> {
-  const champion = JSON.parse(await readFile(championPath, 'utf8')) as ModelArtefact;
+  const { artefact: champion, model: championModel } = await readArtefact(championPath);
   const synth = { ...champion.synth, weeks };
   const dataset = buildDataset(synth);
   // Payments at least a week old, labelled with every chargeback known now (the end of the history).
   const split = { ...timeSplit(dataset, weeks - 1), labelsAt: weeks * 7 * 86_400_000 };
+  // A champion that trained on the hold-out week would be costed on its own training payments (in-sample, so
+  // cheaper than it is) and a better challenger would not be promoted: no comparison then.
+  if (champion.trainingWindow.toMs > split.cutoff) {
+    throw new Error(`champion ${champion.version} was trained up to day ${champion.trainingWindow.toMs / 86_400_000}, into the hold-out week (from day ${split.cutoff / 86_400_000}): retrain with more weeks of history`);
+  }
   const challenger = (await trainModels(dataset, split, synth)).find((a) => a.kind === champion.kind)!;
   const holdout = split.test.map((i) => dataset.payments[i]!);
-  const cost = async (a: ModelArtefact) => {
-    const model = await loadModel(a.parameters);
-    return evaluateScores(a.version, split.test.map((i) => model.score(dataset.vectors[i]!)), holdout, a.threshold).cost;
-  };
-  const championCost = await cost(champion);
-  const challengerCost = await cost(challenger);
+  const cost = (a: ModelArtefact, model: FraudModel) => evaluateScores(a.version, split.test.map((i) => model.score(dataset.vectors[i]!)), holdout, a.threshold).cost;
+  const championCost = cost(champion, championModel);
+  const challengerCost = cost(challenger, (await parseArtefact(JSON.stringify(challenger), 'challenger')).model);
   const promoted = challengerCost < championCost;
   if (promoted) await writeFile(championPath, JSON.stringify(challenger));
   return { promoted, championCost, challengerCost, challenger };

@@ -51,9 +51,23 @@ describe('risk rollout: champion/challenger', () => {
     assert.equal(last.payload?.$case, 'riskDecision');
     if (last.payload?.$case === 'riskDecision') {
       assert.deepEqual(
-        [last.payload.value.variant, last.payload.value.mode, last.payload.value.championScorePpm, last.payload.value.challengerScorePpm, last.payload.value.challengerVersion],
-        ['champion', 'shadow', 100_000, 900_000, 'chall-2'],
+        [last.payload.value.variant, last.payload.value.mode, last.payload.value.championScorePpm, last.payload.value.challengerScorePpm, last.payload.value.challengerVersion, last.payload.value.amount, last.payload.value.currency],
+        ['champion', 'shadow', 100_000, 900_000, 'chall-2', 500n, 'USD'],
       );
+    }
+  });
+
+  it('a challenger that fails to score costs no decision: the champion decides, and the event says the challenger did not score', () => {
+    const broken = { score: (): ScoreResponse => { throw new Error('booster failed'); } };
+    for (const mode of ['shadow', 'split'] as const) {
+      const published: Uint8Array[] = [];
+      // 100%: in split mode every customer is the challenger's.
+      const rollout = new ChampionChallenger(fixed(100_000, Decision.DECISION_APPROVE, 'champ-1'), broken, mode, 100, (_s, payload) => published.push(payload), 'x.risk.decisions', createLogger('t', 'silent'));
+      const answer = rollout.score(request('alice'));
+      assert.deepEqual([answer.modelVersion, answer.decision], ['champ-1', Decision.DECISION_APPROVE], mode);
+      const event = EventBatch.decode(published[0]!).events[0]!;
+      if (event.payload?.$case !== 'riskDecision') assert.fail('a risk.decision event');
+      assert.deepEqual([event.payload.value.variant, event.payload.value.championVersion, event.payload.value.challengerVersion], ['champion', 'champ-1', ''], mode);
     }
   });
 

@@ -41,9 +41,16 @@ export class ChampionChallenger implements Scorer {
 
   score(request: ScoreRequest, nowMs = Date.now()): ScoreResponse {
     const champion = this.champion.score(request, nowMs);
-    const challenger = this.challenger.score(request, nowMs);
-    const variant = this.mode === 'split' && bucketOf(assignmentKey(request)) < this.percent ? 'challenger' : 'champion';
-    const chosen = variant === 'challenger' ? challenger : champion;
+    // A challenger under trial must not cost a payment its decision: one that fails to score (a model error) is
+    // left out, and the champion decides, in shadow mode and for the challenger's share in split mode alike.
+    let challenger: ScoreResponse | undefined;
+    try {
+      challenger = this.challenger.score(request, nowMs);
+    } catch (err) {
+      this.logger.warn({ err, paymentId: request.paymentId }, 'challenger did not score; the champion decides');
+    }
+    const variant = challenger && this.mode === 'split' && bucketOf(assignmentKey(request)) < this.percent ? 'challenger' : 'champion';
+    const chosen = variant === 'challenger' && challenger ? challenger : champion;
     try {
       const eventId = randomUUID();
       // In the trace of the Score call (as payment events are in their operation's): a consumer continues it.
@@ -69,9 +76,11 @@ export class ChampionChallenger implements Scorer {
                 decision: DECISION_NAMES[chosen.decision] ?? 'approve',
                 championScorePpm: champion.scorePpm,
                 championVersion: champion.modelVersion,
-                challengerScorePpm: challenger.scorePpm,
-                challengerVersion: challenger.modelVersion,
+                // An empty version: the challenger did not score this payment (its score is no score then).
+                challengerScorePpm: challenger?.scorePpm ?? 0,
+                challengerVersion: challenger?.modelVersion ?? '',
                 amount: request.amount,
+                currency: request.currency,
               },
             },
           },

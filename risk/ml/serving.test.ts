@@ -202,6 +202,31 @@ describe('risk model serving: online features fed from payment events on JetStre
     }
   });
 
+  it('refuses to start on a broken artefact (another feature order, weights too short, no threshold) rather than serve it', async () => {
+    const params = artefact.parameters as Extract<ModelArtefact['parameters'], { kind: 'logistic' }>;
+    const broken: [string, unknown][] = [
+      // An older build's order: each input would meet another input's weight.
+      ['features', { ...artefact, features: [...artefact.features].reverse() }],
+      // Every score NaN: compared false with the threshold, every payment approved.
+      ['parameters.weights', { ...artefact, parameters: { ...params, weights: params.weights.slice(0, 10) } }],
+      // JSON writes NaN and Infinity as null, and a null threshold declines every payment.
+      ['threshold', { ...artefact, threshold: null }],
+    ];
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'risk-broken-'));
+    for (const [problem, content] of broken) {
+      const file = path.join(dir, `${problem}.json`);
+      await writeFile(file, JSON.stringify(content));
+      const outcome = await startRisk({ ...config, RISK_GRPC_LISTEN: '127.0.0.1:0', RISK_MODEL_PATH: file }, createLogger('risk-test', 'silent')).then(
+        async (app) => {
+          await app.close();
+          return 'served';
+        },
+        (error: Error) => error.message,
+      );
+      assert.ok(outcome.includes(problem) && outcome.includes(file), `${problem}: ${outcome}`);
+    }
+  });
+
   it('Score serves the model from RISK_MODEL_PATH, and a risky request scores above an ordinary one', async () => {
     const app = await startRisk({ ...config, RISK_GRPC_LISTEN: '127.0.0.1:0', RISK_MODEL_PATH: modelFile }, createLogger('risk-test', 'silent'));
     const client = new RiskClient(app.address);

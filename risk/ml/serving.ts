@@ -191,6 +191,9 @@ export class PaymentFeatureFeed {
   }
 }
 
+/** The reason of a decline because the model's score was not a finite number. */
+export const SCORE_NOT_FINITE = 'score_not_finite';
+
 /** Score with a model: decline at the artefact's cost-optimal threshold, review from half of it. */
 export class ModelScorer {
   constructor(
@@ -206,6 +209,9 @@ export class ModelScorer {
     const vector = this.store.features(factsFromScore(request, nowMs));
     this.drift?.record(vector);
     const score = this.model.score(vector);
+    // A score that is no number (a NaN feature, an overflow in the model) compares false with every threshold,
+    // which read as approve with a score of 0: it declines instead, and says why.
+    if (!Number.isFinite(score)) return { scorePpm: 1_000_000, decision: Decision.DECISION_DECLINE, reasons: [SCORE_NOT_FINITE], modelVersion: this.version };
     const decision = score >= this.threshold ? Decision.DECISION_DECLINE : score >= this.threshold / 2 ? Decision.DECISION_REVIEW : Decision.DECISION_APPROVE;
     return {
       scorePpm: Math.round(Math.min(1, Math.max(0, score)) * 1_000_000),
