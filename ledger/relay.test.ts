@@ -8,8 +8,8 @@ import type { Pool } from '../lib/db.js';
 import { EventBatch, type EventEnvelope } from '../proto/gen/events/v1/events.js';
 import { account, commitTransfers, startTestLedger, transfer } from '../test/ledger-harness.js';
 import { TestNatsServer } from '../test/nats-server.js';
-import { freePort } from '../test/ledger-process.js';
-import { testPool } from '../test/support.js';
+import { freePort, spawnLedger } from '../test/ledger-process.js';
+import { testConfig, testPool } from '../test/support.js';
 import { createLogger } from '../lib/logger.js';
 import type { Transfer } from '../proto/gen/ledger/v1/ledger.js';
 import { outboxMessageId, outboxSubject } from './outbox.js';
@@ -211,7 +211,6 @@ describe('outbox relay to JetStream (own NATS server, real PostgreSQL)', functio
     }
     const { OutboxRelay } = await import('./relay.js');
     const { ensureEventStream } = await import('../lib/streams.js');
-    const { testConfig } = await import('../test/support.js');
     const config = testConfig({ ...env, LEDGER_RELAY_BATCH_ROWS: '4' });
     const { js, jsm: manager } = await connectJetStream(observer);
     await ensureEventStream(manager, config);
@@ -244,7 +243,6 @@ describe('outbox relay to JetStream (own NATS server, real PostgreSQL)', functio
     }
     const { js, jsm: manager } = await connectJetStream(observer);
     const { ensureEventStream } = await import('../lib/streams.js');
-    const { testConfig } = await import('../test/support.js');
     await ensureEventStream(manager, testConfig(env));
     const rows = (await pool.query('SELECT shard, batch_id, part, payload FROM outbox ORDER BY shard, sequence')).rows;
     assert.ok(rows.length > 0);
@@ -259,6 +257,51 @@ describe('outbox relay to JetStream (own NATS server, real PostgreSQL)', functio
       assertEveryTransferOnceInShardOrder(messages, transfers, env['EVENTS_SUBJECT_PREFIX']!);
     } finally {
       await ledger.close();
+    }
+  });
+  it('the ledger process killed with SIGKILL after JetStream acknowledged a round and before its outbox rows were deleted: they go out again, JetStream keeps one copy', async () => {
+    const quiet = await startTestLedger({ ...env, LEDGER_RELAY_ENABLED: 'false' });
+    let transfers: Transfer[];
+    try {
+      transfers = await commitTransfers(quiet.client, 600);
+    } finally {
+      await quiet.close();
+    }
+    const committedRows = await outboxRows();
+    // The test holds the outbox rows' locks: the relay reads and publishes them, and its DELETE then waits.
+    const holder = await pool.connect();
+    const processEnv = { ...env, DATABASE_URL: testConfig().DATABASE_URL, LOG_LEVEL: 'silent', LEDGER_SHARDS: '8', METRICS_PORT: '0', TRACES_EXPORTER: 'none' };
+    let ledger = await (async () => {
+      await holder.query('BEGIN');
+      await holder.query('SELECT 1 FROM outbox FOR UPDATE');
+      return spawnLedger(processEnv);
+    })();
+    try {
+      // The point that matters: JetStream has the round (the relay awaited every ack before deleting) and the delete is pending.
+      const deadline = Date.now() + 20_000;
+      let waiting: number[] = [];
+      while (waiting.length === 0) {
+        if (Date.now() > deadline) throw new Error('the relay never tried to delete the rows it published');
+        await new Promise((r) => setTimeout(r, 50));
+        waiting = (
+          await pool.query(`SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'DELETE FROM outbox%'`)
+        ).rows.map((r) => r.pid);
+      }
+      const publishedBeforeKill = (await streamMessages(env['EVENTS_STREAM']!)).length;
+      assert.ok(publishedBeforeKill > 0, 'nothing was published before the kill');
+      await ledger.stop('SIGKILL');
+      // The killed process's DELETE would still run once the locks go (PostgreSQL notices the lost client only later): end it, as its death would.
+      await pool.query('SELECT pg_terminate_backend(pid) FROM unnest($1::int4[]) AS pid', [waiting]);
+      await holder.query('ROLLBACK');
+      assert.equal(await outboxRows(), committedRows, 'rows were deleted before the kill');
+
+      ledger = await spawnLedger(processEnv);
+      const messages = await publishedOnceEach(transfers);
+      assert.ok(messages.length >= publishedBeforeKill);
+    } finally {
+      await holder.query('ROLLBACK').catch(() => undefined);
+      holder.release();
+      await ledger.stop();
     }
   });
 });
