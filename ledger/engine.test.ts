@@ -408,8 +408,9 @@ describe('ledger engine: BatchEvaluator (pure, no database)', () => {
       const toClosed = committedPending(d, closedCredit, 5n);
       const toFull = committedPending(d, fullCredit, 5n);
       const existingPost = transferRow({ debitAccountId: d.id, creditAccountId: c.id, amount: 50n, pendingId: p.row.id, flags: TransferFlag.postPendingTransfer });
+      const partialPost = transferRow({ debitAccountId: d.id, creditAccountId: c.id, amount: 20n, pendingId: p.row.id, flags: TransferFlag.postPendingTransfer });
       const all = [p, posted, voided, expired, due, toClosed, toFull];
-      const state = batchState([d, c, closedCredit, fullCredit], [single, existingPost, ...all.map((x) => x.row)], all.map((x) => x.pending));
+      const state = batchState([d, c, closedCredit, fullCredit], [single, existingPost, partialPost, ...all.map((x) => x.row)], all.map((x) => x.pending));
       const POST = TransferFlag.postPendingTransfer;
       const VOID = TransferFlag.voidPendingTransfer;
       const selfId = randomUUID();
@@ -421,6 +422,10 @@ describe('ledger engine: BatchEvaluator (pure, no database)', () => {
         [r({ pendingId: p.row.id, timeout: 1, id: existingPost.id }), 'timeout_reserved_for_pending_transfer'],
         [r({ pendingId: p.row.id, id: existingPost.id, amount: 3n }), 'exists_with_different_fields'],
         [r({ pendingId: p.row.id, id: existingPost.id, amount: 50n, debitAccountId: d.id }), 'exists'],
+        // Amount 0 is the full pending amount (50): a retry of a partial post with it differs.
+        [r({ pendingId: p.row.id, id: existingPost.id, debitAccountId: d.id }), 'exists'],
+        [r({ pendingId: p.row.id, id: partialPost.id }), 'exists_with_different_fields'],
+        [r({ pendingId: p.row.id, id: partialPost.id, amount: 20n }), 'exists'],
         [r({ pendingId: randomUUID(), debitAccountId: c.id }), 'pending_transfer_not_found'],
         [r({ pendingId: single.id, debitAccountId: c.id }), 'pending_transfer_not_pending'],
         [r({ pendingId: posted.row.id, debitAccountId: c.id, creditAccountId: d.id, ledger: 840, code: 9, amount: 99n }), 'pending_transfer_has_different_debit_account_id'],

@@ -377,7 +377,7 @@ export class BatchEvaluator {
     if (t.pendingId === t.id) return failure('pending_id_must_be_different');
     if (t.timeout !== 0) return failure('timeout_reserved_for_pending_transfer');
 
-    const taken = this.takenId(t, (existing) => sameResolution(existing, t));
+    const taken = this.takenId(t, (existing) => sameResolution(existing, t, this.state.transfers.get(t.pendingId)?.amount));
     if (taken) return taken;
 
     const original = this.state.transfers.get(t.pendingId);
@@ -579,8 +579,13 @@ function sameSingleTransfer(e: TransferRow, t: TransferInput): boolean {
   );
 }
 
-/** A retried post/void matches when every field it gives agrees with what was recorded. */
-function sameResolution(e: TransferRow, t: TransferInput): boolean {
+/**
+ * A retried post/void matches when every field it gives agrees with what was recorded. Amount 0 is not "not
+ * given" but "the full pending amount" (as in TigerBeetle): a post in full retried after a partial post with its
+ * id is exists_with_different_fields, not `exists` (which would tell the caller the whole amount was posted).
+ * `pendingAmount` is the amount of the pending transfer the event names (loaded with every batch naming it).
+ */
+function sameResolution(e: TransferRow, t: TransferInput, pendingAmount: bigint | undefined): boolean {
   return (
     e.pendingId === t.pendingId &&
     (e.flags & ~TransferFlag.linked) === (t.flags & ~TransferFlag.linked) &&
@@ -588,7 +593,7 @@ function sameResolution(e: TransferRow, t: TransferInput): boolean {
     (t.creditAccountId === '' || t.creditAccountId === e.creditAccountId) &&
     (t.ledger === 0 || t.ledger === e.ledger) &&
     (t.code === 0 || t.code === e.code) &&
-    (t.amount === 0n || t.amount === e.amount) &&
+    e.amount === (t.amount === 0n ? pendingAmount : t.amount) &&
     metadataEqual(e.metadata, t.metadata)
   );
 }

@@ -346,6 +346,20 @@ describe('ledger result codes (gRPC, PostgreSQL)', function () {
       assert.deepEqual(await balances(d, c), [[0n, 30n, 0n, 0n], [0n, 0n, 0n, 30n]]);
     });
 
+    it('a post retried with amount 0 (in full) after a partial post with its id is exists_with_different_fields', async () => {
+      const { d, c } = await pair();
+      const p = await pending(d, c, 100n);
+      const partial = transfer({ pendingId: p, amount: 30n, flags: { postPendingTransfer: true }, ledger: 0, code: 0 });
+      assert.deepEqual(await send(partial), ['ok']);
+      // Amount 0 asks for the full 100: answering `exists` would tell the caller 100 was posted when 30 was.
+      assert.deepEqual(await send({ ...partial, amount: 0n }, { ...partial, amount: 100n }, partial), ['exists_with_different_fields', 'exists_with_different_fields', 'exists']);
+      // A post in full is `exists` whether retried with 0 or with the pending amount.
+      const q = await pending(d, c, 40n);
+      const full = transfer({ pendingId: q, flags: { postPendingTransfer: true }, ledger: 0, code: 0 });
+      assert.deepEqual(await send(full, { ...full, amount: 40n }, { ...full, amount: 39n }), ['ok', 'exists', 'exists_with_different_fields']);
+      assert.deepEqual(await balances(d, c), [[0n, 70n, 0n, 0n], [0n, 0n, 0n, 70n]]);
+    });
+
     it('resolution checks: required and different pending id, not found, not pending, mismatching fields, timeout', async () => {
       const { d, c } = await pair();
       const p = await pending(d, c, 10n);

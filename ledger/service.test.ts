@@ -60,6 +60,15 @@ describe('ledger service (gRPC, PostgreSQL)', function () {
       assert.deepEqual(await ledger.client.lookupTransfers([good.id]), []);
     });
 
+    it('a transfer other than a post/void without its accounts; the id stays usable', async () => {
+      const [a, b] = await accounts(2);
+      const good = transfer({ debitAccountId: a!, creditAccountId: b!, amount: 1n });
+      await expectInvalid(ledger.client.createTransfers([{ ...good, debitAccountId: '' }]), /^transfers\.0\.debit_account_id$/);
+      await expectInvalid(ledger.client.createTransfers([{ ...good, creditAccountId: '', flags: { ...good.flags!, pending: true } }]), /^transfers\.0\.credit_account_id$/);
+      // Refused before evaluation: not debit_account_not_found, which would have spent the id (id_already_failed now).
+      assert.equal(transferCodeName((await ledger.client.createTransfers([good]))[0]!.code), 'ok');
+    });
+
     it('accepts upper-case UUIDs as the same ids', async () => {
       const [a, b] = await accounts(2);
       const t = transfer({ debitAccountId: a!.toUpperCase(), creditAccountId: b!, amount: 3n });

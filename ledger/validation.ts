@@ -1,6 +1,6 @@
 import { ValidationError } from '../lib/errors.js';
 import type { Account, AccountFlags, Transfer, TransferFlags } from '../proto/gen/ledger/v1/ledger.js';
-import { AccountFlag, MAX_BATCH_EVENTS, TransferFlag, type AccountInput, type Metadata, type TransferInput } from './model.js';
+import { AccountFlag, MAX_BATCH_EVENTS, TransferFlag, hasFlag, type AccountInput, type Metadata, type TransferInput } from './model.js';
 
 /**
  * Request validation at the gRPC boundary: malformed requests are INVALID_ARGUMENT with the offending field and
@@ -79,16 +79,28 @@ export function parseAccounts(accounts: readonly Account[]): AccountInput[] {
 
 export function parseTransfers(transfers: readonly Transfer[]): TransferInput[] {
   checkBatchSize(transfers.length, 'transfers');
-  return transfers.map((t, i) => ({
-    id: parseId(t.id, `transfers.${i}.id`),
-    debitAccountId: parseId(t.debitAccountId, `transfers.${i}.debit_account_id`, { optional: true }),
-    creditAccountId: parseId(t.creditAccountId, `transfers.${i}.credit_account_id`, { optional: true }),
-    amount: t.amount,
-    pendingId: parseId(t.pendingId, `transfers.${i}.pending_id`, { optional: true }),
-    ledger: t.ledger,
-    code: t.code,
-    flags: transferFlagsToBits(t.flags),
-    timeout: t.timeout,
-    metadata: parseMetadata(t.metadata, `transfers.${i}.metadata`),
-  }));
+  return transfers.map((t, i) => {
+    const flags = transferFlagsToBits(t.flags);
+    // Only a post/void may leave its accounts out (they are its pending transfer's). Elsewhere an empty id is
+    // malformed like the nil UUID (TigerBeetle: *_account_id_must_not_be_zero); evaluated, it was
+    // debit_account_not_found, which spends the event's id (README "Spent ids") for a mistake in the request.
+    const accountsOptional = hasFlag(flags, TransferFlag.postPendingTransfer | TransferFlag.voidPendingTransfer);
+    return {
+      id: parseId(t.id, `transfers.${i}.id`),
+      debitAccountId: parseAccountId(t.debitAccountId, `transfers.${i}.debit_account_id`, accountsOptional),
+      creditAccountId: parseAccountId(t.creditAccountId, `transfers.${i}.credit_account_id`, accountsOptional),
+      amount: t.amount,
+      pendingId: parseId(t.pendingId, `transfers.${i}.pending_id`, { optional: true }),
+      ledger: t.ledger,
+      code: t.code,
+      flags,
+      timeout: t.timeout,
+      metadata: parseMetadata(t.metadata, `transfers.${i}.metadata`),
+    };
+  });
+}
+
+function parseAccountId(value: string, field: string, optional: boolean): string {
+  if (value === '' && !optional) throw new ValidationError(field, 'required (only a post or void of a pending transfer may leave it empty)');
+  return parseId(value, field, { optional });
 }

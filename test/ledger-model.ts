@@ -335,7 +335,8 @@ export class LedgerModel {
         (t.creditAccountId === '' || t.creditAccountId === existing.creditAccountId) &&
         (t.ledger === 0 || t.ledger === existing.ledger) &&
         (t.code === 0 || t.code === existing.code) &&
-        (t.amount === 0n || t.amount === existing.amount) &&
+        // Amount 0 means the full pending amount: a partial post is not the same as a full one.
+        existing.amount === (t.amount === 0n ? this.transfers.get(t.pendingId)!.amount : t.amount) &&
         sameMetadata(existing.metadata, t.metadata);
       return same ? 'exists' : 'exists_with_different_fields';
     }
