@@ -154,6 +154,59 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
       expectError(await api.get('/v1/accounts/not-a-uuid', keyA), 404, 'resource_missing');
     });
 
+    it('two concurrent creations of one id with different fields: the account the ledger made stays the merchant\'s, whichever request claimed the id', async () => {
+      // The first request claims the id, then waits in its ledger call while the second (the id is the merchant's
+      // already) creates the account; the first is then refused exists_with_different_fields. Its claim is the
+      // merchant's ownership of the account the second made: forgetting it left an account answered 201 that was
+      // nobody's (404 to the merchant, and its id taken for good).
+      const id = randomUUID();
+      let release!: () => void;
+      const gate = new Promise<void>((resolve) => (release = resolve));
+      let held!: () => void;
+      const reached = new Promise<void>((resolve) => (held = resolve));
+      const backends = stack.gateway.backends;
+      const original = backends.ledgerCall;
+      backends.ledgerCall = <T>(work: Parameters<typeof original<T>>[0], idempotent: boolean): Promise<T> =>
+        original.call(
+          backends,
+          (ledger, options) =>
+            work(
+              new Proxy(ledger, {
+                get(target, property) {
+                  if (property === 'createAccounts') {
+                    return async (accounts: Parameters<typeof target.createAccounts>[0], callOptions: Parameters<typeof target.createAccounts>[1]) => {
+                      if (accounts[0]?.metadata['attempt'] === 'first') {
+                        held();
+                        await gate;
+                      }
+                      return target.createAccounts(accounts, callOptions);
+                    };
+                  }
+                  const value = Reflect.get(target, property, target);
+                  return typeof value === 'function' ? value.bind(target) : value;
+                },
+              }),
+              options,
+            ),
+          idempotent,
+        ) as Promise<T>;
+      try {
+        const first = api.post('/v1/accounts', keyA, { id, currency: 'USD', metadata: { attempt: 'first' } });
+        await reached;
+        const second = await api.post('/v1/accounts', keyA, { id, currency: 'USD', metadata: { attempt: 'second' } });
+        assert.equal(second.status, 201, second.text);
+        release();
+        expectError(await first, 422, 'exists_with_different_fields', 'id');
+      } finally {
+        backends.ledgerCall = original;
+      }
+      const got = await api.get(`/v1/accounts/${id}`, keyA);
+      assert.equal(got.status, 200, got.text);
+      assert.deepEqual(got.body.metadata, { attempt: 'second' });
+      const moved = await api.post('/v1/transfers', keyA, { debit_account_id: id, credit_account_id: await account(keyA), amount: 1, currency: 'USD' });
+      assert.equal(moved.status, 201, moved.text);
+    });
+
     it("an account the ledger holds that no merchant owns (an operator's, made with the ledger's CLI) cannot be claimed by naming its id", async () => {
       const { newAccount, newTransfer } = await import('../ledger/client.js');
       const { currencyOf } = await import('../lib/currency.js');

@@ -59,9 +59,15 @@ export function accountRoutes(app: Gateway, ctx: RouteContext): void {
     await unclaim();
     throw new AppError('conflict', code, `The ledger refused the account: ${code}`, { field: code.startsWith('exists') ? 'id' : 'flags' });
 
-    /** Forgets the ownership row this request made (none if the merchant owned the id before). */
+    /**
+     * Forgets the ownership row this request made (none if the merchant owned the id before), unless the ledger
+     * holds the account: then a concurrent request of this merchant, let through by this very claim, made it (with
+     * other fields, hence this refusal; the check before claiming refused any other holder), and answered 201.
+     * Forgotten, that account was nobody's: 404 to the merchant, and its id taken for good.
+     */
     async function unclaim(): Promise<void> {
-      if (claimed.rowCount === 1) await withTransaction(pool, (client) => client.query('DELETE FROM merchant_accounts WHERE account_id = $1 AND merchant_id = $2', [id, merchantId]));
+      if (claimed.rowCount !== 1 || (await inLedger(id))) return;
+      await withTransaction(pool, (client) => client.query('DELETE FROM merchant_accounts WHERE account_id = $1 AND merchant_id = $2', [id, merchantId]));
     }
 
     async function ownsAccount(accountId: string): Promise<boolean> {
