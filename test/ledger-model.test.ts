@@ -566,7 +566,9 @@ describe('ledger against the reference model (randomized, seeded)', function () 
       if (RUNS >= 4)
         for (const c of ['ok', 'exists', 'exists_with_different_fields', 'linked_event_failed', 'linked_event_chain_open', 'overflow', 'exceeds_credits', 'ledger_mismatch', 'account_closed', 'pending_transfer_already_posted', 'id_already_failed'])
           assert.ok((codes.get(c) ?? 0) > 0, `no event was answered ${c}`);
-      assert.ok((codes.get('ok') ?? 0) > events / 8, `too few ok events: ${codes.get('ok')} of ${events}`);
+      // A twelfth: across seeds the share of ok answers runs from about 12% to 35% (seeds 100-119: 12.9% at the
+      // least); an eighth failed one seed in twenty or so (1275423414: 921 of 7,500), with the generator unchanged.
+      assert.ok((codes.get('ok') ?? 0) > events / 12, `too few ok events: ${codes.get('ok')} of ${events}`);
     });
   });
 
