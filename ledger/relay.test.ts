@@ -46,6 +46,16 @@ describe('outbox relay to JetStream (own NATS server, real PostgreSQL)', functio
   });
 
 
+  /** `count` transfers committed by a ledger whose relay is off: their outbox rows wait for the test's relay. */
+  async function committedWithRelayOff(count: number): Promise<Transfer[]> {
+    const quiet = await startTestLedger({ ...env, LEDGER_RELAY_ENABLED: 'false' });
+    try {
+      return await commitTransfers(quiet.client, count);
+    } finally {
+      await quiet.close();
+    }
+  }
+
   async function outboxRows(): Promise<number> {
     return (await pool.query('SELECT count(*)::int AS n FROM outbox')).rows[0].n;
   }
@@ -234,13 +244,7 @@ describe('outbox relay to JetStream (own NATS server, real PostgreSQL)', functio
 
   it('a relay that published and died before deleting: the rows go out again and JetStream keeps one copy', async () => {
     // Commit with the relay off, then publish the rows as a relay would have, without deleting them.
-    const quiet = await startTestLedger({ ...env, LEDGER_RELAY_ENABLED: 'false' });
-    let transfers: Transfer[];
-    try {
-      transfers = await commitTransfers(quiet.client, 1000);
-    } finally {
-      await quiet.close();
-    }
+    const transfers = await committedWithRelayOff(1000);
     const { js, jsm: manager } = await connectJetStream(observer);
     const { ensureEventStream } = await import('../lib/streams.js');
     await ensureEventStream(manager, testConfig(env));
@@ -259,14 +263,9 @@ describe('outbox relay to JetStream (own NATS server, real PostgreSQL)', functio
       await ledger.close();
     }
   });
+
   it('the ledger process killed with SIGKILL after JetStream acknowledged a round and before its outbox rows were deleted: they go out again, JetStream keeps one copy', async () => {
-    const quiet = await startTestLedger({ ...env, LEDGER_RELAY_ENABLED: 'false' });
-    let transfers: Transfer[];
-    try {
-      transfers = await commitTransfers(quiet.client, 600);
-    } finally {
-      await quiet.close();
-    }
+    const transfers = await committedWithRelayOff(600);
     const committedRows = await outboxRows();
     // The test holds the outbox rows' locks: the relay reads and publishes them, and its DELETE then waits.
     const holder = await pool.connect();
