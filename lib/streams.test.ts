@@ -3,7 +3,8 @@ import { randomUUID } from 'node:crypto';
 import { TestNatsServer } from '../test/nats-server.js';
 import { testConfig } from '../test/support.js';
 import { connectJetStream, connectNats, type NatsConnection } from './nats.js';
-import { ensureDeadLetterStream, ensureEventStream } from './streams.js';
+import type { JetStreamManager } from '@nats-io/jetstream';
+import { ensureDeadLetterStream, ensureEventStream, eventStreamConfig } from './streams.js';
 
 describe('events stream set-up', () => {
   let nc: NatsConnection;
@@ -36,6 +37,35 @@ describe('events stream set-up', () => {
     info = await jsm.streams.info(config.EVENTS_STREAM);
     assert.equal(info.config.max_age, 24 * 3600 * 1e9);
     assert.equal(info.config.duplicate_window, 300 * 1e9);
+  });
+
+  it('a stream another process creates between the look and the create is taken as found, and brought to the settings', async () => {
+    const { jsm } = await connectJetStream(nc);
+    const racing = { ...config, EVENTS_STREAM: `STREAM_RACE_${suffix}`, EVENTS_SUBJECT_PREFIX: `streamrace-${suffix}` };
+    const other = await connectNats(testConfig(), { name: 'streams-test-other' });
+    try {
+      const rival = (await connectJetStream(other)).jsm;
+      // The real manager, except that its first look reports the stream missing after a rival has made it (with
+      // another retention): as happens when two services start at once.
+      let looked = false;
+      const streams = new Proxy(jsm.streams, {
+        get(target, prop, receiver) {
+          if (prop !== 'info' || looked) return Reflect.get(target, prop, receiver) as unknown;
+          return async (name: string) => {
+            looked = true;
+            const missing = await target.info(name).then(() => undefined, (error: unknown) => error);
+            await rival.streams.add({ ...eventStreamConfig(racing), max_age: 3600 * 1e9 });
+            throw missing;
+          };
+        },
+      });
+      await ensureEventStream({ ...jsm, streams } as JetStreamManager, racing);
+      assert.ok(looked);
+      assert.equal((await jsm.streams.info(racing.EVENTS_STREAM)).config.max_age, 168 * 3600 * 1e9, 'our settings, not the rival\'s');
+    } finally {
+      await jsm.streams.delete(racing.EVENTS_STREAM).catch(() => undefined);
+      await other.close();
+    }
   });
 
   it('bounds the DEADLETTER stream, also one made before it had limits', async () => {

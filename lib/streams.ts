@@ -52,16 +52,35 @@ export async function ensureDeadLetterStream(jsm: JetStreamManager, config: Para
   await ensureStream(jsm, deadLetterStreamConfig(config));
 }
 
-/** Creates the stream `wanted` describes, or brings an existing one's settings up to it. */
+/**
+ * Creates the stream `wanted` describes, or brings an existing one's settings up to it. Every publisher and
+ * consumer ensures the streams at start-up, often at the same moment: a create refused because another process
+ * created the stream meanwhile (JetStream answered "subjects overlap with an existing stream" to the loser, once in
+ * the suite) finds it there on a second look, and goes on as if it had existed.
+ */
 async function ensureStream(jsm: JetStreamManager, wanted: Partial<StreamConfig> & { name: string }): Promise<void> {
+  let current = await streamConfig(jsm, wanted.name);
+  if (!current) {
+    try {
+      await jsm.streams.add(wanted);
+      return;
+    } catch (error) {
+      current = await streamConfig(jsm, wanted.name);
+      if (!current) throw error;
+    }
+  }
+  const found = current;
+  const differs = (Object.keys(wanted) as (keyof typeof wanted)[]).some((k) => JSON.stringify(found[k]) !== JSON.stringify(wanted[k]));
+  if (differs) await jsm.streams.update(wanted.name, wanted);
+}
+
+/** The settings of stream `name`, or undefined if there is no such stream. */
+async function streamConfig(jsm: JetStreamManager, name: string): Promise<StreamConfig | undefined> {
   try {
-    const info = await jsm.streams.info(wanted.name);
-    const current = info.config;
-    const differs = (Object.keys(wanted) as (keyof typeof wanted)[]).some((k) => JSON.stringify(current[k]) !== JSON.stringify(wanted[k]));
-    if (differs) await jsm.streams.update(wanted.name, wanted);
+    return (await jsm.streams.info(name)).config;
   } catch (error) {
-    if (!/stream not found/i.test(String((error as Error).message))) throw error;
-    await jsm.streams.add(wanted);
+    if (/stream not found/i.test(String((error as Error).message))) return undefined;
+    throw error;
   }
 }
 
