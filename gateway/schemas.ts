@@ -229,11 +229,6 @@ export const Settlement = Type.Object({
   failure_code: Type.Union([Type.String(), Type.Null()]),
 });
 
-export const SettlementListQuery = Type.Object(
-  { limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 100, default: 10 })), starting_after: Type.Optional(uuid('Id of the last settlement of the previous page')) },
-  strict,
-);
-
 export const Reconciliation = Type.Object({
   object: Type.Literal('reconciliation'),
   settlement: Settlement,

@@ -124,6 +124,11 @@ describe('REST settlements (gateway, payments, relay, JetStream, settlement serv
     assert.deepEqual((await api.get('/v1/settlements', b.key)).body.data, []);
     // Another merchant's settlement as a cursor is not found, and the error names the parameter given.
     expectError(await api.get(`/v1/settlements?starting_after=${s.id}`, b.key), 400, 'resource_missing', 'starting_after');
+    expectError(await api.get(`/v1/settlements?ending_before=${s.id}`, b.key), 400, 'resource_missing', 'ending_before');
+    expectError(await api.get(`/v1/settlements?starting_after=${s.id}&ending_before=${s.id}`, a.key), 400, 'invalid_argument', 'ending_before');
+    // Nothing newer than the newest: the page before it is empty.
+    const newer = await api.get(`/v1/settlements?ending_before=${s.id}`, a.key);
+    assert.deepEqual([newer.status, newer.body.data, newer.body.has_more], [200, [], false]);
 
     const report = await api.get(`/v1/settlements/${s.id}/report.csv`, a.key);
     assert.equal(report.status, 200);

@@ -32,10 +32,11 @@ export function createSettlementService(pool: Pool, ledger: SettlementLedger, se
     listBatches: unary(logger, 'ListBatches', async (request) => {
       if (request.limit > 100) throw new ValidationError('limit', 'at most 100');
       const merchantId = parseId(request.merchantId, 'merchant_id');
-      const after = request.startingAfter ? await batchFor(request.startingAfter, merchantId) : null;
-      const limit = request.limit || 10;
-      const batches = await store.listBatches(pool, merchantId, limit + 1, after);
-      return { batches: batches.slice(0, limit).map(batchToProto), hasMore: batches.length > limit };
+      if (request.startingAfter && request.endingBefore) throw new ValidationError('ending_before', 'give starting_after or ending_before, not both');
+      const cursor = request.startingAfter || request.endingBefore;
+      const anchor = cursor ? await batchFor(cursor, merchantId) : null;
+      const page = await store.listBatches(pool, merchantId, request.limit || 10, anchor, request.endingBefore !== '');
+      return { batches: page.batches.map(batchToProto), hasMore: page.hasMore };
     }),
 
     getReport: unary(logger, 'GetReport', async (request) => {

@@ -339,15 +339,20 @@ export async function carriedInto(db: Queryable, batch: Pick<Batch, 'id' | 'acco
   return { previousId: (r.rows[0]?.previous_id as string | null) ?? null, carried: r.rows[0]?.carried as bigint };
 }
 
-/** A merchant's batches, newest first, after the batch `startingAfter` (exclusive). */
-export async function listBatches(db: Queryable, merchantId: string, limit: number, startingAfter: Batch | null): Promise<Batch[]> {
+/**
+ * A page of a merchant's batches, newest first: those after `anchor` (exclusive), or with `endingBefore` the ones
+ * just before it (the previous page), read from the anchor upwards and presented newest first.
+ */
+export async function listBatches(db: Queryable, merchantId: string, limit: number, anchor: Batch | null, endingBefore = false): Promise<{ batches: Batch[]; hasMore: boolean }> {
+  const [compare, order] = endingBefore ? ['>', 'ASC'] : ['<', 'DESC'];
   const r = await db.query(
     `SELECT ${BATCH_COLUMNS} FROM settlement_batches
-     WHERE merchant_id = $1 AND ($2::int8 IS NULL OR (window_end, id) < ($2, $3::uuid))
-     ORDER BY window_end DESC, id DESC LIMIT $4`,
-    [merchantId, startingAfter?.windowEnd ?? null, startingAfter?.id ?? null, limit],
+     WHERE merchant_id = $1 AND ($2::int8 IS NULL OR (window_end, id) ${compare} ($2, $3::uuid))
+     ORDER BY window_end ${order}, id ${order} LIMIT $4`,
+    [merchantId, anchor?.windowEnd ?? null, anchor?.id ?? null, limit + 1],
   );
-  return r.rows.map(batchFromRow);
+  const batches = r.rows.slice(0, limit).map(batchFromRow);
+  return { batches: endingBefore ? batches.reverse() : batches, hasMore: r.rows.length > limit };
 }
 
 /** Batches whose payout was not confirmed for `olderThanMs` (the closer stopped between batch and payout). */

@@ -1,7 +1,7 @@
 import type { FastifyRequest } from 'fastify';
 import { AppError, ValidationError } from '../../lib/errors.js';
 import type { Gateway, RouteContext } from '../app.js';
-import { COMMON_ERRORS, IdParams, Reconciliation, Settlement, SettlementCloseBody, SettlementListQuery, listOf, textBody } from '../schemas.js';
+import { COMMON_ERRORS, IdParams, Reconciliation, Settlement, SettlementCloseBody, ListQuery, listOf, textBody } from '../schemas.js';
 import { jsonInt, settlementView } from '../views.js';
 import { objectId } from './ids.js';
 
@@ -42,9 +42,12 @@ export function settlementRoutes(app: Gateway, ctx: RouteContext): void {
     },
   );
 
-  app.get('/v1/settlements', { schema: { querystring: SettlementListQuery, response: { 200: listOf(Settlement), ...COMMON_ERRORS } } }, async (request) => {
-    const { limit = 10, starting_after } = request.query;
-    const page = await settle(backends.settle((c) => c.listBatches, { merchantId: ctx.merchantOf(request), limit, startingAfter: starting_after ?? '' }, true), 'starting_after');
+  app.get('/v1/settlements', { schema: { querystring: ListQuery, response: { 200: listOf(Settlement), ...COMMON_ERRORS } } }, async (request) => {
+    const { limit = 10, starting_after, ending_before } = request.query;
+    const page = await settle(
+      backends.settle((c) => c.listBatches, { merchantId: ctx.merchantOf(request), limit, startingAfter: starting_after ?? '', endingBefore: ending_before ?? '' }, true),
+      ending_before ? 'ending_before' : 'starting_after',
+    );
     return { object: 'list' as const, data: page.batches.map(settlementView), has_more: page.hasMore, url: '/v1/settlements' };
   });
 
