@@ -15,6 +15,9 @@ export const EVENTS_PER_MESSAGE = 2048;
  */
 export const MAX_MESSAGE_BYTES = 960 * 1024;
 
+/** The max_payload a NATS server must allow for the relay: a message of MAX_MESSAGE_BYTES and its headers (id, traceparent). */
+export const NATS_PAYLOAD_NEEDED = MAX_MESSAGE_BYTES + 1024;
+
 /**
  * An upper bound of one event's encoded size inside an EventBatch, besides its traceparent and metadata: every
  * field of the envelope and of a transfer at its longest (ids of 36 characters, varints of 10 bytes), tags and

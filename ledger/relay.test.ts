@@ -242,6 +242,34 @@ describe('outbox relay to JetStream (own NATS server, real PostgreSQL)', functio
     }
   });
 
+  it('a NATS whose max_payload is below the outbox\'s largest message is refused, with the fix in the log: published to, its first large batch would block its shard for good', async () => {
+    const small = await TestNatsServer.start('max_payload: 65536\n');
+    const lines: string[] = [];
+    const logs = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        lines.push(...chunk.toString('utf8').split('\n').filter(Boolean));
+        done();
+      },
+    });
+    const { OutboxRelay } = await import('./relay.js');
+    await pool.query('INSERT INTO outbox (shard, sequence, batch_id, part, event_count, payload) VALUES (0, 1, $1, 0, 1, $2)', [randomUUID(), Buffer.from('small enough')]);
+    const relay = new OutboxRelay(testConfig({ ...env, NATS_URL: small.url }), [0], createLogger('relay-test', 'warn', logs));
+    try {
+      relay.start();
+      const deadline = Date.now() + 10_000;
+      while (!lines.some((l) => l.includes('max_payload')) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      const refusal = lines.map((l) => JSON.parse(l) as { level: number; msg: string; err?: { message?: string } }).find((l) => l.err?.message?.includes('max_payload'));
+      assert.ok(refusal, `no log line names max_payload: ${lines.join('\n')}`);
+      assert.match(refusal.err!.message!, /65536 bytes .* set max_payload to at least 1MB/);
+      assert.equal(refusal.level, 50, 'logged as an error');
+      assert.equal(relay.publishedCount, 0);
+      assert.equal(await outboxRows(), 1, 'the row waits for a NATS that can take every message');
+    } finally {
+      await relay.stop();
+      await small.stop();
+    }
+  });
+
   it('a relay that published and died before deleting: the rows go out again and JetStream keeps one copy', async () => {
     // Commit with the relay off, then publish the rows as a relay would have, without deleting them.
     const transfers = await committedWithRelayOff(1000);

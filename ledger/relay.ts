@@ -1,4 +1,5 @@
 import type { Config } from '../lib/config.js';
+import { ConfigError } from '../lib/errors.js';
 import { createPool, sqlArray, statement, type Pool, type Queryable } from '../lib/db.js';
 import type { Logger } from '../lib/logger.js';
 import { connectJetStream, connectNats, type JetStreamClient, type NatsConnection } from '../lib/nats.js';
@@ -7,7 +8,7 @@ import { ensureEventStream } from '../lib/streams.js';
 import { SpanKind, trace, type Meter } from '@opentelemetry/api';
 import { headers } from '@nats-io/transport-node';
 import { contextOf, inSpan, traceparentOf, tracer } from '../observability/tracing.js';
-import { outboxSubject, outboxMessageId } from './outbox.js';
+import { NATS_PAYLOAD_NEEDED, outboxSubject, outboxMessageId } from './outbox.js';
 
 const relayTracer = tracer('outbox-relay');
 
@@ -118,7 +119,10 @@ export class OutboxRelay {
         // store lost, the stream deleted) answers every publish with "no responders", for ever, until it is created.
         this.js = undefined;
         failures++;
-        if (failures === 1 || failures % 50 === 0) this.logger.warn({ err: error, failures }, 'outbox relay round failed; retrying');
+        if (failures === 1 || failures % 50 === 0) {
+          if (error instanceof ConfigError) this.logger.error({ err: error, failures }, 'outbox relay cannot publish to this NATS; retrying');
+          else this.logger.warn({ err: error, failures }, 'outbox relay round failed; retrying');
+        }
         await sleep(Math.min(1000, 50 * failures));
       }
     }
@@ -145,6 +149,14 @@ export class OutboxRelay {
       this.nc = await connectNats(this.config, { name: 'ledger-outbox-relay' });
       this.connected = true;
       void this.followConnection(this.nc);
+    }
+    const maxPayload = this.nc.info?.max_payload;
+    if (maxPayload !== undefined && maxPayload < NATS_PAYLOAD_NEEDED) {
+      // Published anyway, the small messages would go and the first large one would hold its shard up for good, at
+      // the worst moment (a large batch, under load): refused now, the deployment fails its first smoke test.
+      throw new ConfigError([
+        `NATS allows messages of ${maxPayload} bytes (its max_payload); the outbox relay publishes messages of up to ${NATS_PAYLOAD_NEEDED} bytes: set max_payload to at least 1MB in the NATS server's configuration`,
+      ]);
     }
     const { js, jsm } = await connectJetStream(this.nc);
     await ensureEventStream(jsm, this.config);

@@ -32,11 +32,15 @@ describe('events stream set-up', () => {
     assert.equal(info.config.max_age, 168 * 3600 * 1e9);
     assert.equal(info.config.duplicate_window, 120 * 1e9);
     assert.equal(info.config.num_replicas, 1);
+    assert.equal(info.config.max_msg_size, -1);
 
+    // An operator's limit on message size is lifted with the other changed settings: it would refuse the outbox's large messages.
+    await jsm.streams.update(config.EVENTS_STREAM, { ...info.config, max_msg_size: 64 * 1024 });
     await ensureEventStream(jsm, { ...config, EVENTS_MAX_AGE_HOURS: 24, EVENTS_DUPLICATE_WINDOW_SECONDS: 300 });
     info = await jsm.streams.info(config.EVENTS_STREAM);
     assert.equal(info.config.max_age, 24 * 3600 * 1e9);
     assert.equal(info.config.duplicate_window, 300 * 1e9);
+    assert.equal(info.config.max_msg_size, -1);
   });
 
   it('a stream another process creates between the look and the create is taken as found, and brought to the settings', async () => {

@@ -21,6 +21,9 @@ export function eventStreamConfig(config: Pick<Config, 'EVENTS_STREAM' | 'EVENTS
     max_age: config.EVENTS_MAX_AGE_HOURS * 3600 * NANOS_PER_SECOND,
     max_bytes: config.EVENTS_MAX_BYTES,
     duplicate_window: config.EVENTS_DUPLICATE_WINDOW_SECONDS * NANOS_PER_SECOND,
+    // No limit of the stream's own (the server's max_payload bounds messages: ledger/relay.ts checks it): a stream
+    // made with a smaller one would refuse the outbox's large messages, each holding up its shard for good.
+    max_msg_size: -1,
   };
 }
 

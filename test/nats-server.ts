@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync } from 'node:fs';
+import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { freePort, waitForPort } from './ledger-process.js';
@@ -12,10 +12,14 @@ export class TestNatsServer {
   private child: ChildProcess | undefined;
   readonly storeDir = mkdtempSync(path.join(os.tmpdir(), 'nats-store-'));
 
-  private constructor(readonly port: number) {}
+  /** `configText`: server configuration beyond port and store (e.g. `max_payload: 65536`). */
+  private constructor(
+    readonly port: number,
+    private readonly configText = '',
+  ) {}
 
-  static async start(): Promise<TestNatsServer> {
-    const server = new TestNatsServer(await freePort());
+  static async start(configText = ''): Promise<TestNatsServer> {
+    const server = new TestNatsServer(await freePort(), configText);
     await server.restart();
     return server;
   }
@@ -26,7 +30,9 @@ export class TestNatsServer {
 
   async restart(): Promise<void> {
     const bin = ['/usr/sbin/nats-server', '/usr/bin/nats-server'].find((p) => existsSync(p)) ?? 'nats-server';
-    this.child = spawn(bin, ['-a', '127.0.0.1', '-p', String(this.port), '-js', '-sd', this.storeDir], { stdio: 'ignore' });
+    const configFile = path.join(this.storeDir, '..', `${path.basename(this.storeDir)}.conf`);
+    writeFileSync(configFile, this.configText);
+    this.child = spawn(bin, ['-c', configFile, '-a', '127.0.0.1', '-p', String(this.port), '-js', '-sd', this.storeDir], { stdio: 'ignore' });
     await waitForPort(this.port, this.child);
   }
 
