@@ -39,7 +39,7 @@ export interface CallOptions {
 }
 
 const NO_ACCOUNT_FLAGS: AccountFlags = { linked: false, debitsMustNotExceedCredits: false, creditsMustNotExceedDebits: false, history: false, closed: false };
-const NO_TRANSFER_FLAGS: TransferFlags = { linked: false, pending: false, postPendingTransfer: false, voidPendingTransfer: false };
+const NO_TRANSFER_FLAGS: TransferFlags = { linked: false, pending: false, postPendingTransfer: false, voidPendingTransfer: false, balancingDebit: false, balancingCredit: false };
 
 /** A CreateAccounts event: zero balances and no flags unless given. */
 export function newAccount(fields: Partial<Omit<Account, 'flags'>> & { id: string; flags?: Partial<AccountFlags> }): Account {

@@ -89,6 +89,8 @@ export function transferToProto(t: TransferRow): Transfer {
       pending: hasFlag(t.flags, TransferFlag.pending),
       postPendingTransfer: hasFlag(t.flags, TransferFlag.postPendingTransfer),
       voidPendingTransfer: hasFlag(t.flags, TransferFlag.voidPendingTransfer),
+      balancingDebit: hasFlag(t.flags, TransferFlag.balancingDebit),
+      balancingCredit: hasFlag(t.flags, TransferFlag.balancingCredit),
     },
     timeout: t.timeout,
     metadata: t.metadata,

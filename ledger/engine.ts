@@ -1,6 +1,7 @@
 import { invariant } from '../lib/errors.js';
 import {
   AccountFlag,
+  BALANCING_FLAGS,
   MAX_BALANCE,
   PendingState,
   TRANSIENT_TRANSFER_FAILURES,
@@ -271,6 +272,8 @@ export class BatchEvaluator {
     const voids = hasFlag(t.flags, TransferFlag.voidPendingTransfer);
     const pending = hasFlag(t.flags, TransferFlag.pending);
     if ((post ? 1 : 0) + (voids ? 1 : 0) + (pending ? 1 : 0) > 1) return failure('flags_are_mutually_exclusive');
+    // A post or void never takes an account beyond its limits (TigerBeetle): nothing to balance.
+    if ((post || voids) && hasFlag(t.flags, BALANCING_FLAGS)) return failure('flags_are_mutually_exclusive');
     const result = post || voids ? this.resolvePending(t, timestamp, post) : this.createSingle(t, timestamp, pending);
     if (TRANSIENT_TRANSFER_FAILURES.has(result.code)) {
       // Spent for good, whatever its chain does: no undo (a chain's rollback does not give the id back).
@@ -285,6 +288,28 @@ export class BatchEvaluator {
     if (this.state.failedTransferIds.has(t.id)) return failure('id_already_failed');
     const existing = this.state.transfers.get(t.id);
     return existing ? existsResult(existing, same(existing)) : undefined;
+  }
+
+  /**
+   * The amount a transfer moves: `amount`, or with a balancing flag at most what the account's posted balance leaves
+   * (TigerBeetle's balancing_debit / balancing_credit), which needs the account's true balances (read in full:
+   * loadBatchState). Nothing left is the refusal the account's limit flag would give.
+   */
+  private balancedAmount(t: TransferInput, dr: AccountRow, cr: AccountRow): bigint | 'exceeds_credits' | 'exceeds_debits' {
+    let amount = t.amount;
+    if (hasFlag(t.flags, TransferFlag.balancingDebit)) {
+      invariant(!this.state.partialAccounts?.has(dr.id), `balancing debit of account ${dr.id}, whose balances were not read`);
+      const room = dr.creditsPosted - dr.debitsPosted - dr.debitsPending;
+      if (room <= 0n) return 'exceeds_credits';
+      if (room < amount) amount = room;
+    }
+    if (hasFlag(t.flags, TransferFlag.balancingCredit)) {
+      invariant(!this.state.partialAccounts?.has(cr.id), `balancing credit of account ${cr.id}, whose balances were not read`);
+      const room = cr.debitsPosted - cr.creditsPosted - cr.creditsPending;
+      if (room <= 0n) return 'exceeds_debits';
+      if (room < amount) amount = room;
+    }
+    return amount;
   }
 
   private createSingle(t: TransferInput, timestamp: bigint, pending: boolean): EventResult<TransferResultCode> {
@@ -306,7 +331,8 @@ export class BatchEvaluator {
     if (hasFlag(dr.flags, AccountFlag.closed) || hasFlag(cr.flags, AccountFlag.closed)) return failure('account_closed');
     if (t.amount > MAX_BALANCE) return failure('overflow');
 
-    const amount = t.amount;
+    const amount = this.balancedAmount(t, dr, cr);
+    if (typeof amount === 'string') return failure(amount);
     if (pending) {
       if (dr.debitsPending + amount > MAX_BALANCE || cr.creditsPending + amount > MAX_BALANCE) return failure('overflow');
     } else if (dr.debitsPosted + amount > MAX_BALANCE || cr.creditsPosted + amount > MAX_BALANCE) {
@@ -565,11 +591,12 @@ function existsResult(existing: TransferRow, same: boolean): EventResult<Transfe
   return same ? { code: 'exists', timestamp: existing.timestamp } : failure('exists_with_different_fields');
 }
 
+/** A balancing transfer's retry matches if its `amount` (at most) covers what the transfer moved (TigerBeetle). */
 function sameSingleTransfer(e: TransferRow, t: TransferInput): boolean {
   return (
     e.debitAccountId === t.debitAccountId &&
     e.creditAccountId === t.creditAccountId &&
-    e.amount === t.amount &&
+    (hasFlag(t.flags, BALANCING_FLAGS) ? e.amount <= t.amount : e.amount === t.amount) &&
     e.pendingId === '' &&
     e.ledger === t.ledger &&
     e.code === t.code &&

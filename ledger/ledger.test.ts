@@ -297,6 +297,37 @@ describe('ledger (gRPC, PostgreSQL)', function () {
       await expectBalances({ [capped!]: [0n, 30n, 20n, 10n], [funding]: [20n, 110n, 0n, 0n] });
     });
 
+    it('balancing_debit / balancing_credit move at most what the posted balance leaves (pending counted), record the amount moved, then exceeds_credits / exceeds_debits', async () => {
+      // An account without limit flags (a merchant's balance): the flag alone keeps this transfer within it.
+      const [merchant, funding] = await funded(100n);
+      const [bank] = await accounts(1);
+      const payout = (amount: bigint, flags = {}) => transfer({ debitAccountId: merchant, creditAccountId: bank!, amount, flags: { balancingDebit: true, ...flags } });
+      const hold = transfer({ debitAccountId: merchant, creditAccountId: bank!, amount: 20n, flags: { pending: true } });
+      const [first, second, third] = [payout(50n), payout(1000n), payout(1n)];
+      assert.deepEqual(await send(hold, first, second, third), ['ok', 'ok', 'ok', 'exceeds_credits']);
+      assert.deepEqual((await ledger.client.lookupTransfers([first.id, second.id])).map((t) => [t.amount, t.flags?.balancingDebit]), [[50n, true], [30n, true]]);
+      await expectBalances({ [merchant]: [20n, 80n, 0n, 100n], [bank!]: [0n, 0n, 20n, 80n], [funding]: [0n, 100n, 0n, 0n] });
+      // A retry whose amount covers what was moved is the same transfer; one that does not is another.
+      assert.deepEqual(await send(second, { ...second, amount: 30n }, { ...second, amount: 29n }), ['exists', 'exists', 'exists_with_different_fields']);
+      // Pending too: with the hold voided, a pending payout of 500 reserves what is left (20).
+      assert.deepEqual(await send(resolve(hold.id, VOID), payout(500n, { pending: true })), ['ok', 'ok']);
+      await expectBalances({ [merchant]: [20n, 80n, 0n, 100n] });
+
+      // balancing_credit: the credit account's credits stay within its posted debits.
+      const [owing] = await accounts(1);
+      assert.deepEqual(await send(transfer({ debitAccountId: owing!, creditAccountId: bank!, amount: 45n })), ['ok']);
+      const repay = (amount: bigint) => transfer({ debitAccountId: funding, creditAccountId: owing!, amount, flags: { balancingCredit: true } });
+      const [repaid, more] = [repay(100n), repay(1n)];
+      assert.deepEqual(await send(repaid, more), ['ok', 'exceeds_debits']);
+      assert.equal((await ledger.client.lookupTransfers([repaid.id]))[0]?.amount, 45n);
+      await expectBalances({ [owing!]: [0n, 45n, 0n, 45n] });
+
+      // Not with a post or void: they never take an account beyond its limits.
+      const p = transfer({ debitAccountId: funding, creditAccountId: bank!, amount: 5n, flags: { pending: true } });
+      const post = resolve(p.id, POST);
+      assert.deepEqual(await send(p, { ...post, flags: { ...post.flags!, balancingDebit: true } }), ['ok', 'flags_are_mutually_exclusive']);
+    });
+
     it('overflow: an amount above 2^63-1, a posted sum, a pending + posted sum', async () => {
       const [d, c, e] = await accounts(3);
       assert.deepEqual(await send(transfer({ debitAccountId: d!, creditAccountId: c!, amount: MAX_BALANCE + 1n })), ['overflow']);
@@ -611,6 +642,21 @@ describe('ledger (gRPC, PostgreSQL)', function () {
         assert.deepEqual(await send(fund(), spend()), ['ok', 'ok'], `round ${round}: funded, then spent`);
         assert.deepEqual(await send(spend(), fund()), ['exceeds_credits', 'ok'], `round ${round}: spent before funded`);
         await expectBalances({ [wallet]: [0n, 100n, 0n, 200n], [shop]: [0n, 0n, 0n, 100n] });
+      }
+    });
+
+    it('a balancing debit runs after the events of its request before it that change its account, whatever shards they are on', async () => {
+      for (let round = 0; round < ROUNDS; round++) {
+        // Funding on shard 0, the merchant's balance (no limit flags) and its payouts on 1.
+        const [funding, merchant, bank] = [idOnShard(0), idOnShard(1), idOnShard(2)];
+        assert.deepEqual(await create(account({ id: funding }), account({ id: merchant }), account({ id: bank })), ['ok', 'ok', 'ok']);
+        const fund = () => transfer({ debitAccountId: funding, creditAccountId: merchant, amount: 100n });
+        const payout = () => transfer({ debitAccountId: merchant, creditAccountId: bank, amount: 1000n, flags: { balancingDebit: true } });
+        const first = payout();
+        assert.deepEqual(await send(fund(), first), ['ok', 'ok'], `round ${round}: funded, then paid out`);
+        assert.equal((await ledger.client.lookupTransfers([first.id]))[0]?.amount, 100n, `round ${round}: paid out all of it`);
+        assert.deepEqual(await send(payout(), fund()), ['exceeds_credits', 'ok'], `round ${round}: paid out before funded`);
+        await expectBalances({ [merchant]: [0n, 100n, 0n, 200n], [bank]: [0n, 0n, 0n, 100n] });
       }
     });
 

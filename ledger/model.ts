@@ -27,7 +27,23 @@ export const TransferFlag = {
   pending: 2,
   postPendingTransfer: 4,
   voidPendingTransfer: 8,
+  /** Move at most `amount`: as much of it as the debit account's posted credits cover (TigerBeetle's flag). */
+  balancingDebit: 16,
+  /** Move at most `amount`: as much of it as the credit account's posted debits cover. */
+  balancingCredit: 32,
 } as const;
+
+/** Flags whose amount depends on an account's balance: that account is read in full and ordered like one with balance rules. */
+export const BALANCING_FLAGS = TransferFlag.balancingDebit | TransferFlag.balancingCredit;
+
+/** The accounts whose balances decide a transfer's amount (balancing flags): none for most transfers. */
+export function balancedAccounts(t: Pick<TransferInput, 'flags' | 'debitAccountId' | 'creditAccountId'>): string[] {
+  if ((t.flags & BALANCING_FLAGS) === 0) return [];
+  const ids: string[] = [];
+  if ((t.flags & TransferFlag.balancingDebit) !== 0 && t.debitAccountId !== '') ids.push(t.debitAccountId);
+  if ((t.flags & TransferFlag.balancingCredit) !== 0 && t.creditAccountId !== '') ids.push(t.creditAccountId);
+  return ids;
+}
 
 export const PendingState = { pending: 1, posted: 2, voided: 3, expired: 4 } as const;
 export type PendingState = (typeof PendingState)[keyof typeof PendingState];

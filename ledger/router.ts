@@ -5,6 +5,7 @@ import { SLOT_SOFT_LIMIT } from './store.js';
 import {
   AccountFlag,
   BALANCE_RULE_FLAGS,
+  balancedAccounts,
   TransferFlag,
   hasFlag,
   type AccountInput,
@@ -119,7 +120,9 @@ export class LedgerRouter {
     if (shared.size === 0) return NOTHING_TO_ORDER;
     const ruled = await this.balanceRules.among(shared);
     events.forEach((e, i) => {
-      if (e.amount > SLOT_SOFT_LIMIT) for (const accountId of accounts[i]!) if (shared.has(accountId)) ruled.add(accountId);
+      // Like a limit, a balancing transfer's amount depends on every earlier event of the account it balances.
+      const readInFull = e.amount > SLOT_SOFT_LIMIT ? accounts[i]! : balancedAccounts(e);
+      for (const accountId of readInFull) if (shared.has(accountId)) ruled.add(accountId);
     });
     return { ruled, accounts };
   }

@@ -3,7 +3,7 @@ import { sqlArray, type PoolClient, type Queryable } from '../lib/db.js';
 import { invariant } from '../lib/errors.js';
 import type { BatchEffects, BatchState } from './engine.js';
 import type { OutboxPart } from './outbox.js';
-import { BALANCE_RULE_FLAGS, MAX_BALANCE, TransferFlag, hasFlag, type AccountRow, type PendingRow, type PendingState, type Submission, type TransferRow } from './model.js';
+import { BALANCE_RULE_FLAGS, MAX_BALANCE, TransferFlag, balancedAccounts, hasFlag, type AccountRow, type PendingRow, type PendingState, type Submission, type TransferRow } from './model.js';
 
 /**
  * The ledger's SQL, in one place. A batch transaction: lock the shard row, lock the pending transfers it
@@ -130,6 +130,8 @@ export async function loadBatchState(db: PoolClient, submissions: readonly Submi
         if (t.amount > SLOT_SOFT_LIMIT) {
           for (const accountId of [t.debitAccountId, t.creditAccountId]) if (accountId !== '') fullAccountIds.add(accountId);
         }
+        // A balancing transfer's amount is what the account's true balance leaves.
+        for (const accountId of balancedAccounts(t)) fullAccountIds.add(accountId);
       }
     } else {
       for (const id of s.pendingIds) {

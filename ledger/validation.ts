@@ -61,7 +61,9 @@ export function transferFlagsToBits(f: TransferFlags | undefined): number {
     (f.linked ? TransferFlag.linked : 0) |
     (f.pending ? TransferFlag.pending : 0) |
     (f.postPendingTransfer ? TransferFlag.postPendingTransfer : 0) |
-    (f.voidPendingTransfer ? TransferFlag.voidPendingTransfer : 0)
+    (f.voidPendingTransfer ? TransferFlag.voidPendingTransfer : 0) |
+    (f.balancingDebit ? TransferFlag.balancingDebit : 0) |
+    (f.balancingCredit ? TransferFlag.balancingCredit : 0)
   );
 }
 

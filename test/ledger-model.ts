@@ -251,6 +251,8 @@ export class LedgerModel {
     const flags = transferFlagBits(t.flags) & ~TransferFlag.linked;
     const kinds = [TransferFlag.pending, TransferFlag.postPendingTransfer, TransferFlag.voidPendingTransfer].filter((f) => has(flags, f)).length;
     if (kinds > 1) return 'flags_are_mutually_exclusive';
+    const resolves = has(flags, TransferFlag.postPendingTransfer) || has(flags, TransferFlag.voidPendingTransfer);
+    if (resolves && (has(flags, TransferFlag.balancingDebit) || has(flags, TransferFlag.balancingCredit))) return 'flags_are_mutually_exclusive';
     const code = has(flags, TransferFlag.postPendingTransfer) || has(flags, TransferFlag.voidPendingTransfer) ? this.resolvePending(t, flags) : this.singleOrPending(t, flags);
     if (SPENDING_REFUSALS.includes(code)) this.spent.add(t.id);
     return code;
@@ -271,7 +273,8 @@ export class LedgerModel {
       const same =
         existing.debitAccountId === t.debitAccountId &&
         existing.creditAccountId === t.creditAccountId &&
-        existing.amount === t.amount &&
+        // A balancing transfer's amount is a most: a retry's covering what was moved is the same transfer.
+        (has(flags, TransferFlag.balancingDebit) || has(flags, TransferFlag.balancingCredit) ? existing.amount <= t.amount : existing.amount === t.amount) &&
         existing.pendingId === t.pendingId &&
         existing.ledger === t.ledger &&
         existing.code === t.code &&
@@ -288,10 +291,20 @@ export class LedgerModel {
     if (dr.ledger !== cr.ledger || dr.ledger !== t.ledger) return 'ledger_mismatch';
     if (has(dr.flags, AccountFlag.closed) || has(cr.flags, AccountFlag.closed)) return 'account_closed';
 
-    const amount = t.amount;
+    let amount = t.amount;
     const d = dr.balances;
     const c = cr.balances;
     if (amount > MODEL_MAX) return 'overflow';
+    if (has(flags, TransferFlag.balancingDebit)) {
+      const room = d.creditsPosted - d.debitsPosted - d.debitsPending;
+      if (room <= 0n) return 'exceeds_credits';
+      if (room < amount) amount = room;
+    }
+    if (has(flags, TransferFlag.balancingCredit)) {
+      const room = c.debitsPosted - c.creditsPosted - c.creditsPending;
+      if (room <= 0n) return 'exceeds_debits';
+      if (room < amount) amount = room;
+    }
     const resulting = pending ? [d.debitsPending + amount, c.creditsPending + amount] : [d.debitsPosted + amount, c.creditsPosted + amount];
     if (resulting.some((x) => x > MODEL_MAX)) return 'overflow';
     if (d.debitsPending + d.debitsPosted + amount > MODEL_MAX || c.creditsPending + c.creditsPosted + amount > MODEL_MAX) return 'overflow';
