@@ -159,6 +159,7 @@ export function settlementView(b: SettlementBatch) {
     carried_out: jsonInt(b.carriedOut),
     shortfall: jsonInt(b.shortfall),
     held_for_debt: jsonInt(b.heldForDebt),
+    payout_short: jsonInt(b.payoutShort),
     payout_transfer: b.payoutTransferId,
     line_count: b.lineCount,
     status,

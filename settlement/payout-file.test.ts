@@ -11,7 +11,7 @@ const creditor = { name: 'Acme SARL', iban: 'FR1420041010050500013M02606', bic: 
 function batch(status: Batch['status']): Batch {
   return {
     id: randomUUID(), merchantId: randomUUID(), accountId: randomUUID(), currency: 'EUR', windowStart: 1_764_000_000_000_000_000n, windowEnd: 1_764_086_400_000_000_000n,
-    grossCaptured: 12_345n, refunds: 0n, fees: 0n, lineCount: 1, net: 12_345n, carriedIn: 0n, available: 12_345n, payout: 12_345n, carriedOut: 0n, heldForDebt: 0n,
+    grossCaptured: 12_345n, refunds: 0n, fees: 0n, lineCount: 1, net: 12_345n, carriedIn: 0n, available: 12_345n, payout: 12_345n, carriedOut: 0n, heldForDebt: 0n, payoutShort: 0n,
     payoutTransferId: randomUUID(), status, failureCode: null,
   };
 }

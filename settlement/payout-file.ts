@@ -2,7 +2,7 @@ import { create } from 'xmlbuilder2';
 import { isValidBIC, isValidIBAN } from 'ibantools';
 import { currencyOf, formatMajor } from '../lib/currency.js';
 import { AppError, invariant } from '../lib/errors.js';
-import type { Batch, PayoutAccount } from './store.js';
+import { movedPayout, type Batch, type PayoutAccount } from './store.js';
 import { rfc3339Nanos } from './report.js';
 
 export interface Debtor {
@@ -47,7 +47,7 @@ export function payoutInitiationXml(batch: Batch, debtor: Debtor, creditor: Payo
   if (sepaText(creditor.name) === '') throw new AppError('conflict', 'payout_name_not_latin', `merchant ${batch.merchantId}'s payout account holder has no name in Latin letters; set it again with set-profile`);
   invariant(isValidIBAN(creditor.iban) && isValidIBAN(debtor.iban), 'payout IBANs are validated when stored');
   const currency = currencyOf(batch.currency);
-  const amount = formatMajor(batch.payout, currency);
+  const amount = formatMajor(movedPayout(batch), currency);
   const agent = (bic: string | null) => (bic && isValidBIC(bic) ? { FinInstnId: { BICFI: bic } } : { FinInstnId: { Othr: { Id: 'NOTPROVIDED' } } });
   const doc = create({ version: '1.0', encoding: 'UTF-8' }).ele({
     Document: {

@@ -159,8 +159,8 @@ export async function reconcileBatch(pool: Pool, ledger: SettlementLedger, batch
   if (batch.payout > 0n && batch.status !== 'payout_failed') {
     const [payout] = await ledger.lookupTransfers([batch.payoutTransferId]);
     if (!payout) report('payout_missing', `payout of ${batch.payout} is not in the ledger (status ${batch.status})`, [batch.payoutTransferId, batch.id], batch.payout, 0n);
-    else if (payout.amount !== batch.payout || payout.debitAccountId !== batch.accountId || payout.creditAccountId !== platformAccountId('payout_clearing', batch.currency)) {
-      report('payout_mismatch', `payout transfer moves ${payout.amount} from ${payout.debitAccountId} to ${payout.creditAccountId}`, [batch.payoutTransferId, batch.id], batch.payout, payout.amount);
+    else if (payout.amount !== store.movedPayout(batch) || payout.debitAccountId !== batch.accountId || payout.creditAccountId !== platformAccountId('payout_clearing', batch.currency)) {
+      report('payout_mismatch', `payout transfer moves ${payout.amount} from ${payout.debitAccountId} to ${payout.creditAccountId}`, [batch.payoutTransferId, batch.id], store.movedPayout(batch), payout.amount);
     }
   }
 

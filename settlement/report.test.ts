@@ -8,7 +8,7 @@ describe('settlement report (CSV)', () => {
   it('is RFC 4180: every record, the header included, ends with CRLF', () => {
     const batch: Batch = {
       id: randomUUID(), merchantId: randomUUID(), accountId: randomUUID(), currency: 'JPY', windowStart: 1_764_000_000_000_000_000n, windowEnd: 1_764_086_400_000_000_000n,
-      grossCaptured: 1_000n, refunds: 0n, fees: 10n, lineCount: 2, net: 990n, carriedIn: 0n, available: 990n, payout: 990n, carriedOut: 0n, heldForDebt: 0n,
+      grossCaptured: 1_000n, refunds: 0n, fees: 10n, lineCount: 2, net: 990n, carriedIn: 0n, available: 990n, payout: 990n, carriedOut: 0n, heldForDebt: 0n, payoutShort: 0n,
       payoutTransferId: randomUUID(), status: 'paid', failureCode: null,
     };
     const line = (kind: Entry['kind'], amount: bigint): Entry => ({ transferId: randomUUID(), kind, amount, paymentId: randomUUID(), eventId: randomUUID(), occurredAt: batch.windowStart + 1n, effectiveAt: batch.windowStart + 1n });

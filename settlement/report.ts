@@ -1,6 +1,6 @@
 import { stringify } from 'csv-stringify/sync';
 import { formatMajor, currencyOf } from '../lib/currency.js';
-import { signedAmount, type Batch, type Entry } from './store.js';
+import { movedPayout, signedAmount, type Batch, type Entry } from './store.js';
 
 /**
  * The batch report (CSV, RFC 4180, one header row). One `line` record per movement in the batch (a capture,
@@ -25,8 +25,9 @@ export function batchReportCsv(batch: Batch, lines: readonly Entry[]): string {
     occurredAt,
   ];
   const records = lines.map((l) => row('line', l.kind, l.paymentId, l.transferId, signedAmount(l.kind, l.amount), rfc3339Nanos(l.occurredAt)));
-  // A payout the ledger refused was not paid: its amount was carried to the next batch (whose carried_in it is).
-  const paid = batch.status === 'payout_failed' ? 0n : batch.payout;
+  // A payout the ledger refused was not paid, and one it moved short of was paid in part: what was not paid was
+  // carried to the next batch (whose carried_in it is).
+  const paid = batch.status === 'payout_failed' ? 0n : movedPayout(batch);
   const totals: [string, bigint][] = [
     ['gross_captured', batch.grossCaptured],
     ['refunds', -batch.refunds],

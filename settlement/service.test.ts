@@ -70,7 +70,7 @@ describe('settlement service over gRPC, with no ledger behind it (real PostgreSQ
         const id = randomUUID();
         await store.insertBatch(tx, {
           id, merchantId, accountId, currency: 'EUR', windowStart: start + i * minute, windowEnd: start + (i + 1n) * minute,
-          grossCaptured: 0n, refunds: 0n, fees: 0n, lineCount: 0, net: 0n, carriedIn: 0n, available: 0n, payout: 0n, carriedOut: 0n, heldForDebt: 0n,
+          grossCaptured: 0n, refunds: 0n, fees: 0n, lineCount: 0, net: 0n, carriedIn: 0n, available: 0n, payout: 0n, carriedOut: 0n, heldForDebt: 0n, payoutShort: 0n,
           payoutTransferId: randomUUID(), status: 'paid', failureCode: null,
         });
         made.push(id);

@@ -70,6 +70,12 @@ const STATUS: Record<store.BatchStatus, BatchStatus> = {
   payout_failed: BatchStatus.BATCH_STATUS_PAYOUT_FAILED,
 };
 
+/** Due but not paid for lack of balance: when the batch was made, or when its payout moved less than decided. */
+function shortfallOf(b: store.Batch): bigint {
+  const unpaid = b.carriedOut + b.payoutShort - b.heldForDebt;
+  return unpaid > 0n ? unpaid : 0n;
+}
+
 export function batchToProto(b: store.Batch): SettlementBatch {
   return {
     id: b.id,
@@ -83,9 +89,10 @@ export function batchToProto(b: store.Batch): SettlementBatch {
     carriedIn: b.carriedIn,
     carriedOut: b.carriedOut,
     available: b.available,
-    payout: b.payout,
-    shortfall: b.carriedOut - b.heldForDebt > 0n ? b.carriedOut - b.heldForDebt : 0n,
+    payout: store.movedPayout(b),
+    shortfall: shortfallOf(b),
     heldForDebt: b.heldForDebt,
+    payoutShort: b.payoutShort,
     windowStart: b.windowStart,
     windowEnd: b.windowEnd,
     payoutTransferId: b.payoutTransferId,

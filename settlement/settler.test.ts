@@ -157,6 +157,50 @@ describe('settlement windows and payouts (real PostgreSQL and ledger)', function
     assert.equal(account!.debitsPosted, 50_000n);
   });
 
+  it('a refund between the batch and its payout: the payout moves what is left, never overdraws the account, and the rest is paid by the next batch', async () => {
+    const m = await merchantWithAccount(10_000n);
+    const cut = ns('2026-04-06T15:00:00Z');
+    await consume(event('payment.captured', m, 10_000n, 0n, cut - 10n));
+    // A refund of 4,000 reaches the ledger after the batch read the balance (10,000) and before its payout.
+    const [customer] = [account({ ledger: EUR })];
+    assert.equal((await ledger.client.createAccounts([customer]))[0]?.code, 1);
+    const refundFirst: SettlementLedger = {
+      createAccounts: (a) => ledger.client.createAccounts(a),
+      lookupAccounts: (ids) => ledger.client.lookupAccounts(ids),
+      lookupTransfers: (ids) => ledger.client.lookupTransfers(ids),
+      getAccountTransfers: (f) => ledger.client.getAccountTransfers(f),
+      createTransfers: async (transfers) => {
+        if (transfers[0]?.debitAccountId === m.accountId) {
+          const refund = transfer({ ledger: EUR, debitAccountId: m.accountId, creditAccountId: customer.id, amount: 4_000n });
+          assert.equal((await ledger.client.createTransfers([refund]))[0]?.code, 1);
+        }
+        return ledger.client.createTransfers(transfers);
+      },
+    };
+    const racing = new Settler(pool, refundFirst, { defaultSchedule: parseSchedule({ kind: 'interval', intervalMinutes: 60 }), resumePayoutsAfterMs: 1_000 }, createLogger('settlement-test', 'error'));
+    const [batch] = await racing.closeEnded(cut + 1n).then((b) => b.filter((x) => x.accountId === m.accountId));
+    assert.deepEqual([batch!.available, batch!.status], [10_000n, 'paid']);
+    const recorded = (await store.findBatch(pool, batch!.id))!;
+    assert.deepEqual([recorded.payout, recorded.payoutShort, store.movedPayout(recorded), recorded.carriedOut], [10_000n, 4_000n, 6_000n, 0n]);
+    const [after] = await ledger.client.lookupAccounts([m.accountId]);
+    assert.deepEqual([after!.creditsPosted, after!.debitsPosted], [10_000n, 10_000n], 'the account is at zero, not below it');
+    assert.equal((await ledger.client.lookupTransfers([batch!.payoutTransferId]))[0]?.amount, 6_000n);
+
+    // The 4,000 not paid is carried: the next batch, once the account holds it again, pays it.
+    await m.fund(4_000n);
+    const [next] = await settler.closeEnded(cut + 86_400_000_000_000n + 1n).then((b) => b.filter((x) => x.accountId === m.accountId));
+    assert.deepEqual([next!.carriedIn, next!.payout, next!.carriedOut], [4_000n, 4_000n, 0n]);
+    assert.deepEqual((await store.carriedInto(pool, next!)).carried, 4_000n, 'the carried chain holds the part not paid');
+    // Submitted again (a payout left unconfirmed), the shortened payout is recorded once, not carried twice.
+    await pool.query(`UPDATE settlement_batches SET status = 'payout_pending', payout_short = 0, updated_at = now() - interval '1 hour' WHERE id = $1`, [batch!.id]);
+    const carried = async () => (await pool.query('SELECT carried FROM settlement_accounts WHERE account_id = $1', [m.accountId])).rows[0].carried as bigint;
+    const before = await carried();
+    await settler.resumePayouts();
+    const again = (await store.findBatch(pool, batch!.id))!;
+    assert.deepEqual([again.status, again.payoutShort], ['paid', 4_000n]);
+    assert.equal(await carried(), before + 4_000n, 'the part not moved is carried when the payout is recorded');
+  });
+
   it('a payout left unconfirmed (crash between batch and payout) is submitted again, and posts once', async () => {
     const m = await merchantWithAccount(10_000n);
     await consume(event('payment.captured', m, 10_000n, 0n, ns('2026-03-02T10:00:00Z')));

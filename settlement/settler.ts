@@ -7,7 +7,7 @@ import type { Logger } from '../lib/logger.js';
 import { newAccount, newTransfer, type LedgerClient } from '../ledger/client.js';
 import { AccountCode, TransferCode, feeTransferId, nowNanos, platformAccountId } from '../ledger/payments/model.js';
 import type { EventEnvelope } from '../proto/gen/events/v1/events.js';
-import { CreateAccountResultCode, CreateTransferResultCode, createTransferResultCodeToJSON } from '../proto/gen/ledger/v1/ledger.js';
+import { CreateAccountResultCode, createTransferResultCodeToJSON } from '../proto/gen/ledger/v1/ledger.js';
 import * as store from './store.js';
 import { windowContaining, type Schedule } from './windows.js';
 
@@ -166,7 +166,12 @@ export class Settler {
     return pending.length;
   }
 
-  /** The payout transfer of a batch (its id derives from the batch: submitting it again is `exists`). */
+  /**
+   * The payout transfer of a batch (its id derives from the batch: submitting it again is `exists`). A balancing
+   * debit: the batch read the account's balance before, and a debit since (a refund, a merchant's own transfer)
+   * would have left the account below zero after the payout, money the platform paid out and must recover. The
+   * ledger moves at most what the account holds at that moment, and the batch records what moved.
+   */
   async payOut(batch: store.Batch): Promise<store.BatchStatus> {
     invariant(batch.payout > 0n, `batch ${batch.id} has nothing to pay out`);
     const currency = currencyOf(batch.currency);
@@ -179,12 +184,18 @@ export class Settler {
         amount: batch.payout,
         ledger: currency.ledger,
         code: TransferCode.payout,
+        flags: { balancingDebit: true },
         metadata: { settlement_batch_id: batch.id, merchant_id: batch.merchantId },
       }),
     ]);
     invariant(result, `no result for the payout of batch ${batch.id}`);
-    if (result.code === CreateTransferResultCode.CREATE_TRANSFER_RESULT_CODE_OK || result.code === CreateTransferResultCode.CREATE_TRANSFER_RESULT_CODE_EXISTS) {
-      await store.markPaid(this.pool, batch.id);
+    // What moved is read from the transfer: also when it was made by an earlier submission (`exists`), or by a version
+    // that sent no balancing flag (exists_with_different_fields for the same derived id: it is this batch's payout).
+    const [made] = await this.ledger.lookupTransfers([batch.payoutTransferId]);
+    if (made) {
+      invariant(made.debitAccountId === batch.accountId && made.creditAccountId === clearing && made.code === TransferCode.payout, `payout transfer ${made.id} of batch ${batch.id} is not its payout`);
+      await withTransaction(this.pool, (tx) => store.markPaid(tx, batch, made.amount));
+      if (made.amount < batch.payout) this.logger.warn({ batch: batch.id, decided: String(batch.payout), moved: String(made.amount) }, 'payout moved less than decided (the balance fell since the batch); the rest is carried to the next batch');
       return 'paid';
     }
     const code = createTransferResultCodeToJSON(result.code).replace('CREATE_TRANSFER_RESULT_CODE_', '').toLowerCase();
@@ -271,6 +282,7 @@ function batchOf(id: string, account: store.SettledAccount, cut: bigint, lines: 
     payout,
     carriedOut: due - payout,
     heldForDebt,
+    payoutShort: 0n,
     payoutTransferId: derivedId('payout', id),
     status: payout > 0n ? 'payout_pending' : 'paid',
     failureCode: null,

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { statement, type Pool, type PoolClient, type Queryable } from '../lib/db.js';
+import type { PoolClient, Queryable } from '../lib/db.js';
 import { invariant } from '../lib/errors.js';
 import { SETTLEMENT_OUTBOX_SHARD, nextOutboxSequence } from '../ledger/outbox.js';
 import { traceparentOf } from '../observability/tracing.js';
@@ -75,6 +75,11 @@ export interface Batch {
   carriedOut: bigint;
   /** Of a positive carriedOut, what was held back for the merchant's debt on its other accounts in the currency. */
   heldForDebt: bigint;
+  /**
+   * What the ledger did not move of `payout`, the payout decided when the batch was made (the account's balance fell
+   * before the payout: a refund meanwhile); carried to the account's next batch. 0 until the payout is made.
+   */
+  payoutShort: bigint;
   payoutTransferId: string;
   status: BatchStatus;
   failureCode: string | null;
@@ -83,6 +88,11 @@ export interface Batch {
 /** How an entry moves the account's balance: captures credit it, fees and refunds debit it. */
 export function signedAmount(kind: EntryKind, amount: bigint): bigint {
   return kind === 'capture' ? amount : -amount;
+}
+
+/** The payout the ledger moved (the merchant's bank is paid this): the payout decided, less what it did not move. */
+export function movedPayout(b: Pick<Batch, 'payout' | 'payoutShort'>): bigint {
+  return b.payout - b.payoutShort;
 }
 
 // --- profiles --------------------------------------------------------------------------------------------
@@ -244,12 +254,12 @@ export async function advanceAccount(tx: PoolClient, accountId: string, closedTh
 }
 
 const BATCH_COLUMNS = `id, merchant_id, account_id, currency, window_start, window_end, gross_captured, refunds, fees, line_count, net,
-  carried_in, available, payout, carried_out, held_for_debt, payout_transfer_id, status, failure_code`;
+  carried_in, available, payout, carried_out, held_for_debt, payout_short, payout_transfer_id, status, failure_code`;
 
 export async function insertBatch(tx: PoolClient, b: Batch): Promise<void> {
   await tx.query({
     name: 'stl-insert-batch',
-    text: `INSERT INTO settlement_batches (${BATCH_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)`,
+    text: `INSERT INTO settlement_batches (${BATCH_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)`,
     values: [
       b.id,
       b.merchantId,
@@ -267,6 +277,7 @@ export async function insertBatch(tx: PoolClient, b: Batch): Promise<void> {
       b.payout,
       b.carriedOut,
       b.heldForDebt,
+      b.payoutShort,
       b.payoutTransferId,
       b.status,
       b.failureCode,
@@ -292,6 +303,7 @@ function batchFromRow(r: Record<string, unknown>): Batch {
     payout: r.payout as bigint,
     carriedOut: r.carried_out as bigint,
     heldForDebt: r.held_for_debt as bigint,
+    payoutShort: r.payout_short as bigint,
     payoutTransferId: r.payout_transfer_id as string,
     status: r.status as BatchStatus,
     failureCode: (r.failure_code as string | null) ?? null,
@@ -319,9 +331,10 @@ export async function previousBatchEnd(db: Queryable, batch: Pick<Batch, 'accoun
 
 /**
  * What the account should have carried into `batch`: what its previous batch (of the account and currency)
- * carried out, plus the payouts the ledger refused since that batch was made (a refused payout's amount is
- * carried to the account's next batch: markPayoutFailed, whose updated_at is when it was refused), 0 before
- * its first batch. Both write the account row (SERIALIZABLE), so a refusal committed before a batch is in it.
+ * carried out, plus the payouts the ledger refused or moved short of since that batch was made (their amount, or
+ * the part not moved, is carried to the account's next batch: markPayoutFailed and markPaid, whose updated_at is
+ * when the ledger answered), 0 before its first batch. Both write the account row (SERIALIZABLE), so a refusal
+ * committed before a batch is in it.
  */
 export async function carriedInto(db: Queryable, batch: Pick<Batch, 'id' | 'accountId' | 'currency' | 'windowStart'>): Promise<{ previousId: string | null; carried: bigint }> {
   const r = await db.query(
@@ -330,8 +343,8 @@ export async function carriedInto(db: Queryable, batch: Pick<Batch, 'id' | 'acco
      )
      SELECT (SELECT id FROM previous) AS previous_id,
             coalesce((SELECT carried_out FROM previous), 0) + coalesce((
-              SELECT sum(f.payout) FROM settlement_batches f, settlement_batches b
-              WHERE b.id = $1 AND f.account_id = $2 AND f.status = 'payout_failed' AND f.updated_at < b.created_at
+              SELECT sum(CASE WHEN f.status = 'payout_failed' THEN f.payout ELSE f.payout_short END) FROM settlement_batches f, settlement_batches b
+              WHERE b.id = $1 AND f.account_id = $2 AND (f.status = 'payout_failed' OR f.payout_short > 0) AND f.updated_at < b.created_at
                 AND ((SELECT created_at FROM previous) IS NULL OR f.updated_at >= (SELECT created_at FROM previous))
             ), 0)::INT8 AS carried`,
     [batch.id, batch.accountId, batch.currency, batch.windowStart],
@@ -370,8 +383,20 @@ export async function outstandingPayouts(tx: PoolClient, accountId: string): Pro
   return r.rows.map((row) => ({ payout: row.payout as bigint, payoutTransferId: row.payout_transfer_id as string }));
 }
 
-export async function markPaid(pool: Pool, batchId: string): Promise<void> {
-  await statement(pool, { name: 'stl-mark-paid', text: `UPDATE settlement_batches SET status = 'paid', updated_at = now() WHERE id = $1 AND status = 'payout_pending'`, values: [batchId] });
+/**
+ * The ledger moved `moved` of the batch's payout: the batch is paid. Less than decided (the account's balance fell
+ * before the payout), the part not moved is the batch's payout_short, carried to the account's next batch as a
+ * refused payout is (carriedInto).
+ */
+export async function markPaid(tx: PoolClient, batch: Batch, moved: bigint): Promise<void> {
+  invariant(moved > 0n && moved <= batch.payout, `batch ${batch.id}: the ledger moved ${moved} of a payout of ${batch.payout}`);
+  const short = batch.payout - moved;
+  const r = await tx.query({
+    name: 'stl-mark-paid',
+    text: `UPDATE settlement_batches SET status = 'paid', payout_short = $2, updated_at = now() WHERE id = $1 AND status = 'payout_pending'`,
+    values: [batch.id, short],
+  });
+  if (r.rowCount === 1 && short > 0n) await tx.query('UPDATE settlement_accounts SET carried = carried + $2 WHERE account_id = $1', [batch.accountId, short]);
 }
 
 /** The ledger refused the payout: the batch says why, and its amount is carried to the account's next batch. */
