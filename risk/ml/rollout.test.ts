@@ -4,7 +4,7 @@ import { describe, it } from 'mocha';
 import { createLogger } from '../../lib/logger.js';
 import { EventBatch } from '../../proto/gen/events/v1/events.js';
 import { Decision, type ScoreRequest, type ScoreResponse } from '../../proto/gen/risk/v1/risk.js';
-import { ChampionChallenger, assignmentKey, bucketOf } from './rollout.js';
+import { ChampionChallenger, assignmentKey, bucketOf, trialBucketOf } from './rollout.js';
 import { MonitoredScorer } from './score-monitor.js';
 
 const request = (customerId: string): ScoreRequest => ({
@@ -39,7 +39,7 @@ describe('risk rollout: champion/challenger', () => {
     const customers = Array.from({ length: 2_000 }, (_, i) => `c${i}`);
     for (const c of customers) {
       const answer = split.score(request(c));
-      const expected = bucketOf(assignmentKey(request(c))) < 30 ? 'chall-2' : 'champ-1';
+      const expected = trialBucketOf('chall-2', request(c)) < 30 ? 'chall-2' : 'champ-1';
       assert.equal(answer.modelVersion, expected);
       assert.equal(split.score(request(c)).modelVersion, expected, 'stable for the same customer');
     }
@@ -55,6 +55,18 @@ describe('risk rollout: champion/challenger', () => {
         ['champion', 'shadow', 100_000, 900_000, 'chall-2', 500n, 'USD'],
       );
     }
+  });
+
+  it('each challenger\'s trial draws its own customers: two trials of 30% share about 9% of them, not the same 30%', () => {
+    const customers = Array.from({ length: 5_000 }, (_, i) => `c${i}`);
+    const decidedBy = (version: string) => {
+      const rollout = new ChampionChallenger(fixed(100_000, Decision.DECISION_APPROVE, 'champ-1'), fixed(900_000, Decision.DECISION_DECLINE, version), 'split', 30, () => undefined, 'x.risk.decisions', createLogger('t', 'silent'));
+      return new Set(customers.filter((c) => rollout.score(request(c)).modelVersion === version));
+    };
+    const [first, second] = [decidedBy('chall-2'), decidedBy('chall-3')];
+    for (const trial of [first, second]) assert.ok(Math.abs(trial.size / customers.length - 0.3) < 0.03, `share ${trial.size / customers.length}`);
+    const both = [...first].filter((c) => second.has(c)).length / customers.length;
+    assert.ok(Math.abs(both - 0.09) < 0.025, `${(100 * both).toFixed(1)}% of customers in both trials`);
   });
 
   it('a challenger that fails to score costs no decision: the champion decides, and the event says the challenger did not score', () => {

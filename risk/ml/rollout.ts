@@ -19,6 +19,15 @@ export function bucketOf(key: string): number {
   return createHash('sha256').update(key).digest().readUInt32BE(0) % 100;
 }
 
+/**
+ * The bucket of a request in the trial of challenger `challengerVersion`: salted with the version, so that each
+ * trial draws its own customers. Unsalted, every trial gave its share to the same customers, and each challenger was
+ * judged on the customers the last one had decided for (their fraud and approvals shaped by it), not a fresh sample.
+ */
+export function trialBucketOf(challengerVersion: string, r: ScoreRequest): number {
+  return bucketOf(`${challengerVersion}|${assignmentKey(r)}`);
+}
+
 export function assignmentKey(r: ScoreRequest): string {
   return r.customerId !== '' ? `${r.merchantId}:${r.customerId}` : r.cardFingerprint !== '' ? `card:${r.cardFingerprint}` : `payment:${r.paymentId}`;
 }
@@ -49,7 +58,7 @@ export class ChampionChallenger implements Scorer {
     } catch (err) {
       this.logger.warn({ err, paymentId: request.paymentId }, 'challenger did not score; the champion decides');
     }
-    const variant = challenger && this.mode === 'split' && bucketOf(assignmentKey(request)) < this.percent ? 'challenger' : 'champion';
+    const variant = challenger && this.mode === 'split' && trialBucketOf(challenger.modelVersion, request) < this.percent ? 'challenger' : 'champion';
     const chosen = variant === 'challenger' && challenger ? challenger : champion;
     try {
       const eventId = randomUUID();
