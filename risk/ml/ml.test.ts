@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { before, describe, it } from 'mocha';
 import { FeatureStore, offlineFeatures } from './features.js';
-import { calibration, costOptimalThreshold, operatingPoint, prAuc, recallAtFpr, rocAuc } from './metrics.js';
+import { calibration, costOptimalThreshold, operatingPoint, pairedSaving, prAuc, recallAtFpr, rocAuc, rowCost } from './metrics.js';
 import { loadModel, GbtModel, LogisticModel } from './models.js';
 import { buildDataset, comparableArtefacts, evaluateScores, labelKnownAt, rulesScores, timeSplit, type Dataset, type ModelArtefact, type Split } from './pipeline.js';
 import { DEFAULT_SYNTH, generatePayments } from './synth.js';
@@ -159,6 +159,22 @@ describe('risk models: synthetic data, features, training and evaluation', funct
       assert.deepEqual([operatingPoint(many, threshold).cost, operatingPoint(many, threshold).falsePositiveRate], [0, 0]);
     });
 
+    it('a saving resting on one large chargeback is not significant; one spread over many payments is (paired bootstrap)', () => {
+      const same = Array.from({ length: 1_000 }, (_, i) => (i % 10 === 0 ? 500 : 0));
+      // The challenger caught one fraud of 100,000 the champion approved, nothing else differs.
+      const once = pairedSaving(same.map((c, i) => (i === 7 ? c + 100_000 : c)), same);
+      assert.equal(once.saving, 100_000);
+      assert.ok(once.lowerBound <= 0, `lower bound ${once.lowerBound}: a row missing from a third of the resamples`);
+      // The same total, saved on 200 payments of 500 each.
+      const spread = same.map((c, i) => (i < 200 ? c + 500 : c));
+      const steady = pairedSaving(spread, same);
+      assert.equal(steady.saving, 100_000);
+      assert.ok(steady.lowerBound > 0, `lower bound ${steady.lowerBound}`);
+      // Row costs as operatingPoint adds them up.
+      const scored = rows([[0.9, true], [0.2, true], [0.8, false], [0.1, false]]);
+      assert.equal(scored.reduce((sum, r) => sum + rowCost(r, 0.5), 0), operatingPoint(scored, 0.5).cost);
+    });
+
     it('"decline nothing" as the cost-optimal threshold survives the artefact\'s JSON: the served model still declines nothing', async () => {
       // No fraud known at the cut-off: every decline only costs, so the optimum is to decline nothing.
       const legitimate = rows(Array.from({ length: 50 }, (_, i): [number, boolean] => [i / 100, false]));
@@ -238,6 +254,7 @@ describe('risk retraining', function () {
     const file = await championFile((trained) => ({ ...trained, version: 'logistic-weak', threshold: 2 }));
     const first = await retrain(file, 4);
     assert.ok(first.promoted, `challenger ${first.challengerCost} vs champion ${first.championCost}`);
+    assert.ok(first.savingLowerBound > 0 && first.savingLowerBound < first.championCost - first.challengerCost, `lower bound ${first.savingLowerBound}`);
     assert.equal(JSON.parse(await read(file, 'utf8')).version, first.challenger.version);
     const second = await retrain(file, 4);
     assert.equal(second.promoted, false, 'an equal challenger does not replace the champion');

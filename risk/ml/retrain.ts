@@ -2,7 +2,8 @@
  * `npm run risk:retrain`: the retraining job. Trains a challenger of the champion's kind on the labelled
  * history up to a week before now (labels known at that cut-off), evaluates champion and challenger on the
  * same hold-out (the latest week), and promotes the challenger (writes it as RISK_CHAMPION_PATH, default
- * .data/risk/champion.json) only when its expected cost is lower. Run weekly (README), after the week's
+ * .data/risk/champion.json) only when its expected cost is lower, and significantly so: the lower bound of a paired
+ * bootstrap of the saving (95%, one-sided: metrics.ts pairedSaving) is above zero. Run weekly (README), after the week's
  * chargebacks arrived; --weeks sets how much simulated history "now" has.
  */
 import { readFile, writeFile, mkdir } from 'node:fs/promises';
@@ -10,17 +11,20 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { parseArtefact, readArtefact } from './artefact.js';
 import type { FraudModel } from './models.js';
-import { buildDataset, evaluateScores, timeSplit, trainModels, type ModelArtefact } from './pipeline.js';
+import { pairedSaving, rowCost } from './metrics.js';
+import { buildDataset, timeSplit, trainModels, type ModelArtefact } from './pipeline.js';
 import { DEFAULT_SYNTH } from './synth.js';
 
 export interface RetrainOutcome {
   promoted: boolean;
   championCost: number;
   challengerCost: number;
+  /** The saving's 95% one-sided lower bound (paired bootstrap over the hold-out payments): promoted only above 0. */
+  savingLowerBound: number;
   challenger: ModelArtefact;
 }
 
-/** Trains and compares; promotes by writing `championPath` when the challenger is cheaper on the hold-out. */
+/** Trains and compares; promotes by writing `championPath` when the challenger is significantly cheaper on the hold-out. */
 export async function retrain(championPath: string, weeks: number): Promise<RetrainOutcome> {
   const { artefact: champion, model: championModel } = await readArtefact(championPath);
   const synth = { ...champion.synth, weeks };
@@ -34,12 +38,14 @@ export async function retrain(championPath: string, weeks: number): Promise<Retr
   }
   const challenger = (await trainModels(dataset, split, synth)).find((a) => a.kind === champion.kind)!;
   const holdout = split.test.map((i) => dataset.payments[i]!);
-  const cost = (a: ModelArtefact, model: FraudModel) => evaluateScores(a.version, split.test.map((i) => model.score(dataset.vectors[i]!)), holdout, a.threshold).cost;
-  const championCost = cost(champion, championModel);
-  const challengerCost = cost(challenger, (await parseArtefact(JSON.stringify(challenger), 'challenger')).model);
-  const promoted = challengerCost < championCost;
+  const costs = (a: ModelArtefact, model: FraudModel) => split.test.map((i, k) => rowCost({ score: model.score(dataset.vectors[i]!), fraud: holdout[k]!.fraud, amount: holdout[k]!.amount }, a.threshold));
+  const championCosts = costs(champion, championModel);
+  const challengerCosts = costs(challenger, (await parseArtefact(JSON.stringify(challenger), 'challenger')).model);
+  const sum = (xs: readonly number[]) => xs.reduce((s, x) => s + x, 0);
+  const { lowerBound } = pairedSaving(championCosts, challengerCosts);
+  const promoted = lowerBound > 0;
   if (promoted) await writeFile(championPath, JSON.stringify(challenger));
-  return { promoted, championCost, challengerCost, challenger };
+  return { promoted, championCost: sum(championCosts), challengerCost: sum(challengerCosts), savingLowerBound: lowerBound, challenger };
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {
@@ -55,5 +61,7 @@ if (import.meta.url === `file://${process.argv[1]}`) {
     await writeFile(championPath, JSON.stringify(first));
   }
   const outcome = await retrain(championPath, Number(values.weeks ?? DEFAULT_SYNTH.weeks + 1));
-  console.log(JSON.stringify({ promoted: outcome.promoted, championCost: Math.round(outcome.championCost), challengerCost: Math.round(outcome.challengerCost), challenger: outcome.challenger.version }));
+  console.log(
+    JSON.stringify({ promoted: outcome.promoted, championCost: Math.round(outcome.championCost), challengerCost: Math.round(outcome.challengerCost), savingLowerBound: Math.round(outcome.savingLowerBound), challenger: outcome.challenger.version }),
+  );
 }
