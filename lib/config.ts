@@ -149,16 +149,22 @@ const schema = z.object({
   RISK_FEATURE_CHECKPOINT_MS: positiveInt.default(60_000),
   /** Deadline of the Score call made before every authorization. */
   RISK_DEADLINE_MS: positiveInt.max(10_000).default(150),
-  /** When Score does not answer in time: approve below this amount (minor units), decline at or above it. */
+  /**
+   * When Score does not answer in time: approve below this amount, decline at or above it. In US cents: a payment in
+   * another currency is compared by its approximate worth in cents (lib/currency.ts), unless named below.
+   */
   RISK_FAIL_OPEN_BELOW_AMOUNT: nonNegativeInt.default(10_000),
-  /** The same per currency (e.g. JPY=15000), for currencies whose minor unit is worth far more or less than a cent. */
+  /** The limit per currency in its own minor units (e.g. JPY=15000), instead of the approximate conversion. */
   RISK_FAIL_OPEN_BELOW_AMOUNT_BY_CURRENCY: perCurrencyAmounts,
   /** Score (parts per million) at or above which a payment is declined, and sent to review. */
   RISK_DECLINE_THRESHOLD_PPM: z.coerce.number().int().min(0).max(1_000_000).default(800_000),
   RISK_REVIEW_THRESHOLD_PPM: z.coerce.number().int().min(0).max(1_000_000).default(500_000),
-  /** Rules-only scorer: single-payment amount limit (minor units) and velocity per card or customer. */
+  /**
+   * Rules-only scorer: single-payment amount limit (US cents; another currency by its approximate worth in cents)
+   * and velocity per card or customer.
+   */
   RISK_RULES_MAX_AMOUNT: positiveInt.default(1_000_000),
-  /** The amount limit per currency (e.g. JPY=1500000); RISK_RULES_MAX_AMOUNT for the currencies not named. */
+  /** The amount limit per currency in its own minor units (e.g. JPY=1500000), instead of the approximate conversion. */
   RISK_RULES_MAX_AMOUNT_BY_CURRENCY: perCurrencyAmounts,
   RISK_RULES_VELOCITY_MAX: positiveInt.default(20),
   RISK_RULES_VELOCITY_WINDOW_SECONDS: positiveInt.default(60),

@@ -42,3 +42,42 @@ export function formatMajor(amount: bigint, currency: Currency): string {
   if (currency.digits === 0) return sign + digits;
   return `${sign}${digits.slice(0, -currency.digits)}.${digits.slice(-currency.digits)}`;
 }
+
+/**
+ * Approximate US dollars per major unit of the currencies most payments are in (mid-market, 2025-2026). The
+ * model's amount features are logarithms, so a rate off by 20% moves log_amount by 0.2 where the spread between
+ * an ordinary and a large payment is 3 to 5: approximate rates are enough, and a currency's features no longer
+ * depend on how many minor units its nominal values run to.
+ */
+const USD_PER_MAJOR_UNIT: Readonly<Record<string, number>> = {
+  USD: 1, EUR: 1.08, GBP: 1.27, CHF: 1.13, JPY: 0.0067, CNY: 0.14, HKD: 0.128, TWD: 0.031, SGD: 0.74, AUD: 0.66,
+  NZD: 0.6, CAD: 0.73, SEK: 0.095, NOK: 0.093, DKK: 0.145, ISK: 0.0072, PLN: 0.25, CZK: 0.043, HUF: 0.0027,
+  RON: 0.22, BGN: 0.55, TRY: 0.03, UAH: 0.024, INR: 0.012, PKR: 0.0036, BDT: 0.0083, IDR: 0.000063, KRW: 0.00073,
+  VND: 0.00004, THB: 0.028, PHP: 0.017, MYR: 0.22, BRL: 0.18, MXN: 0.055, ARS: 0.001, CLP: 0.00105, COP: 0.00024,
+  PEN: 0.27, ZAR: 0.054, NGN: 0.00065, KES: 0.0077, EGP: 0.02, MAD: 0.1, AED: 0.272, SAR: 0.267, QAR: 0.275,
+  ILS: 0.27, KWD: 3.25, BHD: 2.65, JOD: 1.41, OMR: 2.6, TND: 0.32,
+};
+
+/**
+ * An amount as US cents, approximately: what the risk model's features and the default risk limits compare across
+ * currencies. In minor units as sent, 1,000,000.00 IDR (about 63 USD) was 100,000,000, the log amount of a
+ * million-dollar payment, and every ordinary payment in IDR, VND or KRW looked like an outlier to a model trained on
+ * cents (and was above a limit meant as 10,000.00 USD). A currency outside the
+ * table is taken by its exponent alone (a major unit as one dollar); an empty or unknown code as US cents.
+ */
+export function approximateUsdCents(amount: bigint, currency: string): number {
+  if (currency === 'USD' || !isCurrencyCode(currency)) return Number(amount);
+  const { digits } = currencyOf(currency);
+  return Math.round((Number(amount) / 10 ** digits) * (USD_PER_MAJOR_UNIT[currency] ?? 1) * 100);
+}
+
+/**
+ * How an amount compares with a limit (-1 below, 0 at, 1 above): the limit set for its currency (`byCurrency`, in
+ * that currency's minor units), else `usdCents` against the amount's approximate worth in US cents. One number of
+ * minor units for every currency was 10,000.00 USD, 1,000,000 JPY and 10,000.00 IDR (0.63 USD) at once.
+ */
+export function compareWithLimit(amount: bigint, currency: string, usdCents: bigint, byCurrency?: ReadonlyMap<string, bigint>): -1 | 0 | 1 {
+  const own = byCurrency?.get(currency);
+  const [value, limit] = own !== undefined ? [amount, own] : [BigInt(approximateUsdCents(amount, currency)), usdCents];
+  return value < limit ? -1 : value > limit ? 1 : 0;
+}

@@ -40,8 +40,19 @@ describe('risk rules-only scorer', () => {
     assert.equal(scorer.score(request({ amount: 100_000_000n, currency: 'IDR' })).decision, Decision.DECISION_APPROVE);
     assert.deepEqual(scorer.score(request({ amount: 150_000_001n, currency: 'IDR' })).reasons, ['amount_above_limit']);
     assert.deepEqual(scorer.score(request({ amount: 15_001n, currency: 'JPY' })).reasons, ['amount_above_limit']);
-    // Currencies not named keep the default.
-    assert.deepEqual(scorer.score(request({ amount: 100_001n, currency: 'EUR' })).reasons, ['amount_above_limit']);
+    // Currencies not named are compared by their approximate worth in US cents with the default (1,000.00 USD here).
+    assert.deepEqual(scorer.score(request({ amount: 95_000n, currency: 'EUR' })).reasons, ['amount_above_limit'], '950.00 EUR is about 1,026 USD');
+    assert.deepEqual(scorer.score(request({ amount: 90_000n, currency: 'EUR' })).reasons, [], '900.00 EUR is about 972 USD');
+  });
+
+  it('a currency without a limit of its own is held to the default by its worth, not by its number of minor units', () => {
+    const scorer = new RulesScorer(settings); // 100,000: 1,000.00 USD
+    // 1,000,000.00 IDR (about 63 USD) and 120,000 JPY (about 804 USD) pass; 20,000,000.00 IDR (about 1,260 USD) and
+    // 160,000 JPY (about 1,072 USD) do not. As minor units against 100,000, all four were above the limit.
+    assert.deepEqual(scorer.score(request({ amount: 100_000_000n, currency: 'IDR' })).reasons, []);
+    assert.deepEqual(scorer.score(request({ amount: 120_000n, currency: 'JPY' })).reasons, []);
+    assert.deepEqual(scorer.score(request({ amount: 2_000_000_000n, currency: 'IDR' })).reasons, ['amount_above_limit']);
+    assert.deepEqual(scorer.score(request({ amount: 160_000n, currency: 'JPY' })).reasons, ['amount_above_limit']);
   });
 
   it('sends a card past its velocity to review, across merchants, and a country mismatch on top declines', () => {

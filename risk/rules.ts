@@ -1,3 +1,4 @@
+import { compareWithLimit } from '../lib/currency.js';
 import { Decision, type ScoreRequest, type ScoreResponse } from '../proto/gen/risk/v1/risk.js';
 
 /**
@@ -7,7 +8,10 @@ import { Decision, type ScoreRequest, type ScoreResponse } from '../proto/gen/ri
  */
 
 export interface RulesSettings {
-  /** Single-payment amount (minor units) above which `amount_above_limit` fires. */
+  /**
+   * Single-payment amount above which `amount_above_limit` fires, in US cents: a payment in another currency is
+   * compared by its approximate worth in cents (lib/currency.ts approximateUsdCents), unless its currency is named below.
+   */
   maxAmount: bigint;
   /** The limit of the currencies named here instead (RISK_RULES_MAX_AMOUNT_BY_CURRENCY): minor units differ in worth. */
   maxAmountByCurrency?: ReadonlyMap<string, bigint>;
@@ -78,7 +82,7 @@ export class RulesScorer {
 
   score(request: ScoreRequest, nowMs = Date.now()): ScoreResponse {
     const fired: RuleName[] = [];
-    if (request.amount > (this.settings.maxAmountByCurrency?.get(request.currency) ?? this.settings.maxAmount)) fired.push('amount_above_limit');
+    if (compareWithLimit(request.amount, request.currency, this.settings.maxAmount, this.settings.maxAmountByCurrency) > 0) fired.push('amount_above_limit');
     // Every scored attempt counts, declined or not: card testing is a burst of attempts.
     // Cards and devices are counted across merchants (card testing hops between them); customer ids are the
     // merchant's own, so they are counted per merchant.

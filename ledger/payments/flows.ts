@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { status, type ServiceError } from '@grpc/grpc-js';
-import { currencyOf, type Currency } from '../../lib/currency.js';
+import { compareWithLimit, currencyOf, type Currency } from '../../lib/currency.js';
 import { isUniqueViolation, withTransaction, type Pool } from '../../lib/db.js';
 import { Coalescer } from '../../lib/coalesce.js';
 import { derivedId } from '../../lib/derived-id.js';
@@ -36,6 +36,7 @@ export interface PaymentSettings {
   shardCount: number;
   authorizationTimeoutSeconds: number;
   riskDeadlineMs: number;
+  /** Below this (US cents; another currency by its approximate worth in cents) a payment is approved when risk is unavailable. */
   riskFailOpenBelowAmount: bigint;
   /** The fail-open amount of the currencies named here instead (RISK_FAIL_OPEN_BELOW_AMOUNT_BY_CURRENCY). */
   riskFailOpenBelowAmountByCurrency?: ReadonlyMap<string, bigint>;
@@ -620,7 +621,7 @@ export class PaymentFlows {
       return { outcome: 'scored', scorePpm: r.scorePpm, decision: decisionName(r.decision), reasons: r.reasons, modelVersion: r.modelVersion };
     } catch (error) {
       // No answer in time (or the scorer failed): the configured policy decides, and the payment records it.
-      const failOpen = input.amount < (this.settings.riskFailOpenBelowAmountByCurrency?.get(request.currency) ?? this.settings.riskFailOpenBelowAmount);
+      const failOpen = compareWithLimit(input.amount, request.currency, this.settings.riskFailOpenBelowAmount, this.settings.riskFailOpenBelowAmountByCurrency) < 0;
       // A gRPC status (deadline, unavailable) is an expected condition with nothing to debug in its stack, and
       // under overload it is every payment: logged by code and message only.
       const code = (error as Partial<ServiceError>).code;

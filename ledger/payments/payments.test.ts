@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { credentials, status, type ServiceError } from '@grpc/grpc-js';
 import { after, before, describe, it } from 'mocha';
+import { currencyOf } from '../../lib/currency.js';
 import { derivedId } from '../../lib/derived-id.js';
 import { ERROR_CODE_KEY, ERROR_FIELD_KEY, callUnary } from '../../lib/grpc.js';
 import { createLogger } from '../../lib/logger.js';
@@ -58,7 +59,7 @@ describe('payments (gRPC, on the ledger, with the rules-only risk scorer)', func
   }
 
   /** A payment from a wallet of the merchant, as PaymentFlows.createPayment takes it. */
-  function walletPayment(merchantId: string, accountId: string, fields: Pick<CreatePaymentInput, 'idempotencyKey' | 'amount' | 'captureMethod'>): CreatePaymentInput {
+  function walletPayment(merchantId: string, accountId: string, fields: Pick<CreatePaymentInput, 'idempotencyKey' | 'amount' | 'captureMethod'> & Partial<Pick<CreatePaymentInput, 'currency'>>): CreatePaymentInput {
     return { merchantId, currency: 'USD', source: { kind: 'account', accountId }, destinationAccountId: '', metadata: {}, deviceId: '', ipCountry: '', customerId: '', ...fields };
   }
 
@@ -78,12 +79,13 @@ describe('payments (gRPC, on the ledger, with the rules-only risk scorer)', func
   }
 
   /** A customer wallet of the merchant holding `funds`, paid in from a funding account of the merchant. */
-  async function wallet(merchantId: string, funds: bigint): Promise<string> {
-    const w = account({ ledger: USD, flags: { debitsMustNotExceedCredits: true } });
-    const funding = account({ ledger: USD });
+  async function wallet(merchantId: string, funds: bigint, currency = 'USD'): Promise<string> {
+    const { ledger: currencyLedger } = currencyOf(currency);
+    const w = account({ ledger: currencyLedger, flags: { debitsMustNotExceedCredits: true } });
+    const funding = account({ ledger: currencyLedger });
     assert.deepEqual((await ledger.client.createAccounts([w, funding])).map((r) => r.code), [1, 1]);
-    for (const a of [w, funding]) await pool.query(`INSERT INTO merchant_accounts (account_id, merchant_id, currency, purpose) VALUES ($1, $2, 'USD', 'custom')`, [a.id, merchantId]);
-    if (funds > 0n) assert.equal((await ledger.client.createTransfers([transfer({ ledger: USD, debitAccountId: funding.id, creditAccountId: w.id, amount: funds })]))[0]?.code, 1);
+    for (const a of [w, funding]) await pool.query(`INSERT INTO merchant_accounts (account_id, merchant_id, currency, purpose) VALUES ($1, $2, $3, 'custom')`, [a.id, merchantId, currency]);
+    if (funds > 0n) assert.equal((await ledger.client.createTransfers([transfer({ ledger: currencyLedger, debitAccountId: funding.id, creditAccountId: w.id, amount: funds })]))[0]?.code, 1);
     return w.id;
   }
 
@@ -399,6 +401,13 @@ describe('payments (gRPC, on the ledger, with the rules-only risk scorer)', func
     const ownLimit = new PaymentFlows(pool, routerLedger(ledger.app.router), unavailable, { ...settings, riskFailOpenBelowAmountByCurrency: new Map([[input.currency, 500n]]) }, logger);
     const byCurrency = await ownLimit.createPayment(input);
     assert.deepEqual([byCurrency.status, byCurrency.declineCode, byCurrency.risk.outcome], ['declined', 'risk_unavailable', 'fail_closed']);
+    // A currency without a limit of its own is held to the default (5,000: 50.00 USD) by its approximate worth: 500,000.00
+    // IDR (about 32 USD) is approved, 1,000,000.00 IDR (about 63 USD) is not. As minor units, both were above 5,000.
+    const rupiah = await wallet(merchant, 200_000_000n, 'IDR');
+    const inRupiah = (amount: bigint) => walletPayment(merchant, rupiah, { idempotencyKey: '', amount, currency: 'IDR', captureMethod: 'automatic' });
+    const flows = new PaymentFlows(pool, routerLedger(ledger.app.router), unavailable, settings, logger);
+    assert.deepEqual((await flows.createPayment(inRupiah(50_000_000n))).risk.outcome, 'fail_open');
+    assert.deepEqual((await flows.createPayment(inRupiah(100_000_000n))).risk.outcome, 'fail_closed');
   });
 
   it('risk answering no decision it knows (unspecified, or a newer enum value) is not an approval: the unavailable policy applies', async () => {

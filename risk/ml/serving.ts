@@ -8,7 +8,7 @@ import { connectJetStream, connectNats, type NatsConnection } from '../../lib/na
 import { ensureEventStream } from '../../lib/streams.js';
 import { EventBatch, type PaymentEvent } from '../../proto/gen/events/v1/events.js';
 import { Decision, type ScoreRequest, type ScoreResponse } from '../../proto/gen/risk/v1/risk.js';
-import { comparableAmount } from './amounts.js';
+import { approximateUsdCents } from '../../lib/currency.js';
 import type { FeatureCheckpoints } from './feature-checkpoints.js';
 import { FeatureStore, type PaymentFacts } from './features.js';
 import type { FraudModel } from './models.js';
@@ -37,7 +37,7 @@ export function factsFromScore(r: ScoreRequest, at: number): PaymentFacts {
     cardCountry: r.cardCountry,
     deviceId: r.deviceId,
     ipCountry: r.ipCountry,
-    amount: comparableAmount(r.amount, r.currency),
+    amount: approximateUsdCents(r.amount, r.currency),
   };
 }
 
@@ -52,7 +52,7 @@ export function factsFromEvent(e: PaymentEvent): PaymentFacts {
     cardCountry: e.cardCountry,
     deviceId: e.deviceId,
     ipCountry: e.ipCountry,
-    amount: comparableAmount(e.amount, e.currency),
+    amount: approximateUsdCents(e.amount, e.currency),
     paymentId: e.paymentId,
   };
 }

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'mocha';
 import type { ScoreRequest } from '../../proto/gen/risk/v1/risk.js';
-import { comparableAmount } from './amounts.js';
+import { approximateUsdCents } from '../../lib/currency.js';
 import { FeatureStore } from './features.js';
 import { factsFromScore } from './serving.js';
 
@@ -21,8 +21,8 @@ describe('risk features: amounts compared across currencies', () => {
   });
 
   it('US cents are taken as they are; a currency outside the rate table by its exponent; an unknown code as cents', () => {
-    assert.equal(comparableAmount(123_456n, 'USD'), 123_456);
-    assert.equal(comparableAmount(123_456n, ''), 123_456);
-    assert.equal(comparableAmount(1_000n, 'XAF'), 100_000, 'XAF has no minor unit: 1,000 as 1,000 major units');
+    assert.equal(approximateUsdCents(123_456n, 'USD'), 123_456);
+    assert.equal(approximateUsdCents(123_456n, ''), 123_456);
+    assert.equal(approximateUsdCents(1_000n, 'XAF'), 100_000, 'XAF has no minor unit: 1,000 as 1,000 major units');
   });
 });
