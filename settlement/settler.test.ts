@@ -8,6 +8,7 @@ import { feeTransferId, nowNanos, platformAccountId } from '../ledger/payments/m
 import type { EventEnvelope } from '../proto/gen/events/v1/events.js';
 import { account, startTestLedger, transfer, type TestLedger } from '../test/ledger-harness.js';
 import { testPool } from '../test/support.js';
+import { batchToProto } from './service.js';
 import { Settler, type SettlementLedger } from './settler.js';
 import * as store from './store.js';
 import { parseSchedule } from './windows.js';
@@ -180,6 +181,8 @@ describe('settlement windows and payouts (real PostgreSQL and ledger)', function
     const racing = new Settler(pool, refundFirst, { defaultSchedule: parseSchedule({ kind: 'interval', intervalMinutes: 60 }), resumePayoutsAfterMs: 1_000 }, createLogger('settlement-test', 'error'));
     const [batch] = await racing.closeEnded(cut + 1n).then((b) => b.filter((x) => x.accountId === m.accountId));
     assert.deepEqual([batch!.available, batch!.status], [10_000n, 'paid']);
+    // The batch the close answers with (CloseWindow's answer, batchToProto) says what moved, as the stored one does.
+    assert.deepEqual([batch!.payoutShort, batchToProto(batch!).payout, batchToProto(batch!).payoutShort], [4_000n, 6_000n, 4_000n], 'the batch answered by the close says what moved');
     const recorded = (await store.findBatch(pool, batch!.id))!;
     assert.deepEqual([recorded.payout, recorded.payoutShort, store.movedPayout(recorded), recorded.carriedOut], [10_000n, 4_000n, 6_000n, 0n]);
     const [after] = await ledger.client.lookupAccounts([m.accountId]);

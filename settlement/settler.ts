@@ -142,7 +142,8 @@ export class Settler {
     if (outcome.batch) {
       const held = 'debtElsewhere' in outcome && outcome.debtElsewhere > 0n ? { debt_elsewhere: String(outcome.debtElsewhere) } : {};
       this.logger.info({ batch: outcome.batch.id, account: accountId, lines: outcome.batch.lineCount, net: String(outcome.batch.net), payout: String(outcome.batch.payout), ...held }, 'settlement batch made');
-      if (outcome.batch.status === 'payout_pending') outcome.batch.status = await this.payOut(outcome.batch);
+      // The batch answered (CloseWindow) says what the payout did: its status, and what the ledger did not move.
+      if (outcome.batch.status === 'payout_pending') Object.assign(outcome.batch, await this.payOut(outcome.batch));
       this.settings.onBatch?.(outcome.batch);
     }
     return outcome;
@@ -155,8 +156,8 @@ export class Settler {
       try {
         // Counted now that its payout is decided, as closeAccount counts the others: its close failed to submit the
         // payout (or the process stopped), so it was never counted, and a refusal here would page no one.
-        const status = await this.payOut(batch);
-        this.settings.onBatch?.({ ...batch, status });
+        const outcome = await this.payOut(batch);
+        this.settings.onBatch?.({ ...batch, ...outcome });
       } catch (error) {
         // As for closing: one batch's failure must not hold up every payout after it (an outage stops the run).
         if (isOutage(error)) throw error;
@@ -170,9 +171,10 @@ export class Settler {
    * The payout transfer of a batch (its id derives from the batch: submitting it again is `exists`). A balancing
    * debit: the batch read the account's balance before, and a debit since (a refund, a merchant's own transfer)
    * would have left the account below zero after the payout, money the platform paid out and must recover. The
-   * ledger moves at most what the account holds at that moment, and the batch records what moved.
+   * ledger moves at most what the account holds at that moment, and the batch records what moved. Returns the
+   * batch's status and payout_short after it.
    */
-  async payOut(batch: store.Batch): Promise<store.BatchStatus> {
+  async payOut(batch: store.Batch): Promise<Pick<store.Batch, 'status' | 'payoutShort'>> {
     invariant(batch.payout > 0n, `batch ${batch.id} has nothing to pay out`);
     const currency = currencyOf(batch.currency);
     const clearing = await this.payoutClearingAccount(batch.currency);
@@ -196,12 +198,12 @@ export class Settler {
       invariant(made.debitAccountId === batch.accountId && made.creditAccountId === clearing && made.code === TransferCode.payout, `payout transfer ${made.id} of batch ${batch.id} is not its payout`);
       await withTransaction(this.pool, (tx) => store.markPaid(tx, batch, made.amount));
       if (made.amount < batch.payout) this.logger.warn({ batch: batch.id, decided: String(batch.payout), moved: String(made.amount) }, 'payout moved less than decided (the balance fell since the batch); the rest is carried to the next batch');
-      return 'paid';
+      return { status: 'paid', payoutShort: batch.payout - made.amount };
     }
     const code = createTransferResultCodeToJSON(result.code).replace('CREATE_TRANSFER_RESULT_CODE_', '').toLowerCase();
     this.logger.error({ batch: batch.id, code }, 'payout refused by the ledger; its amount is carried to the next batch');
     await withTransaction(this.pool, (tx) => store.markPayoutFailed(tx, batch, code));
-    return 'payout_failed';
+    return { status: 'payout_failed', payoutShort: 0n };
   }
 
   /**
