@@ -116,7 +116,7 @@ describe('settlement: a batch whose payout is still outstanding', function () {
     const { balance } = await capturedPayment(settler, 10_000n, 10_000n, day1);
 
     const { batch: first } = await settler.closeAccount(balance, day1 + DAY);
-    assert.deepEqual([first!.payout, first!.status], [10_000n, 'payout_failed']);
+    assert.deepEqual([first!.payout, first!.status, first!.failureCode], [10_000n, 'payout_failed', 'account_closed'], 'the batch a close answers with says why, as the stored one');
     const { batch: second } = await settler.closeAccount(balance, day1 + 2n * DAY);
     assert.deepEqual([second!.lineCount, second!.carriedIn, second!.payout, second!.status], [0, 10_000n, 10_000n, 'paid']);
 

@@ -142,7 +142,7 @@ export class Settler {
     if (outcome.batch) {
       const held = 'debtElsewhere' in outcome && outcome.debtElsewhere > 0n ? { debt_elsewhere: String(outcome.debtElsewhere) } : {};
       this.logger.info({ batch: outcome.batch.id, account: accountId, lines: outcome.batch.lineCount, net: String(outcome.batch.net), payout: String(outcome.batch.payout), ...held }, 'settlement batch made');
-      // The batch answered (CloseWindow) says what the payout did: its status, and what the ledger did not move.
+      // The batch answered (CloseWindow) says what the payout did: its status, what the ledger did not move, or why it refused.
       if (outcome.batch.status === 'payout_pending') Object.assign(outcome.batch, await this.payOut(outcome.batch));
       this.settings.onBatch?.(outcome.batch);
     }
@@ -172,9 +172,9 @@ export class Settler {
    * debit: the batch read the account's balance before, and a debit since (a refund, a merchant's own transfer)
    * would have left the account below zero after the payout, money the platform paid out and must recover. The
    * ledger moves at most what the account holds at that moment, and the batch records what moved. Returns the
-   * batch's status and payout_short after it.
+   * batch's status, payout_short and failure code after it.
    */
-  async payOut(batch: store.Batch): Promise<Pick<store.Batch, 'status' | 'payoutShort'>> {
+  async payOut(batch: store.Batch): Promise<Pick<store.Batch, 'status' | 'payoutShort' | 'failureCode'>> {
     invariant(batch.payout > 0n, `batch ${batch.id} has nothing to pay out`);
     const currency = currencyOf(batch.currency);
     const clearing = await this.payoutClearingAccount(batch.currency);
@@ -198,12 +198,12 @@ export class Settler {
       invariant(made.debitAccountId === batch.accountId && made.creditAccountId === clearing && made.code === TransferCode.payout, `payout transfer ${made.id} of batch ${batch.id} is not its payout`);
       await withTransaction(this.pool, (tx) => store.markPaid(tx, batch, made.amount));
       if (made.amount < batch.payout) this.logger.warn({ batch: batch.id, decided: String(batch.payout), moved: String(made.amount) }, 'payout moved less than decided (the balance fell since the batch); the rest is carried to the next batch');
-      return { status: 'paid', payoutShort: batch.payout - made.amount };
+      return { status: 'paid', payoutShort: batch.payout - made.amount, failureCode: null };
     }
     const code = createTransferResultCodeToJSON(result.code).replace('CREATE_TRANSFER_RESULT_CODE_', '').toLowerCase();
     this.logger.error({ batch: batch.id, code }, 'payout refused by the ledger; its amount is carried to the next batch');
     await withTransaction(this.pool, (tx) => store.markPayoutFailed(tx, batch, code));
-    return { status: 'payout_failed', payoutShort: 0n };
+    return { status: 'payout_failed', payoutShort: 0n, failureCode: code };
   }
 
   /**
