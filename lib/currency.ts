@@ -66,9 +66,14 @@ const USD_PER_MAJOR_UNIT: Readonly<Record<string, number>> = {
  * table is taken by its exponent alone (a major unit as one dollar); an empty or unknown code as US cents.
  */
 export function approximateUsdCents(amount: bigint, currency: string): number {
-  if (currency === 'USD' || !isCurrencyCode(currency)) return Number(amount);
+  return Math.round(worthInUsdCents(amount, currency) ?? Number(amount));
+}
+
+/** An amount's approximate worth in US cents, unrounded; undefined when it is in US cents already (USD, or no known code). */
+function worthInUsdCents(amount: bigint, currency: string): number | undefined {
+  if (currency === 'USD' || !isCurrencyCode(currency)) return undefined;
   const { digits } = currencyOf(currency);
-  return Math.round((Number(amount) / 10 ** digits) * (USD_PER_MAJOR_UNIT[currency] ?? 1) * 100);
+  return (Number(amount) / 10 ** digits) * (USD_PER_MAJOR_UNIT[currency] ?? 1) * 100;
 }
 
 /**
@@ -78,6 +83,10 @@ export function approximateUsdCents(amount: bigint, currency: string): number {
  */
 export function compareWithLimit(amount: bigint, currency: string, usdCents: bigint, byCurrency?: ReadonlyMap<string, bigint>): -1 | 0 | 1 {
   const own = byCurrency?.get(currency);
-  const [value, limit] = own !== undefined ? [amount, own] : [BigInt(approximateUsdCents(amount, currency)), usdCents];
+  // The worth unrounded: rounded to a cent, a payment up to half a cent above the limit was "at" it (no
+  // amount_above_limit), and one up to half a cent below it was too (failed closed). Amounts already in cents
+  // compare exactly, as bigints.
+  const worth = own === undefined ? worthInUsdCents(amount, currency) : undefined;
+  const [value, limit] = worth !== undefined ? [worth, Number(usdCents)] : [amount, own ?? usdCents];
   return value < limit ? -1 : value > limit ? 1 : 0;
 }

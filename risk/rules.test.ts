@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'mocha';
+import { compareWithLimit } from '../lib/currency.js';
 import { Decision, type ScoreRequest } from '../proto/gen/risk/v1/risk.js';
 import { RULE_WEIGHTS, RulesScorer, VelocityWindow } from './rules.js';
 
@@ -53,6 +54,20 @@ describe('risk rules-only scorer', () => {
     assert.deepEqual(scorer.score(request({ amount: 120_000n, currency: 'JPY' })).reasons, []);
     assert.deepEqual(scorer.score(request({ amount: 2_000_000_000n, currency: 'IDR' })).reasons, ['amount_above_limit']);
     assert.deepEqual(scorer.score(request({ amount: 160_000n, currency: 'JPY' })).reasons, ['amount_above_limit']);
+  });
+
+  it('a converted amount is compared by its worth, not by its worth rounded to a cent: above is above, below is below', () => {
+    // 1,492,538 JPY is 1,000,000.46 US cents at the table's rate: above a limit of 1,000,000 (rounded, it was "at" it).
+    const scorer = new RulesScorer({ ...settings, maxAmount: 1_000_000n });
+    assert.deepEqual(scorer.score(request({ amount: 1_492_538n, currency: 'JPY' })).reasons, ['amount_above_limit']);
+    assert.deepEqual(scorer.score(request({ amount: 1_492_537n, currency: 'JPY' })).reasons, [], '999,999.79 cents');
+    // The fail-open comparison: 7,462 JPY is 4,999.54 cents, below 5,000 (rounded, it was at it and failed closed).
+    assert.equal(compareWithLimit(7_462n, 'JPY', 5_000n), -1);
+    assert.equal(compareWithLimit(7_463n, 'JPY', 5_000n), 1, '5,000.21 cents');
+    // US cents (and codes outside ISO 4217, taken as cents) compare exactly, beyond 2^53 too.
+    assert.equal(compareWithLimit(5_000n, 'USD', 5_000n), 0);
+    assert.equal(compareWithLimit(9_007_199_254_740_993n, 'USD', 9_007_199_254_740_993n), 0);
+    assert.equal(compareWithLimit(9_007_199_254_740_993n, '', 9_007_199_254_740_992n), 1);
   });
 
   it('sends a card past its velocity to review, across merchants, and a country mismatch on top declines', () => {
