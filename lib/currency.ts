@@ -56,6 +56,10 @@ const USD_PER_MAJOR_UNIT: Readonly<Record<string, number>> = {
   VND: 0.00004, THB: 0.028, PHP: 0.017, MYR: 0.22, BRL: 0.18, MXN: 0.055, ARS: 0.001, CLP: 0.00105, COP: 0.00024,
   PEN: 0.27, ZAR: 0.054, NGN: 0.00065, KES: 0.0077, EGP: 0.02, MAD: 0.1, AED: 0.272, SAR: 0.267, QAR: 0.275,
   ILS: 0.27, KWD: 3.25, BHD: 2.65, JOD: 1.41, OMR: 2.6, TND: 0.32,
+  // Every national currency without minor units: taken by its exponent alone (a unit as a dollar) one was worth
+  // 100 to 10,000 times its value, and the default limits held 10,000 XOF (16 USD) as 10,000 USD.
+  XOF: 0.00165, XAF: 0.00165, XPF: 0.0091, UGX: 0.00027, PYG: 0.000127, RWF: 0.0007, GNF: 0.000116, KMF: 0.0022,
+  DJF: 0.0056, VUV: 0.0083, BIF: 0.00034,
 };
 
 /**

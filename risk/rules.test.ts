@@ -70,6 +70,18 @@ describe('risk rules-only scorer', () => {
     assert.equal(compareWithLimit(9_007_199_254_740_993n, '', 9_007_199_254_740_992n), 1);
   });
 
+  it('a currency without minor units outside the big ones (XOF, XAF, UGX...) is not taken as a dollar a unit against the limits', () => {
+    // 100,000 XOF is about 165 USD, 1,000,000 UGX about 270 USD: far below the default limit (10,000.00 USD). A unit
+    // taken as a dollar, they were 100,000 and 1,000,000 dollars (and 10,001 XOF, 16 USD, above the limit).
+    const scorer = new RulesScorer({ ...settings, maxAmount: 1_000_000n });
+    for (const [amount, currency] of [[100_000n, 'XOF'], [100_000n, 'XAF'], [1_000_000n, 'UGX'], [1_000_000n, 'PYG'], [10_000n, 'XPF']] as const) {
+      assert.deepEqual(scorer.score(request({ amount, currency })).reasons, [], `${amount} ${currency}`);
+    }
+    // Fail-open (10,000: 100.00 USD): 20,000 XOF (about 33 USD) is below it, 100,000 XOF (about 165 USD) is not.
+    assert.equal(compareWithLimit(20_000n, 'XOF', 10_000n), -1);
+    assert.equal(compareWithLimit(100_000n, 'XOF', 10_000n), 1);
+  });
+
   it('sends a card past its velocity to review, across merchants, and a country mismatch on top declines', () => {
     const scorer = new RulesScorer(settings);
     const card = (merchantId: string, at: number, extra: Partial<ScoreRequest> = {}) => scorer.score(request({ merchantId, cardFingerprint: 'fp', ...extra }), at);
