@@ -7,6 +7,7 @@ import { loadModel, GbtModel, LogisticModel } from './models.js';
 import { buildDataset, comparableArtefacts, evaluateScores, labelKnownAt, rulesScores, timeSplit, type Dataset, type ModelArtefact, type Split } from './pipeline.js';
 import { DEFAULT_SYNTH, generatePayments } from './synth.js';
 import { ModelScorer } from './serving.js';
+import { Rng } from './random.js';
 import { Decision } from '../../proto/gen/risk/v1/risk.js';
 
 const SMALL = { ...DEFAULT_SYNTH, seed: 11, weeks: 4, customers: 800, fraudIncidentsPerDay: 0.6 };
@@ -173,6 +174,27 @@ describe('risk models: synthetic data, features, training and evaluation', funct
       // Row costs as operatingPoint adds them up.
       const scored = rows([[0.9, true], [0.2, true], [0.8, false], [0.1, false]]);
       assert.equal(scored.reduce((sum, r) => sum + rowCost(r, 0.5), 0), operatingPoint(scored, 0.5).cost);
+    });
+
+    it('the lower bound is the (1 - confidence) quantile of the resampled savings: the 100th of 2,000 at 95%, the least of 20', () => {
+      // The resamples as pairedSaving draws them (seeded), to see which of them it takes.
+      const differences = Array.from({ length: 40 }, (_, i) => ((i * 7919) % 101) - 30 + i / 1_000);
+      const resampled = (rounds: number) => {
+        const rng = new Rng(1);
+        const sums = Array.from({ length: rounds }, () => {
+          let sum = 0;
+          for (let k = 0; k < differences.length; k++) sum += differences[rng.int(0, differences.length - 1)]!;
+          return sum;
+        });
+        return sums.sort((a, b) => a - b);
+      };
+      const zeros = differences.map(() => 0);
+      // 5% of the resamples at or below the bound, not 5% strictly below it (5.05%): the 100th smallest of 2,000.
+      assert.equal(pairedSaving(differences, zeros).lowerBound, resampled(2_000)[99]);
+      // Of 20 resamples, 1 is 5%: the least; the second least had 10% of them at or below it, a 90% bound.
+      assert.equal(pairedSaving(differences, zeros, { rounds: 20 }).lowerBound, resampled(20)[0]);
+      // 90% of 2,000: the 200th (as before, where (1 - 0.9) * 2,000 came to 199.99999999999997).
+      assert.equal(pairedSaving(differences, zeros, { confidence: 0.9 }).lowerBound, resampled(2_000)[199]);
     });
 
     it('"decline nothing" as the cost-optimal threshold survives the artefact\'s JSON: the served model still declines nothing', async () => {
