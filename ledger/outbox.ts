@@ -15,8 +15,12 @@ export const EVENTS_PER_MESSAGE = 2048;
  */
 export const MAX_MESSAGE_BYTES = 960 * 1024;
 
-/** The max_payload a NATS server must allow for the relay: a message of MAX_MESSAGE_BYTES and its headers (id, traceparent). */
-export const NATS_PAYLOAD_NEEDED = MAX_MESSAGE_BYTES + 1024;
+/**
+ * The max_payload a NATS server must allow for the relay: a message of MAX_MESSAGE_BYTES and its headers (id and
+ * traceparent, about 140 bytes), with room for a consumer's dead letter of it (its reason and origin headers, up to
+ * about 1.1 KB: lib/consumer.ts). 1 MiB, NATS's default, leaves more.
+ */
+export const NATS_PAYLOAD_NEEDED = MAX_MESSAGE_BYTES + 4096;
 
 /**
  * An upper bound of one event's encoded size inside an EventBatch, besides its traceparent and metadata: every
