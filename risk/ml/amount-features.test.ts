@@ -23,6 +23,6 @@ describe('risk features: amounts compared across currencies', () => {
   it('US cents are taken as they are; a currency outside the rate table by its exponent; an unknown code as cents', () => {
     assert.equal(approximateUsdCents(123_456n, 'USD'), 123_456);
     assert.equal(approximateUsdCents(123_456n, ''), 123_456);
-    assert.equal(approximateUsdCents(1_000n, 'IQD'), 100, 'IQD has 3 decimals: 1,000 as 1 major unit');
+    assert.equal(approximateUsdCents(10_000n, 'CLF'), 100, 'CLF (a unit of account, no rate) has 4 decimals: 10,000 as 1 major unit, a dollar');
   });
 });
