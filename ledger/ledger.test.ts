@@ -645,6 +645,29 @@ describe('ledger (gRPC, PostgreSQL)', function () {
       }
     });
 
+    it('32 concurrent balancing debits of one account, from chains led on every shard: exactly its balance moves, never more', async () => {
+      // The merchant's balance (no limit flags) holds 1,000; each request is a chain led by a transfer between two
+      // accounts of one shard (so the 32 requests run in batches of all 8 shards at once), then a payout of 150.
+      const [merchant, funding] = await funded(1_000n);
+      const [bank] = await accounts(1);
+      const pairs = await Promise.all(Array.from({ length: SHARDS }, async (_, shard) => {
+        const [a, b] = [idOnShard(shard), idOnShard(shard)];
+        assert.deepEqual(await create(account({ id: a }), account({ id: b })), ['ok', 'ok']);
+        return [a, b] as const;
+      }));
+      const payouts = Array.from({ length: 32 }, () => transfer({ debitAccountId: merchant, creditAccountId: bank!, amount: 150n, flags: { balancingDebit: true } }));
+      const answers = await Promise.all(payouts.map((p, i) => {
+        const [a, b] = pairs[i % SHARDS]!;
+        return send(transfer({ debitAccountId: a, creditAccountId: b, amount: 1n, flags: { linked: true } }), p);
+      }));
+      const moved = (await ledger.client.lookupTransfers(payouts.map((p) => p.id))).map((t) => t.amount).sort((x, y) => Number(y - x));
+      // As if applied one after another, in whatever order they committed: six of 150, one of the 100 left.
+      assert.deepEqual(moved, [150n, 150n, 150n, 150n, 150n, 150n, 100n]);
+      assert.equal(answers.filter(([, code]) => code === 'ok').length, 7);
+      assert.ok(answers.every(([lead, code]) => (code === 'ok' ? lead === 'ok' : code === 'exceeds_credits' && lead === 'linked_event_failed')), JSON.stringify(answers));
+      await expectBalances({ [merchant]: [0n, 1_000n, 0n, 1_000n], [bank!]: [0n, 0n, 0n, 1_000n], [funding]: [0n, 1_000n, 0n, 0n] });
+    });
+
     it('a balancing debit runs after the events of its request before it that change its account, whatever shards they are on', async () => {
       for (let round = 0; round < ROUNDS; round++) {
         // Funding on shard 0, the merchant's balance (no limit flags) and its payouts on 1.
