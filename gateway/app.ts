@@ -5,7 +5,7 @@ import addFormats from 'ajv-formats';
 import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { context, isSpanContextValid, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Meter, type Span } from '@opentelemetry/api';
 import type { Config } from '../lib/config.js';
-import type { Pool } from '../lib/db.js';
+import { createPool, type Pool } from '../lib/db.js';
 import { AppError, UnavailableError, ValidationError } from '../lib/errors.js';
 import type { Logger } from '../lib/logger.js';
 import { PeriodicTask } from '../lib/periodic.js';
@@ -147,6 +147,14 @@ function isExact(token: string): boolean {
  */
 function isApiRequest(request: FastifyRequest): boolean {
   return request.routeOptions.url?.startsWith('/v1/') ?? request.url.startsWith('/v1/');
+}
+
+/**
+ * The gateway's database pool: key lookups and idempotency records, by key only, with the gateway's own statement
+ * timeout (GATEWAY_DATABASE_TIMEOUT_MS) so that a database that stops answering fails requests soon.
+ */
+export function gatewayPool(config: Config, options: { max?: number } = {}): Pool {
+  return createPool(config, { applicationName: 'gateway', keyAccessOnly: true, statementTimeoutMs: config.GATEWAY_DATABASE_TIMEOUT_MS, ...options });
 }
 
 export async function buildGateway(deps: GatewayDeps): Promise<Gateway> {

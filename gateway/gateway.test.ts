@@ -4,6 +4,8 @@ import cc from 'currency-codes';
 import { after, before, describe, it } from 'mocha';
 import { ADMIN_KEY, Api, businessTableCounts, expectError, startTestGateway, startTestStack, type TestStack } from '../test/gateway-harness.js';
 import { freePort } from '../test/ledger-process.js';
+import { TcpProxy } from '../test/tcp-proxy.js';
+import { testConfig } from '../test/support.js';
 import { connect, createServer, type AddressInfo } from 'node:net';
 import type { Pool } from '../lib/db.js';
 import { AppError } from '../lib/errors.js';
@@ -917,6 +919,28 @@ describe('REST gateway (HTTP end to end: gateway, ledger with payments, risk, Po
         assert.doesNotMatch(ready.text, /127\.0\.0\.1|ECONNREFUSED|connect|nowhere|postgres/i, ready.text);
       } finally {
         await noDatabase.close();
+      }
+    });
+
+    it('a database that stops answering (connections gone silent): 503 with Retry-After after GATEWAY_DATABASE_TIMEOUT_MS, not after the 35 s of the ledger\'s timeout', async () => {
+      const proxy = await TcpProxy.start(new URL(testConfig().DATABASE_URL));
+      const silent = await startTestGateway(stack.ledger.app.address, { DATABASE_URL: proxy.via(testConfig().DATABASE_URL), GATEWAY_DATABASE_TIMEOUT_MS: '1000' });
+      try {
+        const api = await Api.connect(silent.url);
+        assert.equal((await api.get('/v1/payments', keyA)).status, 200, 'answered while the database answers');
+        proxy.freeze();
+        // The client gives up at 15 s: with the 30 s statement timeout of the other services the answer came at 35 s.
+        const started = Date.now();
+        const r = await fetch(`${silent.url}/v1/payments`, { headers: { authorization: `Bearer ${keyA}` }, signal: AbortSignal.timeout(15_000) }).catch((error: unknown) => {
+          assert.fail(`no answer within 15 s (${Date.now() - started} ms): ${String(error)}`);
+        });
+        assert.equal(r.status, 503, await r.clone().text());
+        assert.equal(((await r.json()) as { error: { code: string } }).error.code, 'database_unavailable');
+        assert.ok(Number(r.headers.get('retry-after')) >= 1);
+      } finally {
+        // The proxy first: a pool ending its frozen connections would wait for their goodbyes for good.
+        await proxy.cut();
+        await silent.close();
       }
     });
 

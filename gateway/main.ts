@@ -1,12 +1,11 @@
 /** The gateway process: REST/JSON on GATEWAY_PORT, gRPC to the ledger (and the payments beside it). */
-import { createPool } from '../lib/db.js';
 import { runService } from '../lib/service-main.js';
 import { startMetrics } from '../observability/metrics.js';
-import { InFlight, buildGateway } from './app.js';
+import { InFlight, buildGateway, gatewayPool } from './app.js';
 import { Backends } from './backends.js';
 
 await runService('gateway', async (config, logger) => {
-  const pool = createPool(config, { applicationName: 'gateway', keyAccessOnly: true });
+  const pool = gatewayPool(config);
   const backends = new Backends(config);
   const metrics = await startMetrics('gateway', config.METRICS_PORT, config.OTEL_EXPORTER_OTLP_ENDPOINT);
   const inFlight = new InFlight();

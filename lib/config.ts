@@ -213,6 +213,12 @@ const schema = z.object({
   GATEWAY_MAX_IN_FLIGHT: positiveInt.max(100_000).default(256),
   /** Deadline of every gRPC call the gateway makes. */
   GATEWAY_GRPC_DEADLINE_MS: positiveInt.max(60_000).default(5_000),
+  /**
+   * The gateway's statements (key lookups, idempotency records: single rows) end after this, instead of
+   * DATABASE_STATEMENT_TIMEOUT_MS (made for the ledger's batches): a database that stops answering makes requests
+   * 503 after this (5 s more on a connection that went silent: lib/db.ts), not after 30 to 35 s.
+   */
+  GATEWAY_DATABASE_TIMEOUT_MS: positiveInt.max(60_000).default(5_000),
   /** HTTP/2 channels per backend (one channel is one TCP connection and one event-loop turn at a time). */
   GATEWAY_GRPC_CHANNELS: positiveInt.max(64).default(4),
   /**

@@ -27,6 +27,8 @@ export interface PoolOptions {
    * tracks reads per key span and needs no such setting.
    */
   keyAccessOnly?: boolean;
+  /** This pool's statement timeout instead of DATABASE_STATEMENT_TIMEOUT_MS (the gateway's: GATEWAY_DATABASE_TIMEOUT_MS). */
+  statementTimeoutMs?: number;
   /**
    * The sessions' default isolation: SERIALIZABLE unless the pool's only user proves it needs less (see
    * TransactionOptions.isolation): the outbox relay, whose single statements then need no BEGIN and COMMIT.
@@ -46,15 +48,16 @@ export function createPool(config: PoolConfig, options: PoolOptions = {}): pg.Po
   const isolation = options.isolation === 'repeatable read' ? 'repeatable\\ read' : 'serializable';
   const settings = [`-c default_transaction_isolation=${isolation}`, `-c idle_in_transaction_session_timeout=${config.DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS}`];
   if (options.keyAccessOnly && config.DATABASE_DIALECT === 'postgresql') settings.push('-c enable_seqscan=off');
+  const statementTimeout = options.statementTimeoutMs ?? config.DATABASE_STATEMENT_TIMEOUT_MS;
   const pool = new pg.Pool({
     connectionString: config.DATABASE_URL,
     max: options.max ?? config.DATABASE_POOL_MAX,
     application_name: options.applicationName ?? 'ledgerline',
-    statement_timeout: config.DATABASE_STATEMENT_TIMEOUT_MS,
+    statement_timeout: statementTimeout,
     // The database ends a statement at statement_timeout; an answer still missing well after it never comes (a
     // middlebox dropped the connection without a reset). Without a limit here the transaction would wait for it for
     // good, and with it a ledger shard's batch, and every batch of the shard after it.
-    query_timeout: config.DATABASE_STATEMENT_TIMEOUT_MS + QUERY_ANSWER_MARGIN_MS,
+    query_timeout: statementTimeout + QUERY_ANSWER_MARGIN_MS,
     connectionTimeoutMillis: 5_000,
     options: settings.join(' '),
   });

@@ -5,7 +5,7 @@ import { Ajv2020 } from 'ajv/dist/2020.js';
 import addFormats from 'ajv-formats';
 import type { Config } from '../lib/config.js';
 import { createLogger, type Logger } from '../lib/logger.js';
-import { InFlight, buildGateway, type Gateway } from '../gateway/app.js';
+import { InFlight, buildGateway, gatewayPool, type Gateway } from '../gateway/app.js';
 import { Backends } from '../gateway/backends.js';
 import { startRisk, type RiskApp } from '../risk/app.js';
 import { startSettlement, type SettlementApp } from '../settlement/app.js';
@@ -40,7 +40,7 @@ export interface TestGatewayOptions {
 /** A gateway on an ephemeral port in this process, against `ledgerTarget`. */
 export async function startTestGateway(ledgerTarget: string, env: Record<string, string> = {}, options: TestGatewayOptions = {}): Promise<TestGateway> {
   const config: Config = testConfig({ LEDGER_GRPC_TARGET: ledgerTarget, ADMIN_API_KEY: ADMIN_KEY, GATEWAY_GRPC_DEADLINE_MS: '5000', GATEWAY_AUTH_CACHE_MS: '0', ...env });
-  const raw = testPool(config);
+  const raw = gatewayPool(config, { max: 4 });
   const pool = options.wrapPool?.(raw) ?? raw;
   const backends = new Backends(config);
   const inFlight = new InFlight();
