@@ -383,6 +383,11 @@ export async function outstandingPayouts(tx: PoolClient, accountId: string): Pro
   return r.rows.map((row) => ({ payout: row.payout as bigint, payoutTransferId: row.payout_transfer_id as string }));
 }
 
+/** A payout not made, or the part of it not moved, is owed again: the account's next batch carries it in (carriedInto). */
+async function carryToNextBatch(tx: PoolClient, accountId: string, amount: bigint): Promise<void> {
+  await tx.query('UPDATE settlement_accounts SET carried = carried + $2 WHERE account_id = $1', [accountId, amount]);
+}
+
 /**
  * The ledger moved `moved` of the batch's payout: the batch is paid. Less than decided (the account's balance fell
  * before the payout), the part not moved is the batch's payout_short, carried to the account's next batch as a
@@ -396,13 +401,13 @@ export async function markPaid(tx: PoolClient, batch: Batch, moved: bigint): Pro
     text: `UPDATE settlement_batches SET status = 'paid', payout_short = $2, updated_at = now() WHERE id = $1 AND status = 'payout_pending'`,
     values: [batch.id, short],
   });
-  if (r.rowCount === 1 && short > 0n) await tx.query('UPDATE settlement_accounts SET carried = carried + $2 WHERE account_id = $1', [batch.accountId, short]);
+  if (r.rowCount === 1 && short > 0n) await carryToNextBatch(tx, batch.accountId, short);
 }
 
 /** The ledger refused the payout: the batch says why, and its amount is carried to the account's next batch. */
 export async function markPayoutFailed(tx: PoolClient, batch: Batch, failureCode: string): Promise<void> {
   const r = await tx.query(`UPDATE settlement_batches SET status = 'payout_failed', failure_code = $2, updated_at = now() WHERE id = $1 AND status = 'payout_pending'`, [batch.id, failureCode]);
-  if (r.rowCount === 1) await tx.query('UPDATE settlement_accounts SET carried = carried + $2 WHERE account_id = $1', [batch.accountId, batch.payout]);
+  if (r.rowCount === 1) await carryToNextBatch(tx, batch.accountId, batch.payout);
 }
 
 /** The batch's lines in a stable order: when they happened, then by transfer id. */

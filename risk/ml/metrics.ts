@@ -91,11 +91,16 @@ export function operatingPoint(rows: readonly Scored[], threshold: number, costM
   };
 }
 
+/** What declining a legitimate payment of `amount` costs (the cost model's rate and fixed part). */
+function goodDeclineCost(amount: number, costModel: CostModel): number {
+  return amount * costModel.declineCostRate + costModel.declineCostFixed;
+}
+
 /** What one payment costs at `threshold`: its amount if fraud is approved, the decline cost if a good one is declined. */
 export function rowCost(r: Scored, threshold: number, costModel: CostModel = DEFAULT_COST): number {
   const declined = r.score >= threshold;
   if (r.fraud) return declined ? 0 : r.amount;
-  return declined ? r.amount * costModel.declineCostRate + costModel.declineCostFixed : 0;
+  return declined ? goodDeclineCost(r.amount, costModel) : 0;
 }
 
 export interface PairedSaving {
@@ -155,7 +160,7 @@ export function costOptimalThreshold(rows: readonly Scored[], costModel: CostMod
     // Declining at `score` declines every row scored at it: the fraud is no longer lost, the good ones cost.
     for (; i < sorted.length && sorted[i]!.score === score; i++) {
       const r = sorted[i]!;
-      cost += r.fraud ? -r.amount : r.amount * costModel.declineCostRate + costModel.declineCostFixed;
+      cost += r.fraud ? -r.amount : goodDeclineCost(r.amount, costModel);
     }
     if (cost < best.cost) best = { threshold: score, cost };
   }
