@@ -47,7 +47,7 @@ export async function startLedger(config: Config, logger: Logger): Promise<Ledge
   const pool = createPool(config, { applicationName: 'ledger', keyAccessOnly: true });
   const shards = ownedShards(config.LEDGER_OWNED_SHARDS, config.LEDGER_SHARDS);
   // Another instance may commit batches on these rows meanwhile (rolling restart): retried like any transaction.
-  await withTransaction(pool, (client) => ensureShards(client, shards));
+  const latestShardClock = await withTransaction(pool, (client) => ensureShards(client, shards));
 
   // A shard runs one batch at a time: threads beyond the owned shards would only idle.
   const workerThreads = Math.min(config.LEDGER_WORKERS, shards.length);
@@ -104,9 +104,12 @@ export async function startLedger(config: Config, logger: Logger): Promise<Ledge
     shardOwners(config.LEDGER_SHARD_OWNERS, config.LEDGER_SHARDS),
   );
 
+  // Timestamps a former owner of these shards committed count as committed here too (MonotonicClock).
+  router.clock.observe(latestShardClock);
+
   const server = new Server({ 'grpc.max_receive_message_length': 32 * 1024 * 1024, 'grpc.max_send_message_length': 32 * 1024 * 1024, ...serverOptions(config) });
   observeRpcServer(metrics.meter, ['ledger.v1.LedgerService', 'payments.v1.PaymentService']);
-  server.addService(LedgerServiceService, createLedgerService(router, pool, logger));
+  server.addService(LedgerServiceService, createLedgerService(router, pool, logger, config.LEDGER_LISTING_WAIT_MS));
   // Payments run beside the ledger and reach it in-process: their transfers join the shard batches directly.
   const risk = new RiskClient(config.RISK_GRPC_TARGET, channelCredentials(config));
   const payments = new PaymentFlows(

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { isUniqueViolation, recordStatements, sqlState, withTransaction, type Pool, type StatementTiming } from '../lib/db.js';
 import { InternalError } from '../lib/errors.js';
+import { wallClockNanos } from './clock.js';
 import { BatchEvaluator, type BatchEffects } from './engine.js';
 import { AccountFlag, hasFlag, type Submission, type SubmissionResult } from './model.js';
 import { encodeEventBatch } from './outbox.js';
@@ -24,6 +25,11 @@ export interface BatchTask {
   traceparent?: string;
   /** Time the batch's statements for the batch span (the worker thread has no tracer of its own). */
   timeStatements?: boolean;
+  /**
+   * The instance clock when the batch was dispatched (ledger/clock.ts): the batch's timestamps are above it
+   * whatever this thread's clock says, so that a listing can tell which transfers are final (LedgerRouter.listingHorizon).
+   */
+  notBefore?: bigint;
 }
 
 /**
@@ -40,6 +46,8 @@ export interface BatchProgress {
 export interface BatchOutcome {
   results: SubmissionResult[];
   events: number;
+  /** The shard clock the batch committed (its last timestamp slot). */
+  lastTimestamp: bigint;
   /** Transaction attempts (1 = no retry). */
   attempts: number;
   /** The statements of every attempt, when asked for (timeStatements). */
@@ -81,8 +89,7 @@ export async function executeBatch(pool: Pool, task: BatchTask, progress: BatchP
           // History accounts order batches across shards: their balances rows must follow commit order.
           const lockedHistoryIds = [...state.accounts.values()].filter((a) => hasFlag(a.flags, AccountFlag.history)).map((a) => a.id);
           const historyClock = await lockHistoryClocks(client, lockedHistoryIds);
-          const now = BigInt(Date.now()) * 1_000_000n;
-          const base = maxOf(now, clock.lastTimestamp + 1n, historyClock + 1n);
+          const base = maxOf(wallClockNanos(), task.notBefore ?? 0n, clock.lastTimestamp + 1n, historyClock + 1n);
           const effects = new BatchEvaluator(state, base, task.shard).evaluate(task.submissions);
 
           // A failed event whose id exists must be answered `exists...`; ask only about those (rare).
@@ -101,6 +108,7 @@ export async function executeBatch(pool: Pool, task: BatchTask, progress: BatchP
           return {
             results: effects.results,
             events: effects.events.length,
+            lastTimestamp: effects.lastTimestamp,
             attempts: progress.attempts,
             ...(statements ? { statements } : {}),
             ...(state.wideAccountIds.length + markedWide.length > 0 ? { wideAccountIds: [...state.wideAccountIds, ...markedWide] } : {}),

@@ -3,6 +3,7 @@ import { InternalError, ResourceExhaustedError, UnavailableError } from '../lib/
 import type { StatementTiming } from '../lib/db.js';
 import { linksTo, traceparentOf, tracer } from '../observability/tracing.js';
 import type { BatchTask } from './batch.js';
+import { MonotonicClock } from './clock.js';
 import type { Submission, SubmissionResult } from './model.js';
 import type { WorkerReply } from './worker.js';
 
@@ -34,6 +35,13 @@ export interface BatchObserver {
   onBatch?(shard: number, events: number, submissions: number, ms: number, attempts: number, failed: boolean): void;
 }
 
+/** The batch a shard runs now: its timestamps are above `notBefore`; `settled` when its callers have their answers. */
+export interface RunningBatch {
+  readonly notBefore: bigint;
+  readonly settled: Promise<void>;
+  done: boolean;
+}
+
 /**
  * One per shard: gathers submissions into a batch of at most `maxEvents` events and keeps at most one batch in
  * flight, so a shard never races itself. While a batch runs, the next one fills up, so under load the window
@@ -42,7 +50,7 @@ export interface BatchObserver {
 export class ShardBatcher {
   private queue: Waiting[] = [];
   private queuedEvents = 0;
-  private inFlight = false;
+  private inFlight: RunningBatch | undefined;
   private timer: NodeJS.Timeout | undefined;
 
   constructor(
@@ -51,10 +59,17 @@ export class ShardBatcher {
     private readonly options: BatcherOptions,
     private readonly budget: QueueBudget,
     private readonly observer: BatchObserver = {},
+    /** Shared by the shards of one instance (LedgerRouter): it orders their batches' dispatch times. */
+    private readonly clock: MonotonicClock = new MonotonicClock(),
   ) {}
 
   get depth(): number {
     return this.queuedEvents;
+  }
+
+  /** The batch in flight, if any. */
+  get running(): RunningBatch | undefined {
+    return this.inFlight;
   }
 
   submit(submission: Submission): Promise<SubmissionResult> {
@@ -94,16 +109,23 @@ export class ShardBatcher {
     }
     this.queuedEvents -= events;
     this.budget.used -= events;
-    this.inFlight = true;
-    // Whatever happens in there, the shard takes its next batch: one stuck flag would hang every later call of it.
-    void this.runBatch(batch, events).finally(() => {
-      this.inFlight = false;
-      this.schedule();
-    });
+    const notBefore = this.clock.now();
+    // runBatch settles every caller and never rejects. Whatever happens in there, the shard takes its next batch:
+    // one stuck flag would hang every later call of it.
+    const running: RunningBatch = {
+      notBefore,
+      done: false,
+      settled: this.runBatch(batch, events, notBefore).finally(() => {
+        running.done = true;
+        this.inFlight = undefined;
+        this.schedule();
+      }),
+    };
+    this.inFlight = running;
   }
 
   /** Runs one batch and settles every caller in it, whatever throws: the runner, the worker or this bookkeeping. */
-  private async runBatch(batch: readonly Waiting[], events: number): Promise<void> {
+  private async runBatch(batch: readonly Waiting[], events: number, notBefore: bigint): Promise<void> {
     const started = performance.now();
     let attempts = 0;
     let failed = true;
@@ -113,7 +135,13 @@ export class ShardBatcher {
       const traced = span.isRecording();
       let reply: WorkerReply;
       try {
-        reply = await this.run({ shard: this.shard, submissions: batch.map((w) => w.submission), traceparent: traced ? traceparentOf(trace.setSpan(ROOT_CONTEXT, span)) : '', timeStatements: traced });
+        reply = await this.run({
+          shard: this.shard,
+          submissions: batch.map((w) => w.submission),
+          traceparent: traced ? traceparentOf(trace.setSpan(ROOT_CONTEXT, span)) : '',
+          timeStatements: traced,
+          notBefore,
+        });
       } catch (error) {
         // The worker thread died or was terminated: whether the batch committed is unknown. The callers
         // retry with the same ids, which makes that safe.
@@ -124,6 +152,8 @@ export class ShardBatcher {
       if (reply.ok) {
         attempts = reply.outcome.attempts;
         if (reply.outcome.results.length !== batch.length) throw new InternalError(`batch of ${batch.length} submissions answered with ${reply.outcome.results.length} results`);
+        // Before any caller hears of it: a listing a caller makes next must count these timestamps as committed.
+        this.clock.observe(reply.outcome.lastTimestamp);
         reply.outcome.results.forEach((result, i) => batch[i]!.resolve(result));
         failed = false;
         if (traced) statementSpans(span, reply.outcome.statements ?? []);

@@ -39,14 +39,16 @@ export function decodeCursor(cursor: string): { timestamp: bigint; id: string } 
   return { timestamp, id: match[2]! };
 }
 
-function pageBounds(filter: AccountFilter) {
+/** `horizon`: no row above it is read, whatever the filter says (LedgerRouter.listingHorizon). */
+function pageBounds(filter: AccountFilter, horizon?: bigint) {
   if (filter.limit > MAX_BATCH_EVENTS) throw new ValidationError('filter.limit', `at most ${MAX_BATCH_EVENTS}`);
   if (filter.timestampMax !== 0n && filter.timestampMin > filter.timestampMax) throw new ValidationError('filter.timestamp_min', 'must not exceed timestamp_max');
   const limit = filter.limit === 0 ? DEFAULT_PAGE : filter.limit;
   const cursor = filter.cursor === '' ? null : decodeCursor(filter.cursor);
   // Ledger timestamps are nanoseconds and never reach 2^63-1: a bound beyond it matches what the clamped one does.
   const min = filter.timestampMin > INT8_MAX ? INT8_MAX : filter.timestampMin;
-  const max = filter.timestampMax === 0n || filter.timestampMax > INT8_MAX ? INT8_MAX : filter.timestampMax;
+  const asked = filter.timestampMax === 0n || filter.timestampMax > INT8_MAX ? INT8_MAX : filter.timestampMax;
+  const max = horizon !== undefined && horizon < asked ? horizon : asked;
   // Keyset pagination on (timestamp, id): the cursor is the last row of the previous page.
   const after = cursor ?? (filter.reversed ? { timestamp: max + (max === INT8_MAX ? 0n : 1n), id: 'ffffffff-ffff-ffff-ffff-ffffffffffff' } : { timestamp: min, id: '00000000-0000-0000-0000-000000000000' });
   return { limit, min, max, after };
@@ -88,8 +90,8 @@ export async function accountsWithBalanceRules(pool: Pool, ids: readonly string[
   return new Map(r.rows.map((row) => [row.id as string, row.wide === true || hasFlag(row.flags as number, BALANCE_RULE_FLAGS)]));
 }
 
-export async function getAccountTransfers(pool: Pool, filter: AccountFilter): Promise<Page<TransferRow>> {
-  const { limit, min, max, after } = pageBounds(filter);
+export async function getAccountTransfers(pool: Pool, filter: AccountFilter, horizon?: bigint): Promise<Page<TransferRow>> {
+  const { limit, min, max, after } = pageBounds(filter, horizon);
   const both = filter.debits === filter.credits;
   const cmp = filter.reversed ? '<' : '>';
   const order = filter.reversed ? 'DESC' : 'ASC';

@@ -25,7 +25,7 @@ describe('ledger router: a request split across shards', () => {
       await held;
       happened.push('shard 1 committed');
       const results: SubmissionResult[] = task.submissions.map((s) => ({ kind: 'accounts', results: s.kind === 'accounts' ? s.events.map(() => ({ code: 'ok' as const, timestamp: 1n })) : [] }));
-      return { ok: true, outcome: { results, events: 1, attempts: 1 } };
+      return { ok: true, outcome: { results, events: 1, lastTimestamp: 1n, attempts: 1 } };
     };
     const router = new LedgerRouter(2, [0, 1], run, { maxEvents: 100, windowMs: 0, maxQueuedEvents: 1_000, readBalanceRules: async () => new Map() });
     const answered = router.createAccounts([accountOn(0), accountOn(1)]).then(
@@ -48,7 +48,7 @@ describe('ledger router: a shard after a fault in its batch bookkeeping', () => 
   }
   const okReply = (task: BatchTask): WorkerReply => ({
     ok: true,
-    outcome: { results: task.submissions.map((s) => ({ kind: 'accounts', results: s.kind === 'accounts' ? s.events.map(() => ({ code: 'ok' as const, timestamp: 1n })) : [] })), events: 1, attempts: 1 },
+    outcome: { results: task.submissions.map((s) => ({ kind: 'accounts', results: s.kind === 'accounts' ? s.events.map(() => ({ code: 'ok' as const, timestamp: 1n })) : [] })), events: 1, lastTimestamp: 1n, attempts: 1 },
   });
   const options = { maxEvents: 100, windowMs: 0, maxQueuedEvents: 1_000, readBalanceRules: async () => new Map() };
 
@@ -93,7 +93,7 @@ describe('ledger router: a shard after a fault in its batch bookkeeping', () => 
     const held = new Promise<void>((resolve) => (release = resolve));
     const router = new LedgerRouter(1, [0], async (task) => {
       await held;
-      return { ok: true, outcome: { results: task.submissions.map((s) => (s.kind === 'expirations' ? { kind: 'expirations', expired: s.pendingIds.length } : { kind: 'accounts', results: s.kind === 'accounts' ? s.events.map(() => ({ code: 'ok' as const, timestamp: 1n })) : [] })), events: 1, attempts: 1 } };
+      return { ok: true, outcome: { results: task.submissions.map((s) => (s.kind === 'expirations' ? { kind: 'expirations', expired: s.pendingIds.length } : { kind: 'accounts', results: s.kind === 'accounts' ? s.events.map(() => ({ code: 'ok' as const, timestamp: 1n })) : [] })), events: 1, lastTimestamp: 1n, attempts: 1 } };
     }, { ...options, maxEvents: 10, maxQueuedEvents: 10 });
     const inFlight = router.createAccounts([account()]);
     await new Promise((resolve) => setImmediate(resolve));
@@ -103,5 +103,70 @@ describe('ledger router: a shard after a fault in its batch bookkeeping', () => 
     release();
     assert.equal(await expired, 2);
     await Promise.all([inFlight, queued]);
+  });
+});
+
+/** LedgerRouter.listingHorizon with a stand-in runner: which timestamps a listing may show while batches run. */
+describe('ledger router: the listing horizon', () => {
+  const options = { maxEvents: 100, windowMs: 0, maxQueuedEvents: 1_000, readBalanceRules: async () => new Map() };
+  const account = (shard: number): AccountInput => {
+    for (;;) {
+      const id = randomUUID();
+      if (shardOf(id, 2) === shard) return { id, ledger: 1, code: 1, flags: 0, metadata: {}, balancesNonZero: false };
+    }
+  };
+
+  /** A runner whose shard-0 batches wait for `release`; each batch stamps from its dispatch time, `skew` ahead. */
+  function heldRunner(skew = 0n) {
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    const dispatched: BatchTask[] = [];
+    const run = async (task: BatchTask): Promise<WorkerReply> => {
+      dispatched.push(task);
+      if (task.shard === 0) await held;
+      const base = task.notBefore! + skew;
+      const results: SubmissionResult[] = task.submissions.map((s) => ({ kind: 'accounts', results: s.kind === 'accounts' ? s.events.map((_, i) => ({ code: 'ok' as const, timestamp: base + BigInt(i) })) : [] }));
+      return { ok: true, outcome: { results, events: 1, lastTimestamp: base + 9n, attempts: 1 } };
+    };
+    return { run, release: () => release(), dispatched };
+  }
+
+  it('waits for the batches running when it is asked, and is above what they committed', async () => {
+    const runner = heldRunner();
+    const router = new LedgerRouter(2, [0, 1], runner.run, options);
+    const created = router.createAccounts([account(0)]);
+    await new Promise((resolve) => setImmediate(resolve));
+    const horizon = router.listingHorizon(10_000);
+    setTimeout(runner.release, 50);
+    const [answer] = await created;
+    assert.ok((await horizon)! >= runner.dispatched[0]!.notBefore! + 9n);
+    assert.ok(answer!.timestamp <= (await horizon)!);
+  });
+
+  it('after the wait, stays below the start of a batch still running, whatever other shards committed since', async () => {
+    const runner = heldRunner();
+    const router = new LedgerRouter(2, [0, 1], runner.run, options);
+    const stuck = router.createAccounts([account(0)]);
+    await new Promise((resolve) => setImmediate(resolve));
+    const [later] = await router.createAccounts([account(1)]);
+    const horizon = (await router.listingHorizon(20))!;
+    assert.equal(horizon, runner.dispatched[0]!.notBefore! - 1n);
+    assert.ok(later!.timestamp > horizon, 'a transfer stamped after the stuck batch started is not shown yet');
+    runner.release();
+    await stuck;
+    assert.ok((await router.listingHorizon(20))! >= later!.timestamp);
+  });
+
+  it('is above a timestamp a batch answered with, even one ahead of the wall clock (a caller lists what it committed)', async () => {
+    const runner = heldRunner(60_000_000_000n);
+    runner.release();
+    const router = new LedgerRouter(2, [0, 1], runner.run, options);
+    const [created] = await router.createAccounts([account(1)]);
+    assert.ok((await router.listingHorizon(20))! >= created!.timestamp);
+  });
+
+  it('is undefined when other instances own shards (their batches are not known here)', async () => {
+    const router = new LedgerRouter(2, [0], heldRunner().run, options);
+    assert.equal(await router.listingHorizon(20), undefined);
   });
 });

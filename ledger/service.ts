@@ -11,8 +11,12 @@ import type { LedgerRouter } from './router.js';
 import { checkBatchSize, parseAccounts, parseId, parseTransfers } from './validation.js';
 import type { AccountFilter as ProtoAccountFilter } from '../proto/gen/ledger/v1/ledger.js';
 
-/** ledger.v1.LedgerService: validation, routing to shard batchers for writes, direct reads for queries. */
-export function createLedgerService(router: LedgerRouter, pool: Pool, logger: Logger): LedgerServiceServer {
+/**
+ * ledger.v1.LedgerService: validation, routing to shard batchers for writes, direct reads for queries.
+ * `listingWaitMs`: how long an account's transfer listing waits for the batches running when it starts
+ * (LEDGER_LISTING_WAIT_MS; LedgerRouter.listingHorizon).
+ */
+export function createLedgerService(router: LedgerRouter, pool: Pool, logger: Logger, listingWaitMs = 1000): LedgerServiceServer {
   const parseIds = (ids: readonly string[]) => {
     checkBatchSize(ids.length, 'ids');
     return ids.map((id, i) => parseId(id, `ids.${i}`));
@@ -67,7 +71,10 @@ export function createLedgerService(router: LedgerRouter, pool: Pool, logger: Lo
     }),
 
     getAccountTransfers: unary(logger, 'GetAccountTransfers', async (request) => {
-      const page = await queries.getAccountTransfers(pool, parseFilter(request.filter));
+      const filter = parseFilter(request.filter);
+      // Only transfers that no running batch can still precede: a reader resuming after this page's last one
+      // misses none (ledger/README.md "Timestamps").
+      const page = await queries.getAccountTransfers(pool, filter, await router.listingHorizon(listingWaitMs));
       return fitInReply(page.items.map(transferToProto), page.nextCursor);
     }),
 

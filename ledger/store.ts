@@ -18,8 +18,11 @@ export interface ShardClock {
   lastSequence: bigint;
 }
 
-export async function ensureShards(db: Queryable, shards: readonly number[]): Promise<void> {
+/** Creates the rows of `shards` that do not exist; returns the latest of their clocks (0 for none). */
+export async function ensureShards(db: Queryable, shards: readonly number[]): Promise<bigint> {
   await db.query('INSERT INTO ledger_shards (shard) SELECT unnest($1::int4[]) ON CONFLICT (shard) DO NOTHING', [shards]);
+  const r = await db.query('SELECT COALESCE(max(last_timestamp), 0)::INT8 AS latest FROM ledger_shards WHERE shard = ANY($1::int4[])', [shards]);
+  return BigInt(r.rows[0]?.latest ?? 0);
 }
 
 /** Locks the history clocks of `accountIds` (history accounts of a batch); the latest of their timestamps, or 0. */

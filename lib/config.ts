@@ -123,6 +123,11 @@ const schema = z.object({
   /** Events waiting in all shard queues before calls are refused with RESOURCE_EXHAUSTED. */
   LEDGER_MAX_QUEUED_EVENTS: positiveInt.default(200_000),
   LEDGER_EXPIRY_SWEEP_MS: positiveInt.default(1000),
+  /**
+   * How long a listing of an account's transfers waits for the shard batches running when it starts; those still
+   * running then hide the transfers stamped after they started (ledger/README.md "Timestamps").
+   */
+  LEDGER_LISTING_WAIT_MS: nonNegativeInt.max(60_000).default(1000),
   /** The outbox relay publishes committed batches to JetStream (off: the outbox only grows). */
   LEDGER_RELAY_ENABLED: bool.default(true),
   /** Outbox rows (messages) published per relay round; they are in flight together. */
