@@ -48,7 +48,11 @@ function pageBounds(filter: AccountFilter, horizon?: bigint) {
   // Ledger timestamps are nanoseconds and never reach 2^63-1: a bound beyond it matches what the clamped one does.
   const min = filter.timestampMin > INT8_MAX ? INT8_MAX : filter.timestampMin;
   const asked = filter.timestampMax === 0n || filter.timestampMax > INT8_MAX ? INT8_MAX : filter.timestampMax;
-  const max = horizon !== undefined && horizon < asked ? horizon : asked;
+  // The horizon bounds a listing's newest end, where it starts in newest-first order without a cursor. A newest-first
+  // page from a cursor reads below the cursor: one the walk got from an earlier page is at or below that page's
+  // horizon (horizons only rise), and one above this horizon (an anchor of the gateway's, a caller's own transfer)
+  // would otherwise step over the committed transfers between the horizon and it, for good.
+  const max = horizon !== undefined && horizon < asked && !(filter.reversed && cursor) ? horizon : asked;
   // Keyset pagination on (timestamp, id): the cursor is the last row of the previous page.
   const after = cursor ?? (filter.reversed ? { timestamp: max + (max === INT8_MAX ? 0n : 1n), id: 'ffffffff-ffff-ffff-ffff-ffffffffffff' } : { timestamp: min, id: '00000000-0000-0000-0000-000000000000' });
   return { limit, min, max, after };
