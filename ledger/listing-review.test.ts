@@ -84,3 +84,50 @@ describe('listing horizon: a cursor above the horizon', function () {
     }
   });
 });
+
+/**
+ * Review of the instance clock (ledger/clock.ts): a shard clock ahead of the wall clock (a former owner's fast clock)
+ * now carries every shard's timestamps ahead. Expiry is reckoned from timestamps, so a pending transfer recorded
+ * before, on another shard, is refused as expired while its timeout has not passed by any clock.
+ * Leaves shard clocks of this database two minutes ahead.
+ *
+ * Skipped: it fails since the instance clock (ledger/clock.ts) and passes before it. Not fixed: the spread is what
+ * lets a caller list a transfer it was answered with a timestamp ahead of the wall clock (router.test.ts "the listing
+ * horizon"); avoiding it needs expiry reckoned otherwise than from timestamps. Run it with `.skip` removed.
+ */
+describe('instance clock: a shard clock ahead of the wall clock', function () {
+  this.timeout(60_000);
+
+  it.skip('does not expire a pending transfer of another shard before its timeout', async () => {
+    const pool = testPool();
+    const idOnShard = (shard: number): string => {
+      for (;;) {
+        const candidate = randomUUID();
+        if (shardOf(candidate, SHARDS) === shard) return candidate;
+      }
+    };
+    try {
+      const first = await startTestLedger({ LEDGER_SHARDS: String(SHARDS) });
+      const debit = account({ id: idOnShard(1) });
+      const credit = account({ id: idOnShard(1) });
+      const pending = transfer({ debitAccountId: debit.id, creditAccountId: credit.id, amount: 5n, flags: { pending: true }, timeout: 60 });
+      try {
+        assert.ok((await first.client.createAccounts([debit, credit])).every((r) => r.code === 1));
+        assert.equal(transferCodeName((await first.client.createTransfers([pending]))[0]!.code), 'ok');
+      } finally {
+        await first.close();
+      }
+      // What a former owner of shard 0 whose clock ran two minutes fast leaves behind.
+      await pool.query('UPDATE ledger_shards SET last_timestamp = GREATEST(last_timestamp, $1) WHERE shard = 0', [BigInt(Date.now() + 120_000) * 1_000_000n]);
+      const second = await startTestLedger({ LEDGER_SHARDS: String(SHARDS) });
+      try {
+        const [posted] = await second.client.createTransfers([transfer({ pendingId: pending.id, flags: { postPendingTransfer: true } })]);
+        assert.equal(transferCodeName(posted!.code), 'ok', 'posted within its timeout of 60 s, on a shard whose clock is right');
+      } finally {
+        await second.close();
+      }
+    } finally {
+      await pool.end();
+    }
+  });
+});
