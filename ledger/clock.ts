@@ -4,14 +4,20 @@ export function wallClockNanos(): bigint {
 }
 
 /**
+ * How far ahead of the wall clock a committed timestamp may carry the instance clock. Expiry of pending transfers
+ * is reckoned from timestamps, so a clock carried ahead expires, on every shard, the pendings recorded before
+ * early by as much: this bounds that. NTP keeps servers' clocks well within it.
+ */
+export const MAX_CLOCK_LEAD_NANOS = 100_000_000n;
+
+/**
  * The ledger instance's clock for batch timestamps (a hybrid logical clock): wall-clock nanoseconds that never
  * repeat nor go back within the process, even when the system clock steps back, and that stay above every
- * timestamp a batch of this instance committed (`observe`). A batch dispatched after a reading stamps its events
- * above that reading (ledger/batch.ts takes the dispatch time as its lowest base), which lets a listing know that
- * no batch started later can still commit a transfer at or below it (LedgerRouter.listingHorizon); and a reading
- * taken after a batch answered is above that batch's timestamps, so a caller's listing shows what it committed.
- * A shard clock found ahead of the wall clock (one left by an instance whose clock ran fast) carries every shard
- * of the instance ahead with it until the wall clock catches up, as a hybrid logical clock does.
+ * timestamp a batch of this instance committed (`observe`), up to MAX_CLOCK_LEAD_NANOS ahead of the wall clock.
+ * A batch dispatched after a reading stamps its events above that reading (ledger/batch.ts takes the dispatch
+ * time as its lowest base), which lets a listing know that no batch started later can still commit a transfer at
+ * or below it (LedgerRouter.listingHorizon); and a reading taken after a batch answered is above that batch's
+ * timestamps, so a caller's listing shows what it committed.
  */
 export class MonotonicClock {
   private last = 0n;
@@ -24,8 +30,13 @@ export class MonotonicClock {
     return this.last;
   }
 
-  /** A timestamp committed: later readings are above it. */
+  /**
+   * A timestamp committed: later readings are above it, unless it is more than MAX_CLOCK_LEAD_NANOS ahead of the
+   * wall clock (a shard clock left by an instance whose clock ran fast); then they are above that lead only.
+   */
   observe(timestamp: bigint): void {
-    if (timestamp > this.last) this.last = timestamp;
+    const cap = this.source() + MAX_CLOCK_LEAD_NANOS;
+    const carried = timestamp < cap ? timestamp : cap;
+    if (carried > this.last) this.last = carried;
   }
 }

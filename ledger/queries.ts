@@ -48,11 +48,7 @@ function pageBounds(filter: AccountFilter, horizon?: bigint) {
   // Ledger timestamps are nanoseconds and never reach 2^63-1: a bound beyond it matches what the clamped one does.
   const min = filter.timestampMin > INT8_MAX ? INT8_MAX : filter.timestampMin;
   const asked = filter.timestampMax === 0n || filter.timestampMax > INT8_MAX ? INT8_MAX : filter.timestampMax;
-  // The horizon bounds a listing's newest end, where it starts in newest-first order without a cursor. A newest-first
-  // page from a cursor reads below the cursor: one the walk got from an earlier page is at or below that page's
-  // horizon (horizons only rise), and one above this horizon (an anchor of the gateway's, a caller's own transfer)
-  // would otherwise step over the committed transfers between the horizon and it, for good.
-  const max = horizon !== undefined && horizon < asked && !(filter.reversed && cursor) ? horizon : asked;
+  const max = horizon !== undefined && horizon < asked ? horizon : asked;
   // Keyset pagination on (timestamp, id): the cursor is the last row of the previous page.
   const after = cursor ?? (filter.reversed ? { timestamp: max + (max === INT8_MAX ? 0n : 1n), id: 'ffffffff-ffff-ffff-ffff-ffffffffffff' } : { timestamp: min, id: '00000000-0000-0000-0000-000000000000' });
   return { limit, min, max, after };
@@ -94,8 +90,17 @@ export async function accountsWithBalanceRules(pool: Pool, ids: readonly string[
   return new Map(r.rows.map((row) => [row.id as string, row.wide === true || hasFlag(row.flags as number, BALANCE_RULE_FLAGS)]));
 }
 
-export async function getAccountTransfers(pool: Pool, filter: AccountFilter, horizon?: bigint): Promise<Page<TransferRow>> {
-  const { limit, min, max, after } = pageBounds(filter, horizon);
+/**
+ * `horizon` (LedgerRouter.listingHorizon), asked once the filter is valid, bounds a listing's newest end: oldest
+ * first, and newest first without a cursor. A newest-first page from a cursor reads below the cursor: one the walk
+ * got from an earlier page is at or below that page's horizon (horizons only rise), and one above this horizon (an
+ * anchor of the gateway's `starting_after`, a caller's own transfer) would otherwise step over the committed
+ * transfers between the horizon and it, for good.
+ */
+export async function getAccountTransfers(pool: Pool, filter: AccountFilter, horizon?: () => Promise<bigint | undefined>): Promise<Page<TransferRow>> {
+  const bounds = pageBounds(filter);
+  const newestEnd = horizon && !(filter.reversed && filter.cursor !== '') ? await horizon() : undefined;
+  const { limit, min, max, after } = newestEnd === undefined ? bounds : pageBounds(filter, newestEnd);
   const both = filter.debits === filter.credits;
   const cmp = filter.reversed ? '<' : '>';
   const order = filter.reversed ? 'DESC' : 'ASC';

@@ -1,6 +1,7 @@
 import { strict as assert } from 'node:assert';
 import { randomUUID } from 'node:crypto';
 import type { BatchTask } from './batch.js';
+import { MAX_CLOCK_LEAD_NANOS, wallClockNanos } from './clock.js';
 import type { AccountInput, SubmissionResult } from './model.js';
 import { LedgerRouter, shardOf } from './router.js';
 import type { WorkerReply } from './worker.js';
@@ -157,12 +158,23 @@ describe('ledger router: the listing horizon', () => {
     assert.ok((await router.listingHorizon(20))! >= later!.timestamp);
   });
 
-  it('is above a timestamp a batch answered with, even one ahead of the wall clock (a caller lists what it committed)', async () => {
-    const runner = heldRunner(60_000_000_000n);
+  it('is above a timestamp a batch answered with, even one ahead of the wall clock within MAX_CLOCK_LEAD_NANOS (a caller lists what it committed)', async () => {
+    const runner = heldRunner(MAX_CLOCK_LEAD_NANOS / 2n);
     runner.release();
     const router = new LedgerRouter(2, [0, 1], runner.run, options);
     const [created] = await router.createAccounts([account(1)]);
     assert.ok((await router.listingHorizon(20))! >= created!.timestamp);
+  });
+
+  it('is carried no further than MAX_CLOCK_LEAD_NANOS ahead of the wall clock by a shard clock far ahead', async () => {
+    const runner = heldRunner(60_000_000_000n);
+    runner.release();
+    const router = new LedgerRouter(2, [0, 1], runner.run, options);
+    const [created] = await router.createAccounts([account(1)]);
+    const horizon = (await router.listingHorizon(20))!;
+    assert.ok(horizon < created!.timestamp, 'carried to the shard clock a minute ahead');
+    // (A few nanoseconds more: readings within one millisecond of the wall clock count up one by one.)
+    assert.ok(horizon <= wallClockNanos() + MAX_CLOCK_LEAD_NANOS + 1_000n, `${horizon} is more than the lead ahead`);
   });
 
   it('is undefined when other instances own shards (their batches are not known here)', async () => {

@@ -71,10 +71,9 @@ export function createLedgerService(router: LedgerRouter, pool: Pool, logger: Lo
     }),
 
     getAccountTransfers: unary(logger, 'GetAccountTransfers', async (request) => {
-      const filter = parseFilter(request.filter);
       // Only transfers that no running batch can still precede: a reader resuming after this page's last one
       // misses none (ledger/README.md "Timestamps").
-      const page = await queries.getAccountTransfers(pool, filter, await router.listingHorizon(listingWaitMs));
+      const page = await queries.getAccountTransfers(pool, parseFilter(request.filter), () => router.listingHorizon(listingWaitMs));
       return fitInReply(page.items.map(transferToProto), page.nextCursor);
     }),
 
