@@ -105,7 +105,7 @@ export async function startLedger(config: Config, logger: Logger): Promise<Ledge
   );
 
   // Timestamps a former owner of these shards committed count as committed here too (MonotonicClock).
-  router.clock.observe(latestShardClock);
+  router.commits.observe(latestShardClock);
 
   const server = new Server({ 'grpc.max_receive_message_length': 32 * 1024 * 1024, 'grpc.max_send_message_length': 32 * 1024 * 1024, ...serverOptions(config) });
   observeRpcServer(metrics.meter, ['ledger.v1.LedgerService', 'payments.v1.PaymentService']);
@@ -122,6 +122,8 @@ export async function startLedger(config: Config, logger: Logger): Promise<Ledge
       riskDeadlineMs: config.RISK_DEADLINE_MS,
       riskFailOpenBelowAmount: BigInt(config.RISK_FAIL_OPEN_BELOW_AMOUNT),
       riskFailOpenBelowAmountByCurrency: amountsByCurrency(config.RISK_FAIL_OPEN_BELOW_AMOUNT_BY_CURRENCY, 'RISK_FAIL_OPEN_BELOW_AMOUNT_BY_CURRENCY'),
+      // As the ledger's listings: with other instances, payments may be created there too (unknown here).
+      ...(shards.length === config.LEDGER_SHARDS ? { listingWaitMs: config.LEDGER_LISTING_WAIT_MS } : {}),
     },
     logger,
   );

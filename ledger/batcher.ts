@@ -3,7 +3,7 @@ import { InternalError, ResourceExhaustedError, UnavailableError } from '../lib/
 import type { StatementTiming } from '../lib/db.js';
 import { linksTo, traceparentOf, tracer } from '../observability/tracing.js';
 import type { BatchTask } from './batch.js';
-import { MonotonicClock } from './clock.js';
+import { CommitHorizon } from './clock.js';
 import type { Submission, SubmissionResult } from './model.js';
 import type { WorkerReply } from './worker.js';
 
@@ -35,13 +35,6 @@ export interface BatchObserver {
   onBatch?(shard: number, events: number, submissions: number, ms: number, attempts: number, failed: boolean): void;
 }
 
-/** The batch a shard runs now: its timestamps are above `notBefore`; `settled` when its callers have their answers. */
-export interface RunningBatch {
-  readonly notBefore: bigint;
-  readonly settled: Promise<void>;
-  done: boolean;
-}
-
 /**
  * One per shard: gathers submissions into a batch of at most `maxEvents` events and keeps at most one batch in
  * flight, so a shard never races itself. While a batch runs, the next one fills up, so under load the window
@@ -50,7 +43,7 @@ export interface RunningBatch {
 export class ShardBatcher {
   private queue: Waiting[] = [];
   private queuedEvents = 0;
-  private inFlight: RunningBatch | undefined;
+  private inFlight = false;
   private timer: NodeJS.Timeout | undefined;
 
   constructor(
@@ -59,17 +52,12 @@ export class ShardBatcher {
     private readonly options: BatcherOptions,
     private readonly budget: QueueBudget,
     private readonly observer: BatchObserver = {},
-    /** Shared by the shards of one instance (LedgerRouter): it orders their batches' dispatch times. */
-    private readonly clock: MonotonicClock = new MonotonicClock(),
+    /** Shared by the shards of one instance (LedgerRouter): each batch is a write open from dispatch to answer. */
+    private readonly commits: CommitHorizon = new CommitHorizon(),
   ) {}
 
   get depth(): number {
     return this.queuedEvents;
-  }
-
-  /** The batch in flight, if any. */
-  get running(): RunningBatch | undefined {
-    return this.inFlight;
   }
 
   submit(submission: Submission): Promise<SubmissionResult> {
@@ -109,19 +97,16 @@ export class ShardBatcher {
     }
     this.queuedEvents -= events;
     this.budget.used -= events;
-    const notBefore = this.clock.now();
+    // Its timestamps are at least the stamp of its dispatch (batch.ts): listings know what it can still commit.
+    const write = this.commits.begin();
+    this.inFlight = true;
     // runBatch settles every caller and never rejects. Whatever happens in there, the shard takes its next batch:
     // one stuck flag would hang every later call of it.
-    const running: RunningBatch = {
-      notBefore,
-      done: false,
-      settled: this.runBatch(batch, events, notBefore).finally(() => {
-        running.done = true;
-        this.inFlight = undefined;
-        this.schedule();
-      }),
-    };
-    this.inFlight = running;
+    void this.runBatch(batch, events, write.timestamp).finally(() => {
+      this.commits.end(write);
+      this.inFlight = false;
+      this.schedule();
+    });
   }
 
   /** Runs one batch and settles every caller in it, whatever throws: the runner, the worker or this bookkeeping. */
@@ -153,7 +138,7 @@ export class ShardBatcher {
         attempts = reply.outcome.attempts;
         if (reply.outcome.results.length !== batch.length) throw new InternalError(`batch of ${batch.length} submissions answered with ${reply.outcome.results.length} results`);
         // Before any caller hears of it: a listing a caller makes next must count these timestamps as committed.
-        this.clock.observe(reply.outcome.lastTimestamp);
+        this.commits.observe(reply.outcome.lastTimestamp);
         reply.outcome.results.forEach((result, i) => batch[i]!.resolve(result));
         failed = false;
         if (traced) statementSpans(span, reply.outcome.statements ?? []);

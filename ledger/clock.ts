@@ -40,3 +40,57 @@ export class MonotonicClock {
     if (carried > this.last) this.last = carried;
   }
 }
+
+/** A write stamped with `timestamp` that has not ended yet (CommitHorizon.begin). */
+export interface OpenWrite {
+  readonly timestamp: bigint;
+  /** Resolves once the write has ended, committed or not. */
+  readonly ended: Promise<void>;
+}
+
+/**
+ * What an instance has committed, for listings in timestamp order: writes stamp themselves when they start
+ * (`begin`, the clock's reading) and commit later, several at once, so one stamped earlier can commit after one
+ * stamped later. A reader resuming after the newest row it saw would step over it for good. `horizon` is a
+ * timestamp at or below which no write of this instance can commit any more: listings read only up to it.
+ */
+export class CommitHorizon {
+  private readonly open = new Map<OpenWrite, () => void>();
+
+  constructor(readonly clock: MonotonicClock = new MonotonicClock()) {}
+
+  /** A write starting now: it must commit nothing stamped below its `timestamp`, and `end` it however it ends. */
+  begin(): OpenWrite {
+    let resolve!: () => void;
+    const write: OpenWrite = { timestamp: this.clock.now(), ended: new Promise<void>((r) => (resolve = r)) };
+    this.open.set(write, resolve);
+    return write;
+  }
+
+  end(write: OpenWrite): void {
+    this.open.get(write)?.();
+    this.open.delete(write);
+  }
+
+  /** A timestamp committed above a write's own (a batch's later events): later readings are above it (MonotonicClock.observe). */
+  observe(timestamp: bigint): void {
+    this.clock.observe(timestamp);
+  }
+
+  /**
+   * Waits up to `maxWaitMs` for the writes open now, then reads the clock: every write begun later is stamped
+   * above that reading, and every write ended before stamped below it (or observed). The horizon is the reading,
+   * lowered to just below the stamp of any write still open.
+   */
+  async horizon(maxWaitMs: number): Promise<bigint> {
+    const openNow = [...this.open.keys()];
+    if (openNow.length > 0) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([Promise.all(openNow.map((w) => w.ended)), new Promise((resolve) => (timer = setTimeout(resolve, maxWaitMs)))]);
+      clearTimeout(timer);
+    }
+    let horizon = this.clock.now();
+    for (const w of this.open.keys()) if (w.timestamp - 1n < horizon) horizon = w.timestamp - 1n;
+    return horizon;
+  }
+}

@@ -1,7 +1,7 @@
 import { AppError, ResourceExhaustedError } from '../lib/errors.js';
 import { BalanceRuleAccounts, type BalanceRulesReader } from './balance-rule-accounts.js';
 import { ShardBatcher, QueueBudget, type BatchObserver, type BatchRunner, type BatcherOptions } from './batcher.js';
-import { MonotonicClock } from './clock.js';
+import { CommitHorizon } from './clock.js';
 import { SLOT_SOFT_LIMIT } from './store.js';
 import {
   AccountFlag,
@@ -50,8 +50,8 @@ export class ShardNotOwnedError extends AppError {
 export class LedgerRouter {
   private readonly batchers = new Map<number, ShardBatcher>();
   private readonly balanceRules: BalanceRuleAccounts;
-  /** Shared by this instance's shards (MonotonicClock); started at the latest shard clock (ledger/app.ts). */
-  readonly clock = new MonotonicClock();
+  /** This instance's batches as open writes (CommitHorizon); its clock starts at the latest shard clock (ledger/app.ts). */
+  readonly commits = new CommitHorizon();
   readonly budget: QueueBudget;
   /** Events per batch (LEDGER_BATCH_MAX): the most the sweeper submits to one shard at once. */
   readonly maxBatchEvents: number;
@@ -74,33 +74,17 @@ export class LedgerRouter {
       if (reply.ok) for (const id of reply.outcome.wideAccountIds ?? []) this.balanceRules.remember(id, true);
       return reply;
     };
-    for (const shard of ownedShards) this.batchers.set(shard, new ShardBatcher(shard, runNoticingWide, options, this.budget, observer, this.clock));
+    for (const shard of ownedShards) this.batchers.set(shard, new ShardBatcher(shard, runNoticingWide, options, this.budget, observer, this.commits));
   }
 
   /**
    * The latest timestamp at or below which no transfer can commit any more, for listings in timestamp order
    * (ledger/README.md "Timestamps"): shards stamp a batch when it starts, so another shard's batch still running
-   * can commit transfers below ones already visible, which a reader tailing by cursor would step over for good.
-   * Waits up to `maxWaitMs` for the batches running now, then reads the clock: every batch started later stamps
-   * above that reading, and every batch that has answered stamped below it (MonotonicClock). The horizon is the
-   * reading, lowered to just below the start of any batch still running. Undefined when other instances own
+   * can commit transfers below ones already visible (CommitHorizon.horizon). Undefined when other instances own
    * shards: their batches are not known here.
    */
   async listingHorizon(maxWaitMs: number): Promise<bigint | undefined> {
-    if (this.ownedShards.length < this.shardCount) return undefined;
-    const running = [...this.batchers.values()].flatMap((b) => b.running ?? []);
-    if (running.length > 0) {
-      let timer: NodeJS.Timeout | undefined;
-      await Promise.race([Promise.all(running.map((r) => r.settled)), new Promise((resolve) => (timer = setTimeout(resolve, maxWaitMs)))]);
-      clearTimeout(timer);
-    }
-    const asOf = this.clock.now();
-    let horizon = asOf;
-    for (const batcher of this.batchers.values()) {
-      const r = batcher.running;
-      if (r && !r.done && r.notBefore - 1n < horizon) horizon = r.notBefore - 1n;
-    }
-    return horizon;
+    return this.ownedShards.length < this.shardCount ? undefined : this.commits.horizon(maxWaitMs);
   }
 
   queueDepths(): Map<number, number> {

@@ -124,8 +124,9 @@ const schema = z.object({
   LEDGER_MAX_QUEUED_EVENTS: positiveInt.default(200_000),
   LEDGER_EXPIRY_SWEEP_MS: positiveInt.default(1000),
   /**
-   * How long a listing of an account's transfers waits for the shard batches running when it starts; those still
-   * running then hide the transfers stamped after they started (ledger/README.md "Timestamps").
+   * How long a listing of an account's transfers (a merchant's payments) waits for the shard batches (payment
+   * inserts) running when it starts; those still running then hide what was stamped after they started
+   * (ledger/README.md "Timestamps", "Payments").
    */
   LEDGER_LISTING_WAIT_MS: nonNegativeInt.max(60_000).default(1000),
   /** The outbox relay publishes committed batches to JetStream (off: the outbox only grows). */

@@ -10,6 +10,7 @@ import { Decision, type ScoreRequest, type ScoreResponse } from '../../proto/gen
 import { AccountFlag, TransferFlag, hasFlag, type AccountInput, type AccountResultCode, type EventResult, type Metadata, type TransferInput, type TransferResultCode } from '../model.js';
 import { lookupAccounts, lookupTransfers, spendingRefusal } from '../queries.js';
 import type { LedgerRouter } from '../router.js';
+import { CommitHorizon } from '../clock.js';
 import { AccountCode, TransferCode, feeOf, feeTransferId, merchantBalanceAccountId, platformAccountId, type PlatformAccount, nowNanos, statusAfterRefund, type CaptureMethod, type OperationRow, type PaymentRow, type RiskAssessment } from './model.js';
 import * as store from './store.js';
 import { traceparentOf } from '../../observability/tracing.js';
@@ -40,6 +41,11 @@ export interface PaymentSettings {
   riskFailOpenBelowAmount: bigint;
   /** The fail-open amount of the currencies named here instead (RISK_FAIL_OPEN_BELOW_AMOUNT_BY_CURRENCY). */
   riskFailOpenBelowAmountByCurrency?: ReadonlyMap<string, bigint>;
+  /**
+   * How long a listing waits for the payment creations in flight when it starts (LEDGER_LISTING_WAIT_MS), for
+   * `listPayments`' horizon; unset: no horizon (another instance may be creating the merchant's payments).
+   */
+  listingWaitMs?: number;
 }
 
 export interface CreatePaymentInput {
@@ -116,6 +122,11 @@ export class PaymentFlows {
   private readonly accountCreations = new Map<string, Promise<void>>();
   /** The merchant and any earlier payment of concurrent creations, read by one statement (ids validated before). */
   private readonly lookups = new Coalescer((asked: { merchantId: string; paymentId: string }[]) => store.loadMerchantsWithPayments(this.pool, asked));
+  /**
+   * Payment creations from their `created_at` stamp until their insert has ended: concurrent inserts commit in any
+   * order, so a listing reads only up to what none of them can still precede (listPayments).
+   */
+  private readonly creations = new CommitHorizon();
   /** Concurrent payment creations are inserted together, one statement per event-loop turn. */
   private readonly inserts = new Coalescer((items: { payment: PaymentRow; op: OperationRow }[]) => store.insertPaymentsWithOperations(this.pool, items));
   /**
@@ -152,6 +163,7 @@ export class PaymentFlows {
     const risk = await this.assess(input, id, merchant.category);
     const decline = riskDecline(risk);
     const automatic = input.captureMethod === 'automatic';
+    const creation = this.creations.begin();
     const payment: PaymentRow = {
       id,
       merchantId: input.merchantId,
@@ -179,25 +191,30 @@ export class PaymentFlows {
       risk,
       metadata: input.metadata,
       version: decline ? 1n : 0n,
-      createdAt: nowNanos(),
+      createdAt: creation.timestamp,
     };
     const authorization = this.newOperation(payment, 'authorize', derivedId('operation', `${id}:authorize`), input.amount, automatic ? feeOf(input.amount, merchant.feeBps) : 0n);
     if (decline) {
       authorization.status = 'failed';
       authorization.failureCode = decline.code;
     }
-    const inserted = decline
-      ? await withTransaction(
-          this.pool,
-          async (client) => {
-            if (!(await store.insertPayment(client, payment))) return false;
-            await store.insertOperation(client, authorization);
-            await store.writePaymentEvents(client, this.settings.shardCount, [{ type: 'payment.declined', payment }], authorization);
-            return true;
-          },
-          { retryIf: isUniqueViolation },
-        )
-      : await this.inserts.add({ payment, op: authorization });
+    let inserted: boolean;
+    try {
+      inserted = decline
+        ? await withTransaction(
+            this.pool,
+            async (client) => {
+              if (!(await store.insertPayment(client, payment))) return false;
+              await store.insertOperation(client, authorization);
+              await store.writePaymentEvents(client, this.settings.shardCount, [{ type: 'payment.declined', payment }], authorization);
+              return true;
+            },
+            { retryIf: isUniqueViolation },
+          )
+        : await this.inserts.add({ payment, op: authorization });
+    } finally {
+      this.creations.end(creation);
+    }
     if (!inserted) {
       // The same key arrived twice at once: the other call recorded it; continue from what it recorded.
       const recorded = await store.findPayment(this.pool, input.merchantId, id);
@@ -279,7 +296,8 @@ export class PaymentFlows {
   }
 
   listPayments(merchantId: string, limit: number, startingAfter: string | null, endingBefore: string | null): Promise<store.PaymentPage> {
-    return store.listPayments(this.pool, merchantId, limit, startingAfter, endingBefore);
+    const waitMs = this.settings.listingWaitMs;
+    return store.listPayments(this.pool, merchantId, limit, startingAfter, endingBefore, waitMs === undefined ? undefined : () => this.creations.horizon(waitMs));
   }
 
   async getRefund(merchantId: string, refundId: string): Promise<OperationRow> {

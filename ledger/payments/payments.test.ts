@@ -624,4 +624,40 @@ describe('payments (gRPC, on the ledger, with the rules-only risk scorer)', func
     const last = await list(merchant, { limit: 10, startingAfter: newest[3]! });
     assert.deepEqual([last.payments.map((p) => p.id), last.hasMore], [[newest[4]], false]);
   });
+
+  it('a merchant polling for new payments with ending_before misses none that a concurrent insert committed late', async () => {
+    const merchant = await newMerchant();
+    const source = await wallet(merchant, 100_000n);
+    const pay = (amount: bigint, idempotencyKey: string) => create({ merchantId: merchant, amount, idempotencyKey, source: { kind: { $case: 'accountId', value: source } } });
+    const first = await pay(100n, randomUUID());
+    // The slow payment's insert is held after its created_at was stamped: a session of the test inserts a copy of
+    // `first` under the slow payment's id (derived from its key) and keeps it uncommitted.
+    const slowKey = randomUUID();
+    const holder = await pool.connect();
+    try {
+      await holder.query('BEGIN');
+      await holder.query('CREATE TEMP TABLE held ON COMMIT DROP AS SELECT * FROM payments WHERE id = $1', [first.id]);
+      await holder.query('UPDATE held SET id = $1, idempotency_key = NULL', [derivedId(`payment:${merchant}`, slowKey)]);
+      await holder.query('INSERT INTO payments SELECT * FROM held');
+      const slowAnswer = pay(200n, slowKey);
+      for (let i = 0; ; i++) {
+        const r = await pool.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO payments%'`);
+        if (r.rows[0].n > 0) break;
+        assert.ok(i < 500, 'the slow payment never waited for the held id');
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+      const fast = await pay(300n, randomUUID());
+      // The merchant polls for payments newer than the newest it has seen, while the slow insert is held.
+      const seen = (await list(merchant, { limit: 10, endingBefore: first.id })).payments.map((p) => p.id);
+      await holder.query('ROLLBACK');
+      const slow = await slowAnswer;
+      assert.ok(slow.createdAt < fast.createdAt, 'stamped first, committed last');
+      const next = (await list(merchant, { limit: 10, endingBefore: seen[0] ?? first.id })).payments.map((p) => p.id);
+      assert.deepEqual([...next, ...seen], [fast.id, slow.id], 'the poller stepped over a payment');
+      assert.deepEqual(seen, [], 'the fast payment was listed while the slow one, stamped before it, could still commit');
+    } finally {
+      await holder.query('ROLLBACK').catch(() => undefined);
+      holder.release();
+    }
+  });
 });

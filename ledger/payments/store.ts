@@ -193,7 +193,21 @@ export interface PaymentPage {
  * (resource_missing), as every list of the API refuses a cursor naming nothing of the caller's: an empty page
  * would end a client's paging as if it had read everything.
  */
-export async function listPayments(db: Queryable, merchantId: string, limit: number, startingAfter: string | null, endingBefore: string | null): Promise<PaymentPage> {
+/**
+ * A merchant's payments, newest first. `horizon` (PaymentFlows' creations), asked once the anchor is found,
+ * bounds the newest end: newest first without an anchor, and towards newer ones (ending_before), so that a
+ * merchant polling for new payments misses none committed late by a concurrent insert. Towards older ones
+ * (starting_after) a page reads below its anchor whatever the horizon (an anchor above it, a payment the caller
+ * has just made, would otherwise step over committed ones for good).
+ */
+export async function listPayments(
+  db: Queryable,
+  merchantId: string,
+  limit: number,
+  startingAfter: string | null,
+  endingBefore: string | null,
+  horizon?: () => Promise<bigint>,
+): Promise<PaymentPage> {
   const anchorId = startingAfter ?? endingBefore;
   let anchor: { createdAt: bigint; id: string } | null = null;
   if (anchorId) {
@@ -201,14 +215,15 @@ export async function listPayments(db: Queryable, merchantId: string, limit: num
     if (!a.rows[0]) throw new ValidationError(startingAfter ? 'starting_after' : 'ending_before', 'no such payment', 'resource_missing');
     anchor = { createdAt: a.rows[0].created_at, id: a.rows[0].id };
   }
+  const newestEnd = horizon && startingAfter === null ? await horizon() : null;
   // ending_before walks towards newer payments: read ascending from the anchor, then present newest first.
   const before = endingBefore !== null;
-  const text = anchor
-    ? `SELECT ${PAYMENT_COLUMNS} FROM payments WHERE merchant_id = $1 AND (created_at, id) ${before ? '>' : '<'} ($3, $4)
-       ORDER BY created_at ${before ? 'ASC' : 'DESC'}, id ${before ? 'ASC' : 'DESC'} LIMIT $2`
-    : `SELECT ${PAYMENT_COLUMNS} FROM payments WHERE merchant_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2`;
-  const values = anchor ? [merchantId, limit + 1, anchor.createdAt, anchor.id] : [merchantId, limit + 1];
-  const r = await db.query(text, values);
+  const values: unknown[] = [merchantId, limit + 1];
+  const where = ['merchant_id = $1'];
+  if (anchor) where.push(`(created_at, id) ${before ? '>' : '<'} ($${values.push(anchor.createdAt)}, $${values.push(anchor.id)})`);
+  if (newestEnd !== null) where.push(`created_at <= $${values.push(newestEnd)}`);
+  const order = anchor && before ? 'ASC' : 'DESC';
+  const r = await db.query(`SELECT ${PAYMENT_COLUMNS} FROM payments WHERE ${where.join(' AND ')} ORDER BY created_at ${order}, id ${order} LIMIT $2`, values);
   const rows = r.rows.slice(0, limit).map(paymentFromRow);
   return { payments: before ? rows.reverse() : rows, hasMore: r.rows.length > limit };
 }
