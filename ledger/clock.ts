@@ -44,6 +44,8 @@ export class MonotonicClock {
 /** A write stamped with `timestamp` that has not ended yet (CommitHorizon.begin). */
 export interface OpenWrite {
   readonly timestamp: bigint;
+  /** What the write can change (a merchant's payments), when a listing needs only some writes (`horizon`). */
+  readonly scope?: string;
   /** Resolves once the write has ended, committed or not. */
   readonly ended: Promise<void>;
 }
@@ -60,9 +62,9 @@ export class CommitHorizon {
   constructor(readonly clock: MonotonicClock = new MonotonicClock()) {}
 
   /** A write starting now: it must commit nothing stamped below its `timestamp`, and `end` it however it ends. */
-  begin(): OpenWrite {
+  begin(scope?: string): OpenWrite {
     let resolve!: () => void;
-    const write: OpenWrite = { timestamp: this.clock.now(), ended: new Promise<void>((r) => (resolve = r)) };
+    const write: OpenWrite = { timestamp: this.clock.now(), scope, ended: new Promise<void>((r) => (resolve = r)) };
     this.open.set(write, resolve);
     return write;
   }
@@ -80,17 +82,19 @@ export class CommitHorizon {
   /**
    * Waits up to `maxWaitMs` for the writes open now, then reads the clock: every write begun later is stamped
    * above that reading, and every write ended before stamped below it (or observed). The horizon is the reading,
-   * lowered to just below the stamp of any write still open.
+   * lowered to just below the stamp of any write still open. With `scope`, only the writes begun with that scope
+   * count (and those begun without one): a merchant's listing neither waits for nor is held below another's.
    */
-  async horizon(maxWaitMs: number): Promise<bigint> {
-    const openNow = [...this.open.keys()];
+  async horizon(maxWaitMs: number, scope?: string): Promise<bigint> {
+    const counts = (w: OpenWrite) => scope === undefined || w.scope === undefined || w.scope === scope;
+    const openNow = [...this.open.keys()].filter(counts);
     if (openNow.length > 0) {
       let timer: NodeJS.Timeout | undefined;
       await Promise.race([Promise.all(openNow.map((w) => w.ended)), new Promise((resolve) => (timer = setTimeout(resolve, maxWaitMs)))]);
       clearTimeout(timer);
     }
     let horizon = this.clock.now();
-    for (const w of this.open.keys()) if (w.timestamp - 1n < horizon) horizon = w.timestamp - 1n;
+    for (const w of this.open.keys()) if (counts(w) && w.timestamp - 1n < horizon) horizon = w.timestamp - 1n;
     return horizon;
   }
 }

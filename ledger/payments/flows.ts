@@ -124,7 +124,8 @@ export class PaymentFlows {
   private readonly lookups = new Coalescer((asked: { merchantId: string; paymentId: string }[]) => store.loadMerchantsWithPayments(this.pool, asked));
   /**
    * Payment creations from their `created_at` stamp until their insert has ended: concurrent inserts commit in any
-   * order, so a listing reads only up to what none of them can still precede (listPayments).
+   * order, so a listing reads only up to what none of them can still precede (listPayments). Scoped by merchant:
+   * a listing is one merchant's, and another merchant's slow insert must neither delay it nor hide its payments.
    */
   private readonly creations = new CommitHorizon();
   /** Concurrent payment creations are inserted together, one statement per event-loop turn. */
@@ -163,7 +164,7 @@ export class PaymentFlows {
     const risk = await this.assess(input, id, merchant.category);
     const decline = riskDecline(risk);
     const automatic = input.captureMethod === 'automatic';
-    const creation = this.creations.begin();
+    const creation = this.creations.begin(input.merchantId);
     const payment: PaymentRow = {
       id,
       merchantId: input.merchantId,
@@ -297,7 +298,7 @@ export class PaymentFlows {
 
   listPayments(merchantId: string, limit: number, startingAfter: string | null, endingBefore: string | null): Promise<store.PaymentPage> {
     const waitMs = this.settings.listingWaitMs;
-    return store.listPayments(this.pool, merchantId, limit, startingAfter, endingBefore, waitMs === undefined ? undefined : () => this.creations.horizon(waitMs));
+    return store.listPayments(this.pool, merchantId, limit, startingAfter, endingBefore, waitMs === undefined ? undefined : () => this.creations.horizon(waitMs, merchantId));
   }
 
   async getRefund(merchantId: string, refundId: string): Promise<OperationRow> {

@@ -660,4 +660,39 @@ describe('payments (gRPC, on the ledger, with the rules-only risk scorer)', func
       holder.release();
     }
   });
+
+  it("another merchant's payment creation held in flight neither delays a merchant's listing nor hides the payment it was answered for", async () => {
+    const other = await newMerchant();
+    const otherSource = await wallet(other, 100_000n);
+    const merchant = await newMerchant();
+    const source = await wallet(merchant, 100_000n);
+    const first = await create({ merchantId: other, amount: 100n, idempotencyKey: randomUUID(), source: { kind: { $case: 'accountId', value: otherSource } } });
+    // The other merchant's payment insert is held after its created_at was stamped (as in the test above).
+    const slowKey = randomUUID();
+    const holder = await pool.connect();
+    try {
+      await holder.query('BEGIN');
+      await holder.query('CREATE TEMP TABLE held ON COMMIT DROP AS SELECT * FROM payments WHERE id = $1', [first.id]);
+      await holder.query('UPDATE held SET id = $1, idempotency_key = NULL', [derivedId(`payment:${other}`, slowKey)]);
+      await holder.query('INSERT INTO payments SELECT * FROM held');
+      const slowAnswer = create({ merchantId: other, amount: 200n, idempotencyKey: slowKey, source: { kind: { $case: 'accountId', value: otherSource } } });
+      for (let i = 0; ; i++) {
+        const r = await pool.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO payments%'`);
+        if (r.rows[0].n > 0) break;
+        assert.ok(i < 500, 'the slow payment never waited for the held id');
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+      const mine = await create({ merchantId: merchant, amount: 300n, idempotencyKey: randomUUID(), source: { kind: { $case: 'accountId', value: source } } });
+      const started = performance.now();
+      const listed = (await list(merchant, { limit: 10 })).payments.map((p) => p.id);
+      const took = performance.now() - started;
+      await holder.query('ROLLBACK');
+      await slowAnswer;
+      assert.deepEqual(listed, [mine.id], 'the payment the merchant was answered for is missing from its listing');
+      assert.ok(took < 500, `the listing waited ${Math.round(took)} ms for another merchant's payment`);
+    } finally {
+      await holder.query('ROLLBACK').catch(() => undefined);
+      holder.release();
+    }
+  });
 });
