@@ -124,6 +124,8 @@ export async function startLedger(config: Config, logger: Logger): Promise<Ledge
       riskFailOpenBelowAmountByCurrency: amountsByCurrency(config.RISK_FAIL_OPEN_BELOW_AMOUNT_BY_CURRENCY, 'RISK_FAIL_OPEN_BELOW_AMOUNT_BY_CURRENCY'),
       // As the ledger's listings: with other instances, payments may be created there too (unknown here).
       ...(shards.length === config.LEDGER_SHARDS ? { listingWaitMs: config.LEDGER_LISTING_WAIT_MS } : {}),
+      // Started at the latest shard clock: a payment stamps above those the shards' former owner made.
+      clock: router.commits.clock,
     },
     logger,
   );

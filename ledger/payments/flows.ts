@@ -10,7 +10,7 @@ import { Decision, type ScoreRequest, type ScoreResponse } from '../../proto/gen
 import { AccountFlag, TransferFlag, hasFlag, type AccountInput, type AccountResultCode, type EventResult, type Metadata, type TransferInput, type TransferResultCode } from '../model.js';
 import { lookupAccounts, lookupTransfers, spendingRefusal } from '../queries.js';
 import type { LedgerRouter } from '../router.js';
-import { CommitHorizon } from '../clock.js';
+import { CommitHorizon, MonotonicClock } from '../clock.js';
 import { AccountCode, TransferCode, feeOf, feeTransferId, merchantBalanceAccountId, platformAccountId, type PlatformAccount, nowNanos, statusAfterRefund, type CaptureMethod, type OperationRow, type PaymentRow, type RiskAssessment } from './model.js';
 import * as store from './store.js';
 import { traceparentOf } from '../../observability/tracing.js';
@@ -46,6 +46,11 @@ export interface PaymentSettings {
    * `listPayments`' horizon; unset: no horizon (another instance may be creating the merchant's payments).
    */
   listingWaitMs?: number;
+  /**
+   * The clock stamping `created_at`: the instance's (LedgerRouter.commits), started at the latest shard clock, so
+   * payments stamp above those a former instance made (their authorizations were stamped after them there).
+   */
+  clock?: MonotonicClock;
 }
 
 export interface CreatePaymentInput {
@@ -127,7 +132,7 @@ export class PaymentFlows {
    * order, so a listing reads only up to what none of them can still precede (listPayments). Scoped by merchant:
    * a listing is one merchant's, and another merchant's slow insert must neither delay it nor hide its payments.
    */
-  private readonly creations = new CommitHorizon();
+  private readonly creations: CommitHorizon;
   /** Concurrent payment creations are inserted together, one statement per event-loop turn. */
   private readonly inserts = new Coalescer((items: { payment: PaymentRow; op: OperationRow }[]) => store.insertPaymentsWithOperations(this.pool, items));
   /**
@@ -144,7 +149,9 @@ export class PaymentFlows {
     private readonly risk: RiskScorer,
     private readonly settings: PaymentSettings,
     private readonly logger: Logger,
-  ) {}
+  ) {
+    this.creations = new CommitHorizon(settings.clock ?? new MonotonicClock());
+  }
 
   async createPayment(input: CreatePaymentInput): Promise<PaymentRow> {
     const currency = currencyOf(input.currency);

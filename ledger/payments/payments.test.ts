@@ -18,6 +18,7 @@ import { account, startTestLedger, transfer, type TestLedger } from '../../test/
 import { testConfig, testPool } from '../../test/support.js';
 import type { Pool } from '../../lib/db.js';
 import { PAYMENT_OUTBOX_SHARD_BASE } from '../outbox.js';
+import { wallClockNanos } from '../clock.js';
 import { PaymentFlows, routerLedger, type CreatePaymentInput, type PaymentLedger } from './flows.js';
 import { PaymentResumer } from './resumer.js';
 import { MAX_PAYMENTS_PER_CALL } from './service.js';
@@ -694,5 +695,21 @@ describe('payments (gRPC, on the ledger, with the rules-only risk scorer)', func
       await holder.query('ROLLBACK').catch(() => undefined);
       holder.release();
     }
+  });
+
+  it('a payment created after a restart onto a clock behind the former instance\'s is stamped above what that instance made: a merchant polling with ending_before sees it', async () => {
+    const merchant = await newMerchant();
+    const source = await wallet(merchant, 100_000n);
+    const pay = (amount: bigint) => create({ merchantId: merchant, amount, idempotencyKey: randomUUID(), source: { kind: { $case: 'accountId', value: source } } });
+    const seen = await pay(100n);
+    // The instance before the restart ran its clock 90 ms ahead of this one's (NTP keeps clocks within the
+    // ledger's MAX_CLOCK_LEAD_NANOS): its payment, and the shard batch that authorized it after, are stamped so.
+    const ahead = wallClockNanos() + 90_000_000n;
+    await pool.query('UPDATE payments SET created_at = $2 WHERE id = $1', [seen.id, String(ahead)]);
+    // What startLedger does with the shards' clocks (latestShardClock) when this instance starts.
+    ledger.app.router.commits.observe(ahead);
+    const next = await pay(200n);
+    const polled = (await list(merchant, { limit: 10, endingBefore: seen.id })).payments.map((p) => p.id);
+    assert.deepEqual(polled, [next.id], 'the poller stepped over a payment stamped below the newest it had seen');
   });
 });
