@@ -34,4 +34,17 @@ describe('ledger clock', () => {
     assert.ok(later.timestamp > horizon, 'a write begun after a horizon is stamped above it');
     commits.end(later);
   });
+
+  it('a scoped horizon neither waits for nor is lowered by an open write of another scope', async () => {
+    const commits = new CommitHorizon();
+    const others = commits.begin('other merchant');
+    const mine = commits.begin('merchant');
+    commits.end(mine);
+    const started = Date.now();
+    const horizon = await commits.horizon(1_000, 'merchant');
+    assert.ok(Date.now() - started < 500, 'waited for another scope');
+    assert.ok(horizon > mine.timestamp, `${horizon} ${mine.timestamp}`);
+    assert.equal(await commits.horizon(0), others.timestamp - 1n, 'unscoped, every open write counts');
+    commits.end(others);
+  });
 });
