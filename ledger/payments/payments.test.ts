@@ -626,39 +626,61 @@ describe('payments (gRPC, on the ledger, with the rules-only risk scorer)', func
     assert.deepEqual([last.payments.map((p) => p.id), last.hasMore], [[newest[4]], false]);
   });
 
+  /**
+   * Holds the insert of the payment that `key` creates for `merchantId` after its created_at was stamped: a session
+   * of the test inserts a copy of payment `templateId` under that payment's id (derived from the key) and keeps it
+   * uncommitted. `untilWaiting` resolves once an insert of payments waits for it; `release` rolls it back.
+   */
+  async function holdPaymentInsert(merchantId: string, templateId: string, key: string) {
+    const holder = await pool.connect();
+    let held = true;
+    const release = async () => {
+      if (!held) return;
+      held = false;
+      await holder.query('ROLLBACK').catch(() => undefined);
+      holder.release();
+    };
+    try {
+      await holder.query('BEGIN');
+      await holder.query('CREATE TEMP TABLE held ON COMMIT DROP AS SELECT * FROM payments WHERE id = $1', [templateId]);
+      await holder.query('UPDATE held SET id = $1, idempotency_key = NULL', [derivedId(`payment:${merchantId}`, key)]);
+      await holder.query('INSERT INTO payments SELECT * FROM held');
+    } catch (error) {
+      await release();
+      throw error;
+    }
+    const untilWaiting = async () => {
+      for (let i = 0; ; i++) {
+        const r = await pool.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO payments%'`);
+        if (r.rows[0].n > 0) return;
+        assert.ok(i < 500, 'the held payment never waited for its id');
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+    };
+    return { untilWaiting, release };
+  }
+
   it('a merchant polling for new payments with ending_before misses none that a concurrent insert committed late', async () => {
     const merchant = await newMerchant();
     const source = await wallet(merchant, 100_000n);
     const pay = (amount: bigint, idempotencyKey: string) => create({ merchantId: merchant, amount, idempotencyKey, source: { kind: { $case: 'accountId', value: source } } });
     const first = await pay(100n, randomUUID());
-    // The slow payment's insert is held after its created_at was stamped: a session of the test inserts a copy of
-    // `first` under the slow payment's id (derived from its key) and keeps it uncommitted.
     const slowKey = randomUUID();
-    const holder = await pool.connect();
+    const hold = await holdPaymentInsert(merchant, first.id, slowKey);
     try {
-      await holder.query('BEGIN');
-      await holder.query('CREATE TEMP TABLE held ON COMMIT DROP AS SELECT * FROM payments WHERE id = $1', [first.id]);
-      await holder.query('UPDATE held SET id = $1, idempotency_key = NULL', [derivedId(`payment:${merchant}`, slowKey)]);
-      await holder.query('INSERT INTO payments SELECT * FROM held');
       const slowAnswer = pay(200n, slowKey);
-      for (let i = 0; ; i++) {
-        const r = await pool.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO payments%'`);
-        if (r.rows[0].n > 0) break;
-        assert.ok(i < 500, 'the slow payment never waited for the held id');
-        await new Promise((resolve) => setTimeout(resolve, 10));
-      }
+      await hold.untilWaiting();
       const fast = await pay(300n, randomUUID());
       // The merchant polls for payments newer than the newest it has seen, while the slow insert is held.
       const seen = (await list(merchant, { limit: 10, endingBefore: first.id })).payments.map((p) => p.id);
-      await holder.query('ROLLBACK');
+      await hold.release();
       const slow = await slowAnswer;
       assert.ok(slow.createdAt < fast.createdAt, 'stamped first, committed last');
       const next = (await list(merchant, { limit: 10, endingBefore: seen[0] ?? first.id })).payments.map((p) => p.id);
       assert.deepEqual([...next, ...seen], [fast.id, slow.id], 'the poller stepped over a payment');
       assert.deepEqual(seen, [], 'the fast payment was listed while the slow one, stamped before it, could still commit');
     } finally {
-      await holder.query('ROLLBACK').catch(() => undefined);
-      holder.release();
+      await hold.release();
     }
   });
 
@@ -668,32 +690,22 @@ describe('payments (gRPC, on the ledger, with the rules-only risk scorer)', func
     const merchant = await newMerchant();
     const source = await wallet(merchant, 100_000n);
     const first = await create({ merchantId: other, amount: 100n, idempotencyKey: randomUUID(), source: { kind: { $case: 'accountId', value: otherSource } } });
-    // The other merchant's payment insert is held after its created_at was stamped (as in the test above).
+    // The other merchant's payment insert is held after its created_at was stamped.
     const slowKey = randomUUID();
-    const holder = await pool.connect();
+    const hold = await holdPaymentInsert(other, first.id, slowKey);
     try {
-      await holder.query('BEGIN');
-      await holder.query('CREATE TEMP TABLE held ON COMMIT DROP AS SELECT * FROM payments WHERE id = $1', [first.id]);
-      await holder.query('UPDATE held SET id = $1, idempotency_key = NULL', [derivedId(`payment:${other}`, slowKey)]);
-      await holder.query('INSERT INTO payments SELECT * FROM held');
       const slowAnswer = create({ merchantId: other, amount: 200n, idempotencyKey: slowKey, source: { kind: { $case: 'accountId', value: otherSource } } });
-      for (let i = 0; ; i++) {
-        const r = await pool.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO payments%'`);
-        if (r.rows[0].n > 0) break;
-        assert.ok(i < 500, 'the slow payment never waited for the held id');
-        await new Promise((resolve) => setTimeout(resolve, 10));
-      }
+      await hold.untilWaiting();
       const mine = await create({ merchantId: merchant, amount: 300n, idempotencyKey: randomUUID(), source: { kind: { $case: 'accountId', value: source } } });
       const started = performance.now();
       const listed = (await list(merchant, { limit: 10 })).payments.map((p) => p.id);
       const took = performance.now() - started;
-      await holder.query('ROLLBACK');
+      await hold.release();
       await slowAnswer;
       assert.deepEqual(listed, [mine.id], 'the payment the merchant was answered for is missing from its listing');
       assert.ok(took < 500, `the listing waited ${Math.round(took)} ms for another merchant's payment`);
     } finally {
-      await holder.query('ROLLBACK').catch(() => undefined);
-      holder.release();
+      await hold.release();
     }
   });
 
