@@ -41,10 +41,24 @@ describe('ledger clock', () => {
     const mine = commits.begin('merchant');
     commits.end(mine);
     const started = Date.now();
-    const horizon = await commits.horizon(1_000, 'merchant');
+    const horizon = await commits.horizon(1_000, { scope: 'merchant' });
     assert.ok(Date.now() - started < 500, 'waited for another scope');
     assert.ok(horizon > mine.timestamp, `${horizon} ${mine.timestamp}`);
     assert.equal(await commits.horizon(0), others.timestamp - 1n, 'unscoped, every open write counts');
     commits.end(others);
+  });
+
+  it('a horizon for a listing that reads up to a timestamp neither waits for nor is lowered by writes stamped above it', async () => {
+    const commits = new CommitHorizon();
+    const before = commits.begin();
+    commits.end(before);
+    const readsUpTo = commits.clock.now();
+    const running = commits.begin();
+    const started = Date.now();
+    const horizon = await commits.horizon(1_000, { readsUpTo });
+    assert.ok(Date.now() - started < 500, 'waited for a write stamped above what the listing reads');
+    assert.ok(horizon >= readsUpTo, `${horizon} is below ${readsUpTo}`);
+    assert.equal(await commits.horizon(0, { readsUpTo: running.timestamp }), running.timestamp - 1n, 'a write stamped within what it reads counts');
+    commits.end(running);
   });
 });

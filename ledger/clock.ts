@@ -82,11 +82,15 @@ export class CommitHorizon {
   /**
    * Waits up to `maxWaitMs` for the writes open now, then reads the clock: every write begun later is stamped
    * above that reading, and every write ended before stamped below it (or observed). The horizon is the reading,
-   * lowered to just below the stamp of any write still open. With `scope`, only the writes begun with that scope
-   * count (and those begun without one): a merchant's listing neither waits for nor is held below another's.
+   * lowered to just below the stamp of any write still open. Only some writes count:
+   * - with `scope`, those begun with that scope (and those begun without one): a merchant's listing neither
+   *   waits for nor is held below another's;
+   * - with `readsUpTo` (a listing that reads nothing stamped above it), those stamped at or below it: a window in
+   *   the past (settlement's reconciliation) does not wait for the batches running now, which stamp above it.
    */
-  async horizon(maxWaitMs: number, scope?: string): Promise<bigint> {
-    const counts = (w: OpenWrite) => scope === undefined || w.scope === undefined || w.scope === scope;
+  async horizon(maxWaitMs: number, only: { scope?: string; readsUpTo?: bigint } = {}): Promise<bigint> {
+    const { scope, readsUpTo } = only;
+    const counts = (w: OpenWrite) => (scope === undefined || w.scope === undefined || w.scope === scope) && (readsUpTo === undefined || w.timestamp <= readsUpTo);
     const openNow = [...this.open.keys()].filter(counts);
     if (openNow.length > 0) {
       let timer: NodeJS.Timeout | undefined;

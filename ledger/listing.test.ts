@@ -107,6 +107,12 @@ describe('listing an account\'s transfers while a batch of another shard still r
       const started = Date.now();
       await assert.rejects(ledger.client.getAccountTransfers({ accountId: listed.id, limit: 9_000 }), (e: ServiceError) => e.code === status.INVALID_ARGUMENT);
       assert.ok(Date.now() - started < 5_000, `a malformed listing waited ${Date.now() - started} ms for the running batch`);
+      // Nor is one whose window ends before the slow batch started (what settlement's reconciliation reads).
+      const [listedAccount] = await ledger.client.lookupAccounts([listed.id]);
+      const windowStarted = Date.now();
+      const window = await ledger.client.getAccountTransfers({ accountId: listed.id, timestampMax: listedAccount!.timestamp });
+      assert.deepEqual(ids(window.transfers), []);
+      assert.ok(Date.now() - windowStarted < 5_000, `a listing of a past window waited ${Date.now() - windowStarted} ms for the running batch`);
       const listing = ledger.client.getAccountTransfers({ accountId: listed.id });
       await new Promise((resolve) => setTimeout(resolve, 200));
       await release();

@@ -80,11 +80,11 @@ export class LedgerRouter {
   /**
    * The latest timestamp at or below which no transfer can commit any more, for listings in timestamp order
    * (ledger/README.md "Timestamps"): shards stamp a batch when it starts, so another shard's batch still running
-   * can commit transfers below ones already visible (CommitHorizon.horizon). Undefined when other instances own
-   * shards: their batches are not known here.
+   * can commit transfers below ones already visible (CommitHorizon.horizon; `readsUpTo`: the listing's own
+   * timestamp_max). Undefined when other instances own shards: their batches are not known here.
    */
-  async listingHorizon(maxWaitMs: number): Promise<bigint | undefined> {
-    return this.ownedShards.length < this.shardCount ? undefined : this.commits.horizon(maxWaitMs);
+  async listingHorizon(maxWaitMs: number, readsUpTo?: bigint): Promise<bigint | undefined> {
+    return this.ownedShards.length < this.shardCount ? undefined : this.commits.horizon(maxWaitMs, { readsUpTo });
   }
 
   queueDepths(): Map<number, number> {

@@ -73,7 +73,9 @@ export function createLedgerService(router: LedgerRouter, pool: Pool, logger: Lo
     getAccountTransfers: unary(logger, 'GetAccountTransfers', async (request) => {
       // Only transfers that no running batch can still precede: a reader resuming after this page's last one
       // misses none (ledger/README.md "Timestamps").
-      const page = await queries.getAccountTransfers(pool, parseFilter(request.filter), () => router.listingHorizon(listingWaitMs));
+      const filter = parseFilter(request.filter);
+      const readsUpTo = filter.timestampMax === 0n ? undefined : filter.timestampMax;
+      const page = await queries.getAccountTransfers(pool, filter, () => router.listingHorizon(listingWaitMs, readsUpTo));
       return fitInReply(page.items.map(transferToProto), page.nextCursor);
     }),
 

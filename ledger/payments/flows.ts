@@ -305,7 +305,7 @@ export class PaymentFlows {
 
   listPayments(merchantId: string, limit: number, startingAfter: string | null, endingBefore: string | null): Promise<store.PaymentPage> {
     const waitMs = this.settings.listingWaitMs;
-    return store.listPayments(this.pool, merchantId, limit, startingAfter, endingBefore, waitMs === undefined ? undefined : () => this.creations.horizon(waitMs, merchantId));
+    return store.listPayments(this.pool, merchantId, limit, startingAfter, endingBefore, waitMs === undefined ? undefined : () => this.creations.horizon(waitMs, { scope: merchantId }));
   }
 
   async getRefund(merchantId: string, refundId: string): Promise<OperationRow> {
