@@ -189,16 +189,14 @@ export interface PaymentPage {
 }
 
 /**
- * Newest first; `startingAfter` / `endingBefore` are payment ids of the merchant. Any other id is refused
- * (resource_missing), as every list of the API refuses a cursor naming nothing of the caller's: an empty page
- * would end a client's paging as if it had read everything.
- */
-/**
- * A merchant's payments, newest first. `horizon` (PaymentFlows' creations), asked once the anchor is found,
- * bounds the newest end: newest first without an anchor, and towards newer ones (ending_before), so that a
- * merchant polling for new payments misses none committed late by a concurrent insert. Towards older ones
- * (starting_after) a page reads below its anchor whatever the horizon (an anchor above it, a payment the caller
- * has just made, would otherwise step over committed ones for good).
+ * A merchant's payments, newest first; `startingAfter` / `endingBefore` are payment ids of the merchant. Any other
+ * id is refused (resource_missing), as every list of the API refuses a cursor naming nothing of the caller's: an
+ * empty page would end a client's paging as if it had read everything.
+ * `horizon` (PaymentFlows' creations), asked once the anchor is found, bounds the newest end: newest first without
+ * an anchor, and towards newer ones (ending_before), so that a merchant polling for new payments misses none
+ * committed late by a concurrent insert. Towards older ones (starting_after) a page reads below its anchor
+ * whatever the horizon (an anchor above it, a payment the caller has just made, would otherwise step over
+ * committed ones for good).
  */
 export async function listPayments(
   db: Queryable,
