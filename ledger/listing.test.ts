@@ -4,7 +4,7 @@ import { status, type ServiceError } from '@grpc/grpc-js';
 import type { PoolClient } from 'pg';
 import type { Transfer } from '../proto/gen/ledger/v1/ledger.js';
 import { account, startTestLedger, transfer, type TestLedger } from '../test/ledger-harness.js';
-import { migratedScratchDatabase, testConfig, testPool } from '../test/support.js';
+import { migratedScratchDatabase, testConfig, testPool, untilWaitingOnLock } from '../test/support.js';
 import type { Pool } from '../lib/db.js';
 import { transferCodeName } from './convert.js';
 import { encodeCursor } from './queries.js';
@@ -54,7 +54,7 @@ describe('listing an account\'s transfers while a batch of another shard still r
       [slow.id, slowDebit.id, listed.id],
     );
     const slowAnswer = ledger.client.createTransfers([slow]);
-    await waitForBlockedBatch();
+    await untilWaitingOnLock(pool, '%INSERT INTO transfers%', 'the slow batch waited for the held id', 5_000);
     const [fastResult] = await ledger.client.createTransfers([fast]);
     assert.equal(transferCodeName(fastResult!.code), 'ok');
     const release = async () => {
@@ -66,16 +66,6 @@ describe('listing an account\'s transfers while a batch of another shard still r
       assert.ok(slowResult!.timestamp < fastResult!.timestamp, `slow ${slowResult!.timestamp} is not below fast ${fastResult!.timestamp}`);
     };
     return { listed, slow, fast, release };
-  }
-
-  /** Until a ledger worker's statement waits for a lock (the held id). */
-  async function waitForBlockedBatch(): Promise<void> {
-    for (let i = 0; i < 500; i++) {
-      const r = await pool.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'ledger-worker' AND wait_event_type = 'Lock'`);
-      if (r.rows[0].n > 0) return;
-      await new Promise((resolve) => setTimeout(resolve, 10));
-    }
-    throw new Error('the slow batch never waited for the held id');
   }
 
   const ids = (transfers: readonly Transfer[]) => transfers.map((t) => t.id);
@@ -162,7 +152,7 @@ describe('listing an account\'s transfers while a batch of another shard still r
         [slow.id, debits[0]!.id, listed.id],
       );
       const slowAnswer = ledger.client.createTransfers([slow]);
-      await waitForBlockedBatch();
+      await untilWaitingOnLock(pool, '%INSERT INTO transfers%', 'the slow batch waited for the held id', 5_000);
       const mid = transfer({ debitAccountId: debits[1]!.id, creditAccountId: listed.id, amount: 3n });
       const [midResult] = await ledger.client.createTransfers([mid]);
       assert.equal(transferCodeName(midResult!.code), 'ok');

@@ -9,7 +9,7 @@ import { EventBatch, type EventEnvelope } from '../proto/gen/events/v1/events.js
 import { account, commitTransfers, startTestLedger, transfer } from '../test/ledger-harness.js';
 import { TestNatsServer } from '../test/nats-server.js';
 import { freePort, spawnLedger } from '../test/ledger-process.js';
-import { testConfig, testPool } from '../test/support.js';
+import { testConfig, testPool, untilWaitingOnLock } from '../test/support.js';
 import { createLogger } from '../lib/logger.js';
 import type { Transfer } from '../proto/gen/ledger/v1/ledger.js';
 import { outboxMessageId, outboxSubject } from './outbox.js';
@@ -305,15 +305,7 @@ describe('outbox relay to JetStream (own NATS server, real PostgreSQL)', functio
     })();
     try {
       // The point that matters: JetStream has the round (the relay awaited every ack before deleting) and the delete is pending.
-      const deadline = Date.now() + 20_000;
-      let waiting: number[] = [];
-      while (waiting.length === 0) {
-        if (Date.now() > deadline) throw new Error('the relay never tried to delete the rows it published');
-        await new Promise((r) => setTimeout(r, 50));
-        waiting = (
-          await pool.query(`SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'DELETE FROM outbox%'`)
-        ).rows.map((r) => r.pid);
-      }
+      const waiting = await untilWaitingOnLock(pool, 'DELETE FROM outbox%', 'the relay tried to delete the rows it published', 20_000);
       const publishedBeforeKill = (await streamMessages(env['EVENTS_STREAM']!)).length;
       assert.ok(publishedBeforeKill > 0, 'nothing was published before the kill');
       await ledger.stop('SIGKILL');

@@ -6,6 +6,7 @@ import { sleep } from '../lib/retry.js';
 import { sendUntilSettled } from './chaos/client.js';
 import { newMerchant, setUp } from './chaos/setup.js';
 import { ChaosStack } from './chaos/stack.js';
+import { untilWaitingOnLock } from './support.js';
 
 /**
  * DESIGN.md "Failure behaviour" at the points the random kills of the chaos suite reach only by luck: a process
@@ -31,12 +32,6 @@ describe('crash points: processes killed between the ledger commit and the answe
       if (Date.now() > deadline) throw new Error(`never: ${what}`);
       await sleep(50);
     }
-  }
-
-  /** Backends of the test database waiting on a lock with a statement that matches `pattern` (LIKE). */
-  async function waitingOn(pattern: string): Promise<number[] | undefined> {
-    const r = await stack.pool.query(`SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE $1`, [pattern]);
-    return r.rows.length > 0 ? r.rows.map((row) => row.pid as number) : undefined;
   }
 
   async function begin(statement: string, values: unknown[] = []): Promise<PoolClient> {
@@ -115,7 +110,7 @@ describe('crash points: processes killed between the ledger commit and the answe
       const first = postPayment(merchant.key, idempotencyKey, body);
       // The ledger process has the payment, and its batch cannot commit yet.
       await processingPayment(idempotencyKey);
-      await until('a ledger batch waits for its shard', () => waitingOn('%ledger_shards%'));
+      await untilWaitingOnLock(stack.pool, '%ledger_shards%', 'a ledger batch waits for its shard', 15_000);
       const restarted = stack.killAndRestart('gateway', 0);
       assert.equal(await first, undefined, 'the killed gateway answered');
       await shards.query('ROLLBACK');
@@ -144,7 +139,7 @@ describe('crash points: processes killed between the ledger commit and the answe
       // The step's row is held: once the ledger batch commits, marking the payment waits.
       step = await begin('SELECT 1 FROM payment_operations WHERE id = $1 FOR UPDATE', [payment.operation]);
       await shards.query('ROLLBACK');
-      const marking = await until('the payment waits to be marked', () => waitingOn('%payment_operations%'));
+      const marking = await untilWaitingOnLock(stack.pool, '%payment_operations%', 'the payment waits to be marked', 15_000);
       const debited = await stack.pool.query('SELECT debits_posted FROM account_balances_current WHERE id = $1', [customer]);
       assert.equal(debited.rows[0].debits_posted, 3_000n, 'the ledger batch had not committed: the test missed its point');
       await stack.killAndRestart('ledger', 0);

@@ -57,3 +57,17 @@ export async function listenForTest(server: Server): Promise<string> {
   const port = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (error, bound) => (error ? reject(error) : resolve(bound))));
   return `127.0.0.1:${port}`;
 }
+
+/**
+ * Polls until a statement of the test database that matches `pattern` (LIKE) waits on a lock (a test holding a
+ * row knows the write it stalls has reached it); the waiting backends. Throws `never: <what>` after `timeoutMs`.
+ */
+export async function untilWaitingOnLock(pool: Pool, pattern: string, what: string, timeoutMs: number): Promise<number[]> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const r = await pool.query(`SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE $1`, [pattern]);
+    if (r.rows.length > 0) return r.rows.map((row) => row.pid as number);
+    if (Date.now() > deadline) throw new Error(`never: ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}

@@ -15,7 +15,7 @@ import {
 } from '../../proto/gen/payments/v1/payments.js';
 import { startRisk } from '../../risk/app.js';
 import { account, startTestLedger, transfer, type TestLedger } from '../../test/ledger-harness.js';
-import { testConfig, testPool } from '../../test/support.js';
+import { testConfig, testPool, untilWaitingOnLock } from '../../test/support.js';
 import type { Pool } from '../../lib/db.js';
 import { PAYMENT_OUTBOX_SHARD_BASE } from '../outbox.js';
 import { wallClockNanos } from '../clock.js';
@@ -649,14 +649,7 @@ describe('payments (gRPC, on the ledger, with the rules-only risk scorer)', func
       await release();
       throw error;
     }
-    const untilWaiting = async () => {
-      for (let i = 0; ; i++) {
-        const r = await pool.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO payments%'`);
-        if (r.rows[0].n > 0) return;
-        assert.ok(i < 500, 'the held payment never waited for its id');
-        await new Promise((resolve) => setTimeout(resolve, 10));
-      }
-    };
+    const untilWaiting = () => untilWaitingOnLock(pool, '%INSERT INTO payments%', 'the held payment waited for its id', 5_000);
     return { untilWaiting, release };
   }
 
