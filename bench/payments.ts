@@ -6,6 +6,8 @@
  * event (LEDGER_BATCH_MAX=1), measured in the same run: only the ratio means anything on a shared machine.
  * The cost of tracing: the default stack again with every service tracing at sampling 1.0 and exporting
  * OTLP/HTTP to a sink in this process (it reads and drops the spans), against the default run (tracing off).
+ * The floors (bench/payments-floor.ts): the same requests answered with the least work a payment needs, in the
+ * issue's three processes and in one: what this machine allows at all, beside what the stack makes of it.
  */
 import { randomBytes, randomUUID } from 'node:crypto';
 import { createServer } from 'node:http';
@@ -16,12 +18,13 @@ import autocannon from 'autocannon';
 import { loadConfig } from '../lib/config.js';
 import { createPool } from '../lib/db.js';
 import { deleteStream } from '../lib/streams.js';
+import { createFloorTables, dropFloorTables, floorEventsUnpublished, FLOOR_STREAM } from './payments-floor.js';
 import { cpuProfileArgs, spawnService, type ServiceProcess } from '../test/ledger-process.js';
 
 const SECONDS = Number(process.env['BENCH_PAYMENTS_SECONDS'] ?? 30);
 const CONNECTIONS = Number(process.env['BENCH_PAYMENTS_CONNECTIONS'] ?? 256);
-/** BENCH_PAYMENTS_RUNS: only these runs (e.g. `default` to compare two builds quickly); default all three. */
-const RUNS = process.env['BENCH_PAYMENTS_RUNS']?.split(',') ?? ['baseline', 'default', 'traced'];
+/** BENCH_PAYMENTS_RUNS: only these runs (e.g. `default` to compare two builds quickly); default all four. */
+const RUNS = process.env['BENCH_PAYMENTS_RUNS']?.split(',') ?? ['baseline', 'default', 'traced', 'floor'];
 const config = loadConfig();
 const ADMIN_KEY = `admin_${randomBytes(24).toString('base64url')}`;
 const STREAM = { EVENTS_STREAM: 'BENCH_PAYMENT_EVENTS', EVENTS_SUBJECT_PREFIX: 'benchpay', EVENTS_MAX_BYTES: String(2 * 1024 ** 3) };
@@ -39,7 +42,14 @@ interface Row {
 /** BENCH_PROFILE=1: only the default stack, every service writing CPU profiles (main thread and workers) to /tmp/prof. */
 const PROFILE = process.env['BENCH_PROFILE'] ? cpuProfileArgs() : [];
 
-async function startStack(ledgerEnv: Record<string, string>, everyService: Record<string, string> = {}): Promise<{ url: string; stop(): Promise<void> }> {
+/** A running system answering POST /v1/payments at `url` to requests with the secret key `key`. */
+interface Stack {
+  url: string;
+  key: string;
+  stop(): Promise<void>;
+}
+
+async function startStack(ledgerEnv: Record<string, string>, everyService: Record<string, string> = {}): Promise<Stack> {
   const common = { DATABASE_URL: config.DATABASE_URL, LOG_LEVEL: 'warn', METRICS_PORT: '0', ...STREAM, ...everyService };
   const started: ServiceProcess[] = [];
   try {
@@ -56,9 +66,40 @@ async function startStack(ledgerEnv: Record<string, string>, everyService: Recor
       GATEWAY_MAX_IN_FLIGHT: String(Math.max(256, CONNECTIONS)),
     }, PROFILE);
     started.push(gateway);
-    return { url: `http://${gateway.target}`, stop: () => stopAll(started) };
+    const url = `http://${gateway.target}`;
+    return { url, key: await merchantKey(url), stop: () => stopAll(started) };
   } catch (error) {
     await stopAll(started);
+    throw error;
+  }
+}
+
+/** The floor in the issue's three processes (gateway, payments, risk) or in one (the gateway doing it all). */
+async function startFloor(processes: 1 | 3): Promise<Stack> {
+  const pool = createPool(config, { max: 1, applicationName: 'bench' });
+  await createFloorTables(pool);
+  const started: ServiceProcess[] = [];
+  const stop = async () => {
+    await stopAll(started);
+    console.log(`  (${await floorEventsUnpublished(pool)} payment events were not yet published when the floor stopped)`);
+    await dropFloorTables(pool);
+    await pool.end();
+    await deleteStream(config, FLOOR_STREAM);
+  };
+  try {
+    const common = { DATABASE_URL: config.DATABASE_URL, LOG_LEVEL: 'warn' };
+    let payments: ServiceProcess | undefined;
+    if (processes === 3) {
+      const risk = await spawnService('bench/payments-floor.ts', { ...common, FLOOR_ROLE: 'risk' });
+      started.push(risk);
+      payments = await spawnService('bench/payments-floor.ts', { ...common, FLOOR_ROLE: 'payments', FLOOR_RISK_TARGET: risk.target });
+      started.push(payments);
+    }
+    const gateway = await spawnService('bench/payments-floor.ts', { ...common, FLOOR_ROLE: 'gateway', ...(payments ? { FLOOR_PAYMENTS_TARGET: payments.target } : {}) });
+    started.push(gateway);
+    return { url: `http://${gateway.target}`, key: 'floor', stop };
+  } catch (error) {
+    await stop();
     throw error;
   }
 }
@@ -112,10 +153,10 @@ function drive(url: string, key: string, seconds: number): Promise<autocannon.Re
   });
 }
 
-async function measure(scenario: string, ledgerEnv: Record<string, string>, everyService: Record<string, string> = {}): Promise<Row> {
-  const stack = await startStack(ledgerEnv, everyService);
+async function measure(scenario: string, start: () => Promise<Stack>): Promise<Row> {
+  const stack = await start();
   try {
-    const key = await merchantKey(stack.url);
+    const { key } = stack;
     await drive(stack.url, key, 3); // warm-up: JIT, connection pools, platform accounts
     // On a fresh database the payment tables have no statistics until autovacuum gets to them, and the first
     // run of a session measured plans made without them (p99 above 1.5 s where the next run had 0.3 s).
@@ -138,7 +179,7 @@ async function main(): Promise<void> {
   console.log(`bench payments: ${os.cpus().length} cores, ${SECONDS} s per run, ${CONNECTIONS} connections, POST /v1/payments (automatic capture)`);
   if (PROFILE.length > 0) {
     // Profiling slows every service: only the default stack, no comparison, no results file.
-    await measure('ledger batching (default settings), profiled', {});
+    await measure('ledger batching (default settings), profiled', () => startStack({}));
     await deleteStream(config, STREAM.EVENTS_STREAM);
     return;
   }
@@ -152,16 +193,21 @@ async function main(): Promise<void> {
   await new Promise<void>((resolve) => sink.listen(0, '127.0.0.1', resolve));
   const otlp = `http://127.0.0.1:${(sink.address() as AddressInfo).port}`;
   try {
-    if (RUNS.includes('baseline')) rows.push(await measure('baseline: ledger batches of 1', { LEDGER_BATCH_MAX: '1' }));
-    if (RUNS.includes('default')) rows.push(await measure('ledger batching (default settings), tracing off', {}));
-    if (RUNS.includes('traced')) rows.push(await measure('the same, tracing at sampling 1.0 (OTLP)', {}, { OTEL_EXPORTER_OTLP_ENDPOINT: otlp, TRACES_SAMPLING_RATIO: '1' }));
+    if (RUNS.includes('baseline')) rows.push(await measure('baseline: ledger batches of 1', () => startStack({ LEDGER_BATCH_MAX: '1' })));
+    if (RUNS.includes('default')) rows.push(await measure('ledger batching (default settings), tracing off', () => startStack({})));
+    if (RUNS.includes('traced')) rows.push(await measure('the same, tracing at sampling 1.0 (OTLP)', () => startStack({}, { OTEL_EXPORTER_OTLP_ENDPOINT: otlp, TRACES_SAMPLING_RATIO: '1' })));
+    if (RUNS.includes('floor')) {
+      rows.push(await measure('floor: the least work, 3 processes', () => startFloor(3)));
+      rows.push(await measure('floor: the least work, 1 process', () => startFloor(1)));
+    }
   } finally {
     sink.close();
     await deleteStream(config, STREAM.EVENTS_STREAM);
   }
-  if (rows.length < 3) return; // a partial run: its lines above are the result, the table needs all three
-  const [, untraced, traced] = rows;
+  if (rows.length < 5) return; // a partial run: its lines above are the result, the table needs them all
+  const [, untraced, traced, floor] = rows;
   console.log(`tracing at sampling 1.0: ${((traced!.paymentsPerSecond / untraced!.paymentsPerSecond) * 100).toFixed(1)}% of the untraced throughput (${(spanBytes / 1024 / 1024).toFixed(1)} MiB of OTLP received)`);
+  console.log(`the stack (tracing off) makes ${((untraced!.paymentsPerSecond / floor!.paymentsPerSecond) * 100).toFixed(1)}% of the 3-process floor's payments/s`);
   const base = rows[0]!.paymentsPerSecond;
   const table = [
     '| scenario | payments/s | x baseline | p50 ms | p99 ms | errors | non-2xx |',

@@ -29,6 +29,8 @@ const LISTEN: Record<string, (port: number) => Record<string, string>> = {
   'risk/main.ts': (port) => ({ RISK_GRPC_LISTEN: `127.0.0.1:${port}` }),
   'gateway/main.ts': (port) => ({ GATEWAY_HOST: '127.0.0.1', GATEWAY_PORT: String(port) }),
   'settlement/main.ts': (port) => ({ SETTLEMENT_GRPC_LISTEN: `127.0.0.1:${port}` }),
+  // Each of its roles listens on one of the two.
+  'bench/payments-floor.ts': (port) => ({ FLOOR_HTTP_PORT: String(port), FLOOR_GRPC_PORT: String(port) }),
 };
 
 /**
