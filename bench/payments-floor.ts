@@ -1,12 +1,13 @@
 /**
  * The floor: the least a card payment with automatic capture can cost on this machine, for bench/payments.ts to
  * measure beside the real stack in the same run (as bench/run.ts measures the ledger beside its raw write limit).
- * No ledger logic, no checks beyond the request's schema, no retries, nothing a production system could leave
- * out of its answer: per group of concurrent requests (one per event-loop turn) one SERIALIZABLE transaction of
- * one statement writes the Idempotency-Key record, the payment in its final state, its two transfers, what
- * the group adds to the balances of the three accounts (appended, not updated: none of them has a limit to
- * check, and a write that reads nothing never conflicts at SERIALIZABLE) and one outbox row with the group's events; a relay publishes the outbox to JetStream and deletes it. A rules-only risk score
- * (an amount limit and a velocity count per card, in memory) decides each payment first.
+ * No ledger logic and no checks beyond the request's schema. A rules-only risk score (an amount limit and a
+ * velocity count per card, in memory) decides each payment; then, per group of concurrent requests (one per
+ * event-loop turn), one SERIALIZABLE statement writes the Idempotency-Key record, each payment in its final state,
+ * its two transfers, what the group adds to the three accounts' balances (appended, not updated: none of them has
+ * a limit to check, and a write that reads nothing never conflicts) and one outbox row with the group's events. A
+ * relay publishes the outbox to JetStream and deletes it. Keys are written, never looked up first: the benchmark's
+ * are all distinct (a repeat would fail its group).
  *
  * One entry, three roles (FLOOR_ROLE), each a process of its own when bench/payments.ts starts them as the issue
  * lays the system out:
