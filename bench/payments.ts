@@ -12,7 +12,7 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import autocannon from 'autocannon';
 import { loadConfig } from '../lib/config.js';
@@ -46,6 +46,8 @@ const PROFILE = process.env['BENCH_PROFILE'] ? cpuProfileArgs() : [];
 interface Stack {
   url: string;
   key: string;
+  /** Its processes by name, for the CPU each spends per payment. */
+  services: Record<string, ServiceProcess>;
   stop(): Promise<void>;
 }
 
@@ -67,7 +69,7 @@ async function startStack(ledgerEnv: Record<string, string>, everyService: Recor
     }, PROFILE);
     started.push(gateway);
     const url = `http://${gateway.target}`;
-    return { url, key: await merchantKey(url), stop: () => stopAll(started) };
+    return { url, key: await merchantKey(url), services: { gateway, ledger, risk }, stop: () => stopAll(started) };
   } catch (error) {
     await stopAll(started);
     throw error;
@@ -88,20 +90,50 @@ async function startFloor(processes: 1 | 3): Promise<Stack> {
   };
   try {
     const common = { DATABASE_URL: config.DATABASE_URL, LOG_LEVEL: 'warn' };
-    let payments: ServiceProcess | undefined;
+    const services: Record<string, ServiceProcess> = {};
     if (processes === 3) {
-      const risk = await spawnService('bench/payments-floor.ts', { ...common, FLOOR_ROLE: 'risk' });
-      started.push(risk);
-      payments = await spawnService('bench/payments-floor.ts', { ...common, FLOOR_ROLE: 'payments', FLOOR_RISK_TARGET: risk.target });
-      started.push(payments);
+      services['risk'] = await spawnService('bench/payments-floor.ts', { ...common, FLOOR_ROLE: 'risk' });
+      started.push(services['risk']);
+      services['payments'] = await spawnService('bench/payments-floor.ts', { ...common, FLOOR_ROLE: 'payments', FLOOR_RISK_TARGET: services['risk'].target });
+      started.push(services['payments']);
     }
-    const gateway = await spawnService('bench/payments-floor.ts', { ...common, FLOOR_ROLE: 'gateway', ...(payments ? { FLOOR_PAYMENTS_TARGET: payments.target } : {}) });
+    const gateway = await spawnService('bench/payments-floor.ts', { ...common, FLOOR_ROLE: 'gateway', ...(services['payments'] ? { FLOOR_PAYMENTS_TARGET: services['payments'].target } : {}) });
     started.push(gateway);
-    return { url: `http://${gateway.target}`, key: 'floor', stop };
+    return { url: `http://${gateway.target}`, key: 'floor', services: { gateway, ...services }, stop };
   } catch (error) {
     await stop();
     throw error;
   }
+}
+
+/** Linux's USER_HZ: /proc counts CPU time in ticks of 10 ms. */
+const TICK_MS = 10;
+
+/** CPU time (ms) a process has used so far (user and system, from /proc); 0 once it has gone. */
+async function cpuMs(pid: number): Promise<number> {
+  try {
+    const fields = (await readFile(`/proc/${pid}/stat`, 'utf8')).split(') ')[1]!.split(' ');
+    return (Number(fields[11]) + Number(fields[12])) * TICK_MS; // utime and stime, stat's 14th and 15th fields
+  } catch {
+    return 0;
+  }
+}
+
+/**
+ * CPU used so far by each part: the stack's processes, every PostgreSQL and NATS server process on the machine,
+ * and this one (autocannon). Empty where there is no /proc.
+ */
+async function cpuByPart(services: Record<string, ServiceProcess>): Promise<Map<string, number>> {
+  const parts = new Map<string, number>();
+  const pids = await readdir('/proc').catch(() => [] as string[]);
+  if (pids.length === 0) return parts;
+  for (const [name, service] of Object.entries(services)) parts.set(name, await cpuMs(service.child.pid!));
+  for (const pid of pids.filter((p) => /^\d+$/.test(p))) {
+    const command = (await readFile(`/proc/${pid}/comm`, 'utf8').catch(() => '')).trim();
+    if (command === 'postgres' || command === 'nats-server') parts.set(command, (parts.get(command) ?? 0) + (await cpuMs(Number(pid))));
+  }
+  parts.set('autocannon', await cpuMs(process.pid));
+  return parts;
 }
 
 async function stopAll(processes: ServiceProcess[]): Promise<void> {
@@ -164,11 +196,16 @@ async function measure(scenario: string, start: () => Promise<Stack>): Promise<R
     // autocannon stops by closing its connections: the warm-up's last requests are still being served and count
     // against GATEWAY_MAX_IN_FLIGHT, so the measured run would start by shedding. Let them finish first.
     await new Promise((resolve) => setTimeout(resolve, 2_000));
+    const cpuBefore = await cpuByPart(stack.services);
     const r = await drive(stack.url, key, SECONDS);
+    const cpuAfter = await cpuByPart(stack.services);
     const row = { scenario, paymentsPerSecond: r['2xx'] / SECONDS, p50: r.latency.p50, p99: r.latency.p99, errors: r.errors + r.timeouts, non2xx: r.non2xx, total: r.requests.total };
     // Which statuses the non-2xx answers were (503 overloaded, 504 deadline, ...): a rate alone hides shedding.
     const statuses = Object.entries(r.statusCodeStats ?? {}).filter(([code]) => !code.startsWith('2')).map(([code, s]) => `${code}: ${s.count}`).join(', ');
     console.log(`${scenario.padEnd(40)} ${Math.round(row.paymentsPerSecond).toString().padStart(6)} payments/s  p50 ${row.p50} ms  p99 ${row.p99} ms  errors ${row.errors}  non-2xx ${row.non2xx}${statuses ? ` (${statuses})` : ''}`);
+    // Where a payment's CPU goes: what the rate alone cannot say (two cores shared by every part).
+    const perPayment = [...cpuAfter].map(([part, ms]) => `${part} ${Math.round(((ms - (cpuBefore.get(part) ?? 0)) * 1000) / Math.max(1, r['2xx']))}`);
+    if (perPayment.length > 0) console.log(`  CPU per payment, µs: ${perPayment.join(', ')}`);
     return row;
   } finally {
     await stack.stop();
