@@ -8,9 +8,9 @@
  * cost per batch, not throughput under concurrency (bench/run.ts does that).
  */
 import { randomUUID } from 'node:crypto';
-import { readFileSync, readdirSync } from 'node:fs';
 import { loadConfig } from '../lib/config.js';
 import { createPool } from '../lib/db.js';
+import { commandCpuSeconds } from './cpu.js';
 import { executeBatch } from '../ledger/batch.js';
 import { ensureShards } from '../ledger/store.js';
 import type { Submission, TransferInput } from '../ledger/model.js';
@@ -19,22 +19,6 @@ const SIZES = (process.env['BENCH_BATCH_SIZES'] ?? '8190,32').split(',').map(Num
 const ACCOUNTS = 10_000;
 const SHARDS = [0, 1, 2, 3];
 const LEDGER = 978;
-
-/** CPU seconds of every PostgreSQL process (all backends: the machine's PostgreSQL is this benchmark's). */
-function postgresCpuSeconds(): number {
-  let seconds = 0;
-  for (const pid of readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
-    try {
-      if (!readFileSync(`/proc/${pid}/cmdline`, 'utf8').startsWith('postgres')) continue;
-      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      seconds += (Number(fields[11]) + Number(fields[12])) / 100; // utime + stime, in clock ticks of 1/100 s
-    } catch {
-      // the process ended meanwhile
-    }
-  }
-  return seconds;
-}
 
 function ownCpuSeconds(): number {
   const usage = process.cpuUsage();
@@ -65,14 +49,14 @@ async function measure(size: number): Promise<void> {
   let postgres = 0;
   let own = 0;
   for (let round = -2; round < rounds; round++) {
-    if (round === 0) [postgres, own] = [-postgresCpuSeconds(), -ownCpuSeconds()];
+    if (round === 0) [postgres, own] = [-commandCpuSeconds('postgres'), -ownCpuSeconds()];
     const started = performance.now();
     const outcome = await executeBatch(pool, { shard: SHARDS[(round + 2) % SHARDS.length]!, submissions: batches[round + 2]!, timeStatements: true });
     if (round < 0) continue; // warm-up: JIT, prepared statements
     wall += performance.now() - started;
     for (const s of outcome.statements ?? []) statements.set(s.name || s.operation, (statements.get(s.name || s.operation) ?? 0) + s.end - s.start);
   }
-  postgres += postgresCpuSeconds();
+  postgres += commandCpuSeconds('postgres'); // the machine's PostgreSQL is this benchmark's
   own += ownCpuSeconds();
   const perBatch = (ms: number) => `${(ms / rounds).toFixed(2).padStart(8)} ms`;
   const sql = [...statements.values()].reduce((a, b) => a + b, 0);

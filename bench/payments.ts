@@ -12,12 +12,13 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import autocannon from 'autocannon';
 import { loadConfig } from '../lib/config.js';
 import { createPool } from '../lib/db.js';
 import { deleteStream } from '../lib/streams.js';
+import { commandCpuSeconds, hasProcfs, processCpuSeconds } from './cpu.js';
 import { createFloorTables, dropFloorTables, floorEventsUnpublished, FLOOR_STREAM } from './payments-floor.js';
 import { cpuProfileArgs, spawnService, type ServiceProcess } from '../test/ledger-process.js';
 
@@ -106,33 +107,16 @@ async function startFloor(processes: 1 | 3): Promise<Stack> {
   }
 }
 
-/** Linux's USER_HZ: /proc counts CPU time in ticks of 10 ms. */
-const TICK_MS = 10;
-
-/** CPU time (ms) a process has used so far (user and system, from /proc); 0 once it has gone. */
-async function cpuMs(pid: number): Promise<number> {
-  try {
-    const fields = (await readFile(`/proc/${pid}/stat`, 'utf8')).split(') ')[1]!.split(' ');
-    return (Number(fields[11]) + Number(fields[12])) * TICK_MS; // utime and stime, stat's 14th and 15th fields
-  } catch {
-    return 0;
-  }
-}
-
 /**
- * CPU used so far by each part: the stack's processes, every PostgreSQL and NATS server process on the machine,
- * and this one (autocannon). Empty where there is no /proc.
+ * CPU seconds used so far by each part: the stack's processes, every PostgreSQL and NATS server process on the
+ * machine, and this one (autocannon). Empty where there is no /proc.
  */
-async function cpuByPart(services: Record<string, ServiceProcess>): Promise<Map<string, number>> {
+function cpuByPart(services: Record<string, ServiceProcess>): Map<string, number> {
   const parts = new Map<string, number>();
-  const pids = await readdir('/proc').catch(() => [] as string[]);
-  if (pids.length === 0) return parts;
-  for (const [name, service] of Object.entries(services)) parts.set(name, await cpuMs(service.child.pid!));
-  for (const pid of pids.filter((p) => /^\d+$/.test(p))) {
-    const command = (await readFile(`/proc/${pid}/comm`, 'utf8').catch(() => '')).trim();
-    if (command === 'postgres' || command === 'nats-server') parts.set(command, (parts.get(command) ?? 0) + (await cpuMs(Number(pid))));
-  }
-  parts.set('autocannon', await cpuMs(process.pid));
+  if (!hasProcfs) return parts;
+  for (const [name, service] of Object.entries(services)) parts.set(name, processCpuSeconds(service.child.pid!));
+  for (const server of ['postgres', 'nats-server']) parts.set(server, commandCpuSeconds(server));
+  parts.set('autocannon', processCpuSeconds(process.pid));
   return parts;
 }
 
@@ -196,15 +180,15 @@ async function measure(scenario: string, start: () => Promise<Stack>): Promise<R
     // autocannon stops by closing its connections: the warm-up's last requests are still being served and count
     // against GATEWAY_MAX_IN_FLIGHT, so the measured run would start by shedding. Let them finish first.
     await new Promise((resolve) => setTimeout(resolve, 2_000));
-    const cpuBefore = await cpuByPart(stack.services);
+    const cpuBefore = cpuByPart(stack.services);
     const r = await drive(stack.url, key, SECONDS);
-    const cpuAfter = await cpuByPart(stack.services);
+    const cpuAfter = cpuByPart(stack.services);
     const row = { scenario, paymentsPerSecond: r['2xx'] / SECONDS, p50: r.latency.p50, p99: r.latency.p99, errors: r.errors + r.timeouts, non2xx: r.non2xx, total: r.requests.total };
     // Which statuses the non-2xx answers were (503 overloaded, 504 deadline, ...): a rate alone hides shedding.
     const statuses = Object.entries(r.statusCodeStats ?? {}).filter(([code]) => !code.startsWith('2')).map(([code, s]) => `${code}: ${s.count}`).join(', ');
     console.log(`${scenario.padEnd(40)} ${Math.round(row.paymentsPerSecond).toString().padStart(6)} payments/s  p50 ${row.p50} ms  p99 ${row.p99} ms  errors ${row.errors}  non-2xx ${row.non2xx}${statuses ? ` (${statuses})` : ''}`);
     // Where a payment's CPU goes: what the rate alone cannot say (two cores shared by every part).
-    const perPayment = [...cpuAfter].map(([part, ms]) => `${part} ${Math.round(((ms - (cpuBefore.get(part) ?? 0)) * 1000) / Math.max(1, r['2xx']))}`);
+    const perPayment = [...cpuAfter].map(([part, seconds]) => `${part} ${Math.round(((seconds - (cpuBefore.get(part) ?? 0)) * 1e6) / Math.max(1, r['2xx']))}`);
     if (perPayment.length > 0) console.log(`  CPU per payment, µs: ${perPayment.join(', ')}`);
     return row;
   } finally {
